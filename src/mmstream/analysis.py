@@ -1,0 +1,314 @@
+"""Per-frame analysis: echogenicity, CSA, thickness and quality of one B-mode frame.
+
+:func:`analyze_frame` is the one public entry point, used alike by the live analyzer and by
+``mmstream analyze``. Results are frozen pydantic models; every length is in pixels in a ``*_px``
+field and, when the pixel spacing is known, in millimetres in the matching ``*_mm`` field (null
+otherwise: mmstream never guesses a spacing). Axes are (row, col).
+
+Tracking: pass the previous frame's result as ``previous`` and, with no new ``seed``, the CSA contour
+follows the structure from that result (cheaper than a new segmentation, and the previous size is
+a strong prior); the thickness lines and the frozen-frame check use it likewise.
+"""
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from mmstream.errors import InputError, SpacingError
+from mmstream.kernels import csa as csa_k
+from mmstream.kernels import echogenicity as echo_k
+from mmstream.kernels import quality as quality_k
+from mmstream.kernels import thickness as thickness_k
+from mmstream.ndarray import Counts, Points
+
+__all__ = [
+    "METRICS",
+    "SCHEMA_VERSION",
+    "FrameAnalysis",
+    "EchoResult",
+    "CsaResult",
+    "ThicknessResult",
+    "QualityResult",
+    "analyze_frame",
+    "validate_spacing",
+]
+
+SCHEMA_VERSION = 1
+METRICS = ("echogenicity", "csa", "thickness", "quality")
+Metric = Literal["echogenicity", "csa", "thickness", "quality"]
+EchoRegion = Literal["auto", "roi", "csa", "frame"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class EchoResult(_Model):
+    """Grey-level statistics (grey levels 0-255) inside ``region``."""
+
+    region: Literal["roi", "csa", "frame"]
+    mean: float | None
+    std: float | None
+    n_px: int
+    histogram: Counts
+
+
+class CsaResult(_Model):
+    """Cross-sectional area of the structure containing the seed."""
+
+    seed_rc: tuple[float, float]
+    tracked: bool
+    area_px: float
+    area_mm2: float | None
+    perimeter_px: float
+    perimeter_mm: float | None
+    centroid_rc: tuple[float, float]
+    contour_rc: Points
+    confidence: float
+
+
+class ThicknessResult(_Model):
+    """Muscle thickness: vertical distance between the superficial and deep boundary lines."""
+
+    region_rc: tuple[int, int, int, int]
+    thickness_px: float
+    thickness_mm: float | None
+    superficial_rc: Points
+    deep_rc: Points
+    confidence: float
+
+
+class QualityResult(_Model):
+    """Acquisition quality flags (see :mod:`mmstream.kernels.quality`)."""
+
+    saturated_fraction: float
+    dark_fraction: float
+    thumb_mean_abs_diff: float | None
+    duplicate: bool
+    frozen: bool
+    saturated: bool
+    no_contact: bool
+
+
+class FrameAnalysis(_Model):
+    """All metrics of one frame. Metrics not asked for, or not computable (CSA without a seed),
+    are null."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    shape: tuple[int, int]
+    spacing_mm: tuple[float, float] | None
+    roi: tuple[int, int, int, int] | None
+    echogenicity: EchoResult | None = None
+    csa: CsaResult | None = None
+    thickness: ThicknessResult | None = None
+    quality: QualityResult | None = None
+    _signature: quality_k.FrameSignature | None = PrivateAttr(default=None)
+
+
+def validate_spacing(spacing_mm) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` as floats, or None; SpacingError when not two finite values > 0."""
+    if spacing_mm is None:
+        return None
+    try:
+        sr, sc = (float(v) for v in spacing_mm)
+    except (TypeError, ValueError) as exc:
+        raise SpacingError(f"spacing_mm must be two numbers (row_mm, col_mm), got {spacing_mm!r}") from exc
+    if not (np.isfinite(sr) and np.isfinite(sc) and sr > 0 and sc > 0):
+        raise SpacingError(f"spacing_mm must be finite and > 0, got ({sr}, {sc})", reason="invalid_spacing")
+    return sr, sc
+
+
+def _validate_roi(roi, shape) -> tuple[int, int, int, int] | None:
+    if roi is None:
+        return None
+    try:
+        r0, c0, r1, c1 = (int(v) for v in roi)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"roi must be four integers (r0, c0, r1, c1), got {roi!r}", reason="bad_roi") from exc
+    h, w = shape
+    if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+        raise InputError(
+            f"roi ({r0}, {c0}, {r1}, {c1}) must satisfy 0 <= r0 < r1 <= {h} and 0 <= c0 < c1 <= {w}",
+            reason="bad_roi",
+        )
+    return r0, c0, r1, c1
+
+
+def _polyline_length_mm(points_rc: np.ndarray, spacing_mm, closed: bool) -> float:
+    pts = np.vstack([points_rc, points_rc[:1]]) if closed else points_rc
+    d = np.diff(pts, axis=0) * np.asarray(spacing_mm)
+    return float(np.hypot(d[:, 0], d[:, 1]).sum())
+
+
+def _csa_result(c: csa_k.CsaContour, seed_rc, tracked: bool, spacing) -> CsaResult:
+    return CsaResult(
+        seed_rc=seed_rc,
+        tracked=tracked,
+        area_px=c.area_px,
+        area_mm2=None if spacing is None else c.area_px * spacing[0] * spacing[1],
+        perimeter_px=c.perimeter_px,
+        perimeter_mm=None if spacing is None else _polyline_length_mm(c.contour_rc, spacing, True),
+        centroid_rc=c.centroid_rc,
+        contour_rc=c.contour_rc,
+        confidence=c.confidence,
+    )
+
+
+def _previous_contour(prev: CsaResult) -> csa_k.CsaContour:
+    return csa_k.CsaContour(
+        contour_rc=np.asarray(prev.contour_rc, np.float64),
+        area_px=prev.area_px,
+        perimeter_px=prev.perimeter_px,
+        centroid_rc=prev.centroid_rc,
+        confidence=prev.confidence,
+    )
+
+
+def _previous_lines(prev: ThicknessResult) -> thickness_k.ThicknessLines:
+    return thickness_k.ThicknessLines(
+        superficial_rc=np.asarray(prev.superficial_rc, np.float64),
+        deep_rc=np.asarray(prev.deep_rc, np.float64),
+        thickness_px=prev.thickness_px,
+        confidence=prev.confidence,
+        region_rc=prev.region_rc,
+    )
+
+
+def analyze_frame(
+    frame: np.ndarray,
+    spacing_mm: tuple[float, float] | None = None,
+    roi: tuple[int, int, int, int] | None = None,
+    seed: tuple[float, float] | None = None,
+    previous: FrameAnalysis | None = None,
+    metrics: Iterable[Metric] = METRICS,
+    *,
+    echo_region: EchoRegion = "auto",
+    quality_limits: quality_k.QualityLimits = quality_k.QualityLimits(),
+) -> FrameAnalysis:
+    """Compute the requested metrics of one B-mode frame.
+
+    Parameters
+    ----------
+    frame : ndarray of shape (H, W), uint8
+        Grey B-mode frame (H >= 64, W >= 16).
+    spacing_mm : (row_mm, col_mm), optional
+        Pixel spacing; None leaves every ``*_mm`` field null.
+    roi : (r0, c0, r1, c1), optional
+        End-exclusive rectangle: the echogenicity region (``echo_region="auto"``) and the region
+        searched for the thickness boundaries (default: found automatically).
+    seed : (row, col), optional
+        A click inside the structure whose CSA is wanted. Without a seed the CSA is tracked from
+        ``previous``; with neither, ``csa`` is null.
+    previous : FrameAnalysis, optional
+        The result for the previous frame of the same stream.
+    metrics : iterable of {"echogenicity", "csa", "thickness", "quality"}
+    echo_region : {"auto", "roi", "csa", "frame"}
+        Region of the echogenicity statistics; "auto" takes the ROI when given, else the CSA
+        contour when there is one, else the whole frame.
+
+    Returns
+    -------
+    FrameAnalysis
+
+    Raises
+    ------
+    InputError
+        Bad frame, ROI, seed, metric name or region.
+    SpacingError
+        Spacing given but not two finite values > 0.
+    """
+    if not isinstance(frame, np.ndarray) or frame.ndim != 2 or frame.dtype != np.uint8:
+        raise InputError(
+            f"frame must be a 2-D uint8 array, got {getattr(frame, 'dtype', type(frame).__name__)} "
+            f"of shape {getattr(frame, 'shape', None)}",
+            reason="bad_frame",
+        )
+    frame = np.ascontiguousarray(frame)
+    wanted = set(metrics)
+    unknown = wanted - set(METRICS)
+    if unknown:
+        raise InputError(f"unknown metric(s) {sorted(unknown)}; known: {', '.join(METRICS)}", reason="bad_metric")
+    spacing = validate_spacing(spacing_mm)
+    roi_t = _validate_roi(roi, frame.shape)
+    if previous is not None and tuple(previous.shape) != frame.shape:
+        previous = None  # a new frame size (new probe or depth) starts afresh
+
+    csa = None
+    if "csa" in wanted or echo_region == "csa":
+        if seed is not None:
+            sr_, sc_ = (float(v) for v in seed)
+            contour = csa_k.segment_from_seed(frame, (sr_, sc_))
+            csa = _csa_result(contour, (sr_, sc_), False, spacing)
+        elif previous is not None and previous.csa is not None:
+            contour = csa_k.track(frame, _previous_contour(previous.csa))
+            csa = _csa_result(contour, contour.centroid_rc, True, spacing)
+
+    echo = None
+    if "echogenicity" in wanted:
+        region = echo_region
+        if region == "auto":
+            region = "roi" if roi_t is not None else ("csa" if csa is not None else "frame")
+        if region == "roi":
+            if roi_t is None:
+                raise InputError("echo_region='roi' needs an roi", reason="bad_region")
+            st = echo_k.echogenicity(frame, rect=roi_t)
+        elif region == "csa":
+            if csa is None:
+                raise InputError("echo_region='csa' needs a seed or a tracked contour", reason="bad_region")
+            st = echo_k.echogenicity(frame, polygon_rc=csa.contour_rc)
+        else:
+            st = echo_k.echogenicity(frame)
+        echo = EchoResult(
+            region=region,
+            mean=None if st.n_px == 0 else st.mean,
+            std=None if st.n_px == 0 else st.std,
+            n_px=st.n_px,
+            histogram=st.histogram,
+        )
+
+    thick = None
+    if "thickness" in wanted:
+        prev_lines = None
+        if previous is not None and previous.thickness is not None and (
+            roi_t is None or tuple(previous.thickness.region_rc) == roi_t
+        ):
+            prev_lines = _previous_lines(previous.thickness)
+        lines = thickness_k.measure_thickness(frame, roi=roi_t, previous=prev_lines)
+        thick = ThicknessResult(
+            region_rc=lines.region_rc,
+            thickness_px=lines.thickness_px,
+            thickness_mm=None if spacing is None else lines.thickness_px * spacing[0],
+            superficial_rc=lines.superficial_rc,
+            deep_rc=lines.deep_rc,
+            confidence=lines.confidence,
+        )
+
+    qual = None
+    signature = None
+    if "quality" in wanted:
+        prev_sig = None if previous is None else previous._signature
+        q = quality_k.frame_quality(frame, prev_sig, quality_limits)
+        signature = q.signature
+        qual = QualityResult(
+            saturated_fraction=q.saturated_fraction,
+            dark_fraction=q.dark_fraction,
+            thumb_mean_abs_diff=q.thumb_mean_abs_diff,
+            duplicate=q.duplicate,
+            frozen=q.frozen,
+            saturated=q.saturated,
+            no_contact=q.no_contact,
+        )
+
+    result = FrameAnalysis(
+        shape=frame.shape,
+        spacing_mm=spacing,
+        roi=roi_t,
+        echogenicity=echo,
+        csa=csa if "csa" in wanted else None,
+        thickness=thick,
+        quality=qual,
+    )
+    result._signature = signature
+    return result

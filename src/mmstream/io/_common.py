@@ -1,0 +1,208 @@
+"""Shared pieces of the file readers: the :class:`ImageFrame` record, grey conversion, validation.
+
+Private module; the public names are re-exported from :mod:`mmstream.io`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmstream.errors import ReadError, SpacingError
+
+#: Every value :attr:`ImageFrame.spacing_source` can take.
+SPACING_SOURCES = (
+    "dicom_us_regions",
+    "dicom_pixel_spacing",
+    "metaimage",
+    "plus_config",
+    "config",
+    "unknown",
+)
+
+#: Default cap on the pixels of ONE frame (rows * cols); larger frames raise ``ReadError("too_large")``.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """One 2-D grey frame read from a file.
+
+    Attributes
+    ----------
+    image : ndarray of shape (M, N), uint8
+        C-contiguous grey image, rows first. Colour sources are converted with the BT.601 luma
+        weights exactly as ``PIL.Image.convert("L")`` does (see :func:`rgb_to_grey`).
+    spacing_mm : (float, float) or None
+        ``(row_mm, col_mm)``: physical size of one pixel step down a column and along a row, in mm.
+        ``None`` when the file does not say (see ``meta["spacing_error"]`` for why).
+    spacing_source : str
+        One of :data:`SPACING_SOURCES`. ``"config"`` means the caller passed ``spacing_mm``.
+    index : int
+        0-based position of the frame inside the file.
+    t_s : float or None
+        Frame time in seconds as stored in the file (DICOM: relative to the first frame;
+        PLUS MetaImage: the raw ``Seq_FrameNNNN_Timestamp``), ``None`` when the file has none.
+    meta : mapping
+        JSON-serialisable extras (plain ``dict``/``list``/``str``/``float``/``int``/``bool``/``None``).
+    """
+
+    image: np.ndarray
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str
+    index: int
+    t_s: float | None
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not isinstance(img, np.ndarray) or img.ndim != 2 or img.dtype != np.uint8:
+            raise TypeError("ImageFrame.image must be a 2-D uint8 ndarray")
+        if not img.flags.c_contiguous:
+            raise TypeError("ImageFrame.image must be C-contiguous")
+        if self.spacing_source not in SPACING_SOURCES:
+            raise ValueError(f"unknown spacing_source {self.spacing_source!r}")
+        if (self.spacing_mm is None) != (self.spacing_source == "unknown"):
+            raise ValueError("spacing_mm is None exactly when spacing_source == 'unknown'")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of :attr:`image`."""
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    def require_spacing(self) -> tuple[float, float]:
+        """Return :attr:`spacing_mm` or raise :class:`~mmstream.errors.SpacingError`.
+
+        The error's ``reason`` is ``meta["spacing_error"]`` when the reader recorded why the spacing
+        is unknown (e.g. ``"ambiguous_regions"``), else ``"no_spacing"``.
+        """
+        if self.spacing_mm is not None:
+            return self.spacing_mm
+        reason = str(self.meta.get("spacing_error", "no_spacing"))
+        src = self.meta.get("source", "<unknown file>")
+        detail = self.meta.get("spacing_detail", "the file states no pixel spacing")
+        raise SpacingError(f"{src}: frame {self.index}: pixel spacing unknown ({detail})", reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def read_error(path: os.PathLike | str, message: str, reason: str) -> ReadError:
+    """A :class:`ReadError` whose message names the file and whose ``reason`` is the short code."""
+    return ReadError(f"{os.fspath(path)}: {message}", reason=reason)
+
+
+def check_file(path: os.PathLike | str) -> Path:
+    """Resolve ``path`` and check it names a non-empty regular file."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError as exc:
+        raise ReadError(f"{path!r}: not a path ({exc})", reason="not_found") from exc
+    try:
+        st = p.stat()
+    except FileNotFoundError as exc:
+        raise read_error(p, "no such file", "not_found") from exc
+    except OSError as exc:
+        raise read_error(p, f"cannot stat file ({exc.strerror or exc})", "unreadable") from exc
+    if not p.is_file():
+        raise read_error(p, "not a regular file", "not_a_file")
+    if st.st_size == 0:
+        raise read_error(p, "file is empty (0 bytes)", "empty_file")
+    return p
+
+
+def check_pixels(path, rows: int, cols: int, max_pixels: int, what: str = "frame") -> None:
+    """Refuse empty frames and frames above ``max_pixels`` before decoding them."""
+    if rows <= 0 or cols <= 0:
+        raise read_error(path, f"empty image ({rows} x {cols})", "empty_image")
+    if rows * cols > max_pixels:
+        raise read_error(
+            path,
+            f"{what} of {rows} x {cols} = {rows * cols} pixels exceeds max_pixels={max_pixels}",
+            "too_large",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# spacing
+
+
+def validate_spacing(value, *, what: str) -> tuple[float, float]:
+    """Check a caller-given ``(row_mm, col_mm)`` pair; raise ``SpacingError("invalid_spacing")``."""
+    try:
+        row_mm, col_mm = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise SpacingError(f"{what}: expected (row_mm, col_mm), got {value!r}", reason="invalid_spacing") from exc
+    if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+        raise SpacingError(
+            f"{what}: spacing must be two finite positive numbers in mm, got {value!r}", reason="invalid_spacing"
+        )
+    return (row_mm, col_mm)
+
+
+def positive_finite(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel conversion
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an ``(M, N, 3)`` uint8 RGB image, bit-exact with ``PIL.Image.convert("L")``.
+
+    Pillow computes ``L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16`` (weights 0.299, 0.587, 0.114
+    in 16-bit fixed point). The decimal form ``(R*299 + G*587 + B*114 + 500) // 1000`` differs from
+    Pillow by 1 grey level on 9 040 of the 16.7 M colours, so it is not used.
+    """
+    rgb = rgb.astype(np.uint32, copy=False)
+    grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return np.ascontiguousarray(grey.astype(np.uint8))
+
+
+def to_uint8(path, arr: np.ndarray, *, what: str = "image") -> np.ndarray:
+    """Bring integer samples to uint8 without rescaling.
+
+    Rule: uint8 passes; any other integer type is accepted only when every sample lies in
+    0..255 (e.g. 16-bit containers holding 8-bit data), otherwise ``ReadError("unsupported_bit_depth")``.
+    Floating point and other kinds raise ``ReadError("unsupported_dtype")``. Values are never rescaled.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind not in "iub":
+        raise read_error(path, f"{what} has unsupported sample type {arr.dtype}", "unsupported_dtype")
+    if arr.dtype.kind == "b":
+        return arr.astype(np.uint8)
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise read_error(
+                path,
+                f"{what} has {arr.dtype} samples in {lo}..{hi}; only values that fit 8 bits (0..255) are "
+                "accepted, mmstream never rescales silently",
+                "unsupported_bit_depth",
+            )
+    return arr.astype(np.uint8)
+
+
+def to_grey_u8(path, arr: np.ndarray, *, channel_order: str = "RGB", what: str = "image") -> np.ndarray:
+    """Convert ``(M, N)``, ``(M, N, 1)``, ``(M, N, 3)`` or ``(M, N, 4)`` samples to a C-contiguous uint8 grey image.
+
+    ``channel_order`` is ``"RGB"`` or ``"BGR"`` (OpenCV); a 4th (alpha) channel is dropped.
+    """
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return np.ascontiguousarray(to_uint8(path, arr, what=what))
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise read_error(path, f"{what} has unsupported shape {arr.shape}", "unsupported_layout")
+    arr = to_uint8(path, arr[..., :3], what=what)
+    if channel_order == "BGR":
+        arr = arr[..., ::-1]
+    return rgb_to_grey(arr)

@@ -1,0 +1,210 @@
+"""Nerve cross-sectional area (CSA) from one click, and frame-to-frame tracking.
+
+Method (and why)
+----------------
+The outline of a peripheral nerve in a transverse B-mode image is close to an ellipse; what is hard
+is its *size*: the epineurial rim is discontinuous, fascicles inside are dark like the fat or the
+vessels outside, and speckle produces edges everywhere. Free-form boundary searches (flood fill,
+random walker, learned radial cost + closed minimal path) get the shape roughly right and the size
+wrong. This module therefore searches a small family of ellipses directly and lets a learned linear
+score pick the one whose rim is most nerve-like:
+
+1. **Polar unwrap around the seed** (:func:`_box_integral`, :func:`_polar_sample`): ``N_ANGLES``
+   rays, one sample per pixel of radius, each sample the mean of a ``(2*BOX_HALF+1)**2`` box
+   (speckle reduction) read from an integral image of the region of interest. Pixels outside the
+   image count as 0 (black, as the B-mode sector border).
+2. **Radial feature maps** (:func:`_polar_features`): grey levels normalised by the disc around the
+   seed (z-scores), step edges at two scales, the rim maximum just outside, the level further out
+   and the running mean inside, each at every (angle, radius).
+3. **Ellipse candidates** centred on the seed (the seed is the most interior point, i.e. the
+   centre of the inscribed circle, so the minor semi-axis is the seed's depth): minor semi-axis on
+   a geometric grid, aspect ratio and tilt on small grids. :func:`_candidate_features` averages
+   each feature map along the candidate outline in four sectors (right, bottom, left, top: the top
+   and bottom rims are specular, the sides are not), and adds shape-prior terms.
+4. **Learned conditional-logit score**: one weight per candidate feature, trained by
+   ``tools/train_csa.py`` (softmax over the candidates of an image, soft target from the Dice of
+   each candidate against the expert mask) on ``../shared/data/usgra-seg``; the weights are a few
+   dozen floats written into :mod:`mmstream.kernels._csa_model` (no data file to ship). Figures are
+   reported k-fold cross-validated by image (see ``tools/train_csa.py`` and
+   ``tools/accuracy_nerve.py --cv``).
+5. The best candidate becomes a ``N_ANGLES``-vertex polygon.
+
+:func:`track` re-runs steps 1-4 on the next frame around the previous centroid, on a small
+neighbourhood of centre offsets and with the candidates restricted to sizes and shapes near the
+previous contour's (its ellipse is recovered from the polygon's second moments), so the per-frame
+cost stays in the tenths of a millisecond.
+
+Conventions: axes are (row, col); ray ``k`` points along angle ``theta_k = 2*pi*k/N_ANGLES`` with
+``d_row = sin(theta)``, ``d_col = cos(theta)`` (``k = N_ANGLES/4`` points down, towards +row).
+Ellipse tilt ``phi`` is the angle of the major axis from the +col axis, towards +row. All lengths
+are pixels; conversion to mm is the caller's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmstream.errors import InputError
+from mmstream.kernels._jit import kernel
+
+__all__ = ["CsaContour", "segment_from_seed", "track"]
+
+# --------------------------------------------------------------------------------------------
+# Constants shared by the kernels, the trainer and the tests.
+N_ANGLES = 64  # rays of the polar unwrap (multiple of 4: four sectors)
+BOX_HALF = 2  # speckle box: (2*BOX_HALF+1)^2 pixels
+R_MAX = 160  # largest candidate radius (px)
+MARGIN = 12  # radial samples beyond the largest candidate radius needed by the feature maps
+N_NORM = 48  # z-score normalisation over radii 0..N_NORM-1 of every ray
+N_FMAPS = 7  # feature maps of _polar_features
+N_SECTORS = 4
+B_GRID = 3.0 * 1.06 ** np.arange(62)  # minor semi-axis (px), 3..110
+ASPECT_GRID = np.array([1.0, 1.2, 1.45, 1.7, 2.0, 2.35, 2.75, 3.2, 3.8])
+PHI_GRID_DEG = np.array([-30.0, -15.0, 0.0, 15.0, 30.0])
+N_STATIC = 6  # shape-prior features per candidate
+
+THETA = 2.0 * np.pi * np.arange(N_ANGLES) / N_ANGLES
+SIN_T = np.ascontiguousarray(np.sin(THETA))
+COS_T = np.ascontiguousarray(np.cos(THETA))
+SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // 8) // (N_ANGLES // 4) % 4).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Private kernels (each has an independent twin in tests/twins/csa.py).
+
+
+@kernel("void(uint8[:, ::1], int64, int64, int64[:, ::1])")
+def _box_integral(image, r0, c0, out):
+    """Integral image of ``image[r0:r0+h, c0:c0+w]`` with ``(h+1, w+1) = out.shape``.
+
+    ``out[i, j]`` is the sum of the ROI pixels with local row < i and local col < j; ROI pixels
+    outside the image count as 0.
+    """
+    h = out.shape[0] - 1
+    w = out.shape[1] - 1
+    height = image.shape[0]
+    width = image.shape[1]
+    for j in range(w + 1):
+        out[0, j] = 0
+    for i in range(h):
+        out[i + 1, 0] = 0
+        r = r0 + i
+        acc = 0
+        if r >= 0 and r < height:
+            lo = min(max(-c0, 0), w)
+            hi = max(min(width - c0, w), lo)
+            for j in range(lo):
+                out[i + 1, j + 1] = out[i, j + 1]
+            row = image[r]
+            for j in range(lo, hi):
+                acc += row[c0 + j]
+                out[i + 1, j + 1] = out[i, j + 1] + acc
+            for j in range(hi, w):
+                out[i + 1, j + 1] = out[i, j + 1] + acc
+        else:
+            for j in range(w):
+                out[i + 1, j + 1] = out[i, j + 1]
+
+
+@kernel(
+    "void(int64[:, ::1], int64, int64, float64, float64, float64[::1], float64[::1], int64,"
+    " float64[:, ::1])"
+)
+def _polar_sample(integ, r0, c0, center_r, center_c, sin_t, cos_t, half, out):
+    """Polar unwrap: ``out[k, i]`` = box mean around ray ``k`` at radius ``i`` (px).
+
+    The sample pixel is ``(floor(center_r + i*sin_t[k] + 0.5), floor(center_c + i*cos_t[k] + 0.5))``;
+    the box mean divides the sum of the ``(2*half+1)**2`` box (pixels outside the ROI of ``integ``,
+    whose origin is ``(r0, c0)``, count as 0) by the full box size.
+    """
+    hh = integ.shape[0] - 1
+    ww = integ.shape[1] - 1
+    inv = 1.0 / ((2 * half + 1) * (2 * half + 1))
+    for k in range(out.shape[0]):
+        s = sin_t[k]
+        c = cos_t[k]
+        for i in range(out.shape[1]):
+            pr = int(np.floor(center_r + i * s + 0.5)) - r0
+            pc = int(np.floor(center_c + i * c + 0.5)) - c0
+            a0 = min(max(pr - half, 0), hh)
+            a1 = min(max(pr + half + 1, 0), hh)
+            b0 = min(max(pc - half, 0), ww)
+            b1 = min(max(pc + half + 1, 0), ww)
+            tot = integ[a1, b1] - integ[a0, b1] - integ[a1, b0] + integ[a0, b0]
+            out[k, i] = tot * inv
+
+
+@kernel("void(float64[:, ::1], int64, float64[:, :, ::1])")
+def _polar_features(polar, n_norm, out):
+    """Radial feature maps ``out[f, k, i]`` for radius ``i < out.shape[2]`` from ``polar (K, N)``.
+
+    With ``z = (polar - mu) / sd`` (``mu``, ``sd``: mean and population standard deviation of
+    ``polar[:, :n_norm]``, ``sd`` floored at 1 grey level) and ``zc[j] = z[k, min(max(j, 0), N-1)]``:
+
+    0. ``zc[i+3]`` (outside level)
+    1. ``zc[i-3]`` (inside level)
+    2. ``zc[i+2] - zc[i-2]`` (fine step edge)
+    3. mean ``zc[i+1..i+8]`` - mean ``zc[i-8..i-1]`` (coarse step edge)
+    4. max ``zc[i..i+6]`` (bright rim just outside)
+    5. ``zc[i+10]`` (level further out)
+    6. mean ``z[k, 0..i]`` (running mean inside)
+    """
+    n_k = polar.shape[0]
+    n = polar.shape[1]
+    n_out = out.shape[2]
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(n_k):
+        for i in range(n_norm):
+            v = polar[k, i]
+            s1 += v
+            s2 += v * v
+    cnt = n_k * n_norm
+    mu = s1 / cnt
+    var = s2 / cnt - mu * mu
+    sd = np.sqrt(max(var, 1.0))
+    inv = 1.0 / sd
+    for k in range(n_k):
+        run = 0.0
+        for i in range(n_out):
+            run += (polar[k, i] - mu) * inv
+            out[6, k, i] = run / (i + 1)
+            out[0, k, i] = (polar[k, min(i + 3, n - 1)] - mu) * inv
+            out[1, k, i] = (polar[k, max(i - 3, 0)] - mu) * inv
+            out[2, k, i] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
+            so = 0.0
+            si = 0.0
+            for j in range(1, 9):
+                so += polar[k, min(i + j, n - 1)]
+                si += polar[k, max(i - j, 0)]
+            out[3, k, i] = (so - si) * (inv / 8.0)
+            m = polar[k, min(i, n - 1)]
+            for j in range(1, 7):
+                m = max(m, polar[k, min(i + j, n - 1)])
+            out[4, k, i] = (m - mu) * inv
+            out[5, k, i] = (polar[k, min(i + 10, n - 1)] - mu) * inv
+
+
+@kernel("void(float64[:, :, ::1], float64[:, ::1], int64[::1], float64[::1], float64[:, ::1])")
+def _candidate_features(fmaps, radii, sector, ray_weight, out):
+    """Sector means of the feature maps along each candidate outline.
+
+    ``radii[c, k]`` is candidate ``c``'s radius on ray ``k``; it is read at radius index
+    ``i = min(max(floor(radii[c, k] + 0.5), 1), fmaps.shape[2] - 1)``.
+    ``out[c, s * F + f]`` = sum over the rays ``k`` of sector ``s`` of
+    ``ray_weight[k] * fmaps[f, k, i]`` (``ray_weight = 1 / rays in the sector``: a sector mean).
+    """
+    n_f = fmaps.shape[0]
+    n_k = fmaps.shape[1]
+    n_r = fmaps.shape[2]
+    for c in range(radii.shape[0]):
+        for j in range(out.shape[1]):
+            out[c, j] = 0.0
+        for k in range(n_k):
+            i = min(max(int(np.floor(radii[c, k] + 0.5)), 1), n_r - 1)
+            base = sector[k] * n_f
+            w = ray_weight[k]
+            for f in range(n_f):
+                out[c, base + f] += fmaps[f, k, i] * w

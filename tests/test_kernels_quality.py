@@ -1,0 +1,62 @@
+"""Quality kernel: parity with the twin, duplicate/frozen/saturation/contact detection, bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mmstream.errors import InputError
+from mmstream.kernels.quality import QualityLimits, frame_quality
+from twins import quality as twin
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(64, 90), st.integers(16, 70))))
+def test_matches_twin(image):
+    q = frame_quality(image)
+    sat, dark = twin.fractions(image)
+    assert q.saturated_fraction == pytest.approx(sat)
+    assert q.dark_fraction == pytest.approx(dark)
+    np.testing.assert_allclose(q.signature.thumb, twin.thumbnail(image), rtol=1e-12)
+    assert q.thumb_mean_abs_diff is None and not q.frozen and not q.duplicate
+
+
+def test_duplicate_and_frozen(sim_probe, rng):
+    a = sim_probe.frame(0).image
+    qa = frame_quality(a)
+    same = frame_quality(a.copy(), qa.signature)
+    assert same.duplicate and same.frozen and same.thumb_mean_abs_diff == 0.0
+    # a frozen scanner seen through a noisy grabber: +-1 grey level noise
+    noisy = np.clip(a.astype(np.int16) + rng.integers(-1, 2, a.shape), 0, 255).astype(np.uint8)
+    qn = frame_quality(noisy, qa.signature)
+    assert qn.frozen and not qn.duplicate
+    # live tissue: the next simulated frame (probe moved, fresh noise) is neither
+    qb = frame_quality(sim_probe.frame(5).image, qa.signature)
+    assert not qb.frozen and not qb.duplicate
+
+
+def test_one_changed_pixel_is_not_duplicate(sim_probe):
+    a = sim_probe.frame(0).image
+    b = a.copy()
+    b[100, 100] ^= 1
+    q = frame_quality(b, frame_quality(a).signature)
+    assert not q.duplicate and q.frozen
+
+
+def test_saturation_and_no_contact():
+    img = np.full((128, 128), 100, np.uint8)
+    img[:20] = 255
+    q = frame_quality(img)
+    assert q.saturated_fraction == pytest.approx(20 / 128) and q.saturated and not q.no_contact
+    black = np.zeros((128, 128), np.uint8)
+    black[:6] = 180  # near-field reverberation of a probe in air
+    q = frame_quality(black)
+    assert q.no_contact and q.dark_fraction == pytest.approx(122 / 128)
+    assert not frame_quality(black, limits=QualityLimits(dark_fraction_no_contact=0.99)).no_contact
+
+
+@pytest.mark.parametrize("image", [np.zeros((63, 20), np.uint8), np.zeros((64, 64), np.int16), np.zeros((64, 64, 3), np.uint8)])
+def test_bad_input(image):
+    with pytest.raises(InputError):
+        frame_quality(image)

@@ -1,0 +1,25 @@
+"""Plain-numpy twin of :mod:`mmstream.kernels.quality`, written from its docstring."""
+
+import numpy as np
+
+THUMB = (16, 16)
+ROW_STEP = 4
+
+
+def thumbnail(image):
+    """Block means over every 4th row: row block r * 16 // H, column block edges ceil(k * W / 16)."""
+    h, w = image.shape
+    rows = np.arange(0, h, ROW_STEP)
+    rblock = rows * THUMB[0] // h
+    cedges = -(-np.arange(THUMB[1] + 1) * w // THUMB[1])
+    out = np.zeros(THUMB)
+    for b in range(THUMB[0]):
+        sel = image[rows[rblock == b]].astype(np.float64)
+        for k in range(THUMB[1]):
+            out[b, k] = sel[:, cedges[k] : cedges[k + 1]].mean()
+    return out
+
+
+def fractions(image, saturated_level=250, dark_level=10):
+    """(saturated fraction, dark fraction)."""
+    return float((image >= saturated_level).mean()), float((image <= dark_level).mean())
