@@ -208,3 +208,243 @@ def _candidate_features(fmaps, radii, sector, ray_weight, out):
             w = ray_weight[k]
             for f in range(n_f):
                 out[c, base + f] += fmaps[f, k, i] * w
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate ellipses (fixed tables built once at import).
+
+
+def _ellipse_radii(b: np.ndarray, aspect: np.ndarray, phi_deg: np.ndarray) -> np.ndarray:
+    """Radius along every ray of ellipses centred on the seed: shape (len(b), N_ANGLES)."""
+    b = np.asarray(b, np.float64)[:, None]
+    a = b * np.asarray(aspect, np.float64)[:, None]
+    psi = THETA[None, :] - np.radians(np.asarray(phi_deg, np.float64))[:, None]
+    return a * b / np.sqrt((b * np.cos(psi)) ** 2 + (a * np.sin(psi)) ** 2)
+
+
+def _static_features(params: np.ndarray) -> np.ndarray:
+    """Shape-prior features of candidates ``params (n, 3) = (b, aspect, phi_deg)``."""
+    lb = np.log(params[:, 0] / 20.0)
+    la = np.log(params[:, 1])
+    ph = params[:, 2] / 30.0
+    return np.stack([lb, lb * lb, la, la * la, ph * ph, lb * la], axis=1)
+
+
+def _build_candidates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b, asp, phi = np.meshgrid(B_GRID, ASPECT_GRID, PHI_GRID_DEG, indexing="ij")
+    params = np.stack([b.ravel(), asp.ravel(), phi.ravel()], axis=1)
+    params = params[params[:, 0] * params[:, 1] <= R_MAX]
+    radii = np.ascontiguousarray(_ellipse_radii(params[:, 0], params[:, 1], params[:, 2]))
+    return params, radii, np.ascontiguousarray(_static_features(params))
+
+
+CAND_PARAMS, CAND_RADII, CAND_STATIC = _build_candidates()
+_RAY_WEIGHT = np.ascontiguousarray(
+    1.0 / np.bincount(SECTOR, minlength=N_SECTORS)[SECTOR].astype(np.float64)
+)
+N_DYNAMIC = N_SECTORS * N_FMAPS
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+
+
+@dataclass(frozen=True)
+class CsaContour:
+    """A nerve outline in one frame.
+
+    Attributes
+    ----------
+    contour_rc : ndarray of shape (K, 2), float64
+        Closed polygon (the last vertex joins the first, it is not repeated), (row, col) pixel
+        coordinates (pixel centres at integers).
+    area_px : float
+        Polygon (shoelace) area in px^2. The pixels whose centres fall inside the polygon (the
+        rule of :mod:`mmstream.kernels.echogenicity`, also used for Dice in the accuracy tool) number
+        the same up to the rasterisation of the outline.
+    perimeter_px : float
+        Polygon perimeter in px.
+    centroid_rc : tuple of float
+        Polygon (area) centroid, (row, col) px.
+    confidence : float
+        In [0, 1]: probability mass, under the softmax of the learned score over the candidates
+        searched, of the candidates that agree with the returned outline (polar Dice >= 0.9).
+        Near 1: the image singles out this size and shape; near 0: many different outlines score
+        alike (weak or ambiguous rim). In :func:`track` the search is restricted to the
+        neighbourhood of the previous outline, so values run higher than after a click.
+    """
+
+    contour_rc: np.ndarray
+    area_px: float
+    perimeter_px: float
+    centroid_rc: tuple[float, float]
+    confidence: float
+
+
+MIN_SIDE = 16  # smallest accepted image side (px)
+
+
+def _check_image(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 2:
+        raise InputError(f"image must be 2-D (H, W) grey, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    if image.size == 0:
+        raise InputError("image is empty")
+    if min(image.shape) < MIN_SIDE:
+        raise InputError(f"image {image.shape} is too small (each side must be >= {MIN_SIDE} px)")
+    return np.ascontiguousarray(image)
+
+
+def _check_point(point, shape: tuple[int, int], what: str) -> tuple[float, float]:
+    try:
+        r, c = (float(v) for v in point)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a (row, col) pair of numbers, got {point!r}") from exc
+    if not (np.isfinite(r) and np.isfinite(c)):
+        raise InputError(f"{what} {point!r} is not finite")
+    if not (0.0 <= r <= shape[0] - 1 and 0.0 <= c <= shape[1] - 1):
+        raise InputError(f"{what} {(r, c)} lies outside the {shape[0]}x{shape[1]} image")
+    return r, c
+
+
+class _Workspace:
+    """Reusable buffers (one per thread) so tracking allocates only its outputs."""
+
+    def __init__(self) -> None:
+        n_r = R_MAX + MARGIN + 2
+        side = 2 * (n_r + BOX_HALF + 2) + 2
+        self.integ = np.empty(side * side, np.int64)
+        self.polar = np.empty(N_ANGLES * n_r, np.float64)
+        self.fmaps = np.empty(N_FMAPS * N_ANGLES * n_r, np.float64)
+        self.feats = np.empty(len(CAND_PARAMS) * N_DYNAMIC, np.float64)
+
+
+import threading  # noqa: E402
+
+_TLS = threading.local()
+
+
+def _workspace() -> _Workspace:
+    ws = getattr(_TLS, "ws", None)
+    if ws is None:
+        ws = _TLS.ws = _Workspace()
+    return ws
+
+
+def _score_at(image, center_r, center_c, cand, weights, ws):
+    """Learned score of candidates ``cand`` (indices) centred at (center_r, center_c)."""
+    radii = CAND_RADII[cand] if cand is not None else CAND_RADII
+    static = CAND_STATIC[cand] if cand is not None else CAND_STATIC
+    n_out = int(np.ceil(radii.max())) + 2
+    n_r = max(n_out + MARGIN, N_NORM)
+    reach = n_r + BOX_HALF + 1
+    h, w = image.shape
+    r0 = max(int(np.floor(center_r)) - reach, 0)
+    c0 = max(int(np.floor(center_c)) - reach, 0)
+    r1 = min(int(np.floor(center_r)) + reach + 2, h)
+    c1 = min(int(np.floor(center_c)) + reach + 2, w)
+    integ = ws.integ[: (r1 - r0 + 1) * (c1 - c0 + 1)].reshape(r1 - r0 + 1, c1 - c0 + 1)
+    _box_integral(image, r0, c0, integ)
+    polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
+    _polar_sample(integ, r0, c0, center_r, center_c, SIN_T, COS_T, BOX_HALF, polar)
+    fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
+    _polar_features(polar, N_NORM, fmaps)
+    feats = ws.feats[: len(radii) * N_DYNAMIC].reshape(len(radii), N_DYNAMIC)
+    _candidate_features(fmaps, radii, SECTOR, _RAY_WEIGHT, feats)
+    return feats @ weights[:N_DYNAMIC] + static @ weights[N_DYNAMIC:]
+
+
+def _polygon_props(contour: np.ndarray) -> tuple[float, float, tuple[float, float]]:
+    r, c = contour[:, 0], contour[:, 1]
+    rn, cn = np.roll(r, -1), np.roll(c, -1)
+    cross = c * rn - cn * r
+    area2 = cross.sum()
+    area = 0.5 * abs(area2)
+    perim = float(np.hypot(rn - r, cn - c).sum())
+    if area2 == 0:
+        return 0.0, perim, (float(r.mean()), float(c.mean()))
+    cr = float(((r + rn) * cross).sum() / (3.0 * area2))
+    cc = float(((c + cn) * cross).sum() / (3.0 * area2))
+    return float(area), perim, (cr, cc)
+
+
+def _confidence(scores: np.ndarray, radii: np.ndarray, best: int) -> float:
+    p = np.exp(scores - scores.max())
+    p /= p.sum()
+    rb = radii[best]
+    inter = np.minimum(radii, rb) ** 2
+    dice = 2.0 * inter.sum(axis=1) / ((radii**2).sum(axis=1) + (rb**2).sum())
+    return float(np.clip(p[dice >= 0.9].sum(), 0.0, 1.0))
+
+
+def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
+    contour = np.empty((N_ANGLES, 2), np.float64)
+    contour[:, 0] = center_r + radii_best * SIN_T
+    contour[:, 1] = center_c + radii_best * COS_T
+    area, perim, centroid = _polygon_props(contour)
+    return CsaContour(contour, area, perim, centroid, confidence)
+
+
+def _segment(image, seed_rc, weights) -> CsaContour:
+    ws = _workspace()
+    scores = _score_at(image, seed_rc[0], seed_rc[1], None, weights, ws)
+    best = int(np.argmax(scores))
+    conf = _confidence(scores, CAND_RADII, best)
+    return _make_contour(seed_rc[0], seed_rc[1], CAND_RADII[best], conf)
+
+
+def _weights() -> np.ndarray:
+    from mmstream.kernels._csa_model import WEIGHTS
+
+    return WEIGHTS
+
+
+def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaContour:
+    """Outline the nerve around one click.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), uint8
+        Grey B-mode frame (H, W >= 16).
+    seed_rc : (row, col)
+        Click inside the nerve, in pixels, ideally at its most interior point (the centre of the
+        largest inscribed circle): the outline is centred on it.
+
+    Returns
+    -------
+    CsaContour
+        Polygon of ``N_ANGLES`` vertices with its area (px^2), perimeter (px), centroid and a
+        confidence in [0, 1].
+
+    Raises
+    ------
+    InputError
+        Wrong type, dtype or dimensions, empty or tiny image, seed not finite or outside the image.
+    """
+    image = _check_image(image)
+    seed = _check_point(seed_rc, image.shape, "seed_rc")
+    return _segment(image, seed, _weights())
+
+
+def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
+    """(b, aspect, phi_deg) of the ellipse with the polygon's area and second moments."""
+    area, _, (cr, cc) = _polygon_props(contour)
+    # second moments of the polygon (Green's theorem), about the centroid
+    r, c = contour[:, 0] - cr, contour[:, 1] - cc
+    rn, cn = np.roll(r, -1), np.roll(c, -1)
+    cross = c * rn - cn * r
+    a2 = cross.sum()
+    m_cc = ((c * c + c * cn + cn * cn) * cross).sum() / (12.0 * a2) * 2.0
+    m_rr = ((r * r + r * rn + rn * rn) * cross).sum() / (12.0 * a2) * 2.0
+    m_rc = ((c * rn + 2 * c * r + 2 * cn * rn + cn * r) * cross).sum() / (24.0 * a2) * 2.0
+    m_cc, m_rr, m_rc = m_cc / 1.0, m_rr / 1.0, m_rc / 1.0
+    tr = 0.5 * (m_cc + m_rr)
+    dt = np.sqrt(max(0.25 * (m_cc - m_rr) ** 2 + m_rc**2, 0.0))
+    l1, l2 = tr + dt, max(tr - dt, 1e-12)
+    # for an ellipse of semi-axes (A, B) the normalised second moments are A^2/4, B^2/4
+    big, small = 2.0 * np.sqrt(l1), 2.0 * np.sqrt(l2)
+    phi = 0.5 * np.degrees(np.arctan2(2.0 * m_rc, m_cc - m_rr))
+    return float(small), float(big / small), float(phi)

@@ -144,9 +144,10 @@ def frame_quality(
     counts = np.zeros(2, np.int64)
     checksum = np.zeros(1, np.uint64)
     thumb = np.zeros(THUMB_SHAPE, np.float64)
-    _quality_pass(
-        image, np.uint8(limits.saturated_level), np.uint8(limits.dark_level), counts, checksum, thumb
-    )
+    with np.errstate(over="ignore"):  # the FNV hash wraps on purpose (seen without JIT only)
+        _quality_pass(
+            image, np.uint8(limits.saturated_level), np.uint8(limits.dark_level), counts, checksum, thumb
+        )
     thumb /= _block_pixel_counts(h, w)
     sig = FrameSignature(int(checksum[0]), thumb)
     n = float(h * w)
