@@ -30,7 +30,9 @@ Spacing (``spacing_mm = (row_mm, col_mm)``)
 3. Otherwise unknown (``spacing_error = "no_spacing"``).
 
 ``region_rc`` values are half-open ``(r0, c0, r1, c1)`` so that ``image[r0:r1, c0:c1]`` is the
-region (DICOM's RegionLocationMaxX1/Y1 are inclusive).
+region (DICOM's RegionLocationMaxX1/Y1 are inclusive). A maximum equal to Columns/Rows (one past
+the last pixel, written by some vendors) is tolerated and clipped (``"clipped": True`` in the region's
+entry); anything further out makes the region unusable.
 
 Time: ``FrameTimeVector`` (ms increments, cumulated), else ``FrameTime`` (ms), else ``CineRate``
 (frames/s); ``t_s`` is relative to the first frame, ``None`` when the file gives no timing.
@@ -122,9 +124,13 @@ def _regions(ds, rows: int, cols: int) -> list[dict[str, object]]:
                 reg["problem"] = "region_units"
             elif dx is None or dy is None or not (positive_finite(dx) and positive_finite(dy)):
                 reg["problem"] = "invalid_spacing"
-            elif reg["region_rc"] is None or not (0 <= y0 <= y1 < rows and 0 <= x0 <= x1 < cols):
+            elif reg["region_rc"] is None or not (0 <= y0 <= y1 <= rows and 0 <= x0 <= x1 <= cols):
                 reg["problem"] = "region_outside_image"
             else:
+                if y1 == rows or x1 == cols:
+                    # some vendors (e.g. Philips CX50) write Max{X,Y}1 one past the last pixel
+                    reg["region_rc"] = [y0, x0, min(y1 + 1, rows), min(x1 + 1, cols)]
+                    reg["clipped"] = True
                 reg["spacing_mm"] = [dy * 10.0, dx * 10.0]
         out.append(reg)
     return out
@@ -340,3 +346,21 @@ def _to_grey(p, ds, arr: np.ndarray, photometric: str, bits_stored: int, i: int)
             raise read_error(p, f"{what}: signed MONOCHROME1 is not supported", "unsupported_bit_depth")
         arr = ((1 << bits_stored) - 1) - arr.astype(np.int64)
     return np.ascontiguousarray(to_uint8(p, arr, what=what))
+
+
+def count_frames(path) -> int:
+    """NumberOfFrames from the header (pixel data is not read)."""
+    p = check_file(path)
+    with open(p, "rb") as fh:
+        head = fh.read(132)
+    has_preamble = sniff(head)
+    if not has_preamble and not sniff_no_preamble(head):
+        raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
+    try:
+        ds = _pd().dcmread(p, stop_before_pixels=True, force=not has_preamble)
+    except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
+        raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
+    n = _int_attr(ds, p, "NumberOfFrames", 1)
+    if n < 1:
+        raise read_error(p, f"NumberOfFrames = {n}", "empty_image")
+    return n

@@ -45,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import types as _nbt
 
 from mmstream.errors import InputError
 from mmstream.kernels._jit import kernel
@@ -75,7 +76,10 @@ SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // 8) // (N_ANGLES // 4) % 4).astype(n
 # Private kernels (each has an independent twin in tests/twins/csa.py).
 
 
-@kernel("void(uint8[:, ::1], int64, int64, int64[:, ::1])")
+@kernel(
+    "void(uint8[:, ::1], int64, int64, int64[:, ::1])",
+    _nbt.void(_nbt.Array(_nbt.uint8, 2, "C", readonly=True), _nbt.int64, _nbt.int64, _nbt.int64[:, ::1]),
+)
 def _box_integral(image, r0, c0, out):
     """Integral image of ``image[r0:r0+h, c0:c0+w]`` with ``(h+1, w+1) = out.shape``.
 
@@ -334,10 +338,8 @@ def _workspace() -> _Workspace:
     return ws
 
 
-def _score_at(image, center_r, center_c, cand, weights, ws):
-    """Learned score of candidates ``cand`` (indices) centred at (center_r, center_c)."""
-    radii = CAND_RADII[cand] if cand is not None else CAND_RADII
-    static = CAND_STATIC[cand] if cand is not None else CAND_STATIC
+def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
+    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre."""
     n_out = int(np.ceil(radii.max())) + 2
     n_r = max(n_out + MARGIN, N_NORM)
     reach = n_r + BOX_HALF + 1
@@ -354,6 +356,14 @@ def _score_at(image, center_r, center_c, cand, weights, ws):
     _polar_features(polar, N_NORM, fmaps)
     feats = ws.feats[: len(radii) * N_DYNAMIC].reshape(len(radii), N_DYNAMIC)
     _candidate_features(fmaps, radii, SECTOR, _RAY_WEIGHT, feats)
+    return feats
+
+
+def _score_at(image, center_r, center_c, cand, weights, ws):
+    """Learned score of candidates ``cand`` (indices, or None for all) centred at a point."""
+    radii = CAND_RADII[cand] if cand is not None else CAND_RADII
+    static = CAND_STATIC[cand] if cand is not None else CAND_STATIC
+    feats = _features_at(image, center_r, center_c, radii, ws)
     return feats @ weights[:N_DYNAMIC] + static @ weights[N_DYNAMIC:]
 
 
@@ -440,7 +450,6 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
     m_cc = ((c * c + c * cn + cn * cn) * cross).sum() / (12.0 * a2) * 2.0
     m_rr = ((r * r + r * rn + rn * rn) * cross).sum() / (12.0 * a2) * 2.0
     m_rc = ((c * rn + 2 * c * r + 2 * cn * rn + cn * r) * cross).sum() / (24.0 * a2) * 2.0
-    m_cc, m_rr, m_rc = m_cc / 1.0, m_rr / 1.0, m_rc / 1.0
     tr = 0.5 * (m_cc + m_rr)
     dt = np.sqrt(max(0.25 * (m_cc - m_rr) ** 2 + m_rc**2, 0.0))
     l1, l2 = tr + dt, max(tr - dt, 1e-12)
@@ -448,3 +457,81 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
     big, small = 2.0 * np.sqrt(l1), 2.0 * np.sqrt(l2)
     phi = 0.5 * np.degrees(np.arctan2(2.0 * m_rc, m_cc - m_rr))
     return float(small), float(big / small), float(phi)
+
+
+TRACK_SIZE_TOL = 0.13  # track: minor semi-axis within +-13 % of the previous one
+TRACK_STEP_PX = 2.0  # track: centre offsets searched (0, +-step along rows and cols)
+_TRACK_OFFSETS = np.array([[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+
+
+def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
+    b, asp, phi = prev
+    ia = int(np.argmin(np.abs(np.log(ASPECT_GRID / asp))))
+    ip = int(np.argmin(np.abs(PHI_GRID_DEG - np.clip(phi, -90.0, 90.0))))
+    keep = (
+        (np.abs(np.log(CAND_PARAMS[:, 0] / b)) <= np.log1p(TRACK_SIZE_TOL))
+        & np.isin(CAND_PARAMS[:, 1], ASPECT_GRID[max(ia - 1, 0) : ia + 2])
+        & np.isin(CAND_PARAMS[:, 2], PHI_GRID_DEG[max(ip - 1, 0) : ip + 2])
+    )
+    idx = np.flatnonzero(keep)
+    if idx.size == 0:  # previous outline outside the searched family: nearest candidates
+        d = np.abs(np.log(CAND_PARAMS[:, 0] / b)) + np.abs(np.log(CAND_PARAMS[:, 1] / asp))
+        idx = np.argsort(d, kind="stable")[:9]
+    return idx
+
+
+def _track(image, previous: CsaContour, weights) -> CsaContour:
+    ws = _workspace()
+    prev = _ellipse_of(previous.contour_rc)
+    cand = _track_candidates(prev)
+    h, w = image.shape
+    best_s = -np.inf
+    best = (0, 0.0, 0.0, None)
+    for off in _TRACK_OFFSETS:
+        cr = min(max(previous.centroid_rc[0] + TRACK_STEP_PX * off[0], 0.0), h - 1.0)
+        cc = min(max(previous.centroid_rc[1] + TRACK_STEP_PX * off[1], 0.0), w - 1.0)
+        scores = _score_at(image, cr, cc, cand, weights, ws)
+        j = int(np.argmax(scores))
+        if scores[j] > best_s:
+            best_s = scores[j]
+            best = (j, cr, cc, scores.copy())
+    j, cr, cc, scores = best
+    conf = _confidence(scores, CAND_RADII[cand], j)
+    return _make_contour(cr, cc, CAND_RADII[cand[j]], conf)
+
+
+def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
+    """Follow the nerve outlined in the previous frame of the same stream into ``image``.
+
+    The search is centred on ``previous.centroid_rc`` (and on centres ``TRACK_STEP_PX`` away along
+    rows and cols) and restricted to ellipses whose minor semi-axis is within ``TRACK_SIZE_TOL`` of
+    the previous outline's, with neighbouring aspect ratio and tilt (the previous ellipse comes
+    from the polygon's area and second moments).
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), uint8
+        Next grey B-mode frame.
+    previous : CsaContour
+        Result of :func:`segment_from_seed` or :func:`track` on the previous frame.
+
+    Returns
+    -------
+    CsaContour
+
+    Raises
+    ------
+    InputError
+        Bad image (as :func:`segment_from_seed`), ``previous`` not a CsaContour, degenerate
+        previous contour, or previous centroid outside the image.
+    """
+    image = _check_image(image)
+    if not isinstance(previous, CsaContour):
+        raise InputError(f"previous must be a CsaContour, got {type(previous).__name__}")
+    poly = np.asarray(previous.contour_rc, dtype=np.float64)
+    if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3 or not np.isfinite(poly).all():
+        raise InputError("previous.contour_rc must be a finite (K >= 3, 2) polygon")
+    _check_point(previous.centroid_rc, image.shape, "previous.centroid_rc")
+    if not previous.area_px > 0:
+        raise InputError("previous contour has zero area")
+    return _track(image, previous, _weights())

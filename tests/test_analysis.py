@@ -1,0 +1,131 @@
+"""analyze_frame: units, tracking across frames, regions, bad input — on the simulated probe."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mmstream.analysis import FrameAnalysis, analyze_frame
+from mmstream.errors import InputError, SpacingError
+
+
+@pytest.fixture(scope="module")
+def frames():
+    from mmstream_drivers.sim import SimProbe
+
+    probe = SimProbe(fps=30.0, seed=3)
+    return [probe.frame(i) for i in range(0, 60, 3)]
+
+
+def test_first_click_metrics_match_truth(frames):
+    f = frames[0]
+    res = analyze_frame(f.image, spacing_mm=f.truth.spacing_mm, seed=f.truth.nerve_center_rc)
+    assert res.csa is not None and not res.csa.tracked
+    assert res.csa.area_mm2 == pytest.approx(f.truth.nerve_area_mm2, rel=0.15)
+    assert res.csa.area_mm2 == pytest.approx(res.csa.area_px * 0.01)
+    assert res.thickness.thickness_mm == pytest.approx(f.truth.thickness_mm, abs=0.3)
+    assert res.thickness.thickness_mm == pytest.approx(res.thickness.thickness_px * 0.1)
+    # echogenicity defaults to the CSA contour when there is one
+    assert res.echogenicity.region == "csa"
+    assert 0.8 * res.csa.area_px <= res.echogenicity.n_px <= 1.2 * res.csa.area_px
+    assert res.quality.thumb_mean_abs_diff is None
+
+
+def test_tracking_follows_the_moving_probe(frames):
+    f0 = frames[0]
+    prev = analyze_frame(f0.image, spacing_mm=f0.truth.spacing_mm, seed=f0.truth.nerve_center_rc)
+    for f in frames[1:]:
+        res = analyze_frame(f.image, spacing_mm=f.truth.spacing_mm, previous=prev)
+        assert res.csa.tracked
+        dr = res.csa.centroid_rc[0] - f.truth.nerve_center_rc[0]
+        dc = res.csa.centroid_rc[1] - f.truth.nerve_center_rc[1]
+        assert np.hypot(dr, dc) < 4.0, f"frame {f.index}: centroid off by ({dr:.1f}, {dc:.1f}) px"
+        assert res.csa.area_mm2 == pytest.approx(f.truth.nerve_area_mm2, rel=0.2)
+        assert res.thickness.thickness_mm == pytest.approx(f.truth.thickness_mm, abs=0.4)
+        assert not res.quality.frozen
+        prev = res
+
+
+def test_unknown_spacing_gives_pixels_only(frames):
+    f = frames[0]
+    res = analyze_frame(f.image, seed=f.truth.nerve_center_rc)
+    assert res.spacing_mm is None
+    assert res.csa.area_mm2 is None and res.csa.perimeter_mm is None and res.csa.area_px > 0
+    assert res.thickness.thickness_mm is None and res.thickness.thickness_px > 0
+
+
+def test_anisotropic_spacing_perimeter(frames):
+    f = frames[0]
+    a = analyze_frame(f.image, spacing_mm=(0.1, 0.2), seed=f.truth.nerve_center_rc, metrics=["csa"])
+    c = a.csa.contour_rc
+    d = np.diff(np.vstack([c, c[:1]]), axis=0) * (0.1, 0.2)
+    assert a.csa.perimeter_mm == pytest.approx(np.hypot(d[:, 0], d[:, 1]).sum())
+    assert a.csa.area_mm2 == pytest.approx(a.csa.area_px * 0.02)
+
+
+def test_roi_region_and_metric_selection(frames):
+    img = frames[0].image
+    res = analyze_frame(img, roi=(100, 50, 200, 300), metrics=["echogenicity"])
+    assert res.csa is None and res.thickness is None and res.quality is None
+    assert res.echogenicity.region == "roi" and res.echogenicity.n_px == 100 * 250
+    assert res.echogenicity.mean == pytest.approx(img[100:200, 50:300].mean())
+    whole = analyze_frame(img, metrics=["echogenicity"])
+    assert whole.echogenicity.region == "frame" and whole.echogenicity.n_px == img.size
+
+
+def test_duplicate_frame_flagged(frames):
+    img = frames[0].image
+    a = analyze_frame(img, metrics=["quality"])
+    b = analyze_frame(img.copy(), metrics=["quality"], previous=a)
+    assert b.quality.duplicate and b.quality.frozen
+
+
+def test_result_round_trips_through_json(frames):
+    f = frames[0]
+    res = analyze_frame(f.image, spacing_mm=(0.1, 0.1), seed=f.truth.nerve_center_rc)
+    text = res.model_dump_json()
+    back = FrameAnalysis.model_validate_json(text)
+    assert back.csa.area_px == res.csa.area_px
+    np.testing.assert_allclose(back.csa.contour_rc, res.csa.contour_rc, atol=1e-3)
+    assert json.loads(text)["schema_version"] == 1
+    # a result read back from JSON can seed tracking in another process
+    nxt = analyze_frame(frames[1].image, spacing_mm=(0.1, 0.1), previous=back)
+    assert nxt.csa.tracked
+
+
+def test_new_frame_size_starts_afresh(frames):
+    f = frames[0]
+    prev = analyze_frame(f.image, seed=f.truth.nerve_center_rc)
+    small = np.ascontiguousarray(f.image[:256, :256])
+    res = analyze_frame(small, previous=prev)
+    assert res.csa is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"spacing_mm": (0.1, float("nan"))}, SpacingError),
+        ({"spacing_mm": (-0.1, 0.1)}, SpacingError),
+        ({"spacing_mm": "abc"}, SpacingError),
+        ({"roi": (10, 10, 5, 20)}, InputError),
+        ({"roi": (0, 0, 600, 20)}, InputError),
+        ({"roi": "x"}, InputError),
+        ({"seed": (-5, 10)}, InputError),
+        ({"seed": (10, 10_000)}, InputError),
+        ({"seed": (float("nan"), 3)}, InputError),
+        ({"metrics": ["csa", "colour"]}, InputError),
+        ({"echo_region": "roi"}, InputError),
+        ({"echo_region": "csa", "metrics": ["echogenicity"]}, InputError),
+    ],
+)
+def test_bad_arguments(frames, kwargs, err):
+    with pytest.raises(err):
+        analyze_frame(frames[0].image, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "frame", [np.zeros((64, 64), np.float64), np.zeros((64, 64, 3), np.uint8), "image", np.zeros((8, 8), np.uint8)]
+)
+def test_bad_frames(frame):
+    with pytest.raises(InputError):
+        analyze_frame(frame)

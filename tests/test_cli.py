@@ -1,0 +1,166 @@
+"""``mmstream analyze`` and ``mmstream demo``: output contract, batches with bad files, real data."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+
+import cv2
+import numpy as np
+import pytest
+
+from mmstream.cli import CSV_COLUMNS, main
+
+PHANTOM = files("mmstream") / "data" / "phantom.png"
+PHANTOM_TRUTH = json.loads((files("mmstream") / "data" / "phantom.json").read_text())
+
+
+def run(capsys, *argv):
+    code = main(["analyze", "--no-progress", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def records(out):
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_phantom_jsonl_contract(capsys):
+    seed = PHANTOM_TRUTH["seed_rc"]
+    code, out, err = run(capsys, PHANTOM, "--seed", *seed, "--spacing-mm", *PHANTOM_TRUTH["spacing_mm"])
+    assert code == 0, err
+    (rec,) = records(out)
+    assert {"source", "frame", "spacing_mm", "echogenicity", "csa", "thickness"} <= rec.keys()
+    assert rec["frame"] == 0 and rec["spacing_mm"] == [0.1, 0.1] and rec["spacing_source"] == "config"
+    assert {"mean", "std", "n_px"} <= rec["echogenicity"].keys()
+    assert {"area_px", "area_mm2", "contour_rc", "confidence"} <= rec["csa"].keys()
+    assert {"thickness_px", "thickness_mm", "superficial_rc", "deep_rc", "confidence"} <= rec["thickness"].keys()
+    assert rec["csa"]["area_mm2"] == pytest.approx(PHANTOM_TRUTH["nerve_area_mm2"], rel=0.15)
+    assert rec["thickness"]["thickness_mm"] == pytest.approx(PHANTOM_TRUTH["thickness_mm"], abs=0.3)
+    assert all(len(p) == 2 for p in rec["csa"]["contour_rc"])
+
+
+def test_csv_and_metric_subset(capsys):
+    code, out, _ = run(capsys, PHANTOM, "--format", "csv", "--metrics", "echogenicity,quality", "--roi", 10, 20, 110, 220)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0].keys()) == CSV_COLUMNS and len(rows) == 1
+    img = cv2.imread(str(PHANTOM), cv2.IMREAD_UNCHANGED)
+    assert float(rows[0]["echo_mean"]) == pytest.approx(img[10:110, 20:220].mean())
+    assert rows[0]["csa_area_px"] == "" and rows[0]["thickness_px"] == ""
+    assert rows[0]["spacing_source"] == "unknown"
+
+
+def test_batch_with_bad_files_keeps_going(capsys, tmp_path):
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.tif"
+    good2 = tmp_path / "copy.png"
+    shutil.copy(PHANTOM, good2)
+    code, out, err = run(capsys, PHANTOM, garbage, empty, missing, good2, "--metrics", "echogenicity")
+    assert code == 1
+    assert [r["source"] for r in records(out)] == [str(PHANTOM), str(good2)]
+    lines = err.strip().splitlines()
+    assert len(lines) == 3
+    for path, line in zip((garbage, empty, missing), lines):
+        assert line.startswith(f"mmstream analyze: error: {path}: ")
+
+
+def test_seed_or_roi_outside_image(capsys):
+    code, out, err = run(capsys, PHANTOM, "--seed", 900, 10)
+    assert code == 1 and out == "" and str(PHANTOM) in err and "seed" in err
+    code, out, err = run(capsys, PHANTOM, "--roi", 0, 0, 600, 600)
+    assert code == 1 and "roi" in err
+
+
+def test_require_spacing(capsys):
+    code, out, err = run(capsys, PHANTOM, "--require-spacing", "--metrics", "echogenicity")
+    assert code == 1 and "unknown_spacing" in err and out == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--metrics", "colour"], ["--spacing-mm", "0", "0.1"], ["--spacing-mm", "nan", "1"], ["--format", "xml"]]
+)
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(PHANTOM), *argv])
+    assert exc.value.code == 2
+
+
+def test_multiframe_tiff_tracks_after_first_frame(capsys, tmp_path, sim_probe):
+    frames = [sim_probe.frame(i) for i in range(3)]
+    path = tmp_path / "cine.tif"
+    ok, = (cv2.imwritemulti(str(path), [f.image for f in frames]),)
+    assert ok
+    seed = frames[0].truth.nerve_center_rc
+    code, out, err = run(capsys, path, "--seed", *seed, "--metrics", "csa")
+    assert code == 0, err
+    recs = records(out)
+    assert [r["frame"] for r in recs] == [0, 1, 2]
+    assert [r["csa"]["tracked"] for r in recs] == [False, True, True]
+
+
+@pytest.mark.shared_data
+def test_sonosite_cine_spacing(capsys, shared_data):
+    path = shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"
+    code, out, err = run(capsys, path, "--metrics", "echogenicity", "--require-spacing")
+    assert code == 0, err
+    recs = records(out)
+    assert len(recs) == 120
+    assert all(r["spacing_mm"] == pytest.approx([0.5105, 0.5105]) for r in recs)
+    assert recs[0]["spacing_source"] == "dicom_us_regions"
+
+
+@pytest.mark.shared_data
+def test_plus_sequence(capsys, shared_data):
+    path = shared_data / "pluslibdata" / "BoneUltrasound_L14.igs.mha"
+    code, out, err = run(capsys, path, "--metrics", "echogenicity,thickness")
+    assert code == 0, err
+    recs = records(out)
+    assert len(recs) == 21
+    assert all(r["thickness"]["thickness_px"] > 0 for r in recs)
+
+
+def test_console_script_and_demo():
+    exe = shutil.which("mmstream")
+    assert exe, "the mmstream console script is not installed"
+    proc = subprocess.run([exe, "demo", "--frames", "40", "--no-realtime"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("frame    39") and "CSA" in last and "thickness" in last
+
+
+def test_demo_status_close_to_truth(capsys):
+    assert main(["demo", "--frames", "30", "--no-realtime"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # "CSA   32.1 mm2 (truth  32.7)  thickness 15.70 mm (truth 15.70)"
+    parts = last.replace("(", " ").replace(")", " ").split()
+    csa, csa_truth = float(parts[parts.index("CSA") + 1]), float(parts[parts.index("CSA") + 4])
+    th, th_truth = float(parts[parts.index("thickness") + 1]), float(parts[parts.index("thickness") + 4])
+    assert csa == pytest.approx(csa_truth, rel=0.2)
+    assert th == pytest.approx(th_truth, abs=0.4)
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "mmstream.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("mmstream ")
+
+
+def test_large_batch_progress_does_not_pollute_stdout(tmp_path):
+    img = np.full((80, 80), 120, np.uint8)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"f{i}.bmp"
+        cv2.imwrite(str(p), img)
+        paths.append(str(p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmstream.cli", "analyze", "--metrics", "echogenicity", *paths],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["echogenicity"]["mean"] for line in proc.stdout.splitlines()] == [120.0] * 5

@@ -1,0 +1,211 @@
+"""Accuracy of mmstream.kernels.csa on the usgra-seg nerve images (expert masks).
+
+One ``segment_from_seed`` call per nerve component (seed = the component's most interior point, from
+``truth/nerve.json``), then: Dice against the component mask, relative area error, echogenicity
+error (mean grey inside our contour, by :func:`mmstream.kernels.echogenicity.echogenicity`, vs the
+truth's mean grey). A fixed 40 px circle at the seed is measured in the same run for scale.
+Tracking: the real image is shifted (integer ``np.roll``-free translation with black fill) by a few
+pixels per frame and ``track`` follows from the one-click result; Dice against the shifted mask.
+
+``--cv K``: also report K-fold cross-validated figures (held-out images; weights retrained on the
+other folds by tools/train_csa.py). The shipped weights were trained on all these images, so the
+plain figures are optimistic; quote the cross-validated ones.
+
+Shared data: ``../shared/data`` beside the project root, or env ``MMSTREAM_SHARED_DATA``.
+Exit status 2 with a message when the data are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("MMSTREAM_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def require_data() -> Path:
+    root = shared_data_dir()
+    if not (root / "truth" / "nerve.json").is_file() or not (root / "usgra-seg").is_dir():
+        sys.exit(
+            f"error: shared data not found at {root} (need truth/nerve.json and usgra-seg/); "
+            "set MMSTREAM_SHARED_DATA to the folder holding them"
+        )
+    return root
+
+
+def load_grey(path: Path) -> np.ndarray:
+    """BT.601 luma exactly as PIL ``Image.open(p).convert("L")``."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.ascontiguousarray(np.asarray(im.convert("L")), dtype=np.uint8)
+
+
+def load_components(root: Path, limit_images: int | None = None):
+    """Yield dicts: image index, grey image, component mask (bool), truth record."""
+    import cv2
+    from PIL import Image
+
+    truth = json.loads((root / "truth" / "nerve.json").read_text())
+    out = []
+    for ii, rec in enumerate(truth["images"][:limit_images]):
+        grey = load_grey(root / rec["path"])
+        with Image.open(root / rec["mask"]) as m:
+            labels = np.asarray(m)
+        _, lab = cv2.connectedComponents((labels == 1).astype(np.uint8), connectivity=8)
+        for comp in rec["components"]:
+            r, c = comp["seed_rc"]
+            mask = lab == lab[r, c]
+            out.append({"img": ii, "grey": grey, "mask": mask, "truth": comp, "path": rec["path"]})
+    return out
+
+
+def rasterize(poly_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixel centres inside the polygon (even-odd, half-open rule of echogenicity.py)."""
+    mask = np.zeros(shape, bool)
+    ra, ca = poly_rc[:, 0], poly_rc[:, 1]
+    rb, cb = np.roll(ra, -1), np.roll(ca, -1)
+    r_lo = max(int(np.ceil(ra.min())), 0)
+    r_hi = min(int(np.ceil(ra.max())), shape[0])
+    for r in range(r_lo, r_hi):
+        sel = ((ra <= r) & (r < rb)) | ((rb <= r) & (r < ra))
+        xs = np.sort(ca[sel] + (r - ra[sel]) * (cb[sel] - ca[sel]) / (rb[sel] - ra[sel]))
+        for k in range(0, len(xs) - 1, 2):
+            c0 = max(int(np.ceil(xs[k])), 0)
+            c1 = min(int(np.ceil(xs[k + 1])), shape[1])
+            mask[r, c0:c1] = True
+    return mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / s) if s else 1.0
+
+
+def metrics(contour_rc: np.ndarray, comp) -> dict:
+    from mmstream.kernels.echogenicity import echogenicity
+
+    pred = rasterize(contour_rc, comp["mask"].shape)
+    t = comp["truth"]
+    mean_in = echogenicity(comp["grey"], polygon_rc=contour_rc).mean
+    return {
+        "dice": dice(pred, comp["mask"]),
+        "rel_area_err": abs(float(pred.sum()) - t["area_px"]) / t["area_px"],
+        "echo_err": abs(mean_in - t["mean_grey"]) if np.isfinite(mean_in) else 255.0,
+    }
+
+
+def circle(seed_rc, radius=40.0, n=64) -> np.ndarray:
+    th = 2 * np.pi * np.arange(n) / n
+    return np.stack([seed_rc[0] + radius * np.sin(th), seed_rc[1] + radius * np.cos(th)], axis=1)
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for key in ("dice", "rel_area_err", "echo_err"):
+        v = np.array([r[key] for r in rows], np.float64)
+        out[key] = {
+            "median": float(np.median(v)),
+            "mean": float(v.mean()),
+            "p10": float(np.percentile(v, 10)),
+            "p90": float(np.percentile(v, 90)),
+        }
+    return out
+
+
+def shift_image(img: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    out = np.zeros_like(img)
+    h, w = img.shape
+    out[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = img[
+        max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)
+    ]
+    return out
+
+
+def track_eval(comps, segment, track, steps=((2, 1), (2, 1), (-1, 3), (3, -2), (0, 0))):
+    """Shift each image frame by frame; Dice of the tracked outline vs the shifted mask."""
+    per_frame = [[] for _ in steps]
+    drift = []
+    for comp in comps:
+        res = segment(comp["grey"], tuple(comp["truth"]["seed_rc"]))
+        r0 = res.centroid_rc
+        tot = np.zeros(2, int)
+        for k, st in enumerate(steps):
+            tot += st
+            img = shift_image(comp["grey"], int(tot[0]), int(tot[1]))
+            msk = shift_image(comp["mask"].astype(np.uint8), int(tot[0]), int(tot[1])) > 0
+            res = track(img, res)
+            per_frame[k].append(dice(rasterize(res.contour_rc, msk.shape), msk))
+        drift.append(np.hypot(res.centroid_rc[0] - r0[0] - tot[0], res.centroid_rc[1] - r0[1] - tot[1]))
+    return {
+        "shift_per_frame_rc": [list(s) for s in steps],
+        "median_dice_per_frame": [float(np.median(v)) for v in per_frame],
+        "median_centroid_error_px_last": float(np.median(drift)),
+    }
+
+
+def print_table(name: str, s: dict) -> None:
+    print(f"{name}")
+    print(f"  {'metric':<14}{'median':>9}{'mean':>9}{'p10':>9}{'p90':>9}")
+    for key, v in s.items():
+        print(f"  {key:<14}{v['median']:9.3f}{v['mean']:9.3f}{v['p10']:9.3f}{v['p90']:9.3f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", type=Path, help="write the JSON record here")
+    ap.add_argument("--cv", type=int, default=0, help="also K-fold cross-validate (K >= 2)")
+    ap.add_argument("--track-n", type=int, default=40, help="components used for the tracking test")
+    args = ap.parse_args(argv)
+    root = require_data()
+    from mmstream.kernels import csa
+
+    comps = load_components(root)
+    rows, base, times = [], [], []
+    for comp in comps:
+        seed = tuple(comp["truth"]["seed_rc"])
+        t0 = time.perf_counter()
+        res = csa.segment_from_seed(comp["grey"], seed)
+        times.append(time.perf_counter() - t0)
+        rows.append(metrics(res.contour_rc, comp) | {"confidence": res.confidence})
+        base.append(metrics(circle(seed), comp))
+    record = {
+        "n_components": len(comps),
+        "n_images": len({c["img"] for c in comps}),
+        "shipped_weights_all_images": summarize(rows),
+        "circle40_baseline": summarize(base),
+        "segment_ms_median": 1e3 * float(np.median(times)),
+    }
+    print(f"{record['n_components']} nerve components in {record['n_images']} images")
+    print_table("csa.segment_from_seed, shipped weights (trained on these images: optimistic)", record["shipped_weights_all_images"])
+    print_table("fixed 40 px circle at the seed", record["circle40_baseline"])
+    print(f"segment_from_seed median time {record['segment_ms_median']:.2f} ms")
+    if args.cv >= 2:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import train_csa
+
+        cv_rows = train_csa.cross_validate(comps, args.cv)
+        record[f"cv{args.cv}_held_out"] = summarize(cv_rows)
+        print_table(f"{args.cv}-fold cross-validated (held-out images)", record[f"cv{args.cv}_held_out"])
+    sub = comps[:: max(1, len(comps) // args.track_n)][: args.track_n]
+    tr = track_eval(sub, csa.segment_from_seed, csa.track)
+    record["tracking"] = tr | {"n_components": len(sub)}
+    print(f"tracking on {len(sub)} components, shift per frame (row, col) {tr['shift_per_frame_rc']}:")
+    print("  median Dice per frame " + " ".join(f"{d:.3f}" for d in tr["median_dice_per_frame"]))
+    print(f"  median centroid error after last frame {tr['median_centroid_error_px_last']:.2f} px")
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
