@@ -80,7 +80,7 @@ def test_seed_or_roi_outside_image(capsys):
 
 def test_require_spacing(capsys):
     code, out, err = run(capsys, PHANTOM, "--require-spacing", "--metrics", "echogenicity")
-    assert code == 1 and "unknown_spacing" in err and out == ""
+    assert code == 1 and "no_spacing" in err and out == ""
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ def test_huge_dimensions_in_header_refused_before_decoding(tmp_path, ext):
 
 def test_zero_byte_missing_and_directory(tmp_path):
     (tmp_path / "z.png").write_bytes(b"")
-    for path, reason in [(tmp_path / "z.png", "empty_file"), (tmp_path / "nope.png", "not_found"), (tmp_path, "not_a_file")]:
+    cases = [(tmp_path / "z.png", "empty_file"), (tmp_path / "nope.png", "not_found"), (tmp_path, "not_a_file")]
+    for path, reason in cases:
         with pytest.raises(ReadError) as ei:
             read_frames(path)
         assert ei.value.reason == reason and str(path) in str(ei.value)

@@ -47,7 +47,7 @@ def load_grey(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("L")), dtype=np.uint8)
+        return np.array(im.convert("L"), dtype=np.uint8, order="C")  # writeable copy
 
 
 def load_components(root: Path, limit_images: int | None = None):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_nerve as acc  # noqa: E402
 
 TAU = 0.03
-L2 = 1e-2
+L2 = 1e-3
 MODEL_PATH = Path(__file__).resolve().parents[1] / "src" / "mmstream" / "kernels" / "_csa_model.py"
 
 

@@ -78,12 +78,10 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
     from mmstream.io import read_frames
 
     previous = None
-    for i, frame in enumerate(read_frames(path, spacing_mm=args.spacing_mm)):
-        if args.require_spacing and frame.spacing_mm is None:
-            raise SpacingError(
-                "pixel spacing is unknown and --require-spacing was given (pass --spacing-mm R C)",
-                reason="unknown_spacing",
-            )
+    frames = read_frames(
+        path, spacing_mm=args.spacing_mm, plus_config=args.plus_config, strict_spacing=args.require_spacing
+    )
+    for i, frame in enumerate(frames):
         res = analyze_frame(
             frame.image,
             spacing_mm=frame.spacing_mm,
@@ -127,7 +125,8 @@ def cmd_analyze(args) -> int:
                     bar.update(1)
         except MmstreamError as exc:
             failed += 1
-            msg = f"mmstream analyze: error: {path}: {exc.reason}: {exc}"
+            text = str(exc).removeprefix(f"{path}: ")  # the readers' messages name the file already
+            msg = f"mmstream analyze: error: {path}: {exc.reason}: {text}"
             if bar is not None:
                 bar.write(msg, file=sys.stderr)
             else:
@@ -201,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                    default=list(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")  # fmt: skip
     a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    a.add_argument("--plus-config", type=Path, default=None, metavar="XML",
+                   help="PLUS configuration giving the spacing of .igs.mha/.mhd sequences")  # fmt: skip
     a.add_argument("--require-spacing", action="store_true",
                    help="fail a file whose pixel spacing is unknown instead of reporting pixels only")  # fmt: skip
     a.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")

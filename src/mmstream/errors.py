@@ -38,3 +38,10 @@ class ConfigError(MmstreamError):
     """A configuration file or value is invalid."""
 
     reason = "config"
+
+
+class CodecError(MmstreamError):
+    """A wire message that cannot be decoded: malformed header, unknown type or version, buffers
+    that do not match their description, limits exceeded."""
+
+    reason = "malformed"

@@ -244,7 +244,12 @@ def open_dicom(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
-    return _open_dataset(p, ds, max_pixels)
+    try:
+        return _open_dataset(p, ds, max_pixels)
+    except MmstreamError:
+        raise
+    except Exception as exc:  # pydicom parses elements lazily: malformed values surface on access
+        raise read_error(p, f"malformed DICOM header ({type(exc).__name__}: {exc})", "corrupt") from exc
 
 
 def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
@@ -308,7 +313,12 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
                 raise read_error(
                     p, f"cannot decode frame {i} ({type(exc).__name__}: {exc})", "corrupt"
                 ) from exc
-            grey = _to_grey(p, ds, arr, photometric, bits_stored, i)
+            try:
+                grey = _to_grey(p, ds, arr, photometric, bits_stored, i)
+            except MmstreamError:
+                raise
+            except Exception as exc:  # malformed LUTs / attributes raise assorted types
+                raise read_error(p, f"cannot convert frame {i} ({type(exc).__name__}: {exc})", "corrupt") from exc
             t_s = times_ms[i] / 1000.0 if times_ms is not None else None
             yield RawFrame(index=i, image=grey, t_s=t_s)
 
@@ -358,9 +368,13 @@ def count_frames(path) -> int:
         raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
     try:
         ds = _pd().dcmread(p, stop_before_pixels=True, force=not has_preamble)
+        rows, cols = _int_attr(ds, p, "Rows"), _int_attr(ds, p, "Columns")
+        n = _int_attr(ds, p, "NumberOfFrames", 1)
+    except MmstreamError:
+        raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
-    n = _int_attr(ds, p, "NumberOfFrames", 1)
+    check_pixels(p, rows, cols, 1 << 62)
     if n < 1:
         raise read_error(p, f"NumberOfFrames = {n}", "empty_image")
     return n

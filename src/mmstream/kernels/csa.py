@@ -60,7 +60,7 @@ R_MAX = 160  # largest candidate radius (px)
 MARGIN = 12  # radial samples beyond the largest candidate radius needed by the feature maps
 N_NORM = 48  # z-score normalisation over radii 0..N_NORM-1 of every ray
 N_FMAPS = 7  # feature maps of _polar_features
-N_SECTORS = 4
+N_SECTORS = 8
 B_GRID = 3.0 * 1.06 ** np.arange(62)  # minor semi-axis (px), 3..110
 ASPECT_GRID = np.array([1.0, 1.2, 1.45, 1.7, 2.0, 2.35, 2.75, 3.2, 3.8])
 PHI_GRID_DEG = np.array([-30.0, -15.0, 0.0, 15.0, 30.0])
@@ -69,7 +69,7 @@ N_STATIC = 6  # shape-prior features per candidate
 THETA = 2.0 * np.pi * np.arange(N_ANGLES) / N_ANGLES
 SIN_T = np.ascontiguousarray(np.sin(THETA))
 COS_T = np.ascontiguousarray(np.cos(THETA))
-SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // 8) // (N_ANGLES // 4) % 4).astype(np.int64)
+SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // (2 * N_SECTORS)) // (N_ANGLES // N_SECTORS) % N_SECTORS).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,11 +338,9 @@ def _workspace() -> _Workspace:
     return ws
 
 
-def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
-    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre."""
-    n_out = int(np.ceil(radii.max())) + 2
-    n_r = max(n_out + MARGIN, N_NORM)
-    reach = n_r + BOX_HALF + 1
+def _roi_integral(image, center_r, center_c, n_r, extra, ws):
+    """Integral image (workspace view) of the ROI holding every box sample of radius < n_r."""
+    reach = n_r + BOX_HALF + 1 + extra
     h, w = image.shape
     r0 = max(int(np.floor(center_r)) - reach, 0)
     c0 = max(int(np.floor(center_c)) - reach, 0)
@@ -350,6 +348,22 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
     c1 = min(int(np.floor(center_c)) + reach + 2, w)
     integ = ws.integ[: (r1 - r0 + 1) * (c1 - c0 + 1)].reshape(r1 - r0 + 1, c1 - c0 + 1)
     _box_integral(image, r0, c0, integ)
+    return integ, r0, c0
+
+
+def _n_radii(radii) -> tuple[int, int]:
+    n_out = int(np.ceil(radii.max())) + 2
+    return n_out, max(n_out + MARGIN, N_NORM)
+
+
+def _features_at(image, center_r, center_c, radii, ws, roi=None) -> np.ndarray:
+    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre.
+
+    ``roi``: an ``(integ, r0, c0)`` from :func:`_roi_integral` covering this centre, to share one
+    integral image between several centres.
+    """
+    n_out, n_r = _n_radii(radii)
+    integ, r0, c0 = _roi_integral(image, center_r, center_c, n_r, 0, ws) if roi is None else roi
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
     _polar_sample(integ, r0, c0, center_r, center_c, SIN_T, COS_T, BOX_HALF, polar)
     fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
@@ -359,11 +373,11 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
     return feats
 
 
-def _score_at(image, center_r, center_c, cand, weights, ws):
+def _score_at(image, center_r, center_c, cand, weights, ws, roi=None):
     """Learned score of candidates ``cand`` (indices, or None for all) centred at a point."""
     radii = CAND_RADII[cand] if cand is not None else CAND_RADII
     static = CAND_STATIC[cand] if cand is not None else CAND_STATIC
-    feats = _features_at(image, center_r, center_c, radii, ws)
+    feats = _features_at(image, center_r, center_c, radii, ws, roi)
     return feats @ weights[:N_DYNAMIC] + static @ weights[N_DYNAMIC:]
 
 
@@ -461,7 +475,6 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
 
 TRACK_SIZE_TOL = 0.13  # track: minor semi-axis within +-13 % of the previous one
 TRACK_STEP_PX = 2.0  # track: centre offsets searched (0, +-step along rows and cols)
-_TRACK_OFFSETS = np.array([[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
 
 
 def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
@@ -482,29 +495,39 @@ def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
 
 def _track(image, previous: CsaContour, weights) -> CsaContour:
     ws = _workspace()
-    prev = _ellipse_of(previous.contour_rc)
-    cand = _track_candidates(prev)
+    cand = _track_candidates(_ellipse_of(previous.contour_rc))
+    radii = CAND_RADII[cand]
     h, w = image.shape
-    best_s = -np.inf
-    best = (0, 0.0, 0.0, None)
-    for off in _TRACK_OFFSETS:
-        cr = min(max(previous.centroid_rc[0] + TRACK_STEP_PX * off[0], 0.0), h - 1.0)
-        cc = min(max(previous.centroid_rc[1] + TRACK_STEP_PX * off[1], 0.0), w - 1.0)
-        scores = _score_at(image, cr, cc, cand, weights, ws)
+    pr, pc = previous.centroid_rc
+    step = TRACK_STEP_PX
+    roi = _roi_integral(image, pr, pc, _n_radii(radii)[1], int(np.ceil(step)) + 1, ws)
+    best = None
+    # coordinate descent: the centre, then +-step along rows, then +-step along cols, each move
+    # taken from the best centre so far (5 evaluations, diagonal motion followed)
+    for axis, sgn in ((-1, 0.0), (0, -1.0), (0, 1.0), (1, -1.0), (1, 1.0)):
+        if axis == 1 and sgn < 0:
+            base = best  # cols are searched from the best after the row search
+        elif axis == 0 and sgn < 0:
+            base = best
+        cr, cc = (pr, pc) if best is None else (base[2], base[3])
+        if axis == 0:
+            cr = min(max(cr + sgn * step, 0.0), h - 1.0)
+        elif axis == 1:
+            cc = min(max(cc + sgn * step, 0.0), w - 1.0)
+        scores = _score_at(image, cr, cc, cand, weights, ws, roi)
         j = int(np.argmax(scores))
-        if scores[j] > best_s:
-            best_s = scores[j]
-            best = (j, cr, cc, scores.copy())
-    j, cr, cc, scores = best
-    conf = _confidence(scores, CAND_RADII[cand], j)
-    return _make_contour(cr, cc, CAND_RADII[cand[j]], conf)
+        if best is None or scores[j] > best[0]:
+            best = (scores[j], j, cr, cc, scores.copy())
+    _, j, cr, cc, scores = best
+    conf = _confidence(scores, radii, j)
+    return _make_contour(cr, cc, radii[j], conf)
 
 
 def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
     """Follow the nerve outlined in the previous frame of the same stream into ``image``.
 
-    The search is centred on ``previous.centroid_rc`` (and on centres ``TRACK_STEP_PX`` away along
-    rows and cols) and restricted to ellipses whose minor semi-axis is within ``TRACK_SIZE_TOL`` of
+    The search starts at ``previous.centroid_rc`` and moves by ``TRACK_STEP_PX`` along rows, then
+    along cols, where the score is higher (5 centres) and restricted to ellipses whose minor semi-axis is within ``TRACK_SIZE_TOL`` of
     the previous outline's, with neighbouring aspect ratio and tilt (the previous ellipse comes
     from the polygon's area and second moments).
 

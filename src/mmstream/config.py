@@ -1,0 +1,117 @@
+"""Service configuration: a TOML file, overridable by ``MMSTREAM_*`` environment variables.
+
+Sections are keyed by node (``[ingest]``, ``[analyzer]``), endpoints by role. Nested keys in the
+environment use ``__``: ``MMSTREAM_ENDPOINTS__METRICS=tcp://127.0.0.1:6000``. Every key carries its
+unit in its name. ``mmstream config validate FILE`` checks a file; ``schemas/config.schema.json``
+describes it.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from mmstream.errors import ConfigError
+from mmstream.messages import ClinicalContext, Identifier, Metric
+from mmstream.transport import check_endpoint
+
+_METRICS_ALL: tuple[Metric, ...] = ("echogenicity", "csa", "thickness", "quality")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Endpoints(_Section):
+    """Where the service listens. ``tcp://127.0.0.1:0`` style ports: use ``:*`` for a random port."""
+
+    ingest: str = "tcp://127.0.0.1:5555"
+    metrics: str = "tcp://127.0.0.1:5556"
+    control: str = "tcp://127.0.0.1:5557"
+
+    @field_validator("ingest", "metrics", "control")
+    @classmethod
+    def _valid(cls, v: str) -> str:
+        try:
+            return check_endpoint(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class Security(_Section):
+    """CURVE keys (``mmstream keys DIR``); required to bind beyond loopback."""
+
+    server_secret_key_file: Path | None = None
+    allowed_clients_dir: Path | None = None
+
+
+class IngestSection(_Section):
+    max_fps_per_stream: Annotated[float, Field(gt=0)] = 1000.0
+    burst_frames: Annotated[int, Field(ge=1)] = 60
+    max_frame_rows: Annotated[int, Field(ge=16, le=16384)] = 4096
+    max_frame_cols: Annotated[int, Field(ge=16, le=16384)] = 4096
+    queue_messages: Annotated[int, Field(ge=1, le=100000)] = 256
+
+
+class AnalyzerSection(_Section):
+    workers: Annotated[int, Field(ge=1, le=16)] = 1
+    metrics: tuple[Metric, ...] = _METRICS_ALL
+
+
+class StreamSection(_Section):
+    """Initial settings of one stream (the control endpoint changes them live)."""
+
+    seed_rc: tuple[float, float] | None = None
+    roi: tuple[int, int, int, int] | None = None
+    metrics: tuple[Metric, ...] | None = None
+    clinical: ClinicalContext = ClinicalContext()
+
+
+class SourceSection(_Section):
+    """A source the service starts itself (``mmstream serve``): driver name and its options."""
+
+    driver: Identifier
+    stream_id: Identifier
+    fps: Annotated[float, Field(gt=0, le=2000)] = 30.0
+    options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class ServiceConfig(BaseSettings):
+    """The whole service configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="MMSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    session_label: Identifier = "session"
+    endpoints: Endpoints = Endpoints()
+    security: Security = Security()
+    ingest: IngestSection = IngestSection()
+    analyzer: AnalyzerSection = AnalyzerSection()
+    streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
+    sources: list[SourceSection] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
+    """Read ``path`` (TOML; None = defaults only), apply ``MMSTREAM_*`` environment overrides, then
+    ``overrides``. Raises ConfigError naming the file and every invalid key."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+    cls = type("_FileServiceConfig", (ServiceConfig,), {"model_config": {**ServiceConfig.model_config, "toml_file": path}})
+    try:
+        cfg = cls(**overrides)
+    except ValidationError as exc:
+        where = path or "configuration"
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{where}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"{path}: cannot parse TOML: {exc}") from None
+    return ServiceConfig.model_validate(cfg.model_dump())

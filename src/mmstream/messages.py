@@ -1,0 +1,226 @@
+"""Wire message models (contract; see ``docs/protocol.md``).
+
+A message travels as ZeroMQ multipart ``[topic, header, *buffers]``: ``header`` is the UTF-8 JSON of
+one of the models below (tagged by ``msg_type``, versioned by ``schema_version``), and each trailing
+buffer is a raw C-order array described, in order, by ``header.buffers``. Models are frozen and
+reject unknown fields. JSON Schemas of every model are generated into ``schemas/``.
+
+All times: ``t_device_s`` is the source's own clock (seconds, arbitrary origin); ``t_host_s`` and the
+``stamps`` values are the host's monotonic clock (``time.monotonic()``, seconds; comparable between
+processes of one host only); ``t_wall`` is ISO 8601 UTC.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+Dtype = Literal["uint8", "uint16", "int16", "int32", "int64", "float32", "float64"]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+SpacingSource = Literal[
+    "dicom_us_regions", "dicom_pixel_spacing", "igtl_matrix", "metaimage", "plus_config", "config", "simulated",
+    "unknown",
+]  # fmt: skip
+Metric = Literal["echogenicity", "csa", "thickness", "quality"]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BufferSpec(_Model):
+    """One trailing buffer: a C-order array of ``dtype`` and ``shape``."""
+
+    name: Identifier
+    dtype: Dtype
+    shape: tuple[Annotated[int, Field(ge=0)], ...] = Field(max_length=4)
+
+
+class ImagingSettings(_Model):
+    """Scanner settings of a frame (each optional: not every source knows them)."""
+
+    depth_mm: PositiveMm | None = None
+    gain_db: FiniteFloat | None = None
+    frequency_mhz: PositiveMm | None = None
+    preset: Annotated[str, Field(max_length=64)] | None = None
+    probe: Annotated[str, Field(max_length=64)] | None = None
+
+
+class ClinicalContext(_Model):
+    """What is being imaged. ``patient_id`` is a study pseudonym; it never appears in logs."""
+
+    patient_id: Annotated[str, Field(max_length=64)] | None = None
+    site: Annotated[str, Field(max_length=64)] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
+    side: Literal["left", "right", "midline"] | None = None
+    plane: Literal["transverse", "longitudinal", "oblique"] | None = None
+
+
+class _Header(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    buffers: tuple[BufferSpec, ...] = Field(default=(), max_length=8)
+
+
+class Frame(_Header):
+    """One 2-D B-mode frame; buffer ``image`` is (H, W) uint8."""
+
+    msg_type: Literal["frame"] = "frame"
+    stream_id: Identifier
+    session_id: Identifier
+    seq: Annotated[int, Field(ge=0)]
+    t_device_s: FiniteFloat | None = None
+    t_host_s: FiniteFloat | None = None
+    t_wall: Annotated[str, Field(max_length=40)] | None = None
+    spacing_mm: tuple[PositiveMm, PositiveMm] | None = None
+    spacing_source: SpacingSource = "unknown"
+    imaging: ImagingSettings = ImagingSettings()
+    clinical: ClinicalContext = ClinicalContext()
+    transforms: dict[Identifier, tuple[FiniteFloat, ...]] = Field(default_factory=dict, max_length=16)
+    stamps: dict[Identifier, FiniteFloat] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_uint8_image(self):
+        if len(self.buffers) != 1 or self.buffers[0].name != "image":
+            raise ValueError("a frame carries exactly one buffer named 'image'")
+        b = self.buffers[0]
+        if b.dtype != "uint8" or len(b.shape) != 2:
+            raise ValueError(f"frame image must be 2-D uint8, header says {b.dtype} {b.shape}")
+        if (self.spacing_mm is None) != (self.spacing_source == "unknown"):
+            raise ValueError("spacing_mm must be given exactly when spacing_source is not 'unknown'")
+        return self
+
+    @field_validator("transforms")
+    @classmethod
+    def _transforms_4x4(cls, v):
+        for name, values in v.items():
+            if len(values) != 16:
+                raise ValueError(f"transform {name!r} must hold 16 values (4x4, row-major)")
+        return v
+
+
+class Volume(_Header):
+    """A 3-D volume (MRI, PET, CT, 3-D ultrasound) in LPS millimetres; buffer ``voxels`` (K, J, I)."""
+
+    msg_type: Literal["volume"] = "volume"
+    volume_id: Identifier
+    modality: Annotated[str, Field(max_length=16)]
+    spacing_mm: tuple[PositiveMm, PositiveMm, PositiveMm]  # (k, j, i): slice, row, column
+    origin_lps_mm: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+    direction_lps: tuple[FiniteFloat, ...] = Field(min_length=9, max_length=9)  # 3x3 row-major, columns i, j, k
+    clinical: ClinicalContext = ClinicalContext()
+    series_uid: Annotated[str, Field(max_length=64)] | None = None
+    source: Annotated[str, Field(max_length=32)] = "unknown"
+    rescaled: bool = False
+
+
+class EchoSummary(_Model):
+    region: Literal["roi", "csa", "frame"]
+    mean: float | None
+    std: float | None
+    n_px: int
+
+
+class CsaSummary(_Model):
+    seed_rc: tuple[float, float]
+    tracked: bool
+    area_px: float
+    area_mm2: float | None
+    perimeter_px: float
+    perimeter_mm: float | None
+    centroid_rc: tuple[float, float]
+    confidence: float
+
+
+class ThicknessSummary(_Model):
+    region_rc: tuple[int, int, int, int]
+    thickness_px: float
+    thickness_mm: float | None
+    confidence: float
+
+
+class QualitySummary(_Model):
+    saturated_fraction: float
+    dark_fraction: float
+    thumb_mean_abs_diff: float | None
+    duplicate: bool
+    frozen: bool
+    saturated: bool
+    no_contact: bool
+
+
+class Metrics(_Header):
+    """Metrics of one frame. Buffers (when present): ``histogram`` (256,) int64, ``contour_rc``
+    (K, 2) float32, ``superficial_rc`` and ``deep_rc`` (K, 2) float32."""
+
+    msg_type: Literal["metrics"] = "metrics"
+    stream_id: Identifier
+    session_id: Identifier
+    parent: tuple[Identifier, Annotated[int, Field(ge=0)]]  # (stream_id, seq) of the frame
+    t_device_s: float | None = None
+    spacing_mm: tuple[float, float] | None = None
+    clinical: ClinicalContext = ClinicalContext()
+    echogenicity: EchoSummary | None = None
+    csa: CsaSummary | None = None
+    thickness: ThicknessSummary | None = None
+    quality: QualitySummary | None = None
+    stamps: dict[Identifier, float] = Field(default_factory=dict)
+
+
+class Event(_Header):
+    """Something a node wants known: a rejected message, a fault, a state change."""
+
+    msg_type: Literal["event"] = "event"
+    node: Identifier
+    level: Literal["info", "warning", "error"]
+    reason: Identifier
+    message: Annotated[str, Field(max_length=2000)]
+    stream_id: Identifier | None = None
+    seq: int | None = None
+    t_host_s: float
+
+
+class Control(_Header):
+    """A request to the control endpoint. ``command`` decides which arguments apply:
+
+    ``set_seed`` (seed_rc; None clears), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
+    ``set_context`` (clinical), ``status``, ``ping``.
+    """
+
+    msg_type: Literal["control"] = "control"
+    command: Literal["set_seed", "set_roi", "set_metrics", "set_context", "status", "ping"]
+    stream_id: Identifier | None = None
+    seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
+    roi: tuple[int, int, int, int] | None = None
+    metrics: tuple[Metric, ...] | None = None
+    clinical: ClinicalContext | None = None
+
+    @model_validator(mode="after")
+    def _arguments_fit_command(self):
+        per_stream = {"set_seed", "set_roi", "set_metrics", "set_context"}
+        if self.command in per_stream and self.stream_id is None:
+            raise ValueError(f"{self.command} needs a stream_id")
+        if self.command == "set_metrics" and not self.metrics:
+            raise ValueError("set_metrics needs a non-empty metrics list")
+        if self.command == "set_context" and self.clinical is None:
+            raise ValueError("set_context needs clinical")
+        if self.roi is not None and not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
+            raise ValueError("roi must satisfy r0 < r1 and c0 < c1")
+        return self
+
+
+class Reply(_Header):
+    """The control endpoint's answer: ``ok``, or ``reason`` and ``message``; ``data`` for status."""
+
+    msg_type: Literal["reply"] = "reply"
+    ok: bool
+    reason: Identifier | None = None
+    message: Annotated[str, Field(max_length=2000)] | None = None
+    data: dict = Field(default_factory=dict)
+
+
+Message = Annotated[Frame | Volume | Metrics | Event | Control | Reply, Field(discriminator="msg_type")]
+MESSAGE_TYPES = (Frame, Volume, Metrics, Event, Control, Reply)
+message_adapter: TypeAdapter = TypeAdapter(Message)
+

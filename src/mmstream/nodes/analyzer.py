@@ -1,0 +1,130 @@
+"""Analyzer: runs :func:`mmstream.analysis.analyze_frame` on each stream's latest frame.
+
+Per-stream settings (seed, ROI, metrics, clinical context) live in a shared, thread-safe
+:class:`StreamSettings` that the control endpoint edits; the analyzer keeps each stream's previous
+result so the CSA contour and thickness lines are tracked. Several analyzer workers may run (one
+thread each; the kernels release the GIL); a stream always goes to the same worker.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame
+from mmstream.codec import Decoded, buffer_specs
+from mmstream.errors import MmstreamError
+from mmstream.messages import (
+    ClinicalContext, CsaSummary, EchoSummary, Frame, Metrics, QualitySummary, ThicknessSummary,
+)  # fmt: skip
+from mmstream.nodes.base import Node, Out, Port
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What to measure on one stream. ``seed_version`` grows with each new click."""
+
+    seed_rc: tuple[float, float] | None = None
+    seed_version: int = 0
+    roi: tuple[int, int, int, int] | None = None
+    metrics: tuple[str, ...] = METRICS
+    clinical: ClinicalContext = ClinicalContext()
+
+
+class StreamSettings:
+    """Thread-safe per-stream settings shared by the control endpoint and the analyzers."""
+
+    def __init__(self, defaults: StreamConfig = StreamConfig(), initial: dict[str, StreamConfig] | None = None):
+        self._lock = threading.Lock()
+        self._defaults = defaults
+        self._by_stream: dict[str, StreamConfig] = dict(initial or {})
+
+    def get(self, stream_id: str) -> StreamConfig:
+        with self._lock:
+            return self._by_stream.get(stream_id, self._defaults)
+
+    def update(self, stream_id: str, **changes) -> StreamConfig:
+        """Apply changes; a new ``seed_rc`` (or clearing it) bumps ``seed_version``."""
+        with self._lock:
+            cur = self._by_stream.get(stream_id, self._defaults)
+            if "seed_rc" in changes:
+                changes["seed_version"] = cur.seed_version + 1
+            new = replace(cur, **changes)
+            self._by_stream[stream_id] = new
+            return new
+
+    def snapshot(self) -> dict[str, StreamConfig]:
+        with self._lock:
+            return dict(self._by_stream)
+
+
+def metrics_message(h: Frame, res: FrameAnalysis, stamps: dict[str, float]) -> tuple[Metrics, tuple]:
+    """The ``metrics`` message (header and arrays) of analysis ``res`` of frame ``h``."""
+    arrays = {}
+    e, c, t, q = res.echogenicity, res.csa, res.thickness, res.quality
+    if e is not None:
+        arrays["histogram"] = np.asarray(e.histogram, np.int64)
+    if c is not None:
+        arrays["contour_rc"] = np.asarray(c.contour_rc, np.float32)
+    if t is not None:
+        arrays["superficial_rc"] = np.asarray(t.superficial_rc, np.float32)
+        arrays["deep_rc"] = np.asarray(t.deep_rc, np.float32)
+    header = Metrics(
+        stream_id=h.stream_id,
+        session_id=h.session_id,
+        parent=(h.stream_id, h.seq),
+        t_device_s=h.t_device_s,
+        spacing_mm=h.spacing_mm,
+        clinical=h.clinical,
+        echogenicity=None if e is None else EchoSummary(region=e.region, mean=e.mean, std=e.std, n_px=e.n_px),
+        csa=None if c is None else CsaSummary(**c.model_dump(exclude={"contour_rc"})),
+        thickness=None if t is None else ThicknessSummary(**t.model_dump(exclude={"superficial_rc", "deep_rc"})),
+        quality=None if q is None else QualitySummary(**q.model_dump()),
+        stamps=stamps,
+        buffers=buffer_specs(**arrays),
+    )
+    return header, tuple(arrays.values())
+
+
+class Analyzer(Node):
+    name = "analyzer"
+    inputs = (Port("frames", capacity=1, policy="latest"),)
+    outputs = (Port("metrics"), Port("events"))
+
+    def __init__(self, settings: StreamSettings, name: str | None = None):
+        super().__init__(name)
+        self.settings = settings
+        self._previous: dict[str, FrameAnalysis] = {}
+        self._seed_version: dict[str, int] = {}
+
+    def process(self, port: str, msg: Decoded) -> list[Out]:
+        h: Frame = msg.header
+        cfg = self.settings.get(h.stream_id)
+        t0 = time.monotonic()
+        seed = None
+        if cfg.seed_version != self._seed_version.get(h.stream_id, 0):
+            self._seed_version[h.stream_id] = cfg.seed_version
+            seed = cfg.seed_rc
+            if seed is None:  # the seed was cleared: stop tracking
+                prev = self._previous.get(h.stream_id)
+                if prev is not None:
+                    self._previous[h.stream_id] = prev.model_copy(update={"csa": None})
+        clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
+        try:
+            res = analyze_frame(
+                msg.arrays["image"],
+                spacing_mm=h.spacing_mm,
+                roi=cfg.roi,
+                seed=seed,
+                previous=self._previous.get(h.stream_id),
+                metrics=cfg.metrics,
+            )
+        except MmstreamError as exc:
+            self._previous.pop(h.stream_id, None)
+            return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
+        self._previous[h.stream_id] = res
+        self.count("analyzed")
+        stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
+        header, arrays = metrics_message(h.model_copy(update={"clinical": clinical}), res, stamps)
+        return [Out("metrics", header, arrays)]

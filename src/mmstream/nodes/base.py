@@ -1,0 +1,151 @@
+"""Node building blocks: declared ports with capacity and overflow policy, counters, outputs.
+
+A node is a plain object: ``process(port, msg)`` takes one decoded message that arrived on an input
+port and returns the messages to send, as :class:`Out` values naming an output port. Tests call
+``process`` directly; :mod:`mmstream.graph` wires the ports to sockets and runs each node in a
+thread. Nodes never import zmq.
+"""
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from mmstream.codec import Decoded
+from mmstream.messages import Event
+
+Policy = Literal["latest", "fifo", "block"]
+
+
+@dataclass(frozen=True)
+class Port:
+    """A declared port.
+
+    ``policy`` says what happens when ``capacity`` messages are waiting: ``latest`` keeps the newest
+    ``capacity`` messages *per stream* and drops the oldest (live path, counted); ``fifo`` drops the
+    newest arrival (counted); ``block`` stops reading the socket so that ZeroMQ's high-water mark
+    pushes back on the sender (lossless path).
+    """
+
+    name: str
+    capacity: int = 4
+    policy: Policy = "fifo"
+
+
+@dataclass(frozen=True)
+class Out:
+    """A message to send on output port ``port``: header model plus its arrays in buffer order."""
+
+    port: str
+    header: object
+    arrays: tuple[np.ndarray, ...] = ()
+
+
+class PortQueue:
+    """The waiting room of one input port, applying the port's policy; counts what it drops."""
+
+    def __init__(self, port: Port):
+        self.port = port
+        self.dropped = 0
+        self._by_key: OrderedDict[str, deque] = OrderedDict()
+        self._fifo: deque = deque()
+
+    def __len__(self) -> int:
+        return len(self._fifo) + sum(len(q) for q in self._by_key.values())
+
+    def full(self) -> bool:
+        return self.port.policy == "block" and len(self._fifo) >= self.port.capacity
+
+    def put(self, msg: Decoded) -> None:
+        if self.port.policy == "latest":
+            key = getattr(msg.header, "stream_id", None) or ""
+            q = self._by_key.setdefault(key, deque())
+            if len(q) >= self.port.capacity:
+                q.popleft()
+                self.dropped += 1
+            q.append(msg)
+        elif len(self._fifo) >= self.port.capacity and self.port.policy == "fifo":
+            self.dropped += 1
+        else:
+            self._fifo.append(msg)
+
+    def get(self) -> Decoded | None:
+        """Next message: FIFO order, or round-robin over streams for ``latest``."""
+        if self._fifo:
+            return self._fifo.popleft()
+        for key in list(self._by_key):
+            q = self._by_key[key]
+            if q:
+                self._by_key.move_to_end(key)
+                return q.popleft()
+        return None
+
+
+@dataclass
+class Telemetry:
+    """Rolling latency samples (seconds) and frame counts per stream."""
+
+    window: int = 2048
+    latency_s: dict[str, deque] = field(default_factory=dict)
+    frames: Counter = field(default_factory=Counter)
+    first_t: dict[str, float] = field(default_factory=dict)
+    last_t: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stream_id: str, t_now: float, latency_s: float | None) -> None:
+        self.frames[stream_id] += 1
+        self.first_t.setdefault(stream_id, t_now)
+        self.last_t[stream_id] = t_now
+        if latency_s is not None:
+            self.latency_s.setdefault(stream_id, deque(maxlen=self.window)).append(latency_s)
+
+    def summary(self) -> dict:
+        out = {}
+        for sid, n in self.frames.items():
+            span = self.last_t[sid] - self.first_t[sid]
+            lat = np.asarray(self.latency_s.get(sid, ()), dtype=np.float64)
+            out[sid] = {
+                "frames": n,
+                "fps": (n - 1) / span if span > 0 else None,
+                "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else None,
+                "latency_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else None,
+            }
+        return out
+
+
+class Node:
+    """Base class: ports, counters (thread-safe), rejection events."""
+
+    name: str = "node"
+    inputs: tuple[Port, ...] = ()
+    outputs: tuple[Port, ...] = ()
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+        self._lock = threading.Lock()
+        self.counters: Counter = Counter()
+        self.rejected: Counter = Counter()
+
+    def process(self, port: str, msg: Decoded) -> list[Out]:
+        raise NotImplementedError
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    def reject(self, reason: str, message: str, stream_id: str | None = None, seq: int | None = None) -> Out:
+        """Count a rejection and return the event announcing it (on the ``events`` port)."""
+        with self._lock:
+            self.rejected[reason] += 1
+        return self.event("warning", reason, message, stream_id, seq)
+
+    def event(self, level, reason: str, message: str, stream_id=None, seq=None) -> Out:
+        return Out("events", Event(node=self.name, level=level, reason=reason, message=message[:2000],
+                                   stream_id=stream_id, seq=seq, t_host_s=time.monotonic()))  # fmt: skip
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"counters": dict(self.counters), "rejected": dict(self.rejected)}

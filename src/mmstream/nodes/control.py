@@ -1,0 +1,49 @@
+"""Control endpoint: set seed, ROI, metrics and clinical context per stream; query status.
+
+Request/reply: every request gets exactly one :class:`~mmstream.messages.Reply`, an error included.
+"""
+
+from collections.abc import Callable
+
+from mmstream.codec import Decoded
+from mmstream.errors import CodecError
+from mmstream.messages import Control, Reply
+from mmstream.nodes.analyzer import StreamSettings
+from mmstream.nodes.base import Node, Out, Port
+
+
+class ControlNode(Node):
+    name = "control"
+    inputs = (Port("requests", capacity=16, policy="block"),)
+    outputs = (Port("replies"), Port("events"))
+
+    def __init__(self, settings: StreamSettings, status: Callable[[], dict], name: str | None = None):
+        super().__init__(name)
+        self.settings = settings
+        self._status = status
+
+    def on_decode_error(self, exc: CodecError) -> list[Out]:
+        """A request that could not be decoded still gets a reply (REQ/REP must alternate)."""
+        return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))), self.reject(exc.reason, str(exc))]
+
+    def process(self, port: str, msg: Decoded) -> list[Out]:
+        h = msg.header
+        if not isinstance(h, Control):
+            return self.on_decode_error(CodecError(f"control takes control messages, got {h.msg_type}",
+                                                   reason="unexpected_msg_type"))  # fmt: skip
+        self.count(h.command)
+        if h.command == "ping":
+            return [Out("replies", Reply(ok=True))]
+        if h.command == "status":
+            return [Out("replies", Reply(ok=True, data=self._status()))]
+        changes = {
+            "set_seed": lambda: {"seed_rc": h.seed_rc},
+            "set_roi": lambda: {"roi": h.roi},
+            "set_metrics": lambda: {"metrics": tuple(h.metrics)},
+            "set_context": lambda: {"clinical": h.clinical},
+        }[h.command]()
+        cfg = self.settings.update(h.stream_id, **changes)
+        return [
+            Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version})),
+            self.event("info", h.command, f"{h.command} on {h.stream_id}", stream_id=h.stream_id),
+        ]

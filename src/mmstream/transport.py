@@ -1,0 +1,272 @@
+"""ZeroMQ sockets for mmstream: the only module that imports zmq.
+
+Endpoints are ``inproc://name`` (threads of one process), ``ipc:///path`` (processes of one host) or
+``tcp://host:port``. Binding a tcp endpoint beyond the loopback range requires CURVE encryption and
+authentication (:class:`Curve`, keys made by :func:`make_keys` / ``mmstream keys``); a client
+without an allowed key is refused by the ZAP authenticator.
+
+Every socket is made with ``linger=0`` and an explicit high-water mark, so closing never hangs and
+no queue is unbounded.
+"""
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from mmstream.errors import ConfigError
+
+__all__ = [
+    "Curve", "Socket", "Poller", "context", "make_socket", "make_keys", "is_loopback", "check_endpoint",
+    "TransportTimeout", "close_context",
+]  # fmt: skip
+
+_KINDS = {
+    "pub": zmq.PUB, "sub": zmq.SUB, "push": zmq.PUSH, "pull": zmq.PULL, "req": zmq.REQ, "rep": zmq.REP,
+    "pair": zmq.PAIR,
+}  # fmt: skip
+_ctx: zmq.Context | None = None
+_ctx_lock = threading.Lock()
+_auth: ThreadAuthenticator | None = None
+
+
+class TransportTimeout(TimeoutError):
+    """No message arrived (or could be sent) within the timeout."""
+
+
+def context() -> zmq.Context:
+    """The process-wide ZeroMQ context (created on first use; inproc needs one shared context)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None or _ctx.closed:
+            _ctx = zmq.Context()
+        return _ctx
+
+
+def close_context() -> None:
+    """Stop the authenticator and terminate the context (every socket must be closed first)."""
+    global _ctx, _auth
+    with _ctx_lock:
+        if _auth is not None:
+            _auth.stop()
+            _auth = None
+        if _ctx is not None:
+            _ctx.term()
+            _ctx = None
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is a well-formed inproc/ipc/tcp endpoint; ConfigError otherwise."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("inproc", "ipc") and len(endpoint) > len(parts.scheme) + 3:
+        return endpoint
+    if parts.scheme == "tcp":
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"bad tcp endpoint {endpoint!r}: {exc}") from exc
+        if host and (port is not None or endpoint.endswith(":*")):
+            return endpoint
+    raise ConfigError(f"bad endpoint {endpoint!r}: use inproc://NAME, ipc:///PATH or tcp://HOST:PORT")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for inproc and ipc endpoints and for tcp on 127.0.0.0/8, ::1 or localhost."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("inproc", "ipc"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or interface name: treat as reachable from outside
+
+
+@dataclass(frozen=True)
+class Curve:
+    """CURVE keys of one side.
+
+    Server: ``secret_key_file`` is the server's ``.key_secret``; ``allowed_clients_dir`` holds the
+    ``.key`` files of the clients allowed in. Client: ``secret_key_file`` is the client's
+    ``.key_secret`` and ``server_key_file`` the server's public ``.key``.
+    """
+
+    secret_key_file: Path
+    allowed_clients_dir: Path | None = None
+    server_key_file: Path | None = None
+
+
+def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """Write a CURVE key pair ``NAME.key`` (public) and ``NAME.key_secret``; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+def _start_authenticator(clients_dir: Path) -> None:
+    global _auth
+    with _ctx_lock:
+        if _auth is None:
+            _auth = ThreadAuthenticator(_ctx)
+            _auth.start()
+        _auth.configure_curve(domain="*", location=str(clients_dir))
+
+
+def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
+    try:
+        public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load CURVE key {curve.secret_key_file}: {exc}") from exc
+    if secret is None:
+        raise ConfigError(f"{curve.secret_key_file} holds no secret key")
+    sock.curve_secretkey, sock.curve_publickey = secret, public
+    if server:
+        if curve.allowed_clients_dir is None:
+            raise ConfigError("a CURVE server needs allowed_clients_dir")
+        _start_authenticator(Path(curve.allowed_clients_dir))
+        sock.curve_server = True
+    else:
+        if curve.server_key_file is None:
+            raise ConfigError("a CURVE client needs server_key_file")
+        server_public, _ = zmq.auth.load_certificate(str(curve.server_key_file))
+        sock.curve_serverkey = server_public
+
+
+class Socket:
+    """A configured ZeroMQ socket: send and receive multipart messages with timeouts.
+
+    Use :func:`make_socket` to create one. ``recv`` returns the parts as zero-copy ``zmq.Frame``
+    objects (their ``.buffer`` is a memoryview) that :func:`mmstream.codec.decode` accepts.
+    """
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, bound: bool):
+        self._sock = sock
+        self.endpoint = endpoint
+        self.bound = bound
+
+    @property
+    def last_endpoint(self) -> str:
+        """The endpoint actually bound (resolves ``tcp://127.0.0.1:*`` to the chosen port)."""
+        return self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if self.bound else self.endpoint
+
+    def send(self, parts: list, timeout_ms: int | None = None) -> None:
+        """Send one multipart message (zero-copy); TransportTimeout when the peer's queue stays full."""
+        if timeout_ms is not None:
+            self._sock.sndtimeo = timeout_ms
+        try:
+            self._sock.send_multipart(parts, copy=False)
+        except zmq.Again as exc:
+            raise TransportTimeout(f"send to {self.endpoint} timed out") from exc
+
+    def try_send(self, parts: list) -> bool:
+        """Send without blocking; False when the message could not be queued (peer full or absent)."""
+        try:
+            self._sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def recv(self, timeout_ms: int | None = None) -> list:
+        """Receive one multipart message; TransportTimeout when nothing arrives in time."""
+        if timeout_ms is not None and not self._sock.poll(timeout_ms, zmq.POLLIN):
+            raise TransportTimeout(f"nothing received on {self.endpoint} within {timeout_ms} ms")
+        return self._sock.recv_multipart(copy=False)
+
+    def try_recv(self) -> list | None:
+        """One message if one is waiting, else None."""
+        try:
+            return self._sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Poller:
+    """Wait on several sockets at once."""
+
+    def __init__(self, sockets: list[Socket]):
+        self._poller = zmq.Poller()
+        self._by_raw = {}
+        for s in sockets:
+            self._poller.register(s._sock, zmq.POLLIN)
+            self._by_raw[s._sock] = s
+
+    def poll(self, timeout_ms: int) -> list[Socket]:
+        """Sockets with a message waiting, after at most ``timeout_ms``."""
+        return [self._by_raw[raw] for raw, _ in self._poller.poll(timeout_ms)]
+
+
+def make_socket(
+    kind: str,
+    endpoint: str,
+    *,
+    bind: bool,
+    hwm: int = 1000,
+    curve: Curve | None = None,
+    subscribe: tuple[str, ...] = ("",),
+) -> Socket:
+    """Create, configure and bind or connect a socket.
+
+    Parameters
+    ----------
+    kind : {"pub", "sub", "push", "pull", "req", "rep", "pair"}
+    endpoint : str
+    bind : bool
+        Bind (the stable side: the service) or connect (drivers, clients).
+    hwm : int
+        High-water mark (messages) in each direction: the bound on queued messages.
+    curve : Curve, optional
+        CURVE keys; required to bind tcp beyond loopback.
+    subscribe : topic prefixes for a "sub" socket (default: everything).
+    """
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown socket kind {kind!r}")
+    check_endpoint(endpoint)
+    if bind and curve is None and not is_loopback(endpoint):
+        raise ConfigError(
+            f"refusing to bind {endpoint} beyond loopback without CURVE authentication "
+            "(make keys with `mmstream keys` and set security in the config)"
+        )
+    sock = context().socket(_KINDS[kind])
+    try:
+        sock.linger = 0
+        sock.sndhwm = hwm
+        sock.rcvhwm = hwm
+        if kind == "req":
+            sock.setsockopt(zmq.REQ_RELAXED, 1)
+            sock.setsockopt(zmq.REQ_CORRELATE, 1)
+        if curve is not None:
+            _apply_curve(sock, curve, server=bind)
+        if kind == "sub":
+            for t in subscribe:
+                sock.setsockopt_string(zmq.SUBSCRIBE, t)
+        if bind:
+            if endpoint.startswith("ipc://"):
+                Path(endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot {'bind' if bind else 'connect'} {kind} socket at {endpoint}: {exc}") from exc
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return Socket(sock, endpoint, bind)

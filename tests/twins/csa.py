@@ -1,0 +1,75 @@
+"""Plain-numpy reference twins of the private kernels of mmstream.kernels.csa.
+
+Written from the kernel docstrings (the spec), slow and obvious; never calls the kernels.
+"""
+
+import numpy as np
+
+
+def box_integral(image, r0, c0, h, w):
+    """(h+1, w+1) integral image of the ROI [r0, r0+h) x [c0, c0+w); outside the image is 0."""
+    roi = np.zeros((h, w), np.int64)
+    for i in range(h):
+        for j in range(w):
+            r, c = r0 + i, c0 + j
+            if 0 <= r < image.shape[0] and 0 <= c < image.shape[1]:
+                roi[i, j] = image[r, c]
+    out = np.zeros((h + 1, w + 1), np.int64)
+    out[1:, 1:] = roi.cumsum(0).cumsum(1)
+    return out
+
+
+def polar_sample(image, roi, center_r, center_c, sin_t, cos_t, half, n_r):
+    """Box means along rays; pixels outside the ROI (r0, c0, h, w) or the image count as 0."""
+    r0, c0, h, w = roi
+    out = np.zeros((len(sin_t), n_r))
+    for k in range(len(sin_t)):
+        for i in range(n_r):
+            pr = int(np.floor(center_r + i * sin_t[k] + 0.5))
+            pc = int(np.floor(center_c + i * cos_t[k] + 0.5))
+            tot = 0
+            for r in range(pr - half, pr + half + 1):
+                for c in range(pc - half, pc + half + 1):
+                    inside_roi = r0 <= r < r0 + h and c0 <= c < c0 + w
+                    inside_img = 0 <= r < image.shape[0] and 0 <= c < image.shape[1]
+                    if inside_roi and inside_img:
+                        tot += int(image[r, c])
+            out[k, i] = tot / (2 * half + 1) ** 2
+    return out
+
+
+def polar_features(polar, n_norm, n_out):
+    """The seven radial feature maps, shape (7, K, n_out)."""
+    n_k, n = polar.shape
+    mu = polar[:, :n_norm].mean()
+    sd = max(polar[:, :n_norm].std(), 1.0)
+    z = (polar - mu) / sd
+    i = np.arange(n_out)
+
+    def zc(offset):
+        return z[:, np.clip(i + offset, 0, n - 1)]
+
+    out = np.empty((7, n_k, n_out))
+    out[0] = zc(3)
+    out[1] = zc(-3)
+    out[2] = zc(2) - zc(-2)
+    out[3] = np.mean([zc(j) for j in range(1, 9)], axis=0) - np.mean(
+        [zc(-j) for j in range(1, 9)], axis=0
+    )
+    out[4] = np.max([zc(j) for j in range(0, 7)], axis=0)
+    out[5] = zc(10)
+    out[6] = np.cumsum(z[:, :n_out], axis=1) / (i + 1)
+    return out
+
+
+def candidate_features(fmaps, radii, sector, n_sectors):
+    """Sector means of each feature map read along each candidate's outline."""
+    n_f, n_k, n_r = fmaps.shape
+    out = np.zeros((radii.shape[0], n_sectors * n_f))
+    idx = np.clip(np.floor(radii + 0.5).astype(np.int64), 1, n_r - 1)
+    for s in range(n_sectors):
+        rays = np.flatnonzero(sector == s)
+        for f in range(n_f):
+            vals = fmaps[f][rays[None, :], idx[:, rays]]
+            out[:, s * n_f + f] = vals.mean(axis=1)
+    return out
