@@ -66,11 +66,8 @@ def check_endpoint(endpoint: str) -> str:
     if parts.scheme in ("inproc", "ipc") and len(endpoint) > len(parts.scheme) + 3:
         return endpoint
     if parts.scheme == "tcp":
-        try:
-            host, port = parts.hostname, parts.port
-        except ValueError as exc:
-            raise ConfigError(f"bad tcp endpoint {endpoint!r}: {exc}") from exc
-        if host and (port is not None or endpoint.endswith(":*")):
+        host, _, port = parts.netloc.rpartition(":")
+        if host and (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
             return endpoint
     raise ConfigError(f"bad endpoint {endpoint!r}: use inproc://NAME, ipc:///PATH or tcp://HOST:PORT")
 

@@ -60,7 +60,7 @@ R_MAX = 160  # largest candidate radius (px)
 MARGIN = 12  # radial samples beyond the largest candidate radius needed by the feature maps
 N_NORM = 48  # z-score normalisation over radii 0..N_NORM-1 of every ray
 N_FMAPS = 7  # feature maps of _polar_features
-N_SECTORS = 8
+N_SECTORS = 4
 B_GRID = 3.0 * 1.06 ** np.arange(62)  # minor semi-axis (px), 3..110
 ASPECT_GRID = np.array([1.0, 1.2, 1.45, 1.7, 2.0, 2.35, 2.75, 3.2, 3.8])
 PHI_GRID_DEG = np.array([-30.0, -15.0, 0.0, 15.0, 30.0])
@@ -69,7 +69,7 @@ N_STATIC = 6  # shape-prior features per candidate
 THETA = 2.0 * np.pi * np.arange(N_ANGLES) / N_ANGLES
 SIN_T = np.ascontiguousarray(np.sin(THETA))
 COS_T = np.ascontiguousarray(np.cos(THETA))
-SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // (2 * N_SECTORS)) // (N_ANGLES // N_SECTORS) % N_SECTORS).astype(np.int64)
+SECTOR = ((np.arange(N_ANGLES) + N_ANGLES // 8) // (N_ANGLES // 4) % 4).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------

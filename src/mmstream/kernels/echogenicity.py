@@ -57,7 +57,7 @@ def _hist_rect(image, r0, c0, r1, c1, out):
             out[0, row[j]] += 1
 
 
-@kernel("void(uint8[:, ::1], uint8[:, ::1], int64[:, ::1])")
+@kernel("void(uint8[:, ::1], uint8[:, ::1], int64[:, ::1])", readonly_args=(0, 1))
 def _hist_mask(image, mask, out):
     for r in range(image.shape[0]):
         row = image[r]
@@ -71,7 +71,7 @@ def _hist_mask(image, mask, out):
             out[0, row[j]] += mrow[j] != 0
 
 
-@kernel("void(uint8[:, ::1], float64[:, ::1], int64, int64, float64[::1], int64[:, ::1])")
+@kernel("void(uint8[:, ::1], float64[:, ::1], int64, int64, float64[::1], int64[:, ::1])", readonly_args=(0, 1))
 def _hist_polygon(image, poly_rc, r_lo, r_hi, xs, out):
     # Even-odd scanline fill over rows r_lo..r_hi-1; xs is a workspace of >= len(poly) floats.
     n_v = poly_rc.shape[0]

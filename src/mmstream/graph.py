@@ -1,0 +1,274 @@
+"""The service graph: nodes wired to sockets, each node in its own thread.
+
+The whole wiring is in :meth:`Graph._wiring`, one readable table::
+
+    drivers --PUSH--> [ingest] --frames (latest-wins)--> [analyzer-0..N-1] --metrics--> [publisher] --PUB--> clients
+                          \\--------------- events (every node) ------------------------^
+    clients --REQ--> [control]  (seed, ROI, metrics, context per stream; status)
+
+External endpoints come from the config; internal ones are ``inproc://``. A frame goes to the
+analyzer worker chosen by a stable hash of its stream id, so tracking state stays in one place.
+"""
+
+import threading
+import time
+import uuid
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+from mmstream.codec import Limits, decode, encode
+from mmstream.config import ServiceConfig
+from mmstream.errors import CodecError, ConfigError
+from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Node, Publisher, StreamConfig, StreamSettings
+from mmstream.nodes.base import PortQueue
+from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_socket
+
+IDLE_POLL_MS = 50
+DRAIN_MAX = 64
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    kind: str
+    endpoint: str
+    bind: bool
+    hwm: int = 1000
+    curve: Curve | None = None
+
+
+class NodeRunner(threading.Thread):
+    """Runs one node: receives on its input sockets, queues per port policy, processes, sends.
+
+    Sockets are created, used and closed in this thread (ZeroMQ sockets are not thread-safe).
+    A message that fails to decode, or a node that raises, is counted and announced as an event;
+    the loop never dies of it.
+    """
+
+    def __init__(self, node: Node, inputs: dict[str, SocketSpec], outputs: dict[str, list[SocketSpec]], limits: Limits):
+        super().__init__(name=f"mmstream-{node.name}", daemon=True)
+        self.node = node
+        self._in_specs = inputs
+        self._out_specs = outputs
+        self._limits = limits
+        self._stop_evt = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.bound: dict[str, str] = {}
+        self.send_drops: Counter = Counter()
+        self.queues = {p.name: PortQueue(p) for p in node.inputs}
+        self._reply_socks: set[int] = set()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+    def _open(self):
+        ins, outs = {}, {}
+        try:
+            for port, spec in self._in_specs.items():
+                ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve)
+                self.bound[port] = ins[port].last_endpoint
+            for port, specs in self._out_specs.items():
+                socks = []
+                for spec in specs:
+                    if spec.kind == "rep-reply":  # replies go back on the REP input socket
+                        socks.append(ins["requests"])
+                        self._reply_socks.add(id(ins["requests"]))
+                        continue
+                    s = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve)
+                    socks.append(s)
+                    self.bound[port] = s.last_endpoint
+                outs[port] = socks
+        except BaseException:
+            for s in {id(x): x for x in [*ins.values(), *(y for v in outs.values() for y in v)]}.values():
+                s.close()
+            raise
+        return ins, outs
+
+    def _emit(self, outs: dict[str, list[Socket]], results) -> None:
+        for out in results:
+            socks = outs.get(out.port)
+            if not socks:
+                continue  # a port nobody listens to (e.g. events of a node without a publisher)
+            sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
+            parts = encode(out.header, out.arrays)
+            if id(sock) in self._reply_socks:
+                sock.send(parts, timeout_ms=1000)
+            elif not sock.try_send(parts):
+                self.send_drops[out.port] += 1
+                self.node.count(f"dropped_{out.port}")
+
+    def run(self) -> None:
+        try:
+            ins, outs = self._open()
+        except BaseException as exc:  # reported to Graph.start, which raises it
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        node = self.node
+        port_of = {id(s): p for p, s in ins.items()}
+        queues = self.queues
+        poller = Poller(list(ins.values()))
+        try:
+            while not self._stop_evt.is_set():
+                pending = any(len(q) for q in queues.values())
+                for sock in poller.poll(0 if pending else IDLE_POLL_MS):
+                    port = port_of[id(sock)]
+                    q = queues[port]
+                    # REP must reply before receiving again: one request at a time
+                    for _ in range(1 if id(sock) in self._reply_socks else DRAIN_MAX):
+                        if q.full():
+                            break  # back-pressure: leave the rest in ZeroMQ's bounded queue
+                        parts = sock.try_recv()
+                        if parts is None:
+                            break
+                        try:
+                            q.put(decode(parts, self._limits))
+                        except CodecError as exc:
+                            handler = getattr(node, "on_decode_error", None)
+                            self._emit(outs, handler(exc) if handler else [node.reject(exc.reason, str(exc))])
+                for port, q in queues.items():
+                    msg = q.get()
+                    if msg is None:
+                        continue
+                    try:
+                        results = node.process(port, msg)
+                    except Exception as exc:  # a bug in a node must not stop the service
+                        node.count("internal_error")
+                        results = [node.event("error", "internal_error", f"{type(exc).__name__}: {exc}")]
+                    self._emit(outs, results)
+        finally:
+            for s in {id(x): x for x in [*ins.values(), *(y for v in outs.values() for y in v)]}.values():
+                s.close()
+
+
+class Graph:
+    """The running service: build from a :class:`~mmstream.config.ServiceConfig`, then start/stop.
+
+    ``endpoints`` gives the external endpoints actually bound (random tcp ports resolved).
+    """
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.session_id = f"{config.session_label}-{uuid.uuid4().hex[:12]}"
+        defaults = StreamConfig(metrics=tuple(config.analyzer.metrics))
+        initial = {
+            sid: StreamConfig(
+                seed_rc=s.seed_rc, seed_version=int(s.seed_rc is not None), roi=s.roi,
+                metrics=tuple(s.metrics or config.analyzer.metrics), clinical=s.clinical,
+            )
+            for sid, s in config.streams.items()
+        }  # fmt: skip
+        self.settings = StreamSettings(defaults, initial)
+        ing = config.ingest
+        self.ingest = Ingest(IngestLimits(max_fps=ing.max_fps_per_stream, burst=ing.burst_frames))
+        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}") for i in range(config.analyzer.workers)]
+        self.publisher = Publisher()
+        self.control = ControlNode(self.settings, self.status)
+        self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
+        self._runners: list[NodeRunner] = []
+        self._t_start: float | None = None
+
+    def _curve(self) -> Curve | None:
+        sec = self.config.security
+        if sec.server_secret_key_file is None:
+            return None
+        return Curve(secret_key_file=sec.server_secret_key_file, allowed_clients_dir=sec.allowed_clients_dir)
+
+    def _wiring(self) -> dict[Node, tuple[dict, dict]]:
+        """node -> (input port -> socket spec, output port -> [socket specs])."""
+        ep, curve = self.config.endpoints, self._curve()
+        p = f"inproc://mmstream-{uuid.uuid4().hex[:8]}"
+        events = [SocketSpec("push", f"{p}/events", bind=False)]
+        workers = [f"{p}/analyzer-{i}" for i in range(len(self.analyzers))]
+        wiring = {
+            self.ingest: (
+                {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve)},
+                {"frames": [SocketSpec("push", w, bind=False, hwm=2) for w in workers], "events": events},
+            ),
+            self.publisher: (
+                {"metrics": SocketSpec("pull", f"{p}/metrics", bind=True), "events": SocketSpec("pull", f"{p}/events", bind=True)},
+                {"out": [SocketSpec("pub", ep.metrics, bind=True, hwm=1000, curve=curve)]},
+            ),
+            self.control: (
+                {"requests": SocketSpec("rep", ep.control, bind=True, curve=curve)},
+                {"replies": [SocketSpec("rep-reply", ep.control, bind=True)], "events": events},
+            ),
+        }  # fmt: skip
+        for a, w in zip(self.analyzers, workers):
+            wiring[a] = (
+                {"frames": SocketSpec("pull", w, bind=True, hwm=2)},
+                {"metrics": [SocketSpec("push", f"{p}/metrics", bind=False)], "events": events},
+            )
+        return wiring
+
+    def start(self, timeout_s: float = 10.0) -> "Graph":
+        """Open every socket and start every node; ConfigError if any endpoint cannot be bound."""
+        if self._runners:
+            raise RuntimeError("graph already started")
+        from mmstream.kernels import warmup
+
+        warmup()  # keep JIT loading out of the first live frame
+        wiring = self._wiring()
+        # bind-side nodes first: the publisher binds the inproc endpoints the others connect to
+        order = [self.publisher, *self.analyzers, self.control, self.ingest]
+        for node in order:
+            ins, outs = wiring[node]
+            r = NodeRunner(node, ins, outs, self._limits)
+            r.start()
+            if not r.ready.wait(timeout_s) or r.error is not None:
+                self.stop()
+                err = r.error or TimeoutError(f"{node.name} did not start within {timeout_s} s")
+                raise ConfigError(f"cannot start {node.name}: {err}") from err
+            self._runners.append(r)
+        self._t_start = time.monotonic()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        for r in self._runners:
+            r.stop()
+        for r in self._runners:
+            r.join(timeout_s)
+        self._runners.clear()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """External endpoints as bound: ``ingest``, ``metrics``, ``control``."""
+        by_node = {r.node: r.bound for r in self._runners}
+        return {
+            "ingest": by_node[self.ingest]["in"],
+            "metrics": by_node[self.publisher]["out"],
+            "control": by_node[self.control]["requests"],
+        }
+
+    def status(self) -> dict:
+        """Counters, drops, rejects, fps and latency per stream and node (JSON-serialisable)."""
+        nodes = {}
+        for r in list(self._runners):
+            st = r.node.status()
+            st["send_drops"] = dict(r.send_drops)
+            st["queue_drops"] = {p: q.dropped for p, q in r.queues.items()}
+            nodes[r.node.name] = st
+        pub = nodes.get("publisher", {})
+        return {
+            "session_id": self.session_id,
+            "uptime_s": None if self._t_start is None else time.monotonic() - self._t_start,
+            "streams": pub.get("streams", {}),
+            "service_latency": pub.get("service_latency", {}),
+            "nodes": nodes,
+        }
+
+
+def connect_driver(endpoint: str, curve: Curve | None = None, hwm: int = 64) -> Socket:
+    """A PUSH socket connected to a service's ingest endpoint (for drivers and tests)."""
+    return make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve)
+
+
+__all__ = ["Graph", "NodeRunner", "SocketSpec", "connect_driver", "TransportTimeout"]
