@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmstream.messages import ImagingSettings
+from mmstream.source import SourceFrame
 from mmstream_drivers.sim.bmode import BModeScene, SceneSpec, SceneTruth
 
 __all__ = ["SimProbe", "SimFrame", "SceneSpec", "SceneTruth", "BModeScene"]
@@ -22,6 +24,23 @@ class SimFrame:
     index: int
     t_device_s: float
     truth: SceneTruth
+
+    def to_source(self) -> SourceFrame:
+        """The frame as sent on the wire; the scalar ground truth rides along as annotations."""
+        t = self.truth
+        return SourceFrame(
+            image=self.image,
+            t_device_s=self.t_device_s,
+            spacing_mm=t.spacing_mm,
+            spacing_source="simulated",
+            imaging=ImagingSettings(depth_mm=self.image.shape[0] * t.spacing_mm[0], probe="simulated", preset="msk"),
+            annotations={
+                "truth_nerve_area_mm2": t.nerve_area_mm2,
+                "truth_nerve_row": t.nerve_center_rc[0],
+                "truth_nerve_col": t.nerve_center_rc[1],
+                "truth_thickness_mm": t.thickness_mm,
+            },
+        )
 
 
 class SimProbe:
@@ -80,3 +99,7 @@ class SimProbe:
         while count is None or i < count:
             yield self.frame(i)
             i += 1
+
+    def source_frames(self, count: int | None = None) -> Iterator[SourceFrame]:
+        """The driver interface: frames as :class:`~mmstream.source.SourceFrame`, truth annotated."""
+        return (f.to_source() for f in self.frames(count))

@@ -186,7 +186,7 @@ class BModeScene:
         thickness_px = float(np.median(deep - sup))
         return SceneTruth(
             spacing_mm=s.spacing_mm,
-            nerve_center_rc=((nr - offset_mm[0]) / sr, (nc - offset_mm[1]) / sc),
+            nerve_center_rc=(float((nr - offset_mm[0]) / sr), float((nc - offset_mm[1]) / sc)),
             nerve_semi_axes_px=(ar / sr, ac / sc),
             nerve_area_px=float(np.pi * ar * ac / (sr * sc)),
             nerve_area_mm2=float(np.pi * ar * ac),

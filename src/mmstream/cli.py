@@ -2,7 +2,9 @@
 
 - ``mmstream analyze IMAGE...``: per-frame metrics of image, DICOM and MetaImage files, one JSON
   object (``--format jsonl``) or CSV row (``--format csv``) per frame on standard output.
-- ``mmstream demo``: the simulated probe analysed live, with a console status line per second.
+- ``mmstream demo``: the service with the simulated probe, a console status line per second.
+- ``mmstream serve --config FILE``, ``mmstream status``, ``mmstream keys DIR``,
+  ``mmstream config validate FILE``: run, watch and secure the service.
 
 Exit status: 0 when every file was processed, 1 when at least one file failed (the others are still
 processed and printed), 2 for a usage error.
@@ -136,47 +138,152 @@ def cmd_analyze(args) -> int:
     return 1 if failed else 0
 
 
+def _format_status_line(st: dict, last: dict | None) -> str:
+    parts = []
+    for sid, s in sorted(st.get("streams", {}).items()):
+        fps = "-" if s["fps"] is None else f"{s['fps']:.1f}"
+        p50 = "-" if s["latency_p50_ms"] is None else f"{s['latency_p50_ms']:.2f}"
+        p99 = "-" if s["latency_p99_ms"] is None else f"{s['latency_p99_ms']:.2f}"
+        parts.append(f"{sid}: {s['frames']} frames {fps} fps  latency p50 {p50} ms p99 {p99} ms")
+    drops = sum(sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values())
+                for n in st.get("nodes", {}).values())  # fmt: skip
+    rejects = sum(sum(n.get("rejected", {}).values()) for n in st.get("nodes", {}).values())
+    line = "  ".join(parts) or "no frames yet"
+    line += f"  drops {drops} rejects {rejects}"
+    if last is not None:
+        c, t, a = last.get("csa"), last.get("thickness"), last.get("annotations", {})
+        if c is not None and c.get("area_mm2") is not None:
+            line += f"  CSA {c['area_mm2']:.1f} mm2"
+            if "truth_nerve_area_mm2" in a:
+                line += f" (truth {a['truth_nerve_area_mm2']:.1f})"
+        if t is not None and t.get("thickness_mm") is not None:
+            line += f"  thickness {t['thickness_mm']:.2f} mm"
+            if "truth_thickness_mm" in a:
+                line += f" (truth {a['truth_thickness_mm']:.2f})"
+    return line
+
+
 def cmd_demo(args) -> int:
+    from mmstream.codec import decode
+    from mmstream.config import load_config
+    from mmstream.service import Service
+    from mmstream.transport import TransportTimeout, make_socket
     from mmstream_drivers.sim import SimProbe
 
-    probe = SimProbe(fps=args.fps)
-    first = probe.frame(0)
-    seed = first.truth.nerve_center_rc
-    previous = None
-    t_end = None if args.duration is None else time.monotonic() + args.duration
-    n = 0
-    lat = []
-    last_print = time.monotonic()
-    t0 = last_print
+    cfg = load_config(args.config, sources=[{"driver": "sim", "stream_id": "sim", "fps": args.fps}])
+    seed = SimProbe(seed=0).frame(0).truth.nerve_center_rc  # the operator's click on the nerve
+    svc = Service(cfg)
+    svc.graph.settings.update("sim", seed_rc=seed)
     try:
-        for fr in probe.frames(args.frames):
-            t_start = time.perf_counter()
-            res = analyze_frame(
-                fr.image, spacing_mm=fr.truth.spacing_mm, seed=seed if n == 0 else None, previous=previous
-            )
-            lat.append(time.perf_counter() - t_start)
-            previous = res
-            n += 1
-            now = time.monotonic()
-            if now - last_print >= 1.0 or (args.frames is not None and n == args.frames):
-                last_print = now
-                c, t = res.csa, res.thickness
-                lat_ms = sorted(lat)
-                print(
-                    f"frame {fr.index:5d}  {n / (now - t0):6.1f} fps  analysis p50 "
-                    f"{1e3 * lat_ms[len(lat_ms) // 2]:.2f} ms  "
-                    f"CSA {c.area_mm2:6.1f} mm2 (truth {fr.truth.nerve_area_mm2:5.1f})  "
-                    f"thickness {t.thickness_mm:5.2f} mm (truth {fr.truth.thickness_mm:5.2f})  "
-                    f"echo {res.echogenicity.mean:5.1f}",
-                    flush=True,
-                )
-                lat.clear()
-            if t_end is not None and now >= t_end:
-                break
-            if args.realtime:
-                time.sleep(max(0.0, t0 + n / args.fps - time.monotonic()))
+        svc.start()
+    except MmstreamError as exc:
+        print(f"mmstream demo: error: {exc}", file=sys.stderr)
+        return 1
+    ep = svc.graph.endpoints
+    print(f"mmstream demo: ingest {ep['ingest']}  metrics {ep['metrics']}  control {ep['control']}", flush=True)
+    sub = make_socket("sub", ep["metrics"], bind=False, subscribe=("metrics.",))
+    t_end = None if args.duration is None else time.monotonic() + args.duration
+    last, t_print = None, time.monotonic()
+    try:
+        while t_end is None or time.monotonic() < t_end:
+            try:
+                msg = decode(sub.recv(timeout_ms=200))
+                last = msg.header.model_dump(include={"csa", "thickness", "annotations"})
+            except TransportTimeout:
+                pass
+            if time.monotonic() - t_print >= 1.0:
+                t_print = time.monotonic()
+                print(_format_status_line(svc.graph.status(), last), flush=True)
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        pass
+    finally:
+        sub.close()
+        print(_format_status_line(svc.graph.status(), last), flush=True)
+        svc.stop()
+    print("mmstream demo: stopped", flush=True)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import signal
+
+    from mmstream.config import load_config
+    from mmstream.service import Service
+
+    cfg = load_config(args.config)
+    stop = {"flag": False}
+
+    def _stop(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with Service(cfg) as svc:
+        ep = svc.graph.endpoints
+        print(f"mmstream serve: ingest {ep['ingest']}  metrics {ep['metrics']}  control {ep['control']}", flush=True)
+        while not stop["flag"]:
+            time.sleep(0.1)
+    print("mmstream serve: stopped", flush=True)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from mmstream.codec import decode, encode
+    from mmstream.messages import Control
+    from mmstream.transport import TransportTimeout, make_socket
+
+    with make_socket("req", args.control, bind=False) as sock:
+        sock.send(encode(Control(command="status")), timeout_ms=args.timeout_ms)
+        try:
+            reply = decode(sock.recv(timeout_ms=args.timeout_ms)).header
+        except TransportTimeout:
+            print(f"mmstream status: error: no answer from {args.control} within {args.timeout_ms} ms", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(reply.data, indent=2))
+        return 0
+    st = reply.data
+    print(f"session {st['session_id']}  up {st['uptime_s']:.0f} s")
+    print(f"{'stream':<16}{'frames':>8}{'fps':>8}{'e2e p50 ms':>12}{'e2e p99 ms':>12}")
+    for sid, s in sorted(st["streams"].items()):
+        row = [s["frames"], s["fps"], s["latency_p50_ms"], s["latency_p99_ms"]]
+        print(f"{sid:<16}{row[0]:>8}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(row[1:], (8, 12, 12))))
+    print(f"{'node':<16}{'drops':>8}{'rejects':>9}  counters")
+    for name, n in sorted(st["nodes"].items()):
+        drops = sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values())
+        rej = n.get("rejected", {})
+        extra = ", ".join(f"{k}={v}" for k, v in sorted({**n.get("counters", {}), **rej}.items()))
+        print(f"{name:<16}{drops:>8}{sum(rej.values()):>9}  {extra}")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from mmstream.transport import make_keys
+
+    out = Path(args.directory)
+    server_pub, server_sec = make_keys(out / "server", "server")
+    client_pub, client_sec = make_keys(out / "clients", args.client)
+    (out / "allowed_clients").mkdir(exist_ok=True)
+    allowed = out / "allowed_clients" / client_pub.name
+    allowed.write_bytes(client_pub.read_bytes())
+    print(f"server secret key: {server_sec}  (service: [security] server_secret_key_file)")
+    print(f"server public key: {server_pub}  (give to clients)")
+    print(f"client secret key: {client_sec}  (give to the client {args.client!r} only)")
+    print(f"allowed clients:   {allowed.parent}  (service: [security] allowed_clients_dir)")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from mmstream.config import load_config
+
+    try:
+        cfg = load_config(args.file)
+    except MmstreamError as exc:
+        print(f"mmstream config: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid" if args.file else "defaults: valid")
+    if args.show:
+        print(cfg.model_dump_json(indent=2))
     return 0
 
 
@@ -207,19 +314,46 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     a.set_defaults(func=cmd_analyze)
 
-    d = sub.add_parser("demo", help="simulated probe analysed live with a console status")
+    d = sub.add_parser("demo", help="the service with the simulated probe, console status once a second")
+    d.add_argument("--config", type=Path, default=None, help="service TOML (default: embedded defaults)")
     d.add_argument("--fps", type=float, default=30.0)
-    d.add_argument("--frames", type=int, default=None, help="stop after this many frames")
-    d.add_argument("--duration", type=float, default=10.0, help="stop after this many seconds")
-    d.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
-                   help="pace frames at --fps (default) or run as fast as possible")  # fmt: skip
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="run the service from a TOML configuration")
+    s.add_argument("--config", type=Path, default=None)
+    s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("status", help="fps, latency, drops and rejects of a running service")
+    st.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
+    st.add_argument("--timeout-ms", type=int, default=3000)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    k = sub.add_parser("keys", help="make CURVE keys for a service bound beyond loopback")
+    k.add_argument("directory")
+    k.add_argument("--client", default="client", help="name of the client key pair")
+    k.set_defaults(func=cmd_keys)
+
+    c = sub.add_parser("config", help="validate a configuration file")
+    c.add_argument("action", choices=("validate",))
+    c.add_argument("file", type=Path, nargs="?")
+    c.add_argument("--show", action="store_true", help="print the resulting configuration")
+    c.set_defaults(func=cmd_config)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("serve", "demo"):
+        from mmstream.config import load_config
+
+        try:
+            load_config(args.config)
+        except MmstreamError as exc:
+            print(f"mmstream {args.command}: error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "analyze":
         bad = set(args.metrics) - set(METRICS)
         if bad or not args.metrics:

@@ -169,6 +169,7 @@ class Graph:
         self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
         self._runners: list[NodeRunner] = []
         self._t_start: float | None = None
+        self.status_hooks: list = []  # callables returning dicts merged into status()
 
     def _curve(self) -> Curve | None:
         sec = self.config.security
@@ -257,13 +258,16 @@ class Graph:
             st["queue_drops"] = {p: q.dropped for p, q in r.queues.items()}
             nodes[r.node.name] = st
         pub = nodes.get("publisher", {})
-        return {
+        out = {
             "session_id": self.session_id,
             "uptime_s": None if self._t_start is None else time.monotonic() - self._t_start,
             "streams": pub.get("streams", {}),
             "service_latency": pub.get("service_latency", {}),
             "nodes": nodes,
         }
+        for hook in self.status_hooks:
+            out.update(hook())
+        return out
 
 
 def connect_driver(endpoint: str, curve: Curve | None = None, hwm: int = 64) -> Socket:

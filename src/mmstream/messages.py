@@ -64,7 +64,12 @@ class _Header(_Model):
 
 
 class Frame(_Header):
-    """One 2-D B-mode frame; buffer ``image`` is (H, W) uint8."""
+    """One 2-D B-mode frame; buffer ``image`` is (H, W) uint8.
+
+    ``transforms``: 4x4 row-major matrices by name (``image_to_probe``, ``probe_to_reference``, ...).
+    ``annotations``: numbers the source knows about the frame, e.g. a simulator's ground truth
+    (``truth_nerve_area_mm2``); they are carried into the frame's metrics message.
+    """
 
     msg_type: Literal["frame"] = "frame"
     stream_id: Identifier
@@ -78,6 +83,7 @@ class Frame(_Header):
     imaging: ImagingSettings = ImagingSettings()
     clinical: ClinicalContext = ClinicalContext()
     transforms: dict[Identifier, tuple[FiniteFloat, ...]] = Field(default_factory=dict, max_length=16)
+    annotations: dict[Identifier, FiniteFloat] = Field(default_factory=dict, max_length=32)
     stamps: dict[Identifier, FiniteFloat] = Field(default_factory=dict, max_length=16)
 
     @model_validator(mode="after")
@@ -165,6 +171,7 @@ class Metrics(_Header):
     csa: CsaSummary | None = None
     thickness: ThicknessSummary | None = None
     quality: QualitySummary | None = None
+    annotations: dict[Identifier, float] = Field(default_factory=dict)  # copied from the frame
     stamps: dict[Identifier, float] = Field(default_factory=dict)
 
 

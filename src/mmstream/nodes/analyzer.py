@@ -81,6 +81,7 @@ def metrics_message(h: Frame, res: FrameAnalysis, stamps: dict[str, float]) -> t
         csa=None if c is None else CsaSummary(**c.model_dump(exclude={"contour_rc"})),
         thickness=None if t is None else ThicknessSummary(**t.model_dump(exclude={"superficial_rc", "deep_rc"})),
         quality=None if q is None else QualitySummary(**q.model_dump()),
+        annotations=h.annotations,
         stamps=stamps,
         buffers=buffer_specs(**arrays),
     )

@@ -1,0 +1,471 @@
+"""Muscle thickness: superficial and deep aponeurosis lines of a longitudinal B-mode frame.
+
+Method
+------
+The observers of the reference data (TimTrack datasets) click the *inner* edges of the two
+aponeuroses: the superficial one where its bright band falls to the darker muscle below, the deep
+one where the darker muscle rises to the bright deep band. Both are long, nearly straight or
+smoothly curved edges spanning the picture, while fascicle striations are short and tilted. So:
+
+1. **B-mode region** (``roi=None``): screen captures carry flat UI areas (uniform grey or black,
+   sparse text). A pixel is *active* when it differs from the pixel below it (speckle almost always
+   does); the region is the longest run of columns, then of rows, whose active fraction is at least
+   one half (:func:`_activity`).
+2. **Edge map**: the region is averaged over bins of ``BIN_COLS`` columns (:func:`_bin_columns`),
+   then a vertical step filter gives ``G[r, j] = mean(rows r..r+k-1) - mean(rows r-k..r-1)``
+   (:func:`_vertical_step`): positive on dark-above/bright-below edges (deep aponeurosis), negative
+   on bright-above/dark-below edges (superficial aponeurosis). Observers click the middle of that
+   step, which is where ``|G|`` peaks.
+3. **Line search** (a Radon transform restricted to near-horizontal lines): the mean of ``G`` along
+   every straight line of slope within ``+-MAX_SLOPE`` rows/col (:func:`_line_scores`) at two step
+   scales. Long aponeuroses accumulate; tilted striations average out.
+4. **Choice of the pair** among the line peaks (:func:`_choose_pair`), see its docstring.
+5. **Refinement**: a dynamic-programming path of maximal edge strength inside a band around each
+   chosen line (:func:`_band_path`), at most ``MAX_STEP`` rows per column bin, so curved
+   aponeuroses are followed to the picture's ends, where observers usually measure.
+
+With ``previous`` (a live stream) steps 1, 3 and 4 are skipped: the region is kept and step 5 runs
+in a narrower band around the previous lines; if the edges found there are too weak the frame is
+analysed from scratch.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmstream.errors import InputError
+from mmstream.kernels._jit import kernel
+
+__all__ = ["ThicknessLines", "measure_thickness"]
+
+BIN_COLS = 4  # columns averaged per bin (the polyline has one point per bin)
+STEP_FINE = 4  # rows on each side of the fine step filter
+STEP_COARSE = 12  # rows on each side of the coarse step filter (diffuse deep edges)
+COARSE_WEIGHT = 0.5  # weight of the coarse step in the line search
+MAX_SLOPE = 0.15  # rows per column, searched line slopes (about +-8.5 degrees)
+N_SLOPES = 16
+BAND_HALF = 12  # rows, half-width of the refinement band around a chosen line
+TRACK_HALF = 8  # rows, half-width of the band around the previous frame's lines
+MAX_STEP = 1  # rows per column bin in the refined path (a slope of 0.25 at BIN_COLS = 4)
+MIN_SIZE = 32  # smallest analysed region, rows and columns
+ACTIVE_FRACTION = 0.5
+EDGE_CONFIDENT = 6.0  # grey levels: |G| at which a path point counts as a clear edge
+TRACK_MIN_EDGE = 3.0  # grey levels: mean |G| along a tracked path below which tracking is lost
+
+
+@dataclass(frozen=True)
+class ThicknessLines:
+    """Superficial and deep aponeurosis lines of one frame.
+
+    Attributes
+    ----------
+    superficial_rc, deep_rc : ndarray of shape (K, 2), float64
+        Polylines ``[row, col]`` in image pixels, one point per analysed column bin, left to
+        right, at the same columns. Rows are the inner edges of the aponeuroses (the middle of the
+        grey-level step between aponeurosis and muscle).
+    thickness_px : float
+        Median over the analysed columns of ``deep row - superficial row`` (pixels, vertical).
+    confidence : float
+        In [0, 1]: fraction of the analysed columns where both lines lie on a grey-level step of
+        the expected polarity of at least ``EDGE_CONFIDENT`` grey levels. Near 1 for clear
+        aponeuroses; low when a line crosses shadows or was guessed through featureless tissue.
+    region_rc : (r0, c0, r1, c1)
+        Analysed region, end-exclusive, image pixels.
+    """
+
+    superficial_rc: np.ndarray
+    deep_rc: np.ndarray
+    thickness_px: float
+    confidence: float
+    region_rc: tuple[int, int, int, int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Numba kernels (private; every output is preallocated by the caller)
+
+
+@kernel("void(uint8[:, ::1], int64, int64, int64, int64, int64[::1], int64[::1])")
+def _activity(image, r0, c0, r1, c1, col_count, row_count):
+    """Active pixels (``image[r, c] != image[r + 1, c]``) for ``r0 <= r < r1 - 1``,
+    ``c0 <= c < c1``, counted per column into ``col_count[c - c0]`` and per row into
+    ``row_count[r - r0]`` (both zeroed here)."""
+    for j in range(c1 - c0):
+        col_count[j] = 0
+    for i in range(r1 - r0):
+        row_count[i] = 0
+    for r in range(r0, r1 - 1):
+        a = image[r, c0:c1]
+        b = image[r + 1, c0:c1]
+        n = 0
+        for j in range(a.shape[0]):
+            d = np.int64(a[j] != b[j])
+            col_count[j] += d
+            n += d
+        row_count[r - r0] = n
+
+
+@kernel("void(uint8[:, ::1], int64, int64, int64, int64, int64, float64[:, ::1])")
+def _bin_columns(image, r0, c0, r1, c1, bin_cols, out):
+    """``out[i, j]`` = mean of ``image[r0 + i, c0 + j*bin_cols : c0 + (j+1)*bin_cols]`` for
+    ``j < out.shape[1]`` (bins beyond ``c1`` are not written; the caller sizes ``out``)."""
+    nb = out.shape[1]
+    inv = 1.0 / bin_cols
+    for i in range(r1 - r0):
+        row = image[r0 + i, c0:c1]
+        for j in range(nb):
+            s = 0
+            for t in range(j * bin_cols, (j + 1) * bin_cols):
+                s += row[t]
+            out[i, j] = s * inv
+
+
+@kernel("void(float64[:, ::1], int64, float64[::1], float64[::1], float64[:, ::1])")
+def _vertical_step(cm, k, above, below, out):
+    """``out[r, j] = mean(cm[r:r+k, j]) - mean(cm[r-k:r, j])`` for ``k <= r <= H - k``; zero for
+    the other rows. ``above`` and ``below`` are (nb,) work vectors."""
+    h, nb = cm.shape
+    for r in range(h):
+        for j in range(nb):
+            out[r, j] = 0.0
+    if h < 2 * k:
+        return
+    inv = 1.0 / k
+    for j in range(nb):
+        above[j] = 0.0
+        below[j] = 0.0
+    for r in range(0, k):
+        for j in range(nb):
+            above[j] += cm[r, j]
+            below[j] += cm[r + k, j]
+    # at r = k: above = rows 0..k-1, below = rows k..2k-1
+    for r in range(k, h - k + 1):
+        for j in range(nb):
+            out[r, j] = (below[j] - above[j]) * inv
+        if r + k < h:
+            for j in range(nb):
+                above[j] += cm[r, j] - cm[r - k, j]
+                below[j] += cm[r + k, j] - cm[r, j]
+
+
+@kernel("void(float64[:, ::1], float64[::1], float64, float64[:, ::1])")
+def _line_scores(g, slopes, bin_width, out):
+    """Mean of ``g`` along straight lines: ``out[r, s]`` averages ``g[r + round(slopes[s] *
+    (x_j - x_c)), j]`` over the bins ``j`` where that row is inside ``g``, with ``x_j = (j + 0.5) *
+    bin_width`` and ``x_c = nb * bin_width / 2``; lines valid in fewer than half of the bins
+    score 0. ``round`` is round-half-to-even (numpy's)."""
+    h, nb = g.shape
+    ns = slopes.shape[0]
+    xc = nb * bin_width / 2.0
+    for s in range(ns):
+        for r in range(h):
+            acc = 0.0
+            n = 0
+            for j in range(nb):
+                rr = r + np.int64(np.round(slopes[s] * ((j + 0.5) * bin_width - xc)))
+                if rr >= 0 and rr < h:
+                    acc += g[rr, j]
+                    n += 1
+            out[r, s] = acc / n if 2 * n >= nb else 0.0
+
+
+@kernel(
+    "void(float64[:, ::1], float64, float64[::1], int64, int64, float64[:, ::1], int64[:, ::1],"
+    " int64[::1])"
+)
+def _band_path(g, sign, center, half, max_step, acc, back, path):
+    """Path of maximal ``sum_j sign * g[path[j], j]`` with ``|path[j] - round(center[j])| <=
+    half``, ``0 <= path[j] < H`` and ``|path[j] - path[j-1]| <= max_step``. ``acc`` and ``back``
+    are (nb, 2*half+1) work arrays. Ties resolve to the smallest row. If no such path exists the
+    path follows ``round(center)`` clipped to the image."""
+    h, nb = g.shape
+    w = 2 * half + 1
+    neg = -1e300
+    for j in range(nb):
+        base = np.int64(np.round(center[j])) - half
+        for t in range(w):
+            r = base + t
+            if r < 0 or r >= h:
+                acc[j, t] = neg
+                back[j, t] = -1
+                continue
+            v = sign * g[r, j]
+            if j == 0:
+                acc[j, t] = v
+                back[j, t] = -1
+                continue
+            pbase = np.int64(np.round(center[j - 1])) - half
+            best = neg
+            bi = -1
+            for dr in range(-max_step, max_step + 1):
+                pt = r + dr - pbase
+                if pt >= 0 and pt < w and acc[j - 1, pt] > best:
+                    best = acc[j - 1, pt]
+                    bi = pt
+            if bi < 0 or best <= neg:
+                acc[j, t] = neg
+                back[j, t] = -1
+            else:
+                acc[j, t] = best + v
+                back[j, t] = bi
+    best = neg
+    bt = -1
+    for t in range(w):
+        if acc[nb - 1, t] > best:
+            best = acc[nb - 1, t]
+            bt = t
+    if bt < 0:
+        for j in range(nb):
+            path[j] = min(max(np.int64(np.round(center[j])), 0), h - 1)
+        return
+    for j in range(nb - 1, -1, -1):
+        path[j] = np.int64(np.round(center[j])) - half + bt
+        bt = back[j, bt]
+
+
+# ----------------------------------------------------------------------------------------------
+# Python orchestration
+
+
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start, stop) of the longest run of True in a 1-D boolean array; (0, 0) if none."""
+    m = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(m)
+    starts = np.flatnonzero(d == 1)
+    stops = np.flatnonzero(d == -1)
+    if starts.size == 0:
+        return 0, 0
+    i = int(np.argmax(stops - starts))
+    return int(starts[i]), int(stops[i])
+
+
+def find_bmode_region(image: np.ndarray) -> tuple[int, int, int, int]:
+    """B-mode picture of a (possibly screen-captured) frame as ``(r0, c0, r1, c1)``."""
+    h, w = image.shape
+    col = np.empty(w, np.int64)
+    row = np.empty(h, np.int64)
+    _activity(image, 0, 0, h, w, col, row)
+    c0, c1 = _longest_run(col >= ACTIVE_FRACTION * (h - 1))
+    if c1 - c0 < MIN_SIZE:
+        return 0, 0, h, w
+    _activity(image, 0, c0, h, c1, col[: c1 - c0], row)
+    r0, r1 = _longest_run(row[: h - 1] >= ACTIVE_FRACTION * (c1 - c0))
+    r1 = min(r1 + 1, h)
+    if r1 - r0 < MIN_SIZE:
+        return 0, c0, h, c1
+    _activity(image, r0, c0, r1, c1, col[: c1 - c0], row[: r1 - r0])
+    a, b = _longest_run(col[: c1 - c0] >= ACTIVE_FRACTION * (r1 - r0 - 1))
+    if b - a >= MIN_SIZE:
+        c0, c1 = c0 + a, c0 + b
+    return r0, c0, r1, c1
+
+
+def _edge_maps(image, region, need_coarse=True):
+    r0, c0, r1, c1 = region
+    nb = (c1 - c0) // BIN_COLS
+    cm = np.empty((r1 - r0, nb), np.float64)
+    _bin_columns(image, r0, c0, r1, c1, BIN_COLS, cm)
+    g = np.empty_like(cm)
+    work = np.empty((2, nb), np.float64)
+    _vertical_step(cm, STEP_FINE, work[0], work[1], g)
+    gc = None
+    if need_coarse:
+        gc = np.empty_like(cm)
+        _vertical_step(cm, STEP_COARSE, work[0], work[1], gc)
+    return g, gc
+
+
+def _line_peaks(score, n, sep):
+    """Up to ``n`` (row, slope index, value) maxima of ``score`` with value > 0, rows at least
+    ``sep`` apart."""
+    s = score.copy()
+    out = []
+    for _ in range(n):
+        i = int(np.argmax(s))
+        r, k = divmod(i, s.shape[1])
+        v = float(s[r, k])
+        if not v > 0:
+            break
+        out.append((r, k, v))
+        s[max(0, r - sep) : r + sep + 1, :] = -np.inf
+    return out
+
+
+def _choose_pair(acc, h):
+    """Superficial and deep line among the peaks of the line scores ``acc`` (H, S).
+
+    Superficial: among the bright-to-dark lines in the upper 45 % of the region scoring at least
+    0.7 of the best of them, the deepest (subcutaneous fasciae lie above it). Deep: among the
+    dark-to-bright lines at least 20 % of the region height below it, the strongest.
+    Returns ((row, slope index), (row, slope index)) at the region's centre column, or None.
+    """
+    ps = [p for p in _line_peaks(-acc, 12, 6) if p[0] < 0.45 * h]
+    if not ps:
+        return None
+    m = max(p[2] for p in ps)
+    sup = max((p for p in ps if p[2] >= 0.7 * m), key=lambda p: p[0])
+    pd = [p for p in _line_peaks(acc, 12, 6) if p[0] > sup[0] + 0.2 * h]
+    if not pd:
+        return None
+    m = max(p[2] for p in pd)
+    deep = min((p for p in pd if p[2] >= 0.9 * m), key=lambda p: p[0])
+    return (sup[0], sup[1]), (deep[0], deep[1])
+
+
+def _paths(g, centers_sup, centers_deep, half):
+    nb = g.shape[1]
+    w = 2 * half + 1
+    acc = np.empty((nb, w), np.float64)
+    back = np.empty((nb, w), np.int64)
+    ps = np.empty(nb, np.int64)
+    pd = np.empty(nb, np.int64)
+    _band_path(g, -1.0, centers_sup, half, MAX_STEP, acc, back, ps)
+    _band_path(g, 1.0, centers_deep, half, MAX_STEP, acc, back, pd)
+    return ps, pd
+
+
+def _result(g, ps, pd, region):
+    r0, c0, _, _ = region
+    nb = g.shape[1]
+    cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
+    j = np.arange(nb)
+    es = -g[ps, j]
+    ed = g[pd, j]
+    conf = float(np.mean((es >= EDGE_CONFIDENT) & (ed >= EDGE_CONFIDENT)))
+    sup = np.column_stack((ps + r0 - 0.5, cols))
+    deep = np.column_stack((pd + r0 - 0.5, cols))
+    return ThicknessLines(
+        superficial_rc=sup,
+        deep_rc=deep,
+        thickness_px=float(np.median(pd - ps)),
+        confidence=conf,
+        region_rc=tuple(int(v) for v in region),
+    ), float(np.mean(es)), float(np.mean(ed))
+
+
+def _centers_from(poly, region, nb):
+    r0, c0, _, _ = region
+    cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
+    p = np.asarray(poly, np.float64)
+    return np.interp(cols, p[:, 1], p[:, 0]) - r0 + 0.5
+
+
+def _check_region(region, h, w, what):
+    r0, c0, r1, c1 = region
+    if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+        raise InputError(f"{what} {tuple(region)} is empty or outside the {h}x{w} image")
+    if r1 - r0 < MIN_SIZE or c1 - c0 < MIN_SIZE:
+        raise InputError(
+            f"{what} {tuple(region)} is smaller than {MIN_SIZE}x{MIN_SIZE} pixels: too small to "
+            "hold two aponeuroses"
+        )
+
+
+def measure_thickness(
+    image: np.ndarray,
+    roi: tuple[int, int, int, int] | None = None,
+    previous: ThicknessLines | None = None,
+) -> ThicknessLines:
+    """Superficial and deep aponeurosis lines and the muscle thickness between them.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), uint8, C-contiguous
+        Grey B-mode frame or screen capture holding one (longitudinal muscle view).
+    roi : (r0, c0, r1, c1), optional
+        End-exclusive region to search, image pixels. Default: the B-mode picture, found
+        automatically (UI borders of screen captures are excluded).
+    previous : ThicknessLines, optional
+        Result on the previous frame of the same stream: the lines are then tracked in a narrow
+        band around it (fast, stable); if they are lost the frame is analysed from scratch.
+
+    Returns
+    -------
+    ThicknessLines
+        Lines in image pixels, thickness in pixels (vertical), confidence in [0, 1].
+
+    Raises
+    ------
+    InputError
+        Wrong dtype, shape or memory layout; ROI empty, outside the image or smaller than
+        32x32 pixels; image smaller than 32x32.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image.dtype}")
+    if image.ndim != 2:
+        raise InputError(f"image must be 2-D (H, W) grey, got shape {image.shape}")
+    if not image.flags.c_contiguous:
+        raise InputError("image must be C-contiguous (np.ascontiguousarray)")
+    h, w = image.shape
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise InputError(f"image {h}x{w} is smaller than {MIN_SIZE}x{MIN_SIZE} pixels")
+    if roi is not None:
+        try:
+            region = tuple(int(v) for v in roi)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"roi must be four integers (r0, c0, r1, c1), got {roi!r}") from exc
+        if len(region) != 4:
+            raise InputError(f"roi must be four integers (r0, c0, r1, c1), got {roi!r}")
+        _check_region(region, h, w, "roi")
+    else:
+        region = None
+
+    if previous is not None:
+        if not isinstance(previous, ThicknessLines):
+            raise InputError("previous must be a ThicknessLines result")
+        preg = tuple(int(v) for v in previous.region_rc)
+        ok = (
+            (region is None or region == preg)
+            and 0 <= preg[0] < preg[2] <= h
+            and 0 <= preg[1] < preg[3] <= w
+            and preg[2] - preg[0] >= MIN_SIZE
+            and preg[3] - preg[1] >= MIN_SIZE
+            and len(previous.superficial_rc) >= 2
+            and len(previous.deep_rc) >= 2
+        )
+        if ok:
+            g, _ = _edge_maps(image, preg, need_coarse=False)
+            nb = g.shape[1]
+            ps, pd = _paths(
+                g,
+                _centers_from(previous.superficial_rc, preg, nb),
+                _centers_from(previous.deep_rc, preg, nb),
+                TRACK_HALF,
+            )
+            res, es, ed = _result(g, ps, pd, preg)
+            if es >= TRACK_MIN_EDGE and ed >= TRACK_MIN_EDGE:
+                return res
+
+    if region is None:
+        region = find_bmode_region(image)
+        if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
+            region = (0, 0, h, w)
+    return _analyse(image, region)
+
+
+def _analyse(image, region):
+    g, gc = _edge_maps(image, region)
+    hh, nb = g.shape
+    slopes = np.linspace(-MAX_SLOPE, MAX_SLOPE, N_SLOPES)
+    acc = np.empty((hh, N_SLOPES), np.float64)
+    acc2 = np.empty_like(acc)
+    _line_scores(g, slopes, float(BIN_COLS), acc)
+    _line_scores(gc, slopes, float(BIN_COLS), acc2)
+    acc += COARSE_WEIGHT * acc2
+    xc = nb * BIN_COLS / 2.0
+    xj = (np.arange(nb) + 0.5) * BIN_COLS - xc
+    pair = _choose_pair(acc, hh)
+    if pair is None:
+        # No convincing pair: fall back to the strongest edges of each polarity in the upper and
+        # lower halves (confidence will be low).
+        half = hh // 2
+        rs = int(np.argmax(-acc[:half, N_SLOPES // 2]))
+        rd = half + int(np.argmax(acc[half:, N_SLOPES // 2]))
+        pair = (rs, N_SLOPES // 2), (rd, N_SLOPES // 2)
+    (rs, ks), (rd, kd) = pair
+    cs = rs + slopes[ks] * xj
+    cd = rd + slopes[kd] * xj
+    ps, pd = _paths(g, cs, cd, BAND_HALF)
+    res, _, _ = _result(g, ps, pd, region)
+    return res

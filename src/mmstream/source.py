@@ -1,0 +1,118 @@
+"""The driver side of the wire: send a source's frames to a service's ingest endpoint.
+
+Every driver (simulated probe, video grabber, OpenIGTLink, DICOM cine, MetaImage sequence, replay)
+yields :class:`SourceFrame` objects; :func:`pump` paces them by their device clock (or sends them as
+fast as the service takes them) through a :class:`FrameSender`.
+"""
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmstream.codec import buffer_specs, encode
+from mmstream.messages import ClinicalContext, Frame, ImagingSettings
+from mmstream.transport import Curve, make_socket
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One frame as a driver produces it; ``image`` is (H, W) uint8."""
+
+    image: np.ndarray
+    t_device_s: float | None = None
+    spacing_mm: tuple[float, float] | None = None
+    spacing_source: str = "unknown"
+    imaging: ImagingSettings = ImagingSettings()
+    transforms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    annotations: dict[str, float] = field(default_factory=dict)
+
+
+class FrameSender:
+    """Sends the frames of one stream (PUSH, connected to the service's ingest endpoint).
+
+    ``seq`` counts from 0 and ``session_id`` is new for every sender, so a restarted driver is
+    recognised as a new session rather than as sequence numbers going backwards.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        stream_id: str,
+        *,
+        clinical: ClinicalContext = ClinicalContext(),
+        curve: Curve | None = None,
+        hwm: int = 64,
+    ):
+        self.stream_id = stream_id
+        self.session_id = f"{stream_id}-{uuid.uuid4().hex[:12]}"
+        self.clinical = clinical
+        self.seq = 0
+        self._sock = make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve)
+
+    def send(self, frame: SourceFrame, timeout_ms: int | None = 5000) -> int:
+        """Send one frame; returns its ``seq``. Blocks while the service's queue is full
+        (TransportTimeout after ``timeout_ms``)."""
+        image = np.ascontiguousarray(frame.image)
+        header = Frame(
+            stream_id=self.stream_id,
+            session_id=self.session_id,
+            seq=self.seq,
+            t_device_s=frame.t_device_s,
+            spacing_mm=frame.spacing_mm,
+            spacing_source=frame.spacing_source if frame.spacing_mm is not None else "unknown",
+            imaging=frame.imaging,
+            clinical=self.clinical,
+            transforms=frame.transforms,
+            annotations=frame.annotations,
+            stamps={"sent": time.monotonic()},
+            buffers=buffer_specs(image=image),
+        )
+        self._sock.send(encode(header, [image]), timeout_ms=timeout_ms)
+        self.seq += 1
+        return header.seq
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def pump(
+    frames: Iterable[SourceFrame],
+    sender: FrameSender,
+    *,
+    realtime: bool = True,
+    stop: threading.Event | None = None,
+    max_frames: int | None = None,
+) -> int:
+    """Send ``frames`` until exhausted, ``stop`` is set or ``max_frames`` were sent; returns the count.
+
+    With ``realtime``, frame *k* leaves at ``t0 + (t_device_s[k] - t_device_s[0])`` on the host's
+    monotonic clock (a late frame is sent at once; lateness does not accumulate).
+    """
+    n = 0
+    t0_host = t0_dev = None
+    for fr in frames:
+        if (stop is not None and stop.is_set()) or (max_frames is not None and n >= max_frames):
+            break
+        if realtime and fr.t_device_s is not None:
+            if t0_host is None:
+                t0_host, t0_dev = time.monotonic(), fr.t_device_s
+            delay = t0_host + (fr.t_device_s - t0_dev) - time.monotonic()
+            if delay > 0:
+                if stop is not None:
+                    if stop.wait(delay):
+                        break
+                else:
+                    time.sleep(delay)
+        sender.send(fr)
+        n += 1
+    return n
