@@ -87,6 +87,17 @@ def test_candidate_features_matches_twin(fmaps, radii):
     np.testing.assert_allclose(out, twin.candidate_features(fmaps, radii, sector, 4), rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    poly=st.integers(3, 12).flatmap(lambda n: arrays(np.float64, (n, 2), elements=st.floats(-50, 50))),
+    o=st.tuples(st.floats(-20, 20), st.floats(-20, 20)),
+)
+def test_polygon_moments_matches_twin(poly, o):
+    out = np.empty(7)
+    csa._polygon_moments(poly, o[0], o[1], out)
+    np.testing.assert_allclose(out, twin.polygon_moments(poly, o[0], o[1]), rtol=1e-9, atol=1e-6)
+
+
 def test_candidate_table_sectors():
     assert csa.CAND_RADII.shape == (len(csa.CAND_PARAMS), csa.N_ANGLES)
     assert np.bincount(csa.SECTOR).tolist() == [csa.N_ANGLES // 4] * 4

@@ -26,6 +26,7 @@ from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_soc
 
 IDLE_POLL_MS = 50
 DRAIN_MAX = 64
+LIVE_HWM = 64  # ingest -> analyzer: the analyzer drains it between frames and keeps the newest per stream
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class Graph:
         wiring = {
             self.ingest: (
                 {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve)},
-                {"frames": [SocketSpec("push", w, bind=False, hwm=2) for w in workers], "events": events},
+                {"frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM) for w in workers], "events": events},
             ),
             self.publisher: (
                 {"metrics": SocketSpec("pull", f"{p}/metrics", bind=True), "events": SocketSpec("pull", f"{p}/events", bind=True)},
@@ -199,7 +200,7 @@ class Graph:
         }  # fmt: skip
         for a, w in zip(self.analyzers, workers):
             wiring[a] = (
-                {"frames": SocketSpec("pull", w, bind=True, hwm=2)},
+                {"frames": SocketSpec("pull", w, bind=True, hwm=LIVE_HWM)},
                 {"metrics": [SocketSpec("push", f"{p}/metrics", bind=False)], "events": events},
             )
         return wiring

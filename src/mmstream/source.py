@@ -75,8 +75,9 @@ class FrameSender:
         self.seq += 1
         return header.seq
 
-    def close(self) -> None:
-        self._sock.close()
+    def close(self, linger_ms: int = 2000) -> None:
+        """Close, first letting frames still queued reach the service (up to ``linger_ms``)."""
+        self._sock.close(linger_ms)
 
     def __enter__(self):
         return self

@@ -185,8 +185,9 @@ class Socket:
         except zmq.Again:
             return None
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` > 0 lets queued outgoing messages leave first (up to that long)."""
+        self._sock.close(linger=linger_ms)
 
     def __enter__(self):
         return self

@@ -73,3 +73,22 @@ def candidate_features(fmaps, radii, sector, n_sectors):
             vals = fmaps[f][rays[None, :], idx[:, rays]]
             out[:, s * n_f + f] = vals.mean(axis=1)
     return out
+
+
+def polygon_moments(poly, o_r, o_c):
+    """The seven Green's-theorem sums of the spec (vectorised over edges)."""
+    y0 = poly[:, 0] - o_r
+    x0 = poly[:, 1] - o_c
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    cr = x0 * y1 - x1 * y0
+    return np.array(
+        [
+            cr.sum(),
+            ((y0 + y1) * cr).sum(),
+            ((x0 + x1) * cr).sum(),
+            ((y0**2 + y0 * y1 + y1**2) * cr).sum(),
+            ((x0**2 + x0 * x1 + x1**2) * cr).sum(),
+            ((x0 * y1 + 2 * x0 * y0 + 2 * x1 * y1 + x1 * y0) * cr).sum(),
+            np.hypot(x1 - x0, y1 - y0).sum(),
+        ]
+    )

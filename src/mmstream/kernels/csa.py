@@ -172,18 +172,21 @@ def _polar_features(polar, n_norm, out):
     inv = 1.0 / sd
     for k in range(n_k):
         run = 0.0
+        # sliding sums of the 8 samples after / before i (indices clipped to the ray)
+        so = 0.0
+        si = 0.0
+        for j in range(1, 9):
+            so += polar[k, min(j, n - 1)]
+            si += polar[k, 0]
         for i in range(n_out):
             run += (polar[k, i] - mu) * inv
             out[6, k, i] = run / (i + 1)
             out[0, k, i] = (polar[k, min(i + 3, n - 1)] - mu) * inv
             out[1, k, i] = (polar[k, max(i - 3, 0)] - mu) * inv
             out[2, k, i] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
-            so = 0.0
-            si = 0.0
-            for j in range(1, 9):
-                so += polar[k, min(i + j, n - 1)]
-                si += polar[k, max(i - j, 0)]
             out[3, k, i] = (so - si) * (inv / 8.0)
+            so += polar[k, min(i + 9, n - 1)] - polar[k, min(i + 1, n - 1)]
+            si += polar[k, i] - polar[k, max(i - 8, 0)]
             m = polar[k, min(i, n - 1)]
             for j in range(1, 7):
                 m = max(m, polar[k, min(i + j, n - 1)])
@@ -212,6 +215,34 @@ def _candidate_features(fmaps, radii, sector, ray_weight, out):
             w = ray_weight[k]
             for f in range(n_f):
                 out[c, base + f] += fmaps[f, k, i] * w
+
+
+@kernel("void(float64[:, ::1], float64, float64, float64[::1])")
+def _polygon_moments(poly, o_r, o_c, out):
+    """Green's-theorem sums of a closed polygon, coordinates taken relative to ``(o_r, o_c)``.
+
+    With ``x = col - o_c``, ``y = row - o_r``, vertex ``i`` joined to ``i+1`` (cyclic) and
+    ``cr_i = x_i*y_{i+1} - x_{i+1}*y_i``: ``out = [sum cr, sum (y_i+y_{i+1}) cr,
+    sum (x_i+x_{i+1}) cr, sum (y_i^2+y_i*y_{i+1}+y_{i+1}^2) cr, sum (x_i^2+x_i*x_{i+1}+x_{i+1}^2) cr,
+    sum (x_i*y_{i+1}+2*x_i*y_i+2*x_{i+1}*y_{i+1}+x_{i+1}*y_i) cr, perimeter]``: twice the signed
+    area, 6x and 12x (24x for the mixed term) the signed first and second moment integrals.
+    """
+    n = poly.shape[0]
+    for j in range(7):
+        out[j] = 0.0
+    for i in range(n):
+        y0 = poly[i, 0] - o_r
+        x0 = poly[i, 1] - o_c
+        y1 = poly[(i + 1) % n, 0] - o_r
+        x1 = poly[(i + 1) % n, 1] - o_c
+        cr = x0 * y1 - x1 * y0
+        out[0] += cr
+        out[1] += (y0 + y1) * cr
+        out[2] += (x0 + x1) * cr
+        out[3] += (y0 * y0 + y0 * y1 + y1 * y1) * cr
+        out[4] += (x0 * x0 + x0 * x1 + x1 * x1) * cr
+        out[5] += (x0 * y1 + 2.0 * x0 * y0 + 2.0 * x1 * y1 + x1 * y0) * cr
+        out[6] += np.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +357,7 @@ class _Workspace:
         self.feats = np.empty(len(CAND_PARAMS) * N_DYNAMIC, np.float64)
 
 
+import functools  # noqa: E402
 import threading  # noqa: E402
 
 _TLS = threading.local()
@@ -381,18 +413,24 @@ def _score_at(image, center_r, center_c, cand, weights, ws, roi=None):
     return feats @ weights[:N_DYNAMIC] + static @ weights[N_DYNAMIC:]
 
 
+def _moments(contour: np.ndarray):
+    """(area, perimeter, (cr, cc), (m_rr, m_cc, m_rc) central normalised second moments)."""
+    out = np.empty(7)
+    o_r, o_c = float(contour[0, 0]), float(contour[0, 1])
+    _polygon_moments(contour, o_r, o_c, out)
+    a2 = out[0]
+    if a2 == 0.0:
+        return 0.0, float(out[6]), (float(contour[:, 0].mean()), float(contour[:, 1].mean())), None
+    yr, xc = out[1] / (3.0 * a2), out[2] / (3.0 * a2)
+    m_rr = out[3] / (6.0 * a2) - yr * yr
+    m_cc = out[4] / (6.0 * a2) - xc * xc
+    m_rc = out[5] / (12.0 * a2) - yr * xc
+    return 0.5 * abs(a2), float(out[6]), (o_r + yr, o_c + xc), (m_rr, m_cc, m_rc)
+
+
 def _polygon_props(contour: np.ndarray) -> tuple[float, float, tuple[float, float]]:
-    r, c = contour[:, 0], contour[:, 1]
-    rn, cn = np.roll(r, -1), np.roll(c, -1)
-    cross = c * rn - cn * r
-    area2 = cross.sum()
-    area = 0.5 * abs(area2)
-    perim = float(np.hypot(rn - r, cn - c).sum())
-    if area2 == 0:
-        return 0.0, perim, (float(r.mean()), float(c.mean()))
-    cr = float(((r + rn) * cross).sum() / (3.0 * area2))
-    cc = float(((c + cn) * cross).sum() / (3.0 * area2))
-    return float(area), perim, (cr, cc)
+    area, perim, centroid, _ = _moments(contour)
+    return area, perim, centroid
 
 
 def _confidence(scores: np.ndarray, radii: np.ndarray, best: int) -> float:
@@ -454,16 +492,11 @@ def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaCon
 
 
 def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
-    """(b, aspect, phi_deg) of the ellipse with the polygon's area and second moments."""
-    area, _, (cr, cc) = _polygon_props(contour)
-    # second moments of the polygon (Green's theorem), about the centroid
-    r, c = contour[:, 0] - cr, contour[:, 1] - cc
-    rn, cn = np.roll(r, -1), np.roll(c, -1)
-    cross = c * rn - cn * r
-    a2 = cross.sum()
-    m_cc = ((c * c + c * cn + cn * cn) * cross).sum() / (12.0 * a2) * 2.0
-    m_rr = ((r * r + r * rn + rn * rn) * cross).sum() / (12.0 * a2) * 2.0
-    m_rc = ((c * rn + 2 * c * r + 2 * cn * rn + cn * r) * cross).sum() / (24.0 * a2) * 2.0
+    """(b, aspect, phi_deg) of the ellipse with the polygon's second moments."""
+    _, _, _, m = _moments(np.ascontiguousarray(contour, dtype=np.float64))
+    if m is None:
+        raise InputError("previous contour has zero area")
+    m_rr, m_cc, m_rc = m
     tr = 0.5 * (m_cc + m_rr)
     dt = np.sqrt(max(0.25 * (m_cc - m_rr) ** 2 + m_rc**2, 0.0))
     l1, l2 = tr + dt, max(tr - dt, 1e-12)
@@ -481,6 +514,12 @@ def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
     b, asp, phi = prev
     ia = int(np.argmin(np.abs(np.log(ASPECT_GRID / asp))))
     ip = int(np.argmin(np.abs(PHI_GRID_DEG - np.clip(phi, -90.0, 90.0))))
+    return _track_candidates_cached(round(float(b), 3), ia, ip)
+
+
+@functools.lru_cache(maxsize=256)
+def _track_candidates_cached(b: float, ia: int, ip: int) -> np.ndarray:
+    asp = ASPECT_GRID[ia]
     keep = (
         (np.abs(np.log(CAND_PARAMS[:, 0] / b)) <= np.log1p(TRACK_SIZE_TOL))
         & np.isin(CAND_PARAMS[:, 1], ASPECT_GRID[max(ia - 1, 0) : ia + 2])
@@ -490,6 +529,7 @@ def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
     if idx.size == 0:  # previous outline outside the searched family: nearest candidates
         d = np.abs(np.log(CAND_PARAMS[:, 0] / b)) + np.abs(np.log(CAND_PARAMS[:, 1] / asp))
         idx = np.argsort(d, kind="stable")[:9]
+    idx.flags.writeable = False
     return idx
 
 

@@ -115,7 +115,7 @@ def _bin_columns(image, r0, c0, r1, c1, bin_cols, out):
         for j in range(nb):
             s = 0
             for t in range(j * bin_cols, (j + 1) * bin_cols):
-                s += row[t]
+                s += np.int64(row[t])
             out[i, j] = s * inv
 
 
@@ -323,25 +323,6 @@ def _paths(g, centers_sup, centers_deep, half):
     return ps, pd
 
 
-def _result(g, ps, pd, region):
-    r0, c0, _, _ = region
-    nb = g.shape[1]
-    cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
-    j = np.arange(nb)
-    es = -g[ps, j]
-    ed = g[pd, j]
-    conf = float(np.mean((es >= EDGE_CONFIDENT) & (ed >= EDGE_CONFIDENT)))
-    sup = np.column_stack((ps + r0 - 0.5, cols))
-    deep = np.column_stack((pd + r0 - 0.5, cols))
-    return ThicknessLines(
-        superficial_rc=sup,
-        deep_rc=deep,
-        thickness_px=float(np.median(pd - ps)),
-        confidence=conf,
-        region_rc=tuple(int(v) for v in region),
-    ), float(np.mean(es)), float(np.mean(ed))
-
-
 def _centers_from(poly, region, nb):
     r0, c0, _, _ = region
     cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
@@ -425,16 +406,8 @@ def measure_thickness(
             and len(previous.deep_rc) >= 2
         )
         if ok:
-            g, _ = _edge_maps(image, preg, need_coarse=False)
-            nb = g.shape[1]
-            ps, pd = _paths(
-                g,
-                _centers_from(previous.superficial_rc, preg, nb),
-                _centers_from(previous.deep_rc, preg, nb),
-                TRACK_HALF,
-            )
-            res, es, ed = _result(g, ps, pd, preg)
-            if es >= TRACK_MIN_EDGE and ed >= TRACK_MIN_EDGE:
+            res = _track(image, preg, previous)
+            if res is not None:
                 return res
 
     if region is None:
@@ -442,6 +415,63 @@ def measure_thickness(
         if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
             region = (0, 0, h, w)
     return _analyse(image, region)
+
+
+def _track_line(image, region, center, sign, half):
+    """Band path around ``center`` (region rows per bin), computing the edge map only on the rows
+    the band can reach. Returns (path rows in region coordinates, mean edge strength)."""
+    r0, c0, r1, c1 = region
+    hh = r1 - r0
+    nb = center.shape[0]
+    lo = max(int(np.floor(center.min())) - half - STEP_FINE - 2, 0)
+    hi = min(int(np.ceil(center.max())) + half + STEP_FINE + 3, hh)
+    if hi - lo < 2 * STEP_FINE + 1:
+        return None, 0.0
+    cm = np.empty((hi - lo, nb), np.float64)
+    _bin_columns(image, r0 + lo, c0, r0 + hi, c1, BIN_COLS, cm)
+    g = np.empty_like(cm)
+    work = np.empty((2, nb), np.float64)
+    _vertical_step(cm, STEP_FINE, work[0], work[1], g)
+    w = 2 * half + 1
+    acc = np.empty((nb, w), np.float64)
+    back = np.empty((nb, w), np.int64)
+    path = np.empty(nb, np.int64)
+    _band_path(g, sign, center - lo, half, MAX_STEP, acc, back, path)
+    e = sign * g[path, np.arange(nb)]
+    return path + lo, e
+
+
+def _track(image, region, previous):
+    """Lines of ``previous`` followed on ``image`` (None when lost)."""
+    r0, c0, _, _ = region
+    nb = (region[3] - region[1]) // BIN_COLS
+    ps, es = _track_line(image, region, _centers_from(previous.superficial_rc, region, nb), -1.0, TRACK_HALF)
+    if ps is None:
+        return None
+    pd, ed = _track_line(image, region, _centers_from(previous.deep_rc, region, nb), 1.0, TRACK_HALF)
+    if pd is None or es.mean() < TRACK_MIN_EDGE or ed.mean() < TRACK_MIN_EDGE:
+        return None
+    return _make_lines(ps, pd, es, ed, region)
+
+
+def _make_lines(ps, pd, es, ed, region):
+    r0, c0, _, _ = region
+    nb = ps.shape[0]
+    cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
+    conf = float(np.count_nonzero((es >= EDGE_CONFIDENT) & (ed >= EDGE_CONFIDENT))) / nb
+    sup = np.empty((nb, 2))
+    sup[:, 0] = ps + (r0 - 0.5)
+    sup[:, 1] = cols
+    deep = np.empty((nb, 2))
+    deep[:, 0] = pd + (r0 - 0.5)
+    deep[:, 1] = cols
+    return ThicknessLines(
+        superficial_rc=sup,
+        deep_rc=deep,
+        thickness_px=float(np.median(pd - ps)),
+        confidence=conf,
+        region_rc=tuple(int(v) for v in region),
+    )
 
 
 def _analyse(image, region):
@@ -467,5 +497,5 @@ def _analyse(image, region):
     cs = rs + slopes[ks] * xj
     cd = rd + slopes[kd] * xj
     ps, pd = _paths(g, cs, cd, BAND_HALF)
-    res, _, _ = _result(g, ps, pd, region)
-    return res
+    j = np.arange(nb)
+    return _make_lines(ps, pd, -g[ps, j], g[pd, j], region)

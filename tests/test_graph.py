@@ -1,0 +1,232 @@
+"""The service graph over real ZeroMQ sockets: bad input never costs a valid frame, control,
+several analyzer workers, latest-wins under overload, CURVE security."""
+
+import json
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from mmstream.codec import buffer_specs, decode, encode
+from mmstream.config import load_config
+from mmstream.errors import ConfigError
+from mmstream.graph import Graph
+from mmstream.messages import Control, Frame
+from mmstream.source import FrameSender, SourceFrame
+from mmstream.transport import Curve, TransportTimeout, make_keys, make_socket
+
+RANDOM_TCP = {"ingest": "tcp://127.0.0.1:*", "metrics": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"}
+
+
+def wait_for(predicate, timeout_s=10.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def request(endpoint, **kw):
+    with make_socket("req", endpoint, bind=False) as sock:
+        sock.send(encode(Control(**kw)), timeout_ms=2000)
+        return decode(sock.recv(timeout_ms=5000)).header
+
+
+@pytest.fixture()
+def graph():
+    cfg = load_config(
+        None, endpoints=RANDOM_TCP,
+        ingest={"max_frame_rows": 600, "max_frame_cols": 600, "max_fps_per_stream": 300, "burst_frames": 20},
+    )  # fmt: skip
+    g = Graph(cfg).start()
+    yield g
+    g.stop()
+
+
+def raw_frame_parts(stream, seq, image, session="bad-1", **kw):
+    h = Frame(stream_id=stream, session_id=session, seq=seq, buffers=buffer_specs(image=image), **kw)
+    return encode(h, [image])
+
+
+def test_bad_input_is_rejected_counted_announced_and_costs_no_valid_frame(graph):
+    ep = graph.endpoints
+    events = make_socket("sub", ep["metrics"], bind=False, subscribe=("event.",))
+    time.sleep(0.2)  # let the subscription reach the publisher (slow-joiner); not a correctness wait
+    good = FrameSender(ep["ingest"], "good")
+    bad = make_socket("push", ep["ingest"], bind=False)
+    img = np.full((64, 64), 90, np.uint8)
+    ok_parts = raw_frame_parts("bad", 0, img)
+    header = ok_parts[1].decode()
+    hostile = [
+        [b"frame.bad"],  # too few parts
+        [b"frame.bad", b"{not json"],
+        [b"frame.bad", b'{"msg_type": "telemetry", "schema_version": 1}'],
+        [b"frame.bad", header.replace('"schema_version":1', '"schema_version":99').encode(), ok_parts[2]],
+        [b"frame.bad", ok_parts[1], b"\x00" * 10],  # buffer smaller than the header says
+        [b"frame.bad", ok_parts[1]],  # missing buffer
+        raw_frame_parts("bad", 1, np.zeros((700, 64), np.uint8)),  # over max_frame_rows
+        [b"frame.bad", header.replace('"spacing_mm":null,"spacing_source":"unknown"',
+                                      '"spacing_mm":[NaN,0.1],"spacing_source":"config"').encode(), ok_parts[2]],
+        [b"frame.bad", header.replace('"spacing_mm":null,"spacing_source":"unknown"',
+                                      '"spacing_mm":[-0.1,0.1],"spacing_source":"config"').encode(), ok_parts[2]],
+        raw_frame_parts("bad", 5, img),
+        raw_frame_parts("bad", 5, img),  # repeated seq
+        raw_frame_parts("bad", 2, img),  # backwards
+    ]  # fmt: skip
+    n_good = 150
+    t0 = time.monotonic()
+    for i in range(n_good):
+        # the valid stream at 200 frames/s, within its 300 frames/s limit
+        time.sleep(max(0.0, t0 + i / 200 - time.monotonic()))
+        good.send(SourceFrame(image=img, t_device_s=i / 200))
+        if i < len(hostile):
+            bad.send(hostile[i])
+        if i % 3 == 0:  # a flood from a third source, far over its rate limit
+            for _ in range(20):
+                bad.send(raw_frame_parts("flood", 1000 * i + _, img, session="flood-1"))
+    ingest_status = lambda: graph.status()["nodes"]["ingest"]  # noqa: E731
+    wait_for(lambda: ingest_status()["streams"].get("good", {}).get("accepted") == n_good, what="all good frames")
+    st = ingest_status()
+    assert st["streams"]["good"] == {"accepted": n_good, "last_seq": n_good - 1, "seq_gap_frames": 0}
+    expected = {"too_few_parts", "malformed_json", "unknown_msg_type", "bad_schema_version", "buffer_size",
+                "buffer_count", "too_large", "invalid_header", "seq_not_increasing", "rate_limited"}  # fmt: skip
+    wait_for(lambda: expected <= set(ingest_status()["rejected"]), what="every rejection reason")
+    assert ingest_status()["rejected"]["invalid_header"] == 2  # NaN and negative spacing
+    assert ingest_status()["rejected"]["seq_not_increasing"] == 2
+    reasons = set()
+    deadline = time.monotonic() + 5
+    while not expected <= reasons and time.monotonic() < deadline:
+        try:
+            reasons.add(decode(events.recv(timeout_ms=500)).header.reason)
+        except TransportTimeout:
+            pass
+    assert expected <= reasons, f"events seen: {sorted(reasons)}"
+    # the service is still serving: a control round trip and metrics of the last good frame
+    assert request(graph.endpoints["control"], command="ping").ok
+    for s in (events, bad):
+        s.close()
+    good.close()
+
+
+def test_control_seed_and_status_over_req(graph, sim_probe):
+    ep = graph.endpoints
+    sub = make_socket("sub", ep["metrics"], bind=False, subscribe=("metrics.probe",))
+    f0 = sim_probe.frame(0)
+    rep = request(ep["control"], command="set_seed", stream_id="probe", seed_rc=f0.truth.nerve_center_rc)
+    assert rep.ok and rep.data["seed_version"] == 1
+    time.sleep(0.2)  # slow-joiner of the subscription
+    with FrameSender(ep["ingest"], "probe") as sender:
+        for i in range(10):
+            f = sim_probe.frame(i)
+            sender.send(f.to_source())
+            m = decode(sub.recv(timeout_ms=5000)).header
+            assert m.parent == ("probe", i)
+            assert m.csa.tracked == (i > 0)
+            assert m.csa.area_mm2 == pytest.approx(m.annotations["truth_nerve_area_mm2"], rel=0.2)
+    st = request(ep["control"], command="status").data
+    s = st["streams"]["probe"]
+    assert s["frames"] == 10 and s["latency_p50_ms"] > 0 and s["latency_p99_ms"] >= s["latency_p50_ms"]
+    json.dumps(st)  # JSON-serialisable
+    sub.close()
+
+
+def test_two_workers_share_streams_and_keep_order():
+    cfg = load_config(None, endpoints=RANDOM_TCP, analyzer={"workers": 2, "metrics": ["echogenicity"]})
+    names = [n for n in (f"s{i}" for i in range(20))]
+    a = next(n for n in names if zlib.crc32(n.encode()) % 2 == 0)
+    b = next(n for n in names if zlib.crc32(n.encode()) % 2 == 1)
+    with Graph(cfg) as g:
+        sub = make_socket("sub", g.endpoints["metrics"], bind=False, subscribe=("metrics.",))
+        time.sleep(0.2)
+        senders = {sid: FrameSender(g.endpoints["ingest"], sid) for sid in (a, b)}
+        for i in range(20):
+            for sid, snd in senders.items():
+                snd.send(SourceFrame(image=np.full((64, 64), i, np.uint8)))
+        wait_for(lambda: all(g.status()["streams"].get(sid, {}).get("frames", 0) > 0 for sid in (a, b)))
+        nodes = g.status()["nodes"]
+        assert nodes["analyzer-0"]["counters"]["analyzed"] > 0 and nodes["analyzer-1"]["counters"]["analyzed"] > 0
+        last = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(last) < 2 or any(v < 19 for v in last.values()):
+            try:
+                m = decode(sub.recv(timeout_ms=500)).header
+            except TransportTimeout:
+                break
+            sid, seq = m.parent
+            assert seq > last.get(sid, -1), "metrics of one stream arrive in order"
+            last[sid] = seq
+        assert last == {a: 19, b: 19}
+        for s in (sub, *senders.values()):
+            s.close()
+
+
+def test_live_path_is_latest_wins_and_counts_drops(sim_probe):
+    cfg = load_config(None, endpoints=RANDOM_TCP, ingest={"max_fps_per_stream": 1e6, "burst_frames": 1000})
+    img = sim_probe.frame(0).image
+    with Graph(cfg) as g:
+        with FrameSender(g.endpoints["ingest"], "fast") as snd:
+            for _ in range(400):
+                snd.send(SourceFrame(image=img))
+        wait_for(lambda: g.status()["nodes"]["ingest"]["counters"].get("accepted") == 400, what="ingest")
+
+        def settled():
+            st = g.status()
+            analyzed = st["nodes"]["analyzer-0"]["counters"].get("analyzed", 0)
+            drops = sum(st["nodes"]["analyzer-0"]["queue_drops"].values()) + sum(
+                st["nodes"]["ingest"]["send_drops"].values()
+            )
+            return analyzed + drops == 400 and (analyzed, drops)
+
+        analyzed, drops = wait_for(settled, what="every frame analysed or counted as dropped")
+        assert drops > 0 and analyzed > 0
+        assert g.status()["streams"]["fast"]["frames"] == analyzed
+
+
+def test_ipc_endpoints(tmp_path):
+    eps = {k: f"ipc://{tmp_path}/{k}.sock" for k in ("ingest", "metrics", "control")}
+    with Graph(load_config(None, endpoints=eps)) as g:
+        assert g.endpoints == eps
+        with FrameSender(eps["ingest"], "i1") as snd:
+            snd.send(SourceFrame(image=np.zeros((64, 64), np.uint8)))
+        wait_for(lambda: g.status()["streams"].get("i1"), what="frame over ipc")
+
+
+def test_binding_beyond_loopback_requires_curve():
+    cfg = load_config(None, endpoints={**RANDOM_TCP, "ingest": "tcp://0.0.0.0:*"})
+    with pytest.raises(ConfigError, match="CURVE"):
+        Graph(cfg).start()
+
+
+def test_port_in_use_is_a_clear_error(graph):
+    cfg = load_config(None, endpoints={**RANDOM_TCP, "control": graph.endpoints["control"]})
+    with pytest.raises(ConfigError, match="control"):
+        Graph(cfg).start()
+
+
+def test_curve_refuses_a_client_without_the_key(tmp_path):
+    server_pub, server_sec = make_keys(tmp_path / "server", "server")
+    client_pub, client_sec = make_keys(tmp_path / "clients", "client")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / client_pub.name).write_bytes(client_pub.read_bytes())
+    _, intruder_sec = make_keys(tmp_path / "intruder", "intruder")
+    cfg = load_config(None, endpoints=RANDOM_TCP,
+                      security={"server_secret_key_file": str(server_sec), "allowed_clients_dir": str(allowed)})  # fmt: skip
+    img = np.zeros((64, 64), np.uint8)
+    with Graph(cfg) as g:
+        ep = g.endpoints["ingest"]
+        accepted = lambda: g.status()["nodes"]["ingest"]["streams"]  # noqa: E731
+        for name, curve in [
+            ("plain", None),
+            ("intruder", Curve(secret_key_file=intruder_sec, server_key_file=server_pub)),
+        ]:
+            with FrameSender(ep, name, curve=curve) as snd:
+                snd.send(SourceFrame(image=img), timeout_ms=None)
+        with FrameSender(ep, "allowed", curve=Curve(secret_key_file=client_sec, server_key_file=server_pub)) as snd:
+            snd.send(SourceFrame(image=img))
+            wait_for(lambda: "allowed" in accepted(), what="the allowed client's frame")
+        time.sleep(0.3)  # give refused clients a fair chance to (wrongly) get through
+        assert set(accepted()) == {"allowed"}

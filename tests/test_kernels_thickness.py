@@ -1,0 +1,263 @@
+"""Thickness kernel: parity with the plain-numpy twins, analytic phantoms, bad input, real data."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mmstream.errors import InputError
+from mmstream.kernels import thickness as tk
+from twins import thickness as twin
+
+# ----------------------------------------------------------------------------------------------
+# Phantoms
+
+
+def phantom(
+    shape=(400, 480),
+    sup=(60.0, 60.0),
+    deep=(300.0, 300.0),
+    seed=0,
+    band=10,
+    fascicles=True,
+):
+    """Speckled longitudinal muscle: bright superficial band ending (inner edge) at row
+    ``sup[0]`` on the left and ``sup[1]`` on the right, a bright deep band starting (inner edge) at
+    ``deep[0] .. deep[1]``, tilted fascicle striations between them. Returns (image, sup_row(c),
+    deep_row(c)) with the edge rows as functions of the column."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float64)
+    s_row = sup[0] + (sup[1] - sup[0]) * cc / (w - 1)
+    d_row = deep[0] + (deep[1] - deep[0]) * cc / (w - 1)
+    img = np.full(shape, 70.0)
+    img[rr < s_row - band] = 90.0  # subcutaneous layer
+    img[(rr >= s_row - band) & (rr < s_row)] = 190.0  # superficial aponeurosis
+    img[rr >= d_row] = 150.0  # deep aponeurosis and deeper muscle
+    img[(rr >= d_row) & (rr < d_row + band)] = 200.0
+    if fascicles:
+        inside = (rr >= s_row + 6) & (rr < d_row - 6)
+        stripes = np.sin((rr + 0.35 * cc) * 2 * np.pi / 18.0) > 0.85  # short tilted bright lines
+        img[inside & stripes] += 45.0
+    img *= rng.rayleigh(1.0, shape) / np.sqrt(np.pi / 2)  # multiplicative speckle, mean 1
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return img, (lambda c: sup[0] + (sup[1] - sup[0]) * c / (w - 1)), (
+        lambda c: deep[0] + (deep[1] - deep[0]) * c / (w - 1)
+    )
+
+
+def screen_capture(img, seed=1):
+    """Put ``img`` in a larger UI-like frame: grey border, a black strip, text-like blobs."""
+    rng = np.random.default_rng(seed)
+    h, w = img.shape
+    out = np.full((h + 120, w + 300), 48, np.uint8)
+    out[:, -60:] = 0
+    for _ in range(40):  # text-like blobs in the border
+        r = int(rng.integers(0, out.shape[0] - 8))
+        c = int(rng.choice([rng.integers(0, 140), rng.integers(w + 160, w + 230)]))
+        out[r : r + 7, c : c + int(rng.integers(3, 30))] = 220
+    out[10:18, 160 : 160 + w // 2] = 200  # a title line above the picture
+    out[60 : 60 + h, 150 : 150 + w] = img
+    return np.ascontiguousarray(out), (60, 150)
+
+
+def row_at(poly, col):
+    return float(np.interp(col, poly[:, 1], poly[:, 0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with the twins (hypothesis, small images)
+
+small_images = arrays(
+    np.uint8,
+    st.tuples(st.integers(2, 24), st.integers(1, 24)),
+    elements=st.integers(0, 255) | st.sampled_from([0, 0, 7]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(small_images, st.data())
+def test_activity_matches_twin(image, data):
+    h, w = image.shape
+    r0 = data.draw(st.integers(0, h - 2))
+    r1 = data.draw(st.integers(r0 + 2, h))
+    c0 = data.draw(st.integers(0, w - 1))
+    c1 = data.draw(st.integers(c0 + 1, w))
+    col = np.full(c1 - c0, -5, np.int64)
+    row = np.full(r1 - r0, -5, np.int64)
+    tk._activity(image, r0, c0, r1, c1, col, row)
+    ec, er = twin.activity(image, r0, c0, r1, c1)
+    np.testing.assert_array_equal(col, ec)
+    np.testing.assert_array_equal(row, er)
+
+
+@settings(max_examples=50, deadline=None)
+@given(small_images, st.integers(1, 5), st.integers(1, 6), st.data())
+def test_bin_columns_and_step_match_twin(image, bin_cols, k, data):
+    h, w = image.shape
+    nb = w // bin_cols
+    if nb == 0:
+        return
+    c0 = data.draw(st.integers(0, w - nb * bin_cols))
+    cm = np.full((h, nb), np.nan)
+    tk._bin_columns(image, 0, c0, h, c0 + nb * bin_cols, bin_cols, cm)
+    np.testing.assert_allclose(cm, twin.bin_columns(image, 0, c0, h, c0 + nb * bin_cols, bin_cols, nb), atol=1e-9)
+    g = np.full_like(cm, np.nan)
+    work = np.empty((2, nb))
+    tk._vertical_step(cm, k, work[0], work[1], g)
+    np.testing.assert_allclose(g, twin.vertical_step(cm, k), atol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 20), st.integers(1, 12)), elements=st.floats(-50, 50)),
+    st.lists(st.floats(-0.5, 0.5), min_size=1, max_size=5),
+    st.sampled_from([1.0, 2.0, 4.0]),
+)
+def test_line_scores_match_twin(g, slopes, bin_width):
+    slopes = np.array(slopes)
+    out = np.full((g.shape[0], len(slopes)), np.nan)
+    tk._line_scores(np.ascontiguousarray(g), slopes, bin_width, out)
+    np.testing.assert_allclose(out, twin.line_scores(g, slopes, bin_width), atol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 5)), elements=st.floats(-20, 20)),
+    st.sampled_from([-1.0, 1.0]),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.data(),
+)
+def test_band_path_is_optimal(g, sign, half, max_step, data):
+    h, nb = g.shape
+    center = np.array(data.draw(st.lists(st.floats(-2, h + 1), min_size=nb, max_size=nb)))
+    w = 2 * half + 1
+    acc = np.empty((nb, w))
+    back = np.empty((nb, w), np.int64)
+    path = np.full(nb, -99, np.int64)
+    tk._band_path(np.ascontiguousarray(g), sign, center, half, max_step, acc, back, path)
+    best = twin.band_path_brute(g, sign, center, half, max_step)
+    if best is None:  # no admissible path: the centre line, clipped
+        np.testing.assert_array_equal(path, np.clip(np.round(center).astype(np.int64), 0, h - 1))
+    else:
+        assert twin.path_is_admissible(path, h, center, half, max_step)
+        assert twin.band_path_score(g, sign, path) == pytest.approx(best, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic phantoms
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flat_phantom_thickness(seed):
+    img, s, d = phantom(seed=seed)
+    res = tk.measure_thickness(img)
+    assert res.thickness_px == pytest.approx(240.0, abs=2.0)
+    assert res.superficial_rc.shape == res.deep_rc.shape
+    np.testing.assert_array_equal(res.superficial_rc[:, 1], res.deep_rc[:, 1])
+    assert np.all(np.diff(res.superficial_rc[:, 1]) > 0)
+    assert res.confidence > 0.8
+
+
+def test_tilted_phantom_lines_followed():
+    img, s, d = phantom(sup=(50.0, 80.0), deep=(320.0, 270.0), seed=3)
+    res = tk.measure_thickness(img)
+    for col in (20.0, 240.0, 460.0):
+        assert row_at(res.superficial_rc, col) == pytest.approx(s(col), abs=2.0)
+        assert row_at(res.deep_rc, col) == pytest.approx(d(col), abs=2.0)
+
+
+def test_screen_capture_phantom_roi_none():
+    img, s, d = phantom(shape=(360, 420), sup=(45.0, 55.0), deep=(250.0, 265.0), seed=4)
+    cap, (dr, dc) = screen_capture(img)
+    res = tk.measure_thickness(cap)
+    r0, c0, r1, c1 = res.region_rc
+    assert abs(r0 - dr) <= 3 and abs(c0 - dc) <= 3
+    assert abs(r1 - (dr + 360)) <= 3 and abs(c1 - (dc + 420)) <= 3
+    for col in (30.0, 210.0, 390.0):
+        assert row_at(res.superficial_rc, col + dc) == pytest.approx(s(col) + dr, abs=2.0)
+        assert row_at(res.deep_rc, col + dc) == pytest.approx(d(col) + dr, abs=2.0)
+
+
+def test_roi_and_previous_tracking():
+    img, s, d = phantom(seed=5)
+    res = tk.measure_thickness(img, roi=(0, 20, 400, 460))
+    assert res.region_rc == (0, 20, 400, 460)
+    assert res.superficial_rc[0, 1] >= 20 and res.superficial_rc[-1, 1] < 460
+    # next frame: the whole scene moved down by 3 rows
+    img2, _, _ = phantom(sup=(63.0, 63.0), deep=(303.0, 303.0), seed=6)
+    res2 = tk.measure_thickness(img2, roi=(0, 20, 400, 460), previous=res)
+    assert res2.thickness_px == pytest.approx(240.0, abs=2.0)
+    assert row_at(res2.superficial_rc, 240) == pytest.approx(63.0, abs=2.0)
+    # previous from a larger frame (region outside this one): analysed from scratch, no error
+    big, _, _ = phantom(shape=(400, 600), seed=7)
+    res3 = tk.measure_thickness(img2, previous=tk.measure_thickness(big))
+    assert res3.thickness_px == pytest.approx(240.0, abs=2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((100, 100), np.float32), "uint8"),
+        (np.zeros((100, 100, 3), np.uint8), "2-D"),
+        (np.zeros((100,), np.uint8), "2-D"),
+        (np.zeros((20, 100), np.uint8), "smaller"),
+        (np.zeros((100, 200), np.uint8)[:, ::2], "contiguous"),
+        ([[0, 1], [2, 3]], "numpy"),
+    ],
+)
+def test_bad_image(image, match):
+    with pytest.raises(InputError, match=match):
+        tk.measure_thickness(image)
+
+
+@pytest.mark.parametrize(
+    "roi",
+    [(0, 0, 0, 50), (10, 10, 5, 60), (-1, 0, 50, 50), (0, 0, 101, 50), (0, 0, 50, 20), (0, 0, 50)],
+)
+def test_bad_roi(roi):
+    with pytest.raises(InputError):
+        tk.measure_thickness(np.zeros((100, 100), np.uint8), roi=roi)
+
+
+def test_bad_previous():
+    with pytest.raises(InputError, match="previous"):
+        tk.measure_thickness(np.zeros((100, 100), np.uint8), previous=(1, 2))
+
+
+def test_featureless_frame_does_not_crash():
+    res = tk.measure_thickness(np.zeros((64, 64), np.uint8))
+    assert 0.0 <= res.confidence <= 1.0
+    assert res.confidence == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Real data (TimTrack): a subset, MAE floor a bit looser than tools/accuracy_thickness.py shows
+
+REAL_SUBSET_STEP = 6  # every 6th image of truth/thickness.json (28 images, both datasets)
+REAL_MAE_FLOOR_PX = 60.0
+
+
+@pytest.mark.shared_data
+@pytest.mark.jit_only
+def test_real_images_mae(shared_data):
+    from PIL import Image
+
+    truth = json.loads((shared_data / "truth" / "thickness.json").read_text())
+    errs = []
+    for rec in truth["images"][::REAL_SUBSET_STEP]:
+        with Image.open(shared_data / rec["path"]) as im:
+            img = np.array(im.convert("L"), np.uint8, order="C")
+        res = tk.measure_thickness(img)
+        col = rec["measure_at_col"]
+        errs.append(abs(row_at(res.deep_rc, col) - row_at(res.superficial_rc, col) - rec["mean_px"]))
+    assert len(errs) >= 20
+    assert np.mean(errs) < REAL_MAE_FLOOR_PX, f"MAE {np.mean(errs):.1f} px"

@@ -1,0 +1,188 @@
+"""Nodes called directly through ``process()``: no sockets, no threads."""
+
+import numpy as np
+import pytest
+
+from mmstream.codec import Decoded, buffer_specs, decode, encode
+from mmstream.errors import CodecError
+from mmstream.messages import ClinicalContext, Control, Event, Frame, Metrics, Reply, Volume
+from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Publisher, StreamSettings
+from mmstream.nodes.base import Port, PortQueue
+
+
+def frame_msg(seq, image, stream="s1", session="sess1", **kw) -> Decoded:
+    h = Frame(stream_id=stream, session_id=session, seq=seq, buffers=buffer_specs(image=image), **kw)
+    return decode(encode(h, [image]))
+
+
+@pytest.fixture(scope="module")
+def sim_frames():
+    from mmstream_drivers.sim import SimProbe
+
+    probe = SimProbe(seed=11)
+    return [probe.frame(i) for i in range(6)]
+
+
+# -- ports -------------------------------------------------------------------------------------
+def test_latest_policy_keeps_newest_per_stream_and_counts():
+    q = PortQueue(Port("frames", capacity=1, policy="latest"))
+    img = np.zeros((4, 4), np.uint8)
+    for seq in range(3):
+        q.put(frame_msg(seq, img, stream="a"))
+    q.put(frame_msg(0, img, stream="b"))
+    assert q.dropped == 2 and len(q) == 2
+    got = [q.get().header for _ in range(2)]
+    assert {(h.stream_id, h.seq) for h in got} == {("a", 2), ("b", 0)}
+    assert q.get() is None
+
+
+def test_fifo_drops_newest_and_block_reports_full():
+    img = np.zeros((4, 4), np.uint8)
+    fifo = PortQueue(Port("x", capacity=2, policy="fifo"))
+    for seq in range(3):
+        fifo.put(frame_msg(seq, img))
+    assert fifo.dropped == 1 and [fifo.get().header.seq for _ in range(2)] == [0, 1]
+    block = PortQueue(Port("y", capacity=2, policy="block"))
+    block.put(frame_msg(0, img))
+    assert not block.full()
+    block.put(frame_msg(1, img))
+    assert block.full() and block.dropped == 0
+
+
+# -- ingest ------------------------------------------------------------------------------------
+def test_ingest_stamps_and_forwards():
+    ing = Ingest()
+    img = np.full((8, 8), 7, np.uint8)
+    (out,) = ing.process("in", frame_msg(0, img, stamps={"sent": 1.0}))
+    assert out.port == "frames" and out.header.t_host_s is not None and out.header.t_wall.endswith("+00:00")
+    assert out.header.stamps["sent"] == 1.0 and "ingest" in out.header.stamps
+    assert out.arrays[0] is not None and int(out.arrays[0][0, 0]) == 7
+
+
+def test_ingest_rejects_repeated_and_backward_seq_but_not_new_session():
+    ing = Ingest()
+    img = np.zeros((8, 8), np.uint8)
+    assert ing.process("in", frame_msg(5, img))[0].port == "frames"
+    for seq in (5, 3):
+        (ev,) = ing.process("in", frame_msg(seq, img))
+        assert ev.port == "events" and ev.header.reason == "seq_not_increasing" and ev.header.seq == seq
+    # a restarted driver: new session id, seq starts again at 0
+    assert ing.process("in", frame_msg(0, img, session="sess2"))[0].port == "frames"
+    assert ing.rejected["seq_not_increasing"] == 2
+    # a gap is counted, not rejected
+    assert ing.process("in", frame_msg(4, img, session="sess2"))[0].port == "frames"
+    assert ing.counters["seq_gap_frames"] == 3
+
+
+def test_ingest_rate_limit_is_per_stream():
+    ing = Ingest(IngestLimits(max_fps=1.0, burst=3))
+    img = np.zeros((8, 8), np.uint8)
+    ports = [ing.process("in", frame_msg(i, img, stream="flood"))[0].port for i in range(10)]
+    assert ports[:3] == ["frames"] * 3 and set(ports[3:]) == {"events"}
+    assert ing.rejected["rate_limited"] == 7
+    assert ing.process("in", frame_msg(0, img, stream="calm"))[0].port == "frames"
+
+
+def test_ingest_refuses_other_message_types():
+    vox = np.zeros((2, 3, 4), np.float32)
+    vol = Volume(volume_id="v1", modality="MR", spacing_mm=(1, 1, 1), origin_lps_mm=(0, 0, 0),
+                 direction_lps=(1, 0, 0, 0, 1, 0, 0, 0, 1), buffers=buffer_specs(voxels=vox))  # fmt: skip
+    (ev,) = Ingest().process("in", decode(encode(vol, [vox])))
+    assert ev.header.reason == "unexpected_msg_type"
+
+
+# -- analyzer ----------------------------------------------------------------------------------
+def test_analyzer_seeds_tracks_and_clears(sim_frames):
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    f0 = sim_frames[0]
+    spacing = dict(spacing_mm=(0.1, 0.1), spacing_source="simulated")
+    (m0,) = an.process("frames", frame_msg(0, f0.image, **spacing))
+    assert isinstance(m0.header, Metrics) and m0.header.csa is None and m0.header.thickness is not None
+    settings.update("s1", seed_rc=f0.truth.nerve_center_rc)
+    (m1,) = an.process("frames", frame_msg(1, sim_frames[1].image, **spacing))
+    assert m1.header.csa is not None and not m1.header.csa.tracked
+    assert m1.header.parent == ("s1", 1)
+    assert m1.header.csa.area_mm2 == pytest.approx(f0.truth.nerve_area_mm2, rel=0.2)
+    names = [b.name for b in m1.header.buffers]
+    assert names == ["histogram", "contour_rc", "superficial_rc", "deep_rc"]
+    assert m1.arrays[1].dtype == np.float32 and m1.arrays[1].shape[1] == 2
+    (m2,) = an.process("frames", frame_msg(2, sim_frames[2].image, **spacing))
+    assert m2.header.csa.tracked
+    settings.update("s1", seed_rc=None)
+    (m3,) = an.process("frames", frame_msg(3, sim_frames[3].image, **spacing))
+    assert m3.header.csa is None
+
+
+def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    settings.update("s1", seed_rc=(5000.0, 5.0))
+    (ev,) = an.process("frames", frame_msg(0, sim_frames[0].image))
+    assert isinstance(ev.header, Event) and ev.header.level == "warning" and ev.header.stream_id == "s1"
+    (m,) = an.process("frames", frame_msg(1, sim_frames[1].image))
+    assert isinstance(m.header, Metrics) and m.header.csa is None
+
+
+def test_analyzer_metric_selection_and_context(sim_frames):
+    settings = StreamSettings()
+    settings.update("s1", metrics=("echogenicity",), clinical=ClinicalContext(site="tibialis_anterior", side="left"))
+    (m,) = Analyzer(settings).process("frames", frame_msg(0, sim_frames[0].image))
+    assert m.header.thickness is None and m.header.quality is None and m.header.echogenicity.region == "frame"
+    assert m.header.clinical.site == "tibialis_anterior"
+    assert [b.name for b in m.header.buffers] == ["histogram"]
+
+
+# -- control -----------------------------------------------------------------------------------
+def control_msg(**kw) -> Decoded:
+    return decode(encode(Control(**kw)))
+
+
+def test_control_commands_update_settings():
+    settings = StreamSettings()
+    ctl = ControlNode(settings, status=lambda: {"ok": 1})
+    (rep, ev) = ctl.process("requests", control_msg(command="set_seed", stream_id="p", seed_rc=(1.0, 2.0)))
+    assert isinstance(rep.header, Reply) and rep.header.ok and rep.header.data["seed_version"] == 1
+    assert ev.header.reason == "set_seed"
+    ctl.process("requests", control_msg(command="set_roi", stream_id="p", roi=(1, 2, 30, 40)))
+    ctl.process("requests", control_msg(command="set_metrics", stream_id="p", metrics=("csa",)))
+    cfg = settings.get("p")
+    assert cfg.seed_rc == (1.0, 2.0) and cfg.roi == (1, 2, 30, 40) and cfg.metrics == ("csa",)
+    (rep,) = ctl.process("requests", control_msg(command="status"))
+    assert rep.header.data == {"ok": 1}
+
+
+def test_control_answers_undecodable_requests():
+    ctl = ControlNode(StreamSettings(), status=dict)
+    rep, ev = ctl.on_decode_error(CodecError("bad", reason="malformed_json"))
+    assert isinstance(rep.header, Reply) and not rep.header.ok and rep.header.reason == "malformed_json"
+    assert ctl.rejected["malformed_json"] == 1
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"command": "set_seed"},  # no stream
+        {"command": "set_metrics", "stream_id": "p", "metrics": ()},
+        {"command": "set_roi", "stream_id": "p", "roi": (10, 10, 5, 20)},
+        {"command": "set_context", "stream_id": "p"},
+        {"command": "reboot"},
+    ],
+)
+def test_invalid_control_requests_are_refused_by_the_model(kw):
+    with pytest.raises(ValueError):
+        Control(**kw)
+
+
+# -- publisher ---------------------------------------------------------------------------------
+def test_publisher_stamps_and_measures_latency(sim_frames):
+    an = Analyzer(StreamSettings())
+    pub = Publisher()
+    for i in range(3):
+        (m,) = an.process("frames", frame_msg(i, sim_frames[i].image, stamps={"sent": 0.0, "ingest": 0.0}))
+        (out,) = pub.process("metrics", decode(encode(m.header, m.arrays)))
+        assert "published" in out.header.stamps
+    st = pub.status()
+    assert st["streams"]["s1"]["frames"] == 3 and st["streams"]["s1"]["latency_p50_ms"] > 0
+    (ev_out,) = pub.process("events", decode(encode(Event(node="x", level="info", reason="r", message="m", t_host_s=1.0))))
+    assert ev_out.header.msg_type == "event" and pub.counters["events"] == 1
