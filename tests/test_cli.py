@@ -126,26 +126,6 @@ def test_plus_sequence(capsys, shared_data):
     assert all(r["thickness"]["thickness_px"] > 0 for r in recs)
 
 
-def test_console_script_and_demo():
-    exe = shutil.which("mmstream")
-    assert exe, "the mmstream console script is not installed"
-    proc = subprocess.run([exe, "demo", "--frames", "40", "--no-realtime"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("frame    39") and "CSA" in last and "thickness" in last
-
-
-def test_demo_status_close_to_truth(capsys):
-    assert main(["demo", "--frames", "30", "--no-realtime"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    # "CSA   32.1 mm2 (truth  32.7)  thickness 15.70 mm (truth 15.70)"
-    parts = last.replace("(", " ").replace(")", " ").split()
-    csa, csa_truth = float(parts[parts.index("CSA") + 1]), float(parts[parts.index("CSA") + 4])
-    th, th_truth = float(parts[parts.index("thickness") + 1]), float(parts[parts.index("thickness") + 4])
-    assert csa == pytest.approx(csa_truth, rel=0.2)
-    assert th == pytest.approx(th_truth, abs=0.4)
-
-
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "mmstream.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("mmstream ")

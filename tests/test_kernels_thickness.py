@@ -243,7 +243,7 @@ def test_featureless_frame_does_not_crash():
 # Real data (TimTrack): a subset, MAE floor a bit looser than tools/accuracy_thickness.py shows
 
 REAL_SUBSET_STEP = 6  # every 6th image of truth/thickness.json (28 images, both datasets)
-REAL_MAE_FLOOR_PX = 60.0
+REAL_MAE_FLOOR_PX = 40.0  # subset MAE is 31.0 px (Nov 2026); naive baseline ~85 px
 
 
 @pytest.mark.shared_data

@@ -29,8 +29,8 @@ score pick the one whose rim is most nerve-like:
    ``tools/accuracy_nerve.py --cv``).
 5. The best candidate becomes a ``N_ANGLES``-vertex polygon.
 
-:func:`track` re-runs steps 1-4 on the next frame around the previous centroid, on a small
-neighbourhood of centre offsets and with the candidates restricted to sizes and shapes near the
+:func:`track` re-runs steps 1-4 on the next frame around the previous centroid, on a few centre
+offsets (coordinate descent) and with the candidates restricted to sizes and shapes near the
 previous contour's (its ellipse is recovered from the polygon's second moments), so the per-frame
 cost stays in the tenths of a millisecond.
 
@@ -566,10 +566,12 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
 def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
     """Follow the nerve outlined in the previous frame of the same stream into ``image``.
 
-    The search starts at ``previous.centroid_rc`` and moves by ``TRACK_STEP_PX`` along rows, then
-    along cols, where the score is higher (5 centres) and restricted to ellipses whose minor semi-axis is within ``TRACK_SIZE_TOL`` of
-    the previous outline's, with neighbouring aspect ratio and tilt (the previous ellipse comes
-    from the polygon's area and second moments).
+    The outline stays an ellipse centred on the search centre. The centre starts at
+    ``previous.centroid_rc`` and moves by ``TRACK_STEP_PX`` along rows, then along cols, where the
+    learned score is higher (5 centres per frame: motion up to ~2 px per axis per frame is followed
+    at once, faster motion over several frames). Candidates are restricted to a minor semi-axis
+    within ``TRACK_SIZE_TOL`` of the previous outline's and the neighbouring aspect ratios and tilts
+    (the previous ellipse comes from the polygon's second moments).
 
     Parameters
     ----------

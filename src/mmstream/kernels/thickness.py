@@ -47,8 +47,11 @@ N_SLOPES = 16
 BAND_HALF = 12  # rows, half-width of the refinement band around a chosen line
 TRACK_HALF = 8  # rows, half-width of the band around the previous frame's lines
 MAX_STEP = 1  # rows per column bin in the refined path (a slope of 0.25 at BIN_COLS = 4)
+DEEP_MIN_GAP = 0.3  # fraction of the region height: least superficial-to-deep distance (line search)
+COHERENT_EDGE = 3.0  # grey levels: a deep path point on at least this step counts as coherent
 MIN_SIZE = 32  # smallest analysed region, rows and columns
 ACTIVE_FRACTION = 0.5
+ACTIVE_ROW_FRACTION = 0.25  # rows: lower, B-mode rows may hold dark (saturated black) stretches
 EDGE_CONFIDENT = 6.0  # grey levels: |G| at which a path point counts as a clear edge
 TRACK_MIN_EDGE = 3.0  # grey levels: mean |G| along a tracked path below which tracking is lost
 
@@ -248,7 +251,7 @@ def find_bmode_region(image: np.ndarray) -> tuple[int, int, int, int]:
     if c1 - c0 < MIN_SIZE:
         return 0, 0, h, w
     _activity(image, 0, c0, h, c1, col[: c1 - c0], row)
-    r0, r1 = _longest_run(row[: h - 1] >= ACTIVE_FRACTION * (c1 - c0))
+    r0, r1 = _longest_run(row[: h - 1] >= ACTIVE_ROW_FRACTION * (c1 - c0))
     r1 = min(r1 + 1, h)
     if r1 - r0 < MIN_SIZE:
         return 0, c0, h, c1
@@ -290,25 +293,44 @@ def _line_peaks(score, n, sep):
     return out
 
 
-def _choose_pair(acc, h):
-    """Superficial and deep line among the peaks of the line scores ``acc`` (H, S).
-
-    Superficial: among the bright-to-dark lines in the upper 45 % of the region scoring at least
-    0.7 of the best of them, the deepest (subcutaneous fasciae lie above it). Deep: among the
-    dark-to-bright lines at least 20 % of the region height below it, the strongest.
-    Returns ((row, slope index), (row, slope index)) at the region's centre column, or None.
-    """
+def _choose_superficial(acc, h):
+    """Superficial line among the bright-to-dark line peaks of ``acc`` (H, S): among those in the
+    upper 45 % of the region scoring at least 0.7 of the best of them, the deepest (subcutaneous
+    fasciae lie above it). Returns (row, slope index) at the region's centre column, or None."""
     ps = [p for p in _line_peaks(-acc, 12, 6) if p[0] < 0.45 * h]
     if not ps:
         return None
     m = max(p[2] for p in ps)
     sup = max((p for p in ps if p[2] >= 0.7 * m), key=lambda p: p[0])
-    pd = [p for p in _line_peaks(acc, 12, 6) if p[0] > sup[0] + 0.2 * h]
-    if not pd:
+    return sup[0], sup[1]
+
+
+def _choose_deep(acc, acc_coarse, g, sup_row, slopes, xj):
+    """Deep line among the dark-to-bright line peaks of ``acc`` lying at least
+    ``DEEP_MIN_GAP`` of the region height below the superficial one: each is refined by
+    :func:`_band_path` and scored ``coarse step / best coarse step + coherence``, coherence being
+    the fraction of column bins where the refined path sits on a step of at least
+    ``COHERENT_EDGE`` grey levels. The coarse (diffuse) step favours the true deep boundary over
+    thin bright bands between fascicles; coherence favours edges present across the whole width.
+    Returns the refined path (region rows per bin), or None."""
+    h, nb = g.shape
+    cands = [p for p in _line_peaks(acc, 12, 6) if p[0] > sup_row + DEEP_MIN_GAP * h]
+    if not cands:
         return None
-    m = max(p[2] for p in pd)
-    deep = min((p for p in pd if p[2] >= 0.9 * m), key=lambda p: p[0])
-    return (sup[0], sup[1]), (deep[0], deep[1])
+    cmax = max(max(acc_coarse[r, k] for r, k, _ in cands), 1e-9)
+    w = 2 * BAND_HALF + 1
+    wacc = np.empty((nb, w), np.float64)
+    back = np.empty((nb, w), np.int64)
+    j = np.arange(nb)
+    best, best_path = -np.inf, None
+    for r, k, _ in cands:
+        path = np.empty(nb, np.int64)
+        _band_path(g, 1.0, r + slopes[k] * xj, BAND_HALF, MAX_STEP, wacc, back, path)
+        coh = float(np.mean(g[path, j] >= COHERENT_EDGE))
+        score = acc_coarse[r, k] / cmax + coh
+        if score > best:
+            best, best_path = score, path
+    return best_path
 
 
 def _paths(g, centers_sup, centers_deep, half):
@@ -482,20 +504,18 @@ def _analyse(image, region):
     acc2 = np.empty_like(acc)
     _line_scores(g, slopes, float(BIN_COLS), acc)
     _line_scores(gc, slopes, float(BIN_COLS), acc2)
-    acc += COARSE_WEIGHT * acc2
+    acc2 *= COARSE_WEIGHT
+    acc += acc2
     xc = nb * BIN_COLS / 2.0
     xj = (np.arange(nb) + 0.5) * BIN_COLS - xc
-    pair = _choose_pair(acc, hh)
-    if pair is None:
-        # No convincing pair: fall back to the strongest edges of each polarity in the upper and
-        # lower halves (confidence will be low).
-        half = hh // 2
-        rs = int(np.argmax(-acc[:half, N_SLOPES // 2]))
-        rd = half + int(np.argmax(acc[half:, N_SLOPES // 2]))
-        pair = (rs, N_SLOPES // 2), (rd, N_SLOPES // 2)
-    (rs, ks), (rd, kd) = pair
-    cs = rs + slopes[ks] * xj
-    cd = rd + slopes[kd] * xj
-    ps, pd = _paths(g, cs, cd, BAND_HALF)
+    mid = N_SLOPES // 2
+    sup = _choose_superficial(acc, hh)
+    if sup is None:  # no bright-to-dark line: strongest one in the upper half (low confidence)
+        sup = int(np.argmax(-acc[: hh // 2, mid])), mid
+    pd = _choose_deep(acc, acc2, g, sup[0], slopes, xj)
+    if pd is None:  # nothing below: strongest dark-to-bright line in the lower half
+        rd = hh // 2 + int(np.argmax(acc[hh // 2 :, mid]))
+        pd = _paths(g, rd + slopes[mid] * xj, rd + slopes[mid] * xj, BAND_HALF)[1]
+    ps = _paths(g, sup[0] + slopes[sup[1]] * xj, pd.astype(np.float64), BAND_HALF)[0]
     j = np.arange(nb)
     return _make_lines(ps, pd, -g[ps, j], g[pd, j], region)

@@ -1,0 +1,118 @@
+"""``mmstream demo``, ``serve``, ``status``, ``keys`` and ``config validate`` as a user runs them."""
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mmstream.cli import main
+
+RANDOM_PORTS = """
+[endpoints]
+ingest = "tcp://127.0.0.1:*"
+metrics = "tcp://127.0.0.1:*"
+control = "tcp://127.0.0.1:*"
+"""
+
+
+def mmstream_exe():
+    exe = shutil.which("mmstream")
+    assert exe, "the mmstream console script is not installed"
+    return exe
+
+
+def test_demo_streams_and_matches_truth(tmp_path):
+    cfg = tmp_path / "demo.toml"
+    cfg.write_text(RANDOM_PORTS)
+    proc = subprocess.run([mmstream_exe(), "demo", "--config", str(cfg), "--duration", "4"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("mmstream demo: ingest tcp://127.0.0.1:") and lines[-1] == "mmstream demo: stopped"
+    status = lines[-2]
+    m = re.search(r"(\d+) frames ([\d.]+) fps .* CSA ([\d.]+) mm2 \(truth ([\d.]+)\)  thickness ([\d.]+) mm \(truth ([\d.]+)\)", status)
+    assert m, status
+    frames, fps, csa, csa_t, th, th_t = (float(v) for v in m.groups())
+    assert frames >= 60 and fps == pytest.approx(30, rel=0.2)
+    assert csa == pytest.approx(csa_t, rel=0.2) and th == pytest.approx(th_t, abs=0.5)
+    assert "drops 0 rejects 0" in status
+
+
+def test_serve_status_and_sigterm(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(RANDOM_PORTS + '\n[[sources]]\ndriver = "sim"\nstream_id = "probe-a"\nfps = 20\n')
+    proc = subprocess.Popen([mmstream_exe(), "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        control = re.search(r"control (\S+)", first).group(1)
+        deadline = time.monotonic() + 30
+        out = ""
+        while time.monotonic() < deadline:
+            st = subprocess.run([mmstream_exe(), "status", "--control", control], capture_output=True, text=True,
+                                timeout=30)  # fmt: skip
+            out = st.stdout
+            if st.returncode == 0 and re.search(r"probe-a\s+\d+\s+[\d.]+", out):
+                break
+            time.sleep(0.2)
+        assert re.search(r"probe-a\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out
+        assert "analyzer-0" in out and "ingest" in out
+        js = subprocess.run([mmstream_exe(), "status", "--control", control, "--json"], capture_output=True, text=True)
+        assert '"probe-a"' in js.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "mmstream serve: stopped" in rest
+
+
+def test_status_without_service_fails_cleanly():
+    proc = subprocess.run([mmstream_exe(), "status", "--control", "tcp://127.0.0.1:9", "--timeout-ms", "300"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 1 and "no answer" in proc.stderr
+
+
+def test_keys(tmp_path, capsys):
+    assert main(["keys", str(tmp_path / "k"), "--client", "bedside"]) == 0
+    assert (tmp_path / "k" / "server" / "server.key_secret").is_file()
+    assert (tmp_path / "k" / "allowed_clients" / "bedside.key").is_file()
+    assert oct((tmp_path / "k" / "clients" / "bedside.key_secret").stat().st_mode)[-3:] == "600"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[analyzer]\nworkers = 0\n", "analyzer.workers"),
+        ("[endpoints]\ningest = \"http://x\"\n", "endpoints.ingest"),
+        ("nonsense = true\n", "nonsense"),
+        ("[analyzer\n", "cannot parse TOML"),
+        ("[[sources]]\ndriver = \"sim\"\nstream_id = \"bad/id\"\n", "sources.0.stream_id"),
+        ("[streams.p1]\nroi = [1, 2]\n", "streams.p1.roi"),
+    ],
+)
+def test_config_validate_reports_bad_files(tmp_path, capsys, text, fragment):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    assert main(["config", "validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert str(f) in err and fragment in err
+
+
+def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text(RANDOM_PORTS + "[analyzer]\nworkers = 2\n")
+    monkeypatch.setenv("MMSTREAM_ANALYZER__WORKERS", "3")
+    assert main(["config", "validate", str(f), "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and '"workers": 3' in out
+    assert main(["config", "validate", str(tmp_path / "missing.toml")]) == 1
+
+
+def test_serve_with_bad_config_exits_1(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[analyzer]\nworkers = -1\n")
+    proc = subprocess.run([mmstream_exe(), "serve", "--config", str(f)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "analyzer.workers" in proc.stderr
