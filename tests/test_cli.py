@@ -112,7 +112,9 @@ def test_sonosite_cine_spacing(capsys, shared_data):
     assert code == 0, err
     recs = records(out)
     assert len(recs) == 120
-    assert all(r["spacing_mm"] == pytest.approx([0.5105, 0.5105]) for r in recs)
+    assert all(r["spacing_mm"] == pytest.approx([0.5105, 0.5105], abs=1e-4) for r in recs)
+    # without --roi the B-mode region of the DICOM ultrasound region sequence is analysed
+    assert recs[0]["echogenicity"]["n_px"] == (414 - 31 + 1) * (595 - 84 + 1)
     assert recs[0]["spacing_source"] == "dicom_us_regions"
 
 

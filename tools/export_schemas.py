@@ -12,9 +12,15 @@ import sys
 from pathlib import Path
 
 from mmstream.analysis import FrameAnalysis
+from mmstream.config import ServiceConfig
+from mmstream.messages import MESSAGE_TYPES
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
-MODELS = {"analysis.frame_analysis.schema.json": FrameAnalysis}
+MODELS = {
+    "analysis.frame_analysis.schema.json": FrameAnalysis,
+    "config.schema.json": ServiceConfig,
+    **{f"messages.{m.model_fields['msg_type'].default}.schema.json": m for m in MESSAGE_TYPES},
+}
 
 
 def render() -> dict[str, str]:

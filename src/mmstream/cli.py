@@ -84,10 +84,11 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
         path, spacing_mm=args.spacing_mm, plus_config=args.plus_config, strict_spacing=args.require_spacing
     )
     for i, frame in enumerate(frames):
+        region = frame.meta.get("region_rc")  # the file's B-mode region (DICOM US region), if known
         res = analyze_frame(
             frame.image,
             spacing_mm=frame.spacing_mm,
-            roi=args.roi,
+            roi=args.roi if args.roi is not None or region is None else tuple(region),
             seed=args.seed if i == 0 else None,
             previous=previous,
             metrics=args.metrics,
@@ -362,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
             args.spacing_mm = _spacing_arg(args.spacing_mm)
         except SpacingError as exc:
             parser.error(f"--spacing-mm: {exc}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def _box_integral(image, r0, c0, out):
                 out[i + 1, j + 1] = out[i, j + 1]
             row = image[r]
             for j in range(lo, hi):
-                acc += row[c0 + j]
+                acc += np.int64(row[c0 + j])  # widen before summing (also without the JIT)
                 out[i + 1, j + 1] = out[i, j + 1] + acc
             for j in range(hi, w):
                 out[i + 1, j + 1] = out[i, j + 1] + acc

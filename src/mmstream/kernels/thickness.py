@@ -19,7 +19,7 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
 3. **Line search** (a Radon transform restricted to near-horizontal lines): the mean of ``G`` along
    every straight line of slope within ``+-MAX_SLOPE`` rows/col (:func:`_line_scores`) at two step
    scales. Long aponeuroses accumulate; tilted striations average out.
-4. **Choice of the pair** among the line peaks (:func:`_choose_pair`), see its docstring.
+4. **Choice of the pair** among the line peaks (:func:`_choose_superficial`, :func:`_choose_deep`).
 5. **Refinement**: a dynamic-programming path of maximal edge strength inside a band around each
    chosen line (:func:`_band_path`), at most ``MAX_STEP`` rows per column bin, so curved
    aponeuroses are followed to the picture's ends, where observers usually measure.
