@@ -212,7 +212,7 @@ def test_readonly_and_noncontiguous_images_accepted():
 # ------------------------------------------------------------------------------------------
 # Real nerves (shared data)
 
-SUBSET_FLOOR = 0.72  # median Dice on the fixed subset below; measured ~0.80 (see tools/accuracy_nerve.py)
+SUBSET_FLOOR = 0.75  # median Dice on this fixed subset: 0.813 with the shipped weights (Nov 2026)
 
 
 @pytest.mark.shared_data
