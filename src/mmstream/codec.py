@@ -21,6 +21,7 @@ reason                 when
 """
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -78,7 +79,7 @@ def encode(header, arrays: Sequence[np.ndarray] = (), topic: str | None = None) 
         raise CodecError(f"{len(arrays)} arrays for {len(header.buffers)} buffer specs", reason="buffer_count")
     bufs = []
     for spec, arr in zip(header.buffers, arrays):
-        if arr.dtype.name != spec.dtype or tuple(arr.shape) != tuple(spec.shape):
+        if arr.dtype != np.dtype(spec.dtype) or tuple(arr.shape) != tuple(spec.shape):  # native byte order only
             raise CodecError(
                 f"array {spec.name!r} is {arr.dtype.name} {arr.shape}, header says {spec.dtype} {spec.shape}",
                 reason="buffer_size",
@@ -118,6 +119,8 @@ def decode(parts: Sequence, limits: Limits = Limits()) -> Decoded:
     raw = bytes(_as_bytes_view(parts[1]))
     if len(raw) > limits.max_header_bytes:
         raise CodecError(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}", reason="header_too_large")
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+        raise CodecError("header is not a JSON object", reason="malformed_json")
     try:
         header = message_adapter.validate_json(raw)
     except ValidationError as exc:
@@ -144,7 +147,7 @@ def decode(parts: Sequence, limits: Limits = Limits()) -> Decoded:
         )
     arrays = {}
     for spec, part in zip(header.buffers, buffers):
-        n = int(np.prod(spec.shape, dtype=np.int64))
+        n = math.prod(spec.shape)  # Python ints: no int64 wrap-around
         if n > limits.max_elements:
             raise CodecError(f"buffer {spec.name!r} of {n} elements exceeds {limits.max_elements}", reason="too_large")
         view = _as_bytes_view(part)

@@ -28,7 +28,7 @@ PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # NaN fails at the sender
 
 
 class BufferSpec(_Model):
@@ -119,6 +119,12 @@ class Volume(_Header):
     series_uid: Annotated[str, Field(max_length=64)] | None = None
     source: Annotated[str, Field(max_length=32)] = "unknown"
     rescaled: bool = False
+
+    @model_validator(mode="after")
+    def _one_3d_voxels(self):
+        if len(self.buffers) != 1 or self.buffers[0].name != "voxels" or len(self.buffers[0].shape) != 3:
+            raise ValueError("a volume carries exactly one 3-D buffer named 'voxels'")
+        return self
 
 
 class EchoSummary(_Model):

@@ -9,6 +9,7 @@ Every socket is made with ``linger=0`` and an explicit high-water mark, so closi
 no queue is unbounded.
 """
 
+import hashlib
 import ipaddress
 import threading
 from dataclasses import dataclass
@@ -109,13 +110,20 @@ def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
-def _start_authenticator(clients_dir: Path) -> None:
+def _zap_domain(clients_dir: Path) -> str:
+    """Start (once) the authenticator and register ``clients_dir`` under a ZAP domain of its own, so
+    each server socket admits the clients of its own directory only."""
     global _auth
+    clients_dir = Path(clients_dir).resolve()
+    if not clients_dir.is_dir():
+        raise ConfigError(f"allowed_clients_dir {clients_dir} is not a directory")
+    domain = "mmstream-" + hashlib.sha256(str(clients_dir).encode()).hexdigest()[:16]
     with _ctx_lock:
         if _auth is None:
             _auth = ThreadAuthenticator(_ctx)
             _auth.start()
-        _auth.configure_curve(domain="*", location=str(clients_dir))
+        _auth.configure_curve(domain=domain, location=str(clients_dir))
+    return domain
 
 
 def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
@@ -129,7 +137,7 @@ def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
     if server:
         if curve.allowed_clients_dir is None:
             raise ConfigError("a CURVE server needs allowed_clients_dir")
-        _start_authenticator(Path(curve.allowed_clients_dir))
+        sock.zap_domain = _zap_domain(curve.allowed_clients_dir).encode()
         sock.curve_server = True
     else:
         if curve.server_key_file is None:
