@@ -182,7 +182,7 @@ def test_live_path_is_latest_wins_and_counts_drops(sim_probe):
 
         analyzed, drops = wait_for(settled, what="every frame analysed or counted as dropped")
         assert drops > 0 and analyzed > 0
-        assert g.status()["streams"]["fast"]["frames"] == analyzed
+        wait_for(lambda: g.status()["streams"]["fast"]["frames"] == analyzed, what="every analysed frame published")
 
 
 def test_ipc_endpoints(tmp_path):
@@ -230,3 +230,37 @@ def test_curve_refuses_a_client_without_the_key(tmp_path):
             wait_for(lambda: "allowed" in accepted(), what="the allowed client's frame")
         time.sleep(0.3)  # give refused clients a fair chance to (wrongly) get through
         assert set(accepted()) == {"allowed"}
+
+
+def test_attached_node_sees_every_accepted_frame_and_every_published_message(sim_probe):
+    """The internal taps a recorder or web view subscribes to: frames from ingest, metrics and
+    events from the publisher."""
+    from mmstream.graph import SocketSpec
+    from mmstream.nodes.base import Node, Port
+
+    class Collector(Node):
+        name = "collector"
+        inputs = (Port("frames", capacity=256), Port("bus", capacity=256))
+
+        def __init__(self):
+            super().__init__()
+            self.seen = {"frames": [], "bus": []}
+
+        def process(self, port, msg):
+            self.seen[port].append(msg.topic)
+            return []
+
+    g = Graph(load_config(None, endpoints=RANDOM_TCP))
+    c = Collector()
+    g.attach(c, {"frames": SocketSpec("sub", g.internal["frames"], bind=False),
+                 "bus": SocketSpec("sub", g.internal["bus"], bind=False)}, {})  # fmt: skip
+    with g:
+        time.sleep(0.2)  # slow-joiner of the internal subscriptions
+        with FrameSender(g.endpoints["ingest"], "probe") as sender:
+            for i in range(5):
+                sender.send(sim_probe.frame(i).to_source())
+        wait_for(lambda: len(c.seen["frames"]) == 5 and len(c.seen["bus"]) >= 5, what="5 frames and 5 metrics")
+        with pytest.raises(RuntimeError):
+            g.attach(Collector(), {}, {})
+    assert set(c.seen["frames"]) == {"frame.probe"}
+    assert c.seen["bus"].count("metrics.probe") == 5

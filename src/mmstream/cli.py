@@ -12,6 +12,7 @@ processed and printed), 2 for a usage error.
 
 import argparse
 import csv
+import importlib
 import json
 import sys
 import time
@@ -292,6 +293,10 @@ def _spacing_arg(values):
     return validate_spacing(values)
 
 
+# modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmstream", description="Real-time ultrasound quantitative analysis")
     p.add_argument("--version", action="version", version=f"mmstream {__version__}")
@@ -341,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", type=Path, nargs="?")
     c.add_argument("--show", action="store_true", help="print the resulting configuration")
     c.set_defaults(func=cmd_config)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 

@@ -6,6 +6,11 @@ The whole wiring is in :meth:`Graph._wiring`, one readable table::
                           \\--------------- events (every node) ------------------------^
     clients --REQ--> [control]  (seed, ROI, metrics, context per stream; status)
 
+Nodes added with :meth:`Graph.attach` (recorder, fusion, web view) subscribe to two internal PUB
+endpoints named in ``Graph.internal``: ``frames`` (every frame ingest accepted) and ``bus`` (every
+metrics message and event the publisher sends out). A PUB drops for a subscriber that falls behind
+its high-water mark: subscribers detect that from the per-stream ``seq`` and count it.
+
 External endpoints come from the config; internal ones are ``inproc://``. A frame goes to the
 analyzer worker chosen by a stable hash of its stream id, so tracking state stays in one place.
 """
@@ -27,6 +32,7 @@ from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_soc
 IDLE_POLL_MS = 50
 DRAIN_MAX = 64
 LIVE_HWM = 64  # ingest -> analyzer: the analyzer drains it between frames and keeps the newest per stream
+TAP_HWM = 4096  # internal PUB endpoints (frames, bus): ~1 GB of 512x512 frames before a slow subscriber loses any
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,9 @@ class Graph:
         self.publisher = Publisher()
         self.control = ControlNode(self.settings, self.status)
         self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
+        self._prefix = f"inproc://mmstream-{uuid.uuid4().hex[:8]}"
+        self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus"}
+        self._attached: dict[Node, tuple[dict, dict]] = {}
         self._runners: list[NodeRunner] = []
         self._t_start: float | None = None
         self.status_hooks: list = []  # callables returning dicts merged into status()
@@ -180,18 +189,24 @@ class Graph:
 
     def _wiring(self) -> dict[Node, tuple[dict, dict]]:
         """node -> (input port -> socket spec, output port -> [socket specs])."""
-        ep, curve = self.config.endpoints, self._curve()
-        p = f"inproc://mmstream-{uuid.uuid4().hex[:8]}"
-        events = [SocketSpec("push", f"{p}/events", bind=False)]
+        ep, curve, p = self.config.endpoints, self._curve(), self._prefix
+        events = [self.events_spec()]
         workers = [f"{p}/analyzer-{i}" for i in range(len(self.analyzers))]
         wiring = {
             self.ingest: (
                 {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve)},
-                {"frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM) for w in workers], "events": events},
+                {
+                    "frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM) for w in workers],
+                    "accepted": [SocketSpec("pub", self.internal["frames"], bind=True, hwm=TAP_HWM)],
+                    "events": events,
+                },
             ),
             self.publisher: (
                 {"metrics": SocketSpec("pull", f"{p}/metrics", bind=True), "events": SocketSpec("pull", f"{p}/events", bind=True)},
-                {"out": [SocketSpec("pub", ep.metrics, bind=True, hwm=1000, curve=curve)]},
+                {
+                    "out": [SocketSpec("pub", ep.metrics, bind=True, hwm=1000, curve=curve)],
+                    "bus": [SocketSpec("pub", self.internal["bus"], bind=True, hwm=TAP_HWM)],
+                },
             ),
             self.control: (
                 {"requests": SocketSpec("rep", ep.control, bind=True, curve=curve)},
@@ -203,7 +218,18 @@ class Graph:
                 {"frames": SocketSpec("pull", w, bind=True, hwm=LIVE_HWM)},
                 {"metrics": [SocketSpec("push", f"{p}/metrics", bind=False)], "events": events},
             )
-        return wiring
+        return {**wiring, **self._attached}
+
+    def attach(self, node: Node, inputs: dict[str, SocketSpec], outputs: dict[str, list[SocketSpec]]) -> None:
+        """Add a node before :meth:`start`; its sockets usually connect to ``self.internal`` endpoints
+        (SUB) and send events to the publisher with ``self.events_spec()``."""
+        if self._runners:
+            raise RuntimeError("attach nodes before start()")
+        self._attached[node] = (inputs, outputs)
+
+    def events_spec(self) -> SocketSpec:
+        """Where a node pushes its events (published with the service's own)."""
+        return SocketSpec("push", f"{self._prefix}/events", bind=False)
 
     def start(self, timeout_s: float = 10.0) -> "Graph":
         """Open every socket and start every node; ConfigError if any endpoint cannot be bound."""
@@ -214,7 +240,7 @@ class Graph:
         warmup()  # keep JIT loading out of the first live frame
         wiring = self._wiring()
         # bind-side nodes first: the publisher binds the inproc endpoints the others connect to
-        order = [self.publisher, *self.analyzers, self.control, self.ingest]
+        order = [self.publisher, *self.analyzers, self.control, self.ingest, *self._attached]
         for node in order:
             ins, outs = wiring[node]
             r = NodeRunner(node, ins, outs, self._limits)

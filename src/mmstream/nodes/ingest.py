@@ -1,7 +1,8 @@
 """Ingest: the service's front door for frames from drivers.
 
 Checks what the codec cannot (sequence numbers per stream, rate per stream), stamps the host time,
-and forwards accepted frames on ``frames``. Each rejection is counted by reason and announced as an
+and forwards accepted frames on ``frames`` (to the analyzers) and ``accepted`` (to subscribers such
+as the recorder). Each rejection is counted by reason and announced as an
 event; a bad message never stops the node, and valid streams interleaved with bad ones lose nothing.
 """
 
@@ -37,7 +38,7 @@ class _StreamState:
 class Ingest(Node):
     name = "ingest"
     inputs = (Port("in", capacity=64, policy="block"),)
-    outputs = (Port("frames"), Port("events"))
+    outputs = (Port("frames"), Port("accepted"), Port("events"))
 
     def __init__(self, limits: IngestLimits = IngestLimits(), name: str | None = None):
         super().__init__(name)
@@ -72,7 +73,8 @@ class Ingest(Node):
                 "stamps": {**h.stamps, "ingest": now},
             }
         )
-        return [Out("frames", stamped, (msg.arrays["image"],))]
+        image = (msg.arrays["image"],)
+        return [Out("frames", stamped, image), Out("accepted", stamped, image)]
 
     def status(self) -> dict:
         out = super().status()

@@ -13,7 +13,7 @@ from mmstream.nodes.base import Node, Out, Port, Telemetry
 class Publisher(Node):
     name = "publisher"
     inputs = (Port("metrics", capacity=256, policy="fifo"), Port("events", capacity=256, policy="fifo"))
-    outputs = (Port("out"),)
+    outputs = (Port("out"), Port("bus"))  # bus: the same messages, for in-process subscribers
 
     def __init__(self, name: str | None = None):
         super().__init__(name)
@@ -25,7 +25,7 @@ class Publisher(Node):
         arrays = tuple(msg.arrays.values())
         if port == "events":
             self.count("events")
-            return [Out("out", h, arrays)]
+            return [Out("out", h, arrays), Out("bus", h, arrays)]
         now = time.monotonic()
         stamps = {**h.stamps, "published": now}
         start = stamps.get("sent", stamps.get("ingest"))
@@ -34,7 +34,8 @@ class Publisher(Node):
             if "ingest" in stamps:
                 self.stage_latency.add(h.stream_id, now, now - stamps["ingest"])
         self.count("metrics")
-        return [Out("out", h.model_copy(update={"stamps": stamps}), arrays)]
+        stamped = h.model_copy(update={"stamps": stamps})
+        return [Out("out", stamped, arrays), Out("bus", stamped, arrays)]
 
     def status(self) -> dict:
         out = super().status()
