@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: system packages the tests use as real peers, the Python
+# test extras, then pytest (arguments are passed on). README's second command and .ci/run call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Debian packages: real HDF5 tools, DICOM peers and a browser (one line each: what uses it)
+DEBIAN_PACKAGES=(
+    hdf5-tools        # h5dump opens files left by a killed recorder (tests/test_recorder_crash.py)
+)
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+pip install -q -e ".[test]"
+exec python -m pytest "$@"
