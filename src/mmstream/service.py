@@ -29,7 +29,8 @@ class Service:
         try:
             driver = mmstream_drivers.load(section.driver)(fps=section.fps, **section.options)
             with FrameSender(endpoint, section.stream_id) as sender:
-                pump(driver.source_frames(), sender, realtime=True, stop=self._stop)
+                realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
+                pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop)
         except Exception as exc:  # a failing source is reported in status, the service stays up
             self.source_errors[section.stream_id] = f"{type(exc).__name__}: {exc}"
 

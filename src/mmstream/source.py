@@ -20,7 +20,9 @@ from mmstream.transport import Curve, make_socket
 
 @dataclass(frozen=True)
 class SourceFrame:
-    """One frame as a driver produces it; ``image`` is (H, W) uint8."""
+    """One frame as a driver produces it; ``image`` is (H, W) uint8. ``seq``, ``t_wall`` and
+    ``clinical`` are left None by live sources (the sender numbers frames and uses its own context);
+    a replayed frame sets them to keep the recorded values."""
 
     image: np.ndarray
     t_device_s: float | None = None
@@ -29,6 +31,10 @@ class SourceFrame:
     imaging: ImagingSettings = ImagingSettings()
     transforms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     annotations: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    seq: int | None = None
+    t_wall: str | None = None
+    clinical: ClinicalContext | None = None
 
 
 class FrameSender:
@@ -60,19 +66,21 @@ class FrameSender:
         header = Frame(
             stream_id=self.stream_id,
             session_id=self.session_id,
-            seq=self.seq,
+            seq=self.seq if frame.seq is None else frame.seq,
             t_device_s=frame.t_device_s,
+            t_wall=frame.t_wall,
             spacing_mm=frame.spacing_mm,
             spacing_source=frame.spacing_source if frame.spacing_mm is not None else "unknown",
             imaging=frame.imaging,
-            clinical=self.clinical,
+            clinical=self.clinical if frame.clinical is None else frame.clinical,
             transforms=frame.transforms,
             annotations=frame.annotations,
+            metadata=frame.metadata,
             stamps={"sent": time.monotonic()},
             buffers=buffer_specs(image=image),
         )
         self._sock.send(encode(header, [image]), timeout_ms=timeout_ms)
-        self.seq += 1
+        self.seq = header.seq + 1
         return header.seq
 
     def close(self, linger_ms: int = 2000) -> None:
