@@ -1,0 +1,221 @@
+"""Read session files (see :mod:`mmstream.recording.layout`) in chunks, also while they are written.
+
+    with SessionReader(path) as s:
+        for sid in s.streams:
+            st = s.stream(sid)
+            for index_rows, frames in st.iter_frames(chunk=64):   # (n,) FRAME_INDEX, (n, rows, cols) uint8
+                ...
+            table = st.metrics_table()                            # (K,) METRICS_COLUMNS
+
+Nothing is loaded whole: every accessor reads the rows it is asked for. Files are opened in SWMR
+read mode; :meth:`SessionReader.refresh` picks up rows a live writer appended since. Only committed
+rows are visible (``len(index)`` frames; see the layout's "Committed rows").
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mmstream.errors import ReadError
+from mmstream.messages import Event, Frame, Metrics, message_adapter
+from mmstream.recording.layout import LAYOUT_VERSION
+
+
+def _text(heap: h5py.Dataset, offset: int, n: int) -> str:
+    return bytes(heap[offset : offset + n]).decode()
+
+
+def _headers(table_rows: np.ndarray, heap: h5py.Dataset) -> list[str]:
+    """The JSON texts of ``table_rows`` with one heap read covering them all."""
+    if len(table_rows) == 0:
+        return []
+    lo = int(table_rows["json_offset"].min())
+    hi = int((table_rows["json_offset"] + table_rows["json_n_bytes"]).max())
+    blob = bytes(heap[lo:hi])
+    return [blob[o - lo : o - lo + n].decode() for o, n in zip(table_rows["json_offset"].tolist(), table_rows["json_n_bytes"].tolist())]
+
+
+class StreamReader:
+    """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing."""
+
+    def __init__(self, group: h5py.Group):
+        self.group = group
+        self.stream_id: str = group.attrs["stream_id"]
+        self.shape: tuple[int, int] = (int(group.attrs["rows"]), int(group.attrs["cols"]))
+        m = group["metrics"]
+        self._ds = [group["index"], group["json"], group["frames"], group["summary"], m["table"], m["json"],
+                    m["histogram"], m["contour_rc"], m["superficial_rc"], m["deep_rc"]]  # fmt: skip
+
+    def refresh(self) -> None:
+        for ds in self._ds:  # tables before the data they point to: counts never exceed the data
+            ds.refresh()
+
+    @property
+    def n_frames(self) -> int:
+        return min(len(self.group["index"]), len(self.group["frames"]))
+
+    @property
+    def n_metrics(self) -> int:
+        return len(self.group["metrics/table"])
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames missing from seq gaps, over the committed index."""
+        return int(sum(int(rows["gap_before"].sum()) for rows in self._chunks(self.group["index"], self.n_frames, 4096)))
+
+    def summary(self) -> dict:
+        """The ``summary`` row as written at the last flush."""
+        row = self.group["summary"][0]
+        return {k: int(row[k]) for k in row.dtype.names}
+
+    def index(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Index rows (structured array, FRAME_INDEX columns)."""
+        return self.group["index"][slice(*slice(start, stop).indices(self.n_frames))]
+
+    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start:stop`` as an (n, rows, cols) uint8 array."""
+        return self.group["frames"][slice(*slice(start, stop).indices(self.n_frames))]
+
+    @staticmethod
+    def _chunks(ds, n: int, chunk: int, start: int = 0):
+        for i in range(start, n, chunk):
+            yield ds[i : min(i + chunk, n)]
+
+    def iter_frames(self, chunk: int = 32, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(index rows, frames) blocks of at most ``chunk`` frames, from frame ``start`` to the
+        committed end as of the call."""
+        n = self.n_frames
+        for i in range(start, n, chunk):
+            j = min(i + chunk, n)
+            yield self.group["index"][i:j], self.group["frames"][i:j]
+
+    def frame_headers(self, start: int = 0, stop: int | None = None) -> list[Frame]:
+        """The recorded wire headers (:class:`Frame`) of frames ``start:stop``."""
+        rows = self.index(start, stop)
+        return [Frame.model_validate_json(t) for t in _headers(rows, self.group["json"])]
+
+    def iter_frame_messages(self, chunk: int = 32, start: int = 0) -> Iterator[tuple[Frame, np.ndarray]]:
+        """(Frame header, (rows, cols) uint8 image) per frame, exactly as recorded (for replay)."""
+        for rows, frames in self.iter_frames(chunk, start):
+            for text, image in zip(_headers(rows, self.group["json"]), frames):
+                yield Frame.model_validate_json(text), image
+
+    def metrics_table(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Metrics rows (structured array, METRICS_COLUMNS)."""
+        return self.group["metrics/table"][slice(*slice(start, stop).indices(self.n_metrics))]
+
+    def iter_metrics(self, chunk: int = 1024, start: int = 0) -> Iterator[np.ndarray]:
+        """Blocks of metrics rows, from ``start`` to the committed end as of the call."""
+        yield from self._chunks(self.group["metrics/table"], self.n_metrics, chunk, start)
+
+    def metrics_messages(self, start: int = 0, stop: int | None = None) -> list[tuple[Metrics, dict[str, np.ndarray]]]:
+        """(Metrics header, arrays) of rows ``start:stop`` as recorded; arrays as on the wire:
+        ``histogram`` (256,) int64, ``contour_rc``/``superficial_rc``/``deep_rc`` (K, 2) float32."""
+        sl = slice(*slice(start, stop).indices(self.n_metrics))
+        rows = self.group["metrics/table"][sl]
+        m = self.group["metrics"]
+        hist, contour, sup, deep = (m[k][sl] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc"))
+        out = []
+        for i, text in enumerate(_headers(rows, m["json"])):
+            h = Metrics.model_validate_json(text)
+            names = [b.name for b in h.buffers]
+            arrays = {}
+            if "histogram" in names:
+                arrays["histogram"] = hist[i].astype(np.int64)
+            if "contour_rc" in names:
+                arrays["contour_rc"] = contour[i, : rows["contour_n"][i]]
+            if "superficial_rc" in names:
+                arrays["superficial_rc"] = sup[i, : rows["line_n"][i]]
+                arrays["deep_rc"] = deep[i, : rows["line_n"][i]]
+            out.append((h, {b: arrays[b] for b in names}))
+        return out
+
+
+class SessionReader:
+    """A session file opened for reading (SWMR: works on files being written)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
+        except (OSError, ValueError) as exc:
+            raise ReadError(f"{self.path}: cannot open as an HDF5 session file: {exc}", reason="unreadable") from None
+        try:
+            version = int(self.file["session"].attrs["layout_version"])
+        except (KeyError, ValueError, TypeError):
+            self.file.close()
+            raise ReadError(f"{self.path}: not an mmstream session file (no /session layout_version)",
+                            reason="not_a_session")  # fmt: skip
+        if version != LAYOUT_VERSION:
+            self.file.close()
+            raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {LAYOUT_VERSION}",
+                            reason="layout_version")  # fmt: skip
+        self._streams = {g.attrs["stream_id"]: StreamReader(g) for g in self.file["streams"].values()}
+        self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def refresh(self) -> None:
+        """See rows appended by a live writer since opening or the last refresh."""
+        self.file["session/summary"].refresh()
+        for st in self._streams.values():
+            st.refresh()
+        for ds in self._logs:
+            ds.refresh()
+
+    @property
+    def attrs(self) -> dict:
+        """``/session`` attributes; ``config_json`` and ``streams_json`` decoded as ``config``, ``streams``."""
+        a = dict(self.file["session"].attrs)
+        a["config"] = json.loads(a.pop("config_json", "null"))
+        a["streams"] = json.loads(a.pop("streams_json", "{}"))
+        return a
+
+    def summary(self) -> dict:
+        """The session summary as of the last flush; ``closed`` False means still open or crashed."""
+        row = self.file["session/summary"][0]
+        return {k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item()) for k in row.dtype.names}
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    def stream(self, stream_id: str) -> StreamReader:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise ReadError(f"{self.path}: no stream {stream_id!r} (has {self.streams})", reason="no_stream") from None
+
+    def _log(self, name: str, start: int = 0, stop: int | None = None) -> list[str]:
+        t = self.file[f"{name}/table"]
+        return _headers(t[slice(*slice(start, stop).indices(len(t)))], self.file[f"{name}/json"])
+
+    def events(self, start: int = 0, stop: int | None = None) -> list[Event]:
+        return [Event.model_validate_json(t) for t in self._log("events", start, stop)]
+
+    def event_table(self) -> np.ndarray:
+        return self.file["events/table"][:]
+
+    def fused(self, start: int = 0, stop: int | None = None) -> list:
+        """Fusion messages as recorded (models when the type is known to this version, else dicts)."""
+        out = []
+        for text in self._log("fused", start, stop):
+            try:
+                out.append(message_adapter.validate_json(text))
+            except ValueError:
+                out.append(json.loads(text))
+        return out
+
+    def biomarkers(self) -> list:
+        """Biomarker snapshots as recorded (decoded JSON), oldest first."""
+        return [json.loads(t) for t in self._log("biomarkers")]
