@@ -83,11 +83,16 @@ def test_ingest_rate_limit_is_per_stream():
     assert ing.process("in", frame_msg(0, img, stream="calm"))[0].port == "frames"
 
 
-def test_ingest_refuses_other_message_types():
+def test_ingest_forwards_volumes_to_accepted_only_and_refuses_other_types():
     vox = np.zeros((2, 3, 4), np.float32)
     vol = Volume(volume_id="v1", modality="MR", spacing_mm=(1, 1, 1), origin_lps_mm=(0, 0, 0),
                  direction_lps=(1, 0, 0, 0, 1, 0, 0, 0, 1), buffers=buffer_specs(voxels=vox))  # fmt: skip
-    (ev,) = Ingest().process("in", decode(encode(vol, [vox])))
+    ing = Ingest()
+    (out,) = ing.process("in", decode(encode(vol, [vox])))
+    assert out.port == "accepted" and out.header == vol and out.arrays[0].shape == (2, 3, 4)
+    assert ing.counters["volumes_accepted"] == 1
+    ping = Control(command="ping")
+    (ev,) = ing.process("in", decode(encode(ping)))
     assert ev.header.reason == "unexpected_msg_type"
 
 

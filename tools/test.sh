@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: real HDF5 tools, DICOM peers and a browser (one line each: what uses it)
 DEBIAN_PACKAGES=(
     hdf5-tools        # h5dump opens files left by a killed recorder (tests/test_recorder_crash.py)
+    dcmtk             # storescu sends series to the DICOM SCP (tests/test_volumes_scp.py)
 )
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

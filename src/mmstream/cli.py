@@ -294,7 +294,7 @@ def _spacing_arg(values):
 
 
 # modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes",)
 
 
 def build_parser() -> argparse.ArgumentParser:

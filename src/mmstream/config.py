@@ -6,10 +6,11 @@ unit in its name. ``mmstream config validate FILE`` checks a file; ``schemas/con
 describes it.
 """
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from mmstream.errors import ConfigError
@@ -77,6 +78,72 @@ class SourceSection(_Section):
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
+class _VolumeScp(_Section):
+    """DICOM Storage SCP (``docs/volumes.md``). Beyond loopback it requires an AE-title allow-list."""
+
+    enabled: bool = False
+    ae_title: Annotated[str, Field(pattern=r"^[A-Za-z0-9_ -]{1,16}$")] = "MMSTREAM"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 11112  # 0: a random free port
+    allowed_calling_aets: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_ -]{1,16}$")], ...] = ()
+    store_dir: Path = Path("dicom-store")
+    max_object_mb: Annotated[float, Field(gt=0)] = 512.0
+    series_idle_s: Annotated[float, Field(gt=0)] = 5.0
+    assemble_on_release: bool = True
+
+    @model_validator(mode="after")
+    def _allow_list_beyond_loopback(self):
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if self.enabled and not loopback and not self.allowed_calling_aets:
+            raise ValueError(f"volumes.scp.host {self.host!r} is beyond loopback: set allowed_calling_aets")
+        return self
+
+
+class _VolumeWatch(_Section):
+    """Watch folder for NIfTI, MetaImage, NRRD and DICOM files."""
+
+    enabled: bool = False
+    folder: Path = Path("volumes-in")
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    stable_polls: Annotated[int, Field(ge=1, le=100)] = 2
+    series_idle_s: Annotated[float, Field(gt=0)] = 5.0
+    max_file_mb: Annotated[float, Field(gt=0)] = 2048.0
+
+
+class _Deid(_Section):
+    """De-identification on ingest: patient name/ID -> study pseudonym (SQLite mapping table)."""
+
+    enabled: bool = False
+    mapping_db: Path = Path("pseudonyms.sqlite")
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")] = "P"
+
+
+class VolumesSection(_Section):
+    """Volume sources (``mmstream.volumes``): they push ``volume`` messages to the ingest endpoint."""
+
+    scp: _VolumeScp = _VolumeScp()
+    watch: _VolumeWatch = _VolumeWatch()
+    deid: _Deid = _Deid()
+    max_voxels: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 64 * 1024 * 1024
+
+
+class BiomarkersSection(_Section):
+    """Biomarker fusion and echogenicity references (``docs/biomarkers.md``). The fusion node runs
+    when ``store`` is set; live echo z-scores are computed when ``echo_reference`` is set. The
+    clinical limits have no defaults: rules needing them stay off until the user sets them."""
+
+    store: Path | None = None  # SQLite biomarker store (mmstream biomarkers import)
+    echo_reference: Path | None = None  # reference table (TOML/JSON, mmstream.calibration.ReferenceTable)
+    device_calibration: Path | None = None  # grey-level calibration (mmstream.calibration.DeviceCalibration)
+    end_stage_fat_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    stale_after_days: Annotated[float, Field(gt=0)] | None = None
+    check_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often the store is checked for changes
+    store_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.05  # longest wait on a locked store per check
+
+
 class ServiceConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -89,6 +156,7 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
+    volumes: VolumesSection = VolumesSection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

@@ -24,6 +24,8 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.source_errors: dict[str, str] = {}
         self.graph.status_hooks.append(lambda: {"source_errors": dict(self.source_errors)})
+        self.volumes = None  # DICOM SCP / watch folder (docs/volumes.md), started after the graph
+        self.graph.status_hooks.append(lambda: {"volumes": self.volumes.status()} if self.volumes is not None else {})
 
     def _run_source(self, section, endpoint: str) -> None:
         try:
@@ -43,6 +45,14 @@ class Service:
                 )
         self.graph.start()
         endpoint = self.graph.endpoints["ingest"]
+        if self.config.volumes.scp.enabled or self.config.volumes.watch.enabled:
+            from mmstream.volumes.sources import VolumeSources
+
+            try:
+                self.volumes = VolumeSources(self.config.volumes, endpoint, self.graph.events_spec().endpoint).start()
+            except BaseException:
+                self.stop()
+                raise
         for section in self.config.sources:
             t = threading.Thread(target=self._run_source, args=(section, endpoint), name=f"source-{section.stream_id}",
                                  daemon=True)  # fmt: skip
@@ -54,6 +64,8 @@ class Service:
         self._stop.set()
         for t in self._threads:
             t.join(5.0)
+        if self.volumes is not None:
+            self.volumes.stop()  # pending series are sent before the graph stops
         self.graph.stop()
 
     def __enter__(self):

@@ -1,8 +1,9 @@
-"""Ingest: the service's front door for frames from drivers.
+"""Ingest: the service's front door for frames (and volumes) from drivers.
 
 Checks what the codec cannot (sequence numbers per stream, rate per stream), stamps the host time,
 and forwards accepted frames on ``frames`` (to the analyzers) and ``accepted`` (to subscribers such
-as the recorder). Each rejection is counted by reason and announced as an
+as the recorder). Volumes (DICOM SCP, watch folder; ``mmstream.volumes``) go to ``accepted`` only,
+topic ``volume.<volume_id>``. Each rejection is counted by reason and announced as an
 event; a bad message never stops the node, and valid streams interleaved with bad ones lose nothing.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mmstream.codec import Decoded
-from mmstream.messages import Frame
+from mmstream.messages import Frame, Volume
 from mmstream.nodes.base import Node, Out, Port
 
 
@@ -47,8 +48,11 @@ class Ingest(Node):
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h = msg.header
+        if isinstance(h, Volume):  # the codec checked buffer sizes and limits; analyzers take frames only
+            self.count("volumes_accepted")
+            return [Out("accepted", h, (msg.arrays["voxels"],))]
         if not isinstance(h, Frame):
-            return [self.reject("unexpected_msg_type", f"ingest takes frames, got {h.msg_type}")]
+            return [self.reject("unexpected_msg_type", f"ingest takes frames and volumes, got {h.msg_type}")]
         now = time.monotonic()
         st = self._streams.get(h.stream_id)
         if st is None or st.session_id != h.session_id:  # new stream, or its source restarted

@@ -1,0 +1,110 @@
+"""Volume commands: ``mmstream volumes load|send|scp|watch``.
+
+- ``load FILE_OR_FOLDER``: geometry (LPS mm, (K, J, I)) as JSON on standard output.
+- ``send FILE_OR_FOLDER``: load and push one ``volume`` message to a service's ingest endpoint.
+- ``scp --config FILE`` / ``watch --config FILE``: run the DICOM Storage SCP or the watch folder of the
+  ``[volumes]`` section on their own, pushing volumes to ``endpoints.ingest`` of a running service.
+
+A file that cannot be loaded prints ``mmstream volumes CMD: error: PATH: REASON: message`` on stderr
+and exits with status 1.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmstream.errors import MmstreamError
+
+
+def _fail(cmd: str, path, exc: MmstreamError) -> int:
+    print(f"mmstream volumes {cmd}: error: {path}: {exc.reason}: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_load(args) -> int:
+    from mmstream.volumes import load_volume
+
+    try:
+        vol = load_volume(args.path, series_uid=args.series_uid, index_4d=args.index_4d)
+    except MmstreamError as exc:
+        return _fail("load", args.path, exc)
+    print(json.dumps({"path": str(args.path), **vol.geometry()}, indent=2))
+    return 0
+
+
+def cmd_send(args) -> int:
+    from mmstream.config import load_config
+    from mmstream.volumes import Outlet, load_volume
+
+    try:
+        endpoint = args.endpoint or load_config(args.config).endpoints.ingest
+        vol = load_volume(args.path, series_uid=args.series_uid, index_4d=args.index_4d)
+    except MmstreamError as exc:
+        return _fail("send", args.path, exc)
+    outlet = Outlet(endpoint).start()
+    vid = outlet.volume(vol, args.volume_id)
+    outlet.stop(timeout_s=args.timeout_s)
+    if outlet.counters["volumes_sent"] != 1:
+        print(f"mmstream volumes send: error: {endpoint}: no service took the volume within {args.timeout_s} s",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(json.dumps({"volume_id": vid, "endpoint": endpoint}))
+    return 0
+
+
+def _run_sources(args, scp: bool) -> int:
+    import signal
+
+    from mmstream.config import load_config
+    from mmstream.volumes.sources import VolumeSources
+
+    try:
+        cfg = load_config(args.config)
+        sources = VolumeSources(cfg.volumes, cfg.endpoints.ingest, scp=scp, watch=not scp).start()
+    except MmstreamError as exc:
+        print(f"mmstream volumes {'scp' if scp else 'watch'}: error: {exc}", file=sys.stderr)
+        return 1
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    where = f"DICOM {cfg.volumes.scp.ae_title}@{cfg.volumes.scp.host}:{sources.scp.port}" if scp else \
+        f"folder {cfg.volumes.watch.folder}"  # fmt: skip
+    print(f"mmstream volumes: {where} -> {cfg.endpoints.ingest}", flush=True)
+    try:
+        while not stop["flag"]:
+            time.sleep(0.1)
+    finally:
+        sources.stop()
+        print(json.dumps(sources.status()), flush=True)
+    return 0
+
+
+def register(sub) -> None:
+    v = sub.add_parser("volumes", help="MRI/PET/CT volumes: load, send, DICOM SCP, watch folder")
+    vs = v.add_subparsers(dest="volumes_command", required=True)
+
+    def _source_args(p):
+        p.add_argument("path", type=Path, metavar="FILE_OR_FOLDER")
+        p.add_argument("--series-uid", default=None, help="which series of a folder holding several")
+        p.add_argument("--index-4d", type=int, default=None, help="which volume of a 4-D NIfTI/NRRD file")
+
+    lo = vs.add_parser("load", help="geometry of a volume file or DICOM series folder, as JSON")
+    _source_args(lo)
+    lo.set_defaults(func=cmd_load)
+
+    se = vs.add_parser("send", help="load a volume and push it to a service's ingest endpoint")
+    _source_args(se)
+    se.add_argument("--config", type=Path, default=None, help="service TOML (its endpoints.ingest)")
+    se.add_argument("--endpoint", default=None, help="ingest endpoint (overrides the config)")
+    se.add_argument("--volume-id", default=None)
+    se.add_argument("--timeout-s", type=float, default=10.0)
+    se.set_defaults(func=cmd_send)
+
+    sc = vs.add_parser("scp", help="run the DICOM Storage SCP of [volumes.scp]")
+    sc.add_argument("--config", type=Path, default=None)
+    sc.set_defaults(func=lambda a: _run_sources(a, scp=True))
+
+    wa = vs.add_parser("watch", help="run the watch folder of [volumes.watch]")
+    wa.add_argument("--config", type=Path, default=None)
+    wa.set_defaults(func=lambda a: _run_sources(a, scp=False))

@@ -1,0 +1,133 @@
+"""NIfTI, MetaImage and NRRD volumes read with SimpleITK, brought to LPS millimetres.
+
+ITK holds every image in LPS: its NIfTI reader negates the first two rows of the file's RAS+
+transform (``qform``/``sform``), its NRRD reader converts ``right-anterior-superior`` and
+``left-posterior-superior`` spaces, and MetaImage is LPS by ITK's own convention. What each file
+said, and what was done, is recorded in ``LoadedVolume.conversion`` and the short ``source`` code:
+
+==================  ============================================================================
+source              meaning
+==================  ============================================================================
+``nifti:ras2lps``   NIfTI RAS+ transform (sform or qform; codes in ``meta``) converted to LPS
+``nifti:no_xform``  qform_code = sform_code = 0: orientation unknown (``orientation_known`` False)
+``nrrd:lps``        NRRD ``space: left-posterior-superior`` (used as is)
+``nrrd:ras2lps``    NRRD ``space: right-anterior-superior`` converted to LPS
+``nrrd:no_space``   no ``space`` field: orientation unknown
+``metaimage:lps``   MetaImage (ITK convention: LPS); ``AnatomicalOrientation`` kept in ``meta``
+==================  ============================================================================
+
+NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 1 / intercept not 0
+(``rescaled`` True). 4-D files: pick one volume with ``index_4d`` (default: refused, so that a time
+series is never silently cut to its first volume).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from mmstream.errors import InputError, ReadError
+
+from .model import LoadedVolume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+METAIMAGE_SUFFIXES = (".mha", ".mhd")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+DEFAULT_MAX_VOXELS = 64 * 1024 * 1024  # what one volume message may carry (codec Limits.max_elements)
+
+
+def file_format(path: Path) -> str | None:
+    """``nifti``, ``metaimage``, ``nrrd`` or ``dicom`` from the name (or the DICM magic); else None."""
+    name = Path(path).name.lower()
+    for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("metaimage", METAIMAGE_SUFFIXES), ("nrrd", NRRD_SUFFIXES)):
+        if name.endswith(suffixes):
+            return fmt
+    if name.endswith((".dcm", ".dicom")):
+        return "dicom"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    return "dicom" if len(head) == 132 and head[128:] == b"DICM" else None
+
+
+def _meta(reader, key: str) -> str | None:
+    return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
+
+
+def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
+    """(source code, conversion text, orientation_known, meta) of what the reader saw."""
+    if fmt == "nifti":
+        q, s = _meta(reader, "qform_code") or "0", _meta(reader, "sform_code") or "0"
+        meta = {"qform_code": int(q), "sform_code": int(s)}
+        for k in ("scl_slope", "scl_inter", "xyzt_units"):
+            if _meta(reader, k) is not None:
+                meta[k] = _meta(reader, k)
+        if q == "0" and s == "0":
+            return "nifti:no_xform", "NIfTI without qform/sform: orientation unknown, identity assumed", False, meta
+        used = "sform" if s != "0" else "qform"
+        text = f"NIfTI RAS+ {used} (qform_code {q}, sform_code {s}) -> LPS: x and y negated"
+        return "nifti:ras2lps", text, True, meta
+    if fmt == "nrrd":
+        space = _meta(reader, "NRRD_space")
+        meta = {"nrrd_space": space}
+        if space in ("left-posterior-superior", "LPS"):
+            return "nrrd:lps", "NRRD space left-posterior-superior: used as is", True, meta
+        if space in ("right-anterior-superior", "RAS"):
+            return "nrrd:ras2lps", "NRRD space right-anterior-superior -> LPS: x and y negated", True, meta
+        if space is None:
+            return "nrrd:no_space", "NRRD without space field: orientation unknown, identity assumed", False, meta
+        raise ReadError(f"NRRD space {space!r} is not a patient space (LPS/RAS)", reason="unsupported_space")
+    orient = _meta(reader, "AnatomicalOrientation")
+    return "metaimage:lps", "MetaImage TransformMatrix/Offset are LPS by ITK convention", True, {"anatomical_orientation": orient}
+
+
+def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int = DEFAULT_MAX_VOXELS) -> LoadedVolume:
+    """Read a NIfTI, MetaImage or NRRD file into LPS (see the module docstring).
+
+    Raises ReadError (``unreadable``, ``not_3d``, ``too_large``, ``unsupported_pixel``) or InputError.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    fmt = file_format(path)
+    if fmt not in ("nifti", "metaimage", "nrrd"):
+        raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ReadError(f"{path.name}: cannot read {fmt} header: {str(exc).strip().splitlines()[-1][:300]}") from None
+    size, ndim = reader.GetSize(), reader.GetDimension()
+    if reader.GetNumberOfComponents() != 1:
+        raise ReadError(f"{path.name}: {reader.GetNumberOfComponents()} components per voxel; scalar volumes only",
+                        reason="unsupported_pixel")  # fmt: skip
+    if ndim == 4 and size[3] == 1:
+        index_4d = 0
+    if ndim == 4:
+        if index_4d is None or not 0 <= index_4d < size[3]:
+            raise ReadError(f"{path.name}: 4-D file with {size[3]} volumes; choose one with index_4d", reason="not_3d")
+        reader.SetExtractIndex((0, 0, 0, index_4d))
+        reader.SetExtractSize((size[0], size[1], size[2], 0))
+    elif ndim != 3:
+        raise ReadError(f"{path.name}: {ndim}-D image; volumes are 3-D", reason="not_3d")
+    if int(np.prod(size[:3], dtype=np.int64)) > max_voxels:
+        raise ReadError(f"{path.name}: {size[:3]} voxels exceed the limit of {max_voxels}", reason="too_large")
+    source, conversion, known, meta = _describe(fmt, reader)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ReadError(f"{path.name}: cannot read {fmt} voxels: {str(exc).strip().splitlines()[-1][:300]}") from None
+    voxels = sitk.GetArrayFromImage(img)  # (K, J, I)
+    sx, sy, sz = img.GetSpacing()
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    slope, inter = float(meta.get("scl_slope", 0) or 0), float(meta.get("scl_inter", 0) or 0)
+    rescaled = fmt == "nifti" and ((slope not in (0.0, 1.0)) or (slope != 0.0 and inter != 0.0))
+    if index_4d is not None:
+        meta["index_4d"] = index_4d
+    return LoadedVolume(
+        voxels=voxels, spacing_mm=(sz, sy, sx), origin_lps_mm=tuple(float(v) for v in img.GetOrigin()), direction_lps=direction,
+        modality="OT", source=source, conversion=conversion, orientation_known=known, rescaled=rescaled,
+        files=(str(path),), meta=meta,
+    )  # fmt: skip

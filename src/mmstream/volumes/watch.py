@@ -1,0 +1,185 @@
+"""Watch folder: NIfTI, MetaImage, NRRD and DICOM files dropped into a folder become volumes.
+
+The folder is polled every ``poll_s`` (no inotify: it also works on network shares). A file is
+complete when its size and modification time have not changed for ``stable_polls`` polls. Then:
+
+* NIfTI / MetaImage / NRRD: loaded (:func:`~mmstream.volumes.files.load_image_file`), sent, and
+  moved to ``processed/`` (a ``.mhd``/``.nhdr`` header with its data file, which must be complete too).
+* DICOM: checked, de-identified when configured, moved to ``processed/<SeriesInstanceUID>/`` and
+  collected; the series is assembled once it has been idle for ``idle_s`` (as in the SCP).
+* Anything else, or a file that fails to load: moved to ``rejected/``, counted under
+  ``rejected[reason]`` and announced as an event. Nothing is deleted.
+
+Data files named by a header (``.raw``, ``.zraw``, ``.img``, ...) wait for their header.
+"""
+
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmstream.errors import MmstreamError
+
+from .collector import SeriesCollector
+from .deid import Pseudonymizer
+from .dicom_series import check_instance, read_dataset
+from .files import file_format, load_image_file
+from .outlet import Outlet
+
+PROCESSED, REJECTED = "processed", "rejected"
+COMPANION_SUFFIXES = (".raw", ".zraw", ".img", ".gz.raw", ".raw.gz")
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    folder: Path
+    poll_s: float = 1.0
+    stable_polls: int = 2
+    idle_s: float = 5.0
+    max_file_bytes: int = 2 * 1024**3
+    max_voxels: int = 64 * 1024 * 1024
+
+
+def companion(header: Path) -> Path | None:
+    """The data file a ``.mhd`` (``ElementDataFile``) or ``.nhdr`` (``data file:``) header names, if any."""
+    name = header.name.lower()
+    if not name.endswith((".mhd", ".nhdr")):
+        return None
+    try:
+        text = header.read_text(errors="replace")[:65536]
+    except OSError:
+        return None
+    pattern = r"^ElementDataFile\s*=\s*(.+)$" if name.endswith(".mhd") else r"^data ?file\s*:\s*(.+)$"
+    m = re.search(pattern, text, flags=re.M | re.I)
+    if not m or m.group(1).strip() in ("LOCAL", "") or m.group(1).strip().upper().startswith("LIST"):
+        return None
+    return header.parent / m.group(1).strip()
+
+
+class FolderWatcher(threading.Thread):
+    """Polls ``settings.folder`` until :meth:`stop`; ``poll_once()`` is the unit of work (tests call it)."""
+
+    def __init__(self, settings: WatchSettings, outlet: Outlet, pseudonymizer: Pseudonymizer | None = None):
+        super().__init__(name="mmstream-volumes-watch", daemon=True)
+        self.settings, self.outlet, self.deid = settings, outlet, pseudonymizer
+        self.collector = SeriesCollector(self._publish, self._series_failed, idle_s=settings.idle_s,
+                                         max_voxels=settings.max_voxels)  # fmt: skip
+        self._seen: dict[Path, tuple[int, int, int]] = {}  # path -> (size, mtime_ns, polls unchanged)
+        self._stop_evt = threading.Event()
+
+    def _publish(self, vol) -> None:
+        vid = self.outlet.volume(vol)
+        self.outlet.event("info", "volume_assembled", f"{vol.modality} volume {vid} from the watch folder")
+
+    def _series_failed(self, series_uid: str, exc: MmstreamError) -> None:
+        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled: {exc}", reject=True)
+
+    def _stable(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            self._seen.pop(path, None)
+            return False
+        prev = self._seen.get(path)
+        polls = prev[2] + 1 if prev and prev[:2] == (st.st_size, st.st_mtime_ns) else 0
+        self._seen[path] = (st.st_size, st.st_mtime_ns, polls)
+        return polls >= self.settings.stable_polls
+
+    def _move(self, path: Path, sub: str, name: str | None = None) -> Path:
+        dest_dir = self.settings.folder / sub
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / (name or path.name)
+        n = 1
+        while dest.exists():
+            dest = dest_dir / f"{dest.stem}-{n}{dest.suffix}"
+            n += 1
+        shutil.move(str(path), dest)
+        self._seen.pop(path, None)
+        return dest
+
+    def _reject(self, paths: list[Path], exc: MmstreamError) -> None:
+        for p in paths:
+            if p.exists():
+                self._move(p, REJECTED)
+        self.outlet.event("warning", exc.reason, f"{paths[0].name}: moved to {REJECTED}/: {exc}", reject=True)
+
+    def _candidates(self) -> list[Path]:
+        root = self.settings.folder
+        out = []
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).parts
+            if p.is_file() and rel[0] not in (PROCESSED, REJECTED) and not any(x.startswith(".") for x in rel):
+                out.append(p)
+        return out
+
+    def poll_once(self) -> None:
+        """One scan: handle every file that has become stable, then assemble idle DICOM series."""
+        files = self._candidates()
+        referenced = {c for p in files if (c := companion(p)) is not None}
+        for path in files:
+            if path in referenced or path.name.lower().endswith(COMPANION_SUFFIXES):
+                continue  # moved with its header
+            if not self._stable(path):
+                continue
+            data = companion(path)
+            if data is not None and not (data.is_file() and self._stable(data)):
+                continue
+            self._handle(path, data)
+        due = self.collector.due()
+        if due:
+            self.collector.flush(due)
+
+    def _handle(self, path: Path, data: Path | None) -> None:
+        group = [path] + ([data] if data is not None else [])
+        try:
+            if path.stat().st_size > self.settings.max_file_bytes:
+                raise MmstreamError(f"{path.stat().st_size} bytes exceed {self.settings.max_file_bytes}", reason="too_large")
+            fmt = file_format(path)
+            if fmt == "dicom":
+                self._take_dicom(path)
+                return
+            if fmt is None:
+                raise MmstreamError("not a NIfTI, MetaImage, NRRD or DICOM file", reason="unknown_format")
+            vol = load_image_file(path, max_voxels=self.settings.max_voxels)
+        except MmstreamError as exc:
+            self._reject(group, exc)
+            return
+        except Exception as exc:  # an unexpected failure on one file must not stop the watcher
+            self._reject(group, MmstreamError(f"{type(exc).__name__}: {exc}", reason="internal_error"))
+            return
+        self.outlet.volume(vol)
+        self.outlet.count("files_loaded")
+        for p in group:
+            self._move(p, PROCESSED)
+
+    def _take_dicom(self, path: Path) -> None:
+        ds = read_dataset(path)
+        series, sop = check_instance(ds)
+        pseudonym = None
+        if self.deid is not None:
+            pseudonym = self.deid.apply(ds)
+            dest = self.settings.folder / PROCESSED / series / f"{sop}.dcm"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(dest, enforce_file_format=False)
+            path.unlink()  # only the de-identified copy is kept
+            self._seen.pop(path, None)
+        else:
+            dest = self._move(path, f"{PROCESSED}/{series}", f"{sop}.dcm")
+        self.outlet.count("dicom_files_collected")
+        self.collector.add(series, sop, dest, pseudonym)
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # e.g. the folder vanished: report, keep polling
+                self.outlet.event("error", "watch_failed", f"{type(exc).__name__}: {exc}", reject=True)
+            self._stop_evt.wait(self.settings.poll_s)
+
+    def stop(self) -> None:
+        """Stop polling; pending DICOM series are assembled and sent."""
+        self._stop_evt.set()
+        if self.is_alive():
+            self.join(10)
+        self.collector.flush()
