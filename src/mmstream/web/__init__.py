@@ -1,0 +1,58 @@
+"""Bedside live view: a page showing the live image, its measurements and the service's status,
+steering the measurement with clicks (``docs/webview.md``).
+
+:class:`WebView` attaches a :class:`~mmstream.web.live.LiveView` node to a graph before it starts,
+then (:meth:`WebView.start`, after the graph started) serves the page and its websocket from a
+:class:`~mmstream.web.server.WebServer`; commands from the page reach the service as Control
+requests on its control endpoint, like any other client's.
+"""
+
+from mmstream.errors import ConfigError
+from mmstream.graph import Graph, SocketSpec
+from mmstream.transport import Curve
+from mmstream.web.control_client import ControlClient
+from mmstream.web.live import LiveView
+from mmstream.web.server import WebServer
+
+__all__ = ["WebView", "LiveView", "WebServer"]
+
+
+class WebView:
+    """The live view of ``graph`` (configured by ``graph.config.web``)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.cfg = graph.config.web
+        self.live = LiveView(graph.settings, self.cfg.jpeg_quality)
+        self.server: WebServer | None = None
+        taps = {"frames": SocketSpec("sub", graph.internal["frames"], bind=False),
+                "bus": SocketSpec("sub", graph.internal["bus"], bind=False)}  # fmt: skip
+        graph.attach(self.live, taps, {"events": [graph.events_spec()]})
+        graph.status_hooks.append(self.status)
+
+    def _control_curve(self) -> Curve | None:
+        sec = self.graph.config.security
+        if sec.server_secret_key_file is None:
+            return None
+        if self.cfg.control_client_secret_key_file is None:
+            raise ConfigError("the control endpoint uses CURVE: set web.control_client_secret_key_file "
+                              "(a client key from `mmstream keys`, listed in allowed_clients_dir)")  # fmt: skip
+        return Curve(secret_key_file=self.cfg.control_client_secret_key_file, server_key_file=sec.server_secret_key_file)
+
+    def start(self) -> "WebView":
+        """Serve (after ``graph.start()``); ConfigError if the address cannot be bound."""
+        control = ControlClient(self.graph.endpoints["control"], self.graph.events_spec().endpoint, self._control_curve())
+        server = WebServer(self.cfg, self.live, control, self.graph.settings, self.graph.status)
+        self.server = server.start()  # closes ``control`` if it fails
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    @property
+    def url(self) -> str | None:
+        return None if self.server is None else self.server.url
+
+    def status(self) -> dict:
+        return {} if self.server is None else self.server.status()

@@ -1,0 +1,160 @@
+"""The web view's tap on the graph: the newest frame, overlay and fused summary of each stream.
+
+:class:`LiveView` is a node attached to the graph's internal taps (``frames`` and ``bus``). Its
+frame port is latest-wins (capacity 1 per stream), so a slow encoder skips frames instead of
+falling behind. It JPEG-encodes the newest frame (only while a page is connected), turns metrics
+messages into JSON-ready overlays and keeps the newest ``fused`` message per (patient, site); the
+web server reads these snapshots from its own thread and is woken by ``on_change``.
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+
+from mmstream.codec import Decoded
+from mmstream.errors import CodecError
+from mmstream.messages import Frame, Metrics
+from mmstream.nodes.analyzer import StreamSettings
+from mmstream.nodes.base import Node, Out, Port
+from mmstream.web.protocol import frame_packet, polyline
+
+MAX_LINE_POINTS = 256  # thickness boundary lines are thinned to at most this many (row, col) points
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """The newest encoded frame of a stream: ``packet`` is the binary websocket message."""
+
+    seq: int
+    shape: tuple[int, int]
+    packet: bytes
+
+
+def frame_time_s(stamps: dict, t_host_s: float | None) -> float | None:
+    """The frame's reference time on the host's monotonic clock: the driver's send stamp, else
+    ingest (the same start point as the service's end-to-end latency)."""
+    return stamps.get("sent", stamps.get("ingest", t_host_s))
+
+
+def overlay(h: Metrics, arrays: dict, settings: StreamSettings) -> dict:
+    """The JSON ``metrics`` message of one metrics header and its arrays (see docs/webview.md)."""
+    cfg = settings.get(h.stream_id)
+    deep, sup = arrays.get("deep_rc"), arrays.get("superficial_rc")
+    step = 1 if deep is None else max(1, -(-len(deep) // MAX_LINE_POINTS))
+    s = h.stamps
+    e2e = s.get("published", s.get("analyzed"))
+    start = frame_time_s(s, None)
+    dump = lambda m: None if m is None else m.model_dump(mode="json")  # noqa: E731
+    return {
+        "type": "metrics",
+        "stream_id": h.stream_id,
+        "seq": h.parent[1],
+        "spacing_mm": h.spacing_mm,
+        "clinical": h.clinical.model_dump(mode="json"),
+        "echogenicity": dump(h.echogenicity),
+        "csa": dump(h.csa),
+        "thickness": dump(h.thickness),
+        "quality": dump(h.quality),
+        "contour_rc": polyline(arrays.get("contour_rc")),
+        "superficial_rc": polyline(None if sup is None else sup[::step]),
+        "deep_rc": polyline(None if deep is None else deep[::step]),
+        "roi": cfg.roi,
+        "annotations": h.annotations,
+        "service_latency_ms": None if e2e is None or start is None else round((e2e - start) * 1e3, 2),
+    }
+
+
+class LiveView(Node):
+    """Attached node: ``frames`` (internal frame tap) and ``bus`` (metrics, events, fused)."""
+
+    name = "web"
+    inputs = (Port("frames", capacity=1, policy="latest"), Port("bus", capacity=256, policy="fifo"))
+    outputs = (Port("events"),)
+
+    def __init__(self, settings: StreamSettings, jpeg_quality: int = 80, name: str | None = None):
+        super().__init__(name)
+        self.settings = settings
+        self.jpeg_quality = int(jpeg_quality)
+        self.viewers = 0  # connected pages; frames are encoded only while > 0
+        self.on_change: Callable[[str], None] = lambda stream_id: None
+        self._state_lock = threading.Lock()
+        self._frames: dict[str, FrameView] = {}
+        self._overlays: dict[str, dict] = {}
+        self._fused: dict[tuple, dict] = {}
+        self._last_seq: dict[str, tuple[str, int]] = {}
+
+    # -- node side (runner thread) -------------------------------------------------------------
+    def process(self, port: str, msg: Decoded) -> list[Out]:
+        h = msg.header
+        if port == "frames":
+            self._frame(h, msg.arrays["image"])
+        elif isinstance(h, Metrics):
+            ov = overlay(h, msg.arrays, self.settings)
+            with self._state_lock:
+                self._overlays[h.stream_id] = ov
+            self.on_change(h.stream_id)
+        elif h.msg_type == "fused":
+            self._fused_message(h)
+        return []
+
+    def on_decode_error(self, exc: CodecError) -> list[Out]:
+        """A tap message that does not decode is counted, not re-announced (it came from the graph)."""
+        self.count(f"undecodable_{exc.reason}")
+        return []
+
+    def _frame(self, h: Frame, image) -> None:
+        prev = self._last_seq.get(h.stream_id)
+        if prev is not None and prev[0] == h.session_id and h.seq > prev[1] + 1:
+            self.count("frames_skipped", h.seq - prev[1] - 1)  # latest-wins at this node, or a tap gap
+        with self._state_lock:
+            self._last_seq[h.stream_id] = (h.session_id, h.seq)
+        self.count("frames_seen")
+        if self.viewers <= 0:
+            return
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            self.count("encode_failed")
+            return
+        meta = {
+            "stream_id": h.stream_id,
+            "seq": h.seq,
+            "t_frame_s": frame_time_s(h.stamps, h.t_host_s),
+            "shape": list(image.shape),
+            "spacing_mm": h.spacing_mm,
+        }
+        view = FrameView(seq=h.seq, shape=tuple(image.shape), packet=frame_packet(meta, jpeg.tobytes()))
+        with self._state_lock:
+            self._frames[h.stream_id] = view
+        self.count("frames_encoded")
+        self.on_change(h.stream_id)
+
+    def _fused_message(self, h) -> None:
+        payload = {"type": "fused", **h.model_dump(mode="json", exclude={"buffers", "schema_version"})}
+        clinical = payload.get("clinical") or {}
+        key = (clinical.get("patient_id"), clinical.get("site"), clinical.get("side"))
+        with self._state_lock:
+            self._fused[key] = payload
+        self.count("fused_seen")
+        self.on_change("")
+
+    # -- reader side (web server thread) --------------------------------------------------------
+    def streams(self) -> list[str]:
+        with self._state_lock:
+            return sorted(set(self._frames) | set(self._overlays) | set(self._last_seq))
+
+    def frame(self, stream_id: str) -> FrameView | None:
+        with self._state_lock:
+            return self._frames.get(stream_id)
+
+    def overlay(self, stream_id: str) -> dict | None:
+        with self._state_lock:
+            return self._overlays.get(stream_id)
+
+    def fused_for(self, patient_id: str | None) -> list[dict]:
+        """Newest fused messages of one patient (all sites and sides), newest site first."""
+        if patient_id is None:
+            return []
+        with self._state_lock:
+            return [v for k, v in reversed(self._fused.items()) if k[0] == patient_id]

@@ -1,0 +1,412 @@
+"""HTTP and websocket server of the bedside view, in its own thread with its own asyncio loop.
+
+``GET /`` (and the page's ``app.js``, ``style.css``) serves the page; ``/ws`` is the websocket.
+A connection starts with a ``hello`` (carrying the token when one is configured, compared in
+constant time); then the server pushes, per page, the newest frame of the selected stream (at
+most :data:`WINDOW` frames not yet reported painted: latest-wins end to end), its overlay, the
+fused summaries of the current patient and a status message each second, and answers commands.
+Bad client messages are refused with an ``error`` message and counted; the connection is closed
+after :data:`MAX_REJECTS` of them, or at once for a message over ``max_message_bytes``.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
+
+from mmstream.config import WebSection
+from mmstream.errors import ConfigError
+from mmstream.messages import ClinicalContext, Control
+from mmstream.nodes.analyzer import StreamSettings
+from mmstream.nodes.base import Telemetry
+from mmstream.web.captures import CaptureBook, capture_numbers
+from mmstream.web.control_client import ControlClient
+from mmstream.web.live import FrameView, LiveView
+from mmstream.web.protocol import Hello, WebInputError, parse_command
+
+WINDOW = 3  # frames sent to a page and not yet reported painted
+ACK_TIMEOUT_S = 1.0  # after this without a paint report, send again (a hidden tab paints nothing)
+HELLO_TIMEOUT_S = 5.0
+MAX_REJECTS = 20  # invalid messages tolerated per connection
+STATUS_PERIOD_S = 1.0
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/style.css": ("style.css", "text/css; charset=utf-8")}  # fmt: skip
+SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'"),
+]  # fmt: skip
+
+
+@dataclass(eq=False)
+class _Page:
+    """One connected page."""
+
+    ws: ServerConnection
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stream_id: str | None = None
+    frame_sent: FrameView | None = None
+    overlay_sent: dict | None = None
+    fused_sent: list | None = None
+    status: dict | None = None
+    in_flight: int = 0
+    t_frame_sent: float = 0.0
+    rejects: int = 0
+
+
+class WebServer:
+    """Serve the view of ``live``; commands go to the service through ``control``."""
+
+    def __init__(self, cfg: WebSection, live: LiveView, control: ControlClient, settings: StreamSettings,
+                 service_status: Callable[[], dict]):  # fmt: skip
+        self.cfg = cfg
+        self.live = live
+        self.control = control
+        self.settings = settings
+        self._service_status = service_status
+        self._token = None if cfg.token is None else hashlib.sha256(cfg.token.get_secret_value().encode()).digest()
+        self._static = {p: (files("mmstream.web").joinpath("static", f).read_bytes(), ct) for p, (f, ct) in STATIC.items()}
+        self.captures = CaptureBook()
+        self.display = Telemetry()
+        self.counters: Counter = Counter()
+        self.rejected: Counter = Counter()
+        self._lock = threading.Lock()
+        self._pages: set[_Page] = set()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self, timeout_s: float = 10.0) -> "WebServer":
+        """Bind and serve; ConfigError if the address cannot be bound."""
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="mmstream-web", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            err = self._error or TimeoutError("web server did not start")
+            self.control.close()
+            raise ConfigError(f"cannot start the web view on {self.cfg.host}:{self.cfg.port}: {err}") from err
+        self.live.on_change = self._notify
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.live.on_change = lambda stream_id: None
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.control.close()
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            server = await serve(
+                self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
+                max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None,
+            )  # fmt: skip
+        except OSError as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        ticker = asyncio.create_task(self._status_loop())
+        await self._stop.wait()
+        ticker.cancel()
+        server.close()
+        await server.wait_closed()
+
+    def status(self) -> dict:
+        """The ``web`` entry of the service status: pages, display latency, counters, rejects."""
+        with self._lock:
+            return {"web": {
+                "url": self.url, "pages": len(self._pages), "display": self.display.summary(),
+                "counters": dict(self.counters), "rejected": dict(self.rejected),
+            }}  # fmt: skip
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1, rejected: bool = False) -> None:
+        with self._lock:
+            (self.rejected if rejected else self.counters)[key] += n
+
+    def _notify(self, stream_id: str) -> None:
+        """Called from the LiveView's thread: wake the pages showing ``stream_id`` ("" = all)."""
+        if self.live.viewers > 0:
+            try:
+                self._loop.call_soon_threadsafe(self._wake, stream_id)
+            except RuntimeError:  # loop closed while stopping
+                pass
+
+    def _wake(self, stream_id: str) -> None:
+        for p in self._pages:
+            if not stream_id or p.stream_id in (stream_id, None):
+                p.wake.set()
+
+    def _http(self, connection: ServerConnection, request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            origin, host = request.headers.get("Origin"), request.headers.get("Host")
+            if origin is not None and urlsplit(origin).netloc != host:  # another site's page in the browser
+                self._count("bad_origin", rejected=True)
+                return connection.respond(403, "origin not allowed\n")
+            if len(self._pages) >= self.cfg.max_clients:
+                self._count("too_many_pages", rejected=True)
+                return connection.respond(503, "too many pages connected\n")
+            return None
+        if path not in self._static:
+            return connection.respond(404, "not found\n")
+        body, ctype = self._static[path]
+        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), *SECURITY_HEADERS])
+        return Response(200, "OK", headers, body)
+
+    async def _send_json(self, page: _Page, obj: dict) -> None:
+        await page.ws.send(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+
+    async def _refuse(self, page: _Page, reason: str, message: str) -> None:
+        page.rejects += 1
+        self._count(reason, rejected=True)
+        await self._send_json(page, {"type": "error", "reason": reason, "message": message[:500]})
+        if page.rejects >= MAX_REJECTS:
+            await page.ws.close(1008, "too many invalid messages")
+
+    # -- one page -------------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        page = _Page(ws)
+        self._count("connections")
+        try:
+            if not await self._hello(page):
+                return
+            self._pages.add(page)
+            self.live.viewers = len(self._pages)
+            sender = asyncio.create_task(self._send_loop(page))
+            try:
+                async for raw in ws:
+                    await self._on_message(page, raw)
+            finally:
+                sender.cancel()
+        except ConnectionClosed as exc:
+            if 1009 in (getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)):
+                self._count("too_large", rejected=True)
+        finally:
+            self._pages.discard(page)
+            self.live.viewers = len(self._pages)
+
+    async def _hello(self, page: _Page) -> bool:
+        try:
+            raw = await asyncio.wait_for(page.ws.recv(), HELLO_TIMEOUT_S)
+            cmd = parse_command(raw, self.cfg.max_message_bytes)
+            if not isinstance(cmd, Hello):
+                raise WebInputError("the first message must be a hello", reason="no_hello")
+        except TimeoutError:
+            cmd, reason = None, "no_hello"
+        except WebInputError as exc:
+            cmd, reason = None, exc.reason
+        if cmd is not None and self._token is not None:
+            given = hashlib.sha256((cmd.token or "").encode()).digest()
+            if not hmac.compare_digest(given, self._token):
+                cmd, reason = None, "unauthorized"
+        if cmd is None:
+            self._count(reason, rejected=True)
+            await self._send_json(page, {"type": "error", "reason": reason, "message": "connection refused"})
+            await page.ws.close(1008, reason)
+            return False
+        streams = self.live.streams()
+        page.stream_id = cmd.stream_id or self.cfg.stream_id or (streams[0] if streams else None)
+        await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
+                                     "token_required": self._token is not None, "per_site": self.captures.per_site})  # fmt: skip
+        await self._send_context(page)
+        return True
+
+    def _context(self, stream_id: str | None) -> ClinicalContext:
+        return ClinicalContext() if stream_id is None else self.settings.get(stream_id).clinical
+
+    async def _send_context(self, page: _Page) -> None:
+        c = self._context(page.stream_id)
+        await self._send_json(page, {"type": "context", "stream_id": page.stream_id, "clinical": c.model_dump(mode="json")})
+        await self._send_json(page, self.captures.summary((c.patient_id, c.site, c.side)))
+        page.fused_sent = None
+        page.wake.set()
+
+    async def _send_loop(self, page: _Page) -> None:
+        """Push what changed for this page: overlay, fused summaries, status, newest frame."""
+        while True:
+            await page.wake.wait()
+            page.wake.clear()
+            if page.stream_id is None:
+                streams = self.live.streams()
+                if not streams:
+                    continue
+                page.stream_id = streams[0]
+                await self._send_context(page)
+            ov = self.live.overlay(page.stream_id)
+            if ov is not None and ov is not page.overlay_sent:
+                page.overlay_sent = ov
+                await self._send_json(page, ov)
+            fused = self.live.fused_for(self._context(page.stream_id).patient_id)
+            if page.fused_sent is None or any(a is not b for a, b in zip(fused, page.fused_sent)) or len(fused) != len(page.fused_sent):
+                page.fused_sent = fused
+                await self._send_json(page, {"type": "fused_list", "items": fused})
+            if page.status is not None:
+                st, page.status = page.status, None
+                await self._send_json(page, st)
+            fv = self.live.frame(page.stream_id)
+            if fv is None or fv is page.frame_sent:
+                continue
+            now = time.monotonic()
+            if page.in_flight >= WINDOW and now - page.t_frame_sent < ACK_TIMEOUT_S:
+                continue  # the page is still painting: the next wake sends the newest frame
+            last = page.frame_sent
+            if last is not None and fv.seq > last.seq + 1:
+                self._count("frames_not_sent", fv.seq - last.seq - 1)
+            page.in_flight = 1 if page.in_flight >= WINDOW else page.in_flight + 1
+            page.frame_sent, page.t_frame_sent = fv, now
+            await page.ws.send(fv.packet)
+            self._count("frames_sent")
+
+    async def _status_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(STATUS_PERIOD_S)
+            if not self._pages:
+                continue
+            st = await loop.run_in_executor(None, self._service_status)
+            nodes = st.get("nodes", {}).values()
+            drops = sum(sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values()) for n in nodes)
+            with self._lock:
+                display = self.display.summary()
+                not_sent = self.counters["frames_not_sent"]
+            for page in list(self._pages):
+                page.status = {
+                    "type": "status", "stream_id": page.stream_id, "streams": self.live.streams(),
+                    "stream": st.get("streams", {}).get(page.stream_id), "display": display.get(page.stream_id),
+                    "service_drops": drops, "view_frames_not_sent": not_sent,
+                    "recording": st.get("recording"), "uptime_s": st.get("uptime_s"),
+                }  # fmt: skip
+                page.wake.set()
+
+    # -- commands -------------------------------------------------------------------------------
+    async def _on_message(self, page: _Page, raw) -> None:
+        try:
+            cmd = parse_command(raw, self.cfg.max_message_bytes)
+        except WebInputError as exc:
+            await self._refuse(page, exc.reason, str(exc))
+            return
+        self._count(f"cmd_{cmd.cmd}")
+        sid = page.stream_id
+        if cmd.cmd == "hello":
+            await self._refuse(page, "repeated_hello", "already connected")
+        elif cmd.cmd == "clock":
+            await self._send_json(page, {"type": "clock", "t_page_ms": cmd.t_page_ms, "t_server_s": time.monotonic()})
+        elif cmd.cmd == "painted":
+            page.in_flight = max(0, page.in_flight - 1)
+            if cmd.latency_ms is not None:
+                with self._lock:
+                    self.display.add(cmd.stream_id, time.monotonic(), cmd.latency_ms / 1e3)
+            page.wake.set()
+        elif cmd.cmd == "select_stream":
+            if cmd.stream_id not in self.live.streams():
+                await self._refuse(page, "unknown_stream", f"no stream {cmd.stream_id!r}")
+                return
+            page.stream_id, page.frame_sent, page.overlay_sent, page.in_flight = cmd.stream_id, None, None, 0
+            await self._send_context(page)
+        elif cmd.cmd in ("set_seed", "set_roi"):
+            await self._set_geometry(page, cmd)
+        elif cmd.cmd == "set_context":
+            ok = await self._forward(page, cmd, command="set_context", stream_id=sid, clinical=cmd.clinical)
+            if ok:
+                for p in self._pages:
+                    if p.stream_id == sid:
+                        await self._send_context(p)
+        elif cmd.cmd in ("record_start", "record_stop"):
+            await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
+        else:
+            await self._capture(page, cmd)
+
+    async def _reply(self, page: _Page, cmd, ok: bool, reason: str | None = None, message: str | None = None,
+                     data: dict | None = None) -> None:  # fmt: skip
+        await self._send_json(page, {"type": "reply", "id": cmd.id, "cmd": cmd.cmd, "ok": ok, "reason": reason,
+                                     "message": message, "data": data or {}})  # fmt: skip
+
+    async def _forward(self, page: _Page, cmd, **control) -> bool:
+        """Send a Control request to the service; reply to the page with its answer."""
+        if control.get("stream_id") is None and cmd.cmd != "record_stop":
+            await self._reply(page, cmd, False, "no_stream", "no stream is shown yet")
+            return False
+        try:
+            msg = Control(**control)
+        except ValidationError as exc:
+            unsupported = any(e["loc"] == ("command",) for e in exc.errors())
+            reason = "unsupported" if unsupported else "invalid_command"
+            await self._reply(page, cmd, False, reason, f"{cmd.cmd} is not available in this service" if unsupported
+                              else str(exc.errors()[0]["msg"]))  # fmt: skip
+            return False
+        rep = await self.control.request(msg)
+        await self._reply(page, cmd, rep.ok, rep.reason, rep.message, rep.data)
+        return rep.ok
+
+    async def _set_geometry(self, page: _Page, cmd) -> None:
+        """Seed or ROI, checked against the shown frame's shape before it goes to the service."""
+        fv = self.live.frame(page.stream_id) if page.stream_id else None
+        value = cmd.seed_rc if cmd.cmd == "set_seed" else cmd.roi
+        if value is not None:
+            if fv is None:
+                await self._reply(page, cmd, False, "no_frame", "no frame shown yet")
+                return
+            rows, cols = fv.shape
+            if cmd.cmd == "set_seed":
+                inside = value[0] < rows and value[1] < cols
+            else:
+                inside = value[0] < value[2] <= rows and value[1] < value[3] <= cols
+            if not inside:
+                self._count("outside_image", rejected=True)
+                await self._reply(page, cmd, False, "outside_image", f"{value} is outside the {rows}x{cols} image")
+                return
+        key = "seed_rc" if cmd.cmd == "set_seed" else "roi"
+        await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **{key: value})
+
+    async def _capture(self, page: _Page, cmd) -> None:
+        c = self._context(page.stream_id)
+        key = (c.patient_id, c.site, c.side)
+        if cmd.cmd == "clear_captures":
+            summary = self.captures.clear(key)
+        else:
+            ov = self.live.overlay(page.stream_id) if page.stream_id else None
+            if ov is None:
+                await self._reply(page, cmd, False, "no_metrics", "no measured frame to capture yet")
+                return
+            numbers = capture_numbers(ov)
+            try:
+                summary = self.captures.add(key, numbers)
+            except ValueError as exc:
+                await self._reply(page, cmd, False, "captures_complete", str(exc))
+                return
+            n = len(summary["captures"])
+            text = json.dumps({"capture": n, "of": self.captures.per_site, "site": c.site, "side": c.side, **numbers})
+            await self.control.event("info", "capture", text, stream_id=page.stream_id)
+        await self._reply(page, cmd, True)
+        for p in self._pages:
+            pc = self._context(p.stream_id)
+            if (pc.patient_id, pc.site, pc.side) == key:
+                await self._send_json(p, summary)

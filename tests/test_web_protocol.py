@@ -1,0 +1,142 @@
+"""The web view's pieces without sockets: command parsing against hostile input, frame packets,
+overlays built from metrics messages, three-image captures, the [web] config section."""
+
+import json
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from mmstream.codec import Decoded, buffer_specs
+from mmstream.config import load_config
+from mmstream.errors import ConfigError
+from mmstream.messages import CsaSummary, Frame, Metrics
+from mmstream.nodes.analyzer import StreamSettings
+from mmstream.web.captures import CaptureBook, capture_numbers
+from mmstream.web.live import LiveView, overlay
+from mmstream.web.protocol import FRAME_MAGIC, WebInputError, parse_command
+
+MAX = 4096
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b'{"cmd": "capture"}', "binary_message"),
+        ("x" * (MAX + 1), "too_large"),
+        ("{not json", "malformed_json"),
+        ("", "malformed_json"),
+        ("[1, 2]", "malformed_json"),
+        ('"capture"', "malformed_json"),
+        ("[" * 5000 + "]" * 5000, "too_large"),
+        ("[" * 2000 + "]" * 2000, "malformed_json"),  # nested beyond the JSON parser's recursion limit
+        ('{"cmd": "rm -rf"}', "unknown_command"),
+        ('{"no_cmd": 1}', "unknown_command"),
+        ('{"cmd": ["capture"]}', "unknown_command"),
+        ('{"cmd": "capture", "extra": 1}', "invalid_command"),
+        ('{"cmd": "set_seed", "seed_rc": ["100", 20]}', "invalid_command"),
+        ('{"cmd": "set_seed", "seed_rc": [NaN, 20]}', "invalid_command"),
+        ('{"cmd": "set_seed", "seed_rc": [Infinity, 20]}', "invalid_command"),
+        ('{"cmd": "set_seed", "seed_rc": [-1, 20]}', "invalid_command"),
+        ('{"cmd": "set_seed", "seed_rc": [1, 2, 3]}', "invalid_command"),
+        ('{"cmd": "set_seed"}', "invalid_command"),
+        ('{"cmd": "set_roi", "roi": [0, 0, 10.5, 10]}', "invalid_command"),
+        ('{"cmd": "set_roi", "roi": [0, 0, 1e9, 10]}', "invalid_command"),
+        ('{"cmd": "set_roi", "roi": "0,0,10,10"}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"side": "up"}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"patient_id": "' + "p" * 65 + '"}}', "invalid_command"),
+        ('{"cmd": "select_stream", "stream_id": "../../etc"}', "invalid_command"),
+        ('{"cmd": "painted", "stream_id": "s", "seq": -1}', "invalid_command"),
+        ('{"cmd": "painted", "stream_id": "s", "seq": 1, "latency_ms": 1e12}', "invalid_command"),
+        ('{"cmd": "hello", "token": 12345}', "invalid_command"),
+        ('{"cmd": "hello", "token": "' + "t" * 300 + '"}', "invalid_command"),
+        ('{"cmd": "capture", "id": "7"}', "invalid_command"),
+        ('{"cmd": "clock", "t_page_ms": true}', "invalid_command"),
+    ],
+)
+def test_hostile_commands_are_refused_with_a_reason(raw, reason):
+    with pytest.raises(WebInputError) as exc:
+        parse_command(raw, MAX)
+    assert exc.value.reason == reason
+
+
+def test_valid_commands_parse_to_typed_models():
+    seed = parse_command('{"cmd": "set_seed", "seed_rc": [290, 200.5], "id": 3}', MAX)
+    assert seed.seed_rc == (290.0, 200.5) and seed.id == 3
+    assert parse_command('{"cmd": "set_seed", "seed_rc": null}', MAX).seed_rc is None
+    assert parse_command('{"cmd": "set_roi", "roi": [1, 2, 30, 40]}', MAX).roi == (1, 2, 30, 40)
+    ctx = parse_command('{"cmd": "set_context", "clinical": {"patient_id": "P-01", "site": "tibialis_anterior", "side": "left"}}', MAX)
+    assert ctx.clinical.side == "left"
+    assert parse_command('{"cmd": "record_start"}', MAX).cmd == "record_start"
+
+
+def test_frame_packet_layout_and_live_view_encodes_only_with_viewers():
+    settings = StreamSettings()
+    live = LiveView(settings, jpeg_quality=90)
+    woken = []
+    live.on_change = woken.append
+    img = (np.arange(48 * 64) % 251).astype(np.uint8).reshape(48, 64)
+
+    def frame(seq):
+        h = Frame(stream_id="s1", session_id="sess", seq=seq, buffers=buffer_specs(image=img), stamps={"sent": 10.0 + seq})
+        return Decoded("frame.s1", h, {"image": img})
+
+    live.process("frames", frame(0))
+    assert live.frame("s1") is None and woken == []  # nobody watching: nothing encoded
+    live.viewers = 1
+    live.process("frames", frame(3))  # frames 1 and 2 skipped (latest-wins upstream)
+    fv = live.frame("s1")
+    assert fv.seq == 3 and fv.shape == (48, 64) and woken == ["s1"]
+    assert fv.packet[:4] == FRAME_MAGIC
+    (n,) = struct.unpack("<I", fv.packet[4:8])
+    meta = json.loads(fv.packet[8 : 8 + n])
+    assert meta == {"stream_id": "s1", "seq": 3, "t_frame_s": 13.0, "shape": [48, 64], "spacing_mm": None}
+    decoded = cv2.imdecode(np.frombuffer(fv.packet[8 + n :], np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded.shape == img.shape and np.abs(decoded.astype(int) - img).mean() < 3
+    assert live.status()["counters"]["frames_skipped"] == 2
+    assert live.streams() == ["s1"]
+
+
+def test_overlay_carries_contour_lines_roi_and_units():
+    settings = StreamSettings()
+    settings.update("s1", roi=(10, 20, 200, 300))
+    contour = np.array([[100.04, 50.0], [110.0, 60.0], [100.0, 70.0]], np.float32)
+    deep = np.stack([np.full(600, 220.0), np.arange(600.0)], axis=1).astype(np.float32)
+    csa = CsaSummary(seed_rc=(105, 60), tracked=False, area_px=120.0, area_mm2=None, perimeter_px=40.0,
+                     perimeter_mm=None, centroid_rc=(103, 60), confidence=0.9)  # fmt: skip
+    h = Metrics(stream_id="s1", session_id="sess", parent=("s1", 7), csa=csa,
+                stamps={"sent": 1.0, "published": 1.004}, buffers=buffer_specs(contour_rc=contour, deep_rc=deep))  # fmt: skip
+    ov = overlay(h, {"contour_rc": contour, "deep_rc": deep}, settings)
+    assert ov["seq"] == 7 and ov["roi"] == (10, 20, 200, 300)
+    assert ov["contour_rc"][0] == [100.0, 50.0]
+    assert len(ov["deep_rc"]) <= 256 and ov["deep_rc"][0] == [220.0, 0.0]
+    assert ov["csa"]["area_mm2"] is None and ov["csa"]["area_px"] == 120.0  # spacing unknown: px only
+    assert ov["service_latency_ms"] == pytest.approx(4.0)
+    json.dumps(ov, allow_nan=False)
+
+
+def test_three_image_captures_and_their_mean():
+    book = CaptureBook()
+    key = ("P-01", "tibialis_anterior", "left")
+    base = {"type": "metrics", "stream_id": "s", "echogenicity": {"mean": 60.0}, "csa": None,
+            "thickness": {"thickness_mm": 15.0, "thickness_px": 150.0}}  # fmt: skip
+    for i, mean in enumerate((60.0, 63.0, 66.0)):
+        summary = book.add(key, capture_numbers({**base, "seq": i, "echogenicity": {"mean": mean}}))
+    assert summary["complete"] and summary["mean"]["echo_mean"] == pytest.approx(63.0)
+    assert summary["mean"]["csa_mm2"] is None and summary["mean"]["thickness_mm"] == 15.0
+    with pytest.raises(ValueError, match="3 captures"):
+        book.add(key, capture_numbers({**base, "seq": 9}))
+    assert book.summary(("P-01", "tibialis_anterior", "right"))["captures"] == []
+    assert book.clear(key)["captures"] == []
+
+
+def test_web_config_section():
+    cfg = load_config(None, web={"port": 0})
+    assert cfg.web.host == "127.0.0.1" and cfg.web.token is None
+    with pytest.raises(ConfigError, match="beyond loopback"):
+        load_config(None, web={"host": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="16 characters"):
+        load_config(None, web={"token": "short"})
+    cfg = load_config(None, web={"host": "0.0.0.0", "token": "s" * 24})
+    assert "s" * 24 not in cfg.model_dump_json()  # the token never appears in dumps or logs
