@@ -78,6 +78,33 @@ class SourceSection(_Section):
     options: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
+class IgtlOutputSection(_Section):
+    """OpenIGTLink server sending the live metrics (STRING) and CSA centroids (POINT), e.g. to
+    3D Slicer (``docs/sources.md``). OpenIGTLink has no encryption or authentication: a host beyond
+    loopback needs ``allow_remote = true``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 18945  # 0: a random free port
+    allow_remote: bool = False
+    string_device: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[ -~]+$")] = "mmstream_metrics"
+    point_device: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[ -~]+$")] = "mmstream_csa"
+    event_device: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[ -~]+$")] = "mmstream_event"
+    max_clients: Annotated[int, Field(ge=1, le=64)] = 8
+    client_queue_messages: Annotated[int, Field(ge=1, le=10000)] = 64
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self):
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if self.enabled and not loopback and not self.allow_remote:
+            raise ValueError(f"igtl_output.host {self.host!r} is beyond loopback and OpenIGTLink is unencrypted: "
+                             "set igtl_output.allow_remote = true to accept that")
+        return self
+
+
 class _VolumeScp(_Section):
     """DICOM Storage SCP (``docs/volumes.md``). Beyond loopback it requires an AE-title allow-list."""
 
@@ -156,6 +183,7 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
+    igtl_output: IgtlOutputSection = IgtlOutputSection()
     volumes: VolumesSection = VolumesSection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

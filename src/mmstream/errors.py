@@ -45,3 +45,10 @@ class CodecError(MmstreamError):
     that do not match their description, limits exceeded."""
 
     reason = "malformed"
+
+
+class ProtocolError(MmstreamError):
+    """A network peer sent bytes that are not a valid message of its protocol (e.g. OpenIGTLink):
+    bad header, failed checksum, oversized body, a stalled or closed stream."""
+
+    reason = "protocol"

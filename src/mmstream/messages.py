@@ -69,6 +69,8 @@ class Frame(_Header):
     ``transforms``: 4x4 row-major matrices by name (``image_to_probe``, ``probe_to_reference``, ...).
     ``annotations``: numbers the source knows about the frame, e.g. a simulator's ground truth
     (``truth_nerve_area_mm2``); they are carried into the frame's metrics message.
+    ``metadata``: text fields the source sent with the frame (OpenIGTLink metadata, PLUS frame
+    fields), kept verbatim.
     """
 
     msg_type: Literal["frame"] = "frame"
@@ -84,6 +86,7 @@ class Frame(_Header):
     clinical: ClinicalContext = ClinicalContext()
     transforms: dict[Identifier, tuple[FiniteFloat, ...]] = Field(default_factory=dict, max_length=16)
     annotations: dict[Identifier, FiniteFloat] = Field(default_factory=dict, max_length=32)
+    metadata: dict[Identifier, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=32)
     stamps: dict[Identifier, FiniteFloat] = Field(default_factory=dict, max_length=16)
 
     @model_validator(mode="after")

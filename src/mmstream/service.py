@@ -8,10 +8,12 @@ from its own thread.
 import threading
 
 import mmstream_drivers
+from mmstream.codec import encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import ConfigError
 from mmstream.graph import Graph
 from mmstream.source import FrameSender, pump
+from mmstream.transport import make_socket
 
 
 class Service:
@@ -24,15 +26,29 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.source_errors: dict[str, str] = {}
         self.graph.status_hooks.append(lambda: {"source_errors": dict(self.source_errors)})
+        self._drivers: dict[str, object] = {}  # stream_id -> driver; their health shows in status
+        self.graph.status_hooks.append(
+            lambda: {"sources": {sid: d.health.status() for sid, d in list(self._drivers.items()) if hasattr(d, "health")}}
+        )
+        self.igtl_output = None
+        if config.igtl_output.enabled:  # metrics to 3D Slicer over OpenIGTLink (docs/sources.md)
+            self.igtl_output = _attach_igtl_output(self.graph, config.igtl_output)
         self.volumes = None  # DICOM SCP / watch folder (docs/volumes.md), started after the graph
         self.graph.status_hooks.append(lambda: {"volumes": self.volumes.status()} if self.volumes is not None else {})
 
     def _run_source(self, section, endpoint: str) -> None:
         try:
             driver = mmstream_drivers.load(section.driver)(fps=section.fps, **section.options)
-            with FrameSender(endpoint, section.stream_id) as sender:
-                realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
-                pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop)
+            self._drivers[section.stream_id] = driver
+            events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
+            if hasattr(driver, "health"):  # the driver's events join the service's (same thread as pump)
+                driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(update={"stream_id": section.stream_id})))
+            try:
+                with FrameSender(endpoint, section.stream_id) as sender:
+                    realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
+                    pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop)
+            finally:
+                events.close()
         except Exception as exc:  # a failing source is reported in status, the service stays up
             self.source_errors[section.stream_id] = f"{type(exc).__name__}: {exc}"
 
@@ -44,6 +60,12 @@ class Service:
                     f"(installed: {', '.join(mmstream_drivers.available())})"
                 )
         self.graph.start()
+        if self.igtl_output is not None:
+            try:
+                self.igtl_output.start()
+            except BaseException:
+                self.graph.stop()
+                raise
         endpoint = self.graph.endpoints["ingest"]
         if self.config.volumes.scp.enabled or self.config.volumes.watch.enabled:
             from mmstream.volumes.sources import VolumeSources
@@ -62,14 +84,33 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        for driver in self._drivers.values():
+            if hasattr(driver, "close"):
+                driver.close()  # interrupts a driver waiting for its device
         for t in self._threads:
             t.join(5.0)
         if self.volumes is not None:
             self.volumes.stop()  # pending series are sent before the graph stops
         self.graph.stop()
+        if self.igtl_output is not None:
+            self.igtl_output.close()
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _attach_igtl_output(graph: Graph, section):
+    """The OpenIGTLink metrics output, subscribed to the graph's bus."""
+    from mmstream.graph import SocketSpec
+    from mmstream_drivers.igtl.output import IgtlMetricsOutput
+
+    node = IgtlMetricsOutput(
+        section.host, section.port, string_device=section.string_device, point_device=section.point_device,
+        event_device=section.event_device, max_clients=section.max_clients,
+        client_queue_messages=section.client_queue_messages,
+    )  # fmt: skip
+    graph.attach(node, {"bus": SocketSpec("sub", graph.internal["bus"], bind=False)}, {"events": [graph.events_spec()]})
+    return node

@@ -14,7 +14,7 @@ Every failure raises :class:`mmstream.errors.ReadError` or :class:`mmstream.erro
 with a message naming the file and a short ``reason``.
 """
 
-from ._common import DEFAULT_MAX_PIXELS, SPACING_SOURCES, ImageFrame, rgb_to_grey
+from ._common import DEFAULT_MAX_PIXELS, SPACING_SOURCES, ImageFrame, rgb_to_grey, to_grey_u8
 from .reader import count_frames, read_frames
 
-__all__ = ["DEFAULT_MAX_PIXELS", "SPACING_SOURCES", "ImageFrame", "count_frames", "read_frames", "rgb_to_grey"]
+__all__ = ["DEFAULT_MAX_PIXELS", "SPACING_SOURCES", "ImageFrame", "count_frames", "read_frames", "rgb_to_grey", "to_grey_u8"]

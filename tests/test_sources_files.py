@@ -1,0 +1,293 @@
+"""DICOM cine and MetaImage sequence sources: real files from ../shared/data, synthetic bad files."""
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+from mmstream.errors import ReadError, SpacingError
+from mmstream_drivers.dicom import DicomCineSource
+from mmstream_drivers.mha import MetaImageSequenceSource
+
+
+def _region(r0, c0, r1, c1, delta_cm, data_type=1):
+    r = Dataset()
+    r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = 1, data_type, 0
+    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = c0, r0, c1 - 1, r1 - 1
+    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
+    r.PhysicalDeltaX = r.PhysicalDeltaY = delta_cm
+    return r
+
+
+def write_cine(path, n=6, rows=40, cols=50, regions=(), frame_time_ms=25.0, ts=ExplicitVRLittleEndian,
+               pixel_bytes=None):
+    """A small multi-frame US file; frame k is filled with grey level 10 * k (+ column ramp)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ts
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frame_time_ms is not None:
+        ds.FrameTime = frame_time_ms
+    if regions:
+        ds.SequenceOfUltrasoundRegions = Sequence(list(regions))
+    frames = np.stack([np.full((rows, cols), 10 * k, np.uint8) + np.arange(cols, dtype=np.uint8) for k in range(n)])
+    ds.PixelData = frames.tobytes() if pixel_bytes is None else pixel_bytes
+    ds.save_as(path, enforce_file_format=True)
+    return frames
+
+
+# --- DICOM cine --------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_real_sonosite_cine_streams_120_cropped_frames_at_30_fps(shared_data):
+    src = DicomCineSource(str(shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"), realtime=False)
+    frames = list(src.source_frames())
+    assert len(frames) == 120 and src.health.counters["frames"] == 120
+    # cropped to the one B-mode region (84,31)-(595,414): 384 x 512, 0.5105 mm from 0.05105 cm/px
+    assert src.region_rc == (31, 84, 415, 596)
+    assert {f.image.shape for f in frames} == {(384, 512)}
+    assert frames[0].spacing_mm == pytest.approx((0.5104970559, 0.5104970559))
+    assert frames[0].spacing_source == "dicom_us_regions"
+    times = np.array([f.t_device_s for f in frames])
+    np.testing.assert_allclose(np.diff(times), 0.033333, atol=1e-5)  # FrameTime 33.333 ms
+    assert frames[0].metadata["transfer_syntax"] == "1.2.840.10008.1.2.4.50"
+    assert frames[0].metadata["frame_time_source"] == "FrameTime"
+    assert frames[5].image.dtype == np.uint8 and frames[5].image.std() > 5  # real content, not blank
+    assert src.paces_itself is True
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("name", "shape", "spacing_mm"),
+    [
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", (721, 997), 0.25476696),  # JPEG lossless, MONOCHROME2
+        ("OBXXXX1A_2frame.dcm", (459, 680), 0.26228787),  # PALETTE COLOR, region clipped at the edge
+        ("gdcm-US-ALOKA-16.dcm", (480, 640), 0.38265306),  # 16-bit palette, dual view: whole frame
+    ],
+)
+def test_real_files_of_other_encodings_give_grey_frames_with_region_spacing(shared_data, name, shape, spacing_mm):
+    frames = list(DicomCineSource(str(shared_data / "dicom-us" / name)).source_frames())
+    assert frames[0].image.shape == shape and frames[0].image.dtype == np.uint8
+    assert frames[0].spacing_mm == pytest.approx((spacing_mm, spacing_mm))
+
+
+@pytest.mark.shared_data
+def test_file_without_regions_has_unknown_spacing_and_says_so(shared_data):
+    src = DicomCineSource(str(shared_data / "dicom-us" / "US1_UNCR.dcm"))
+    [frame] = list(src.source_frames())
+    assert frame.spacing_mm is None and frame.spacing_source == "unknown"
+    assert [e.reason for e in src.health.events] == ["no_spacing"]
+
+
+def test_conflicting_regions_are_refused_unless_the_config_gives_spacing(tmp_path):
+    path = tmp_path / "dual.dcm"
+    write_cine(path, regions=[_region(0, 0, 40, 25, 0.01), _region(0, 25, 40, 50, 0.02)])
+    with pytest.raises(SpacingError) as exc:
+        DicomCineSource(str(path))
+    assert exc.value.reason == "ambiguous_regions"
+    frames = list(DicomCineSource(str(path), spacing_row_mm=0.1, spacing_col_mm=0.1, realtime=False).source_frames())
+    assert frames[0].spacing_mm == (0.1, 0.1) and frames[0].spacing_source == "config"
+    # several regions, none chosen: the whole frame; region_index picks one
+    assert frames[0].image.shape == (40, 50)
+    picked = list(DicomCineSource(str(path), spacing_row_mm=0.1, spacing_col_mm=0.1, region_index=1).source_frames())
+    assert picked[0].image.shape == (40, 25)
+    np.testing.assert_array_equal(picked[0].image[0], np.arange(25, 50))
+
+
+def test_bmode_region_chosen_among_doppler_regions_and_timing_from_frame_time(tmp_path):
+    path = tmp_path / "cine.dcm"
+    truth = write_cine(path, n=5, regions=[_region(5, 10, 35, 40, 0.02), _region(0, 0, 10, 50, 0.5, data_type=3)])
+    src = DicomCineSource(str(path), realtime=False, loop=True)
+    frames = []
+    for f in src.source_frames():
+        frames.append(f)
+        if len(frames) == 12:
+            src.close()
+    assert len(frames) == 12 and src.health.counters["loops"] == 2
+    assert frames[0].image.shape == (30, 30) and frames[0].spacing_mm == pytest.approx((0.2, 0.2))
+    np.testing.assert_array_equal(frames[3].image, truth[3, 5:35, 10:40])
+    assert frames[0].annotations == {"file_frame": 0.0, "region_row0": 5.0, "region_col0": 10.0}
+    # 25 ms frames; the second pass continues the clock one frame interval after the last frame
+    np.testing.assert_allclose([f.t_device_s for f in frames], np.arange(12) * 0.025, atol=1e-9)
+
+
+def test_file_without_timing_is_paced_at_fps(tmp_path):
+    path = tmp_path / "untimed.dcm"
+    write_cine(path, n=3, frame_time_ms=None)
+    frames = list(DicomCineSource(str(path), fps=10.0).source_frames())
+    assert [f.t_device_s for f in frames] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_truncated_cine_stops_mid_stream_keeping_the_frames_before(tmp_path):
+    path = tmp_path / "trunc.dcm"
+    full = write_cine(path, n=6)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = full.tobytes()[: 40 * 50 * 6]  # exactly 6 frames present
+    ds.NumberOfFrames = 8  # but 8 announced
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ReadError) as exc:
+        DicomCineSource(str(path))
+    assert exc.value.reason == "truncated"
+
+
+def test_corrupt_compressed_frame_mid_stream_is_an_error_after_the_good_frames(tmp_path):
+    """RLE cine whose frame 2 is garbage: frames 0-1 are produced, then a counted, announced error."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders import RLELosslessEncoder
+    from pydicom.uid import RLELossless
+
+    path = tmp_path / "rle.dcm"
+    frames = write_cine(path, n=4)
+    ds = pydicom.dcmread(path)
+    enc = [RLELosslessEncoder.encode(f, rows=40, columns=50, samples_per_pixel=1, bits_allocated=8,
+                                     bits_stored=8, pixel_representation=0, photometric_interpretation="MONOCHROME2",
+                                     number_of_frames=1)
+           for f in frames]  # fmt: skip
+    enc[2] = b"\x01\x00\x00\x00" + b"\xff" * 60  # one segment header, then nonsense
+    ds.PixelData = encapsulate(enc)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.save_as(path, enforce_file_format=True)
+    src = DicomCineSource(str(path), realtime=False)
+    got = []
+    with pytest.raises(ReadError) as exc:
+        for f in src.source_frames():
+            got.append(f.image)
+    assert exc.value.reason == "corrupt"
+    assert len(got) == 2
+    np.testing.assert_array_equal(got[1], frames[1])
+    assert src.health.errors["corrupt"] == 1 and "stopped after 2 frames" in src.health.events[-1].message
+
+
+def test_unsupported_transfer_syntax_is_named(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    path = tmp_path / "mpeg4.dcm"
+    write_cine(path, n=1)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC: cine exported as video
+    ds.PixelData = encapsulate([b"\x00\x00\x00\x01" + b"\x67" * 64])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ReadError) as exc:
+        DicomCineSource(str(path))
+    assert exc.value.reason == "unsupported_transfer_syntax"
+
+
+@pytest.mark.parametrize("content", [b"", b"DICM" * 40, b"\x00" * 128 + b"DICM" + b"\xff" * 64])
+def test_garbage_files_are_read_errors_not_crashes(tmp_path, content):
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(content)
+    with pytest.raises(ReadError):
+        DicomCineSource(str(path))
+
+
+def test_spacing_options_must_come_in_pairs(tmp_path):
+    path = tmp_path / "c.dcm"
+    write_cine(path, n=1)
+    with pytest.raises(SpacingError):
+        DicomCineSource(str(path), spacing_row_mm=0.1)
+    with pytest.raises(SpacingError):
+        DicomCineSource(str(path), spacing_row_mm=-1.0, spacing_col_mm=0.1)
+
+
+# --- MetaImage sequences ------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_plus_bone_sequence_keeps_timestamps_transforms_and_config_spacing(shared_data):
+    d = shared_data / "pluslibdata"
+    src = MetaImageSequenceSource(str(d / "BoneUltrasound_L14.igs.mha"),
+                                  plus_config=str(d / "BoneUltrasound_L14_config.xml"))  # fmt: skip
+    frames = list(src.source_frames())
+    assert len(frames) == 21 and frames[0].image.shape == (616, 820)
+    assert frames[0].spacing_mm == (0.085, 0.085) and frames[0].spacing_source == "plus_config"
+    assert frames[0].t_device_s == pytest.approx(232.542071)  # raw PLUS timestamp kept
+    assert np.all(np.diff([f.t_device_s for f in frames]) > 0.08)
+    assert {"probe_to_tracker", "reference_to_tracker", "image_to_probe"} <= set(frames[0].transforms)
+    assert all(len(m) == 16 for m in frames[0].transforms.values())
+    m = np.reshape(frames[0].transforms["image_to_probe"], (4, 4))
+    assert np.linalg.norm(m[:3, 0]) == pytest.approx(0.0854, abs=5e-4)  # the calibration's mm per pixel
+
+
+@pytest.mark.shared_data
+def test_plus_placeholder_spacing_is_unknown_without_the_config(shared_data):
+    src = MetaImageSequenceSource(str(shared_data / "pluslibdata" / "BoneUltrasound_L14.igs.mha"), realtime=False)
+    first = next(src.source_frames())
+    assert first.spacing_mm is None and first.spacing_source == "unknown"
+    assert src.health.events[0].reason == "placeholder_spacing"
+
+
+@pytest.mark.shared_data
+def test_mhd_raw_pair_with_a_frame_lacking_its_timestamp(shared_data):
+    frames = list(MetaImageSequenceSource(str(shared_data / "pluslibdata" / "Prostate10_video.igs.mhd")).source_frames())
+    assert len(frames) == 10 and frames[0].spacing_mm == (0.3, 0.3) and frames[0].spacing_source == "metaimage"
+    assert frames[2].t_device_s is None  # Frame0002 is missing from the header: unknown, not invented
+    assert frames[0].t_device_s is not None and "tool_to_tracker" in frames[0].transforms
+    assert frames[0].annotations["frame_number"] == 1.0
+
+
+def _write_mha(path, n, fields: dict[int, dict[str, str]], data: bytes | None = None):
+    head = [
+        "ObjectType = Image", "NDims = 3", f"DimSize = 8 6 {n}", "ElementType = MET_UCHAR",
+        "ElementSpacing = 0.2 0.2 1", "UltrasoundImageOrientation = MF",
+    ]  # fmt: skip
+    for i, f in fields.items():
+        head += [f"Seq_Frame{i:04d}_{k} = {v}" for k, v in f.items()]
+    head.append("ElementDataFile = LOCAL")
+    pixels = np.arange(n * 48, dtype=np.uint8).tobytes() if data is None else data
+    path.write_bytes(("\n".join(head) + "\n").encode() + pixels)
+
+
+def test_invalid_images_and_transforms_are_left_out_and_counted(tmp_path):
+    eye = "1 0 0 0 0 1 0 0 0 0 1 0 0 0 0 1"
+    path = tmp_path / "seq.igs.mha"
+    _write_mha(path, 3, {
+        0: {"Timestamp": "10.0", "ProbeToTrackerTransform": eye, "ProbeToTrackerTransformStatus": "OK",
+            "Depth": "40", "Operator": "probe A"},
+        1: {"Timestamp": "10.1", "ImageStatus": "INVALID"},
+        2: {"Timestamp": "10.2", "ProbeToTrackerTransform": eye, "ProbeToTrackerTransformStatus": "INVALID"},
+    })  # fmt: skip
+    src = MetaImageSequenceSource(str(path))
+    frames = list(src.source_frames())
+    assert [f.t_device_s for f in frames] == [10.0, 10.2]
+    assert frames[0].transforms == {"probe_to_tracker": tuple(float(v) for v in eye.split())}
+    assert frames[0].annotations == {"Depth": 40.0} and frames[0].metadata == {"Operator": "probe A"}
+    assert frames[1].transforms == {}
+    assert src.health.errors["invalid_image"] == 1 and src.health.counters["invalid_transforms"] == 1
+    assert frames[0].spacing_mm == (0.2, 0.2)
+
+
+def test_truncated_mha_is_refused_at_open(tmp_path):
+    path = tmp_path / "short.mha"
+    _write_mha(path, 4, {}, data=b"\x00" * 100)
+    with pytest.raises(ReadError) as exc:
+        MetaImageSequenceSource(str(path))
+    assert exc.value.reason == "truncated"
+
+
+def test_compressed_stream_ending_mid_sequence_keeps_the_frames_before(tmp_path):
+    import zlib
+
+    pixels = np.arange(4 * 48, dtype=np.uint8).tobytes()
+    comp = zlib.compress(pixels[: 2 * 48 + 10])  # a device that stopped inside frame 2
+    path = tmp_path / "stopped.mha"
+    head = ["ObjectType = Image", "NDims = 3", "DimSize = 8 6 4", "ElementType = MET_UCHAR",
+            "CompressedData = True", f"CompressedDataSize = {len(comp)}", "ElementDataFile = LOCAL"]  # fmt: skip
+    path.write_bytes(("\n".join(head) + "\n").encode() + comp)
+    src = MetaImageSequenceSource(str(path), realtime=False)
+    got = []
+    with pytest.raises(ReadError) as exc:
+        for f in src.source_frames():
+            got.append(f)
+    assert exc.value.reason == "truncated" and len(got) == 2
+    assert src.health.errors["truncated"] == 1
