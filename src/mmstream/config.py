@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from mmstream.errors import ConfigError
@@ -171,6 +171,36 @@ class BiomarkersSection(_Section):
     store_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.05  # longest wait on a locked store per check
 
 
+class WebSection(_Section):
+    """The bedside live view (``docs/webview.md``): HTTP and websocket server inside the service.
+
+    Bound beyond loopback it requires ``token`` (at least 16 characters; the page asks for it once,
+    or takes it from the URL fragment ``#token=...``, which browsers never send to the server).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765  # 0: a random free port
+    token: SecretStr | None = None
+    stream_id: Identifier | None = None  # stream shown first (default: the first one seen)
+    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 80
+    max_message_bytes: Annotated[int, Field(ge=256, le=65536)] = 4096  # larger client messages close the socket
+    max_clients: Annotated[int, Field(ge=1, le=64)] = 8
+    control_client_secret_key_file: Path | None = None  # CURVE client key for the control endpoint, if secured
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self):
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError("web.token must be at least 16 characters")
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if self.enabled and not loopback and self.token is None:
+            raise ValueError(f"web.host {self.host!r} is beyond loopback: set web.token (or MMSTREAM_WEB__TOKEN)")
+        return self
+
+
 class ServiceConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -183,6 +213,7 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
+    web: WebSection = WebSection()
     igtl_output: IgtlOutputSection = IgtlOutputSection()
     volumes: VolumesSection = VolumesSection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -35,6 +35,11 @@ class Service:
             self.igtl_output = _attach_igtl_output(self.graph, config.igtl_output)
         self.volumes = None  # DICOM SCP / watch folder (docs/volumes.md), started after the graph
         self.graph.status_hooks.append(lambda: {"volumes": self.volumes.status()} if self.volumes is not None else {})
+        self.web = None
+        if config.web.enabled:  # the bedside live view (docs/webview.md)
+            from mmstream.web import WebView
+
+            self.web = WebView(self.graph)
 
     def _run_source(self, section, endpoint: str) -> None:
         try:
@@ -60,6 +65,12 @@ class Service:
                     f"(installed: {', '.join(mmstream_drivers.available())})"
                 )
         self.graph.start()
+        if self.web is not None:
+            try:
+                self.web.start()
+            except BaseException:
+                self.stop()
+                raise
         if self.igtl_output is not None:
             try:
                 self.igtl_output.start()
@@ -91,6 +102,8 @@ class Service:
             t.join(5.0)
         if self.volumes is not None:
             self.volumes.stop()  # pending series are sent before the graph stops
+        if self.web is not None:
+            self.web.stop()
         self.graph.stop()
         if self.igtl_output is not None:
             self.igtl_output.close()
