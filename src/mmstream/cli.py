@@ -294,7 +294,7 @@ def _spacing_arg(values):
 
 
 # modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
-COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes",)
+COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes", "mmstream.cli_biomarkers")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,6 +201,20 @@ class WebSection(_Section):
         return self
 
 
+class BiomarkersSection(_Section):
+    """Biomarker fusion and echogenicity references (``docs/biomarkers.md``). The fusion node runs
+    when ``store`` is set; live echo z-scores are computed when ``echo_reference`` is set. The
+    clinical limits have no defaults: rules needing them stay off until the user sets them."""
+
+    store: Path | None = None  # SQLite biomarker store (mmstream biomarkers import)
+    echo_reference: Path | None = None  # reference table (TOML/JSON, mmstream.calibration.ReferenceTable)
+    device_calibration: Path | None = None  # grey-level calibration (mmstream.calibration.DeviceCalibration)
+    end_stage_fat_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    stale_after_days: Annotated[float, Field(gt=0)] | None = None
+    check_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often the store is checked for changes
+    store_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.05  # longest wait on a locked store per check
+
+
 class ServiceConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -213,6 +227,7 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
+    biomarkers: BiomarkersSection = BiomarkersSection()
     web: WebSection = WebSection()
     igtl_output: IgtlOutputSection = IgtlOutputSection()
     volumes: VolumesSection = VolumesSection()

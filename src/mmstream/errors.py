@@ -47,6 +47,14 @@ class CodecError(MmstreamError):
     reason = "malformed"
 
 
+class StoreError(MmstreamError):
+    """The biomarker store cannot be used: ``locked`` (another connection holds a lock), ``corrupt``
+    (not an SQLite database or damaged), ``newer_schema`` (written by a newer mmstream),
+    ``unavailable`` (cannot be opened)."""
+
+    reason = "store"
+
+
 class ProtocolError(MmstreamError):
     """A network peer sent bytes that are not a valid message of its protocol (e.g. OpenIGTLink):
     bad header, failed checksum, oversized body, a stalled or closed stream."""

@@ -22,6 +22,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
+from mmstream.calibration import load_echo_references
 from mmstream.codec import Limits, decode, encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import CodecError, ConfigError
@@ -170,7 +171,8 @@ class Graph:
         self.settings = StreamSettings(defaults, initial)
         ing = config.ingest
         self.ingest = Ingest(IngestLimits(max_fps=ing.max_fps_per_stream, burst=ing.burst_frames))
-        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}") for i in range(config.analyzer.workers)]
+        echo = load_echo_references(config.biomarkers)  # live echogenicity z-scores, when configured
+        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}", echo=echo) for i in range(config.analyzer.workers)]
         self.publisher = Publisher()
         self.control = ControlNode(self.settings, self.status)
         self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
@@ -202,7 +204,8 @@ class Graph:
                 },
             ),
             self.publisher: (
-                {"metrics": SocketSpec("pull", f"{p}/metrics", bind=True), "events": SocketSpec("pull", f"{p}/events", bind=True)},
+                {"metrics": SocketSpec("pull", f"{p}/metrics", bind=True), "events": SocketSpec("pull", f"{p}/events", bind=True),
+                 "fused": SocketSpec("pull", f"{p}/fused", bind=True)},
                 {
                     "out": [SocketSpec("pub", ep.metrics, bind=True, hwm=1000, curve=curve)],
                     "bus": [SocketSpec("pub", self.internal["bus"], bind=True, hwm=TAP_HWM)],
@@ -230,6 +233,10 @@ class Graph:
     def events_spec(self) -> SocketSpec:
         """Where a node pushes its events (published with the service's own)."""
         return SocketSpec("push", f"{self._prefix}/events", bind=False)
+
+    def fused_spec(self) -> SocketSpec:
+        """Where the fusion node pushes its ``fused`` messages (published like metrics)."""
+        return SocketSpec("push", f"{self._prefix}/fused", bind=False)
 
     def start(self, timeout_s: float = 10.0) -> "Graph":
         """Open every socket and start every node; ConfigError if any endpoint cannot be bound."""

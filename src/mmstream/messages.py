@@ -47,6 +47,7 @@ class ImagingSettings(_Model):
     frequency_mhz: PositiveMm | None = None
     preset: Annotated[str, Field(max_length=64)] | None = None
     probe: Annotated[str, Field(max_length=64)] | None = None
+    scanner: Annotated[str, Field(max_length=64)] | None = None  # device model, keys the grey-level calibration
 
 
 class ClinicalContext(_Model):
@@ -56,6 +57,8 @@ class ClinicalContext(_Model):
     site: Annotated[str, Field(max_length=64)] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
     side: Literal["left", "right", "midline"] | None = None
     plane: Literal["transverse", "longitudinal", "oblique"] | None = None
+    age_years: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None  # for reference lookups
+    sex: Literal["female", "male"] | None = None  # for reference lookups
 
 
 class _Header(_Model):
@@ -135,6 +138,12 @@ class EchoSummary(_Model):
     mean: float | None
     std: float | None
     n_px: int
+    # with a configured reference (mmstream.calibration): reference-device grey level, oriented z-score
+    # (positive = abnormal direction), abnormal at z >= 2, or why they are unknown
+    calibrated_mean: float | None = None
+    z_score: float | None = None
+    abnormal: bool | None = None
+    z_unavailable: Identifier | None = None
 
 
 class CsaSummary(_Model):
@@ -201,11 +210,12 @@ class Control(_Header):
     """A request to the control endpoint. ``command`` decides which arguments apply:
 
     ``set_seed`` (seed_rc; None clears), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
-    ``set_context`` (clinical), ``status``, ``ping``.
+    ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
+    protocol images, see ``mmstream.calibration``), ``status``, ``ping``.
     """
 
     msg_type: Literal["control"] = "control"
-    command: Literal["set_seed", "set_roi", "set_metrics", "set_context", "status", "ping"]
+    command: Literal["set_seed", "set_roi", "set_metrics", "set_context", "capture", "status", "ping"]
     stream_id: Identifier | None = None
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     roi: tuple[int, int, int, int] | None = None
@@ -214,7 +224,7 @@ class Control(_Header):
 
     @model_validator(mode="after")
     def _arguments_fit_command(self):
-        per_stream = {"set_seed", "set_roi", "set_metrics", "set_context"}
+        per_stream = {"set_seed", "set_roi", "set_metrics", "set_context", "capture"}
         if self.command in per_stream and self.stream_id is None:
             raise ValueError(f"{self.command} needs a stream_id")
         if self.command == "set_metrics" and not self.metrics:
@@ -236,7 +246,61 @@ class Reply(_Header):
     data: dict = Field(default_factory=dict)
 
 
-Message = Annotated[Frame | Volume | Metrics | Event | Control | Reply, Field(discriminator="msg_type")]
-MESSAGE_TYPES = (Frame, Volume, Metrics, Event, Control, Reply)
+class FusedValue(_Model):
+    """One value beside the live image: ``live`` (this frame), ``captured`` (three-image protocol
+    mean) or ``stored`` (biomarker store, with its date and age). ``z``: oriented z-score against
+    the configured reference (positive = abnormal direction), null without a reference."""
+
+    name: Identifier
+    source: Literal["live", "captured", "stored"]
+    modality: Literal["MRI", "PET", "CT", "US"]
+    value: float
+    unit: Annotated[str, Field(max_length=16)]
+    acquired_on: Annotated[str, Field(max_length=10)] | None = None
+    age_days: float | None = None
+    stale: bool | None = None  # null: no staleness limit configured
+    tracer: Annotated[str, Field(max_length=32)] | None = None
+    z: float | None = None
+    abnormal: bool | None = None
+
+
+class BiopsyCandidate(_Model):
+    """One site of the patient in biopsy order (see ``docs/biomarkers.md`` for the rules)."""
+
+    rank: Annotated[int, Field(ge=1)]
+    site: Identifier
+    side: Literal["left", "right", "midline"] | None = None
+    category: Literal["affected", "unknown", "normal", "end_stage"]
+    score: float | None = None
+    reason: Annotated[str, Field(max_length=500)]
+
+
+class Fused(_Header):
+    """Live measurements of one (patient, site) beside the stored biomarkers, published by the fusion
+    node for each metrics message. ``score`` = ``score_formula`` over the inputs named in
+    ``score_inputs`` (null when none has a reference); ``flags``: ``no_context``, ``no_biomarkers``,
+    ``store_unavailable``, ``stale_biomarkers``, ``disagreement``; ``biopsy``: every site of the
+    patient, best biopsy target first."""
+
+    msg_type: Literal["fused"] = "fused"
+    stream_id: Identifier
+    session_id: Identifier
+    parent: tuple[Identifier, Annotated[int, Field(ge=0)]]
+    patient_id: Annotated[str, Field(max_length=64)] | None = None
+    site: Annotated[str, Field(max_length=64)] | None = None
+    side: Literal["left", "right", "midline"] | None = None
+    values: tuple[FusedValue, ...] = Field(default=(), max_length=256)
+    captures: Annotated[int, Field(ge=0)] = 0  # protocol images captured so far for this site
+    score: float | None = None
+    score_formula: Annotated[str, Field(max_length=200)] = ""
+    score_inputs: tuple[Identifier, ...] = ()
+    flags: tuple[Identifier, ...] = ()
+    disagreements: tuple[Annotated[str, Field(max_length=300)], ...] = Field(default=(), max_length=64)
+    biopsy: tuple[BiopsyCandidate, ...] = Field(default=(), max_length=256)
+    stamps: dict[Identifier, float] = Field(default_factory=dict)
+
+
+Message = Annotated[Frame | Volume | Metrics | Event | Control | Reply | Fused, Field(discriminator="msg_type")]
+MESSAGE_TYPES = (Frame, Volume, Metrics, Event, Control, Reply, Fused)
 message_adapter: TypeAdapter = TypeAdapter(Message)
 

@@ -11,6 +11,7 @@ import mmstream_drivers
 from mmstream.codec import encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import ConfigError
+from mmstream.fusion import attach_fusion
 from mmstream.graph import Graph
 from mmstream.source import FrameSender, pump
 from mmstream.transport import make_socket
@@ -22,6 +23,7 @@ class Service:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self.graph = Graph(config)
+        self.fusion = attach_fusion(self.graph)  # None unless [biomarkers] store is set (docs/biomarkers.md)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.source_errors: dict[str, str] = {}

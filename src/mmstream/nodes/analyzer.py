@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame
+from mmstream.calibration import Device, EchoReferences
 from mmstream.codec import Decoded, buffer_specs
 from mmstream.errors import MmstreamError
 from mmstream.messages import (
@@ -93,9 +94,10 @@ class Analyzer(Node):
     inputs = (Port("frames", capacity=1, policy="latest"),)
     outputs = (Port("metrics"), Port("events"))
 
-    def __init__(self, settings: StreamSettings, name: str | None = None):
+    def __init__(self, settings: StreamSettings, name: str | None = None, echo: EchoReferences | None = None):
         super().__init__(name)
         self.settings = settings
+        self.echo = echo  # reference table and device calibration: live echo z-scores (mmstream.calibration)
         self._previous: dict[str, FrameAnalysis] = {}
         self._seed_version: dict[str, int] = {}
 
@@ -128,4 +130,15 @@ class Analyzer(Node):
         self.count("analyzed")
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
         header, arrays = metrics_message(h.model_copy(update={"clinical": clinical}), res, stamps)
+        if self.echo is not None and header.echogenicity is not None:
+            header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
         return [Out("metrics", header, arrays)]
+
+    def _assess(self, e: EchoSummary, h: Frame, clinical: ClinicalContext) -> EchoSummary:
+        im = h.imaging
+        device = Device(scanner=im.scanner, probe=im.probe, preset=im.preset) if im.scanner and im.probe and im.preset else None
+        a = self.echo.assess(e.mean, e.region, clinical.site, clinical.age_years, clinical.sex, device)
+        return e.model_copy(update={
+            "calibrated_mean": a.calibrated_mean, "z_score": None if a.z is None else a.z.oriented,
+            "abnormal": None if a.z is None else a.z.abnormal, "z_unavailable": a.unavailable,
+        })  # fmt: skip

@@ -36,6 +36,11 @@ class ControlNode(Node):
             return [Out("replies", Reply(ok=True))]
         if h.command == "status":
             return [Out("replies", Reply(ok=True, data=self._status()))]
+        if h.command == "capture":  # announced on the bus; the fusion node takes the stream's next frame
+            return [
+                Out("replies", Reply(ok=True, data={"stream_id": h.stream_id})),
+                self.event("info", "capture", f"capture on {h.stream_id}", stream_id=h.stream_id),
+            ]
         changes = {
             "set_seed": lambda: {"seed_rc": h.seed_rc},
             "set_roi": lambda: {"roi": h.roi},

@@ -12,7 +12,11 @@ from mmstream.nodes.base import Node, Out, Port, Telemetry
 
 class Publisher(Node):
     name = "publisher"
-    inputs = (Port("metrics", capacity=256, policy="fifo"), Port("events", capacity=256, policy="fifo"))
+    inputs = (
+        Port("metrics", capacity=256, policy="fifo"),
+        Port("events", capacity=256, policy="fifo"),
+        Port("fused", capacity=256, policy="fifo"),  # from the fusion node (mmstream.fusion)
+    )
     outputs = (Port("out"), Port("bus"))  # bus: the same messages, for in-process subscribers
 
     def __init__(self, name: str | None = None):
@@ -23,8 +27,8 @@ class Publisher(Node):
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h = msg.header
         arrays = tuple(msg.arrays.values())
-        if port == "events":
-            self.count("events")
+        if port in ("events", "fused"):
+            self.count(port)
             return [Out("out", h, arrays), Out("bus", h, arrays)]
         now = time.monotonic()
         stamps = {**h.stamps, "published": now}

@@ -1,0 +1,241 @@
+"""Biomarkers computed from volumes: statistics in a label mask, Dixon fat fraction, PET SUV.
+
+Arrays are (K, J, I) = (slice, row, column), spacing ``(k_mm, j_mm, i_mm)``; an image and its mask
+must share shape, spacing, origin and direction (checked, never resampled).
+
+PET SUV (body weight) follows the vendor-neutral pseudo-code of the QIBA FDG-PET/CT profile
+(Kinahan et al., QIBA SUV computation): ``SUVbw = C * weight_g / (dose_Bq * 2 ** (-dt / T_half))``,
+``C`` the rescaled activity concentration in Bq/mL, ``dt`` from the injection to the series time
+when ``DecayCorrection`` is ``START`` (no dose decay when ``ADMIN``). Any missing or inconsistent
+tag is refused, never defaulted.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmstream.errors import InputError, ReadError
+
+GEOMETRY_TOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class LoadedVolume:
+    """A volume in LPS: ``voxels`` (K, J, I), ``spacing_mm`` (k, j, i), origin and 3x3 direction."""
+
+    voxels: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_lps_mm: tuple[float, float, float]
+    direction_lps: tuple[float, ...]
+
+
+def read_volume(path: Path | str) -> LoadedVolume:
+    """Read a NIfTI, NRRD, MetaImage or DICOM volume (DICOM values rescaled to physical units)
+    with the project's volume loaders (:func:`mmstream.volumes.load_volume`), or SimpleITK where
+    that package is not installed."""
+    try:
+        from mmstream.volumes import load_volume
+    except ImportError:
+        return _read_with_simpleitk(Path(path))
+    v = load_volume(Path(path))
+    return LoadedVolume(v.voxels, tuple(v.spacing_mm), tuple(v.origin_lps_mm), tuple(np.ravel(v.direction_lps).tolist()))
+
+
+def _read_with_simpleitk(path: Path) -> LoadedVolume:
+    import SimpleITK as sitk
+
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            names = reader.GetGDCMSeriesFileNames(str(path))
+            if not names:
+                raise ReadError(f"{path}: no DICOM series", reason="unreadable")
+            reader.SetFileNames(names)
+            img = reader.Execute()
+        else:
+            img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ReadError(f"{path}: cannot read volume: {str(exc).strip().splitlines()[-1]}", reason="unreadable") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ReadError(f"{path}: need a scalar 3-D volume, got {img.GetDimension()}-D", reason="not_3d")
+    sp = img.GetSpacing()  # ITK order (i, j, k)
+    return LoadedVolume(sitk.GetArrayFromImage(img), (sp[2], sp[1], sp[0]), tuple(img.GetOrigin()), tuple(img.GetDirection()))
+
+
+def check_same_grid(a: LoadedVolume, b: LoadedVolume, what: str = "mask") -> None:
+    """InputError (reason ``grid_mismatch``) unless ``b`` lies on ``a``'s voxel grid."""
+    same = (
+        a.voxels.shape == b.voxels.shape
+        and np.allclose(a.spacing_mm, b.spacing_mm, atol=GEOMETRY_TOL_MM)
+        and np.allclose(a.origin_lps_mm, b.origin_lps_mm, atol=GEOMETRY_TOL_MM)
+        and np.allclose(a.direction_lps, b.direction_lps, atol=1e-6)
+    )
+    if not same:
+        raise InputError(
+            f"{what} grid {b.voxels.shape} @ {b.spacing_mm} mm differs from the image's {a.voxels.shape} @ {a.spacing_mm} mm"
+            " (shape, spacing, origin or direction); resample it first", reason="grid_mismatch",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    n_voxels: int
+    volume_mm3: float
+    mean: float | None
+    median: float | None
+
+
+def _region(mask: np.ndarray, label: int | None) -> np.ndarray:
+    return mask != 0 if label is None else mask == label
+
+
+def mask_statistics(image: np.ndarray, mask: np.ndarray, spacing_mm, label: int | None = None) -> MaskStats:
+    """Mean, median and volume of ``image`` inside ``mask`` (non-zero voxels, or ``== label``).
+
+    image, mask : arrays of one shape (K, J, I); spacing_mm : (k, j, i) in mm.
+    An empty region gives ``n_voxels = 0`` and null mean/median.
+    """
+    if image.shape != mask.shape:
+        raise InputError(f"image {image.shape} and mask {mask.shape} differ", reason="grid_mismatch")
+    region = _region(mask, label)
+    n = int(np.count_nonzero(region))
+    vals = image[region].astype(np.float64)
+    return MaskStats(
+        n_voxels=n,
+        volume_mm3=n * float(np.prod(np.asarray(spacing_mm, np.float64))),
+        mean=float(vals.mean()) if n else None,
+        median=float(np.median(vals)) if n else None,
+    )
+
+
+@dataclass(frozen=True)
+class FatFraction:
+    label: int
+    fat_fraction: float | None  # mean over voxels of F / (F + W), in [0, 1]
+    n_voxels: int  # voxels used (F + W > 0)
+    n_excluded: int  # voxels of the label with F + W == 0 (no signal)
+
+
+def dixon_fat_fraction(fat: np.ndarray, water: np.ndarray, labels: np.ndarray) -> dict[int, FatFraction]:
+    """Fat fraction per label: the mean over the label's voxels of ``F / (F + W)``.
+
+    fat, water : Dixon magnitude images (K, J, I), >= 0; labels : integer label map, 0 = background.
+    Voxels without signal (F + W == 0) are excluded and counted. Negative magnitudes are refused.
+    """
+    if not (fat.shape == water.shape == labels.shape):
+        raise InputError(f"fat {fat.shape}, water {water.shape} and labels {labels.shape} differ", reason="grid_mismatch")
+    f, w = fat.astype(np.float64), water.astype(np.float64)
+    inside = labels != 0
+    if np.any(f[inside] < 0) or np.any(w[inside] < 0):
+        raise InputError("Dixon fat and water magnitude images must be >= 0 inside the labels", reason="negative_magnitude")
+    out = {}
+    total = f + w
+    for lab in np.unique(labels[inside]).tolist():
+        region = labels == lab
+        ok = region & (total > 0)
+        n = int(np.count_nonzero(ok))
+        ff = float(np.mean(f[ok] / total[ok])) if n else None
+        out[int(lab)] = FatFraction(int(lab), ff, n, int(np.count_nonzero(region)) - n)
+    return out
+
+
+def _tag(ds, name: str, where: str = ""):
+    value = getattr(ds, name, None)
+    if value is None or value == "":
+        raise InputError(f"PET SUV needs DICOM tag {name}{where}; it is missing", reason="missing_tag")
+    return value
+
+
+def _dicom_datetime(date: str, time: str) -> dt.datetime:
+    t = str(time).split(".")
+    frac = float("0." + t[1]) if len(t) > 1 and t[1] else 0.0
+    base = dt.datetime.strptime(f"{date}{t[0].ljust(6, '0')}", "%Y%m%d%H%M%S")
+    return base + dt.timedelta(seconds=frac)
+
+
+@dataclass(frozen=True)
+class SuvFactor:
+    """``SUVbw = value_Bq_per_mL * factor_g_per_Bq``, and the inputs it came from."""
+
+    factor_g_per_bq: float
+    weight_kg: float
+    dose_bq: float
+    half_life_s: float
+    decay_correction: str
+    delay_s: float  # injection to series time (0 meaning not used for ADMIN)
+
+
+def suv_bw_factor(ds) -> SuvFactor:
+    """The body-weight SUV factor of a PET DICOM dataset (pydicom), with decay correction.
+
+    Raises InputError (reason ``missing_tag`` or ``unsupported_pet``) when any needed tag is
+    missing, or when units, corrections or times make the SUV undefined.
+    """
+    if getattr(ds, "Modality", None) != "PT":
+        raise InputError(f"not a PET image (Modality {getattr(ds, 'Modality', None)!r})", reason="unsupported_pet")
+    if _tag(ds, "Units") != "BQML":
+        raise InputError(f"PET Units {ds.Units!r}: SUV needs activity concentration in BQML", reason="unsupported_pet")
+    corrected = set(_tag(ds, "CorrectedImage"))
+    if not {"ATTN", "DECY"} <= corrected:
+        raise InputError(f"CorrectedImage {sorted(corrected)} lacks ATTN and/or DECY", reason="unsupported_pet")
+    decay_mode = _tag(ds, "DecayCorrection")
+    if decay_mode not in ("START", "ADMIN"):
+        raise InputError(f"DecayCorrection {decay_mode!r} not supported (START or ADMIN)", reason="unsupported_pet")
+    weight_kg = float(_tag(ds, "PatientWeight"))
+    seq = _tag(ds, "RadiopharmaceuticalInformationSequence")
+    if len(seq) != 1:
+        raise InputError(f"{len(seq)} radiopharmaceutical items; SUV needs exactly one", reason="unsupported_pet")
+    rp, where = seq[0], " (RadiopharmaceuticalInformationSequence)"
+    dose_bq = float(_tag(rp, "RadionuclideTotalDose", where))
+    half_life_s = float(_tag(rp, "RadionuclideHalfLife", where))
+    if weight_kg <= 0 or dose_bq <= 0 or half_life_s <= 0:
+        raise InputError("PatientWeight, RadionuclideTotalDose and RadionuclideHalfLife must be > 0", reason="unsupported_pet")
+    delay_s = 0.0
+    decay = 1.0
+    if decay_mode == "START":
+        series = _dicom_datetime(_tag(ds, "SeriesDate"), _tag(ds, "SeriesTime"))
+        acq_time = getattr(ds, "AcquisitionTime", None)
+        if acq_time and _dicom_datetime(getattr(ds, "AcquisitionDate", None) or ds.SeriesDate, acq_time) < series:
+            raise InputError("AcquisitionTime before SeriesTime: series time altered after acquisition; "
+                             "the scan start is unknown", reason="unsupported_pet")  # fmt: skip
+        start_dt = getattr(rp, "RadiopharmaceuticalStartDateTime", None)
+        if start_dt:
+            injection = _dicom_datetime(str(start_dt)[:8], str(start_dt)[8:].split("+")[0].split("-")[0])
+        else:
+            injection = _dicom_datetime(ds.SeriesDate, _tag(rp, "RadiopharmaceuticalStartTime", where))
+        delay_s = (series - injection).total_seconds()
+        if delay_s < 0:
+            raise InputError(f"injection {delay_s:.0f} s after the series start", reason="unsupported_pet")
+        decay = 2.0 ** (-delay_s / half_life_s)
+    factor = weight_kg * 1000.0 / (dose_bq * decay)
+    return SuvFactor(factor, weight_kg, dose_bq, half_life_s, decay_mode, delay_s)
+
+
+def pet_suv_volume(path: Path | str) -> tuple[LoadedVolume, SuvFactor]:
+    """SUVbw volume (float64, (K, J, I)) of a PET DICOM file or series folder, and the factor used.
+
+    Every file of a series must give the same factor (same patient weight, dose and times).
+    """
+    import pydicom
+
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    factors = set()
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            if path.is_dir():
+                continue  # not every file of a folder need be DICOM
+            raise ReadError(f"{f}: cannot read PET DICOM: {exc}", reason="unreadable") from None
+        factors.add(suv_bw_factor(ds))
+    if not factors:
+        raise ReadError(f"{path}: no DICOM file", reason="unreadable")
+    if len(factors) > 1:
+        raise InputError(f"{path}: files disagree on weight, dose or times ({len(factors)} SUV factors)", reason="unsupported_pet")
+    factor = factors.pop()
+    vol = read_volume(path)  # activity concentration, rescaled to Bq/mL
+    return LoadedVolume(vol.voxels.astype(np.float64) * factor.factor_g_per_bq, vol.spacing_mm, vol.origin_lps_mm,
+                        vol.direction_lps), factor  # fmt: skip

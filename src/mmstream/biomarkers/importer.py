@@ -1,0 +1,166 @@
+"""Reading biomarker records from CSV, JSON and JSON Lines files, row by row.
+
+A bad row never costs the good ones: each is reported with its line number and reason, the valid
+rows are returned. Only a file that cannot be read at all (missing, not UTF-8, no header, a JSON
+syntax error outside any row) raises :class:`~mmstream.errors.ReadError`.
+"""
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmstream.biomarkers.records import FIELDS, BiomarkerRecord, parse_record
+from mmstream.errors import InputError, ReadError
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+REQUIRED = ("patient_id", "site", "modality", "biomarker", "value", "unit", "acquired_on")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}: {self.message}"
+
+
+@dataclass
+class ReadResult:
+    """Valid records with their line numbers, the rows refused, and the file's sha256."""
+
+    records: list[BiomarkerRecord] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    sha256: str = ""
+
+
+def _row(result: ReadResult, line: int, raw, source: str) -> None:
+    try:
+        if isinstance(raw, dict):
+            raw = {**raw}
+            if not raw.get("source_file"):
+                raw["source_file"] = source
+            if not raw.get("source_sha256"):
+                raw["source_sha256"] = result.sha256
+        rec = parse_record(raw)
+    except InputError as exc:
+        result.errors.append(RowError(line, exc.reason, str(exc)))
+        return
+    result.records.append(rec)
+    result.lines.append(line)
+
+
+def _read_csv(text: str, result: ReadResult, source: str) -> None:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ReadError(f"CSV header lacks column(s) {missing}; columns: {', '.join(FIELDS)}", reason="bad_header")
+    start = 2
+    try:
+        for raw in reader:
+            if None in raw:  # more cells than header columns
+                result.errors.append(RowError(start, "invalid_record", f"{len(raw[None])} cell(s) beyond the header"))
+            elif any(v is None for v in raw.values()):
+                result.errors.append(RowError(start, "invalid_record", "fewer cells than header columns"))
+            else:
+                _row(result, start, raw, source)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        result.errors.append(RowError(start, "invalid_record", f"CSV syntax: {exc}; rest of the file skipped"))
+
+
+def _line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def _next_row_start(text: str, pos: int) -> int:
+    """Index of the next line that starts with ``{`` after ``pos`` (resynchronising after a syntax
+    error), or -1."""
+    i = text.find("\n", pos)
+    while i >= 0:
+        j = i + 1
+        while j < len(text) and text[j] in " \t\r":
+            j += 1
+        if text[j:j + 1] == "{":
+            return j
+        i = text.find("\n", j)
+    return -1
+
+
+def _read_json(text: str, result: ReadResult, source: str) -> None:
+    """A JSON array of objects, or an object with a ``records`` array; each element is one row."""
+    dec = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if text[i:i + 1] == "{":
+        try:
+            doc, _ = dec.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise ReadError(f"JSON syntax error at line {exc.lineno}: {exc.msg}", reason="malformed_json") from None
+        if not isinstance(doc.get("records"), list):
+            raise ReadError("a JSON object file needs a 'records' array", reason="malformed_json")
+        i = text.index("[", i + text[i:].index('"records"'))
+    elif text[i:i + 1] != "[":
+        raise ReadError("JSON file must hold an array of records or an object with 'records'", reason="malformed_json")
+    i += 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text):
+            raise ReadError("JSON array is not closed", reason="malformed_json")
+        if text[i] == "]":
+            return
+        try:
+            raw, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            nxt = _next_row_start(text, exc.pos)
+            result.errors.append(RowError(_line_of(text, i), "malformed_json", f"{exc.msg} (line {exc.lineno})"
+                                          + ("" if nxt >= 0 else "; rest of the file skipped")))  # fmt: skip
+            if nxt < 0:
+                return
+            i = nxt
+            continue
+        _row(result, _line_of(text, i), raw, source)
+        i = end
+
+
+def _read_jsonl(text: str, result: ReadResult, source: str) -> None:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            result.errors.append(RowError(n, "malformed_json", exc.msg))
+            continue
+        _row(result, n, raw, source)
+
+
+def read_records(path: Path | str) -> ReadResult:
+    """Records of a ``.csv``, ``.json`` or ``.jsonl`` file (columns/keys: ``records.FIELDS``;
+    ``source_file`` and ``source_sha256`` default to the file's name and hash)."""
+    path = Path(path)
+    readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
+    if path.suffix.lower() not in readers:
+        raise ReadError(f"{path}: unsupported file type (use .csv, .json or .jsonl)", reason="unsupported_format")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ReadError(f"{path}: larger than {MAX_FILE_BYTES} bytes", reason="too_large")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ReadError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReadError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", reason="not_utf8") from None
+    result = ReadResult(sha256=hashlib.sha256(data).hexdigest())
+    try:
+        readers[path.suffix.lower()](text, result, path.name)
+    except ReadError as exc:
+        raise ReadError(f"{path}: {exc}", reason=exc.reason) from None
+    return result

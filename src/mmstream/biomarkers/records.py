@@ -1,0 +1,95 @@
+"""The biomarker record: one value of one biomarker of one patient's site, with its provenance."""
+
+import datetime as dt
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmstream.biomarkers.vocabulary import VOCABULARY, lookup, to_canonical
+from mmstream.errors import InputError
+
+PatientId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+SiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")]  # e.g. tibialis_anterior
+Side = Literal["left", "right", "midline"]
+FIELDS = (
+    "patient_id", "site", "side", "modality", "biomarker", "value", "unit", "acquired_on",
+    "tracer", "method", "source_file", "source_sha256",
+)  # fmt: skip
+
+
+class BiomarkerRecord(BaseModel):
+    """A stored value, always in the canonical unit of its biomarker (see ``vocabulary``).
+
+    ``patient_id`` is a study pseudonym. ``tracer`` is required for PET biomarkers (e.g. ``FDG``,
+    ``11C-PK11195``, ``11C-raclopride``); ``method`` says how the value was obtained (free text:
+    reference region of an SUVR, label number, software).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patient_id: PatientId
+    site: SiteName
+    side: Side | None = None
+    modality: Literal["MRI", "PET", "CT", "US"]
+    biomarker: str
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    unit: str
+    acquired_on: dt.date
+    tracer: Annotated[str, Field(max_length=32)] | None = None
+    method: Annotated[str, Field(max_length=200)] | None = None
+    source_file: Annotated[str, Field(max_length=500)] | None = None
+    source_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @model_validator(mode="after")
+    def _in_vocabulary(self):
+        b = VOCABULARY.get(self.biomarker)
+        if b is None:
+            raise ValueError(f"unknown biomarker {self.biomarker!r}")
+        if self.unit != b.unit:
+            raise ValueError(f"{self.biomarker} is stored in {b.unit!r}, not {self.unit!r}")
+        if not (b.low <= self.value <= b.high):
+            raise ValueError(f"{self.biomarker} = {self.value} outside [{b.low}, {b.high}]")
+        if self.modality not in b.modalities:
+            raise ValueError(f"{self.biomarker} is not measured by {self.modality} (only {', '.join(b.modalities)})")
+        if b.needs_tracer and not self.tracer:
+            raise ValueError(f"{self.biomarker} needs a tracer (e.g. FDG, 11C-PK11195)")
+        return self
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a measurement: two records with one key and different values conflict."""
+        return (self.patient_id, self.site, self.side or "", self.modality, self.biomarker, self.acquired_on.isoformat(),
+                self.tracer or "")  # fmt: skip
+
+
+def parse_record(raw: dict) -> BiomarkerRecord:
+    """A record from loosely typed input (a CSV row, a JSON object): empty strings are missing
+    values, the value is converted to the canonical unit.
+
+    Raises InputError with reason ``invalid_record``, ``unknown_biomarker``, ``unknown_unit`` or
+    ``out_of_range``.
+    """
+    if not isinstance(raw, dict):
+        raise InputError(f"a record must be an object, got {type(raw).__name__}", reason="invalid_record")
+    data = {k: (None if isinstance(v, str) and v.strip() == "" else v) for k, v in raw.items()}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InputError(f"unknown field(s) {unknown}; fields: {', '.join(FIELDS)}", reason="invalid_record")
+    for name in ("biomarker", "value", "unit"):
+        if data.get(name) is None:
+            raise InputError(f"missing {name}", reason="invalid_record")
+    b = lookup(str(data["biomarker"]))
+    try:
+        value = float(data["value"])
+    except (TypeError, ValueError):
+        raise InputError(f"value {data['value']!r} is not a number", reason="invalid_record") from None
+    if not math.isfinite(value):
+        raise InputError(f"value {value} is not finite", reason="out_of_range")
+    data["value"] = to_canonical(b.name, value, str(data["unit"]).strip())
+    data["unit"] = b.unit
+    try:
+        return BiomarkerRecord.model_validate(data)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
+        raise InputError(msgs, reason="invalid_record") from None

@@ -1,0 +1,126 @@
+"""Per-site assessment: stored values with z-scores, involvement score, disagreements, biopsy order.
+
+Pure functions (no store, no sockets). The rules, with their literature sources, are in
+``docs/biomarkers.md``; every number they use comes from the user's reference table or
+configuration, none is built in except the 2-SD convention (:data:`mmstream.calibration.ABNORMAL_Z`).
+"""
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mmstream.biomarkers.records import BiomarkerRecord
+from mmstream.calibration import ReferenceTable, Sex, z_score
+from mmstream.messages import BiopsyCandidate, FusedValue
+
+SCORE_FORMULA = "mean of the oriented z-scores (positive = abnormal direction) of score_inputs"
+CATEGORY_ORDER = {"affected": 0, "unknown": 1, "normal": 2, "end_stage": 3}
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """``end_stage_fat_fraction``: fat fraction from which a muscle counts as end-stage (no default:
+    the rule is off until the user sets it); ``stale_after_days``: age from which a stored value is
+    flagged stale (off when None)."""
+
+    references: ReferenceTable | None = None
+    end_stage_fat_fraction: float | None = None
+    stale_after_days: float | None = None
+
+
+def reference_z(name: str, value: float, site: str, rules: FusionRules, age_years, sex) -> tuple[float | None, bool | None]:
+    """(oriented z, abnormal) of ``value`` against the reference table, or (None, None) without an entry."""
+    entry = None if rules.references is None else rules.references.lookup(name, site, age_years, sex)
+    if entry is None:
+        return None, None
+    z = z_score(value, entry, age_years, sex)
+    return z.oriented, z.abnormal
+
+
+def stored_values(records: Iterable[BiomarkerRecord], site: str, side: str | None, rules: FusionRules,
+                  age_years: float | None, sex: Sex | None, today: dt.date) -> tuple[FusedValue, ...]:  # fmt: skip
+    """The newest stored value of each (biomarker, modality, tracer) at ``site`` (records of the
+    same side, or of no stated side), with its age, staleness and z-score."""
+    newest: dict[tuple, BiomarkerRecord] = {}
+    for r in records:
+        if r.site != site or (r.side is not None and side is not None and r.side != side):
+            continue
+        k = (r.biomarker, r.modality, r.tracer)
+        if k not in newest or r.acquired_on > newest[k].acquired_on:
+            newest[k] = r
+    out = []
+    for r in sorted(newest.values(), key=lambda r: (r.biomarker, r.modality, r.tracer or "")):
+        age_days = float((today - r.acquired_on).days)
+        z, abnormal = reference_z(r.biomarker, r.value, site, rules, age_years, sex)
+        out.append(FusedValue(
+            name=r.biomarker, source="stored", modality=r.modality, value=r.value, unit=r.unit,
+            acquired_on=r.acquired_on.isoformat(), age_days=age_days,
+            stale=None if rules.stale_after_days is None else age_days > rules.stale_after_days,
+            tracer=r.tracer, z=z, abnormal=abnormal,
+        ))  # fmt: skip
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SiteAssessment:
+    site: str
+    side: str | None
+    score: float | None
+    score_inputs: tuple[str, ...]
+    disagreements: tuple[str, ...]
+    category: str
+    reason: str
+    sort_key: tuple
+
+
+def _input_name(v: FusedValue) -> str:
+    return v.name if v.source == "stored" else f"{v.source}:{v.name}"
+
+
+def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules: FusionRules) -> SiteAssessment:
+    """Score, disagreements and biopsy category of one site from its values.
+
+    A live per-frame echo value is used only when no captured (three-image) value exists.
+    """
+    values = tuple(values)
+    has_capture = any(v.source == "captured" for v in values)
+    scored = [v for v in values if v.z is not None and not (v.source == "live" and has_capture)]
+    score = sum(v.z for v in scored) / len(scored) if scored else None
+    abnormal = [v for v in scored if v.abnormal]
+    normal = [v for v in scored if not v.abnormal]
+    disagreements = tuple(
+        f"{a.modality} {_input_name(a)} abnormal (z={a.z:.2f}) but {b.modality} {_input_name(b)} normal (z={b.z:.2f})"
+        for a in abnormal for b in normal if a.modality != b.modality
+    )  # fmt: skip
+    ff = next((v.value for v in values if v.name == "fat_fraction" and v.source == "stored"), None)
+    edema = any(v.name == "t2_water_ms" and v.abnormal for v in scored)
+    if rules.end_stage_fat_fraction is not None and ff is not None and ff >= rules.end_stage_fat_fraction:
+        category = "end_stage"
+        reason = f"fat fraction {ff:.2f} >= end-stage limit {rules.end_stage_fat_fraction:.2f} (configured): little muscle left"
+    elif abnormal:
+        category = "affected"
+        names = ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in abnormal)
+        reason = f"abnormal ({names})" + ("; raised water T2 suggests active disease" if edema else "")
+        if ff is not None and rules.end_stage_fat_fraction is None:
+            reason += "; end-stage rule off (set end_stage_fat_fraction)"
+    elif scored:
+        category = "normal"
+        reason = "every value within 2 SD of its reference: " + ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in scored)
+    else:
+        category = "unknown"
+        reason = "no value with a reference entry for this site" if values else "no values"
+    sort_key = (CATEGORY_ORDER[category], not edema, -len({v.modality for v in abnormal}), ff if ff is not None else 2.0,
+                -(score or 0.0), site, side or "")  # fmt: skip
+    return SiteAssessment(site, side, score, tuple(_input_name(v) for v in scored), disagreements, category, reason,
+                          sort_key)  # fmt: skip
+
+
+def rank_sites(assessments: Iterable[SiteAssessment]) -> tuple[BiopsyCandidate, ...]:
+    """Biopsy order: affected (raised water T2 first, then more modalities abnormal, then lower fat
+    fraction), then unknown, normal, end-stage."""
+    ordered = sorted(assessments, key=lambda a: a.sort_key)
+    return tuple(
+        BiopsyCandidate(rank=i, site=a.site, side=a.side, category=a.category,
+                        score=None if a.score is None else round(a.score, 4), reason=a.reason[:500])
+        for i, a in enumerate(ordered, start=1)
+    )  # fmt: skip

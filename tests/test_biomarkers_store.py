@@ -1,0 +1,179 @@
+"""Biomarker vocabulary, records, SQLite store (WAL, migrations, duplicates/conflicts, locked and
+corrupt files) and CSV/JSON import with line-numbered errors, through the API and the CLI."""
+
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+
+from mmstream.biomarkers import BiomarkerStore, parse_record, read_records, to_canonical
+from mmstream.biomarkers.store import MIGRATIONS, SCHEMA_VERSION
+from mmstream.cli import main
+from mmstream.errors import InputError, ReadError, StoreError
+
+ROW = {"patient_id": "P1", "site": "tibialis_anterior", "side": "left", "modality": "MRI", "biomarker": "fat_fraction",
+       "value": 0.3, "unit": "1", "acquired_on": "2026-01-02"}  # fmt: skip
+HEADER = "patient_id,site,side,modality,biomarker,value,unit,acquired_on,tracer\n"
+
+
+def rec(**kw):
+    return parse_record({**ROW, **kw})
+
+
+@pytest.mark.parametrize(
+    "name,value,unit,expected",
+    [("fat_fraction", 35, "%", 0.35), ("t2_water_ms", 0.041, "s", 41.0), ("csa_mm2", 1.5, "cm2", 150.0),
+     ("volume_mm3", 2, "mL", 2000.0), ("qsm_susceptibility_ppm", 25, "ppb", 0.025),
+     ("dti_md_mm2_per_s", 1.2, "um2/ms", 1.2e-3), ("dti_fa", 0.5, "1", 0.5)],
+)  # fmt: skip
+def test_units_convert_exactly_to_the_canonical_unit(name, value, unit, expected):
+    assert to_canonical(name, value, unit) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [({"unit": "furlongs"}, "unknown_unit"), ({"unit": "ms"}, "unknown_unit"), ({"biomarker": "mood"}, "unknown_biomarker"),
+     ({"value": 1.5}, "out_of_range"), ({"value": "nan"}, "out_of_range"), ({"value": "abc"}, "invalid_record"),
+     ({"modality": "PET"}, "invalid_record"), ({"acquired_on": "yesterday"}, "invalid_record"),
+     ({"patient_id": "../../etc"}, "invalid_record"), ({"site": "Tibialis Anterior"}, "invalid_record"),
+     ({"extra": 1}, "invalid_record"), ({"biomarker": "pet_suv_mean", "modality": "PET", "unit": "g/mL"}, "invalid_record")],
+)  # fmt: skip
+def test_bad_records_are_refused_with_a_reason(raw, reason):
+    with pytest.raises(InputError) as e:
+        parse_record({**ROW, **raw})
+    assert e.value.reason == reason
+
+
+def test_store_is_wal_versioned_and_never_overwrites(tmp_path):
+    with BiomarkerStore(tmp_path / "b.db") as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        r1 = s.add([rec(), rec(site="soleus", value=0.1)])
+        assert r1.added == 2 and not r1.duplicates and not r1.conflicts
+        r2 = s.add([rec(), rec(value=0.6), rec(acquired_on="2026-02-01", value=0.31)])
+        assert r2.added == 1 and len(r2.duplicates) == 1
+        assert [(c.value, old) for c, old in r2.conflicts] == [(0.6, 0.3)]
+        stored = s.query(patient_id="P1", site="tibialis_anterior")
+        assert [(r.acquired_on, r.value) for r in stored] == [(dt.date(2026, 1, 2), 0.3), (dt.date(2026, 2, 1), 0.31)]
+        assert s.patients() == ["P1"]
+        assert s._db.execute("SELECT n_added, n_duplicate, n_conflict FROM imports").fetchall() == [(2, 0, 0), (1, 1, 1)]
+
+
+def test_an_old_schema_is_migrated_keeping_its_data(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO biomarkers (patient_id, site, side, modality, biomarker, value, unit, acquired_on, tracer, "
+               "imported_at) VALUES ('P1','soleus','','MRI','t2_water_ms',40.0,'ms','2025-05-05','','x')")  # fmt: skip
+    db.commit()
+    db.close()
+    with BiomarkerStore(tmp_path / "old.db") as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        assert [r.value for r in s.query("P1")] == [40.0]
+        assert s.add([rec()]).added == 1  # the v2 imports table exists
+
+
+def test_newer_schema_corrupt_and_missing_files_are_clear_errors(tmp_path):
+    db = sqlite3.connect(tmp_path / "new.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError) as e:
+        BiomarkerStore(tmp_path / "new.db")
+    assert e.value.reason == "newer_schema"
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError) as e:
+        BiomarkerStore(tmp_path / "junk.db")
+    assert e.value.reason == "corrupt"
+    with pytest.raises(StoreError) as e:
+        BiomarkerStore(tmp_path / "absent.db", create=False)
+    assert e.value.reason == "unavailable"
+
+
+def test_locked_store_fails_with_reason_locked_then_works_again(tmp_path):
+    path = tmp_path / "b.db"
+    with BiomarkerStore(path) as s:
+        s.add([rec()])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO imports (imported_at, n_added, n_duplicate, n_conflict, n_invalid) VALUES ('x',0,0,0,0)")
+    with BiomarkerStore(path, timeout_s=0.05) as s:
+        with pytest.raises(StoreError) as e:
+            s.add([rec(site="soleus")])
+        assert e.value.reason == "locked"
+        other.execute("ROLLBACK")
+        assert s.add([rec(site="soleus")]).added == 1  # the same connection works once the lock is gone
+    other.close()
+
+
+def test_csv_bad_rows_are_reported_by_line_and_good_rows_kept(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text(
+        HEADER
+        + "P1,soleus,left,MRI,fat_fraction,20,%,2026-01-02,\n"  # line 2 ok
+        + "P1,soleus,left,MRI,t2_water_ms,41,furlongs,2026-01-02,\n"  # 3 unknown unit
+        + "P1,soleus,left,MRI,fat_fraction\n"  # 4 short row
+        + '"P1","soleus\nsplit",left,MRI,dti_fa,0.4,1,2026-01-02,\n'  # 5-6 quoted newline, bad site
+        + "P1,soleus,left,MRI,dti_fa,0.4,1,2026-01-02,,extra\n"  # 7 extra cell
+        + "P1,soleus,right,MRI,t2_water_ms,0.039,s,2026-01-02,\n"  # 8 ok
+    )  # fmt: skip
+    res = read_records(f)
+    assert [r.line for r in res.errors] == [3, 4, 5, 7]
+    assert [r.reason for r in res.errors] == ["unknown_unit", "invalid_record", "invalid_record", "invalid_record"]
+    assert res.lines == [2, 8]
+    assert [r.value for r in res.records] == [pytest.approx(0.2), pytest.approx(39.0)]
+    assert all(r.source_file == "m.csv" and r.source_sha256 == res.sha256 for r in res.records)
+
+
+def test_json_and_jsonl_bad_rows_are_reported_by_line(tmp_path):
+    good = json.dumps(ROW)
+    (tmp_path / "a.json").write_text("[\n" + good + ",\n42,\n{\"patient_id\": oops},\n" + good.replace("0.3", "0.4")
+                                     .replace("left", "right") + "\n]\n")  # fmt: skip
+    res = read_records(tmp_path / "a.json")
+    assert [(e.line, e.reason) for e in res.errors] == [(3, "invalid_record"), (4, "malformed_json")]
+    assert res.lines == [2, 5]
+    (tmp_path / "b.json").write_text(json.dumps({"records": [ROW, {**ROW, "unit": "%%"}]}, indent=1))
+    res = read_records(tmp_path / "b.json")
+    assert len(res.records) == 1 and [e.reason for e in res.errors] == ["unknown_unit"]
+    (tmp_path / "c.jsonl").write_text(good + "\n\n{not json\n" + json.dumps({**ROW, "side": None}) + "\n")
+    res = read_records(tmp_path / "c.jsonl")
+    assert [(e.line, e.reason) for e in res.errors] == [(3, "malformed_json")] and res.lines == [1, 4]
+
+
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [("a.csv", b"just,some,columns\n1,2,3\n", "bad_header"), ("a.csv", b"\xff\xfe\x00garbage", "not_utf8"),
+     ("a.json", b'{"rows": []}', "malformed_json"), ("a.json", b"[" + b'{"a":1},' * 3, "malformed_json"),
+     ("a.xlsx", b"PK", "unsupported_format"), ("a.json", b"\"a string\"", "malformed_json")],
+)  # fmt: skip
+def test_unreadable_files_raise_read_error(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ReadError) as e:
+        read_records(tmp_path / name)
+    assert e.value.reason == reason
+
+
+def test_cli_import_list_export_round_trip(tmp_path, capsys):
+    db = tmp_path / "b.db"
+    f = tmp_path / "in.csv"
+    f.write_text(HEADER + "P1,soleus,left,MRI,fat_fraction,20,%,2026-01-02,\nP1,soleus,left,PET,pet_suv_mean,1.1,g/mL,"
+                 "2026-01-02,FDG\nP2,soleus,,MRI,csa_mm2,12,parsecs,2026-01-02,\n")  # fmt: skip
+    assert main(["biomarkers", "import", str(f), "--db", str(db)]) == 1  # one invalid row
+    out, err = capsys.readouterr()
+    assert "2 added, 0 duplicate, 0 conflict, 1 invalid" in out and "line 4: unknown_unit" in err
+    f2 = tmp_path / "conflict.csv"
+    f2.write_text(HEADER + "P1,soleus,left,MRI,fat_fraction,0.5,1,2026-01-02,\nP1,soleus,left,MRI,fat_fraction,0.2,1,"
+                  "2026-01-02,\n")  # fmt: skip
+    assert main(["biomarkers", "import", str(f2), "--db", str(db)]) == 1
+    out, err = capsys.readouterr()
+    assert "line 2: conflict" in err and "kept the stored value" in err and "line 3: duplicate" in err
+    assert main(["biomarkers", "list", "--db", str(db), "--patient", "P1"]) == 0
+    out, _ = capsys.readouterr()
+    assert "pet_suv_mean" in out and "FDG" in out and "0.2" in out
+    exported = tmp_path / "out.csv"
+    assert main(["biomarkers", "export", "--db", str(db), "--format", "csv", "-o", str(exported)]) == 0
+    with BiomarkerStore(tmp_path / "copy.db") as s:
+        r = read_records(exported)
+        assert not r.errors and s.add(r.records).added == 2
+        assert s.query() == BiomarkerStore(db).query()
+    assert main(["biomarkers", "list", "--db", str(tmp_path / "junk.db")]) == 2
+    assert "unavailable" in capsys.readouterr().err
