@@ -294,7 +294,7 @@ def _spacing_arg(values):
 
 
 # modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
-COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes", "mmstream.cli_biomarkers")
+COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes", "mmstream.cli_biomarkers", "mmstream.cli_recording")
 
 
 def build_parser() -> argparse.ArgumentParser:

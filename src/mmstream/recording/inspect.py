@@ -1,0 +1,249 @@
+"""What a session file holds: streams, frames, duration, frame rate, drops, metric summaries.
+
+``mmstream inspect FILE [--json] [--follow]``. The file is read in chunks (constant memory) and
+incrementally: :class:`Summarizer` remembers how far it has read, so ``--follow`` (SWMR: the file may
+be still being written) only reads the rows appended since the previous update.
+
+Durations and frame rates use the source clock ``t_device_s`` where the source gave one, else the
+recording host's ``t_host_s`` (which is reported as ``clock``). Drops are the frames missing from
+``seq`` gaps (``gap_before`` in the index) plus what the recorder counted as lost or rejected.
+"""
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from mmstream.errors import ReadError
+from mmstream.recording.layout import METRICS_COLUMNS
+from mmstream.recording.reader import SessionReader
+
+# metric columns summarised (mean, std, min, max over finite values); units from the layout
+SUMMARY_COLUMNS = (
+    "echo_mean", "echo_std", "csa_area_mm2", "csa_area_px", "csa_perimeter_mm", "csa_confidence",
+    "thickness_mm", "thickness_px", "thickness_confidence", "saturated_fraction", "dark_fraction",
+)  # fmt: skip
+FLAG_COLUMNS = ("q_duplicate", "q_frozen", "q_saturated", "q_no_contact")
+UNITS = {c.name: c.unit for c in METRICS_COLUMNS}
+READ_CHUNK_ROWS = 4096
+
+
+@contextmanager
+def open_session(path):
+    """A :class:`SessionReader` whose HDF5 read failures (truncated or damaged file) become
+    :class:`ReadError` with reason ``damaged``; a missing file is reason ``not_found``."""
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"{path}: no such file", reason="not_found")
+    if path.is_dir():
+        raise ReadError(f"{path}: is a directory, not a session file", reason="unreadable")
+    try:
+        with SessionReader(path) as reader:
+            yield reader
+    except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for unreadable objects and chunks
+        raise ReadError(f"{path}: damaged or truncated session file: {exc}", reason="damaged") from None
+
+
+class _Stats:
+    """Running count, mean, variance (Chan et al. merge of chunk moments), min, max of finite values."""
+
+    __slots__ = ("n", "mean", "m2", "lo", "hi")
+
+    def __init__(self):
+        self.n, self.mean, self.m2, self.lo, self.hi = 0, 0.0, 0.0, math.inf, -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        v = values[np.isfinite(values)].astype(np.float64)
+        if v.size == 0:
+            return
+        n, mean = v.size, float(v.mean())
+        m2 = float(((v - mean) ** 2).sum())
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+        self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
+
+    def result(self) -> dict:
+        if self.n == 0:
+            return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+        std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+        return {"n": self.n, "mean": self.mean, "std": std, "min": self.lo, "max": self.hi}
+
+
+class _StreamState:
+    def __init__(self):
+        self.frames = self.metrics = self.dropped = 0
+        self.first_seq = self.last_seq = None
+        self.t_first = {"t_device_s": None, "t_host_s": None}
+        self.t_last = {"t_device_s": None, "t_host_s": None}
+        self.max_interval_s = {"t_device_s": 0.0, "t_host_s": 0.0}
+        self.spacing: set = set()
+        self.stats = {c: _Stats() for c in SUMMARY_COLUMNS}
+        self.flags = Counter()
+
+
+class Summarizer:
+    """Incremental summary of an open session: each :meth:`update` reads only new rows."""
+
+    def __init__(self, reader: SessionReader):
+        self.reader = reader
+        self._streams: dict[str, _StreamState] = {}
+        self._events_seen = 0
+        self._events = Counter()
+
+    def _frames(self, sid: str, st: _StreamState) -> None:
+        sr = self.reader.stream(sid)
+        n = sr.n_frames
+        for start in range(st.frames, n, READ_CHUNK_ROWS):
+            rows = sr.index(start, min(start + READ_CHUNK_ROWS, n))
+            st.first_seq = int(rows["seq"][0]) if st.first_seq is None else st.first_seq
+            st.last_seq = int(rows["seq"][-1])
+            st.dropped += int(rows["gap_before"].sum())
+            for clock in ("t_device_s", "t_host_s"):
+                t = rows[clock]
+                t = t[np.isfinite(t)]
+                if t.size == 0:
+                    continue
+                prev = st.t_last[clock]
+                seq_t = t if prev is None else np.concatenate(([prev], t))
+                if seq_t.size > 1:
+                    st.max_interval_s[clock] = max(st.max_interval_s[clock], float(np.diff(seq_t).max()))
+                if st.t_first[clock] is None:
+                    st.t_first[clock] = float(t[0])
+                st.t_last[clock] = float(t[-1])
+            sp = np.stack([rows["spacing_row_mm"], rows["spacing_col_mm"]], axis=1)
+            st.spacing.update(tuple(None if math.isnan(v) else float(v) for v in r) for r in np.unique(sp, axis=0))
+        st.frames = n
+
+    def _metrics(self, sid: str, st: _StreamState) -> None:
+        sr = self.reader.stream(sid)
+        for rows in sr.iter_metrics(chunk=READ_CHUNK_ROWS, start=st.metrics):
+            for c in SUMMARY_COLUMNS:
+                st.stats[c].add(rows[c])
+            for c in FLAG_COLUMNS:
+                st.flags[c[2:]] += int(rows[c].sum())
+            st.metrics += len(rows)
+
+    def _new_events(self) -> None:
+        table = self.reader.file["events/table"]
+        n = len(table)
+        if n > self._events_seen:
+            rows = table[self._events_seen : n]
+            self._events.update(f"{lv.decode()}:{r.decode()}" for lv, r in zip(rows["level"], rows["reason"]))
+            self._events_seen = n
+
+    def update(self) -> dict:
+        """Refresh the file (SWMR), read what is new, return the summary (JSON-serialisable)."""
+        self.reader.refresh()
+        for sid in self.reader.streams:
+            st = self._streams.setdefault(sid, _StreamState())
+            self._frames(sid, st)
+            self._metrics(sid, st)
+        self._new_events()
+        return self._result()
+
+    def _result(self) -> dict:
+        attrs = self.reader.attrs
+        summ = self.reader.summary()
+        streams = {}
+        for sid, st in self._streams.items():
+            clock = "t_device_s" if st.t_first["t_device_s"] is not None else "t_host_s"
+            t0, t1 = st.t_first[clock], st.t_last[clock]
+            duration = None if t0 is None else t1 - t0
+            streams[sid] = {
+                "frames": st.frames,
+                "shape_rc": list(self.reader.stream(sid).shape),
+                "first_seq": st.first_seq,
+                "last_seq": st.last_seq,
+                "clock": clock,
+                "duration_s": duration,
+                "frame_rate_fps": (st.frames - 1) / duration if duration else None,
+                "max_interval_ms": st.max_interval_s[clock] * 1e3 if st.frames > 1 else None,
+                "dropped_frames": st.dropped,
+                "spacing_mm": [list(s) if s[0] is not None else None for s in sorted(st.spacing, key=str)],
+                "metrics_rows": st.metrics,
+                "metrics": {c: {"unit": UNITS[c], **st.stats[c].result()} for c in SUMMARY_COLUMNS},
+                "quality_flags": {k: st.flags[k] for k in (c[2:] for c in FLAG_COLUMNS)},
+            }
+        return {
+            "file": str(self.reader.path),
+            "layout_version": int(attrs["layout_version"]),
+            "session_id": str(attrs.get("session_id", "")),
+            "software_version": str(attrs.get("software_version", "")),
+            "start_wall": str(attrs.get("start_wall", "")),
+            "stop_wall": summ["stop_wall"] or None,
+            "closed": bool(summ["closed"]),
+            "lost_frames": int(summ["lost_frames"]),
+            "rejected_messages": int(summ["rejected_messages"]),
+            "events": dict(sorted(self._events.items())),
+            "streams": streams,
+        }
+
+
+def summarize(path) -> dict:
+    """The summary of the session file ``path`` (see :class:`Summarizer`)."""
+    with open_session(path) as reader:
+        return Summarizer(reader).update()
+
+
+def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_timeout_s: float | None = None,
+           stop: Callable[[], bool] = lambda: False) -> dict:  # fmt: skip
+    """Summaries of a file being written, passed to ``emit`` every ``interval_s`` while anything
+    changed, until the writer closes the file cleanly, ``idle_timeout_s`` passes without new rows,
+    or ``stop()`` is true. Returns the last summary."""
+    with open_session(path) as reader:
+        s = Summarizer(reader)
+        last_key, t_change = None, time.monotonic()
+        while True:
+            summary = s.update()
+            key = (tuple((k, v["frames"], v["metrics_rows"]) for k, v in summary["streams"].items()),
+                   summary["closed"], sum(summary["events"].values()))  # fmt: skip
+            if key != last_key:
+                emit(summary)
+                last_key, t_change = key, time.monotonic()
+            if summary["closed"] or stop():
+                return summary
+            if idle_timeout_s is not None and time.monotonic() - t_change > idle_timeout_s:
+                return summary
+            time.sleep(interval_s)
+
+
+def _num(v, fmt="{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable text of a summary."""
+    state = "closed cleanly" if s["closed"] else "open (being written) or not closed (writer stopped)"
+    lines = [
+        f"{s['file']}: session {s['session_id']}  layout v{s['layout_version']}  mmstream {s['software_version']}",
+        f"  started {s['start_wall']}  stopped {s['stop_wall'] or '-'}  ({state})",
+        f"  lost frames {s['lost_frames']}  rejected messages {s['rejected_messages']}",
+    ]
+    if s["events"]:
+        lines.append("  events: " + ", ".join(f"{k} x{v}" for k, v in s["events"].items()))
+    for sid, st in s["streams"].items():
+        sp = ", ".join("unknown" if v is None else f"{v[0]:g} x {v[1]:g} mm" for v in st["spacing_mm"]) or "-"
+        lines += [
+            f"stream {sid}: {st['frames']} frames {st['shape_rc'][0]}x{st['shape_rc'][1]}  seq {st['first_seq']}..{st['last_seq']}",
+            f"  duration {_num(st['duration_s'])} s ({st['clock']})  frame rate {_num(st['frame_rate_fps'])} fps"
+            f"  longest interval {_num(st['max_interval_ms'], '{:.1f}')} ms",
+            f"  dropped frames (seq gaps) {st['dropped_frames']}  spacing {sp}  metrics rows {st['metrics_rows']}",
+        ]
+        flags = "  ".join(f"{k} {v}" for k, v in st["quality_flags"].items())
+        lines.append(f"  quality flags (frames): {flags}")
+        lines.append(f"  {'metric':<22}{'unit':<12}{'n':>8}{'mean':>11}{'std':>11}{'min':>11}{'max':>11}")
+        for name, m in st["metrics"].items():
+            if m["n"]:
+                lines.append(f"  {name:<22}{m['unit'] or '-':<12}{m['n']:>8}"
+                             + "".join(f"{_num(m[k], '{:.3f}'):>11}" for k in ("mean", "std", "min", "max")))  # fmt: skip
+    return "\n".join(lines)
+
+
+__all__ = ["Summarizer", "summarize", "follow", "format_summary", "open_session"]
