@@ -94,17 +94,35 @@ class NodeRunner(threading.Thread):
         return ins, outs
 
     def _emit(self, outs: dict[str, list[Socket]], results) -> None:
+        encoded = {}  # one message sent on several ports (ingest: frames + accepted) is encoded once
         for out in results:
             socks = outs.get(out.port)
             if not socks:
                 continue  # a port nobody listens to (e.g. events of a node without a publisher)
             sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
-            parts = encode(out.header, out.arrays)
+            key = (id(out.header), *map(id, out.arrays))  # ids are stable: ``results`` holds every object
+            parts = encoded.get(key)
+            if parts is None:
+                parts = encoded[key] = encode(out.header, out.arrays)
             if id(sock) in self._reply_socks:
                 sock.send(parts, timeout_ms=1000)
             elif not sock.try_send(parts):
                 self.send_drops[out.port] += 1
                 self.node.count(f"dropped_{out.port}")
+
+    def _guarded(self, fn, *args) -> list:
+        try:
+            return fn(*args)
+        except Exception as exc:  # a bug in a node must not stop the service
+            self.node.count("internal_error")
+            return [self.node.event("error", "internal_error", f"{type(exc).__name__}: {exc}")]
+
+    def _emit_closing(self, outs) -> None:
+        self._guarded(self.node.close)
+        try:
+            self._emit(outs, self._guarded(self.node.tick, time.monotonic()))  # events of the close
+        except Exception:  # sockets may already be unusable at shutdown
+            pass
 
     def run(self) -> None:
         try:
@@ -140,13 +158,10 @@ class NodeRunner(threading.Thread):
                     msg = q.get()
                     if msg is None:
                         continue
-                    try:
-                        results = node.process(port, msg)
-                    except Exception as exc:  # a bug in a node must not stop the service
-                        node.count("internal_error")
-                        results = [node.event("error", "internal_error", f"{type(exc).__name__}: {exc}")]
-                    self._emit(outs, results)
+                    self._emit(outs, self._guarded(node.process, port, msg))
+                self._emit(outs, self._guarded(node.tick, time.monotonic()))
         finally:
+            self._emit_closing(outs)
             for s in {id(x): x for x in [*ins.values(), *(y for v in outs.values() for y in v)]}.values():
                 s.close()
 

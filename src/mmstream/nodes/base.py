@@ -132,6 +132,14 @@ class Node:
     def process(self, port: str, msg: Decoded) -> list[Out]:
         raise NotImplementedError
 
+    def tick(self, now: float) -> list[Out]:
+        """Called by the runner after each poll (at least every ~50 ms, ``now`` = monotonic s), for
+        periodic work such as flushing a file; returns messages to send."""
+        return []
+
+    def close(self) -> None:
+        """Called once by the runner's thread when the graph stops (release files)."""
+
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] += n

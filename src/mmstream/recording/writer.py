@@ -1,0 +1,228 @@
+"""SWMR writer of one session file part (layout: :mod:`mmstream.recording.layout`).
+
+Frames are written to the file as they come (one chunk each, straight to the file for uncompressed
+and gzip frames); table rows and their JSON wait in memory until :meth:`SessionWriter.flush`, which
+writes, per table, the JSON bytes and arrays first and the rows last, then flushes HDF5 (and fsyncs).
+So a writer killed at any moment leaves every row committed by the last flush complete.
+"""
+
+import os
+import time
+import zlib
+from datetime import datetime, timezone
+
+import h5py
+import numpy as np
+
+from mmstream.errors import InputError
+from mmstream.messages import Event, Frame, Metrics
+from mmstream.recording import layout as L
+
+
+def _wall() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class _Table:
+    """A compound table plus its JSON heap; rows wait in ``pending`` until :meth:`commit`."""
+
+    def __init__(self, table: h5py.Dataset, heap: h5py.Dataset, columns):
+        self.table, self.heap, self.columns = table, heap, columns
+        self.dtype = L.dtype_of(columns)
+        self.n = 0
+        self.heap_n = 0
+        self.pending: list[tuple] = []
+        self._blobs: list[bytes] = []
+        self._pending_bytes = 0
+
+    def add(self, header, **filled) -> None:
+        blob = header.model_dump_json().encode() if hasattr(header, "model_dump_json") else header
+        off = self.heap_n + self._pending_bytes
+        self._blobs.append(blob)
+        self._pending_bytes += len(blob)
+        self.pending.append(L.row_of(self.columns, header, json_offset=off, json_n_bytes=len(blob), **filled))
+
+    def commit(self, before_rows=None) -> None:
+        """Write heap bytes, then ``before_rows()`` (arrays the rows point to), then the rows."""
+        if not self.pending:
+            return
+        if self._blobs:
+            data = np.frombuffer(b"".join(self._blobs), np.uint8)
+            self.heap.resize((self.heap_n + len(data),))
+            self.heap[self.heap_n :] = data
+            self.heap_n += len(data)
+            self._blobs.clear()
+            self._pending_bytes = 0
+        if before_rows is not None:
+            before_rows()
+        rows = np.array(self.pending, dtype=self.dtype)
+        self.table.resize((self.n + len(rows),))
+        self.table[self.n :] = rows
+        self.n += len(rows)
+        self.pending.clear()
+
+
+class _Stream:
+    def __init__(self, g: h5py.Group, compression: str):
+        self.g = g
+        self.shape = (int(g.attrs["rows"]), int(g.attrs["cols"]))
+        self.frames = g["frames"]
+        self.n_written = 0  # frames in the dataset (committed or not)
+        self.index = _Table(g["index"], g["json"], L.FRAME_INDEX)
+        self.metrics = _Table(g["metrics/table"], g["metrics/json"], L.METRICS_COLUMNS)
+        self.arrays = {k: g[f"metrics/{k}"] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")}
+        self.pending_arrays: dict[str, list] = {k: [] for k in self.arrays}
+        self.last_seq = -1
+        self.first_seq = -1
+        self.dropped = 0
+        self._encode = {"none": bytes, "gzip": lambda a: zlib.compress(a, 1)}.get(compression)
+
+    def write_frame(self, image: np.ndarray) -> None:
+        n = self.n_written
+        self.frames.resize((n + 1, *self.shape))
+        if self._encode is not None:
+            self.frames.id.write_direct_chunk((n, 0, 0), self._encode(np.ascontiguousarray(image)))
+        else:
+            self.frames[n] = image
+        self.n_written = n + 1
+
+    def write_arrays(self) -> None:
+        k0 = self.metrics.n
+        n = len(self.pending_arrays["histogram"])
+        for name, ds in self.arrays.items():
+            ds.resize((k0 + n, *ds.shape[1:]))
+            ds[k0:] = np.stack(self.pending_arrays[name])
+            self.pending_arrays[name].clear()
+
+
+def _padded(a, rows: int) -> tuple[np.ndarray, int, bool]:
+    """(rows, 2) float32 with ``a`` at the top; valid count; whether ``a`` had to be cut."""
+    out = np.zeros((rows, 2), np.float32)
+    if a is None:
+        return out, 0, False
+    k = min(len(a), rows)
+    out[:k] = a[:k]
+    return out, k, len(a) > rows
+
+
+class SessionWriter:
+    """One session file part, written in SWMR mode.
+
+    ``streams`` maps stream id -> frame shape (rows, cols): the file holds exactly these; a frame of
+    another stream or shape raises InputError (the recorder then starts a new part).
+    ``committed`` holds what the last :meth:`flush` made durable.
+    """
+
+    def __init__(self, path, attrs: dict, streams: dict[str, tuple[int, int]], compression: str = "none",
+                 fsync: bool = True):  # fmt: skip
+        self.path = os.fspath(path)
+        self.file = L.create_session_file(self.path, attrs, streams, compression)
+        try:
+            self.file.swmr_mode = True
+        except BaseException:
+            self.file.close()
+            raise
+        self._fsync = fsync
+        self.streams = {sid: _Stream(self.file[f"streams/{sid}"], compression) for sid in streams}
+        self.logs = {
+            name: _Table(self.file[f"{name}/table"], self.file[f"{name}/json"], cols)
+            for name, cols in (("events", L.EVENT_COLUMNS), ("fused", L.FUSED_COLUMNS), ("biomarkers", L.JSON_LOG_COLUMNS))
+        }  # fmt: skip
+        self.rejected_messages = 0
+        self.lost_frames = 0
+        self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams}, "events": 0}
+        self.closed = False
+
+    def accepts(self, stream_id: str, shape: tuple[int, ...]) -> bool:
+        st = self.streams.get(stream_id)
+        return st is not None and st.shape == tuple(shape)
+
+    def add_frame(self, header: Frame, image: np.ndarray) -> None:
+        """Write the frame's pixels now; its index row at the next flush."""
+        st = self.streams.get(header.stream_id)
+        if st is None or image.shape != st.shape:
+            raise InputError(f"frame {header.stream_id} {image.shape} does not fit this file part",
+                             reason="new_stream_or_shape")  # fmt: skip
+        gap = header.seq - st.last_seq - 1 if st.last_seq >= 0 and header.seq > st.last_seq + 1 else 0
+        st.write_frame(image)
+        st.dropped += gap
+        st.last_seq = header.seq
+        if st.first_seq < 0:
+            st.first_seq = header.seq
+        st.index.add(header, t_recorded_s=time.monotonic(), gap_before=gap)
+
+    def add_metrics(self, header: Metrics, arrays: dict[str, np.ndarray]) -> None:
+        st = self.streams.get(header.stream_id)
+        if st is None:
+            raise InputError(f"metrics of stream {header.stream_id!r} that is not in this file part",
+                             reason="unknown_stream")  # fmt: skip
+        hist = np.zeros(L.HIST_BINS, np.uint32)
+        if "histogram" in arrays:
+            hist[:] = np.asarray(arrays["histogram"])[: L.HIST_BINS]
+        contour, contour_n, cut_c = _padded(arrays.get("contour_rc"), L.CONTOUR_MAX_POINTS)
+        sup, line_n, cut_s = _padded(arrays.get("superficial_rc"), st.shape[1])
+        deep, _, cut_d = _padded(arrays.get("deep_rc"), st.shape[1])
+        for k, v in zip(st.pending_arrays, (hist, contour, sup, deep)):
+            st.pending_arrays[k].append(v)
+        st.metrics.add(header, t_recorded_s=time.monotonic(), contour_n=contour_n, line_n=line_n,
+                       truncated=cut_c or cut_s or cut_d)  # fmt: skip
+
+    def add_event(self, header: Event) -> None:
+        if header.level == "warning" and header.node != "recorder":
+            self.rejected_messages += 1
+        self.logs["events"].add(header, t_recorded_s=time.monotonic())
+
+    def add_fused(self, header) -> None:
+        """Any other message of the service bus (fusion results), kept as its JSON."""
+        self.logs["fused"].add(header, t_recorded_s=time.monotonic())
+
+    def add_biomarkers(self, snapshot_json: str) -> None:
+        """The biomarker snapshot (JSON text) fusion works with."""
+        self.logs["biomarkers"].add(snapshot_json.encode(), t_recorded_s=time.monotonic())
+
+    def _write_summaries(self, stop_wall: str = "") -> None:
+        n_frames = dropped = 0
+        for st in self.streams.values():
+            st.g["summary"][0] = (st.index.n, st.metrics.n, st.dropped, st.first_seq, st.last_seq)
+            n_frames += st.index.n
+            dropped += st.dropped
+        now = stop_wall or _wall()
+        self.file["session/summary"][0] = (now.encode(), stop_wall.encode(), bool(stop_wall), n_frames, dropped,
+                                           self.rejected_messages, self.lost_frames, self.logs["events"].n)  # fmt: skip
+
+    def flush(self) -> dict:
+        """Commit every pending row, flush HDF5 and fsync; returns ``committed``."""
+        for sid, st in self.streams.items():
+            st.index.commit()
+            st.metrics.commit(st.write_arrays)
+            self.committed["frames"][sid] = st.index.n
+            self.committed["metrics"][sid] = st.metrics.n
+        for t in self.logs.values():
+            t.commit()
+        self.committed["events"] = self.logs["events"].n
+        self._write_summaries()
+        self.file.flush()
+        if self._fsync:
+            os.fsync(self.file.id.get_vfd_handle())
+        return self.committed
+
+    def close(self) -> None:
+        """Final flush with ``stop_wall`` and ``closed`` set, then close."""
+        if self.closed:
+            return
+        try:
+            self.flush()
+            self._write_summaries(stop_wall=_wall())
+            self.file.flush()
+        finally:
+            self.closed = True
+            self.file.close()
+
+    def abandon(self) -> None:
+        """Close after a write error without writing more (what is committed stays readable)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self.file.close()
+            except Exception:  # the file is already failing (disk full, gone): nothing more to save
+                pass
