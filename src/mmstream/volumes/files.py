@@ -21,6 +21,7 @@ NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 
 series is never silently cut to its first volume).
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def _meta(reader, key: str) -> str | None:
     return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
 
 
+def _nrrd_space(path: Path) -> str | None:
+    """The ``space`` field of a NRRD header as written in the file (None when absent)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536).split(b"\n\n", 1)[0].decode("latin-1")
+    except OSError:
+        return None
+    m = re.search(r"^space\s*:\s*(.+?)\s*$", head, flags=re.M)
+    return m.group(1).lower() if m else None
+
+
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
     """(source code, conversion text, orientation_known, meta) of what the reader saw."""
     if fmt == "nifti":
@@ -69,11 +81,11 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
         text = f"NIfTI RAS+ {used} (qform_code {q}, sform_code {s}) -> LPS: x and y negated"
         return "nifti:ras2lps", text, True, meta
     if fmt == "nrrd":
-        space = _meta(reader, "NRRD_space")
+        space = _nrrd_space(Path(reader.GetFileName()))  # ITK's NRRD_space reports LPS after converting
         meta = {"nrrd_space": space}
-        if space in ("left-posterior-superior", "LPS"):
+        if space in ("left-posterior-superior", "lps"):
             return "nrrd:lps", "NRRD space left-posterior-superior: used as is", True, meta
-        if space in ("right-anterior-superior", "RAS"):
+        if space in ("right-anterior-superior", "ras"):
             return "nrrd:ras2lps", "NRRD space right-anterior-superior -> LPS: x and y negated", True, meta
         if space is None:
             return "nrrd:no_space", "NRRD without space field: orientation unknown, identity assumed", False, meta
