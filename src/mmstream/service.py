@@ -67,6 +67,12 @@ class Service:
                     f"(installed: {', '.join(mmstream_drivers.available())})"
                 )
         self.graph.start()
+        if self.igtl_output is not None:
+            try:
+                self.igtl_output.start()
+            except BaseException:
+                self.graph.stop()
+                raise
         if self.web is not None:
             try:
                 self.web.start()
@@ -106,9 +112,7 @@ class Service:
             self.volumes.stop()  # pending series are sent before the graph stops
         if self.web is not None:
             self.web.stop()
-        self.graph.stop()
-        if self.igtl_output is not None:
-            self.igtl_output.close()
+        self.graph.stop()  # also closes the attached nodes (igtl_output)
 
     def __enter__(self):
         return self.start()

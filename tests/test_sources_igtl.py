@@ -1,0 +1,289 @@
+"""OpenIGTLink source and metrics output against real pyigtl peers over loopback TCP."""
+
+import json
+import socket
+import struct
+import threading
+
+import numpy as np
+import pyigtl
+import pytest
+
+from mmstream.codec import decode, encode
+from mmstream.config import load_config
+from mmstream.errors import ProtocolError
+from mmstream.messages import CsaSummary, EchoSummary, Event, Metrics
+from mmstream.service import Service
+from mmstream.transport import make_socket
+from mmstream_drivers.igtl import IgtlSource
+from mmstream_drivers.igtl.output import IgtlMetricsOutput
+from mmstream_drivers.igtl.wire import parse_header
+from source_helpers import Running, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def image_message(k=0, rows=24, cols=32, spacing=(0.2, 0.3), ras=False, **kw):
+    """IMAGE of one slice; grey level 5 k; i (columns) along +x, j (rows) along -z (a vertical plane)."""
+    ijk = np.array([[spacing[1], 0, 0, 10.0], [0, 0, 1.0, 20.0], [0, -spacing[0], 0, 30.0], [0, 0, 0, 1]])
+    img = np.full((1, rows, cols), 5 * k, np.uint8)
+    img[0, :, 0] = 255
+    return pyigtl.ImageMessage(img, ijk_to_world_matrix=ijk, world_coordinate_system="ras" if ras else "lps",
+                               device_name="Image_Reference", **kw)  # fmt: skip
+
+
+@pytest.fixture()
+def server():
+    srv = pyigtl.OpenIGTLinkServer(port=0, local_server=True)
+    yield srv
+    srv.stop()
+
+
+class RawPeer:
+    """A TCP server that sends whatever bytes the test gives each accepted connection."""
+
+    def __init__(self, payloads):
+        self.listen = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listen.getsockname()[1]
+        self.payloads = list(payloads)
+        self.connections = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while self.payloads:
+            try:
+                conn, _ = self.listen.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.sendall(self.payloads.pop(0))
+                if self.payloads:
+                    conn.shutdown(socket.SHUT_WR)  # the next payload goes to the next connection
+                try:
+                    conn.recv(1)  # wait for the client to drop us
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listen.close()
+
+
+def test_images_from_a_pyigtl_server_keep_spacing_orientation_time_and_metadata(server):
+    src = IgtlSource(port=server.server_address[1])
+    with Running(src) as run:
+        for k in range(3):
+            msg = image_message(k, timestamp=1_700_000_000.25 + k / 20)
+            msg.header_version = 2
+            msg.metadata = {"Depth": "40", "Probe": "L14-5", "ProbeToTrackerTransform": " ".join(["1", "0", "0", "5",
+                            "0", "1", "0", "6", "0", "0", "1", "7", "0", "0", "0", "1"])}  # fmt: skip
+            server.send_message(msg, wait=False)
+            run.wait_frames(k + 1)
+    f = run.frames
+    assert [int(x.image[3, 5]) for x in f] == [0, 5, 10] and f[0].image.shape == (24, 32)
+    assert f[0].spacing_mm == (0.2, 0.3) and f[0].spacing_source == "igtl_matrix"
+    assert [x.t_device_s for x in f] == pytest.approx([1_700_000_000.25, 1_700_000_000.30, 1_700_000_000.35], abs=1e-6)
+    m = np.reshape(f[0].transforms["ijk_to_lps"], (4, 4))
+    np.testing.assert_allclose(m[:3, 0], [0.3, 0, 0], atol=1e-6)  # i = column direction
+    np.testing.assert_allclose(m[:3, 1], [0, 0, -0.2], atol=1e-6)  # j = row direction
+    np.testing.assert_allclose(m[:3, 3], [10, 20, 30], atol=1e-4)  # origin = pixel (0, 0)
+    assert f[0].metadata == {"igtl_device": "Image_Reference", "igtl.Probe": "L14-5"}
+    assert f[0].annotations == {"igtl.Depth": 40.0}
+    assert f[0].transforms["probe_to_tracker"][3] == 5.0
+    assert src.health.counters["frames"] == 3 and src.health.counters["connections"] == 1
+
+
+def test_ras_images_are_converted_to_lps_and_unit_spacing_is_unknown(server):
+    src = IgtlSource(port=server.server_address[1])
+    with Running(src) as run:
+        server.send_message(image_message(ras=True), wait=False)
+        server.send_message(image_message(spacing=(1.0, 1.0)), wait=False)
+        run.wait_frames(2)
+    m = np.reshape(run.frames[0].transforms["ijk_to_lps"], (4, 4))
+    np.testing.assert_allclose(m[:3, 0], [-0.3, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(m[:3, 3], [-10, -20, 30], atol=1e-4)
+    assert run.frames[1].spacing_mm is None and src.health.counters["spacing_placeholder"] == 1
+
+
+def test_non_image_and_unusable_images_are_skipped_and_the_connection_stays(server):
+    src = IgtlSource(port=server.server_address[1], device="Image_Reference")
+    with Running(src) as run:
+        server.send_message(pyigtl.TransformMessage(np.eye(4), device_name="ProbeToTracker"), wait=False)
+        server.send_message(pyigtl.ImageMessage(np.zeros((2, 8, 8), np.uint8), device_name="Image_Reference"), wait=False)
+        server.send_message(pyigtl.ImageMessage(np.full((1, 8, 8), 0.5, np.float32), device_name="Image_Reference"),
+                            wait=False)  # fmt: skip
+        server.send_message(pyigtl.ImageMessage(np.full((1, 8, 8), 900, np.uint16), device_name="Image_Reference"),
+                            wait=False)  # fmt: skip
+        other = image_message(7)
+        other.device_name = "OtherImage"
+        server.send_message(other, wait=False)
+        server.send_message(image_message(3), wait=False)
+        [frame] = run.wait_frames(1)
+    assert int(frame.image[3, 5]) == 15
+    c, e = src.health.counters, src.health.errors
+    assert c["skipped_transform"] == 1 and c["skipped_image"] == 1
+    assert e["igtl_not_2d"] == 1 and e["unsupported_dtype"] == 1 and e["unsupported_bit_depth"] == 1
+    assert c["connections"] == 1  # bad content is a bad message, not a bad stream
+
+
+def test_reconnects_with_backoff_when_the_server_goes_away_and_comes_back():
+    first = pyigtl.OpenIGTLinkServer(port=0, local_server=True)
+    port = first.server_address[1]
+    src = IgtlSource(port=port, backoff_initial_s=0.02, backoff_max_s=0.2)
+    with Running(src) as run:
+        first.send_message(image_message(1), wait=False)
+        run.wait_frames(1)
+        first.stop()
+        wait_for(lambda: src.health.errors["igtl_closed"] + src.health.errors["connect_failed"] >= 2,
+                 what="the loss to be noticed and a reconnect to fail")  # fmt: skip
+        second = pyigtl.OpenIGTLinkServer(port=port, local_server=True)
+        try:
+            second.send_message(image_message(2), wait=False)
+            run.wait_frames(2)
+        finally:
+            second.stop()
+    assert int(run.frames[1].image[3, 5]) == 10
+    assert src.health.counters["reconnects"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("garbage", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 40, "igtl_garbage"),  # wrong protocol
+        (struct.pack(">H12s20sIIQQ", 1, b"IMAGE", b"x", 0, 0, 1 << 40, 0), "igtl_too_large"),
+        (struct.pack(">H12s20sIIQQ", 1, b"IM\x01GE", b"x", 0, 0, 4, 0) + b"abcd", "igtl_garbage"),
+        (struct.pack(">H12s20sIIQQ", 1, b"STRING", b"x", 0, 0, 4, 12345) + b"abcd", "igtl_crc"),
+        (image_message().pack()[:500], "igtl_closed"),  # the peer stops inside a message
+    ],
+)
+def test_garbage_from_the_peer_is_counted_announced_and_followed_by_a_reconnect(garbage, reason):
+    peer = RawPeer([garbage, image_message(4).pack()])
+    src = IgtlSource(port=peer.port, backoff_initial_s=0.01, backoff_max_s=0.05)
+    seen = []
+    src.health.sink = seen.append
+    try:
+        with Running(src) as run:
+            [frame] = run.wait_frames(1)
+    finally:
+        peer.close()
+    assert int(frame.image[3, 5]) == 20  # served again after the garbage
+    assert src.health.errors[reason] == 1 and src.health.counters["reconnects"] == 1
+    assert [e.reason for e in seen] == [reason] and seen[0].level == "error"
+
+
+def test_header_parser_refuses_hostile_headers():
+    ok = image_message().pack()[:58]
+    assert parse_header(ok, 1 << 20)["message_type"] == "IMAGE"
+    for bad in (ok[:57], b"\xff" * 58, struct.pack(">H12s20sIIQQ", 1, b"", b"x", 0, 0, 0, 0)):
+        with pytest.raises(ProtocolError):
+            parse_header(bad, 1 << 20)
+
+
+# --- metrics output -----------------------------------------------------------------------------
+
+
+def _metrics(seq, spacing=(0.1, 0.2)):
+    csa = CsaSummary(seed_rc=(10, 20), tracked=True, area_px=50.0, area_mm2=1.0, perimeter_px=30.0,
+                     perimeter_mm=4.5, centroid_rc=(12.0, 21.0), confidence=0.8)  # fmt: skip
+    m = Metrics(stream_id="probe", session_id="s-1", parent=("probe", seq), t_device_s=seq / 30, spacing_mm=spacing,
+                echogenicity=EchoSummary(region="csa", mean=87.5, std=3.0, n_px=50), csa=csa)  # fmt: skip
+    return decode(encode(m))
+
+
+@pytest.fixture()
+def output():
+    node = IgtlMetricsOutput(port=0, client_queue_messages=8).start()
+    yield node
+    node.close()
+
+
+def test_output_sends_metrics_as_string_and_csa_centroid_as_point(output):
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", output.address[1])
+    try:
+        wait_for(lambda: output.server.n_clients == 1, what="client connected")
+        output.process("bus", _metrics(7))
+        text = client.wait_for_message("mmstream_metrics", timeout=5)
+        point = client.wait_for_message("mmstream_csa", timeout=5)
+    finally:
+        client.stop()
+    rec = json.loads(text.string)
+    assert rec["stream_id"] == "probe" and rec["seq"] == 7 and rec["echo_mean"] == 87.5
+    assert rec["csa_area_mm2"] == 1.0 and rec["thickness_mm"] is None
+    assert point.names == ["probe"] and point.groups == ["csa_centroid"]
+    assert point.positions[0] == pytest.approx((21.0 * 0.2, 12.0 * 0.1, 0.0))
+    assert output.counters["metrics_sent"] == 1
+
+
+def test_output_sends_no_point_without_spacing_and_forwards_events(output):
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", output.address[1])
+    try:
+        wait_for(lambda: output.server.n_clients == 1, what="client connected")
+        output.process("bus", _metrics(1, spacing=None))
+        ev = Event(node="source-igtl", level="error", reason="igtl_crc", message="CRC mismatch é", t_host_s=1.0)
+        output.process("bus", decode(encode(ev)))
+        text = client.wait_for_message("mmstream_event", timeout=5)
+        assert client.wait_for_message("mmstream_csa", timeout=0.3) is None
+    finally:
+        client.stop()
+    assert text.string.startswith("error source-igtl igtl_crc: CRC mismatch")
+
+
+def test_garbage_client_is_dropped_and_the_others_keep_receiving(output):
+    good = pyigtl.OpenIGTLinkClient("127.0.0.1", output.address[1])
+    bad = socket.create_connection(("127.0.0.1", output.address[1]))
+    try:
+        wait_for(lambda: output.server.n_clients == 2, what="two clients")
+        bad.sendall(b"\x00\x07" + b"junk" * 20)
+        wait_for(lambda: output.counters["garbage"] == 1, what="garbage counted")
+        assert bad.recv(10) == b""  # closed by the server
+        assert [e.header.reason for e in output.tick(0.0)] == ["igtl_garbage"]
+        assert output.process("bus", _metrics(2)) == []
+        assert json.loads(good.wait_for_message("mmstream_metrics", timeout=5).string)["seq"] == 2
+        assert output.server.n_clients == 1
+    finally:
+        good.stop()
+        bad.close()
+
+
+@pytest.mark.shared_data
+def test_service_streams_a_configured_source_and_publishes_metrics_over_openigtlink(shared_data):
+    """`mmstream serve` wiring: a DICOM cine source from the config, metrics out to a pyigtl client."""
+    cfg = load_config(
+        None,
+        endpoints={"ingest": "tcp://127.0.0.1:*", "metrics": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"},
+        web={"enabled": False},
+        igtl_output={"enabled": True, "port": 0},
+        sources=[
+            {"driver": "dicom", "stream_id": "cine", "options": {
+                "path": str(shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"), "loop": True}},
+            {"driver": "video", "stream_id": "grabber", "options": {"url": "/nonexistent/grabber.avi", "live": True}},
+        ],
+    )  # fmt: skip
+    with Service(cfg) as svc:
+        client = pyigtl.OpenIGTLinkClient("127.0.0.1", svc.igtl_output.address[1])
+        events = make_socket("sub", svc.graph.endpoints["metrics"], bind=False)
+        try:
+            msg = wait_for(lambda: client.wait_for_message("mmstream_metrics", timeout=0.5), 30, "metrics over IGTL")
+            # the absent grabber's retries arrive as events of the service, tagged with its stream
+            ev = wait_for(lambda: _event_from(events, "source-video"), 10, "an event of the video source")
+        finally:
+            client.stop()
+            events.close()
+        status = svc.graph.status()
+    assert ev.reason == "device_unavailable" and ev.stream_id == "grabber"
+    assert status["sources"]["grabber"]["errors"]["device_unavailable"] >= 1
+    rec = json.loads(msg.string)
+    assert rec["stream_id"] == "cine" and rec["spacing_mm"] == pytest.approx([0.5104970559, 0.5104970559])
+    assert rec["echo_mean"] is not None
+    assert status["sources"]["cine"]["counters"]["frames"] >= 1
+
+
+def _event_from(sock, node):
+    parts = sock.try_recv()
+    while parts is not None:
+        h = decode(parts).header
+        if h.msg_type == "event" and h.node == node:
+            return h
+        parts = sock.try_recv()
+    return None

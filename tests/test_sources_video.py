@@ -1,0 +1,194 @@
+"""Video source: real OpenCV captures of small files written in tmp_path, and a fake device."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from mmstream.errors import ConfigError, ReadError
+from mmstream.io import rgb_to_grey
+from mmstream_drivers.video import VideoSource, depth_scale_spacing
+from source_helpers import Running, wait_for
+
+ROWS, COLS, FPS = 48, 64, 25.0
+
+
+def screen(k: int) -> np.ndarray:
+    """A scanner 'screen' (BGR): grey border, B-mode area rows 8..40, cols 16..56 at level 10 + 20 (k mod 12)."""
+    img = np.full((ROWS, COLS, 3), 250, np.uint8)
+    img[8:40, 16:56] = 10 + 20 * (k % 12)
+    return img
+
+
+def write_video(path, n=6, first=0):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (COLS, ROWS))
+    assert w.isOpened()
+    for k in range(first, first + n):
+        w.write(screen(k))
+    w.release()
+
+
+def take(source, n):
+    """The first ``n`` frames of a live source (then stops it)."""
+    with Running(source) as run:
+        return run.wait_frames(n, timeout_s=20.0)
+
+
+def test_file_frames_are_cropped_grey_with_file_timing(tmp_path):
+    path = tmp_path / "clip.avi"
+    write_video(path)
+    src = VideoSource(url=str(path), crop_row0=8, crop_col0=16, crop_row1=40, crop_col1=56,
+                      spacing_row_mm=0.1, spacing_col_mm=0.12)  # fmt: skip
+    frames = list(src.source_frames())
+    assert len(frames) == 6 and src.health.counters["frames"] == 6
+    assert frames[0].image.shape == (32, 40) and frames[0].image.dtype == np.uint8
+    for k, f in enumerate(frames):  # MJPG is lossy: within a few grey levels of the screen
+        assert abs(float(f.image[4:-4, 4:-4].mean()) - (10 + 20 * k)) < 3
+    assert [f.t_device_s for f in frames] == pytest.approx(np.arange(6) / FPS)
+    assert frames[0].spacing_mm == (0.1, 0.12) and frames[0].spacing_source == "config"
+    assert src.health.counters.get("dropped_frames", 0) == 0
+    assert src.paces_itself is False  # a file is paced by its frame times
+
+
+def test_grey_conversion_is_the_readers_bt601(tmp_path):
+    path = tmp_path / "colour.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (COLS, ROWS))
+    w.write(np.dstack([np.full((ROWS, COLS), v, np.uint8) for v in (30, 120, 220)]))  # B, G, R
+    w.release()
+    [frame] = list(VideoSource(url=str(path)).source_frames())
+    bgr = cv2.VideoCapture(str(path)).read()[1]
+    np.testing.assert_array_equal(frame.image, rgb_to_grey(bgr[..., ::-1]))
+
+
+def test_depth_scale_calibration_gives_row_spacing_and_depth():
+    assert depth_scale_spacing(100, 0.0, 500, 40.0) == pytest.approx(0.1)
+    src = VideoSource(url="x.avi", crop_row0=100, crop_row1=500, calib_row_a=100, calib_depth_a_mm=0.0,
+                      calib_row_b=300, calib_depth_b_mm=20.0, square_pixels=True)  # fmt: skip
+    assert src.spacing_mm == pytest.approx((0.1, 0.1))
+    assert src.depth_mm == pytest.approx(40.0)  # depth of the crop's last row
+    with pytest.raises(ConfigError, match="column spacing is unknown"):
+        VideoSource(url="x.avi", calib_row_a=100, calib_depth_a_mm=0.0, calib_row_b=300, calib_depth_b_mm=20.0)
+    with pytest.raises(ConfigError):
+        depth_scale_spacing(300, 0.0, 100, 20.0)  # deeper row must show a larger depth
+    with pytest.raises(ConfigError):
+        depth_scale_spacing(100, 5.0, 100, 20.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"device": 0, "url": "a.avi"}, {"url": "a.avi", "crop_row0": 10, "crop_row1": 5},
+                                {"url": "a.avi", "spacing_row_mm": 0.1}, {"url": "a.avi", "fps": 0}])
+def test_bad_options_are_config_errors(kw):
+    with pytest.raises(ConfigError):
+        VideoSource(**kw)
+
+
+def test_missing_file_is_a_read_error_and_an_event(tmp_path):
+    src = VideoSource(url=str(tmp_path / "none.avi"))
+    with pytest.raises(ReadError) as exc:
+        list(src.source_frames())
+    assert exc.value.reason == "not_found" and src.health.errors["not_found"] == 1
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "cut.avi"
+    write_video(path, n=20)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    src = VideoSource(url=str(path))
+    frames = list(src.source_frames())
+    assert 0 < len(frames) < 20
+    assert src.health.errors["truncated"] == 1
+
+
+def test_crop_larger_than_the_frame_skips_frames_with_an_error(tmp_path):
+    path = tmp_path / "small.avi"
+    write_video(path, n=2)
+    src = VideoSource(url=str(path), crop_row1=ROWS + 10)
+    assert list(src.source_frames()) == []
+    assert src.health.errors["crop_outside_frame"] == 2
+
+
+class FakeCapture:
+    """A grabber that delivers the listed (frame counter, time ms) and then fails like an unplugged device."""
+
+    def __init__(self, ticks):
+        self.ticks = list(ticks)
+        self.pos = self.msec = 0.0
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_POS_FRAMES: self.pos, cv2.CAP_PROP_POS_MSEC: self.msec, cv2.CAP_PROP_FPS: FPS,
+                cv2.CAP_PROP_FRAME_COUNT: -1.0}.get(prop, 0.0)  # fmt: skip
+
+    def read(self):
+        if not self.ticks:
+            return False, None
+        self.pos, self.msec = self.ticks.pop(0)
+        return True, screen(int(self.pos) % 10)
+
+    def release(self):
+        pass
+
+
+def test_dropped_frames_are_counted_from_timestamp_and_counter_gaps():
+    # counter 1,2,3 then 6 (2 lost), time 0,40,80 then 200 ms (2 lost at 25 fps); then 7 at 360 ms (3 lost)
+    ticks = [(1, 0.0), (2, 40.0), (3, 80.0), (6, 200.0), (7, 360.0)]
+    opened = []
+
+    def open_capture(target):
+        opened.append(target)
+        return FakeCapture(ticks) if len(opened) == 1 else None  # unplugged after the first session
+
+    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.01, backoff_max_s=0.02)
+    frames = take(src, 5)
+    assert [f.annotations.get("dropped_before", 0) for f in frames] == [0, 0, 0, 2, 3]
+    assert src.health.counters["dropped_frames"] == 5
+    assert frames[3].t_device_s == pytest.approx(0.2)
+    assert src.paces_itself is True  # a device delivers at its own rate
+
+
+def test_device_that_goes_away_is_reopened_with_backoff_and_the_clock_keeps_running():
+    sessions = [[(1, 0.0), (2, 40.0)], None, None, [(1, 0.0), (2, 40.0), (3, 80.0)]]
+    opened = []
+
+    def open_capture(target):
+        i = len(opened)
+        opened.append(time.monotonic())
+        return FakeCapture(sessions[i]) if i < len(sessions) and sessions[i] is not None else None
+
+    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.02, backoff_max_s=0.5)
+    frames = take(src, 5)
+    assert src.health.counters["reconnects"] == 1 and src.health.counters["connections"] == 2
+    assert src.health.errors["device_lost"] >= 1 and src.health.errors["device_unavailable"] == 2
+    # back-off doubled between the attempts: 0.02, 0.04, 0.08 s
+    gaps = np.diff(opened[:4])
+    assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5
+    t = [f.t_device_s for f in frames]
+    assert all(b > a for a, b in zip(t, t[1:]))  # no jump back after the reconnect
+    assert t[2] - t[1] >= sum(gaps[:3]) * 0.9  # the outage shows as elapsed device time
+
+
+def test_file_that_disappears_and_reappears_is_picked_up_again_when_live(tmp_path):
+    """A real capture of a file opened as a live stream: missing at first, then written, then gone."""
+    path = tmp_path / "feed.avi"
+    src = VideoSource(url=str(path), live=True, crop_row0=8, crop_col0=16, crop_row1=40, crop_col1=56,
+                      backoff_initial_s=0.05, backoff_max_s=0.1)
+    with Running(src) as run:
+        wait_for(lambda: src.health.errors["device_unavailable"], what="a failed open")
+        assert run.frames == []
+        write_video(path, n=4)
+        run.wait_frames(4)
+        path.unlink()  # gone: the end of the file is the device going away; reopening fails, counted
+        failed = src.health.errors["device_unavailable"]
+        wait_for(lambda: src.health.errors["device_unavailable"] > failed, what="a failed reopen")
+        write_video(path, n=3, first=8)  # back with other content (grey 170, 190, 210)
+        wait_for(lambda: any(f.image.mean() > 160 for f in run.frames), what="frames of the re-created file")
+        got = list(run.frames)
+    assert src.health.counters["reconnects"] >= 1 and src.health.errors["device_lost"] >= 1
+    t = [f.t_device_s for f in got]
+    assert all(b > a for a, b in zip(t, t[1:]))
