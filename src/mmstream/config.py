@@ -227,7 +227,6 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
-    igtl_output: IgtlOutputSection = IgtlOutputSection()
     biomarkers: BiomarkersSection = BiomarkersSection()
     web: WebSection = WebSection()
     igtl_output: IgtlOutputSection = IgtlOutputSection()
