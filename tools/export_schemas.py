@@ -14,6 +14,7 @@ from pathlib import Path
 from mmstream.analysis import FrameAnalysis
 from mmstream.config import ServiceConfig
 from mmstream.messages import MESSAGE_TYPES
+from mmstream.recording.layout import describe as session_layout
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 MODELS = {
@@ -30,6 +31,7 @@ def render() -> dict[str, str]:
         schema = model.model_json_schema(mode="serialization")
         schema["$id"] = f"https://mmstream.invalid/schemas/{name}"
         out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    out["session-layout.json"] = json.dumps(session_layout(), indent=2, sort_keys=True) + "\n"  # HDF5 session files
     return out
 
 

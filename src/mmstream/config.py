@@ -215,6 +215,20 @@ class BiomarkersSection(_Section):
     store_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.05  # longest wait on a locked store per check
 
 
+class RecorderSection(_Section):
+    """Session recording to HDF5 (``docs/recording.md``). ``enabled``: record from service start;
+    otherwise the ``record_start`` / ``record_stop`` control commands start and stop recordings.
+    ``directory`` must exist. ``discover_s``: how long a new recording waits for every configured
+    stream's first frame before creating the file."""
+
+    enabled: bool = False
+    directory: Path = Path("recordings")
+    flush_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    compression: Literal["none", "gzip", "lzf", "blosc-lz4"] = "none"
+    fsync: bool = True
+    discover_s: Annotated[float, Field(ge=0, le=10)] = 0.5
+
+
 class ServiceConfig(BaseSettings):
     """The whole service configuration."""
 
@@ -227,6 +241,7 @@ class ServiceConfig(BaseSettings):
     analyzer: AnalyzerSection = AnalyzerSection()
     streams: dict[Identifier, StreamSection] = Field(default_factory=dict)
     sources: list[SourceSection] = Field(default_factory=list)
+    recorder: RecorderSection = RecorderSection()
     biomarkers: BiomarkersSection = BiomarkersSection()
     web: WebSection = WebSection()
     igtl_output: IgtlOutputSection = IgtlOutputSection()

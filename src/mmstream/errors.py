@@ -60,3 +60,10 @@ class ProtocolError(MmstreamError):
     bad header, failed checksum, oversized body, a stalled or closed stream."""
 
     reason = "protocol"
+
+
+class RecordingError(MmstreamError):
+    """The session recorder cannot record: directory missing or not writable, disk full, write
+    failure. ``reason``: ``no_directory``, ``permission_denied``, ``disk_full``, ``write_failed``."""
+
+    reason = "recording"

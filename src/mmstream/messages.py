@@ -211,11 +211,14 @@ class Control(_Header):
 
     ``set_seed`` (seed_rc; None clears), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
-    protocol images, see ``mmstream.calibration``), ``status``, ``ping``.
+    protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
+    ``record_stop`` (a new session file per start; ``docs/recording.md``).
     """
 
     msg_type: Literal["control"] = "control"
-    command: Literal["set_seed", "set_roi", "set_metrics", "set_context", "capture", "status", "ping"]
+    command: Literal[
+        "set_seed", "set_roi", "set_metrics", "set_context", "capture", "status", "ping", "record_start", "record_stop",
+    ]  # fmt: skip
     stream_id: Identifier | None = None
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     roi: tuple[int, int, int, int] | None = None

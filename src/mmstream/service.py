@@ -13,6 +13,7 @@ from mmstream.config import ServiceConfig
 from mmstream.errors import ConfigError
 from mmstream.fusion import attach_fusion
 from mmstream.graph import Graph
+from mmstream.recording.recorder import attach_recorder
 from mmstream.source import FrameSender, pump
 from mmstream.transport import make_socket
 
@@ -24,6 +25,7 @@ class Service:
         self.config = config
         self.graph = Graph(config)
         self.fusion = attach_fusion(self.graph)  # None unless [biomarkers] store is set (docs/biomarkers.md)
+        self.recorder = attach_recorder(self.graph)  # HDF5 sessions: [recorder], record_start (docs/recording.md)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.source_errors: dict[str, str] = {}

@@ -6,7 +6,7 @@ Request/reply: every request gets exactly one :class:`~mmstream.messages.Reply`,
 from collections.abc import Callable
 
 from mmstream.codec import Decoded
-from mmstream.errors import CodecError
+from mmstream.errors import CodecError, MmstreamError
 from mmstream.messages import Control, Reply
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Node, Out, Port
@@ -21,6 +21,9 @@ class ControlNode(Node):
         super().__init__(name)
         self.settings = settings
         self._status = status
+        # command -> handler(Control) -> reply data, registered by attached nodes (recorder:
+        # record_start, record_stop); a handler raising MmstreamError gets an error reply
+        self.handlers: dict[str, Callable[[Control], dict]] = {}
 
     def on_decode_error(self, exc: CodecError) -> list[Out]:
         """A request that could not be decoded still gets a reply (REQ/REP must alternate)."""
@@ -41,6 +44,8 @@ class ControlNode(Node):
                 Out("replies", Reply(ok=True, data={"stream_id": h.stream_id})),
                 self.event("info", "capture", f"capture on {h.stream_id}", stream_id=h.stream_id),
             ]
+        if h.command in ("record_start", "record_stop"):
+            return self._handled(h)
         changes = {
             "set_seed": lambda: {"seed_rc": h.seed_rc},
             "set_roi": lambda: {"roi": h.roi},
@@ -52,3 +57,14 @@ class ControlNode(Node):
             Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version})),
             self.event("info", h.command, f"{h.command} on {h.stream_id}", stream_id=h.stream_id),
         ]
+
+    def _handled(self, h: Control) -> list[Out]:
+        handler = self.handlers.get(h.command)
+        if handler is None:
+            return [Out("replies", Reply(ok=False, reason="unsupported_command",
+                                         message=f"{h.command}: no node in this service handles it"))]  # fmt: skip
+        try:
+            data = handler(h)
+        except MmstreamError as exc:
+            return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc)[:2000]))]
+        return [Out("replies", Reply(ok=True, data=data)), self.event("info", h.command, h.command)]

@@ -297,7 +297,7 @@ def describe() -> dict:
         "committed_rows": "a row is committed when its table row exists; frames i < len(index) are complete",
         "session": {
             "attrs": ["layout_version", "session_id", "recording_id", "part", "software_version", "config_json",
-                      "start_wall", "start_t_host_s", "streams_json"],
+                      "start_wall", "start_t_host_s", "previous_part", "streams_json"],
             "summary": {"shape": [1], "columns": cols(SESSION_SUMMARY)},
         },  # fmt: skip
         "streams/<stream_id>": {

@@ -1,0 +1,295 @@
+"""Recorder node: writes frames, metrics, events and fusion results of the service to session files.
+
+Attached to the graph on the lossless taps (``frames``: every accepted frame; ``bus``: every
+metrics message, event and fused message the service publishes). States::
+
+    idle --start_recording()--> armed --first frames known--> recording --stop_recording()--> idle
+                                                                  \\--write error--> failed
+
+``armed`` waits (at most ``discover_s``) until every stream named in the configuration has sent a
+frame, so their datasets can be created before SWMR starts; messages meanwhile are held. A frame
+of a stream (or shape) that is not in the current file closes that part and opens the next one,
+``<recording_id>.part<k>.h5``, holding every stream seen. A write error (disk full, permission,
+directory gone) ends the recording with an error event and status; the live service is not
+affected and everything flushed before stays readable.
+"""
+
+import errno
+import json
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mmstream
+from mmstream.codec import Decoded
+from mmstream.config import RecorderSection
+from mmstream.errors import InputError, RecordingError
+from mmstream.messages import Event, Frame, Metrics
+from mmstream.nodes.base import Node, Out, Port
+from mmstream.recording.writer import SessionWriter
+
+HELD_MAX = 4096  # messages held while armed before the file is opened anyway
+_ERRNO_REASON = {
+    errno.ENOSPC: "disk_full", errno.EFBIG: "disk_full", errno.EDQUOT: "disk_full",
+    errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.EROFS: "permission_denied",
+    errno.ENOENT: "no_directory", errno.ENOTDIR: "no_directory",
+}  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    """Map an OS/HDF5 error to a recording reason (HDF5 puts ``errno = N`` in its message)."""
+    code = getattr(exc, "errno", None)
+    if code is None:
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    return _ERRNO_REASON.get(code, "write_failed")
+
+
+def check_directory(directory: Path) -> Path:
+    """The recording directory, or RecordingError (``no_directory``, ``permission_denied``)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise RecordingError(f"recording directory {d} does not exist (create it first)", reason="no_directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise RecordingError(f"recording directory {d} is not writable", reason="permission_denied")
+    return d
+
+
+class Recorder(Node):
+    """The graph node; :meth:`start_recording` / :meth:`stop_recording` are thread-safe (control)."""
+
+    name = "recorder"
+    inputs = (Port("frames", capacity=256, policy="block"), Port("bus", capacity=1024, policy="block"))
+    outputs = (Port("events"),)
+
+    def __init__(self, options: RecorderSection, session_id: str, config_json: str = "{}",
+                 expected_streams: tuple[str, ...] = (), name: str | None = None):  # fmt: skip
+        super().__init__(name)
+        self.options = options
+        self.session_id = session_id
+        self.config_json = config_json
+        self.expected = set(expected_streams)
+        self._rlock = threading.RLock()
+        self._state = "idle"
+        self._shapes: dict[str, tuple[int, int]] = {}
+        self._held: list[Decoded] = []
+        self._t_armed = 0.0
+        self._writer: SessionWriter | None = None
+        self._recording_id: str | None = None
+        self._part = 0
+        self._files: list[str] = []
+        self._t_flush = 0.0
+        self._out: list[Out] = []
+        self._last_error: dict | None = None
+        self._flushed_frames = 0  # committed in closed parts of this recording
+
+    # -- control (any thread) -------------------------------------------------------------------
+    def start_recording(self) -> dict:
+        """Arm a new recording (a new file); RecordingError when the directory is unusable."""
+        with self._rlock:
+            if self._state in ("armed", "recording"):
+                return self.recording_status()
+            try:
+                directory = check_directory(self.options.directory)
+            except RecordingError as exc:
+                self._fail(exc, exc.reason)
+                raise
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            rid, k = f"{self.session_id}_{stamp}", 1
+            while any(directory.glob(f"{rid}*.h5")):
+                k += 1
+                rid = f"{self.session_id}_{stamp}_{k}"
+            self._recording_id, self._part, self._files, self._flushed_frames = rid, 0, [], 0
+            self._state, self._held, self._t_armed, self._last_error = "armed", [], time.monotonic(), None
+            self._say("info", "recording_armed", f"recording {rid} armed in {directory}")
+            return self.recording_status()
+
+    def stop_recording(self) -> dict:
+        """Close the current file (writing what is held); returns the recording status."""
+        with self._rlock:
+            if self._state == "armed" and self._shapes and self._held:
+                self._open()
+            if self._writer is not None:
+                self._close_part()
+            if self._state in ("armed", "recording"):
+                self._state = "idle"
+                self._say("info", "recording_stopped", f"recording {self._recording_id} stopped: {self._files}")
+            return self.recording_status()
+
+    def recording_status(self) -> dict:
+        with self._rlock:
+            w = self._writer
+            return {
+                "state": self._state,
+                "recording": self._state in ("armed", "recording"),
+                "recording_id": self._recording_id,
+                "path": w.path if w is not None else None,
+                "files": list(self._files),
+                "frames": self._flushed_frames + (sum(w.committed["frames"].values()) if w is not None else 0),
+                "dropped_frames": sum(s.dropped for s in w.streams.values()) if w is not None else 0,
+                "last_error": self._last_error,
+            }
+
+    def status(self) -> dict:
+        out = super().status()
+        out["recording"] = self.recording_status()
+        return out
+
+    # -- node -----------------------------------------------------------------------------------
+    def process(self, port: str, msg: Decoded) -> list[Out]:
+        with self._rlock:
+            h = msg.header
+            if isinstance(h, Frame):
+                self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)
+            if self._state == "armed":
+                self._held.append(msg)
+                self._maybe_open(time.monotonic())
+            elif self._state == "recording":
+                self._write(msg)
+            else:
+                self.count("not_recording")
+            return self._take_out()
+
+    def tick(self, now: float) -> list[Out]:
+        with self._rlock:
+            if self._state == "armed":
+                self._maybe_open(now)
+            elif self._state == "recording" and now - self._t_flush >= self.options.flush_interval_s:
+                self._guard(self._flush)
+            return self._take_out()
+
+    def close(self) -> None:
+        self.stop_recording()
+
+    # -- internals (under the lock) -------------------------------------------------------------
+    def _take_out(self) -> list[Out]:
+        out, self._out = self._out, []
+        return out
+
+    def _say(self, level: str, reason: str, message: str) -> None:
+        self._out.append(self.event(level, reason, message))
+
+    def _fail(self, exc: BaseException, reason: str) -> None:
+        self.count(f"error_{reason}")
+        self._last_error = {"reason": reason, "message": str(exc)[:500], "t_wall": datetime.now(timezone.utc).isoformat()}
+        self._say("error", f"recording_{reason}", f"recording stopped: {reason}: {exc}")
+        if self._writer is not None:
+            self._writer.abandon()
+            self._flushed_frames += sum(self._writer.committed["frames"].values())
+            self._writer = None
+        self._state = "failed" if self._state in ("armed", "recording") else self._state
+        self._held = []
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except (OSError, RuntimeError, RecordingError) as exc:  # h5py raises OSError/RuntimeError
+            self._fail(exc, getattr(exc, "reason", None) if isinstance(exc, RecordingError) else _reason(exc))
+
+    def _maybe_open(self, now: float) -> None:
+        if not self._shapes:
+            return  # nothing to create datasets from yet: keep holding
+        waited = now - self._t_armed >= self.options.discover_s
+        if self.expected <= set(self._shapes) or waited or len(self._held) >= HELD_MAX:
+            self._guard(self._open)
+
+    def _path(self, part: int) -> Path:
+        suffix = "" if part == 1 else f".part{part}"
+        return Path(self.options.directory) / f"{self._recording_id}{suffix}.h5"
+
+    def _open(self) -> None:
+        self._part += 1
+        path = self._path(self._part)
+        attrs = {
+            "session_id": self.session_id, "recording_id": self._recording_id, "part": self._part,
+            "previous_part": self._files[-1] if self._files else "", "software_version": mmstream.__version__,
+            "config_json": self.config_json, "start_wall": datetime.now(timezone.utc).isoformat(),
+            "start_t_host_s": time.monotonic(),
+        }  # fmt: skip
+        self._writer = SessionWriter(path, attrs, dict(self._shapes), self.options.compression, self.options.fsync)
+        self._files.append(str(path))
+        self._state, self._t_flush = "recording", time.monotonic()
+        self._say("info", "recording_started", f"recording to {path.name} ({len(self._shapes)} streams)")
+        held, self._held = self._held, []
+        for msg in held:
+            self._write(msg)
+            if self._state != "recording":
+                break
+
+    def _flush(self) -> None:
+        self._writer.flush()
+        self._t_flush = time.monotonic()
+
+    def _close_part(self) -> None:
+        w, self._writer = self._writer, None
+        try:
+            w.close()
+        except (OSError, RuntimeError) as exc:
+            self._writer = w
+            self._fail(exc, _reason(exc))
+            return
+        self._flushed_frames += sum(w.committed["frames"].values())
+
+    def _write(self, msg: Decoded) -> None:
+        h = msg.header
+        w = self._writer
+        try:
+            if isinstance(h, Frame):
+                image = msg.arrays["image"]
+                if not w.accepts(h.stream_id, image.shape):
+                    self._close_part()
+                    if self._state != "recording":
+                        return
+                    self._open_next(h.stream_id)
+                    w = self._writer
+                w.add_frame(h, image)
+                self.count("frames")
+            elif isinstance(h, Metrics):
+                w.add_metrics(h, msg.arrays)
+                self.count("metrics")
+            elif isinstance(h, Event):
+                w.add_event(h)
+            else:
+                w.add_fused(h)
+        except InputError as exc:  # metrics of a stream without frames: counted, not recorded
+            self.count(exc.reason)
+        except (OSError, RuntimeError) as exc:
+            self._fail(exc, _reason(exc))
+
+    def _open_next(self, stream_id: str) -> None:
+        self._say("info", "recording_new_part", f"new stream or frame shape on {stream_id}: next file part")
+        self._open()
+
+
+def recorder_config_json(config) -> str:
+    """The service configuration as stored in ``/session`` (secrets masked by pydantic)."""
+    return json.dumps(json.loads(config.model_dump_json()), sort_keys=True)
+
+
+def attach_recorder(graph) -> Recorder:
+    """Create the recorder of ``graph.config.recorder``, subscribe it to the graph's frame and bus
+    taps, register ``record_start`` / ``record_stop`` with the control node and add ``recording``
+    to the service status. With ``enabled`` it is armed at once (a directory error is reported as
+    an event and in status; the service still starts)."""
+    from mmstream.graph import TAP_HWM, SocketSpec
+
+    cfg = graph.config
+    expected = (*cfg.streams, *(s.stream_id for s in cfg.sources))
+    rec = Recorder(cfg.recorder, graph.session_id, recorder_config_json(cfg), expected_streams=expected)
+    inputs = {
+        "frames": SocketSpec("sub", graph.internal["frames"], bind=False, hwm=TAP_HWM),
+        "bus": SocketSpec("sub", graph.internal["bus"], bind=False, hwm=TAP_HWM),
+    }
+    graph.attach(rec, inputs, {"events": [graph.events_spec()]})
+    graph.control.handlers["record_start"] = lambda _req: rec.start_recording()
+    graph.control.handlers["record_stop"] = lambda _req: rec.stop_recording()
+    graph.status_hooks.append(lambda: {"recording": rec.recording_status()})
+    if cfg.recorder.enabled:
+        try:
+            rec.start_recording()
+        except RecordingError:
+            pass  # announced as an event, kept in status["recording"]["last_error"]
+    return rec

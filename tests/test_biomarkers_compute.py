@@ -1,0 +1,184 @@
+"""Biomarkers from volumes: mask statistics and Dixon fat fraction on synthetic volumes of known
+answer and on the pyradiomics reference case, PET SUV (body weight) with decay correction on a
+synthetic DICOM of known answer and on real TCIA PET slices, refusal of every missing tag, CLI."""
+
+import copy
+import datetime as dt
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from mmstream.biomarkers import BiomarkerStore
+from mmstream.biomarkers import compute as C
+from mmstream.cli import main
+from mmstream.errors import InputError
+
+
+def test_mask_statistics_known_answer(rng):
+    img = rng.normal(100, 5, (6, 20, 30))
+    mask = np.zeros(img.shape, np.uint8)
+    mask[1:4, 5:15, 10:20] = 2
+    mask[5, 0, 0] = 1
+    st = C.mask_statistics(img, mask, (2.0, 0.5, 0.25), label=2)
+    assert st.n_voxels == 300 and st.volume_mm3 == pytest.approx(300 * 0.25)
+    assert st.mean == pytest.approx(img[1:4, 5:15, 10:20].mean()) and st.median == pytest.approx(np.median(img[1:4, 5:15, 10:20]))
+    assert C.mask_statistics(img, mask, (1, 1, 1)).n_voxels == 301
+    empty = C.mask_statistics(img, mask, (1, 1, 1), label=7)
+    assert (empty.n_voxels, empty.mean, empty.median) == (0, None, None)
+    with pytest.raises(InputError):
+        C.mask_statistics(img, mask[:-1], (1, 1, 1))
+
+
+def test_dixon_fat_fraction_per_label_known_answer():
+    labels = np.zeros((2, 4, 4), np.int16)
+    labels[:, :2] = 1
+    labels[:, 2:] = 2
+    fat = np.where(labels == 1, 30.0, 80.0)
+    water = np.where(labels == 1, 70.0, 20.0)
+    fat[0, 3, 3] = water[0, 3, 3] = 0.0  # no signal: excluded and counted
+    ff = C.dixon_fat_fraction(fat, water, labels)
+    assert ff[1].fat_fraction == pytest.approx(0.3) and ff[1].n_voxels == 16 and ff[1].n_excluded == 0
+    assert ff[2].fat_fraction == pytest.approx(0.8) and ff[2].n_voxels == 15 and ff[2].n_excluded == 1
+    with pytest.raises(InputError) as e:
+        C.dixon_fat_fraction(-fat, water, labels)
+    assert e.value.reason == "negative_magnitude"
+
+
+def pyradiomics_baseline(folder, case: str) -> dict[str, float]:
+    """PyRadiomics reference features of ``case`` from its baseline CSVs (ground truth)."""
+    import csv
+
+    out = {}
+    for name in ("baseline_shape.csv", "baseline_firstorder.csv"):
+        with open(folder / name, newline="") as f:
+            for row in csv.DictReader(f):
+                out[row["featureName"]] = row[case]
+    return out
+
+
+@pytest.mark.shared_data
+def test_pyradiomics_brain1_and_breast1_reference_values(shared_data):
+    """brain1: volume 16412.66 mm^3, mean 825.235; breast1 read from the baseline too (its mean is
+    131.126: the 390.79 quoted in the data MANIFEST is the brain2 column)."""
+    d = shared_data / "volumes" / "pyradiomics"
+    for case in ("brain1", "breast1"):
+        truth = pyradiomics_baseline(d, case)
+        img, mask = C.read_volume(d / f"{case}_image.nrrd"), C.read_volume(d / f"{case}_label.nrrd")
+        C.check_same_grid(img, mask)
+        st = C.mask_statistics(img.voxels, mask.voxels, img.spacing_mm)
+        assert st.n_voxels == int(truth["diagnostics_Mask-original_VoxelNum"])
+        assert st.volume_mm3 == pytest.approx(float(truth["original_shape_VoxelVolume"]), rel=1e-9)
+        assert st.mean == pytest.approx(float(truth["original_firstorder_Mean"]), rel=1e-9)
+        assert st.median == pytest.approx(float(truth["original_firstorder_Median"]), rel=1e-9)
+    assert float(pyradiomics_baseline(d, "brain1")["original_firstorder_Mean"]) == pytest.approx(825.235, abs=1e-3)
+    other = C.read_volume(d / "breast1_label.nrrd")
+    with pytest.raises(InputError) as e:
+        C.check_same_grid(C.read_volume(d / "brain1_image.nrrd"), other)
+    assert e.value.reason == "grid_mismatch"
+
+
+def pet_dataset(path, activity_bq_ml=5000.0, weight_kg=70.0, dose_bq=3.7e8, half_life_s=6586.2, delay_s=3600.0, slope=0.5):
+    """A one-slice PET DICOM whose SUVbw is known: activity * weight_g / (dose * 2**(-delay/T))."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.Modality, ds.Units, ds.DecayCorrection, ds.CorrectedImage = "PT", "BQML", "START", ["ATTN", "DECY", "SCAT"]
+    ds.PatientWeight = weight_kg
+    injection = dt.datetime(2026, 3, 4, 9, 0, 0)
+    series = injection + dt.timedelta(seconds=delay_s)
+    ds.SeriesDate = ds.AcquisitionDate = series.strftime("%Y%m%d")
+    ds.SeriesTime = ds.AcquisitionTime = series.strftime("%H%M%S.%f")
+    rp = Dataset()
+    rp.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
+    rp.RadionuclideTotalDose, rp.RadionuclideHalfLife = dose_bq, half_life_s
+    ds.RadiopharmaceuticalInformationSequence = [rp]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Rows, ds.Columns, ds.PixelSpacing, ds.SliceThickness = 4, 4, [4.0, 4.0], 4.0
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    ds.PixelData = np.full((4, 4), activity_bq_ml / slope, np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    expected = activity_bq_ml * weight_kg * 1000 / (dose_bq * 2 ** (-delay_s / half_life_s))
+    return ds, expected
+
+
+def test_pet_suv_known_answer_with_decay_correction(tmp_path):
+    ds, expected = pet_dataset(tmp_path / "pet.dcm")
+    f = C.suv_bw_factor(ds)
+    assert f.delay_s == pytest.approx(3600.0) and f.decay_correction == "START"
+    suv, factor = C.pet_suv_volume(tmp_path / "pet.dcm")
+    assert suv.voxels.shape == (1, 4, 4) and np.allclose(suv.voxels, expected, rtol=1e-9)
+    assert expected == pytest.approx(5000 * 70000 / 3.7e8 * 2 ** (3600 / 6586.2))  # ~1.37 g/mL
+    ds.DecayCorrection = "ADMIN"  # images decay-corrected to the injection: no further correction
+    assert C.suv_bw_factor(ds).factor_g_per_bq == pytest.approx(70000 / 3.7e8)
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [(lambda d: delattr(d, "PatientWeight"), "missing_tag"), (lambda d: delattr(d, "Units"), "missing_tag"),
+     (lambda d: delattr(d, "SeriesTime"), "missing_tag"), (lambda d: delattr(d, "DecayCorrection"), "missing_tag"),
+     (lambda d: delattr(d.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose"), "missing_tag"),
+     (lambda d: delattr(d.RadiopharmaceuticalInformationSequence[0], "RadionuclideHalfLife"), "missing_tag"),
+     (lambda d: delattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime"), "missing_tag"),
+     (lambda d: delattr(d, "RadiopharmaceuticalInformationSequence"), "missing_tag"),
+     (lambda d: setattr(d, "Units", "CNTS"), "unsupported_pet"), (lambda d: setattr(d, "DecayCorrection", "NONE"), "unsupported_pet"),
+     (lambda d: setattr(d, "CorrectedImage", ["ATTN"]), "unsupported_pet"), (lambda d: setattr(d, "PatientWeight", 0), "unsupported_pet"),
+     (lambda d: setattr(d, "Modality", "CT"), "unsupported_pet"), (lambda d: setattr(d, "AcquisitionTime", "080000"), "unsupported_pet"),
+     (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime", "235959"), "unsupported_pet")],
+)  # fmt: skip
+def test_pet_suv_refuses_missing_or_inconsistent_tags(tmp_path, change, reason):
+    ds, _ = pet_dataset(tmp_path / "pet.dcm")
+    ds = copy.deepcopy(ds)
+    change(ds)
+    with pytest.raises(InputError) as e:
+        C.suv_bw_factor(ds)
+    assert e.value.reason == reason
+
+
+@pytest.mark.shared_data
+def test_real_tcia_pet_slices(shared_data):
+    d = shared_data / "volumes" / "tcia_via_suyashkumar_dicom"
+    for name in ("PET_ACRIN-FLT-Breast_1.dcm", "PET_ACRIN-FLT-Breast_2.dcm"):
+        ds = pydicom.dcmread(d / name)
+        rp = ds.RadiopharmaceuticalInformationSequence[0]
+        suv, f = C.pet_suv_volume(d / name)
+        # independent recomputation from the tags (FLT, 18F half-life 6586.2 s in both files)
+        delay = (dt.datetime.strptime(ds.SeriesDate + ds.SeriesTime.split(".")[0], "%Y%m%d%H%M%S")
+                 - dt.datetime.strptime(ds.SeriesDate + rp.RadiopharmaceuticalStartTime.split(".")[0], "%Y%m%d%H%M%S")).total_seconds()  # fmt: skip
+        expected = ds.pixel_array * float(ds.RescaleSlope) * float(ds.PatientWeight) * 1000 / (
+            float(rp.RadionuclideTotalDose) * 2 ** (-delay / float(rp.RadionuclideHalfLife)))  # fmt: skip
+        assert abs(f.delay_s - delay) < 1.0
+        assert np.allclose(suv.voxels[0], expected, rtol=1e-3, atol=1e-6)
+        assert 0 < suv.voxels.max() < 20  # a plausible SUVmax for a tumour, not a scale error
+
+
+@pytest.mark.shared_data
+def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
+    d = shared_data / "volumes" / "pyradiomics"
+    db = tmp_path / "b.db"
+    args = ["biomarkers", "compute", "stats", str(d / "brain1_image.nrrd"), str(d / "brain1_label.nrrd"), "--patient", "P9",
+            "--site", "brain_lesion", "--date", "2026-01-05"]  # fmt: skip
+    assert main(args) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {p["biomarker"]: round(p["value"], 3) for p in printed} == {"volume_mm3": 16412.659, "mask_mean": 825.235,
+                                                                         "mask_median": 812.0}  # fmt: skip
+    assert main([*args, "--db", str(db)]) == 0 and main([*args, "--db", str(db)]) == 0
+    assert "0 added, 3 duplicate" in capsys.readouterr().out
+    assert len(BiomarkerStore(db).query("P9")) == 3
+    pet = shared_data / "volumes" / "tcia_via_suyashkumar_dicom" / "PET_ACRIN-FLT-Breast_1.dcm"
+    assert main(["biomarkers", "compute", "suv", str(pet), "--patient", "P9", "--site", "breast", "--date", "2026-01-05",
+                 "--modality", "PET"]) == 2  # fmt: skip
+    assert "--tracer" in capsys.readouterr().err
+    assert main(["biomarkers", "compute", "suv", str(pet), "--patient", "P9", "--site", "breast", "--date", "2026-01-05",
+                 "--tracer", "FLT", "--db", str(db)]) == 0  # fmt: skip
+    suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
+    assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"

@@ -1,0 +1,217 @@
+"""Fusion node and biopsy ranking: scores with inputs shown, disagreements, staleness, the
+three-image capture, no context / no biomarkers / locked / corrupt store (live values still
+published), reload when the store changes, and the whole path over real sockets to a subscriber."""
+
+import datetime as dt
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+from test_graph import RANDOM_TCP, request, wait_for
+
+from mmstream.biomarkers import BiomarkerStore, parse_record
+from mmstream.calibration import ReferenceTable
+from mmstream.codec import Decoded, decode
+from mmstream.config import load_config
+from mmstream.fusion import FusionNode, FusionRules, assess_site, attach_fusion, rank_sites, stored_values
+from mmstream.graph import Graph
+from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, Metrics
+from mmstream.source import FrameSender, SourceFrame
+from mmstream.transport import TransportTimeout, make_socket
+
+TODAY = dt.date(2026, 6, 1)
+REF = ReferenceTable.model_validate({"source": "test values", "entries": [
+    {"biomarker": b, "site": s, "abnormal": "high", "mean": m, "sd": sd}
+    for s in ("tibialis_anterior", "soleus", "gastrocnemius_medialis", "rectus_femoris", "biceps_brachii")
+    for b, m, sd in (("fat_fraction", 0.05, 0.02), ("t2_water_ms", 30.0, 2.0), ("us_echo_intensity", 50.0, 10.0))
+]})  # fmt: skip
+RULES = FusionRules(REF, end_stage_fat_fraction=0.6, stale_after_days=365)
+
+
+def rec(site, biomarker, value, unit, when="2026-01-10", patient="P1", side="left", modality="MRI"):
+    return parse_record({"patient_id": patient, "site": site, "side": side, "modality": modality, "biomarker": biomarker,
+                         "value": value, "unit": unit, "acquired_on": when})  # fmt: skip
+
+
+PATIENT = [
+    rec("tibialis_anterior", "fat_fraction", 0.2, "1"),  # z 7.5 affected
+    rec("tibialis_anterior", "fat_fraction", 0.1, "1", when="2024-01-10"),  # older: superseded
+    rec("soleus", "fat_fraction", 0.8, "1"),  # end-stage (>= 0.6)
+    rec("gastrocnemius_medialis", "fat_fraction", 0.06, "1"),  # normal
+    rec("rectus_femoris", "fat_fraction", 0.15, "1", when="2024-05-01"),  # affected, stale
+    rec("rectus_femoris", "t2_water_ms", 40.0, "ms", when="2024-05-01"),  # raised T2: active disease, ranked first
+    rec("vastus_lateralis", "fat_fraction", 0.3, "1"),  # no reference for this site: unknown
+]
+
+
+@pytest.fixture()
+def store(tmp_path):
+    path = tmp_path / "bio.db"
+    with BiomarkerStore(path) as s:
+        s.add(PATIENT)
+    return path
+
+
+def metrics(seq, site="tibialis_anterior", patient="P1", echo=None, region="roi", stream="probe", **ctx):
+    e = None if echo is None else EchoSummary(region=region, mean=echo, std=1.0, n_px=100, calibrated_mean=echo,
+                                               z_score=(echo - 50.0) / 10.0, abnormal=(echo - 50.0) / 10.0 >= 2)  # fmt: skip
+    clinical = ClinicalContext(patient_id=patient, site=site, side="left" if site else None, **ctx)
+    return Decoded(f"metrics.{stream}", Metrics(stream_id=stream, session_id="s", parent=(stream, seq), clinical=clinical,
+                                                echogenicity=e, stamps={"ingest": time.monotonic()}))  # fmt: skip
+
+
+def fused_of(outs) -> Fused:
+    (f,) = [o.header for o in outs if o.port == "fused"]
+    return f
+
+
+def test_stored_values_newest_with_age_staleness_and_z():
+    vals = stored_values(PATIENT, "tibialis_anterior", "left", RULES, 40, "female", TODAY)
+    (ff,) = vals
+    assert (ff.value, ff.acquired_on, ff.age_days, ff.stale) == (0.2, "2026-01-10", 142.0, False)
+    assert ff.z == pytest.approx(7.5) and ff.abnormal
+    rf = stored_values(PATIENT, "rectus_femoris", "left", RULES, 40, "female", TODAY)
+    assert all(v.stale for v in rf)
+    assert stored_values(PATIENT, "tibialis_anterior", None, RULES, 40, None, TODAY)[0].value == 0.2  # side not given
+    assert stored_values(PATIENT, "tibialis_anterior", "right", RULES, 40, None, TODAY) == ()  # never the other side
+    assert stored_values(PATIENT, "tibialis_anterior", "left", FusionRules(), 40, None, TODAY)[0].z is None
+
+
+def test_biopsy_ranking_moderate_first_end_stage_and_normal_last():
+    sites = {(r.site, r.side) for r in PATIENT}
+    ranked = rank_sites(assess_site(s, side, stored_values(PATIENT, s, side, RULES, 40, "female", TODAY), RULES) for s, side in sites)
+    assert [(c.site, c.category) for c in ranked] == [
+        ("rectus_femoris", "affected"), ("tibialis_anterior", "affected"), ("vastus_lateralis", "unknown"),
+        ("gastrocnemius_medialis", "normal"), ("soleus", "end_stage"),
+    ]  # fmt: skip
+    assert "active disease" in ranked[0].reason and "end-stage limit 0.60 (configured)" in ranked[-1].reason
+    assert [c.rank for c in ranked] == [1, 2, 3, 4, 5]
+    off = FusionRules(REF)  # end-stage rule not configured: the fat-replaced muscle is merely 'affected'
+    soleus = assess_site("soleus", "left", stored_values(PATIENT, "soleus", "left", off, 40, None, TODAY), off)
+    assert soleus.category == "affected" and "end-stage rule off" in soleus.reason
+
+
+def test_score_formula_inputs_and_disagreement(store):
+    node = FusionNode(store, RULES, today=lambda: TODAY)
+    node.process("bus", Decoded("event.control", Event(node="control", level="info", reason="capture", message="c",
+                                                     stream_id="probe", t_host_s=0.0)))  # fmt: skip
+    f = fused_of(node.process("bus", metrics(1, echo=52.0, age_years=40, sex="female")))
+    assert f.patient_id == "P1" and f.site == "tibialis_anterior" and f.flags == ("disagreement",)
+    assert f.score_inputs == ("live:us_echo_calibrated", "fat_fraction")
+    assert f.score == pytest.approx((0.2 + 7.5) / 2)
+    assert "mean of the oriented z-scores" in f.score_formula
+    assert f.disagreements == ("MRI fat_fraction abnormal (z=7.50) but US live:us_echo_calibrated normal (z=0.20)",)
+    assert f.captures == 1 and [c.site for c in f.biopsy][:2] == ["rectus_femoris", "tibialis_anterior"]
+    assert {v.source for v in f.values} == {"live", "stored"}
+    assert "fused" in f.stamps and f.stamps["fused"] >= f.stamps["fusion_start"]
+
+
+def test_three_image_capture_becomes_the_site_value(store):
+    node = FusionNode(store, RULES, today=lambda: TODAY)
+    cap = Decoded("event.control", Event(node="control", level="info", reason="capture", message="c", stream_id="probe",
+                                         t_host_s=0.0))  # fmt: skip
+    outs = []
+    for i, echo in enumerate((70.0, 75.0, 80.0)):
+        node.process("bus", cap)
+        outs = node.process("bus", metrics(i, site="gastrocnemius_medialis", echo=echo, age_years=40, sex="female"))
+        assert any(o.port == "events" and "capture" in o.header.message for o in outs)
+    f = fused_of(outs)
+    (captured,) = [v for v in f.values if v.source == "captured"]
+    assert captured.value == 75.0 and captured.z == pytest.approx(2.5) and captured.abnormal and f.captures == 3
+    assert f.score_inputs == ("captured:us_echo_calibrated", "fat_fraction")  # the live frame gives way to the capture
+    gm = next(c for c in f.biopsy if c.site == "gastrocnemius_medialis")
+    assert gm.category == "affected"  # was 'normal' from MRI alone; the capture changed the ranking
+    node.process("bus", cap)  # a capture of the whole frame is refused, not averaged in
+    outs = node.process("bus", metrics(9, site="gastrocnemius_medialis", echo=60.0, region="frame"))
+    assert any(o.port == "events" and o.header.reason == "capture_refused" for o in outs)
+    assert node.rejected["capture_refused"] == 1
+
+
+def test_no_context_and_no_biomarkers_still_publish_live_values(store):
+    node = FusionNode(store, RULES, today=lambda: TODAY)
+    f = fused_of(node.process("bus", metrics(1, site=None, echo=60.0)))
+    assert f.flags == ("no_context",) and [v.name for v in f.values] == ["us_echo_intensity", "us_echo_calibrated"]
+    f = fused_of(node.process("bus", metrics(2, patient="NEW", echo=60.0)))
+    assert f.flags == ("no_biomarkers",) and f.biopsy == () and f.score == pytest.approx(1.0)
+    assert [o.header for o in node.process("bus", Decoded("fused.x", f))] == []  # own messages echoed on the bus: ignored
+
+
+@pytest.mark.parametrize("damage", ["locked", "corrupt", "missing"])
+def test_unusable_store_flags_and_recovers(tmp_path, store, damage):
+    clock = [0.0]
+    node = FusionNode(store, RULES, check_interval_s=1.0, store_timeout_s=0.01, today=lambda: TODAY)
+    node.cache._clock = lambda: clock[0]
+    other = None
+    if damage == "locked":
+        other = sqlite3.connect(store, isolation_level=None)
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
+    elif damage == "corrupt":
+        store.rename(tmp_path / "saved.db")
+        store.write_bytes(b"garbage " * 4096)
+    else:
+        store.rename(tmp_path / "saved.db")
+    outs = node.process("bus", metrics(1, echo=55.0))
+    f = fused_of(outs)
+    assert f.flags == ("store_unavailable",) and any(v.name == "us_echo_intensity" for v in f.values)
+    (ev,) = [o.header for o in outs if o.port == "events"]
+    assert ev.level == "error" and ev.reason.startswith("store_") and "P1" not in ev.message
+    assert fused_of(node.process("bus", metrics(2, echo=55.0))).flags == ("store_unavailable",)  # no event storm
+    if other is not None:
+        other.execute("ROLLBACK")
+        other.close()
+    else:
+        store.unlink(missing_ok=True)
+        (tmp_path / "saved.db").rename(store)
+    clock[0] = 2.0  # next check
+    outs = node.process("bus", metrics(3, echo=55.0))
+    assert fused_of(outs).flags == ("disagreement",) and [o.header.reason for o in outs if o.port == "events"] == ["store_ok"]
+
+
+def test_cache_reloads_when_another_connection_commits(store):
+    clock = [0.0]
+    node = FusionNode(store, RULES, check_interval_s=0.5, today=lambda: TODAY)
+    node.cache._clock = lambda: clock[0]
+    before = fused_of(node.process("bus", metrics(1, site="biceps_brachii")))
+    assert before.values == () and node.cache.loads == 1
+    fused_of(node.process("bus", metrics(2, site="biceps_brachii")))
+    assert node.cache.loads == 1  # served from the cache
+    with BiomarkerStore(store) as s:
+        s.add([rec("biceps_brachii", "fat_fraction", 0.3, "1")])
+    clock[0] = 1.0
+    after = fused_of(node.process("bus", metrics(3, site="biceps_brachii")))
+    assert [v.value for v in after.values] == [0.3] and node.cache.loads == 2
+    assert any(c.site == "biceps_brachii" for c in after.biopsy)
+
+
+def test_fused_messages_reach_external_subscribers(store, sim_probe):
+    cfg = load_config(None, endpoints=RANDOM_TCP, biomarkers={"store": store, "check_interval_s": 0.05})
+    g = Graph(cfg)
+    node = attach_fusion(g)
+    assert isinstance(node, FusionNode) and attach_fusion(Graph(load_config(None, endpoints=RANDOM_TCP))) is None
+    with g:
+        sub = make_socket("sub", g.endpoints["metrics"], bind=False, subscribe=("fused.",))
+        ctx = ClinicalContext(patient_id="P1", site="tibialis_anterior", side="left")
+        assert request(g.endpoints["control"], command="set_context", stream_id="probe", clinical=ctx).ok
+        got = []
+        with FrameSender(g.endpoints["ingest"], "probe") as sender:
+            deadline = time.monotonic() + 15
+            while len(got) < 3 and time.monotonic() < deadline:
+                sender.send(sim_probe.frame(len(got)).to_source())
+                try:
+                    got.append(decode(sub.recv(timeout_ms=200)).header)
+                except TransportTimeout:
+                    continue  # slow-joiner: the subscription may not have reached the publisher yet
+                while (parts := sub.try_recv()) is not None:
+                    got.append(decode(parts).header)
+            assert request(g.endpoints["control"], command="capture", stream_id="probe").ok
+            wait_for(lambda: node._pending.get("probe") or node.counters["captures"], what="capture event on the bus")
+        sub.close()
+    assert len(got) >= 3 and all(isinstance(h, Fused) for h in got)
+    f = got[-1]
+    assert (f.patient_id, f.site, f.side) == ("P1", "tibialis_anterior", "left")
+    assert [(v.name, v.value) for v in f.values if v.source == "stored"] == [("fat_fraction", 0.2)]
+    assert any(v.source == "live" and v.name == "us_echo_intensity" for v in f.values)
+    assert len(f.biopsy) == 5 and f.stamps["fused"] >= f.stamps["published"]
+    assert g.publisher.counters["fused"] >= 3
