@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# services started by tests serve their live view on a random port, not the default 8765
+os.environ.setdefault("MMSTREAM_WEB__PORT", "0")
+
 _DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -183,6 +183,8 @@ def cmd_demo(args) -> int:
         return 1
     ep = svc.graph.endpoints
     print(f"mmstream demo: ingest {ep['ingest']}  metrics {ep['metrics']}  control {ep['control']}", flush=True)
+    if svc.web is not None:
+        print(f"mmstream demo: live view {svc.web.url}", flush=True)
     sub = make_socket("sub", ep["metrics"], bind=False, subscribe=("metrics.",))
     t_end = None if args.duration is None else time.monotonic() + args.duration
     last, t_print = None, time.monotonic()
@@ -223,6 +225,8 @@ def cmd_serve(args) -> int:
     with Service(cfg) as svc:
         ep = svc.graph.endpoints
         print(f"mmstream serve: ingest {ep['ingest']}  metrics {ep['metrics']}  control {ep['control']}", flush=True)
+        if svc.web is not None:
+            print(f"mmstream serve: live view {svc.web.url}", flush=True)
         while not stop["flag"]:
             time.sleep(0.1)
     print("mmstream serve: stopped", flush=True)
@@ -256,6 +260,10 @@ def cmd_status(args) -> int:
         rej = n.get("rejected", {})
         extra = ", ".join(f"{k}={v}" for k, v in sorted({**n.get("counters", {}), **rej}.items()))
         print(f"{name:<16}{drops:>8}{sum(rej.values()):>9}  {extra}")
+    if st.get("web"):  # the bedside live view (docs/webview.md)
+        from mmstream.web import status_lines
+
+        print("\n".join(status_lines(st["web"])))
     return 0
 
 

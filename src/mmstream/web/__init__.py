@@ -14,7 +14,7 @@ from mmstream.web.control_client import ControlClient
 from mmstream.web.live import LiveView
 from mmstream.web.server import WebServer
 
-__all__ = ["WebView", "LiveView", "WebServer"]
+__all__ = ["WebView", "LiveView", "WebServer", "status_lines"]
 
 
 class WebView:
@@ -56,3 +56,13 @@ class WebView:
 
     def status(self) -> dict:
         return {} if self.server is None else self.server.status()
+
+
+def status_lines(web: dict) -> list[str]:
+    """``mmstream status`` lines of the ``web`` status entry: pages, display latency per stream."""
+    lines = [f"live view {web['url']}  pages {web['pages']}  rejects {sum(web['rejected'].values())}"]
+    lines.append(f"{'display':<16}{'frames':>8}{'fps':>8}{'p50 ms':>12}{'p99 ms':>12}")
+    for sid, d in sorted(web["display"].items()):
+        vals = (d["fps"], d["latency_p50_ms"], d["latency_p99_ms"])
+        lines.append(f"{sid:<16}{d['frames']:>8}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(vals, (8, 12, 12))))
+    return lines

@@ -67,6 +67,7 @@ class _Page:
     in_flight: int = 0
     t_frame_sent: float = 0.0
     rejects: int = 0
+    closing: bool = False
 
 
 class WebServer:
@@ -124,7 +125,7 @@ class WebServer:
         try:
             server = await serve(
                 self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
-                max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None,
+                max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None, close_timeout=2,
             )  # fmt: skip
         except OSError as exc:
             self._error = exc
@@ -188,8 +189,9 @@ class WebServer:
         page.rejects += 1
         self._count(reason, rejected=True)
         await self._send_json(page, {"type": "error", "reason": reason, "message": message[:500]})
-        if page.rejects >= MAX_REJECTS:
-            await page.ws.close(1008, "too many invalid messages")
+        if page.rejects >= MAX_REJECTS and not page.closing:
+            page.closing = True  # close while the read loop drains (a paused reader would miss the close)
+            asyncio.get_running_loop().create_task(page.ws.close(1008, "too many invalid messages"))
 
     # -- one page -------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -203,7 +205,8 @@ class WebServer:
             sender = asyncio.create_task(self._send_loop(page))
             try:
                 async for raw in ws:
-                    await self._on_message(page, raw)
+                    if not page.closing:
+                        await self._on_message(page, raw)
             finally:
                 sender.cancel()
         except ConnectionClosed as exc:
@@ -292,16 +295,17 @@ class WebServer:
             if not self._pages:
                 continue
             st = await loop.run_in_executor(None, self._service_status)
-            nodes = st.get("nodes", {}).values()
-            drops = sum(sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values()) for n in nodes)
+            drops = {name: sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values())
+                     for name, n in st.get("nodes", {}).items()}  # fmt: skip
+            view_drops = drops.pop(self.live.name, 0)  # this view's own latest-wins skips
             with self._lock:
                 display = self.display.summary()
-                not_sent = self.counters["frames_not_sent"]
+                view_drops += self.counters["frames_not_sent"]
             for page in list(self._pages):
                 page.status = {
                     "type": "status", "stream_id": page.stream_id, "streams": self.live.streams(),
                     "stream": st.get("streams", {}).get(page.stream_id), "display": display.get(page.stream_id),
-                    "service_drops": drops, "view_frames_not_sent": not_sent,
+                    "service_drops": sum(drops.values()), "view_drops": view_drops,
                     "recording": st.get("recording"), "uptime_s": st.get("uptime_s"),
                 }  # fmt: skip
                 page.wake.set()

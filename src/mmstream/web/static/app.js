@@ -203,7 +203,7 @@ function onStatus(st) {
   $("st-e2e").textContent = fmt(s.latency_p50_ms, 1);
   S.displayMs = median(S.latencies);
   $("st-display").textContent = fmt(d.latency_p50_ms ?? S.displayMs, 1);
-  $("st-drops").textContent = `${st.service_drops} service · ${st.view_frames_not_sent} view`;
+  $("st-drops").textContent = `${st.service_drops} service · ${st.view_drops} view`;
   const rec = st.recording;
   S.recording = !!(rec && (rec.active ?? rec.recording));
   const el = $("st-rec");

@@ -1,0 +1,242 @@
+"""The live view's HTTP and websocket server, spoken to by a real websocket client against a running
+service (sim probe): page and headers, frames and overlays, latest-wins, commands reaching the
+service, hostile clients, token, origin, display latency in ``mmstream status``."""
+
+import json
+import struct
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from mmstream.cli import main
+from mmstream.config import load_config
+from mmstream.errors import ConfigError
+from mmstream.service import Service
+from mmstream.web import server as web_server
+from test_graph import RANDOM_TCP, wait_for
+
+SIM = [{"driver": "sim", "stream_id": "sim", "fps": 30}]
+
+
+def ws_url(svc) -> str:
+    return svc.web.url.replace("http://", "ws://") + "ws"
+
+
+def recv_until(ws, want, timeout_s=10.0):
+    """Receive messages until ``want(msg)`` (msg: dict for text, bytes for binary); returns it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        msg = raw if isinstance(raw, bytes) else json.loads(raw)
+        if want(msg):
+            return msg
+    raise AssertionError("timed out waiting for a message")
+
+
+def is_type(t):
+    return lambda m: isinstance(m, dict) and m.get("type") == t
+
+
+def parse_packet(data: bytes):
+    assert data[:4] == b"MMF1"
+    (n,) = struct.unpack("<I", data[4:8])
+    return json.loads(data[8 : 8 + n]), cv2.imdecode(np.frombuffer(data[8 + n :], np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+@pytest.fixture(scope="module")
+def svc():
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0}, sources=SIM)
+    with Service(cfg) as s:
+        yield s
+
+
+@pytest.fixture()
+def page(svc):
+    with connect(ws_url(svc), max_size=2**24) as ws:
+        ws.send(json.dumps({"cmd": "hello"}))
+        hello = recv_until(ws, is_type("hello"))
+        assert hello["token_required"] is False
+        yield ws
+
+
+def test_page_is_served_with_security_headers_and_nothing_else(svc):
+    with urllib.request.urlopen(svc.web.url, timeout=5) as r:
+        body = r.read().decode()
+        assert r.status == 200 and "mmstream" in body and 'src="/app.js"' in body
+        assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+        assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("app.js", "style.css"):
+        with urllib.request.urlopen(svc.web.url + path, timeout=5) as r:
+            assert r.status == 200 and len(r.read()) > 500
+    for path in ("nope", "../pyproject.toml", "static/app.js", "ws?patient=x"):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(svc.web.url + path, timeout=5)
+        assert exc.value.code in (400, 404, 426)
+
+
+def test_frames_and_overlays_arrive_latest_wins(svc, page):
+    data = recv_until(page, lambda m: isinstance(m, bytes))
+    meta, img = parse_packet(data)
+    assert meta["stream_id"] == "sim" and meta["shape"] == [512, 512] and img.shape == (512, 512)
+    assert meta["spacing_mm"] == [0.1, 0.1] and meta["t_frame_s"] > 0
+    ov = recv_until(page, is_type("metrics"))
+    assert ov["thickness"]["thickness_mm"] > 0 and ov["deep_rc"] and ov["echogenicity"]["mean"] > 0
+    # never reported painted: at most WINDOW frames are sent until the ack timeout
+    frames = [data]
+    import time
+
+    t_end = time.monotonic() + 0.6 * web_server.ACK_TIMEOUT_S
+    while time.monotonic() < t_end:
+        try:
+            raw = page.recv(timeout=max(0.01, t_end - time.monotonic()))
+        except TimeoutError:
+            break
+        if isinstance(raw, bytes):
+            frames.append(raw)
+    assert len(frames) <= web_server.WINDOW
+    # once painted, the newest frame follows, skipping what the page could not show
+    last = parse_packet(frames[-1])[0]
+    for f in frames:
+        m = parse_packet(f)[0]
+        page.send(json.dumps({"cmd": "painted", "stream_id": "sim", "seq": m["seq"], "latency_ms": 12.5}))
+    newer = parse_packet(recv_until(page, lambda m: isinstance(m, bytes)))[0]
+    assert newer["seq"] > last["seq"]
+    assert svc.graph.status()["web"]["counters"]["frames_not_sent"] > 0
+
+
+def test_seed_roi_and_context_reach_the_service(svc, page):
+    recv_until(page, lambda m: isinstance(m, bytes))  # a frame is shown: its shape bounds the seed
+    page.send(json.dumps({"cmd": "set_seed", "seed_rc": [600, 20], "id": 1}))
+    rep = recv_until(page, is_type("reply"))
+    assert rep["ok"] is False and rep["reason"] == "outside_image" and rep["id"] == 1
+    truth = recv_until(page, is_type("metrics"))["annotations"]
+    seed = [truth["truth_nerve_row"], truth["truth_nerve_col"]]
+    page.send(json.dumps({"cmd": "set_seed", "seed_rc": seed, "id": 2}))
+    rep = recv_until(page, is_type("reply"))
+    assert rep["ok"] and rep["id"] == 2 and svc.graph.settings.get("sim").seed_rc == tuple(seed)
+    ov = recv_until(page, lambda m: is_type("metrics")(m) and m["csa"] is not None)
+    contour = np.array(ov["contour_rc"])
+    assert np.hypot(*(contour.mean(axis=0) - seed)) < 15
+    assert ov["csa"]["area_mm2"] == pytest.approx(ov["annotations"]["truth_nerve_area_mm2"], rel=0.25)
+    page.send(json.dumps({"cmd": "set_roi", "roi": [20, 30, 400, 500], "id": 3}))
+    assert recv_until(page, is_type("reply"))["ok"]
+    assert recv_until(page, lambda m: is_type("metrics")(m) and m["roi"] == [20, 30, 400, 500])
+    page.send(json.dumps({"cmd": "set_roi", "roi": None}))
+    page.send(json.dumps({"cmd": "set_context", "clinical": {"patient_id": "PSEUDO-7", "site": "median_nerve", "side": "left"}}))
+    ctx = recv_until(page, is_type("context"))
+    assert ctx["clinical"]["site"] == "median_nerve" and svc.graph.settings.get("sim").clinical.patient_id == "PSEUDO-7"
+
+
+def test_capture_three_images_and_announce_without_patient_id(svc, page):
+    from mmstream.codec import decode
+    from mmstream.transport import make_socket
+
+    events = make_socket("sub", svc.graph.endpoints["metrics"], bind=False, subscribe=("event.",))
+    page.send(json.dumps({"cmd": "set_context", "clinical": {"patient_id": "PSEUDO-8", "site": "tibialis_anterior", "side": "right"}}))
+    recv_until(page, is_type("context"))
+    page.send(json.dumps({"cmd": "clear_captures"}))
+    recv_until(page, lambda m: is_type("captures")(m) and m["captures"] == [])
+    recv_until(page, is_type("metrics"))
+    for i in range(3):
+        page.send(json.dumps({"cmd": "capture", "id": 10 + i}))
+        caps = recv_until(page, lambda m: is_type("captures")(m) and len(m["captures"]) == i + 1)
+    assert caps["complete"] and caps["mean"]["thickness_mm"] > 0
+    page.send(json.dumps({"cmd": "capture", "id": 20}))
+    assert recv_until(page, lambda m: is_type("reply")(m) and m["id"] == 20)["reason"] == "captures_complete"
+    try:
+        ev = None
+        while ev is None or ev.node != "web":
+            ev = decode(events.recv(timeout_ms=5000)).header
+    finally:
+        events.close()
+    assert ev.reason == "capture" and "tibialis_anterior" in ev.message and "PSEUDO-8" not in ev.message
+
+
+def test_hostile_client_messages_are_refused_counted_and_closed(svc):
+    rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+    before = dict(rejected())
+    with connect(ws_url(svc)) as ws:
+        ws.send(json.dumps({"cmd": "hello"}))
+        recv_until(ws, is_type("hello"))
+        for bad, reason in [
+            ("{not json", "malformed_json"),
+            ('{"cmd": "set_seed", "seed_rc": "here"}', "invalid_command"),
+            ('{"cmd": "format_disk"}', "unknown_command"),
+            (b"\x00\x01binary", "binary_message"),
+            ('{"cmd": "select_stream", "stream_id": "ghost"}', "unknown_stream"),
+            ('{"cmd": "hello"}', "repeated_hello"),
+        ]:
+            ws.send(bad)
+            err = recv_until(ws, is_type("error"))
+            assert err["reason"] == reason
+        ws.send(json.dumps({"cmd": "clock", "t_page_ms": 5.0}))  # still served after refusals
+        assert recv_until(ws, is_type("clock"))["t_page_ms"] == 5.0
+        ws.send(json.dumps({"cmd": "capture", "pad": "x" * 10000}))  # over max_message_bytes: closed at once
+        with pytest.raises(ConnectionClosed) as exc:
+            recv_until(ws, lambda m: False)
+        assert exc.value.rcvd.code == 1009
+    with connect(ws_url(svc)) as ws:  # a flood of invalid messages ends the connection
+        ws.send(json.dumps({"cmd": "hello"}))
+        with pytest.raises(ConnectionClosed) as exc:
+            for _ in range(web_server.MAX_REJECTS + 5):
+                ws.send("[]")
+            recv_until(ws, lambda m: False)
+        assert exc.value.rcvd.code == 1008
+    with connect(ws_url(svc)) as ws:  # no hello first
+        ws.send(json.dumps({"cmd": "capture"}))
+        with pytest.raises(ConnectionClosed) as exc:
+            recv_until(ws, lambda m: False)
+        assert exc.value.rcvd.code == 1008
+    after = wait_for(lambda: rejected() if rejected().get("too_large", 0) > before.get("too_large", 0) else None,
+                     what="the oversized message counted")  # fmt: skip
+    for reason in ("malformed_json", "invalid_command", "unknown_command", "binary_message", "no_hello"):
+        assert after.get(reason, 0) > before.get(reason, 0), reason
+    with pytest.raises(InvalidStatus) as exc:  # another site's page in the same browser
+        connect(ws_url(svc), origin="http://evil.example")
+    assert exc.value.response.status_code == 403
+
+
+def test_token_is_required_and_checked(monkeypatch):
+    monkeypatch.setattr(web_server, "HELLO_TIMEOUT_S", 0.5)
+    token = "bedside-token-0123456789"
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "token": token})
+    with Service(cfg) as svc:
+        for hello in ({"cmd": "hello"}, {"cmd": "hello", "token": "bedside-token-0123456788"}, None):
+            with connect(ws_url(svc)) as ws:
+                if hello is not None:
+                    ws.send(json.dumps(hello))
+                err = recv_until(ws, is_type("error"))
+                with pytest.raises(ConnectionClosed) as exc:
+                    ws.recv(timeout=5)
+                assert exc.value.rcvd.code == 1008
+                assert err["reason"] == ("no_hello" if hello is None else "unauthorized")
+        with connect(ws_url(svc)) as ws:
+            ws.send(json.dumps({"cmd": "hello", "token": token}))
+            assert recv_until(ws, is_type("hello"))["token_required"] is True
+        assert svc.graph.status()["web"]["rejected"]["unauthorized"] == 2
+
+
+def test_display_latency_reaches_mmstream_status(svc, page, capsys):
+    for seq in range(5):
+        page.send(json.dumps({"cmd": "painted", "stream_id": "sim", "seq": seq, "latency_ms": 20.0 + seq}))
+    wait_for(lambda: svc.graph.status()["web"]["display"].get("sim", {}).get("frames", 0) >= 5, what="paint reports")
+    assert main(["status", "--control", svc.graph.endpoints["control"]]) == 0
+    out = capsys.readouterr().out
+    assert f"live view {svc.web.url}" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("display "))
+    row = lines[header + 1].split()
+    assert row[0] == "sim" and 12 <= float(row[3]) <= 24  # display p50 ms of what the page reported
+
+
+def test_web_port_in_use_is_a_clear_error(svc):
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": svc.web.server.port})
+    with pytest.raises(ConfigError, match="web view"):
+        Service(cfg).start()
