@@ -3,7 +3,10 @@
 In one run, with simulated 512x512 uint8 B-mode frames, on one host (``tcp://127.0.0.1``):
 
 * **floor** — raw pyzmq ping-pong of the same frames between two processes (PAIR, ``copy=False``):
-  round trip and round trip / 2 (one way), paced at 30 and 60 fps.
+  round trip and round trip / 2 (one way), paced at 30 and 60 fps; also the one-way time measured
+  on arrival at the idle echo process (the return leg finds the sender awake, so round trip / 2 is
+  lower than a hop into a process that slept since the last frame, which is what every hop of a
+  paced stream is).
 * **peer** — the same frames over OpenIGTLink with pyigtl, server (device) process -> client
   process, paced at 30 and 60 fps; the client polls ``get_latest_messages()`` every 0.2 ms (pyigtl's
   best case; ``wait_for_message`` would add its own 10 ms polling).
@@ -34,6 +37,7 @@ import os
 import platform
 import queue
 import socket
+import struct
 import time
 from dataclasses import replace
 
@@ -91,8 +95,9 @@ def _driver(endpoint: str, n_distinct: int, commands, results) -> None:
         results.put({"stream_id": stream_id, "sent": sent, "t_first_s": t0, "t_last_send_s": t_last, "error": error})
 
 
-def _subscriber(endpoint: str, ready, stop, results) -> None:
-    """Subscriber process: records (stream_id, seq, stamps + received) of every metrics message."""
+def _subscriber(endpoint: str, ready, seen, stop, results) -> None:
+    """Subscriber process: records (stream_id, seq, stamps + received) of every metrics message;
+    sets ``seen`` at the first one (the subscription is live)."""
     from mmstream.codec import decode
     from mmstream.transport import make_socket
 
@@ -106,13 +111,15 @@ def _subscriber(endpoint: str, ready, stop, results) -> None:
             continue
         t = time.monotonic()
         h = decode(parts).header
+        seen.set()
         records.append((h.stream_id, h.parent[1], {**h.stamps, "received": t}))
     sock.close()
     results.put(records)
 
 
 def _zmq_pong(results) -> None:
-    """Floor, echo side: returns every multipart message as it came (zero-copy) until b"stop"."""
+    """Floor, echo side: returns every multipart message as it came (zero-copy) until b"stop";
+    then reports the one-way times it measured (arrival minus the send time in the first part)."""
     import zmq
 
     ctx = zmq.Context()
@@ -120,13 +127,17 @@ def _zmq_pong(results) -> None:
     s.linger = 0
     s.bind("tcp://127.0.0.1:*")
     results.put(s.getsockopt_string(zmq.LAST_ENDPOINT))
+    one_way = []
     while True:
         parts = s.recv_multipart(copy=False)
+        t = time.monotonic()
         if parts[0].bytes == b"stop":
             break
+        one_way.append(t - struct.unpack("d", parts[0].bytes[:8])[0])
         s.send_multipart(parts, copy=False)
     s.close()
     ctx.term()
+    results.put(one_way)
 
 
 def _igtl_server(port: int, image: np.ndarray, fps: float, n: int, done, results) -> None:
@@ -161,21 +172,22 @@ def bench_floor(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict
     s = zctx.socket(zmq.PAIR)
     s.linger = 0
     s.connect(results.get(timeout=60))
-    header, rtt = b"x" * 64, []
+    rtt = []
     t0 = time.monotonic()
     for k in range(n + warmup):
         _wait_sleep(t0 + k / fps)
         t = time.monotonic()
-        s.send_multipart([header, image], copy=False)
+        s.send_multipart([struct.pack("d", t) + b"x" * 56, image], copy=False)  # 64-byte header
         s.recv_multipart(copy=False)
         if k >= warmup:
             rtt.append(time.monotonic() - t)
     s.send(b"stop")
+    one_way = results.get(timeout=60)[warmup:]
     proc.join(10)
     s.close()
     zctx.term()
-    rt = percentiles_ms(rtt)
-    return {"fps": fps, "round_trip": rt, "one_way": percentiles_ms(np.asarray(rtt) / 2)}
+    return {"fps": fps, "round_trip": percentiles_ms(rtt), "one_way": percentiles_ms(np.asarray(rtt) / 2),
+            "one_way_measured": percentiles_ms(one_way)}  # fmt: skip
 
 
 def bench_pyigtl(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
@@ -254,16 +266,21 @@ class ServiceBench:
         )  # fmt: skip
         self.graph = Graph(cfg).start()
         ep = self.graph.endpoints
-        self._sub_ready, self._sub_stop, self._sub_out = ctx.Event(), ctx.Event(), ctx.Queue()
-        self._sub = ctx.Process(target=_subscriber, args=(ep["metrics"], self._sub_ready, self._sub_stop, self._sub_out),
-                                daemon=True)  # fmt: skip
+        self._sub_ready, self._sub_seen, self._sub_stop, self._sub_out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+        sub_args = (ep["metrics"], self._sub_ready, self._sub_seen, self._sub_stop, self._sub_out)
+        self._sub = ctx.Process(target=_subscriber, args=sub_args, daemon=True)
         self._cmd, self._res = ctx.Queue(), ctx.Queue()
         self._drv = ctx.Process(target=_driver, args=(ep["ingest"], n_distinct, self._cmd, self._res), daemon=True)
         self._sub.start()
         self._drv.start()
         if not self._sub_ready.wait(60):
             raise RuntimeError("subscriber process did not start")
-        self.records = None
+
+    def warm_up(self) -> None:
+        """Connect the driver and check the subscriber receives (ZeroMQ subscriptions are asynchronous)."""
+        self.run("warmup", 30.0, 30, poll_s=0.5)
+        if not self._sub_seen.wait(30):
+            raise RuntimeError("the subscriber received no metrics message")
 
     def _counts(self, stream_id: str) -> dict:
         st = self.graph.status()
@@ -360,7 +377,7 @@ def run(seconds: float, quick: bool) -> dict:
     streams = [f"lat-{fps:g}" for fps in lat_fps] + [f"rate-{r:g}" for r in rates]
     svc = ServiceBench(ctx, ["warmup", *streams], n_distinct)
     try:
-        svc.run("warmup", 30.0, 30)  # connects the driver and lets the subscription settle
+        svc.warm_up()
         for fps in lat_fps:
             n = max(int(fps * seconds), 10)
             out["mmstream"]["latency"][f"{fps:g}"] = {"fps": fps, **svc.run(f"lat-{fps:g}", fps, n, poll_s=0.5)}
@@ -413,6 +430,7 @@ def table(out: dict) -> str:
         rows = [
             ("raw pyzmq round trip (floor)", out["floor_zmq"][key]["round_trip"]),
             ("raw pyzmq one way = round trip / 2", out["floor_zmq"][key]["one_way"]),
+            ("raw pyzmq one way, measured (idle receiver)", out["floor_zmq"][key]["one_way_measured"]),
             ("pyigtl server -> client (peer)", out["peer_pyigtl"][key]["latency"]),
             ("mmstream driver -> ingest+analysis -> sub", out["mmstream"]["latency"][key]["latency"]),
         ]
