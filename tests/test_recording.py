@@ -1,0 +1,251 @@
+"""Session recording: layout, writer/reader round trip, SWMR follow, the recorder node in a running
+service (record_start/stop, status, parts), hostile files and control requests."""
+
+import json
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+from test_graph import RANDOM_TCP, request, wait_for
+
+from mmstream.analysis import analyze_frame
+from mmstream.codec import Decoded, buffer_specs, topic_for
+from mmstream.config import RecorderSection, load_config
+from mmstream.errors import InputError, ReadError, RecordingError
+from mmstream.messages import Event, Frame, Fused
+from mmstream.nodes.analyzer import metrics_message
+from mmstream.recording import layout as L
+from mmstream.recording.reader import SessionReader
+from mmstream.recording.recorder import Recorder
+from mmstream.recording.writer import SessionWriter
+from mmstream.service import Service
+from mmstream_drivers.sim import SceneSpec, SimProbe
+
+SPEC = SceneSpec(shape=(80, 96), spacing_mm=(0.5, 0.4))
+
+
+def frame(sid, seq, image, **kw):
+    return Frame(stream_id=sid, session_id="src-1", seq=seq, t_device_s=seq / 30, t_host_s=10.0 + seq / 30,
+                 spacing_mm=(0.5, 0.4), spacing_source="config", buffers=buffer_specs(image=image), **kw)  # fmt: skip
+
+
+def metrics_of(h, image, previous=None, seed=None):
+    res = analyze_frame(image, h.spacing_mm, seed=seed, previous=previous)
+    mh, arrays = metrics_message(h, res, {"ingest": h.t_host_s, "analyzed": h.t_host_s + 0.001})
+    return res, mh, dict(zip([b.name for b in mh.buffers], arrays))
+
+
+def test_round_trip_keeps_headers_pixels_metrics_drops_and_units(tmp_path):
+    probe = SimProbe(SPEC, seed=1)
+    path = tmp_path / "s.h5"
+    w = SessionWriter(path, {"session_id": "s", "config_json": "{}"}, {"p1": SPEC.shape}, "gzip", fsync=True)
+    sent, prev = [], None
+    seqs = [0, 1, 2, 5, 6, 7, 9]  # gaps of 2 and 1 frames
+    for seq in seqs:
+        img = probe.frame(seq).image
+        h = frame("p1", seq, img, annotations={"truth_x": 1.5})
+        w.add_frame(h, img)
+        prev, mh, arrays = metrics_of(h, img, prev, seed=(40.0, 48.0) if seq == 0 else None)
+        w.add_metrics(mh, arrays)
+        sent.append((h, img, mh, arrays))
+    w.add_event(Event(node="ingest", level="warning", reason="rate_limited", message="x", t_host_s=1.0))
+    w.add_biomarkers(json.dumps({"patient": "P1", "fat_fraction": 0.2}))
+    w.close()
+
+    with SessionReader(path) as r:
+        s = r.stream("p1")
+        assert (s.n_frames, s.n_metrics, s.dropped_frames) == (7, 7, 3)
+        assert s.summary() == {"n_frames": 7, "n_metrics": 7, "dropped_frames": 3, "first_seq": 0, "last_seq": 9}
+        summ = r.summary()
+        assert summ["closed"] and summ["stop_wall"] and summ["rejected_messages"] == 1 and summ["n_events"] == 1
+        assert list(s.index()["seq"]) == seqs and list(s.index()["gap_before"]) == [0, 0, 0, 2, 0, 0, 1]
+        blocks = list(s.iter_frames(chunk=3))
+        assert [len(b[1]) for b in blocks] == [3, 3, 1]
+        for (h, img, mh, arrays), (h2, img2), (mh2, arrays2) in zip(sent, s.iter_frame_messages(chunk=2), s.metrics_messages()):
+            assert h2 == h and np.array_equal(img2, img)
+            assert mh2 == mh and arrays2.keys() == arrays.keys()
+            for k in arrays:
+                assert np.array_equal(arrays2[k], arrays[k]) and arrays2[k].dtype == arrays[k].dtype
+        t = s.metrics_table()
+        assert np.allclose(t["csa_area_mm2"], [m.csa.area_mm2 for _, _, m, _ in sent])
+        assert np.allclose(t["thickness_mm"], [m.thickness.thickness_mm for _, _, m, _ in sent])
+        assert np.allclose(t["stamp_analyzed"] - t["stamp_ingest"], 0.001)
+        assert np.isnan(t["stamp_published"]).all() and not t["truncated"].any()
+        assert r.events()[0].reason == "rate_limited" and r.biomarkers() == [{"patient": "P1", "fat_fraction": 0.2}]
+        units = json.loads(s.group["index"].attrs["units"])
+        assert units["t_host_s"] == "s" and units["spacing_row_mm"] == "mm"
+        assert json.loads(s.group["metrics/table"].attrs["units"])["csa_area_mm2"] == "mm^2"
+    out = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)  # Debian hdf5-tools
+    assert out.returncode == 0 and 'DATASET "frames"' in out.stdout
+
+
+def test_absent_metrics_are_nan_and_long_contours_are_cut_and_flagged(tmp_path):
+    w = SessionWriter(tmp_path / "s.h5", {}, {"p1": (64, 40)}, fsync=False)
+    img = np.zeros((64, 40), np.uint8)
+    h = frame("p1", 0, img)
+    w.add_frame(h, img)
+    _, mh, arrays = metrics_of(h, img)
+    long_contour = np.arange(2 * (L.CONTOUR_MAX_POINTS + 5), dtype=np.float32).reshape(-1, 2)
+    w.add_metrics(mh, {**arrays, "contour_rc": long_contour})
+    with pytest.raises(InputError):
+        w.add_metrics(mh.model_copy(update={"stream_id": "other"}), {})
+    with pytest.raises(InputError):
+        w.add_frame(frame("p1", 1, np.zeros((65, 40), np.uint8)), np.zeros((65, 40), np.uint8))
+    w.close()
+    with SessionReader(tmp_path / "s.h5") as r:
+        row = r.stream("p1").metrics_table()[0]
+        assert not row["has_csa"] and np.isnan(row["csa_area_mm2"]) and row["truncated"]
+        assert row["contour_n"] == L.CONTOUR_MAX_POINTS
+
+
+def test_reader_follows_a_file_being_written(tmp_path):
+    path = tmp_path / "live.h5"
+    w = SessionWriter(path, {}, {"p1": (16, 16)}, fsync=False)
+    r = SessionReader(path)
+    assert r.stream("p1").n_frames == 0 and not r.summary()["closed"]
+    for batch in range(3):
+        for i in range(5):
+            seq = batch * 5 + i
+            w.add_frame(frame("p1", seq, np.full((16, 16), seq, np.uint8)), np.full((16, 16), seq, np.uint8))
+        w.flush()
+        r.refresh()
+        s = r.stream("p1")
+        assert s.n_frames == 5 * (batch + 1)
+        assert [int(f[0, 0]) for _, fr in s.iter_frames(chunk=4) for f in fr] == list(range(5 * (batch + 1)))
+    w.add_frame(frame("p1", 15, np.zeros((16, 16), np.uint8)), np.zeros((16, 16), np.uint8))
+    r.refresh()
+    assert r.stream("p1").n_frames == 15  # pixels written, index row not flushed: not yet committed
+    w.close()
+    r.refresh()
+    assert r.stream("p1").n_frames == 16 and r.summary()["closed"]
+    r.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"not hdf5 at all" * 100])
+def test_reader_refuses_files_that_are_not_sessions(tmp_path, content):
+    p = tmp_path / "bad.h5"
+    p.write_bytes(content)
+    with pytest.raises(ReadError) as e:
+        SessionReader(p)
+    assert e.value.reason == "unreadable"
+
+
+def test_reader_refuses_foreign_hdf5_and_other_layout_versions(tmp_path):
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(ReadError) as e:
+        SessionReader(tmp_path / "foreign.h5")
+    assert e.value.reason == "not_a_session"
+    SessionWriter(tmp_path / "v.h5", {}, {}, fsync=False).close()
+    with h5py.File(tmp_path / "v.h5", "r+") as f:
+        f["session"].attrs["layout_version"] = 99
+    with pytest.raises(ReadError) as e:
+        SessionReader(tmp_path / "v.h5")
+    assert e.value.reason == "layout_version"
+    with pytest.raises(ReadError):
+        SessionReader(tmp_path / "missing.h5")
+
+
+def test_schema_file_describes_the_layout():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "schemas" / "session-layout.json").read_text()
+    d = json.loads(text)
+    assert d["layout_version"] == L.LAYOUT_VERSION
+    assert [c["name"] for c in d["streams/<stream_id>"]["index"]["columns"]] == list(L.dtype_of(L.FRAME_INDEX).names)
+
+
+def decoded(h, *arrays):
+    return Decoded(topic_for(h), h, {b.name: a for b, a in zip(h.buffers, arrays)})
+
+
+def test_recorder_node_waits_for_configured_streams_then_rolls_parts(tmp_path):
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=5.0), "sess-1", expected_streams=("a", "b"))
+    img_a, img_b = np.full((20, 30), 1, np.uint8), np.full((24, 30), 2, np.uint8)
+    assert rec.process("frames", decoded(frame("a", 0, img_a), img_a)) == []  # not recording: ignored
+    rec.start_recording()
+    rec.process("frames", decoded(frame("a", 1, img_a), img_a))
+    assert rec.recording_status()["state"] == "armed"  # b not seen yet: held
+    rec.process("frames", decoded(frame("b", 0, img_b), img_b))
+    st = rec.recording_status()
+    assert st["state"] == "recording" and st["path"].endswith(".h5")
+    rec.process("bus", decoded(Event(node="ingest", level="warning", reason="x", message="m", t_host_s=1.0)))
+    fused = Fused(stream_id="a", session_id="src-1", parent=("a", 1), site="tibialis_anterior")
+    rec.process("bus", decoded(fused))
+    img_a2 = np.full((40, 30), 3, np.uint8)  # depth changed: new shape, next part
+    out = rec.process("frames", decoded(frame("a", 2, img_a2), img_a2))
+    assert any(o.header.reason == "recording_new_part" for o in out)
+    rec.process("frames", decoded(frame("c", 0, img_b), img_b))  # a new stream: third part
+    st = rec.stop_recording()
+    assert st["state"] == "idle" and len(st["files"]) == 3 and st["files"][1].endswith(".part2.h5")
+    with SessionReader(st["files"][0]) as r:
+        assert sorted(r.streams) == ["a", "b"] and r.stream("a").n_frames == 1 and r.stream("b").n_frames == 1
+        assert r.events()[0].reason == "x" and r.fused()[0] == fused
+        assert r.attrs["part"] == 1 and r.attrs["session_id"] == "sess-1" and r.attrs["software_version"]
+    with SessionReader(st["files"][1]) as r:
+        assert r.stream("a").shape == (40, 30) and r.attrs["previous_part"] == st["files"][0]
+    with SessionReader(st["files"][2]) as r:
+        assert sorted(r.streams) == ["a", "b", "c"] and r.stream("c").n_frames == 1
+    assert rec.recording_status()["frames"] == 4
+
+
+def test_recorder_refuses_missing_directory_and_reports_it(tmp_path):
+    rec = Recorder(RecorderSection(directory=tmp_path / "nope"), "s")
+    with pytest.raises(RecordingError) as e:
+        rec.start_recording()
+    assert e.value.reason == "no_directory"
+    st = rec.recording_status()
+    assert st["state"] == "idle" and st["last_error"]["reason"] == "no_directory"
+    assert [o.header.reason for o in rec.tick(time.monotonic())] == ["recording_no_directory"]
+    (tmp_path / "afile").write_text("x")
+    rec2 = Recorder(RecorderSection(directory=tmp_path / "afile"), "s")
+    with pytest.raises(RecordingError):
+        rec2.start_recording()
+
+
+def test_service_records_on_command_and_reports_state(tmp_path):
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, recorder={"directory": str(tmp_path)},
+                      sources=[{"driver": "sim", "stream_id": "p1", "fps": 40}])
+    with Service(cfg) as svc:
+        ep = svc.graph.endpoints["control"]
+        wait_for(lambda: svc.graph.ingest.status()["streams"].get("p1", {}).get("accepted", 0) > 3, what="frames")
+        assert request(ep, command="status").data["recording"]["state"] == "idle"
+        files = []
+        for _ in range(2):  # each start is a new file
+            rep = request(ep, command="record_start")
+            assert rep.ok and rep.data["recording"]
+            wait_for(lambda: request(ep, command="status").data["recording"]["frames"] >= 10, what="recorded frames")
+            st = request(ep, command="status").data["recording"]
+            assert st["state"] == "recording" and st["path"].startswith(str(tmp_path))
+            rep = request(ep, command="record_stop")
+            assert rep.ok and rep.data["state"] == "idle"
+            files += rep.data["files"]
+        assert len(set(files)) == 2
+    for p in files:
+        with SessionReader(p) as r:
+            s = r.stream("p1")
+            seq = s.index()["seq"]
+            assert s.n_frames >= 10 and np.all(np.diff(seq) == 1 + s.index()["gap_before"][1:])
+            assert s.n_metrics > 0 and set(s.metrics_table()["seq"]) <= set(seq.tolist())
+            assert r.summary()["closed"] and json.loads(r.file["session"].attrs["config_json"])["recorder"]
+            assert "recording_started" in [e.reason for e in r.events()]
+
+
+def test_record_commands_without_recorder_and_enabled_recorder_with_bad_directory(tmp_path):
+    from mmstream.graph import Graph
+
+    g = Graph(load_config(None, endpoints=RANDOM_TCP)).start()
+    try:
+        rep = request(g.endpoints["control"], command="record_start")
+        assert not rep.ok and rep.reason == "unsupported_command"
+    finally:
+        g.stop()
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
+                      recorder={"enabled": True, "directory": str(tmp_path / "missing")})  # fmt: skip
+    with Service(cfg) as svc:
+        st = request(svc.graph.endpoints["control"], command="status").data["recording"]
+        assert st["state"] == "idle" and st["last_error"]["reason"] == "no_directory"
+        rep = request(svc.graph.endpoints["control"], command="record_start")
+        assert not rep.ok and rep.reason == "no_directory" and "does not exist" in rep.message
