@@ -227,6 +227,7 @@ def make_socket(
     hwm: int = 1000,
     curve: Curve | None = None,
     subscribe: tuple[str, ...] = ("",),
+    immediate: bool = False,
 ) -> Socket:
     """Create, configure and bind or connect a socket.
 
@@ -241,6 +242,9 @@ def make_socket(
     curve : Curve, optional
         CURVE keys; required to bind tcp beyond loopback.
     subscribe : topic prefixes for a "sub" socket (default: everything).
+    immediate : bool
+        Queue messages only to completed connections (ZMQ_IMMEDIATE): a send to a peer that is not
+        there blocks (and times out) instead of waiting in a local queue that is lost on close.
     """
     if kind not in _KINDS:
         raise ConfigError(f"unknown socket kind {kind!r}")
@@ -260,6 +264,8 @@ def make_socket(
             sock.setsockopt(zmq.REQ_CORRELATE, 1)
         if curve is not None:
             _apply_curve(sock, curve, server=bind)
+        if immediate:
+            sock.immediate = 1
         if kind == "sub":
             for t in subscribe:
                 sock.setsockopt_string(zmq.SUBSCRIBE, t)

@@ -79,7 +79,7 @@ class Outlet:
     def _run(self) -> None:
         ingest, events, curve = self._endpoints
         try:
-            vol_sock = make_socket("push", ingest, bind=False, hwm=4, curve=curve) if ingest else None
+            vol_sock = make_socket("push", ingest, bind=False, hwm=4, curve=curve, immediate=True) if ingest else None
             ev_sock = make_socket("push", events, bind=False, hwm=256) if events else None
         except BaseException as exc:
             self._error = exc

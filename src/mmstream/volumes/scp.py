@@ -187,11 +187,11 @@ class StorageScp:
         return self
 
     @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    def status(self) -> dict:
-        return {**self.outlet.status(), "pending_series": len(self.collector.pending()), "port": self.port}
+    def port(self) -> int | None:
+        """The TCP port listened on (None when stopped)."""
+        if self._server is not None:
+            self._port = self._server.server_address[1]
+        return getattr(self, "_port", None)
 
     def stop(self) -> None:
         """Stop listening; series still pending are assembled and sent."""

@@ -117,13 +117,12 @@ class FolderWatcher(threading.Thread):
         """One scan: handle every file that has become stable, then assemble idle DICOM series."""
         files = self._candidates()
         referenced = {c for p in files if (c := companion(p)) is not None}
+        stable = {p: self._stable(p) for p in files}
         for path in files:
             if path in referenced or path.name.lower().endswith(COMPANION_SUFFIXES):
                 continue  # moved with its header
-            if not self._stable(path):
-                continue
             data = companion(path)
-            if data is not None and not (data.is_file() and self._stable(data)):
+            if not stable[path] or (data is not None and not stable.get(data, False)):
                 continue
             self._handle(path, data)
         due = self.collector.due()

@@ -1,0 +1,119 @@
+"""Volume sources inside the service and on the command line: an SCP and a watch folder configured
+in ``[volumes]`` push ``volume`` messages through ingest onto the internal tap (topic
+``volume.<id>``); their events reach the metrics endpoint; ``mmstream volumes load|send|scp``."""
+
+import json
+import re
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+from test_cli_service import RANDOM_PORTS, mmstream_exe
+from test_graph import wait_for
+from test_volumes_scp import storescu
+from volume_makers import make_series, write_nifti1
+
+from mmstream.cli import main
+from mmstream.codec import decode
+from mmstream.config import ServiceConfig, load_config
+from mmstream.graph import Graph
+from mmstream.service import Service
+from mmstream.transport import make_socket
+
+pytestmark = pytest.mark.timeout(120)
+NO_WEB = {"web": {"enabled": False}} if "web" in ServiceConfig.model_fields else {}
+
+
+def _config(tmp_path, **volumes):
+    eps = {k: "tcp://127.0.0.1:*" for k in ("ingest", "metrics", "control")}
+    return load_config(None, endpoints=eps, volumes=volumes, **NO_WEB)
+
+
+def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
+    cfg = _config(tmp_path, scp={"enabled": True, "port": 0, "store_dir": str(tmp_path / "store")},
+                  watch={"enabled": True, "folder": str(tmp_path / "in"), "poll_s": 0.05, "stable_polls": 1},
+                  deid={"enabled": True, "mapping_db": str(tmp_path / "ids.sqlite")})  # fmt: skip
+    with Service(cfg) as svc:
+        tap = make_socket("sub", svc.graph.internal["frames"], bind=False, subscribe=("volume.",))
+        events = make_socket("sub", svc.graph.endpoints["metrics"], bind=False, subscribe=("event.volumes",))
+        try:
+            truth = make_series(tmp_path / "series", n=3)
+            assert wait_for(lambda: storescu(svc.volumes.scp.port, truth["paths"]).returncode == 0, 10, "storescu")
+            msg = decode(tap.recv(timeout_ms=10000))
+            assert msg.topic.startswith("volume.") and msg.header.series_uid == truth["series_uid"]
+            np.testing.assert_allclose(msg.arrays["voxels"], truth["voxels"])
+            assert msg.header.clinical.patient_id.startswith("P")
+            write_nifti1(tmp_path / "in" / "w.nii", np.zeros((2, 3, 4), np.int16), np.diag([1.0, 1, 1, 1]))
+            msg = decode(tap.recv(timeout_ms=10000))
+            assert msg.header.source == "nifti:ras2lps" and msg.arrays["voxels"].shape == (4, 3, 2)
+            ev = decode(events.recv(timeout_ms=10000)).header
+            assert ev.node == "volumes" and ev.reason == "volume_assembled"
+            st = svc.graph.status()
+            assert st["nodes"]["ingest"]["counters"]["volumes_accepted"] == 2
+            assert wait_for(lambda: svc.graph.status()["volumes"]["counters"]["volumes_sent"] == 2, 5, "counted")
+            assert st["volumes"]["scp"]["port"] == svc.volumes.scp.port
+        finally:
+            tap.close()
+            events.close()
+
+
+def test_volumes_config_refuses_an_open_scp_without_allow_list(tmp_path):
+    from mmstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allowed_calling_aets"):
+        _config(tmp_path, scp={"enabled": True, "host": "0.0.0.0"})
+    cfg = _config(tmp_path, scp={"enabled": True, "host": "0.0.0.0", "allowed_calling_aets": ["SCANNER"]})
+    assert cfg.volumes.scp.allowed_calling_aets == ("SCANNER",)
+
+
+def test_cli_load_prints_geometry_and_fails_cleanly(tmp_path, capsys):
+    sform = np.diag([-2.0, 2.0, 3.0, 1.0])
+    write_nifti1(tmp_path / "a.nii", np.zeros((4, 5, 6), np.int16), sform)
+    assert main(["volumes", "load", str(tmp_path / "a.nii")]) == 0
+    geo = json.loads(capsys.readouterr().out)
+    assert geo["shape_kji"] == [6, 5, 4] and geo["spacing_mm"] == [3.0, 2.0, 2.0]
+    assert geo["direction_lps"] == [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]
+    assert geo["source"] == "nifti:ras2lps" and "LPS" in geo["conversion"]
+    (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ngarbage\n\n")
+    assert main(["volumes", "load", str(tmp_path / "bad.nrrd")]) == 1
+    assert re.search(r"mmstream volumes load: error: .*bad\.nrrd: unreadable:", capsys.readouterr().err)
+
+
+def test_cli_send_reaches_a_running_graph(tmp_path, capsys):
+    graph = Graph(_config(tmp_path)).start()
+    tap = make_socket("sub", graph.internal["frames"], bind=False, subscribe=("volume.",))
+    try:
+        truth = make_series(tmp_path / "s", n=2)
+        assert main(["volumes", "send", str(tmp_path / "s"), "--endpoint", graph.endpoints["ingest"], "--volume-id", "mr-1"]) == 0
+        assert json.loads(capsys.readouterr().out)["volume_id"] == "mr-1"
+        msg = decode(tap.recv(timeout_ms=10000))
+        assert msg.topic == "volume.mr-1"
+        np.testing.assert_allclose(msg.arrays["voxels"], truth["voxels"])
+    finally:
+        tap.close()
+        graph.stop()
+    assert main(["volumes", "send", str(tmp_path / "s"), "--endpoint", "tcp://127.0.0.1:9", "--timeout-s", "0.5"]) == 1
+    assert "no service took the volume" in capsys.readouterr().err
+
+
+def test_cli_scp_runs_standalone_and_stops_on_sigterm(tmp_path):
+    sink = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    cfg = tmp_path / "v.toml"
+    cfg.write_text(RANDOM_PORTS.replace('ingest = "tcp://127.0.0.1:*"', f'ingest = "{sink.last_endpoint}"')
+                   + f'\n[volumes.scp]\nenabled = true\nport = 0\nstore_dir = "{tmp_path / "store"}"\n')  # fmt: skip
+    proc = subprocess.Popen([mmstream_exe(), "volumes", "scp", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        port = int(re.search(r"MMSTREAM@127\.0\.0\.1:(\d+)", first).group(1))
+        truth = make_series(tmp_path / "s", n=2)
+        assert storescu(port, truth["paths"]).returncode == 0
+        msg = decode(sink.recv(timeout_ms=10000))
+        np.testing.assert_allclose(msg.arrays["voxels"], truth["voxels"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        sink.close()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["counters"]["instances_stored"] == 2

@@ -1,0 +1,117 @@
+"""Watch folder: files become volumes once their size is stable; bad files are moved aside, counted
+and announced; DICOM files are collected into series. ``poll_once`` is driven directly (no sleeps)."""
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from test_volumes_scp import Sink
+from volume_makers import make_series, write_nifti1
+
+from mmstream.volumes import FolderWatcher, Outlet, Pseudonymizer, WatchSettings
+from mmstream.volumes.watch import PROCESSED, REJECTED
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture()
+def watcher(tmp_path):
+    made = []
+
+    def make(deid=None, **kw):
+        sink = Sink()
+        outlet = Outlet(sink.vol.last_endpoint, sink.ev.last_endpoint).start()
+        w = FolderWatcher(WatchSettings(folder=tmp_path / "in", stable_polls=1, idle_s=0.0, **kw), outlet, deid)
+        (tmp_path / "in").mkdir(exist_ok=True)
+        made.append((w, outlet, sink))
+        return w, sink
+
+    yield make
+    for w, outlet, sink in made:
+        w.stop()
+        outlet.stop()
+        sink.close()
+
+
+def _sform():
+    a = np.diag([0.5, 0.5, 2.0, 1.0])
+    a[:3, 3] = (10, 20, 30)
+    return a
+
+
+def test_file_waits_until_its_size_is_stable(watcher, tmp_path):
+    w, sink = watcher()
+    write_nifti1(tmp_path / "whole.nii", np.arange(27, dtype=np.int16).reshape(3, 3, 3), _sform())
+    data = (tmp_path / "whole.nii").read_bytes()
+    target = tmp_path / "in" / "a.nii"
+    target.write_bytes(data[: len(data) // 2])  # a copy in progress
+    w.poll_once()
+    target.write_bytes(data)  # the copy grows: still not stable
+    w.poll_once()
+    assert target.exists() and w.outlet.counters["files_loaded"] == 0
+    w.poll_once()  # unchanged for one poll: complete
+    msg = sink.volume()
+    assert msg.header.source == "nifti:ras2lps" and msg.arrays["voxels"].shape == (3, 3, 3)
+    np.testing.assert_allclose(msg.header.origin_lps_mm, (-10, -20, 30))
+    assert not target.exists() and (tmp_path / "in" / PROCESSED / "a.nii").exists()
+
+
+def test_metaimage_header_moves_with_its_data_file(watcher, tmp_path):
+    w, sink = watcher()
+    img = sitk.GetImageFromArray(np.ones((2, 3, 4), np.uint8))
+    img.SetSpacing((0.25, 0.5, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "in" / "m.mhd"))
+    for _ in range(2):
+        w.poll_once()
+    msg = sink.volume()
+    assert msg.header.spacing_mm == (3.0, 0.5, 0.25)
+    assert sorted(p.name for p in (tmp_path / "in" / PROCESSED).iterdir()) == ["m.mhd", "m.raw"]
+
+
+def test_bad_files_are_moved_aside_counted_and_announced(watcher, tmp_path):
+    w, sink = watcher(max_file_bytes=10_000)
+    (tmp_path / "in" / "broken.nii").write_bytes(b"\x5c\x01" + b"\x00" * 400)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    (tmp_path / "in" / "huge.nrrd").write_bytes(b"NRRD0004\n" + b"\x00" * 20_000)
+    (tmp_path / "in" / "noheader.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00x")
+    for _ in range(2):
+        w.poll_once()
+    rejected = sorted(p.name for p in (tmp_path / "in" / REJECTED).iterdir())
+    assert rejected == ["broken.nii", "huge.nrrd", "noheader.dcm", "notes.txt"]
+    r = w.outlet.rejected
+    assert r["unreadable"] == 1 and r["unknown_format"] == 1 and r["too_large"] == 1
+    assert r["missing_tags"] + r["unreadable"] == 2  # the DICOM stub: no usable data set
+    wanted = {"unreadable", "unknown_format", "too_large"}
+    from test_graph import wait_for
+
+    assert wait_for(lambda: wanted <= set(sink.reasons()), 5, "events")
+    # and the watcher keeps going
+    write_nifti1(tmp_path / "in" / "ok.nii", np.zeros((2, 2, 2), np.int16), _sform())
+    for _ in range(2):
+        w.poll_once()
+    assert sink.volume().arrays["voxels"].shape == (2, 2, 2)
+
+
+def test_dicom_files_are_collected_into_a_series_and_deidentified(watcher, tmp_path):
+    deid = Pseudonymizer(tmp_path / "map.sqlite", prefix="STUDY")
+    w, sink = watcher(deid=deid)
+    truth = make_series(tmp_path / "in" / "export", n=4, patient=("Doe^Jane", "PID-7"))
+    for _ in range(2):
+        w.poll_once()
+    msg = sink.volume()
+    np.testing.assert_allclose(msg.arrays["voxels"], truth["voxels"])
+    assert msg.header.clinical.patient_id.startswith("STUDY")
+    kept = list((tmp_path / "in" / PROCESSED / truth["series_uid"]).glob("*.dcm"))
+    assert len(kept) == 4 and not any(p.exists() for p in truth["paths"])
+    assert all(pydicom.dcmread(p).PatientID == msg.header.clinical.patient_id for p in kept)
+    assert "Doe" not in " ".join(e.message for e in sink.events)
+
+
+def test_running_thread_polls_by_itself(watcher, tmp_path):
+    from test_graph import wait_for
+
+    w, sink = watcher(poll_s=0.05)
+    w.start()
+    write_nifti1(tmp_path / "in" / "t.nii", np.zeros((2, 3, 4), np.int16), _sform())
+    assert sink.volume(timeout_ms=5000).arrays["voxels"].shape == (4, 3, 2)
+    assert wait_for(lambda: (tmp_path / "in" / PROCESSED / "t.nii").exists(), 5, "moved")
