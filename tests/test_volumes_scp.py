@@ -3,6 +3,7 @@ messages out on a real ZeroMQ socket; every refusal answered with the right DICO
 rejection, counted and announced, and the SCP keeps serving."""
 
 import logging
+import os
 import sqlite3
 import subprocess
 
@@ -65,7 +66,7 @@ def scp_factory(tmp_path):
 
 def storescu(port, paths, aet="SCANNER"):
     return subprocess.run([STORESCU, "-R", "-aet", aet, "-aec", "MMSTREAM", "127.0.0.1", str(port), *map(str, paths)],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "TCP_NODELAY": "1"})  # fmt: skip
 
 
 def scu(port, contexts=((MRImageStorage, None),), aet="PYSCU"):

@@ -117,3 +117,17 @@ def test_cli_scp_runs_standalone_and_stops_on_sigterm(tmp_path):
         sink.close()
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["counters"]["instances_stored"] == 2
+
+
+def test_benchmark_runs_and_writes_its_table(tmp_path):
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_volumes.py"
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, str(tool), "--slices", "3", "--size", "16", "--repeat", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 4 and all(row["mmstream_ms"] > 0 and row["alternative_ms"] > 0 for row in rows)
+    assert "ratio" in r.stdout
