@@ -11,9 +11,9 @@ import pytest
 from mmstream.codec import Decoded, buffer_specs
 from mmstream.config import load_config
 from mmstream.errors import ConfigError
-from mmstream.messages import CsaSummary, Frame, Metrics
+from mmstream.messages import ClinicalContext, CsaSummary, EchoSummary, Event, Frame, Metrics
 from mmstream.nodes.analyzer import StreamSettings
-from mmstream.web.captures import CaptureBook, capture_numbers
+from mmstream.web.captures import CaptureBook
 from mmstream.web.live import LiveView, overlay
 from mmstream.web.protocol import FRAME_MAGIC, WebInputError, parse_command
 
@@ -116,19 +116,43 @@ def test_overlay_carries_contour_lines_roi_and_units():
     json.dumps(ov, allow_nan=False)
 
 
-def test_three_image_captures_and_their_mean():
-    book = CaptureBook()
+def test_three_image_captures_mirror_the_service_protocol():
+    """Without a fusion node the frame after a ``capture`` control event is taken; with one, the
+    frame its ``captured`` event names. A fourth capture starts a new set of three."""
+    settings = StreamSettings()
+    settings.update("s1", clinical=ClinicalContext(patient_id="P-01", site="tibialis_anterior", side="left"))
+
+    def metrics(seq, echo):
+        h = Metrics(stream_id="s1", session_id="sess", parent=("s1", seq), clinical=settings.get("s1").clinical,
+                    echogenicity=EchoSummary(region="roi", mean=echo, std=1.0, n_px=100))  # fmt: skip
+        return Decoded("metrics.s1", h, {})
+
+    def event(node, reason, seq=None):
+        return Decoded("event.s1", Event(node=node, level="info", reason=reason, message=reason, stream_id="s1", seq=seq,
+                                         t_host_s=0.0))  # fmt: skip
+
     key = ("P-01", "tibialis_anterior", "left")
-    base = {"type": "metrics", "stream_id": "s", "echogenicity": {"mean": 60.0}, "csa": None,
-            "thickness": {"thickness_mm": 15.0, "thickness_px": 150.0}}  # fmt: skip
-    for i, mean in enumerate((60.0, 63.0, 66.0)):
-        summary = book.add(key, capture_numbers({**base, "seq": i, "echogenicity": {"mean": mean}}))
+    alone = LiveView(settings)
+    alone.process("bus", metrics(0, 10.0))  # no capture asked: not taken
+    for i, echo in enumerate((60.0, 63.0, 66.0, 90.0)):
+        alone.process("bus", event("control", "capture"))
+        alone.process("bus", metrics(i + 1, echo))
+        alone.process("bus", metrics(i + 100, 0.0))  # later frames are not captures
+    summary = alone.captures.summary(key)
+    assert [c["echo_mean"] for c in summary["captures"]] == [90.0] and not summary["complete"]  # a new set
+
+    fused = LiveView(settings, fusion_attached=True)
+    for seq, echo in enumerate((60.0, 63.0, 66.0)):
+        fused.process("bus", metrics(seq, echo))
+    fused.process("bus", event("control", "capture"))  # the fusion node decides, not this event
+    assert fused.captures.summary(key)["captures"] == []
+    for seq in (0, 1, 2):
+        fused.process("bus", event("fusion", "captured", seq))
+    summary = fused.captures.summary(key)
     assert summary["complete"] and summary["mean"]["echo_mean"] == pytest.approx(63.0)
-    assert summary["mean"]["csa_mm2"] is None and summary["mean"]["thickness_mm"] == 15.0
-    with pytest.raises(ValueError, match="3 captures"):
-        book.add(key, capture_numbers({**base, "seq": 9}))
-    assert book.summary(("P-01", "tibialis_anterior", "right"))["captures"] == []
-    assert book.clear(key)["captures"] == []
+    assert summary["mean"]["csa_mm2"] is None
+    assert fused.note("s1")["reason"] == "captured"
+    assert CaptureBook().summary(("P-01", "tibialis_anterior", "right"))["captures"] == []
 
 
 def test_web_config_section():

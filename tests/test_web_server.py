@@ -134,29 +134,26 @@ def test_seed_roi_and_context_reach_the_service(svc, page):
     assert ctx["clinical"]["site"] == "median_nerve" and svc.graph.settings.get("sim").clinical.patient_id == "PSEUDO-7"
 
 
-def test_capture_three_images_and_announce_without_patient_id(svc, page):
+def test_capture_goes_to_the_service_and_the_page_sees_the_captured_frames(svc, page):
     from mmstream.codec import decode
     from mmstream.transport import make_socket
 
     events = make_socket("sub", svc.graph.endpoints["metrics"], bind=False, subscribe=("event.",))
     page.send(json.dumps({"cmd": "set_context", "clinical": {"patient_id": "PSEUDO-8", "site": "tibialis_anterior", "side": "right"}}))
     recv_until(page, is_type("context"))
-    page.send(json.dumps({"cmd": "clear_captures"}))
     recv_until(page, lambda m: is_type("captures")(m) and m["captures"] == [])
-    recv_until(page, is_type("metrics"))
     for i in range(3):
         page.send(json.dumps({"cmd": "capture", "id": 10 + i}))
+        assert recv_until(page, lambda m: is_type("reply")(m) and m["id"] == 10 + i)["ok"]
         caps = recv_until(page, lambda m: is_type("captures")(m) and len(m["captures"]) == i + 1)
-    assert caps["complete"] and caps["mean"]["thickness_mm"] > 0
-    page.send(json.dumps({"cmd": "capture", "id": 20}))
-    assert recv_until(page, lambda m: is_type("reply")(m) and m["id"] == 20)["reason"] == "captures_complete"
+    assert caps["complete"] and caps["mean"]["thickness_mm"] > 0 and caps["per_site"] == 3
     try:
         ev = None
-        while ev is None or ev.node != "web":
+        while ev is None or ev.reason != "capture":
             ev = decode(events.recv(timeout_ms=5000)).header
     finally:
         events.close()
-    assert ev.reason == "capture" and "tibialis_anterior" in ev.message and "PSEUDO-8" not in ev.message
+    assert ev.node == "control" and ev.stream_id == "sim" and "PSEUDO-8" not in ev.message
 
 
 def test_hostile_client_messages_are_refused_counted_and_closed(svc):

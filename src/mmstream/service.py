@@ -43,7 +43,7 @@ class Service:
         if config.web.enabled:  # the bedside live view (docs/webview.md)
             from mmstream.web import WebView
 
-            self.web = WebView(self.graph)
+            self.web = WebView(self.graph, fusion=self.fusion is not None)
 
     def _run_source(self, section, endpoint: str) -> None:
         try:

@@ -18,12 +18,13 @@ __all__ = ["WebView", "LiveView", "WebServer", "status_lines"]
 
 
 class WebView:
-    """The live view of ``graph`` (configured by ``graph.config.web``)."""
+    """The live view of ``graph`` (configured by ``graph.config.web``); ``fusion``: a fusion node is
+    attached (it then decides which frames the three-image captures are)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, fusion: bool = False):
         self.graph = graph
         self.cfg = graph.config.web
-        self.live = LiveView(graph.settings, self.cfg.jpeg_quality)
+        self.live = LiveView(graph.settings, self.cfg.jpeg_quality, fusion_attached=fusion)
         self.server: WebServer | None = None
         taps = {"frames": SocketSpec("sub", graph.internal["frames"], bind=False),
                 "bus": SocketSpec("sub", graph.internal["bus"], bind=False)}  # fmt: skip

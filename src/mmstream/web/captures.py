@@ -1,15 +1,17 @@
-"""Three-image protocol: the operator captures three frames per (patient, site, side); the view
-shows each capture's numbers and their mean.
+"""Three-image protocol as the page shows it: the numbers of each captured frame of a (patient,
+site, side) and their mean.
 
-Held in memory by the web server (never written with patient identifiers); each capture is also
-published as a ``capture`` event (numbers, site and side, no patient id), so a running recording
-keeps it.
+The protocol itself belongs to the service (``capture`` control command; the fusion node takes the
+frame and keeps the site's value, :mod:`mmstream.calibration`); this book only mirrors, for the
+screen, which frames were taken, with the same rule: a fourth capture starts a new set of
+:data:`~mmstream.calibration.CAPTURE_FRAMES`. Held in memory, never written.
 """
 
 import math
 import threading
 
-CAPTURES_PER_SITE = 3
+from mmstream.calibration import CAPTURE_FRAMES
+
 FIELDS = ("echo_mean", "csa_mm2", "csa_px", "thickness_mm", "thickness_px")
 
 
@@ -30,24 +32,20 @@ def capture_numbers(ov: dict) -> dict:
 class CaptureBook:
     """Captures per context key ``(patient_id, site, side)``; thread-safe."""
 
-    def __init__(self, per_site: int = CAPTURES_PER_SITE):
+    def __init__(self, per_site: int = CAPTURE_FRAMES):
         self.per_site = per_site
+        self.version = 0  # grows with every capture
         self._lock = threading.Lock()
         self._by_key: dict[tuple, list[dict]] = {}
 
-    def add(self, key: tuple, numbers: dict) -> dict:
-        """Add a capture; refused (ValueError) once the site has ``per_site`` of them."""
+    def add(self, key: tuple, numbers: dict) -> None:
+        """Add a capture (a full set is started anew)."""
         with self._lock:
             caps = self._by_key.setdefault(key, [])
             if len(caps) >= self.per_site:
-                raise ValueError(f"{self.per_site} captures already taken here: clear them to start again")
+                caps.clear()
             caps.append(numbers)
-        return self.summary(key)
-
-    def clear(self, key: tuple) -> dict:
-        with self._lock:
-            self._by_key.pop(key, None)
-        return self.summary(key)
+            self.version += 1
 
     def summary(self, key: tuple) -> dict:
         """``captures``, ``mean`` of each field over the captures that have it (None if none),

@@ -1,13 +1,16 @@
-"""The web view's tap on the graph: the newest frame, overlay and fused summary of each stream.
+"""The web view's tap on the graph: the newest frame, overlay, fused summary and note of each stream.
 
 :class:`LiveView` is a node attached to the graph's internal taps (``frames`` and ``bus``). Its
 frame port is latest-wins (capacity 1 per stream), so a slow encoder skips frames instead of
 falling behind. It JPEG-encodes the newest frame (only while a page is connected), turns metrics
-messages into JSON-ready overlays and keeps the newest ``fused`` message per (patient, site); the
-web server reads these snapshots from its own thread and is woken by ``on_change``.
+messages into JSON-ready overlays, keeps the newest ``fused`` message per stream (with the last
+biopsy ranking of its patient), the last notable event, and mirrors the three-image captures
+(the fusion node's ``captured`` events; without fusion, the frame after each ``capture``
+command). The web server reads these snapshots from its own thread, woken by ``on_change``.
 """
 
 import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,12 +18,15 @@ import cv2
 
 from mmstream.codec import Decoded
 from mmstream.errors import CodecError
-from mmstream.messages import Frame, Metrics
+from mmstream.messages import Event, Frame, Fused, Metrics
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Node, Out, Port
+from mmstream.web.captures import CaptureBook, capture_numbers
 from mmstream.web.protocol import frame_packet, polyline
 
 MAX_LINE_POINTS = 256  # thickness boundary lines are thinned to at most this many (row, col) points
+RECENT_OVERLAYS = 64  # per stream, to find the frame a ``captured`` event names
+NOTED = {"captured", "capture_refused", "recording_started", "recording_stopped", "recording_armed"}
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,23 @@ class LiveView(Node):
     inputs = (Port("frames", capacity=1, policy="latest"), Port("bus", capacity=256, policy="fifo"))
     outputs = (Port("events"),)
 
-    def __init__(self, settings: StreamSettings, jpeg_quality: int = 80, name: str | None = None):
+    def __init__(self, settings: StreamSettings, jpeg_quality: int = 80, fusion_attached: bool = False,
+                 name: str | None = None):  # fmt: skip
         super().__init__(name)
         self.settings = settings
         self.jpeg_quality = int(jpeg_quality)
+        self.fusion_attached = fusion_attached
         self.viewers = 0  # connected pages; frames are encoded only while > 0
         self.on_change: Callable[[str], None] = lambda stream_id: None
+        self.captures = CaptureBook()
         self._state_lock = threading.Lock()
         self._frames: dict[str, FrameView] = {}
         self._overlays: dict[str, dict] = {}
-        self._fused: dict[tuple, dict] = {}
+        self._recent: dict[str, deque] = {}
+        self._pending_captures: Counter = Counter()
+        self._fused: dict[str, dict] = {}
+        self._biopsy: dict[str | None, list] = {}  # patient -> last ranking (fused messages repeat it only when it changes)
+        self._notes: dict[str, dict] = {}
         self._last_seq: dict[str, tuple[str, int]] = {}
 
     # -- node side (runner thread) -------------------------------------------------------------
@@ -94,8 +107,15 @@ class LiveView(Node):
             ov = overlay(h, msg.arrays, self.settings)
             with self._state_lock:
                 self._overlays[h.stream_id] = ov
+                self._recent.setdefault(h.stream_id, deque(maxlen=RECENT_OVERLAYS)).append(ov)
+                take = self._pending_captures[h.stream_id] > 0
+                self._pending_captures[h.stream_id] -= take
+            if take:
+                self._capture(ov)
             self.on_change(h.stream_id)
-        elif h.msg_type == "fused":
+        elif isinstance(h, Event):
+            self._event(h)
+        elif isinstance(h, Fused):
             self._fused_message(h)
         return []
 
@@ -130,14 +150,37 @@ class LiveView(Node):
         self.count("frames_encoded")
         self.on_change(h.stream_id)
 
-    def _fused_message(self, h) -> None:
-        payload = {"type": "fused", **h.model_dump(mode="json", exclude={"buffers", "schema_version"})}
-        clinical = payload.get("clinical") or {}
-        key = (clinical.get("patient_id"), clinical.get("site"), clinical.get("side"))
+    def _capture(self, ov: dict) -> None:
+        c = ov["clinical"]
+        self.captures.add((c.get("patient_id"), c.get("site"), c.get("side")), capture_numbers(ov))
+        self.count("captures")
+
+    def _event(self, h: Event) -> None:
+        sid = h.stream_id or ""
+        if h.reason == "captured" and h.stream_id is not None:  # the fusion node took frame h.seq
+            with self._state_lock:
+                ov = next((o for o in reversed(self._recent.get(sid, ())) if o["seq"] == h.seq), self._overlays.get(sid))
+            if ov is not None:
+                self._capture(ov)
+        elif h.reason == "capture" and h.node == "control" and not self.fusion_attached and h.stream_id is not None:
+            with self._state_lock:
+                self._pending_captures[sid] += 1  # no fusion node: the stream's next frame is the capture
+        if h.reason in NOTED or h.level != "info":
+            with self._state_lock:
+                self._notes[sid] = {"type": "note", "level": h.level, "reason": h.reason, "message": h.message,
+                                    "node": h.node, "stream_id": h.stream_id}  # fmt: skip
+        self.on_change(sid)
+
+    def _fused_message(self, h: Fused) -> None:
+        payload = {"type": "fused", **h.model_dump(mode="json", exclude={"buffers", "schema_version", "stamps"})}
         with self._state_lock:
-            self._fused[key] = payload
+            if payload["biopsy"] is None:
+                payload["biopsy"] = self._biopsy.get(h.patient_id, [])
+            else:
+                self._biopsy[h.patient_id] = payload["biopsy"]
+            self._fused[h.stream_id] = payload
         self.count("fused_seen")
-        self.on_change("")
+        self.on_change(h.stream_id)
 
     # -- reader side (web server thread) --------------------------------------------------------
     def streams(self) -> list[str]:
@@ -152,9 +195,11 @@ class LiveView(Node):
         with self._state_lock:
             return self._overlays.get(stream_id)
 
-    def fused_for(self, patient_id: str | None) -> list[dict]:
-        """Newest fused messages of one patient (all sites and sides), newest site first."""
-        if patient_id is None:
-            return []
+    def fused(self, stream_id: str) -> dict | None:
         with self._state_lock:
-            return [v for k, v in reversed(self._fused.items()) if k[0] == patient_id]
+            return self._fused.get(stream_id)
+
+    def note(self, stream_id: str) -> dict | None:
+        """The last notable event of the stream (or, for "", of the service)."""
+        with self._state_lock:
+            return self._notes.get(stream_id)

@@ -5,7 +5,7 @@ strictly (unknown fields, wrong types, non-finite numbers and oversized strings 
 :func:`parse_command`, which raises :class:`WebInputError` with a ``reason`` used as counter key.
 
 Server -> page: JSON text messages tagged by ``type`` (``hello``, ``metrics``, ``fused``,
-``status``, ``reply``, ``clock``, ``captures``, ``error``) and binary frame packets built by
+``status``, ``reply``, ``clock``, ``context``, ``captures``, ``note``, ``error``) and binary frame packets built by
 :func:`frame_packet`: ``b"MMF1"``, a little-endian uint32 header length, the UTF-8 JSON header
 (``stream_id``, ``seq``, ``t_frame_s``, ``shape``, ``spacing_mm``) and the JPEG bytes.
 """
@@ -95,7 +95,7 @@ class SetContext(_Cmd):
 class Simple(_Cmd):
     """Commands without arguments: recording, three-image capture."""
 
-    cmd: Literal["record_start", "record_stop", "capture", "clear_captures"]
+    cmd: Literal["record_start", "record_stop", "capture"]
 
 
 Command = Annotated[

@@ -32,7 +32,6 @@ from mmstream.errors import ConfigError
 from mmstream.messages import ClinicalContext, Control
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Telemetry
-from mmstream.web.captures import CaptureBook, capture_numbers
 from mmstream.web.control_client import ControlClient
 from mmstream.web.live import FrameView, LiveView
 from mmstream.web.protocol import Hello, WebInputError, parse_command
@@ -62,7 +61,9 @@ class _Page:
     stream_id: str | None = None
     frame_sent: FrameView | None = None
     overlay_sent: dict | None = None
-    fused_sent: list | None = None
+    fused_sent: dict | None = None
+    notes_sent: dict = field(default_factory=dict)
+    captures_sent: tuple | None = None
     status: dict | None = None
     in_flight: int = 0
     t_frame_sent: float = 0.0
@@ -82,7 +83,6 @@ class WebServer:
         self._service_status = service_status
         self._token = None if cfg.token is None else hashlib.sha256(cfg.token.get_secret_value().encode()).digest()
         self._static = {p: (files("mmstream.web").joinpath("static", f).read_bytes(), ct) for p, (f, ct) in STATIC.items()}
-        self.captures = CaptureBook()
         self.display = Telemetry()
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -200,6 +200,9 @@ class WebServer:
         try:
             if not await self._hello(page):
                 return
+            if not self._pages:  # a new viewing: display fps and latency start afresh
+                with self._lock:
+                    self.display = Telemetry()
             self._pages.add(page)
             self.live.viewers = len(self._pages)
             sender = asyncio.create_task(self._send_loop(page))
@@ -238,7 +241,7 @@ class WebServer:
         streams = self.live.streams()
         page.stream_id = cmd.stream_id or self.cfg.stream_id or (streams[0] if streams else None)
         await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
-                                     "token_required": self._token is not None, "per_site": self.captures.per_site})  # fmt: skip
+                                     "token_required": self._token is not None})  # fmt: skip
         await self._send_context(page)
         return True
 
@@ -248,12 +251,36 @@ class WebServer:
     async def _send_context(self, page: _Page) -> None:
         c = self._context(page.stream_id)
         await self._send_json(page, {"type": "context", "stream_id": page.stream_id, "clinical": c.model_dump(mode="json")})
-        await self._send_json(page, self.captures.summary((c.patient_id, c.site, c.side)))
-        page.fused_sent = None
+        page.fused_sent, page.captures_sent = None, None
         page.wake.set()
 
+    async def _send_changes(self, page: _Page) -> None:
+        """Overlay, fused summary, captures and notes of the page's stream, each when it changed."""
+        sid = page.stream_id
+        ov = self.live.overlay(sid)
+        if ov is not None and ov is not page.overlay_sent:
+            page.overlay_sent = ov
+            await self._send_json(page, ov)
+        fused = self.live.fused(sid)
+        if fused is not None and fused is not page.fused_sent:
+            page.fused_sent = fused
+            await self._send_json(page, fused)
+        c = self._context(sid)
+        key = (c.patient_id, c.site, c.side)
+        if page.captures_sent != (key, self.live.captures.version):
+            page.captures_sent = (key, self.live.captures.version)
+            await self._send_json(page, self.live.captures.summary(key))
+        for k in (sid, ""):
+            note = self.live.note(k)
+            if note is not None and note is not page.notes_sent.get(k):
+                page.notes_sent[k] = note
+                await self._send_json(page, note)
+        if page.status is not None:
+            st, page.status = page.status, None
+            await self._send_json(page, st)
+
     async def _send_loop(self, page: _Page) -> None:
-        """Push what changed for this page: overlay, fused summaries, status, newest frame."""
+        """Push what changed for this page, then the newest frame (within the paint window)."""
         while True:
             await page.wake.wait()
             page.wake.clear()
@@ -263,17 +290,7 @@ class WebServer:
                     continue
                 page.stream_id = streams[0]
                 await self._send_context(page)
-            ov = self.live.overlay(page.stream_id)
-            if ov is not None and ov is not page.overlay_sent:
-                page.overlay_sent = ov
-                await self._send_json(page, ov)
-            fused = self.live.fused_for(self._context(page.stream_id).patient_id)
-            if page.fused_sent is None or any(a is not b for a, b in zip(fused, page.fused_sent)) or len(fused) != len(page.fused_sent):
-                page.fused_sent = fused
-                await self._send_json(page, {"type": "fused_list", "items": fused})
-            if page.status is not None:
-                st, page.status = page.status, None
-                await self._send_json(page, st)
+            await self._send_changes(page)
             fv = self.live.frame(page.stream_id)
             if fv is None or fv is page.frame_sent:
                 continue
@@ -343,10 +360,8 @@ class WebServer:
                 for p in self._pages:
                     if p.stream_id == sid:
                         await self._send_context(p)
-        elif cmd.cmd in ("record_start", "record_stop"):
+        else:  # record_start, record_stop, capture: the service's own commands
             await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
-        else:
-            await self._capture(page, cmd)
 
     async def _reply(self, page: _Page, cmd, ok: bool, reason: str | None = None, message: str | None = None,
                      data: dict | None = None) -> None:  # fmt: skip
@@ -355,16 +370,13 @@ class WebServer:
 
     async def _forward(self, page: _Page, cmd, **control) -> bool:
         """Send a Control request to the service; reply to the page with its answer."""
-        if control.get("stream_id") is None and cmd.cmd != "record_stop":
+        if control.get("stream_id") is None and cmd.cmd not in ("record_start", "record_stop"):
             await self._reply(page, cmd, False, "no_stream", "no stream is shown yet")
             return False
         try:
             msg = Control(**control)
         except ValidationError as exc:
-            unsupported = any(e["loc"] == ("command",) for e in exc.errors())
-            reason = "unsupported" if unsupported else "invalid_command"
-            await self._reply(page, cmd, False, reason, f"{cmd.cmd} is not available in this service" if unsupported
-                              else str(exc.errors()[0]["msg"]))  # fmt: skip
+            await self._reply(page, cmd, False, "invalid_command", str(exc.errors()[0]["msg"]))
             return False
         rep = await self.control.request(msg)
         await self._reply(page, cmd, rep.ok, rep.reason, rep.message, rep.data)
@@ -389,28 +401,3 @@ class WebServer:
                 return
         key = "seed_rc" if cmd.cmd == "set_seed" else "roi"
         await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **{key: value})
-
-    async def _capture(self, page: _Page, cmd) -> None:
-        c = self._context(page.stream_id)
-        key = (c.patient_id, c.site, c.side)
-        if cmd.cmd == "clear_captures":
-            summary = self.captures.clear(key)
-        else:
-            ov = self.live.overlay(page.stream_id) if page.stream_id else None
-            if ov is None:
-                await self._reply(page, cmd, False, "no_metrics", "no measured frame to capture yet")
-                return
-            numbers = capture_numbers(ov)
-            try:
-                summary = self.captures.add(key, numbers)
-            except ValueError as exc:
-                await self._reply(page, cmd, False, "captures_complete", str(exc))
-                return
-            n = len(summary["captures"])
-            text = json.dumps({"capture": n, "of": self.captures.per_site, "site": c.site, "side": c.side, **numbers})
-            await self.control.event("info", "capture", text, stream_id=page.stream_id)
-        await self._reply(page, cmd, True)
-        for p in self._pages:
-            pc = self._context(p.stream_id)
-            if (pc.patient_id, pc.site, pc.side) == key:
-                await self._send_json(p, summary)

@@ -7,7 +7,7 @@ const canvas = $("view"), ctx = canvas.getContext("2d");
 const S = {                       // everything the page knows (exposed as window.mmstreamView for tests)
   ws: null, streamId: null, streams: [], clinical: {},
   bitmap: null, meta: null, decoding: false, pending: null,
-  metrics: null, status: null, captures: null, fused: [],
+  metrics: null, status: null, captures: null, fused: null,
   painted: 0, lastPaintedSeq: null, latencies: [], displayMs: null,
   clock: { offsetMs: null, rttMs: Infinity, samples: [] },
   drag: null, recording: false, nextId: 1,
@@ -176,6 +176,10 @@ function onMetrics(m) {
   if (m.thickness) measure("th-value", "th-unit", "th-sub", m.thickness.thickness_mm, m.thickness.thickness_px, "mm", "px", m.thickness.confidence);
   const e = m.echogenicity;
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
+  const z = e && e.z_score !== null && e.z_score !== undefined;
+  $("echo-z").textContent = z ? `z-score ${fmt(e.z_score, 2)}${e.abnormal ? " · abnormal" : ""}`
+    : `z-score: – (${(e && e.z_unavailable) ? e.z_unavailable.replaceAll("_", " ") : "no reference configured"})`;
+  $("echo-z").className = z && e.abnormal ? "sub unknown" : "sub";
   const region = { roi: "in ROI", csa: "inside CSA contour", frame: "whole frame" };
   $("echo-sub").textContent = e ? `0–255 · SD ${fmt(e.std, 1)} · ${region[e.region] || e.region}` : "";
   const q = m.quality || {};
@@ -185,7 +189,6 @@ function onMetrics(m) {
     const d = document.createElement("div"); d.className = "warn" + (bad ? " bad" : ""); d.textContent = text; return d;
   }));
   $("st-spacing").textContent = m.spacing_mm ? `spacing ${m.spacing_mm[0]}×${m.spacing_mm[1]} mm` : "spacing unknown (px only)";
-  renderFused();
   if (!S.bitmap) return;
   requestAnimationFrame(draw);
 }
@@ -205,11 +208,15 @@ function onStatus(st) {
   $("st-display").textContent = fmt(d.latency_p50_ms ?? S.displayMs, 1);
   $("st-drops").textContent = `${st.service_drops} service · ${st.view_drops} view`;
   const rec = st.recording;
-  S.recording = !!(rec && (rec.active ?? rec.recording));
+  S.recording = !!(rec && rec.recording);
   const el = $("st-rec");
-  el.className = S.recording ? "rec" : "norec";
-  el.textContent = rec === null || rec === undefined ? "recording unavailable"
-    : S.recording ? `● REC ${rec.path || rec.file || ""}` : "not recording";
+  el.className = S.recording || (rec && rec.state === "failed") ? "rec" : "norec";
+  const file = rec && rec.path ? rec.path.split("/").pop() : "";
+  el.textContent = !rec ? "recording unavailable"
+    : rec.state === "failed" ? `recording failed: ${(rec.last_error && (rec.last_error.message || rec.last_error.reason)) || ""}`
+    : rec.state === "armed" ? "● REC armed (waiting for frames)"
+    : S.recording ? `● REC ${rec.frames} frames · ${file}` : "not recording";
+  el.title = file;
   $("record").classList.toggle("on", S.recording);
   $("record").textContent = S.recording ? "■ Stop" : "● Record";
   setStreams(st.streams, st.stream_id);
@@ -230,6 +237,7 @@ function onContext(m) {
   $("patient").value = S.clinical.patient_id || "";
   $("site").value = S.clinical.site || "";
   $("side").value = S.clinical.side || "";
+  S.fused = null;
   renderFused();
 }
 
@@ -249,25 +257,47 @@ function onCaptures(m) {
   $("capture-count").textContent = `${m.captures.length}/${m.per_site}`;
 }
 
-function renderFused() {
-  const box = $("fused");
-  const items = S.fused || [];
-  if (!items.length) { box.textContent = "no fused summary for this patient"; $("echo-z").textContent = "z-score: – (no reference values)"; return; }
-  const here = items.find((f) => f.clinical && f.clinical.site === S.clinical.site && f.clinical.side === S.clinical.side) || items[0];
-  const z = here.echo_zscore ?? here.echogenicity_zscore ?? null;
-  $("echo-z").textContent = z === null ? "z-score: – (no reference values)" : `z-score ${fmt(z, 2)}`;
-  const parts = [];
-  for (const [k, v] of Object.entries(here)) {
-    if (typeof v === "number" && !["schema_version", "t_host_s"].includes(k)) parts.push(kv(k.replaceAll("_", " "), fmt(v, 2)));
+const same = (a, b) => (a || null) === (b || null);
+
+function renderFused() {         // the fusion node's summary of the current patient and site
+  const box = $("fused"), f = S.fused, c = S.clinical;
+  if (!f || !same(f.patient_id, c.patient_id) || !same(f.site, c.site) || !same(f.side, c.side)) {
+    box.textContent = c.patient_id ? "no fused summary for this patient and site" : "set patient and site for the fused summary";
+    return;
   }
-  const ranking = here.biopsy_ranking || here.ranking || [];
-  const ol = document.createElement("ol");
-  ranking.forEach((r) => {
-    const li = document.createElement("li");
-    li.textContent = typeof r === "string" ? r : [r.site, r.side, r.score !== undefined ? fmt(r.score, 2) : ""].filter(Boolean).join(" · ");
-    ol.appendChild(li);
-  });
-  box.replaceChildren(...parts, ...(ranking.length ? [heading("Biopsy ranking"), ol] : []));
+  const parts = [kv("involvement score", f.score === null ? "– (no reference)" : fmt(f.score, 2))];
+  if (f.score_inputs.length) parts.push(heading(`from ${f.score_inputs.join(", ")}`));
+  const table = document.createElement("table");
+  table.className = "fused-values";
+  const unit = (u) => ({ "1": "", grey_level: "", mm2: "mm²" }[u] ?? u);
+  for (const v of f.values) {
+    const tr = document.createElement("tr");
+    const when = v.acquired_on ? `${v.acquired_on}${v.stale ? " stale" : ""}` : v.source;
+    [`${v.modality} ${v.name.replace(/^us_/, "").replace(/_(mm2|mm|ms)$/, "").replace(/^csa$/, "CSA").replaceAll("_", " ")}`, when, `${fmt(v.value, 2)} ${unit(v.unit)}`,
+     v.z === null ? "" : `z ${fmt(v.z, 1)}`].forEach((t, k) => {
+      const td = document.createElement("td"); td.textContent = t;
+      if (k === 3 && v.abnormal) td.className = "abnormal";
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+  }
+  parts.push(table);
+  if (f.captures) parts.push(heading(`three-image capture ${f.captures}/3`));
+  for (const flag of f.flags) parts.push(heading(`⚠ ${flag.replaceAll("_", " ")}`, "flag"));
+  for (const d of f.disagreements) parts.push(heading(d, "flag"));
+  if (f.biopsy && f.biopsy.length) {
+    parts.push(heading("Biopsy ranking (best target first)"));
+    const ol = document.createElement("ol");
+    for (const b of f.biopsy) {
+      const li = document.createElement("li");
+      li.textContent = `${b.site.replaceAll("_", " ")}${b.side ? " " + b.side : ""} · ${b.category.replace("_", "-")}${b.score === null ? "" : " · " + fmt(b.score, 2)}`;
+      li.title = b.reason;
+      if (b.site === c.site && same(b.side, c.side)) li.className = "here";
+      ol.appendChild(li);
+    }
+    parts.push(ol);
+  }
+  box.replaceChildren(...parts);
 }
 
 function kv(k, v) {
@@ -277,7 +307,7 @@ function kv(k, v) {
   d.append(a, b); return d;
 }
 
-function heading(t) { const h = document.createElement("div"); h.className = "sub"; h.textContent = t; return h; }
+function heading(t, cls) { const h = document.createElement("div"); h.className = cls || "sub"; h.textContent = t; return h; }
 
 function note(text, error) {
   const el = $("message");
@@ -292,7 +322,8 @@ function onJson(m) {
     case "status": onStatus(m); break;
     case "context": onContext(m); break;
     case "captures": onCaptures(m); break;
-    case "fused_list": S.fused = m.items; renderFused(); break;
+    case "fused": S.fused = m; renderFused(); break;
+    case "note": note(`${m.reason.replaceAll("_", " ")}: ${m.message}`, m.level !== "info"); break;
     case "reply": note(m.ok ? `${m.cmd}: done` : `${m.cmd}: ${m.message || m.reason}`, !m.ok); break;
     case "error": note(`refused: ${m.message}`, true); break;
   }
@@ -333,7 +364,6 @@ canvas.addEventListener("pointercancel", () => { S.drag = null; });
 $("clear-seed").onclick = () => command({ cmd: "set_seed", seed_rc: null });
 $("clear-roi").onclick = () => command({ cmd: "set_roi", roi: null });
 $("capture").onclick = () => command({ cmd: "capture" });
-$("clear-captures").onclick = () => command({ cmd: "clear_captures" });
 $("record").onclick = () => command({ cmd: S.recording ? "record_stop" : "record_start" });
 $("stream").onchange = (ev) => command({ cmd: "select_stream", stream_id: ev.target.value });
 $("context").onsubmit = (ev) => {

@@ -1,0 +1,233 @@
+"""The live view in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no
+browser is ever downloaded): the page loads under its Content-Security-Policy, frames advance, a click
+on the nerve places the seed and the contour appears there, a drag sets the ROI, a touch tap works,
+context and capture, a stream without spacing shows pixels and says so; screenshots are saved under
+``artifacts/webview/`` (git-ignored) and their paths printed."""
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmstream.config import load_config
+from mmstream.service import Service
+from mmstream.source import FrameSender, SourceFrame, pump
+from test_graph import RANDOM_TCP, wait_for
+
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARTIFACTS = Path(os.environ.get("MMSTREAM_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "webview"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium missing: tools/test.sh installs it")
+
+
+PATIENT = "PSEUDO-42"
+STORED = [  # test values for the fusion card, not clinical data
+    ("tibialis_anterior", "fat_fraction", 0.2, "1"), ("soleus", "fat_fraction", 0.8, "1"),
+    ("gastrocnemius_medialis", "fat_fraction", 0.06, "1"), ("rectus_femoris", "t2_water_ms", 40.0, "ms"),
+]  # fmt: skip
+REFERENCE = {"source": "test values (not clinical)", "entries": [
+    {"biomarker": b, "site": s, "abnormal": "high", "mean": m, "sd": sd}
+    for s in ("tibialis_anterior", "soleus", "gastrocnemius_medialis", "rectus_femoris")
+    for b, m, sd in (("fat_fraction", 0.05, 0.02), ("t2_water_ms", 30.0, 2.0))
+]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    """The service with the sim probe, a recorder directory and a biomarker store (fusion runs)."""
+    from mmstream.biomarkers import BiomarkerStore, parse_record
+
+    d = tmp_path_factory.mktemp("webview")
+    (d / "recordings").mkdir()
+    with BiomarkerStore(d / "bio.db") as store:
+        store.add([parse_record({"patient_id": PATIENT, "site": site, "side": "left", "modality": "MRI", "biomarker": b,
+                                 "value": v, "unit": u, "acquired_on": "2026-01-10"}) for site, b, v, u in STORED])  # fmt: skip
+    (d / "reference.json").write_text(json.dumps(REFERENCE))
+    cfg = load_config(
+        None, endpoints=RANDOM_TCP, web={"port": 0}, sources=[{"driver": "sim", "stream_id": "sim", "fps": 30}],
+        recorder={"directory": str(d / "recordings")},
+        biomarkers={"store": str(d / "bio.db"), "echo_reference": str(d / "reference.json"), "end_stage_fat_fraction": 0.6},
+    )  # fmt: skip
+    with Service(cfg) as s:
+        assert s.fusion is not None
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(svc, browser):
+    """A page with the view running (CSP bypassed so tests can read ``window.mmstreamView``)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True, has_touch=True)
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(svc.web.url)
+    pg.wait_for_function("window.mmstreamView.painted > 3 && window.mmstreamView.metrics !== null", timeout=20000)
+    yield pg
+    ctx.close()
+    assert errors == []
+
+
+def shot(pg, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def client_point(pg, row: float, col: float) -> tuple[float, float]:
+    """Viewport (x, y) of image pixel (row, col) on the canvas."""
+    return pg.evaluate(
+        """([r, c]) => { const cv = document.getElementById('view'), b = cv.getBoundingClientRect();
+           return [b.left + (c + 0.5) * b.width / cv.width, b.top + (r + 0.5) * b.height / cv.height]; }""",
+        [row, col],
+    )
+
+
+def nerve_truth(pg) -> tuple[float, float, float]:
+    a = pg.evaluate("window.mmstreamView.metrics.annotations")
+    return a["truth_nerve_row"], a["truth_nerve_col"], a["truth_nerve_area_mm2"]
+
+
+def test_page_loads_under_its_csp_without_errors(svc, browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    problems = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    pg.goto(svc.web.url)
+    playwright.expect(pg.locator("#conn")).to_have_text("connected", timeout=15000)
+    playwright.expect(pg.locator("#st-fps")).not_to_have_text("–", timeout=15000)
+    assert "?" not in pg.url and problems == []
+    ctx.close()
+
+
+def test_frames_advance_at_the_source_rate_with_display_latency(svc, page):
+    n0, seq0, t0 = page.evaluate("[window.mmstreamView.painted, window.mmstreamView.lastPaintedSeq, performance.now()]")
+    page.wait_for_timeout(2000)  # a measurement window, not a synchronisation
+    n1, seq1, t1 = page.evaluate("[window.mmstreamView.painted, window.mmstreamView.lastPaintedSeq, performance.now()]")
+    assert seq1 > seq0 and (n1 - n0) / ((t1 - t0) / 1e3) > 20  # painted per second, source at 30
+    page.wait_for_function("document.getElementById('st-display').textContent !== '–'", timeout=10000)
+    fps = float(page.locator("#st-fps").text_content())
+    assert 20 <= fps <= 40
+    display = wait_for(lambda: svc.graph.status()["web"]["display"].get("sim"), what="display latency")
+    assert 0 < display["latency_p50_ms"] < 500 and display["fps"] > 20
+    shot(page, "live")
+
+
+def test_click_on_the_nerve_places_the_seed_and_the_contour_appears_there(svc, page):
+    page.locator("#clear-seed").click()
+    page.wait_for_function("window.mmstreamView.metrics.csa === null", timeout=10000)
+    row, col, _ = nerve_truth(page)
+    page.mouse.click(*client_point(page, row, col))
+    page.wait_for_function("window.mmstreamView.metrics.csa !== null && window.mmstreamView.metrics.contour_rc", timeout=10000)
+    seed = svc.graph.settings.get("sim").seed_rc
+    assert abs(seed[0] - row) < 2 and abs(seed[1] - col) < 2  # the click landed on that pixel
+    for _ in range(10):  # the next frames keep the contour on the (moving) nerve
+        m = page.evaluate("window.mmstreamView.metrics")
+        contour, a = np.array(m["contour_rc"]), m["annotations"]
+        assert np.hypot(*(contour.mean(axis=0) - (a["truth_nerve_row"], a["truth_nerve_col"]))) < 12
+        assert m["csa"]["area_mm2"] == pytest.approx(a["truth_nerve_area_mm2"], rel=0.25)
+        seq = m["seq"]
+        page.wait_for_function(f"window.mmstreamView.metrics.seq > {seq}", timeout=5000)
+    assert "mm²" in page.locator("#csa-unit").text_content()
+    assert float(page.locator("#csa-value").text_content()) > 5
+    shot(page, "seed")
+
+
+def test_drag_sets_the_roi_and_touch_tap_sets_the_seed(svc, page):
+    x0, y0 = client_point(page, 40, 60)
+    x1, y1 = client_point(page, 300, 400)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+    page.mouse.move(x1, y1, steps=4)
+    page.mouse.up()
+    roi = wait_for(lambda: svc.graph.settings.get("sim").roi, what="the ROI from the drag")
+    assert np.allclose(roi, (40, 60, 301, 401), atol=3)
+    page.wait_for_function("JSON.stringify(window.mmstreamView.metrics.roi) !== 'null'", timeout=10000)
+    shot(page, "roi")
+    page.locator("#clear-roi").click()
+    wait_for(lambda: svc.graph.settings.get("sim").roi is None, what="ROI cleared")
+    version = svc.graph.settings.get("sim").seed_version
+    row, col, _ = nerve_truth(page)
+    page.touchscreen.tap(*client_point(page, row, col))
+    wait_for(lambda: svc.graph.settings.get("sim").seed_version > version, what="the seed from a touch tap")
+    assert np.allclose(svc.graph.settings.get("sim").seed_rc, (row, col), atol=2)
+
+
+def test_context_capture_and_the_fusion_card(svc, page):
+    svc.graph.settings.update("sim", roi=(60, 40, 400, 470))  # a muscle region: the fusion node refuses whole-frame captures
+    page.fill("#patient", PATIENT)
+    page.fill("#site", "tibialis_anterior")
+    page.select_option("#side", "left")
+    page.locator("#context button").click()
+    wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "tibialis_anterior", what="context set")
+    assert svc.graph.settings.get("sim").clinical.patient_id == PATIENT and PATIENT not in page.url
+    playwright.expect(page.locator("#capture-count")).to_have_text("0/3", timeout=10000)
+    for i in range(1, 4):
+        page.locator("#capture").click()
+        playwright.expect(page.locator("#capture-count")).to_have_text(f"{i}/3", timeout=10000)
+    rows = page.locator("#captures tbody tr")
+    playwright.expect(rows).to_have_count(4)  # three captures and their mean
+    assert rows.nth(3).locator("td").first.text_content() == "mean"
+    fused = page.locator("#fused")
+    playwright.expect(fused).to_contain_text("involvement score", timeout=10000)
+    playwright.expect(fused.locator("tr", has_text="MRI fat fraction")).to_contain_text("2026-01-10")  # stored
+    playwright.expect(fused.locator("tr", has_text="captured")).to_contain_text("US echo intensity")  # three-image value
+    playwright.expect(page.locator("#fused li")).to_have_count(len(STORED))
+    playwright.expect(page.locator("#fused li.here")).to_contain_text("tibialis anterior left")
+    page.set_viewport_size({"width": 1920, "height": 1080})  # a bedside monitor: every card in view
+    page.locator("#fused-card").scroll_into_view_if_needed()
+    shot(page, "fusion")
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_record_button_writes_a_session_file(svc, page):
+    from mmstream.recording.reader import SessionReader
+
+    directory = Path(svc.config.recorder.directory)
+    page.locator("#record").click()
+    playwright.expect(page.locator("#st-rec")).to_contain_text("REC", timeout=10000)
+    files = wait_for(lambda: sorted(directory.glob("*.h5")), what="a session file")
+    playwright.expect(page.locator("#st-rec")).to_have_attribute("title", files[0].name, timeout=10000)
+    playwright.expect(page.locator("#record")).to_have_text("■ Stop")
+    shot(page, "recording")
+    page.locator("#record").click()
+    playwright.expect(page.locator("#st-rec")).to_have_text("not recording", timeout=10000)
+    with SessionReader(files[0]) as r:
+        assert r.file["streams/sim/index"].shape[0] > 0
+
+
+def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):
+    stop = threading.Event()
+    rng = np.random.default_rng(3)
+    frames = (SourceFrame(image=rng.integers(0, 255, (128, 160), dtype=np.uint8), t_device_s=i / 20) for i in range(10**6))
+    with FrameSender(svc.graph.endpoints["ingest"], "nospacing") as sender:
+        t = threading.Thread(target=pump, args=(frames, sender), kwargs={"stop": stop}, daemon=True)
+        t.start()
+        try:
+            page.wait_for_function("[...document.getElementById('stream').options].some(o => o.value === 'nospacing')", timeout=15000)
+            page.select_option("#stream", "nospacing")
+            page.wait_for_function("window.mmstreamView.meta.stream_id === 'nospacing' && window.mmstreamView.metrics.stream_id === 'nospacing'", timeout=10000)
+            playwright.expect(page.locator("#th-unit")).to_have_text("px", timeout=10000)
+            playwright.expect(page.locator("#th-sub")).to_contain_text("spacing unknown")
+            playwright.expect(page.locator("#st-spacing")).to_contain_text("spacing unknown")
+            shot(page, "no-spacing")
+        finally:
+            stop.set()
+            t.join(5)
