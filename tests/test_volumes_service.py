@@ -58,11 +58,26 @@ def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
             events.close()
 
 
-def test_volumes_config_refuses_an_open_scp_without_allow_list(tmp_path):
+@pytest.mark.parametrize("volumes, fragment", [
+    ({"scp": {"enabled": True, "host": "0.0.0.0"}}, "allowed_calling_aets"),
+    ({"scp": {"ae_title": "A" * 17}}, "volumes.scp.ae_title"),
+    ({"scp": {"ae_title": "BAD\\AE"}}, "volumes.scp.ae_title"),
+    ({"scp": {"port": 70000}}, "volumes.scp.port"),
+    ({"scp": {"allowed_calling_aets": ["OK", ""]}}, "volumes.scp.allowed_calling_aets"),
+    ({"scp": {"max_object_mb": -1}}, "volumes.scp.max_object_mb"),
+    ({"watch": {"stable_polls": 0}}, "volumes.watch.stable_polls"),
+    ({"deid": {"prefix": "1; DROP TABLE"}}, "volumes.deid.prefix"),
+    ({"max_voxels": 2**40}, "volumes.max_voxels"),
+    ({"scp": {"unknown_key": 1}}, "volumes.scp.unknown_key"),
+])  # fmt: skip
+def test_volumes_config_refuses_bad_values(tmp_path, volumes, fragment):
     from mmstream.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="allowed_calling_aets"):
-        _config(tmp_path, scp={"enabled": True, "host": "0.0.0.0"})
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        _config(tmp_path, **volumes)
+
+
+def test_volumes_config_accepts_an_open_scp_with_allow_list(tmp_path):
     cfg = _config(tmp_path, scp={"enabled": True, "host": "0.0.0.0", "allowed_calling_aets": ["SCANNER"]})
     assert cfg.volumes.scp.allowed_calling_aets == ("SCANNER",)
 

@@ -76,8 +76,9 @@ def test_bad_files_are_moved_aside_counted_and_announced(watcher, tmp_path):
     (tmp_path / "in" / "noheader.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00x")
     for _ in range(2):
         w.poll_once()
-    rejected = sorted(p.name for p in (tmp_path / "in" / REJECTED).iterdir())
+    rejected = sorted(p.name for p in (tmp_path / "in" / REJECTED).iterdir() if not p.name.endswith(".why.txt"))
     assert rejected == ["broken.nii", "huge.nrrd", "noheader.dcm", "notes.txt"]
+    assert (tmp_path / "in" / REJECTED / "huge.nrrd.why.txt").read_text().startswith("too_large: ")
     r = w.outlet.rejected
     assert r["unreadable"] == 1 and r["unknown_format"] == 1 and r["too_large"] == 1
     assert r["missing_tags"] + r["unreadable"] == 2  # the DICOM stub: no usable data set
@@ -85,6 +86,7 @@ def test_bad_files_are_moved_aside_counted_and_announced(watcher, tmp_path):
     from test_graph import wait_for
 
     assert wait_for(lambda: wanted <= set(sink.reasons()), 5, "events")
+    assert not any(n in e.message for e in sink.events for n in ("broken", "notes", "huge", "noheader"))  # names may identify
     # and the watcher keeps going
     write_nifti1(tmp_path / "in" / "ok.nii", np.zeros((2, 2, 2), np.int16), _sform())
     for _ in range(2):

@@ -13,6 +13,7 @@ complete when its size and modification time have not changed for ``stable_polls
 Data files named by a header (``.raw``, ``.zraw``, ``.img``, ...) wait for their header.
 """
 
+import hashlib
 import re
 import shutil
 import threading
@@ -57,6 +58,11 @@ def companion(header: Path) -> Path | None:
     return header.parent / m.group(1).strip()
 
 
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
 class FolderWatcher(threading.Thread):
     """Polls ``settings.folder`` until :meth:`stop`; ``poll_once()`` is the unit of work (tests call it)."""
 
@@ -99,10 +105,14 @@ class FolderWatcher(threading.Thread):
         return dest
 
     def _reject(self, paths: list[Path], exc: MmstreamError) -> None:
-        for p in paths:
-            if p.exists():
-                self._move(p, REJECTED)
-        self.outlet.event("warning", exc.reason, f"{paths[0].name}: moved to {REJECTED}/: {exc}", reject=True)
+        """Move the files to ``rejected/`` with a ``<name>.why.txt`` note. The event names the file by
+        a hash only: exported file and folder names often carry the patient's name."""
+        moved = [self._move(p, REJECTED) for p in paths if p.exists()]
+        why = str(exc).replace(paths[0].name, "<file>")
+        if moved:
+            moved[0].with_name(moved[0].name + ".why.txt").write_text(f"{exc.reason}: {exc}\n")
+        tag = hashlib.sha256(paths[0].name.encode()).hexdigest()[:8]
+        self.outlet.event("warning", exc.reason, f"file {tag}{_suffix(paths[0])} moved to {REJECTED}/: {why}", reject=True)
 
     def _candidates(self) -> list[Path]:
         root = self.settings.folder
