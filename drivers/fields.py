@@ -55,26 +55,21 @@ class FrameFields:
     invalid_transforms: int = 0
     dropped: int = 0
 
-    def add_transform(self, name: str, matrix: tuple[float, ...]) -> None:
-        key = identifier(snake(name))
-        if key is None or len(self.transforms) >= MAX_TRANSFORMS:
+    def _add(self, store: dict, limit: int, name: str, value) -> None:
+        key = identifier(name)
+        if key is None or len(store) >= limit:
             self.dropped += 1
         else:
-            self.transforms[key] = matrix
+            store[key] = value
+
+    def add_transform(self, name: str, matrix: tuple[float, ...]) -> None:
+        self._add(self.transforms, MAX_TRANSFORMS, snake(name), matrix)
 
     def add_number(self, name: str, value: float) -> None:
-        key = identifier(name)
-        if key is None or len(self.annotations) >= MAX_ANNOTATIONS:
-            self.dropped += 1
-        else:
-            self.annotations[key] = value
+        self._add(self.annotations, MAX_ANNOTATIONS, name, value)
 
     def add_text(self, name: str, value: str) -> None:
-        key = identifier(name)
-        if key is None or len(self.metadata) >= MAX_METADATA:
-            self.dropped += 1
-        else:
-            self.metadata[key] = value[:MAX_TEXT]
+        self._add(self.metadata, MAX_METADATA, name, value[:MAX_TEXT])
 
 
 def sort_fields(raw: Mapping[str, object], *, prefix: str = "") -> FrameFields:
@@ -84,6 +79,9 @@ def sort_fields(raw: Mapping[str, object], *, prefix: str = "") -> FrameFields:
     status = {k[: -len("TransformStatus")]: str(v).strip().upper() for k, v in raw.items() if k.endswith("TransformStatus")}
     for name, value in sorted(raw.items()):
         if name.endswith("TransformStatus"):
+            continue
+        if identifier(name) is None:  # nothing usable in the name itself
+            out.dropped += 1
             continue
         if name.endswith("Transform"):
             base = name[: -len("Transform")]

@@ -1,17 +1,10 @@
 """Helpers for tests of live sources: run a driver in a thread and poll, never sleep-and-hope."""
 
 import threading
-import time
 
+from test_graph import wait_for  # one polling helper for every test
 
-def wait_for(predicate, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+__all__ = ["Running", "wait_for"]
 
 
 class Running:

@@ -291,3 +291,15 @@ def test_compressed_stream_ending_mid_sequence_keeps_the_frames_before(tmp_path)
             got.append(f)
     assert exc.value.reason == "truncated" and len(got) == 2
     assert src.health.errors["truncated"] == 1
+
+
+def test_frame_fields_from_hostile_sources_are_bounded_and_made_identifiers():
+    from mmstream_drivers.fields import sort_fields
+
+    raw = {f"n{i}": str(i) for i in range(40)}
+    raw.update({"../evil key!": "x" * 1000, "!!!": "gone", "BadTransform": "1 2 3", "NaNValue": "nan"})
+    f = sort_fields(raw, prefix="igtl.")
+    assert len(f.annotations) == 32 and f.dropped == 8 + 1  # 8 numbers over the limit, "!!!" has no name left
+    assert f.metadata["igtl..._evil_key"] == "x" * 256  # "/", " ", "!" replaced; at most 256 characters
+    assert f.metadata["igtl.BadTransform"] == "1 2 3"  # not 16 numbers: kept as text, not as a matrix
+    assert f.metadata["igtl.NaNValue"] == "nan" and f.transforms == {}

@@ -287,3 +287,24 @@ def _event_from(sock, node):
             return h
         parts = sock.try_recv()
     return None
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 63, 1000, 307_201])
+def test_crc64_matches_pyigtl(size, rng):
+    from pyigtl.messages import CRC64
+
+    from mmstream_drivers.igtl.crc import crc64
+
+    body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert crc64(body) == CRC64(body)
+    assert crc64(memoryview(bytearray(body))[1:]) == CRC64(body[1:])  # unaligned view
+
+
+def test_output_config_refuses_remote_hosts_unless_allowed():
+    from mmstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allow_remote"):
+        load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0"})
+    assert load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0", "allow_remote": True}).igtl_output.allow_remote
+    with pytest.raises(ConfigError):
+        load_config(None, igtl_output={"string_device": "x" * 21})  # OpenIGTLink device names hold 20 bytes

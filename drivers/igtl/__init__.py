@@ -189,7 +189,7 @@ class IgtlSource:
         if self.spacing_mm is not None:
             return self.spacing_mm, "config"
         # the wire holds float32: keep the shortest decimal that round-trips it (0.085, not 0.0850000009)
-        col_mm, row_mm = (float(str(np.float32(np.linalg.norm(m[:3, k])))) for k in (0, 1))
+        col_mm, row_mm = (float(str(np.float32(math.hypot(*m[:3, k])))) for k in (0, 1))
         if not (0 < row_mm < math.inf and 0 < col_mm < math.inf):
             self.health.count("spacing_invalid")
             return None, "unknown"

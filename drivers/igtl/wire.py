@@ -5,7 +5,8 @@ limit, a garbage header becomes a giant read). This module validates the framing
 
 * header version 1 or 2; type and device name printable ASCII padded with NULs;
 * body size at most ``max_body_bytes``;
-* CRC-64 (ECMA-182, as OpenIGTLink defines it) of the body equal to the header's (``check_crc``).
+* CRC-64 (ECMA-182, as OpenIGTLink defines it; :mod:`~mmstream_drivers.igtl.crc`) of the body equal
+  to the header's (``check_crc``).
 
 A framing failure raises :class:`~mmstream.errors.ProtocolError` (the stream is out of step: the
 caller drops the connection); a well-framed message whose content pyigtl cannot unpack raises
@@ -17,9 +18,10 @@ import struct
 import threading
 import time
 
-from pyigtl.messages import CRC64, MessageBase
+from pyigtl.messages import MessageBase
 
 from mmstream.errors import ProtocolError
+from mmstream_drivers.igtl.crc import crc64
 
 HEADER_BYTES = MessageBase.IGTL_HEADER_SIZE  # 58
 _HEADER = struct.Struct("> H 12s 20s I I Q Q")
@@ -60,7 +62,7 @@ def parse_header(header: bytes, max_body_bytes: int) -> dict:
 
 def check_body(fields: dict, body: bytes) -> None:
     """ProtocolError ``igtl_crc`` when the body's CRC-64 differs from the header's."""
-    crc = CRC64(body)
+    crc = crc64(body)
     if crc != fields["crc"]:
         raise ProtocolError(f"OpenIGTLink {fields['message_type']} from {fields['device_name']!r}: CRC mismatch "
                             f"(header {fields['crc']:#018x}, body {crc:#018x}): corrupted stream", reason="igtl_crc")
@@ -120,14 +122,15 @@ class MessageReader:
             last = time.monotonic()
         return True
 
-    def read(self, idle_timeout_s: float = 1.0) -> tuple[dict, bytes] | None:
+    def read(self, idle_timeout_s: float = 1.0) -> tuple[dict, bytes | memoryview] | None:
         if not self._fill(memoryview(self._header), False, idle_timeout_s):
             return None
         fields = parse_header(bytes(self._header), self.max_body_bytes)
-        body = bytearray(fields["body_size"])
-        if not self._fill(memoryview(body), True, idle_timeout_s):
+        buf = bytearray(fields["body_size"])  # fresh per message: the frame keeps pointing into it
+        if not self._fill(memoryview(buf), True, idle_timeout_s):
             return None
-        body = bytes(body)
+        # pyigtl slices the body; a memoryview slices without copying (v2 metadata needs bytes)
+        body = memoryview(buf) if fields["header_version"] == 1 else bytes(buf)
         if self.check_crc:
             check_body(fields, body)
         return fields, body
