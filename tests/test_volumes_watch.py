@@ -117,3 +117,18 @@ def test_running_thread_polls_by_itself(watcher, tmp_path):
     write_nifti1(tmp_path / "in" / "t.nii", np.zeros((2, 3, 4), np.int16), _sform())
     assert sink.volume(timeout_ms=5000).arrays["voxels"].shape == (4, 3, 2)
     assert wait_for(lambda: (tmp_path / "in" / PROCESSED / "t.nii").exists(), 5, "moved")
+
+
+def test_collector_forgets_published_series_after_retention(tmp_path):
+    from mmstream.volumes.collector import SeriesCollector
+
+    got, errors = [], []
+    col = SeriesCollector(got.append, lambda s, e: errors.append(e), idle_s=0.0, retain_s=10.0)
+    truth = make_series(tmp_path, n=2)
+    for p in truth["paths"]:
+        col.add(truth["series_uid"], pydicom.dcmread(p).SOPInstanceUID, p)
+    assert col.flush(col.due()) == 1 and len(got) == 1 and not errors
+    import time
+
+    assert col.due(time.monotonic() + 5) == [] and col.known() == 1  # kept for late instances
+    assert col.due(time.monotonic() + 11) == [] and col.known() == 0  # then forgotten

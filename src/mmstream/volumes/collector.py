@@ -3,7 +3,8 @@
 Instances are registered by file path under their SeriesInstanceUID. A series is assembled when it
 has been idle for ``idle_s`` seconds, or at once by :meth:`SeriesCollector.flush` (the SCP flushes the
 series of an association when the association is released). More instances of a series that was
-already published make it pending again; its next volume is assembled from every instance stored.
+already published make it pending again; its next volume is assembled from every instance stored,
+for ``retain_s`` seconds after its last instance (then the series is forgotten: memory stays bounded).
 """
 
 import threading
@@ -24,9 +25,11 @@ class SeriesCollector:
     """
 
     def __init__(self, on_volume: Callable[[LoadedVolume], None], on_error: Callable[[str, MmstreamError], None], *,
-                 idle_s: float = 5.0, max_voxels: int = 64 * 1024 * 1024, gap_tolerance: float = 0.01):  # fmt: skip
+                 idle_s: float = 5.0, max_voxels: int = 64 * 1024 * 1024, gap_tolerance: float = 0.01,
+                 retain_s: float = 3600.0):  # fmt: skip
         self.on_volume, self.on_error = on_volume, on_error
-        self.idle_s, self.max_voxels, self.gap_tolerance = idle_s, max_voxels, gap_tolerance
+        self.idle_s, self.max_voxels, self.gap_tolerance, self.retain_s = idle_s, max_voxels, gap_tolerance, retain_s
+        self._touched: dict[str, float] = {}  # series -> monotonic time of its last instance
         self._lock = threading.Lock()
         self._files: dict[str, dict[str, Path]] = {}  # series -> SOP instance UID -> path
         self._pending: dict[str, float] = {}  # series -> monotonic time of its last instance
@@ -35,7 +38,7 @@ class SeriesCollector:
     def add(self, series_uid: str, sop_uid: str, path: Path, patient_id: str | None = None) -> None:
         with self._lock:
             self._files.setdefault(series_uid, {})[sop_uid] = Path(path)
-            self._pending[series_uid] = time.monotonic()
+            self._pending[series_uid] = self._touched[series_uid] = time.monotonic()
             self._patient[series_uid] = patient_id
 
     def pending(self) -> list[str]:
@@ -45,7 +48,14 @@ class SeriesCollector:
     def due(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
         with self._lock:
+            for s in [s for s, t in self._touched.items() if now - t > self.retain_s and s not in self._pending]:
+                del self._files[s], self._touched[s], self._patient[s]
             return [s for s, t in self._pending.items() if now - t >= self.idle_s]
+
+    def known(self) -> int:
+        """Series whose instances are still remembered."""
+        with self._lock:
+            return len(self._files)
 
     def flush(self, series_uids: list[str] | None = None) -> int:
         """Assemble the given pending series (default: all pending); returns the number published."""
