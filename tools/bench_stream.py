@@ -22,12 +22,13 @@ In one run, with simulated 512x512 uint8 B-mode frames, on one host (``tcp://127
   counts the ones it skipped). A rate is *sustained* when every frame sent was accepted
   (accepted == sent, nothing rejected) and the service absorbed them at >= 97% of the target rate
   (sent / time from the first send to the last acceptance); the analysed share is reported beside.
+  The highest sustained rate is the highest one sustained together with every lower rate.
   Ingest's per-stream rate limit is raised to 100k frames/s for the run (default 1000).
 
 Prints a table and writes JSON (``--json PATH``). ``--seconds`` is the length of each measurement,
-``--quick`` a short smoke run (fewer rates and frames).
+``--quick`` a short smoke run (fewer rates and frames), ``--metrics`` the analyses run (default all).
 
-    python tools/bench_stream.py [--seconds 5] [--quick] [--json bench_stream.json]
+    python tools/bench_stream.py [--seconds 5] [--quick] [--metrics echogenicity,quality] [--json out.json]
 """
 
 import argparse
@@ -45,7 +46,7 @@ import numpy as np
 
 STAGES = (("sent", "ingest"), ("ingest", "analysis_start"), ("analysis_start", "analyzed"),
           ("analyzed", "published"), ("published", "received"))  # fmt: skip
-METRICS = ("echogenicity", "quality", "thickness", "csa")
+METRICS = ("echogenicity", "quality", "thickness", "csa")  # default: all four, CSA seeded on the nerve
 MIN_SUSTAINED = 0.97  # share of the target rate the service must absorb for the rate to count as sustained
 
 
@@ -223,7 +224,7 @@ def bench_pyigtl(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dic
     return {"fps": fps, "sent": total, "received": received, "latency": percentiles_ms(lat)}
 
 
-def bench_analysis(fps: float, n: int, warmup: int) -> dict:
+def bench_analysis(fps: float, n: int, warmup: int, metrics: tuple[str, ...]) -> dict:
     """``analyze_frame`` alone on the same frames (read-only, as received), in this process, paced at
     ``fps`` (caches go cold between frames, as in the service) and back to back."""
     from mmstream.analysis import analyze_frame
@@ -243,7 +244,7 @@ def bench_analysis(fps: float, n: int, warmup: int) -> dict:
                 _wait_sleep(t0 + k / pace)
             t = time.monotonic()
             prev = analyze_frame(images[k % len(images)], spacing_mm=base[0].spacing_mm, seed=seed_rc if k == 0 else None,
-                                 previous=prev, metrics=METRICS)  # fmt: skip
+                                 previous=prev, metrics=metrics)  # fmt: skip
             if k >= warmup:
                 times.append(time.monotonic() - t)
         out[name] = percentiles_ms(times)
@@ -253,7 +254,7 @@ def bench_analysis(fps: float, n: int, warmup: int) -> dict:
 class ServiceBench:
     """The real graph in this process, a driver process and a subscriber process."""
 
-    def __init__(self, ctx, stream_ids: list[str], n_distinct: int):
+    def __init__(self, ctx, stream_ids: list[str], n_distinct: int, metrics: tuple[str, ...] = METRICS):
         from mmstream.config import load_config
         from mmstream.graph import Graph
 
@@ -261,7 +262,7 @@ class ServiceBench:
         tcp = "tcp://127.0.0.1:*"
         cfg = load_config(
             None, endpoints={"ingest": tcp, "metrics": tcp, "control": tcp},
-            ingest={"max_fps_per_stream": 100000.0}, analyzer={"metrics": METRICS},
+            ingest={"max_fps_per_stream": 100000.0}, analyzer={"metrics": metrics},
             streams={sid: {"seed_rc": seed_rc} for sid in stream_ids},
         )  # fmt: skip
         self.graph = Graph(cfg).start()
@@ -283,14 +284,18 @@ class ServiceBench:
             raise RuntimeError("the subscriber received no metrics message")
 
     def _counts(self, stream_id: str) -> dict:
+        """Service counters: frames accepted (lossless path), rejected at ingest, analysed and published,
+        dropped on the live path (ingest -> analyzer, analyzer queue, analyzer -> publisher), failed analyses."""
         st = self.graph.status()
         n = st["nodes"]
+        analyzers = [v for k, v in n.items() if k.startswith("analyzer")]
         return {
             "accepted": n["ingest"]["streams"].get(stream_id, {}).get("accepted", 0),
             "rejected": sum(n["ingest"]["rejected"].values()),
             "analyzed": st["streams"].get(stream_id, {}).get("frames", 0),
             "live_drops": n["ingest"]["send_drops"].get("frames", 0)
-            + sum(v["queue_drops"].get("frames", 0) for k, v in n.items() if k.startswith("analyzer")),
+            + sum(a["queue_drops"].get("frames", 0) + a["send_drops"].get("metrics", 0) for a in analyzers),
+            "analysis_errors": sum(sum(a["rejected"].values()) for a in analyzers),
         }
 
     def run(self, stream_id: str, fps: float, n: int, poll_s: float = 0.002) -> dict:
@@ -318,7 +323,7 @@ class ServiceBench:
             if t_all_accepted is None and now["accepted"] >= drv["sent"]:
                 t_all_accepted = time.monotonic()
             d = {k: now[k] - before[k] for k in now}
-            if d["accepted"] >= drv["sent"] and d["analyzed"] + d["live_drops"] >= d["accepted"]:
+            if d["accepted"] >= drv["sent"] and d["analyzed"] + d["live_drops"] + d["analysis_errors"] >= d["accepted"]:
                 break
             time.sleep(0.002)
         span = (t_all_accepted or time.monotonic()) - drv["t_first_s"]
@@ -326,7 +331,8 @@ class ServiceBench:
         lossless = d["accepted"] == drv["sent"] == n and d["rejected"] == 0 and drv["error"] is None
         return {
             "target_fps": fps, "sent": drv["sent"], "accepted": d["accepted"], "rejected": d["rejected"],
-            "analyzed": d["analyzed"], "live_drops": d["live_drops"], "absorbed_fps": absorbed,
+            "analyzed": d["analyzed"], "live_drops": d["live_drops"], "analysis_errors": d["analysis_errors"],
+            "absorbed_fps": absorbed,
             "analyzed_fps": d["analyzed"] / span if span > 0 else None, "driver_error": drv["error"],
             "lossless": lossless, "sustained": bool(lossless and absorbed and absorbed >= MIN_SUSTAINED * fps),
         }  # fmt: skip
@@ -353,7 +359,7 @@ def latency_report(records, stream_id: str, warmup: int) -> dict:
 # ---- orchestration --------------------------------------------------------------------------------
 
 
-def run(seconds: float, quick: bool) -> dict:
+def run(seconds: float, quick: bool, metrics: tuple[str, ...] = METRICS) -> dict:
     ctx = mp.get_context("spawn")
     rates = (250.0, 1000.0) if quick else (250.0, 500.0, 1000.0, 2000.0)
     n_distinct = 8 if quick else 60
@@ -364,7 +370,7 @@ def run(seconds: float, quick: bool) -> dict:
     out = {
         "frame": {"shape": list(image.shape), "dtype": str(image.dtype)},
         "transport": "tcp://127.0.0.1 (loopback), separate processes",
-        "metrics": list(METRICS), "seconds": seconds, "quick": quick, "warmup_frames": warmup,
+        "metrics": list(metrics), "seconds": seconds, "quick": quick, "warmup_frames": warmup,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "floor_zmq": {}, "peer_pyigtl": {}, "mmstream": {"latency": {}, "rates": []},
     }  # fmt: skip
@@ -373,9 +379,9 @@ def run(seconds: float, quick: bool) -> dict:
         n = max(int(fps * seconds), 10)
         out["floor_zmq"][f"{fps:g}"] = bench_floor(ctx, image, fps, n, warmup)
         out["peer_pyigtl"][f"{fps:g}"] = bench_pyigtl(ctx, image, fps, n, warmup)
-    out["analysis_alone"] = bench_analysis(60.0, max(int(60 * seconds), 10), warmup)
+    out["analysis_alone"] = bench_analysis(60.0, max(int(60 * seconds), 10), warmup, metrics)
     streams = [f"lat-{fps:g}" for fps in lat_fps] + [f"rate-{r:g}" for r in rates]
-    svc = ServiceBench(ctx, ["warmup", *streams], n_distinct)
+    svc = ServiceBench(ctx, ["warmup", *streams], n_distinct, metrics)
     try:
         svc.warm_up()
         for fps in lat_fps:
@@ -387,8 +393,12 @@ def run(seconds: float, quick: bool) -> dict:
         records = svc.close()
     for fps in lat_fps:
         out["mmstream"]["latency"][f"{fps:g}"].update(latency_report(records, f"lat-{fps:g}", warmup))
-    sustained = [r["target_fps"] for r in out["mmstream"]["rates"] if r["sustained"]]
-    out["mmstream"]["max_sustained_lossless_fps"] = max(sustained) if sustained else None
+    best = None  # the highest rate that was sustained together with every lower rate
+    for r in sorted(out["mmstream"]["rates"], key=lambda r: r["target_fps"]):
+        if not r["sustained"]:
+            break
+        best = r["target_fps"]
+    out["mmstream"]["max_sustained_lossless_fps"] = best
     out["machine"]["loadavg_1m"] = [load_before[0], os.getloadavg()[0]]
     out["ratios"], out["targets"] = summarize(out)
     return out
@@ -460,10 +470,14 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (s)")
     ap.add_argument("--quick", action="store_true", help="short smoke run: rates 250 and 1000 frames/s only")
     ap.add_argument("--json", type=str, default=None, help="write the results to this JSON file")
+    ap.add_argument("--metrics", default=",".join(METRICS), help="analyses to run, comma-separated (default: all)")
     args = ap.parse_args(argv)
     if not args.seconds > 0:
         ap.error("--seconds must be > 0")
-    out = run(args.seconds, args.quick)
+    metrics = tuple(m for m in args.metrics.split(",") if m)
+    if not metrics or set(metrics) - set(METRICS):
+        ap.error(f"--metrics: choose from {', '.join(METRICS)}")
+    out = run(args.seconds, args.quick, metrics)
     print(table(out))
     if args.json:
         with open(args.json, "w") as fh:
