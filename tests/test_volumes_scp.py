@@ -246,3 +246,23 @@ def test_deidentification_replaces_name_and_id_and_keeps_them_out_of_logs(scp_fa
     assert rows == {"PID-0001": ids[0], "PID-0002": ids[2]}
     text = caplog.text + " ".join(e.message for e in sink.events) + " ".join(sink.reasons())
     assert "Doe" not in text and "PID-000" not in text and "Roe" not in text
+
+
+@pytest.mark.shared_data
+def test_real_scanner_files_through_storescu(scp_factory, shared_data):
+    """Real PET (TCIA) and MR files: two PET series become two PT volumes in modality units; the
+    anonymised enhanced MR without functional groups and the Siemens mosaic are stored but reported."""
+    scp, sink = scp_factory()
+    d = shared_data / "volumes"
+    pets = [d / "tcia_via_suyashkumar_dicom" / f"PET_ACRIN-FLT-Breast_{i}.dcm" for i in (1, 2)]
+    r = storescu(scp.port, [*pets, d / "pydicom" / "emri_small.dcm", d / "nibabel" / "0.dcm"])
+    assert r.returncode == 0, r.stderr
+    vols = sorted((sink.volume() for _ in pets), key=lambda m: m.header.series_uid)
+    expected = sorted((pydicom.dcmread(p) for p in pets), key=lambda ds: ds.SeriesInstanceUID)
+    for msg, ds in zip(vols, expected):
+        assert msg.header.modality == "PT" and msg.header.rescaled and msg.header.series_uid == ds.SeriesInstanceUID
+        np.testing.assert_allclose(msg.arrays["voxels"][0], ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+                                   rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(msg.header.origin_lps_mm, [float(v) for v in ds.ImagePositionPatient])
+    assert wait_for(lambda: {"series_missing_tags", "series_mosaic_unsupported"} <= set(sink.reasons()), 10, "reports")
+    assert scp.outlet.counters["instances_stored"] == 4
