@@ -13,23 +13,11 @@ produced stay sent, the error is counted and announced, and :meth:`source_frames
 import threading
 from collections.abc import Iterator
 
-from mmstream.errors import MmstreamError, SpacingError
+from mmstream.errors import ConfigError, MmstreamError
 from mmstream.io import ImageFrame
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import SourceHealth
-
-
-def config_spacing(spacing_row_mm: float | None, spacing_col_mm: float | None) -> tuple[float, float] | None:
-    """``(row_mm, col_mm)`` from two options given together, None when neither is given."""
-    if spacing_row_mm is None and spacing_col_mm is None:
-        return None
-    if spacing_row_mm is None or spacing_col_mm is None:
-        raise SpacingError("give both spacing_row_mm and spacing_col_mm, or neither", reason="invalid_spacing")
-    row, col = float(spacing_row_mm), float(spacing_col_mm)
-    if not (row > 0 and col > 0 and row < float("inf") and col < float("inf")):
-        raise SpacingError(f"spacing must be two finite positive numbers in mm, got ({row}, {col})",
-                           reason="invalid_spacing")
-    return (row, col)
+from mmstream_drivers.options import option_errors
 
 
 class FileSequenceSource:
@@ -50,10 +38,11 @@ class FileSequenceSource:
     name = "file"
 
     def __init__(self, path: str, *, fps: float = 30.0, realtime: bool = True, loop: bool = False):
-        if not fps > 0:
-            raise SpacingError(f"fps must be > 0, got {fps}", reason="invalid_fps")
+        with option_errors(self.name):
+            self.fps = float(fps)
+        if not self.fps > 0:
+            raise ConfigError(f"{self.name} source: fps must be > 0, got {fps}")
         self.path = str(path)
-        self.fps = float(fps)
         self.realtime = bool(realtime)
         self.loop = bool(loop)
         self.health = SourceHealth(f"source-{self.name}")

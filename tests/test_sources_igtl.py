@@ -258,6 +258,7 @@ def test_service_streams_a_configured_source_and_publishes_metrics_over_openigtl
             {"driver": "dicom", "stream_id": "cine", "options": {
                 "path": str(shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"), "loop": True}},
             {"driver": "video", "stream_id": "grabber", "options": {"url": "/nonexistent/grabber.avi", "live": True}},
+            {"driver": "mha", "stream_id": "typo", "options": {"path": "x.mha", "spacing_rows_mm": 0.1}},
         ],
     )  # fmt: skip
     with Service(cfg) as svc:
@@ -273,6 +274,7 @@ def test_service_streams_a_configured_source_and_publishes_metrics_over_openigtl
         status = svc.graph.status()
     assert ev.reason == "device_unavailable" and ev.stream_id == "grabber"
     assert status["sources"]["grabber"]["errors"]["device_unavailable"] >= 1
+    assert "spacing_rows_mm" in status["source_errors"]["typo"]  # a misspelt option: named, the rest runs
     rec = json.loads(msg.string)
     assert rec["stream_id"] == "cine" and rec["spacing_mm"] == pytest.approx([0.5104970559, 0.5104970559])
     assert rec["echo_mean"] is not None
@@ -308,3 +310,12 @@ def test_output_config_refuses_remote_hosts_unless_allowed():
     assert load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0", "allow_remote": True}).igtl_output.allow_remote
     with pytest.raises(ConfigError):
         load_config(None, igtl_output={"string_device": "x" * 21})  # OpenIGTLink device names hold 20 bytes
+
+
+@pytest.mark.parametrize("kw", [{"port": "abc"}, {"port": 70000}, {"max_body_mb": 0}, {"spacing_row_mm": "x",
+                                "spacing_col_mm": 1}])  # fmt: skip
+def test_bad_source_options_are_config_errors(kw):
+    from mmstream.errors import ConfigError, SpacingError
+
+    with pytest.raises((ConfigError, SpacingError)):
+        IgtlSource(**kw)

@@ -76,7 +76,9 @@ def test_depth_scale_calibration_gives_row_spacing_and_depth():
 
 
 @pytest.mark.parametrize("kw", [{}, {"device": 0, "url": "a.avi"}, {"url": "a.avi", "crop_row0": 10, "crop_row1": 5},
-                                {"url": "a.avi", "spacing_row_mm": 0.1}, {"url": "a.avi", "fps": 0}])
+                                {"url": "a.avi", "spacing_row_mm": 0.1}, {"url": "a.avi", "fps": 0},
+                                {"device": "zero"}, {"url": "a.avi", "crop_row1": "end"},
+                                {"url": "a.avi", "backoff_initial_s": 9.0, "backoff_max_s": 1.0}])
 def test_bad_options_are_config_errors(kw):
     with pytest.raises(ConfigError):
         VideoSource(**kw)

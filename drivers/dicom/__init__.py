@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from mmstream.errors import ReadError, SpacingError
 from mmstream.io import ImageFrame, read_frames
 from mmstream.source import SourceFrame
-from mmstream_drivers.filesource import FileSequenceSource, config_spacing
+from mmstream_drivers.filesource import FileSequenceSource
+from mmstream_drivers.options import config_spacing, option_errors
 
 _META_TEXT = ("modality", "manufacturer", "transfer_syntax", "photometric", "frame_time_source")
 
@@ -54,9 +55,10 @@ class DicomCineSource(FileSequenceSource):
         crop_to_region: bool = True,
         region_index: int = -1,
     ):
-        self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
-        self.crop_to_region = bool(crop_to_region)
-        self.region_index = int(region_index)
+        with option_errors(self.name):
+            self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
+            self.crop_to_region = bool(crop_to_region)
+            self.region_index = int(region_index)
         self.region_rc: tuple[int, int, int, int] | None = None
         super().__init__(path, fps=fps, realtime=realtime, loop=loop)
 

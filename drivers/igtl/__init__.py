@@ -29,9 +29,9 @@ from mmstream.errors import ConfigError, MmstreamError, ProtocolError
 from mmstream.io import to_grey_u8
 from mmstream.source import SourceFrame
 from mmstream_drivers.fields import sort_fields
-from mmstream_drivers.filesource import config_spacing
 from mmstream_drivers.health import Backoff, SourceHealth
 from mmstream_drivers.igtl.wire import MessageReader, parse_header, unpack
+from mmstream_drivers.options import config_spacing, option_errors
 
 __all__ = ["IgtlSource", "MessageReader", "parse_header", "unpack"]
 
@@ -76,22 +76,23 @@ class IgtlSource:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
     ):
-        if not (0 < int(port) < 65536):
-            raise ConfigError(f"igtl source: port {port} out of range")
-        if not (max_frame_pixels > 0 and max_body_mb > 0):
-            raise ConfigError("igtl source: max_frame_pixels and max_body_mb must be > 0")
-        self.address = (str(host), int(port))
-        self.device = str(device)
-        self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
-        self.trust_unit_spacing = bool(trust_unit_spacing)
-        self.max_frame_pixels = int(max_frame_pixels)
-        self.max_body_bytes = int(max_body_mb * 1024 * 1024)
-        self.check_crc = bool(check_crc)
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.stall_timeout_s = float(stall_timeout_s)
-        self.backoff = Backoff(backoff_initial_s, backoff_max_s)
-        self.health = SourceHealth(f"source-{self.name}")
-        self.stop_event = threading.Event()
+        with option_errors("igtl"):
+            if not (0 < int(port) < 65536):
+                raise ConfigError(f"igtl source: port {port} out of range")
+            if not (max_frame_pixels > 0 and max_body_mb > 0):
+                raise ConfigError("igtl source: max_frame_pixels and max_body_mb must be > 0")
+            self.address = (str(host), int(port))
+            self.device = str(device)
+            self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
+            self.trust_unit_spacing = bool(trust_unit_spacing)
+            self.max_frame_pixels = int(max_frame_pixels)
+            self.max_body_bytes = int(max_body_mb * 1024 * 1024)
+            self.check_crc = bool(check_crc)
+            self.connect_timeout_s = float(connect_timeout_s)
+            self.stall_timeout_s = float(stall_timeout_s)
+            self.backoff = Backoff(backoff_initial_s, backoff_max_s)
+            self.health = SourceHealth(f"source-{self.name}")
+            self.stop_event = threading.Event()
 
     def close(self) -> None:
         """Ask :meth:`source_frames` to end (also interrupts a wait or a reconnect)."""

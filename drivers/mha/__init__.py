@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from mmstream.io import ImageFrame, read_frames
 from mmstream.source import SourceFrame
 from mmstream_drivers.fields import sort_fields
-from mmstream_drivers.filesource import FileSequenceSource, config_spacing
+from mmstream_drivers.filesource import FileSequenceSource
+from mmstream_drivers.options import config_spacing, option_errors
 
 
 class MetaImageSequenceSource(FileSequenceSource):
@@ -55,7 +56,8 @@ class MetaImageSequenceSource(FileSequenceSource):
         loop: bool = False,
     ):
         self.plus_config = plus_config or None
-        self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
+        with option_errors(self.name):
+            self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
         super().__init__(path, fps=fps, realtime=realtime, loop=loop)
 
     def open(self) -> Iterator[ImageFrame]:

@@ -34,6 +34,7 @@ from mmstream.io import rgb_to_grey
 from mmstream.messages import ImagingSettings
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import Backoff, SourceHealth
+from mmstream_drivers.options import option_errors
 
 
 def depth_scale_spacing(row_a: float, depth_a_mm: float, row_b: float, depth_b_mm: float) -> float:
@@ -80,27 +81,28 @@ class VideoSource:
         backoff_max_s: float = 5.0,
         open_capture: Callable | None = None,
     ):
-        if (device >= 0) == bool(url):
-            raise ConfigError("video source: give exactly one of device (index >= 0) or url (file or stream)")
-        if not fps > 0:
-            raise ConfigError(f"video source: fps must be > 0, got {fps}")
-        self.target = int(device) if device >= 0 else str(url)
-        self.live = bool(device >= 0 if live is None else live)
-        self.paces_itself = self.live  # a device delivers at its own rate; a file is paced by its frame times
-        self.loop = bool(loop)
-        self.fps = float(fps)
-        crop = (int(crop_row0), int(crop_col0), int(crop_row1), int(crop_col1))
-        if min(crop) < 0 or (crop[2] and crop[2] <= crop[0]) or (crop[3] and crop[3] <= crop[1]):
-            raise ConfigError(f"video source: crop (row0, col0, row1, col1) = {crop} is not a non-empty rectangle")
-        self.crop = crop
-        self.spacing_mm, self.depth_mm = self._spacing(
-            spacing_row_mm, spacing_col_mm, (calib_row_a, calib_depth_a_mm, calib_row_b, calib_depth_b_mm),
-            square_pixels,
-        )
-        self.backoff = Backoff(backoff_initial_s, backoff_max_s)
-        self._open_capture = open_capture or cv2.VideoCapture
-        self.health = SourceHealth(f"source-{self.name}")
-        self.stop_event = threading.Event()
+        with option_errors("video"):
+            if (device >= 0) == bool(url):
+                raise ConfigError("video source: give exactly one of device (index >= 0) or url (file or stream)")
+            if not fps > 0:
+                raise ConfigError(f"video source: fps must be > 0, got {fps}")
+            self.target = int(device) if device >= 0 else str(url)
+            self.live = bool(device >= 0 if live is None else live)
+            self.paces_itself = self.live  # a device delivers at its own rate; a file is paced by its frame times
+            self.loop = bool(loop)
+            self.fps = float(fps)
+            crop = (int(crop_row0), int(crop_col0), int(crop_row1), int(crop_col1))
+            if min(crop) < 0 or (crop[2] and crop[2] <= crop[0]) or (crop[3] and crop[3] <= crop[1]):
+                raise ConfigError(f"video source: crop (row0, col0, row1, col1) = {crop} is not a non-empty rectangle")
+            self.crop = crop
+            self.spacing_mm, self.depth_mm = self._spacing(
+                spacing_row_mm, spacing_col_mm, (calib_row_a, calib_depth_a_mm, calib_row_b, calib_depth_b_mm),
+                square_pixels,
+            )
+            self.backoff = Backoff(backoff_initial_s, backoff_max_s)
+            self._open_capture = open_capture or cv2.VideoCapture
+            self.health = SourceHealth(f"source-{self.name}")
+            self.stop_event = threading.Event()
 
     def _spacing(self, row_mm, col_mm, calib, square) -> tuple[tuple[float, float] | None, float | None]:
         given = [v is not None for v in calib]

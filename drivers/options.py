@@ -1,0 +1,28 @@
+"""Checking driver options: they come from a TOML config as numbers, strings and booleans."""
+
+import math
+from contextlib import contextmanager
+
+from mmstream.errors import ConfigError, SpacingError
+
+
+@contextmanager
+def option_errors(driver: str):
+    """Turn a wrongly typed option (``int("abc")``, ``"0" >= 0``) into ConfigError naming the driver."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{driver} source: invalid option ({exc})") from exc
+
+
+def config_spacing(spacing_row_mm, spacing_col_mm) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` from two options given together, None when neither is given."""
+    if spacing_row_mm is None and spacing_col_mm is None:
+        return None
+    if spacing_row_mm is None or spacing_col_mm is None:
+        raise SpacingError("give both spacing_row_mm and spacing_col_mm, or neither", reason="invalid_spacing")
+    row, col = float(spacing_row_mm), float(spacing_col_mm)
+    if not (0 < row < math.inf and 0 < col < math.inf):
+        raise SpacingError(f"spacing must be two finite positive numbers in mm, got ({row}, {col})",
+                           reason="invalid_spacing")
+    return (row, col)
