@@ -33,7 +33,8 @@ def test_units_convert_exactly_to_the_canonical_unit(name, value, unit, expected
 
 @pytest.mark.parametrize(
     "raw,reason",
-    [({"unit": "furlongs"}, "unknown_unit"), ({"unit": "ms"}, "unknown_unit"), ({"biomarker": "mood"}, "unknown_biomarker"),
+    [({"unit": "furlongs"}, "unknown_unit"), ({"unit": "ms"}, "unknown_unit"),
+     ({"biomarker": "mrs_naa_cr", "value": 120, "unit": "%"}, "unknown_unit"),  # percent only for fractions ({"biomarker": "mood"}, "unknown_biomarker"),
      ({"value": 1.5}, "out_of_range"), ({"value": "nan"}, "out_of_range"), ({"value": "abc"}, "invalid_record"),
      ({"modality": "PET"}, "invalid_record"), ({"acquired_on": "yesterday"}, "invalid_record"),
      ({"patient_id": "../../etc"}, "invalid_record"), ({"site": "Tibialis Anterior"}, "invalid_record"),

@@ -128,6 +128,16 @@ def test_three_image_capture_becomes_the_site_value(store):
     assert node.rejected["capture_refused"] == 1
 
 
+def test_biopsy_ranking_is_sent_when_changed_or_every_interval(store):
+    node = FusionNode(store, RULES, biopsy_every_s=3600, today=lambda: TODAY)
+    first = fused_of(node.process("bus", metrics(1)))
+    assert len(first.biopsy) == 5
+    assert fused_of(node.process("bus", metrics(2))).biopsy is None  # unchanged: not repeated
+    assert len(fused_of(node.process("bus", metrics(3, stream="probe2"))).biopsy) == 5  # a new stream gets it
+    node.biopsy_every_s = 0.0
+    assert fused_of(node.process("bus", metrics(4))).biopsy == first.biopsy  # interval elapsed: sent again
+
+
 def test_no_context_and_no_biomarkers_still_publish_live_values(store):
     node = FusionNode(store, RULES, today=lambda: TODAY)
     f = fused_of(node.process("bus", metrics(1, site=None, echo=60.0)))
@@ -213,5 +223,35 @@ def test_fused_messages_reach_external_subscribers(store, sim_probe):
     assert (f.patient_id, f.site, f.side) == ("P1", "tibialis_anterior", "left")
     assert [(v.name, v.value) for v in f.values if v.source == "stored"] == [("fat_fraction", 0.2)]
     assert any(v.source == "live" and v.name == "us_echo_intensity" for v in f.values)
-    assert len(f.biopsy) == 5 and f.stamps["fused"] >= f.stamps["published"]
+    assert len(got[0].biopsy) == 5 and f.stamps["fused"] >= f.stamps["published"]
+    assert all(h.biopsy is None or h.biopsy == got[0].biopsy for h in got[1:])  # re-sent only when changed or 1 s old
     assert g.publisher.counters["fused"] >= 3
+
+
+def test_cli_biopsy_prints_the_ranking(store, tmp_path, capsys):
+    from mmstream.cli import main
+
+    ref = tmp_path / "ref.json"
+    ref.write_text(REF.model_dump_json())
+    assert main(["biopsy", "P1", "--db", str(store), "--reference", str(ref), "--end-stage-fat-fraction", "0.6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["rank", "site", "side", "category", "score"]
+    assert [ln.split()[1] for ln in lines[1:]] == ["rectus_femoris", "tibialis_anterior", "vastus_lateralis",
+                                                   "gastrocnemius_medialis", "soleus"]  # fmt: skip
+    assert main(["biopsy", "NOBODY", "--db", str(store)]) == 1
+    assert "no biomarkers stored" in capsys.readouterr().err
+    assert main(["biopsy", "P1", "--db", str(store), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert {c["category"] for c in __import__("json").loads(out)} == {"unknown"} and "no reference table" in err
+
+
+def test_service_refuses_example_reference_files(store):
+    from pathlib import Path
+
+    from mmstream.errors import ConfigError
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "echo_reference.example.toml"
+    cfg = load_config(None, endpoints=RANDOM_TCP, biomarkers={"store": store, "echo_reference": example})
+    with pytest.raises(ConfigError) as e:
+        Graph(cfg)
+    assert e.value.reason == "example_file"

@@ -157,20 +157,6 @@ class VolumesSection(_Section):
     max_voxels: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 64 * 1024 * 1024
 
 
-class BiomarkersSection(_Section):
-    """Biomarker fusion and echogenicity references (``docs/biomarkers.md``). The fusion node runs
-    when ``store`` is set; live echo z-scores are computed when ``echo_reference`` is set. The
-    clinical limits have no defaults: rules needing them stay off until the user sets them."""
-
-    store: Path | None = None  # SQLite biomarker store (mmstream biomarkers import)
-    echo_reference: Path | None = None  # reference table (TOML/JSON, mmstream.calibration.ReferenceTable)
-    device_calibration: Path | None = None  # grey-level calibration (mmstream.calibration.DeviceCalibration)
-    end_stage_fat_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
-    stale_after_days: Annotated[float, Field(gt=0)] | None = None
-    check_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often the store is checked for changes
-    store_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.05  # longest wait on a locked store per check
-
-
 class WebSection(_Section):
     """The bedside live view (``docs/webview.md``): HTTP and websocket server inside the service.
 

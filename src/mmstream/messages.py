@@ -283,7 +283,8 @@ class Fused(_Header):
     node for each metrics message. ``score`` = ``score_formula`` over the inputs named in
     ``score_inputs`` (null when none has a reference); ``flags``: ``no_context``, ``no_biomarkers``,
     ``store_unavailable``, ``stale_biomarkers``, ``disagreement``; ``biopsy``: every site of the
-    patient, best biopsy target first."""
+    patient, best biopsy target first, sent when it changes and at least once a second per stream
+    (null in the messages between: keep the last one received)."""
 
     msg_type: Literal["fused"] = "fused"
     stream_id: Identifier
@@ -299,7 +300,7 @@ class Fused(_Header):
     score_inputs: tuple[Identifier, ...] = ()
     flags: tuple[Identifier, ...] = ()
     disagreements: tuple[Annotated[str, Field(max_length=300)], ...] = Field(default=(), max_length=64)
-    biopsy: tuple[BiopsyCandidate, ...] = Field(default=(), max_length=256)
+    biopsy: tuple[BiopsyCandidate, ...] | None = Field(default=None, max_length=256)
     stamps: dict[Identifier, float] = Field(default_factory=dict)
 
 

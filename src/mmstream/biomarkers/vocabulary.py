@@ -62,13 +62,18 @@ UNIT_FACTORS: dict[str, tuple[str, float]] = {
     "mL": ("mm3", 1000.0),
     "ml": ("mm3", 1000.0),
     "s": ("ms", 1000.0),
-    "%": ("1", 0.01),
+    "%": ("1", 0.01),  # fractions only (see accepted_units)
     "ppb": ("ppm", 1e-3),
     "um2/ms": ("mm2/s", 1e-3),
     "1e-3 mm2/s": ("mm2/s", 1e-3),
     "g/ml": ("g/mL", 1.0),
     "kg/L": ("g/mL", 1.0),
 }
+
+
+def accepted_units(b: Biomarker) -> list[str]:
+    """Input units converted exactly to ``b``'s canonical unit (``%`` only for fractions in [0, 1])."""
+    return sorted(u for u, (c, _) in UNIT_FACTORS.items() if c == b.unit and (u != "%" or (b.low, b.high) == (0.0, 1.0)))
 
 
 def lookup(name: str) -> Biomarker:
@@ -90,10 +95,10 @@ def to_canonical(name: str, value: float, unit: str) -> float:
     b = lookup(name)
     if unit == b.unit:
         factor = 1.0
-    elif unit in UNIT_FACTORS and UNIT_FACTORS[unit][0] == b.unit:
+    elif unit in accepted_units(b):
         factor = UNIT_FACTORS[unit][1]
     else:
-        alts = sorted(u for u, (c, _) in UNIT_FACTORS.items() if c == b.unit)
+        alts = accepted_units(b)
         raise InputError(
             f"unit {unit!r} is not valid for {name} (canonical {b.unit!r}"
             + (f"; also accepted: {', '.join(alts)})" if alts else ")"),

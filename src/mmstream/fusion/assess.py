@@ -77,8 +77,24 @@ def _input_name(v: FusedValue) -> str:
     return v.name if v.source == "stored" else f"{v.source}:{v.name}"
 
 
-def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules: FusionRules) -> SiteAssessment:
-    """Score, disagreements and biopsy category of one site from its values.
+def _reason(category: str, any_values: bool, scored: list[FusedValue], ff, edema: bool, rules: FusionRules) -> str:
+    zs = ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in scored if v.abnormal or category == "normal")
+    if category == "end_stage":
+        return f"fat fraction {ff:.2f} >= end-stage limit {rules.end_stage_fat_fraction:.2f} (configured): little muscle left"
+    if category == "affected":
+        reason = f"abnormal ({zs})" + ("; raised water T2 suggests active disease" if edema else "")
+        if ff is not None and rules.end_stage_fat_fraction is None:
+            reason += "; end-stage rule off (set end_stage_fat_fraction)"
+        return reason
+    if category == "normal":
+        return f"every value within 2 SD of its reference: {zs}"
+    return "no value with a reference entry for this site" if any_values else "no values"
+
+
+def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules: FusionRules,
+                explain: bool = True) -> SiteAssessment:  # fmt: skip
+    """Score, disagreements and biopsy category of one site from its values (``reason`` left empty
+    unless ``explain``: the live path does not need it).
 
     A live per-frame echo value is used only when no captured (three-image) value exists.
     """
@@ -96,19 +112,9 @@ def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules
     edema = any(v.name == "t2_water_ms" and v.abnormal for v in scored)
     if rules.end_stage_fat_fraction is not None and ff is not None and ff >= rules.end_stage_fat_fraction:
         category = "end_stage"
-        reason = f"fat fraction {ff:.2f} >= end-stage limit {rules.end_stage_fat_fraction:.2f} (configured): little muscle left"
-    elif abnormal:
-        category = "affected"
-        names = ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in abnormal)
-        reason = f"abnormal ({names})" + ("; raised water T2 suggests active disease" if edema else "")
-        if ff is not None and rules.end_stage_fat_fraction is None:
-            reason += "; end-stage rule off (set end_stage_fat_fraction)"
-    elif scored:
-        category = "normal"
-        reason = "every value within 2 SD of its reference: " + ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in scored)
     else:
-        category = "unknown"
-        reason = "no value with a reference entry for this site" if values else "no values"
+        category = "affected" if abnormal else ("normal" if scored else "unknown")
+    reason = _reason(category, bool(values), scored, ff, edema, rules) if explain else ""
     sort_key = (CATEGORY_ORDER[category], not edema, -len({v.modality for v in abnormal}), ff if ff is not None else 2.0,
                 -(score or 0.0), site, side or "")  # fmt: skip
     return SiteAssessment(site, side, score, tuple(_input_name(v) for v in scored), disagreements, category, reason,

@@ -33,8 +33,11 @@ class FusionNode(Node):
     outputs = (Port("fused"), Port("events"))
 
     def __init__(self, store_path: Path | str, rules: FusionRules = FusionRules(), check_interval_s: float = 0.5,
-                 store_timeout_s: float = 0.05, today: Callable[[], dt.date] = dt.date.today, name: str | None = None):  # fmt: skip
+                 store_timeout_s: float = 0.05, biopsy_every_s: float = 1.0, today: Callable[[], dt.date] = dt.date.today,
+                 name: str | None = None):  # fmt: skip
         super().__init__(name)
+        self.biopsy_every_s = biopsy_every_s
+        self._biopsy_sent: dict[str, tuple] = {}  # stream -> (ranking sent, when)
         self.rules = rules
         self.cache = PatientCache(store_path, check_interval_s=check_interval_s, timeout_s=store_timeout_s)
         self._today = today
@@ -60,10 +63,9 @@ class FusionNode(Node):
             self.count("frames_not_seen", h.parent[1] - last - 1)  # latest-wins drops upstream or bus gaps
         self._last_seq[h.stream_id] = h.parent[1]
         out: list[Out] = []
-        fused = self._fuse(h, out)
+        fused = self._fuse(h, out, t0)
         self.count("fused")
-        stamps = {**h.stamps, "fusion_start": t0, "fused": time.monotonic()}
-        out.insert(0, Out("fused", fused.model_copy(update={"stamps": stamps})))
+        out.insert(0, Out("fused", fused))
         return out
 
     # -- pieces --------------------------------------------------------------------------------------
@@ -101,7 +103,9 @@ class FusionNode(Node):
             mean = capture_mean(taken)
             ctx = h.clinical
             # echo references are in reference-device grey levels: only a calibrated mean has a z-score
-            z, ab = reference_z("us_echo_intensity", mean, key[1], self.rules, ctx.age_years, ctx.sex) if calibrated else (None, None)
+            z, ab = (None, None)
+            if calibrated:
+                z, ab = reference_z("us_echo_intensity", mean, key[1], self.rules, ctx.age_years, ctx.sex)
             name = "us_echo_calibrated" if calibrated else "us_echo_intensity"
             self._captured[key] = FusedValue(name=name, source="captured", modality="US", value=mean, unit="grey_level",
                                              z=z, abnormal=ab)  # fmt: skip
@@ -122,16 +126,17 @@ class FusionNode(Node):
         if self._store_failed:
             self._store_failed = False
             out.append(self.event("info", "store_ok", "biomarker store readable again"))
-        captured = {k: v for k, v in self._captured.items() if k[0] == patient}
-        vkey = (patient, age, sex, self.cache.generation, tuple(sorted((k, v.value) for k, v in captured.items())))
+        captured = {(k[1], k[2]): v for k, v in self._captured.items() if k[0] == patient}
+        today = self._today()
+        vkey = (patient, age, sex, today, self.cache.generation, tuple(sorted((k, v.value) for k, v in captured.items())))
         view = self._views.get(vkey)
         if view is not None:
             return view
-        today = self._today()
-        sites = {(r.site, r.side) for r in records} | {(k[1], k[2]) for k in captured}
+        sites = {(r.site, r.side) for r in records} | set(captured)
         stored = {s: stored_values(records, s[0], s[1], self.rules, age, sex, today) for s in sites}
         assessments = [
-            assess_site(site, side, (*stored[(site, side)], *((captured[(patient, site, side)],) if (patient, site, side) in captured else ())), self.rules)
+            assess_site(site, side, (*stored[(site, side)], *((captured[site, side],) if (site, side) in captured else ())),
+                        self.rules)
             for site, side in sites
         ]  # fmt: skip
         view = {"records": records, "stored": stored, "biopsy": rank_sites(assessments)}
@@ -140,7 +145,7 @@ class FusionNode(Node):
         self._views[vkey] = view
         return view
 
-    def _fuse(self, h: Metrics, out: list[Out]) -> Fused:
+    def _fuse(self, h: Metrics, out: list[Out], t0: float) -> Fused:
         ctx = h.clinical
         key = (ctx.patient_id, ctx.site, ctx.side) if ctx.patient_id and ctx.site else None
         self._capture(h, key, out)
@@ -149,7 +154,7 @@ class FusionNode(Node):
                     site=ctx.site, side=ctx.side, score_formula=SCORE_FORMULA)  # fmt: skip
         if key is None:
             self.count("no_context")
-            return Fused(**base, values=tuple(live), flags=("no_context",))
+            return Fused(**base, values=tuple(live), flags=("no_context",), stamps=self._stamps(h, t0))
         flags = []
         view = self._view(ctx.patient_id, ctx.age_years, ctx.sex, out)
         if view is None:
@@ -162,13 +167,27 @@ class FusionNode(Node):
                 flags.append("no_biomarkers")
         captured = self._captured.get(key)
         values = (*live, *((captured,) if captured else ()), *stored)
-        a = assess_site(ctx.site, ctx.side, values, self.rules)
+        a = assess_site(ctx.site, ctx.side, values, self.rules, explain=False)
         if any(v.stale for v in stored):
             flags.append("stale_biomarkers")
         if a.disagreements:
             flags.append("disagreement")
         return Fused(**base, values=values, captures=len(self._captures.get(key, ())), score=a.score,
-                     score_inputs=a.score_inputs, flags=tuple(flags), disagreements=a.disagreements[:64], biopsy=biopsy)  # fmt: skip
+                     score_inputs=a.score_inputs, flags=tuple(flags), disagreements=a.disagreements[:64],
+                     biopsy=self._biopsy_due(h.stream_id, biopsy), stamps=self._stamps(h, t0))  # fmt: skip
+
+    @staticmethod
+    def _stamps(h: Metrics, t0: float) -> dict[str, float]:
+        return {**h.stamps, "fusion_start": t0, "fused": time.monotonic()}
+
+    def _biopsy_due(self, stream_id: str, biopsy: tuple):
+        """``biopsy`` when it changed for this stream or was last sent ``biopsy_every_s`` ago, else None."""
+        now = time.monotonic()
+        last = self._biopsy_sent.get(stream_id)
+        if last is not None and last[0] is biopsy and now - last[1] < self.biopsy_every_s:
+            return None
+        self._biopsy_sent[stream_id] = (biopsy, now)
+        return biopsy
 
     def _stored_for(self, view: dict, site: str, side, age, sex) -> tuple[FusedValue, ...]:
         got = view["stored"].get((site, side))
