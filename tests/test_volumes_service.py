@@ -146,3 +146,21 @@ def test_benchmark_runs_and_writes_its_table(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 4 and all(row["mmstream_ms"] > 0 and row["alternative_ms"] > 0 for row in rows)
     assert "ratio" in r.stdout
+
+
+def test_outlet_holds_a_volume_until_the_service_comes_back(tmp_path):
+    from mmstream.volumes import Outlet, load_volume
+
+    probe = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    endpoint = probe.last_endpoint
+    probe.close()  # the service is down
+    make_series(tmp_path / "s", n=2)
+    outlet = Outlet(endpoint).start()
+    try:
+        vid = outlet.volume(load_volume(tmp_path / "s"))
+        assert wait_for(lambda: outlet.counters["send_retries"] >= 1, 10, "a retry while nobody listens")
+        with make_socket("pull", endpoint, bind=True) as service:  # back on the same endpoint
+            assert decode(service.recv(timeout_ms=10000)).header.volume_id == vid
+        assert wait_for(lambda: outlet.counters["volumes_sent"] == 1, 5, "counted as sent")
+    finally:
+        outlet.stop()

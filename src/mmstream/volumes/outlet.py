@@ -2,9 +2,11 @@
 topic ``volume.<volume_id>``), events to the service's event bus (or, standalone, the log).
 
 Sources (the SCP's association threads, the watch-folder thread) call :meth:`Outlet.volume` and
-:meth:`Outlet.event` from any thread; one sender thread owns the ZeroMQ sockets. Volumes are never
-dropped: while the service does not take them, the sender retries (``send_retries`` counted) and the
-queue (``queue_volumes``) pushes back on the sources.
+:meth:`Outlet.event` from any thread; one sender thread owns the ZeroMQ sockets. Volumes are not
+dropped: they are sent over completed connections only, retried while the service does not take them
+(``send_retries``), and the queue (``queue_volumes``) pushes back on the sources; only at
+:meth:`Outlet.stop`, after its deadline, is what is left counted (``volumes_unsent_at_stop``) and
+dropped (the DICOM files stay on disk). Events are best-effort (``events_dropped``).
 """
 
 import json
@@ -16,7 +18,7 @@ from collections import Counter, deque
 
 from mmstream.codec import encode
 from mmstream.messages import Event
-from mmstream.transport import Curve, TransportTimeout, make_socket
+from mmstream.transport import TransportTimeout, make_socket
 
 from .model import LoadedVolume
 
@@ -27,8 +29,8 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ER
 class Outlet:
     """Sends volumes and events from a background thread; ``counters`` for status."""
 
-    def __init__(self, ingest_endpoint: str | None, events_endpoint: str | None = None, *, node: str = "volumes",
-                 curve: Curve | None = None, queue_volumes: int = 16):  # fmt: skip
+    def __init__(self, ingest_endpoint: str, events_endpoint: str | None = None, *, node: str = "volumes",
+                 queue_volumes: int = 16):  # fmt: skip
         self.node = node
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -36,13 +38,12 @@ class Outlet:
         self._q: queue.Queue = queue.Queue(maxsize=queue_volumes)  # volumes: lossless, pushes back
         self._events: deque = deque()  # events: bounded below, oldest dropped (counted)
         self.max_events = 1024
-        self._endpoints = (ingest_endpoint, events_endpoint, curve)
+        self._endpoints = (ingest_endpoint, events_endpoint)
         self._stop = threading.Event()
         self._stop_deadline = float("inf")
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"mmstream-{node}-outlet", daemon=True)
-        self.sent: list[str] = []  # volume ids sent, in order (bounded)
 
     def start(self) -> "Outlet":
         self._thread.start()
@@ -77,11 +78,14 @@ class Outlet:
             return {"counters": dict(self.counters), "rejected": dict(self.rejected), "queued_volumes": self._q.qsize()}
 
     def _run(self) -> None:
-        ingest, events, curve = self._endpoints
+        ingest, events = self._endpoints
+        vol_sock = ev_sock = None
         try:
-            vol_sock = make_socket("push", ingest, bind=False, hwm=4, curve=curve, immediate=True) if ingest else None
+            vol_sock = make_socket("push", ingest, bind=False, hwm=4, immediate=True)
             ev_sock = make_socket("push", events, bind=False, hwm=256) if events else None
         except BaseException as exc:
+            if vol_sock is not None:
+                vol_sock.close()
             self._error = exc
             self._ready.set()
             return
@@ -93,21 +97,17 @@ class Outlet:
                     _, header, arr = self._q.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                if vol_sock is None:
-                    self.count("volumes_without_endpoint")
-                    continue
                 parts = encode(header, [arr])
                 while True:
+                    if self._stop_deadline < time.monotonic():
+                        self.count("volumes_unsent_at_stop")
+                        break
                     try:
                         vol_sock.send(parts, timeout_ms=500)
                         self.count("volumes_sent")
-                        self.sent = [*self.sent[-99:], header.volume_id]
                         break
                     except TransportTimeout:
                         self.count("send_retries")
-                        if self._stop_deadline < time.monotonic():
-                            self.count("volumes_unsent_at_stop")
-                            break
         finally:
             for s in (vol_sock, ev_sock):
                 if s is not None:

@@ -69,7 +69,7 @@ class ScpSettings:
 
 
 class StorageScp:
-    """A running Storage SCP: ``start()``, ``port`` (the bound port), ``status()``, ``stop()``."""
+    """A running Storage SCP: ``start()``, ``port`` (the bound port), ``stop()``; counters in ``outlet``."""
 
     def __init__(self, settings: ScpSettings, outlet: Outlet, pseudonymizer: Pseudonymizer | None = None):
         self.settings = settings
