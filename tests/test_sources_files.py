@@ -303,3 +303,41 @@ def test_frame_fields_from_hostile_sources_are_bounded_and_made_identifiers():
     assert f.metadata["igtl..._evil_key"] == "x" * 256  # "/", " ", "!" replaced; at most 256 characters
     assert f.metadata["igtl.BadTransform"] == "1 2 3"  # not 16 numbers: kept as text, not as a matrix
     assert f.metadata["igtl.NaNValue"] == "nan" and f.transforms == {}
+
+
+@pytest.mark.parametrize(("tags", "times_s"), [
+    ({"FrameTimeVector": [0.0, 20.0, 30.0]}, [0.0, 0.020, 0.050]),  # increments, cumulated
+    ({"CineRate": 50}, [0.0, 0.02, 0.04]),
+])  # fmt: skip
+def test_frame_timing_from_frame_time_vector_and_cine_rate(tmp_path, tags, times_s):
+    path = tmp_path / "timed.dcm"
+    write_cine(path, n=3, frame_time_ms=None)
+    ds = pydicom.dcmread(path)
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    frames = list(DicomCineSource(str(path)).source_frames())
+    assert [f.t_device_s for f in frames] == pytest.approx(times_s)
+    assert frames[0].metadata["frame_time_source"] == next(iter(tags))
+
+
+@pytest.mark.shared_data
+def test_plus_frames_keep_transforms_and_timestamps_on_the_wire(shared_data):
+    """Through FrameSender and the codec, as the service's ingest receives them."""
+    from mmstream.codec import decode
+    from mmstream.source import FrameSender
+    from mmstream.transport import make_socket
+
+    d = shared_data / "pluslibdata"
+    src = MetaImageSequenceSource(str(d / "BoneUltrasound_L14.igs.mha"), plus_config=str(d / "BoneUltrasound_L14_config.xml"))
+    with make_socket("pull", "tcp://127.0.0.1:*", bind=True) as pull:
+        with FrameSender(pull.last_endpoint, "tracked") as sender:
+            frames = list(src.source_frames())[:3]
+            for f in frames:
+                sender.send(f)
+        got = [decode(pull.recv(timeout_ms=5000)) for _ in frames]
+    for sent, msg in zip(frames, got):
+        h = msg.header
+        assert h.t_device_s == sent.t_device_s and h.spacing_mm == (0.085, 0.085) and h.spacing_source == "plus_config"
+        assert h.transforms == sent.transforms and "probe_to_tracker" in h.transforms
+        np.testing.assert_array_equal(msg.arrays["image"], sent.image)
