@@ -14,6 +14,7 @@ Data files named by a header (``.raw``, ``.zraw``, ``.img``, ...) wait for their
 """
 
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -115,12 +116,13 @@ class FolderWatcher(threading.Thread):
         self.outlet.event("warning", exc.reason, f"file {tag}{_suffix(paths[0])} moved to {REJECTED}/: {why}", reject=True)
 
     def _candidates(self) -> list[Path]:
+        """Files below the folder, not descending into ``processed/``, ``rejected/`` or hidden folders."""
         root = self.settings.folder
         out = []
-        for p in sorted(root.rglob("*")):
-            rel = p.relative_to(root).parts
-            if p.is_file() and rel[0] not in (PROCESSED, REJECTED) and not any(x.startswith(".") for x in rel):
-                out.append(p)
+        for dirpath, dirnames, filenames in os.walk(root):
+            top = Path(dirpath) == root
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d in (PROCESSED, REJECTED)))
+            out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
         return out
 
     def poll_once(self) -> None:
