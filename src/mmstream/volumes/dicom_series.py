@@ -221,13 +221,16 @@ def assemble(datasets: Sequence, *, names: Sequence[str] | None = None, gap_tole
     if np.all(slopes == 1.0) and np.all(inters == 0.0):
         voxels = np.stack(raws)
     else:
-        voxels = np.stack(raws).astype(np.float32) * slopes[:, None, None].astype(np.float32) + inters[:, None, None].astype(np.float32)
+        voxels = np.stack(raws).astype(np.float32)
+        voxels *= slopes[:, None, None].astype(np.float32)
+        voxels += inters[:, None, None].astype(np.float32)
     ps_row, ps_col = slices[0].pixel_spacing
     meta = {"k_spacing_from": k_from, "n_instances": len({id(s.ds) for s in slices}),
             "units": str(first.get("Units") or first.get("RescaleType") or "") or None,
             "sop_class_uid": str(first.SOPClassUID), "multiframe": slices[0].frame is not None}  # fmt: skip
     return LoadedVolume(
-        voxels=voxels, spacing_mm=(abs(s_k), float(ps_row), float(ps_col)), origin_lps_mm=tuple(float(v) for v in slices[0].position),
+        voxels=voxels, spacing_mm=(abs(s_k), float(ps_row), float(ps_col)),
+        origin_lps_mm=tuple(float(v) for v in slices[0].position),
         direction_lps=np.column_stack([row, col, normal]), modality=str(first.get("Modality") or "OT"),
         source="dicom:lps", conversion="DICOM patient coordinates are LPS: used as is", rescaled=has_rescale,
         series_uid=str(first.SeriesInstanceUID), meta=meta,
