@@ -11,7 +11,7 @@ import pytest
 from mmstream.codec import Decoded, buffer_specs
 from mmstream.config import load_config
 from mmstream.errors import ConfigError
-from mmstream.messages import ClinicalContext, CsaSummary, EchoSummary, Event, Frame, Metrics
+from mmstream.messages import ClinicalContext, CsaSummary, EchoSummary, Event, Frame, Metrics, Volume
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.web.captures import CaptureBook
 from mmstream.web.live import LiveView, overlay
@@ -71,7 +71,7 @@ def test_valid_commands_parse_to_typed_models():
     assert parse_command('{"cmd": "record_start"}', MAX).cmd == "record_start"
 
 
-def test_frame_packet_layout_and_live_view_encodes_only_with_viewers():
+def test_frame_packet_layout_and_lazy_encoding():
     settings = StreamSettings()
     live = LiveView(settings, jpeg_quality=90)
     woken = []
@@ -83,19 +83,24 @@ def test_frame_packet_layout_and_live_view_encodes_only_with_viewers():
         return Decoded("frame.s1", h, {"image": img})
 
     live.process("frames", frame(0))
-    assert live.frame("s1") is None and woken == []  # nobody watching: nothing encoded
-    live.viewers = 1
     live.process("frames", frame(3))  # frames 1 and 2 skipped (latest-wins upstream)
     fv = live.frame("s1")
-    assert fv.seq == 3 and fv.shape == (48, 64) and woken == ["s1"]
-    assert fv.packet[:4] == FRAME_MAGIC
-    (n,) = struct.unpack("<I", fv.packet[4:8])
-    meta = json.loads(fv.packet[8 : 8 + n])
+    assert fv.seq == 3 and fv.shape == (48, 64) and woken == ["s1", "s1"]
+    packet = fv.packet()
+    assert fv.packet() is packet  # encoded once, for every page
+    assert packet[:4] == FRAME_MAGIC
+    (n,) = struct.unpack("<I", packet[4:8])
+    meta = json.loads(packet[8 : 8 + n])
     assert meta == {"stream_id": "s1", "seq": 3, "t_frame_s": 13.0, "shape": [48, 64], "spacing_mm": None}
-    decoded = cv2.imdecode(np.frombuffer(fv.packet[8 + n :], np.uint8), cv2.IMREAD_GRAYSCALE)
+    decoded = cv2.imdecode(np.frombuffer(packet[8 + n :], np.uint8), cv2.IMREAD_GRAYSCALE)
     assert decoded.shape == img.shape and np.abs(decoded.astype(int) - img).mean() < 3
     assert live.status()["counters"]["frames_skipped"] == 2
     assert live.streams() == ["s1"]
+    vox = np.zeros((2, 3, 4), np.float32)  # ingest forwards volumes on the same tap: not a frame to show
+    vol = Volume(volume_id="v1", modality="MR", spacing_mm=(1, 1, 1), origin_lps_mm=(0, 0, 0),
+                 direction_lps=(1, 0, 0, 0, 1, 0, 0, 0, 1), buffers=buffer_specs(voxels=vox))  # fmt: skip
+    assert live.process("frames", Decoded("volume.v1", vol, {"voxels": vox})) == []
+    assert live.streams() == ["s1"] and "internal_error" not in live.status()["counters"]
 
 
 def test_overlay_carries_contour_lines_roi_and_units():

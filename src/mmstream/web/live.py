@@ -1,8 +1,8 @@
 """The web view's tap on the graph: the newest frame, overlay, fused summary and note of each stream.
 
 :class:`LiveView` is a node attached to the graph's internal taps (``frames`` and ``bus``). Its
-frame port is latest-wins (capacity 1 per stream), so a slow encoder skips frames instead of
-falling behind. It JPEG-encodes the newest frame (only while a page is connected), turns metrics
+frame port is latest-wins, and it keeps only each stream's newest frame (encoded when a page is
+sent it, see :class:`FrameView`), so the view never falls behind the source. It turns metrics
 messages into JSON-ready overlays, keeps the newest ``fused`` message per stream (with the last
 biopsy ranking of its patient), the last notable event, and mirrors the three-image captures
 (the fusion node's ``captured`` events; without fusion, the frame after each ``capture``
@@ -12,12 +12,12 @@ command). The web server reads these snapshots from its own thread, woken by ``o
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import cv2
+import numpy as np
 
 from mmstream.codec import Decoded
-from mmstream.errors import CodecError
+from mmstream.errors import CodecError, InputError
 from mmstream.messages import Event, Frame, Fused, Metrics
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Node, Out, Port
@@ -29,13 +29,26 @@ RECENT_OVERLAYS = 64  # per stream, to find the frame a ``captured`` event names
 NOTED = {"captured", "capture_refused", "recording_started", "recording_stopped", "recording_armed"}
 
 
-@dataclass(frozen=True)
 class FrameView:
-    """The newest encoded frame of a stream: ``packet`` is the binary websocket message."""
+    """The newest frame of a stream. :meth:`packet` (the binary websocket message) JPEG-encodes it
+    on first use, so only frames actually sent to a page are encoded, once for all pages."""
 
-    seq: int
-    shape: tuple[int, int]
-    packet: bytes
+    def __init__(self, meta: dict, image: np.ndarray, jpeg_quality: int):
+        self.seq: int = meta["seq"]
+        self.shape: tuple[int, int] = tuple(image.shape)
+        self._meta, self._image, self._quality = meta, image, jpeg_quality
+        self._packet: bytes | None = None
+        self._lock = threading.Lock()
+
+    def packet(self) -> bytes:
+        """``frame_packet`` of the JPEG image; EncodeError if OpenCV cannot encode it."""
+        with self._lock:
+            if self._packet is None:
+                ok, jpeg = cv2.imencode(".jpg", self._image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
+                if not ok:
+                    raise InputError(f"cannot JPEG-encode frame {self.seq}", reason="encode_failed")
+                self._packet, self._image = frame_packet(self._meta, jpeg.tobytes()), None
+            return self._packet
 
 
 def frame_time_s(stamps: dict, t_host_s: float | None) -> float | None:
@@ -76,7 +89,7 @@ class LiveView(Node):
     """Attached node: ``frames`` (internal frame tap) and ``bus`` (metrics, events, fused)."""
 
     name = "web"
-    inputs = (Port("frames", capacity=1, policy="latest"), Port("bus", capacity=256, policy="fifo"))
+    inputs = (Port("frames", capacity=8, policy="latest"), Port("bus", capacity=256, policy="fifo"))
     outputs = (Port("events"),)
 
     def __init__(self, settings: StreamSettings, jpeg_quality: int = 80, fusion_attached: bool = False,
@@ -85,7 +98,6 @@ class LiveView(Node):
         self.settings = settings
         self.jpeg_quality = int(jpeg_quality)
         self.fusion_attached = fusion_attached
-        self.viewers = 0  # connected pages; frames are encoded only while > 0
         self.on_change: Callable[[str], None] = lambda stream_id: None
         self.captures = CaptureBook()
         self._state_lock = threading.Lock()
@@ -101,7 +113,7 @@ class LiveView(Node):
     # -- node side (runner thread) -------------------------------------------------------------
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h = msg.header
-        if port == "frames":
+        if isinstance(h, Frame):
             self._frame(h, msg.arrays["image"])
         elif isinstance(h, Metrics):
             ov = overlay(h, msg.arrays, self.settings)
@@ -131,12 +143,6 @@ class LiveView(Node):
         with self._state_lock:
             self._last_seq[h.stream_id] = (h.session_id, h.seq)
         self.count("frames_seen")
-        if self.viewers <= 0:
-            return
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            self.count("encode_failed")
-            return
         meta = {
             "stream_id": h.stream_id,
             "seq": h.seq,
@@ -144,10 +150,8 @@ class LiveView(Node):
             "shape": list(image.shape),
             "spacing_mm": h.spacing_mm,
         }
-        view = FrameView(seq=h.seq, shape=tuple(image.shape), packet=frame_packet(meta, jpeg.tobytes()))
         with self._state_lock:
-            self._frames[h.stream_id] = view
-        self.count("frames_encoded")
+            self._frames[h.stream_id] = FrameView(meta, image, self.jpeg_quality)
         self.on_change(h.stream_id)
 
     def _capture(self, ov: dict) -> None:
