@@ -34,7 +34,8 @@ def test_units_convert_exactly_to_the_canonical_unit(name, value, unit, expected
 @pytest.mark.parametrize(
     "raw,reason",
     [({"unit": "furlongs"}, "unknown_unit"), ({"unit": "ms"}, "unknown_unit"),
-     ({"biomarker": "mrs_naa_cr", "value": 120, "unit": "%"}, "unknown_unit"),  # percent only for fractions ({"biomarker": "mood"}, "unknown_biomarker"),
+     ({"biomarker": "mrs_naa_cr", "value": 120, "unit": "%"}, "unknown_unit"),  # percent only for fractions
+     ({"biomarker": "mood"}, "unknown_biomarker"),
      ({"value": 1.5}, "out_of_range"), ({"value": "nan"}, "out_of_range"), ({"value": "abc"}, "invalid_record"),
      ({"modality": "PET"}, "invalid_record"), ({"acquired_on": "yesterday"}, "invalid_record"),
      ({"patient_id": "../../etc"}, "invalid_record"), ({"site": "Tibialis Anterior"}, "invalid_record"),
@@ -58,6 +59,7 @@ def test_store_is_wal_versioned_and_never_overwrites(tmp_path):
         stored = s.query(patient_id="P1", site="tibialis_anterior")
         assert [(r.acquired_on, r.value) for r in stored] == [(dt.date(2026, 1, 2), 0.3), (dt.date(2026, 2, 1), 0.31)]
         assert s.patients() == ["P1"]
+        assert s.query(patient_id="' OR 1=1 --") == [] and s.query(site="x'; DROP TABLE biomarkers; --") == []
         assert s._db.execute("SELECT n_added, n_duplicate, n_conflict FROM imports").fetchall() == [(2, 0, 0), (1, 1, 1)]
 
 

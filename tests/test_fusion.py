@@ -255,3 +255,27 @@ def test_service_refuses_example_reference_files(store):
     with pytest.raises(ConfigError) as e:
         Graph(cfg)
     assert e.value.reason == "example_file"
+
+
+def test_service_with_a_corrupt_store_keeps_publishing(tmp_path, sim_probe):
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"\x00not a database\x00" * 512)
+    g = Graph(load_config(None, endpoints=RANDOM_TCP, biomarkers={"store": bad}))
+    node = attach_fusion(g)
+    with g:
+        sub = make_socket("sub", g.endpoints["metrics"], bind=False, subscribe=("fused.", "metrics.", "event.fusion"))
+        ctx = ClinicalContext(patient_id="P1", site="soleus")
+        with FrameSender(g.endpoints["ingest"], "probe", clinical=ctx) as sender:
+            seen: dict[str, list] = {"fused": [], "metrics": [], "event": []}
+            deadline = time.monotonic() + 15
+            while not (seen["fused"] and seen["event"]) and time.monotonic() < deadline:
+                sender.send(sim_probe.frame(len(seen["metrics"])).to_source())
+                try:
+                    h = decode(sub.recv(timeout_ms=200)).header
+                except TransportTimeout:
+                    continue
+                seen[h.msg_type].append(h)
+        sub.close()
+    assert seen["metrics"] and seen["fused"][-1].flags == ("store_unavailable",)
+    assert seen["event"][0].reason == "store_corrupt" and "P1" not in seen["event"][0].message
+    assert node.status()["store_error"] == "corrupt" and node.counters["store_corrupt"] >= 1
