@@ -76,7 +76,8 @@ def sort_fields(raw: Mapping[str, object], *, prefix: str = "") -> FrameFields:
     """Sort name -> value fields (text or numbers) as the module docstring says; ``prefix`` is put
     before annotation and metadata keys (e.g. ``"igtl."``)."""
     out = FrameFields()
-    status = {k[: -len("TransformStatus")]: str(v).strip().upper() for k, v in raw.items() if k.endswith("TransformStatus")}
+    suffix = "TransformStatus"
+    status = {k[: -len(suffix)]: str(v).strip().upper() for k, v in raw.items() if k.endswith(suffix)}
     for name, value in sorted(raw.items()):
         if name.endswith("TransformStatus"):
             continue

@@ -229,7 +229,8 @@ def test_plus_placeholder_spacing_is_unknown_without_the_config(shared_data):
 
 @pytest.mark.shared_data
 def test_mhd_raw_pair_with_a_frame_lacking_its_timestamp(shared_data):
-    frames = list(MetaImageSequenceSource(str(shared_data / "pluslibdata" / "Prostate10_video.igs.mhd")).source_frames())
+    path = shared_data / "pluslibdata" / "Prostate10_video.igs.mhd"
+    frames = list(MetaImageSequenceSource(str(path)).source_frames())
     assert len(frames) == 10 and frames[0].spacing_mm == (0.3, 0.3) and frames[0].spacing_source == "metaimage"
     assert frames[2].t_device_s is None  # Frame0002 is missing from the header: unknown, not invented
     assert frames[0].t_device_s is not None and "tool_to_tracker" in frames[0].transforms
@@ -329,7 +330,8 @@ def test_plus_frames_keep_transforms_and_timestamps_on_the_wire(shared_data):
     from mmstream.transport import make_socket
 
     d = shared_data / "pluslibdata"
-    src = MetaImageSequenceSource(str(d / "BoneUltrasound_L14.igs.mha"), plus_config=str(d / "BoneUltrasound_L14_config.xml"))
+    src = MetaImageSequenceSource(str(d / "BoneUltrasound_L14.igs.mha"),
+                                  plus_config=str(d / "BoneUltrasound_L14_config.xml"))  # fmt: skip
     with make_socket("pull", "tcp://127.0.0.1:*", bind=True) as pull:
         with FrameSender(pull.last_endpoint, "tracked") as sender:
             frames = list(src.source_frames())[:3]

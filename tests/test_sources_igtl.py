@@ -110,7 +110,8 @@ def test_non_image_and_unusable_images_are_skipped_and_the_connection_stays(serv
     src = IgtlSource(port=server.server_address[1], device="Image_Reference")
     with Running(src) as run:
         server.send_message(pyigtl.TransformMessage(np.eye(4), device_name="ProbeToTracker"), wait=False)
-        server.send_message(pyigtl.ImageMessage(np.zeros((2, 8, 8), np.uint8), device_name="Image_Reference"), wait=False)
+        volume = pyigtl.ImageMessage(np.zeros((2, 8, 8), np.uint8), device_name="Image_Reference")
+        server.send_message(volume, wait=False)
         server.send_message(pyigtl.ImageMessage(np.full((1, 8, 8), 0.5, np.float32), device_name="Image_Reference"),
                             wait=False)  # fmt: skip
         server.send_message(pyigtl.ImageMessage(np.full((1, 8, 8), 900, np.uint16), device_name="Image_Reference"),
@@ -307,7 +308,8 @@ def test_output_config_refuses_remote_hosts_unless_allowed():
 
     with pytest.raises(ConfigError, match="allow_remote"):
         load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0"})
-    assert load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0", "allow_remote": True}).igtl_output.allow_remote
+    cfg = load_config(None, igtl_output={"enabled": True, "host": "0.0.0.0", "allow_remote": True})
+    assert cfg.igtl_output.allow_remote
     with pytest.raises(ConfigError):
         load_config(None, igtl_output={"string_device": "x" * 21})  # OpenIGTLink device names hold 20 bytes
 

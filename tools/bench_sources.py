@@ -205,8 +205,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import pyigtl
 
-    from mmstream.transport import close_context
-
     rows = []  # (what, library, frames, library s, driver s)
     drain = Drain()
     try:
@@ -243,13 +241,14 @@ def main(argv=None) -> int:
         rows.append(("OpenIGTLink: driver ingest + publish", lib, n, lib_t, r["publish"][0]))
     finally:
         drain.close()
-        close_context()
 
     results = []
-    print(f"{'what':44s} {'library':20s} {'frames':>6s} {'lib fps':>9s} {'driver fps':>10s} {'ratio':>6s}  target<={TARGET_RATIO}")
+    print(f"{'what':44s} {'library':20s} {'frames':>6s} {'lib fps':>9s} {'driver fps':>10s} {'ratio':>6s}  "
+          f"target<={TARGET_RATIO}")
     for what, lib, n, lib_t, drv_t in rows:
         ratio = drv_t / lib_t
-        print(f"{what:44s} {lib:20s} {n:6d} {n / lib_t:9.1f} {n / drv_t:10.1f} {ratio:6.2f}  {'met' if ratio <= TARGET_RATIO else 'NOT met'}")
+        verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+        print(f"{what:44s} {lib:20s} {n:6d} {n / lib_t:9.1f} {n / drv_t:10.1f} {ratio:6.2f}  {verdict}")
         results.append({"what": what.strip(), "library": lib, "frames": n, "library_s_per_frame": lib_t / n,
                         "driver_s_per_frame": drv_t / n, "library_fps": n / lib_t, "driver_fps": n / drv_t,
                         "ratio": ratio, "target_ratio": TARGET_RATIO, "met": ratio <= TARGET_RATIO})  # fmt: skip
@@ -260,4 +259,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmstream.transport import close_context
+
+    code = main()
+    close_context()
+    sys.exit(code)

@@ -132,7 +132,8 @@ class IgtlServer:
             return
         if self.n_clients >= self.max_clients:
             self._count("refused_clients")
-            self._on_event("warning", "igtl_too_many_clients", f"OpenIGTLink client refused: {self.max_clients} connected")
+            self._on_event("warning", "igtl_too_many_clients",
+                           f"OpenIGTLink client refused: {self.max_clients} connected")
             sock.close()
             return
         sock.setblocking(False)
