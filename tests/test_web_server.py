@@ -237,3 +237,33 @@ def test_web_port_in_use_is_a_clear_error(svc):
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": svc.web.server.port})
     with pytest.raises(ConfigError, match="web view"):
         Service(cfg).start()
+
+
+def test_tls_serves_https_and_wss(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command missing")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    token = "tls-token-0123456789abcdef"
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "token": token, "tls_cert_file": str(cert), "tls_key_file": str(key)})
+    trust = ssl.create_default_context(cafile=str(cert))
+    with Service(cfg) as svc:
+        assert svc.web.url.startswith("https://127.0.0.1:")
+        with urllib.request.urlopen(svc.web.url, context=trust, timeout=5) as r:
+            assert r.status == 200
+        with connect(svc.web.url.replace("https://", "wss://") + "ws", ssl=trust) as ws:
+            ws.send(json.dumps({"cmd": "hello", "token": token}))
+            assert recv_until(ws, is_type("hello"))["token_required"] is True
+        with pytest.raises(Exception):  # plain websocket to a TLS port
+            connect(ws_url(svc).replace("https://", "ws://"), open_timeout=3)
+    with pytest.raises(ConfigError, match="web.tls_cert_file and web.tls_key_file"):
+        load_config(None, web={"tls_cert_file": str(cert)})
+    bad = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "tls_cert_file": str(key), "tls_key_file": str(key)})
+    with pytest.raises(ConfigError, match="TLS"):
+        Service(bad).start()

@@ -161,7 +161,8 @@ class WebSection(_Section):
     """The bedside live view (``docs/webview.md``): HTTP and websocket server inside the service.
 
     Bound beyond loopback it requires ``token`` (at least 16 characters; the page asks for it once,
-    or takes it from the URL fragment ``#token=...``, which browsers never send to the server).
+    or takes it from the URL fragment ``#token=...``, which browsers never send to the server);
+    with ``tls_cert_file`` and ``tls_key_file`` it serves https and wss.
     """
 
     enabled: bool = True
@@ -173,11 +174,15 @@ class WebSection(_Section):
     max_message_bytes: Annotated[int, Field(ge=256, le=65536)] = 4096  # larger client messages close the socket
     max_clients: Annotated[int, Field(ge=1, le=64)] = 8
     control_client_secret_key_file: Path | None = None  # CURVE client key for the control endpoint, if secured
+    tls_cert_file: Path | None = None  # PEM certificate chain: serve https/wss (give both or neither)
+    tls_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self):
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError("web.token must be at least 16 characters")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("web.tls_cert_file and web.tls_key_file go together")
         try:
             loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
         except ValueError:

@@ -19,12 +19,10 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.resources import files
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
@@ -34,6 +32,7 @@ from mmstream.messages import ClinicalContext, Control
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Telemetry
 from mmstream.web.control_client import ControlClient
+from mmstream.web.http import StaticPages, same_origin, tls_context
 from mmstream.web.live import FrameView, LiveView
 from mmstream.web.protocol import Hello, WebInputError, parse_command
 
@@ -42,17 +41,6 @@ ACK_TIMEOUT_S = 1.0  # after this without a paint report, send again (a hidden t
 HELLO_TIMEOUT_S = 5.0
 MAX_REJECTS = 20  # invalid messages tolerated per connection
 STATUS_PERIOD_S = 1.0
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}  # fmt: skip
-SECURITY_HEADERS = [
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Frame-Options", "DENY"),
-    ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'"),
-]  # fmt: skip
-
-
 @dataclass(eq=False)
 class _Page:
     """One connected page."""
@@ -83,7 +71,7 @@ class WebServer:
         self.settings = settings
         self._service_status = service_status
         self._token = None if cfg.token is None else hashlib.sha256(cfg.token.get_secret_value().encode()).digest()
-        self._static = {p: (files("mmstream.web").joinpath("static", f).read_bytes(), ct) for p, (f, ct) in STATIC.items()}
+        self._static = StaticPages()
         self.display = Telemetry()
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -101,10 +89,16 @@ class WebServer:
     @property
     def url(self) -> str:
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.cfg.tls_cert_file else 'http'}://{host}:{self.port}/"
+
 
     def start(self, timeout_s: float = 10.0) -> "WebServer":
-        """Bind and serve; ConfigError if the address cannot be bound."""
+        """Bind and serve; ConfigError if the address cannot be bound or the TLS files not loaded."""
+        try:
+            self._ssl = tls_context(self.cfg.tls_cert_file, self.cfg.tls_key_file)
+        except ConfigError:
+            self.control.close()
+            raise
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="mmstream-web", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._error is not None:
@@ -129,6 +123,7 @@ class WebServer:
             server = await serve(
                 self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
                 max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None, close_timeout=2,
+                ssl=self._ssl,
             )  # fmt: skip
         except OSError as exc:
             self._error = exc
@@ -169,21 +164,15 @@ class WebServer:
                 p.wake.set()
 
     def _http(self, connection: ServerConnection, request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == "/ws":
-            origin, host = request.headers.get("Origin"), request.headers.get("Host")
-            if origin is not None and urlsplit(origin).netloc != host:  # another site's page in the browser
+        if urlsplit(request.path).path == "/ws":
+            if not same_origin(request):  # another site's page in the same browser
                 self._count("bad_origin", rejected=True)
                 return connection.respond(403, "origin not allowed\n")
             if len(self._pages) >= self.cfg.max_clients:
                 self._count("too_many_pages", rejected=True)
                 return connection.respond(503, "too many pages connected\n")
             return None
-        if path not in self._static:
-            return connection.respond(404, "not found\n")
-        body, ctype = self._static[path]
-        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), *SECURITY_HEADERS])
-        return Response(200, "OK", headers, body)
+        return self._static.response(request.path) or connection.respond(404, "not found\n")
 
     async def _send_json(self, page: _Page, obj: dict) -> None:
         await page.ws.send(json.dumps(obj, separators=(",", ":"), allow_nan=False))

@@ -1,0 +1,55 @@
+"""The plain-HTTP side of the live view: the page's three static files with strict security
+headers, the same-origin check of websocket upgrades, and the optional TLS context."""
+
+import ssl
+from importlib.resources import files
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from mmstream.errors import ConfigError
+
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/style.css": ("style.css", "text/css; charset=utf-8")}  # fmt: skip
+SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'"),
+]  # fmt: skip
+
+
+class StaticPages:
+    """The page's files, read once from the package."""
+
+    def __init__(self):
+        self._files = {p: (files("mmstream.web").joinpath("static", f).read_bytes(), ct) for p, (f, ct) in STATIC.items()}
+
+    def response(self, path: str) -> Response | None:
+        """200 with the file at URL ``path`` (query ignored), None when there is no such file."""
+        found = self._files.get(urlsplit(path).path)
+        if found is None:
+            return None
+        body, ctype = found
+        return Response(200, "OK", Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), *SECURITY_HEADERS]), body)
+
+
+def same_origin(request: Request) -> bool:
+    """False when a browser page of another site opens the websocket (its Origin is not this host)."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("Host")
+
+
+def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """Server TLS context from PEM files (None without them); ConfigError if they do not load."""
+    if cert_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"web view TLS: cannot load {cert_file} / {key_file}: {exc}") from None
+    return ctx
