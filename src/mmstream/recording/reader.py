@@ -134,11 +134,35 @@ class StreamReader:
         return out
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def stored_eof(path) -> int | None:
+    """End of file as the HDF5 superblock at offset 0 records it (None: no superblock there)."""
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if not head.startswith(_HDF5_SIGNATURE) or len(head) < 16:
+        return None
+    version = head[8]
+    n_off, at = {0: (head[13], 24), 1: (head[13], 28), 2: (head[9], 12), 3: (head[9], 12)}.get(version, (0, 0))
+    if n_off not in (2, 4, 8) or len(head) < at + 3 * n_off:
+        return None
+    base = int.from_bytes(head[at : at + n_off], "little")
+    return base + int.from_bytes(head[at + 2 * n_off : at + 3 * n_off], "little")
+
+
 class SessionReader:
     """A session file opened for reading (SWMR: works on files being written)."""
 
     def __init__(self, path):
         self.path = Path(path)
+        try:  # SWMR opens skip HDF5's own size check, and reading past the end then never returns
+            eof = stored_eof(self.path)
+        except OSError as exc:
+            raise ReadError(f"{self.path}: cannot read: {exc.strerror}", reason="unreadable") from None
+        if eof is not None and self.path.stat().st_size < eof:
+            raise ReadError(f"{self.path}: truncated: {self.path.stat().st_size} bytes, the file says {eof}",
+                            reason="truncated")  # fmt: skip
         try:
             self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
         except (OSError, ValueError) as exc:

@@ -72,6 +72,7 @@ class StreamSection:
     facts: list[tuple[str, str]]  # label, value
     panels: list[Panel]
     thumbnails: list[Thumbnail]
+    table: list[tuple[str, ...]] = ()  # metric summary rows: name, unit, n, mean, std, min, max
 
 
 def thumbnail(seq: int, t_s: float, image: np.ndarray, width_px: int = THUMB_WIDTH_PX) -> Thumbnail:
@@ -90,7 +91,7 @@ def thumbnail_indices(n_frames: int, count: int = THUMB_COUNT) -> list[int]:
     return sorted(set(np.linspace(0, n_frames - 1, min(count, n_frames)).round().astype(int).tolist()))
 
 
-def plot_panels(panels: list[Panel], title: str) -> str:
+def plot_panels(panels: list[Panel]) -> str:
     """The panels stacked over a shared time axis, as base64 PNG."""
     import matplotlib
 
@@ -116,7 +117,6 @@ def plot_panels(panels: list[Panel], title: str) -> str:
             ax.fill_between(t, lo, hi, color="#9ecae1", alpha=0.6, linewidth=0, label="min-max per bin", step="mid")
         ax.plot(t, mean, color="#08519c", linewidth=1.0, label="mean")
     axes[-1].set_xlabel("time since first frame (s)", fontsize=9)
-    fig.suptitle(title, fontsize=11, x=0.01, ha="left")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -134,6 +134,9 @@ h3{font-size:14px;margin:18px 0 8px;color:#44505c;text-transform:uppercase;lette
 table{border-collapse:collapse;font-size:13px}
 td,th{padding:4px 14px 4px 0;text-align:left;vertical-align:top}
 th{color:#5b6773;font-weight:500;white-space:nowrap}
+table.metrics{margin-top:10px;font-variant-numeric:tabular-nums}
+table.metrics td,table.metrics th{text-align:right;padding:3px 10px;border-bottom:1px solid #eef0f2}
+table.metrics td:first-child,table.metrics th:first-child,table.metrics td:nth-child(2),table.metrics th:nth-child(2){text-align:left}
 .facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:8px 18px;margin-bottom:6px}
 .fact{font-size:12px;color:#5b6773}.fact b{display:block;font-size:15px;color:#1d2733;font-weight:600}
 .plot{width:100%;height:auto;display:block}
@@ -166,8 +169,14 @@ def render_html(title: str, subtitle: str, session_facts: list[tuple[str, str]],
         parts += [f"<div class='fact'>{e(k)}<b>{e(v)}</b></div>" for k, v in s.facts]
         parts.append("</div>")
         if s.panels:
-            png = plot_panels(s.panels, f"{s.stream_id}: metrics over time")
-            parts.append(f"<h3>Metrics</h3><img class='plot' alt='metrics of {e(s.stream_id)}' src='data:image/png;base64,{png}'>")
+            png = plot_panels(s.panels)
+            alt = ", ".join(p.title for p in s.panels) + " over time"
+            parts.append(f"<h3>Metrics over time</h3><img class='plot' alt='{e(alt)}' src='data:image/png;base64,{png}'>")
+        if s.table:
+            parts.append("<table class='metrics'><tr><th>metric</th><th>unit</th><th>frames</th><th>mean</th>"
+                         "<th>std</th><th>min</th><th>max</th></tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in s.table]
+            parts.append("</table>")
         if s.thumbnails:
             parts.append("<h3>Frames</h3><div class='thumbs'>")
             parts += [
@@ -188,6 +197,13 @@ METRIC_PANELS = (
     ("Echogenicity (mean grey level in the region)", "echo_mean", None, "grey level (0-255)", None),
     ("Cross-sectional area", "csa_area_mm2", "csa_area_px", "CSA (mm²)", "CSA (pixel², spacing unknown)"),
     ("Thickness (median over columns)", "thickness_mm", "thickness_px", "thickness (mm)", "thickness (pixel, spacing unknown)"),
+)  # fmt: skip
+
+
+TABLE_METRICS = (
+    ("echogenicity mean", "echo_mean"), ("echogenicity std", "echo_std"), ("CSA", "csa_area_mm2"),
+    ("CSA (pixels)", "csa_area_px"), ("CSA confidence", "csa_confidence"), ("thickness", "thickness_mm"),
+    ("thickness (pixels)", "thickness_px"), ("thickness confidence", "thickness_confidence"),
 )  # fmt: skip
 
 
@@ -248,7 +264,12 @@ def _stream_section(sr, st: dict, n_thumbs: int, tick) -> StreamSection:
             thumbs.append(thumbnail(int(row["seq"][0]), float(row[clock][0]) - t_first, sr.frames(i, i + 1)[0]))
             if tick is not None:
                 tick(1)
-    return StreamSection(sr.stream_id, facts, panels, thumbs)
+    table = [
+        (label, st["metrics"][col]["unit"] or "-", str(m["n"]), *(_fmt(m[k], ".3g") for k in ("mean", "std", "min", "max")))
+        for label, col in TABLE_METRICS
+        if (m := st["metrics"][col])["n"]
+    ]
+    return StreamSection(sr.stream_id, facts, panels, thumbs, table)
 
 
 def build_report(path, out, *, thumbnails: int = THUMB_COUNT, progress: Callable[[int], object] | None = None) -> Path:

@@ -1,0 +1,63 @@
+"""Session files for the recording tools' tests, written by the real SessionWriter from simulated
+frames and their real analysis (no hand-made HDF5)."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmstream.analysis import analyze_frame
+from mmstream.codec import buffer_specs
+from mmstream.messages import ClinicalContext, Event, Frame
+from mmstream.nodes.analyzer import metrics_message
+from mmstream.recording.writer import SessionWriter
+from mmstream_drivers.sim import SceneSpec, SimProbe
+
+SPEC = SceneSpec(shape=(96, 128), spacing_mm=(0.5, 0.4))
+CLINICAL = ClinicalContext(patient_id="P-TEST", site="tibialis_anterior", side="left", plane="transverse")
+
+
+def frame_header(stream_id: str, src, seq: int, t_host_s: float, clinical=CLINICAL, spacing=True) -> Frame:
+    """The wire header ingest would have forwarded for a sim frame (``src``: a SourceFrame)."""
+    return Frame(
+        stream_id=stream_id, session_id=f"{stream_id}-s", seq=seq, t_device_s=src.t_device_s, t_host_s=t_host_s,
+        t_wall=f"2026-11-27T01:00:{seq % 60:02d}.000000+00:00",
+        spacing_mm=src.spacing_mm if spacing else None, spacing_source=src.spacing_source if spacing else "unknown",
+        imaging=src.imaging, clinical=clinical, annotations=src.annotations, stamps={"ingest": t_host_s},
+        buffers=buffer_specs(image=src.image),
+    )  # fmt: skip
+
+
+def write_session(path: Path, n_frames: int = 30, streams=("probe0",), gap_at: int | None = None, close: bool = True,
+                  fps: float = 20.0, spacing: bool = True) -> SessionWriter:  # fmt: skip
+    """A session of ``n_frames`` analysed sim frames per stream (``gap_at``: that seq is skipped, a
+    recorded drop). Returns the writer (closed when ``close``; else flushed and left open)."""
+    probe = SimProbe(SPEC, fps=fps, seed=3)
+    seed_rc = probe.frame(0).truth.nerve_center_rc
+    w = SessionWriter(path, {"session_id": "test-session", "software_version": "test", "config_json": "{}",
+                             "start_wall": "2026-11-27T01:00:00+00:00", "recording_id": "r1", "part": 0,
+                             "start_t_host_s": 100.0},
+                      {s: SPEC.shape for s in streams}, fsync=False)  # fmt: skip
+    prev = {s: None for s in streams}
+    for i in range(n_frames):
+        seq = i + 1 if gap_at is not None and i >= gap_at else i
+        src = probe.frame(seq).to_source()
+        for k, sid in enumerate(streams):
+            h = frame_header(sid, src, seq, 100.0 + seq / fps + k * 1e-3, spacing=spacing)
+            w.add_frame(h, src.image)
+            res = analyze_frame(src.image, h.spacing_mm, seed=seed_rc if i == 0 else None, previous=prev[sid])
+            prev[sid] = res
+            mh, arrays = metrics_message(h, res, {"ingest": h.t_host_s, "analyzed": h.t_host_s + 0.002})
+            w.add_metrics(mh, dict(zip([b.name for b in mh.buffers], arrays)))
+    w.add_event(Event(node="ingest", level="warning", reason="seq_not_increasing", message="test", t_host_s=time.monotonic()))
+    w.flush()
+    if close:
+        w.close()
+    return w
+
+
+def metric_series(path: Path, stream_id: str, column: str) -> np.ndarray:
+    from mmstream.recording.reader import SessionReader
+
+    with SessionReader(path) as r:
+        return r.stream(stream_id).metrics_table()[column]

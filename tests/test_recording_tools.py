@@ -1,0 +1,336 @@
+"""mmstream inspect / export / report on real session files written by the real SessionWriter."""
+
+import base64
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from recorded_sessions import write_session
+
+from mmstream.cli import main
+from mmstream.errors import ReadError
+from mmstream.recording import export, inspect, report
+from mmstream.recording.reader import SessionReader
+
+N = 30
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rec") / "session.h5"
+    write_session(path, N, streams=("probe0", "probe1"), gap_at=10)
+    return path
+
+
+def _cli(capsys, *argv):
+    rc = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---- inspect -------------------------------------------------------------------------------------
+
+
+def test_inspect_summary_matches_the_recorded_rows(session):
+    s = inspect.summarize(session)
+    assert s["closed"] and s["session_id"] == "test-session" and s["layout_version"] == 1
+    assert s["events"] == {"warning:seq_not_increasing": 1}
+    with SessionReader(session) as r:
+        for sid in ("probe0", "probe1"):
+            st, idx, table = s["streams"][sid], r.stream(sid).index(), r.stream(sid).metrics_table()
+            assert st["frames"] == N and st["metrics_rows"] == N
+            assert (st["first_seq"], st["last_seq"]) == (0, N)  # seq 10 skipped
+            assert st["dropped_frames"] == 1
+            assert st["clock"] == "t_device_s"
+            assert st["duration_s"] == pytest.approx(idx["t_device_s"][-1] - idx["t_device_s"][0])
+            assert st["frame_rate_fps"] == pytest.approx((N - 1) / st["duration_s"])
+            assert st["max_interval_ms"] == pytest.approx(2 * 1000 / 20.0)  # the gap: two frame periods
+            assert st["spacing_mm"] == [[0.5, 0.4]]
+            for col in ("echo_mean", "thickness_mm", "csa_area_mm2"):
+                v = table[col][np.isfinite(table[col])]
+                m = st["metrics"][col]
+                assert m["n"] == v.size > 0
+                assert m["mean"] == pytest.approx(v.mean()) and m["std"] == pytest.approx(v.std(ddof=1))
+                assert (m["min"], m["max"]) == (pytest.approx(v.min()), pytest.approx(v.max()))
+            assert st["metrics"]["thickness_mm"]["unit"] == "mm"
+
+
+def test_inspect_cli_text_and_json(session, capsys):
+    rc, out, _ = _cli(capsys, "inspect", session)
+    assert rc == 0
+    assert "stream probe0: 30 frames 96x128  seq 0..30" in out
+    assert "dropped frames (seq gaps) 1" in out and "closed cleanly" in out
+    assert re.search(r"thickness_mm\s+mm\s+30", out)
+    assert "P-TEST" not in out  # the patient pseudonym is never printed
+    rc, out, _ = _cli(capsys, "inspect", session, "--json")
+    assert rc == 0 and json.loads(out)["streams"]["probe1"]["frames"] == N
+
+
+def test_inspect_follow_reads_a_file_while_it_is_written(tmp_path):
+    """A writer process appends and flushes; `inspect --follow` in another process sees each flush
+    and stops when the writer closes the file."""
+    path = tmp_path / "live.h5"
+    writer = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(__file__))  # fmt: skip
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        follow = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "inspect", str(path), "--follow", "--json",
+                                   "--interval-s", "0.05"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        seen = []
+        for batch in range(3):
+            writer.stdin.write("more\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == f"flushed {5 * (batch + 2)}"
+            while True:  # follow prints only on change: read until it shows this flush
+                s = json.loads(follow.stdout.readline())
+                seen.append(s["streams"]["probe0"]["frames"])
+                if seen[-1] == 5 * (batch + 2):
+                    break
+        writer.stdin.write("close\n")
+        writer.stdin.flush()
+        assert follow.wait(timeout=30) == 0
+        last = json.loads(follow.stdout.read().splitlines()[-1])
+        assert last["closed"] and last["streams"]["probe0"]["frames"] == 20
+        assert seen == sorted(seen) and {10, 15, 20} <= set(seen)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+_LIVE_WRITER = """
+import sys
+from pathlib import Path
+from recorded_sessions import write_session, SPEC, frame_header
+from mmstream_drivers.sim import SimProbe
+w = write_session(Path(sys.argv[1]), 5, close=False)
+probe = SimProbe(SPEC, fps=20.0, seed=3)
+print("ready", flush=True)
+seq = 5
+for line in sys.stdin:
+    if line.strip() == "close":
+        w.close()
+        break
+    for _ in range(5):
+        src = probe.frame(seq).to_source()
+        w.add_frame(frame_header("probe0", src, seq, 100.0 + seq / 20.0), src.image)
+        seq += 1
+    w.flush()
+    print(f"flushed {seq}", flush=True)
+"""
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+def test_export_metrics_csv_and_parquet_hold_every_row(session, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    rc, out, _ = _cli(capsys, "export", session, "--out", tmp_path / "x", "--metrics-format", "csv,parquet")
+    assert rc == 0 and "probe0_metrics.parquet" in out
+    with SessionReader(session) as r:
+        table = r.stream("probe0").metrics_table()
+    with open(tmp_path / "x" / "probe0_metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == N and "json_offset" not in rows[0]
+    assert [int(r["seq"]) for r in rows] == table["seq"].tolist()
+    np.testing.assert_allclose([float(r["thickness_mm"]) for r in rows], table["thickness_mm"])
+    assert {r["echo_region"] for r in rows} == {v.decode() for v in table["echo_region"]}
+    pt = pq.read_table(tmp_path / "x" / "probe0_metrics.parquet")
+    assert pt.num_rows == N
+    np.testing.assert_allclose(pt.column("csa_area_mm2").to_numpy(), table["csa_area_mm2"])
+    assert pt.schema.field("csa_area_mm2").metadata == {b"unit": b"mm^2"}
+    assert pt.column("q_frozen").type == "bool"
+
+
+def test_export_unknown_spacing_is_null_not_a_number(tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "nospacing.h5"
+    write_session(path, 4, spacing=False)
+    export.export_session(path, tmp_path / "x", metrics_formats=("csv", "parquet"))
+    col = pq.read_table(tmp_path / "x" / "probe0_metrics.parquet").column("thickness_mm")
+    assert col.null_count == 4
+    with open(tmp_path / "x" / "probe0_metrics.csv", newline="") as fh:
+        assert {r["thickness_mm"] for r in csv.DictReader(fh)} == {""}
+
+
+def test_export_frames_png_lossless_and_video_readable(session, tmp_path):
+    ticks = []
+
+    class Bar:
+        def update(self, n):
+            ticks.append(n)
+
+        def close(self):
+            ticks.append("closed")
+
+    res = export.export_session(session, tmp_path / "p", metrics_formats=(), frames="png", progress=lambda total: (ticks.append(total), Bar())[1])
+    assert res.frames == {"probe0": N, "probe1": N}
+    assert ticks[0] == 2 * N and sum(t for t in ticks[1:-1]) == 2 * N and ticks[-1] == "closed"
+    with SessionReader(session) as r:
+        frames, seqs = r.stream("probe1").frames(), r.stream("probe1").index()["seq"]
+    files = sorted((tmp_path / "p" / "probe1_frames").iterdir())
+    assert [int(f.stem) for f in files] == seqs.tolist()
+    for f, img in zip(files, frames):
+        np.testing.assert_array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), img)
+    export.export_session(session, tmp_path / "v", metrics_formats=(), frames="video")
+    cap = cv2.VideoCapture(str(tmp_path / "v" / "probe1.avi"))
+    got = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        got.append(img[..., 0])
+    assert len(got) == N and got[0].shape == frames[0].shape
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(got, frames)]) < 4.0  # MJPG: lossy, close
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx((N - 1) / 1.5, rel=0.01)
+
+
+def test_export_bad_arguments_and_unwritable_target(session, tmp_path, capsys):
+    rc, _, err = _cli(capsys, "export", session, "--out", tmp_path, "--metrics-format", "csv,xlsx")
+    assert rc == 1 and "unknown format xlsx" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, _, err = _cli(capsys, "export", session, "--out", blocker / "sub")
+    assert rc == 1 and "unwritable" in err
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def test_report_is_one_self_contained_page(session, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    rc, printed, _ = _cli(capsys, "report", session, "-o", out, "--thumbnails", "5")
+    assert rc == 0 and printed.strip() == str(out)
+    page = out.read_text()
+    for title in ("Echogenicity", "Cross-sectional area", "Thickness"):
+        assert page.count(title) == 2  # one plot panel per stream (named in its alt text)
+    assert page.count("<td>thickness</td><td>mm</td><td>30</td>") == 2
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 2 * (1 + 5)  # a plot and 5 thumbnails per stream
+    for b64 in images:
+        assert cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    assert "seq 0 " in page and "seq 30 " in page  # first and last frame among the thumbnails
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "P-TEST" not in page  # no patient pseudonym in the report
+    assert "tibialis_anterior" in page and "2 frame(s) missing" in page
+
+
+def test_binned_keeps_extremes_and_memory_is_bounded():
+    b = report.Binned(0.0, 100.0, n_bins=10)
+    t = np.linspace(0, 100, 100_001)
+    v = np.zeros_like(t)
+    v[5000] = 9.0  # a one-sample artefact survives the reduction as the bin's max
+    b.add(t, v)
+    b.add(np.array([np.nan, 3.0]), np.array([1.0, np.nan]))  # non-finite samples ignored
+    tc, mean, lo, hi = b.result()
+    assert tc.size == 10 and hi[0] == 9.0 and lo.max() == 0.0 and mean[0] == pytest.approx(9.0 / 10_001, rel=0.01)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def _truncated(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 3])
+    return dst
+
+
+def _wrong_version(src, dst):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f["session"].attrs["layout_version"] = 99
+    return dst
+
+
+def _no_session(src, dst):
+    with h5py.File(dst, "w") as f:
+        f["x"] = np.arange(3)
+    return dst
+
+
+def _text(src, dst):
+    dst.write_text("seq,t\n1,2\n")
+    return dst
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [(_text, "unreadable"), (_truncated, "truncated"), (_wrong_version, "layout_version"), (_no_session, "not_a_session")],
+)
+@pytest.mark.parametrize("command", ["inspect", "export", "report"])
+def test_bad_files_give_one_clear_error_line(session, tmp_path, capsys, make, reason, command):
+    bad = make(session, tmp_path / "bad.h5")
+    extra = {"inspect": [], "export": ["--out", tmp_path / "o"], "report": ["-o", tmp_path / "r.html"]}[command]
+    rc, out, err = _cli(capsys, command, bad, *extra)
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"mmstream {command}: error: {bad}: {reason}: ")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_missing_file_and_directory(tmp_path, capsys):
+    rc, _, err = _cli(capsys, "inspect", tmp_path / "nope.h5")
+    assert rc == 1 and ": not_found: " in err
+    rc, _, err = _cli(capsys, "report", tmp_path)
+    assert rc == 1 and "is a directory" in err
+
+
+def test_file_of_a_killed_writer_shows_what_was_flushed(tmp_path, capsys):
+    path = tmp_path / "killed.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(__file__))  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "flushed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    s = inspect.summarize(path)
+    assert not s["closed"] and s["stop_wall"] is None
+    assert s["streams"]["probe0"]["frames"] == 12 and s["streams"]["probe0"]["metrics_rows"] == 12
+    rc, out, _ = _cli(capsys, "report", path, "-o", tmp_path / "k.html")
+    assert rc == 0 and "was not closed cleanly" in (tmp_path / "k.html").read_text()
+    rc, out, _ = _cli(capsys, "inspect", path)
+    assert rc == 0 and "not closed (writer stopped)" in out
+    res = export.export_session(path, tmp_path / "x", metrics_formats=("csv",), frames="png")
+    assert res.rows == {"probe0": 12} and res.frames == {"probe0": 12}
+
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from recorded_sessions import write_session, SPEC, frame_header
+from mmstream_drivers.sim import SimProbe
+w = write_session(Path(sys.argv[1]), 12, close=False)
+probe = SimProbe(SPEC, fps=20.0, seed=3)
+for seq in range(12, 15):  # written but never flushed: not committed, must not show
+    src = probe.frame(seq).to_source()
+    w.add_frame(frame_header("probe0", src, seq, 100.0 + seq / 20.0), src.image)
+print("flushed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_damaged_chunks_are_a_read_error(session, tmp_path):
+    """A file whose frame chunks were overwritten with junk: the tools fail with a ReadError."""
+    bad = tmp_path / "damaged.h5"
+    shutil.copy(session, bad)
+    with h5py.File(bad, "r") as f:
+        offsets = [f["streams/probe0/index"].id.get_chunk_info(0).byte_offset]
+    with open(bad, "r+b") as fh:
+        for off in offsets:
+            fh.seek(off)
+            fh.write(os.urandom(512))
+    with pytest.raises(ReadError) as ei:
+        inspect.summarize(bad)
+    assert ei.value.reason == "damaged"
