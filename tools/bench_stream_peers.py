@@ -1,0 +1,132 @@
+"""The floor and the peer of ``tools/bench_stream.py``: the same frames between two processes over
+raw pyzmq (PAIR ping-pong, ``copy=False``) and over OpenIGTLink with pyigtl (server -> client).
+
+Each function starts its other side as a spawned process and returns latency percentiles in ms.
+"""
+
+import socket
+import struct
+import time
+
+import numpy as np
+
+
+def percentiles_ms(samples_s) -> dict:
+    """p50/p99/max (ms) and count of latency samples given in seconds."""
+    a = np.asarray(samples_s, np.float64) * 1e3
+    if a.size == 0:
+        return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max())}  # fmt: skip
+
+
+def wait_until(t_due: float) -> None:
+    """Sleep until monotonic time ``t_due`` (at once if it has passed: a late frame goes out now)."""
+    delay = t_due - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _zmq_pong(results) -> None:
+    """Floor, echo side: returns every multipart message as it came (zero-copy) until b"stop";
+    then reports the one-way times it measured (arrival minus the send time in the first part)."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PAIR)
+    s.linger = 0
+    s.bind("tcp://127.0.0.1:*")
+    results.put(s.getsockopt_string(zmq.LAST_ENDPOINT))
+    one_way = []
+    while True:
+        parts = s.recv_multipart(copy=False)
+        t = time.monotonic()
+        if parts[0].bytes == b"stop":
+            break
+        one_way.append(t - struct.unpack("d", parts[0].bytes[:8])[0])
+        s.send_multipart(parts, copy=False)
+    s.close()
+    ctx.term()
+    results.put(one_way)
+
+
+def _igtl_server(port: int, image: np.ndarray, fps: float, n: int, done, results) -> None:
+    """Peer, device side: an OpenIGTLink server sending ``n`` IMAGE messages paced at ``fps``; the
+    send time (monotonic) travels in the message timestamp."""
+    import pyigtl
+
+    server = pyigtl.OpenIGTLinkServer(port=port, local_server=True)
+    deadline = time.monotonic() + 20
+    while not server.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    for k in range(n):
+        wait_until(t0 + k / fps)
+        server.send_message(pyigtl.ImageMessage(image, timestamp=time.monotonic(), device_name="bench"), wait=False)
+    results.put(n)
+    done.wait(30)
+    server.stop()
+
+
+def bench_floor(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
+    """Raw pyzmq ping-pong of ``image`` (+ a 64-byte header) between two processes, paced at ``fps``."""
+    import zmq
+
+    results = ctx.Queue()
+    proc = ctx.Process(target=_zmq_pong, args=(results,), daemon=True)
+    proc.start()
+    zctx = zmq.Context()
+    s = zctx.socket(zmq.PAIR)
+    s.linger = 0
+    s.connect(results.get(timeout=60))
+    rtt = []
+    t0 = time.monotonic()
+    for k in range(n + warmup):
+        wait_until(t0 + k / fps)
+        t = time.monotonic()
+        s.send_multipart([struct.pack("d", t) + b"x" * 56, image], copy=False)  # 64-byte header
+        s.recv_multipart(copy=False)
+        if k >= warmup:
+            rtt.append(time.monotonic() - t)
+    s.send(b"stop")
+    one_way = results.get(timeout=60)[warmup:]
+    proc.join(10)
+    s.close()
+    zctx.term()
+    return {"fps": fps, "round_trip": percentiles_ms(rtt), "one_way": percentiles_ms(np.asarray(rtt) / 2),
+            "one_way_measured": percentiles_ms(one_way)}  # fmt: skip
+
+
+def bench_pyigtl(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
+    """OpenIGTLink (pyigtl) server process -> client here: latency from send to availability."""
+    import pyigtl
+
+    with socket.socket() as probe:  # a free port for the server (pyigtl takes a number)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results, done = ctx.Queue(), ctx.Event()
+    total = n + warmup
+    proc = ctx.Process(target=_igtl_server, args=(port, image, fps, total, done, results), daemon=True)
+    proc.start()
+    client = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=port)
+    lat, received, t_all_sent = [], 0, None
+    deadline = time.monotonic() + 30 + total / fps
+    while received < total and time.monotonic() < deadline:
+        msgs = client.get_latest_messages()
+        t = time.monotonic()
+        for m in msgs:
+            if received >= warmup:
+                lat.append(t - m.timestamp)
+            received += 1
+            if m.image.size != image.size:
+                raise RuntimeError(f"pyigtl delivered a {m.image.shape} image for {image.shape}")
+        if not msgs:
+            time.sleep(0.0002)
+        if t_all_sent is None and not results.empty():  # the server has sent everything
+            t_all_sent = time.monotonic()
+        if (t_all_sent is not None and time.monotonic() - t_all_sent > 1.0) or not proc.is_alive():
+            break  # pyigtl keeps only the newest message per device: coalesced ones never arrive
+    done.set()
+    proc.join(30)
+    client.stop()
+    return {"fps": fps, "sent": total, "received": received, "latency": percentiles_ms(lat)}
