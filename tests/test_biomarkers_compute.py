@@ -182,3 +182,33 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
                  "--tracer", "FLT", "--db", str(db)]) == 0  # fmt: skip
     suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
+
+
+def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    def write(arr, name):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.5, 0.5, 3.0))  # (i, j, k) in ITK order
+        sitk.WriteImage(img, str(tmp_path / name))
+        return str(tmp_path / name)
+
+    labels = np.zeros((3, 8, 8), np.uint8)
+    labels[:, :4] = 1
+    labels[:, 4:] = 2
+    fat = write(np.where(labels == 1, 10.0, 60.0).astype(np.float32), "fat.nrrd")
+    water = write(np.where(labels == 1, 90.0, 40.0).astype(np.float32), "water.nrrd")
+    lab = write(labels, "labels.nrrd")
+    common = ["--patient", "P3", "--side", "left", "--date", "2026-02-02"]
+    assert main(["biomarkers", "compute", "fat-fraction", fat, water, lab, "--labels", "1=tibialis_anterior,2=soleus",
+                 *common]) == 0  # fmt: skip
+    got = {r["site"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert got == {"tibialis_anterior": pytest.approx(0.1), "soleus": pytest.approx(0.6)}
+    t2 = write(np.full((3, 8, 8), 41.5, np.float32), "t2.nrrd")
+    assert main(["biomarkers", "compute", "stats", t2, lab, "--label", "2", "--site", "soleus", "--biomarker",
+                 "t2_water_ms", "--unit", "ms", *common]) == 0  # fmt: skip
+    got = {r["biomarker"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert got == {"volume_mm3": pytest.approx(96 * 0.75), "t2_water_ms": pytest.approx(41.5)}
+    other = write(np.zeros((3, 8, 9), np.uint8), "other.nrrd")
+    assert main(["biomarkers", "compute", "stats", t2, other, "--site", "soleus", *common]) == 1
+    assert "grid_mismatch" in capsys.readouterr().err
