@@ -1,0 +1,280 @@
+"""Replay driver: recorded headers kept, pacing modes, real sockets, record -> replay -> record,
+and flat memory on a multi-gigabyte session file."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+from recorded_sessions import CLINICAL, SPEC, write_session
+from test_graph import RANDOM_TCP, wait_for
+
+import mmstream_drivers
+from mmstream.codec import decode
+from mmstream.config import load_config
+from mmstream.errors import ConfigError, InputError, ReadError
+from mmstream.recording import layout as L
+from mmstream.recording.reader import SessionReader
+from mmstream.service import Service
+from mmstream.source import FrameSender, pump
+from mmstream.transport import make_socket
+from mmstream_drivers.replay import Replayer, ReplaySource
+from mmstream_drivers.sim import SimProbe
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    path = tmp_path_factory.mktemp("replay") / "s.h5"
+    write_session(path, N, streams=("probe0", "probe1"), gap_at=8)
+    return path
+
+
+def test_replayed_frames_keep_every_recorded_field(session):
+    with SessionReader(session) as r:
+        recorded = {s: (r.stream(s).frame_headers(), r.stream(s).frames()) for s in r.streams}
+    with Replayer(session, mode="fast") as rp:
+        got = list(rp)
+    assert len(got) == 2 * N
+    t = [f.t_host_s for f in got]
+    assert t == sorted(t)  # the two streams merged in recorded order
+    for sid, (headers, images) in recorded.items():
+        mine = [f.frame for f in got if f.stream_id == sid]
+        assert [f.seq for f in mine] == [h.seq for h in headers] == [*range(8), *range(9, N + 1)]
+        for f, h, img in zip(mine, headers, images):
+            assert (f.t_device_s, f.t_wall, f.spacing_mm, f.spacing_source) == (h.t_device_s, h.t_wall, h.spacing_mm, h.spacing_source)
+            assert (f.imaging, f.clinical, f.annotations, f.transforms) == (h.imaging, h.clinical, h.annotations, h.transforms)
+            np.testing.assert_array_equal(f.image, img)
+    assert got[0].frame.clinical == CLINICAL
+
+
+def test_realtime_keeps_the_recorded_spacing_scaled_by_speed(session):
+    with Replayer(session, streams=["probe0"], mode="realtime", speed=4.0) as rp:
+        t_out, t_rec = [], []
+        for f in rp:
+            t_out.append(time.monotonic())
+            t_rec.append(f.t_host_s)
+    due = (np.array(t_rec) - t_rec[0]) / 4.0
+    late = np.array(t_out) - t_out[0] - due
+    assert late.min() > -0.002  # never early
+    assert np.median(late) < 0.02 and late[-1] < 0.1  # lateness does not accumulate
+    assert t_out[-1] - t_out[0] == pytest.approx(due[-1], abs=0.1)
+
+
+def test_step_mode_sends_one_frame_per_request(session):
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    try:
+        asked = []
+
+        def advance():
+            asked.append(1)
+            return len(asked) <= 3  # three frames, then the user stops
+
+        with Replayer(session, streams=["probe1"], mode="step") as rp:
+            n = rp.send(pull.last_endpoint, advance=advance)
+        assert n == 3 and len(asked) == 4
+        got = [decode(pull.recv(timeout_ms=2000)).header for _ in range(3)]
+        assert [h.seq for h in got] == [0, 1, 2] and {h.stream_id for h in got} == {"probe1"}
+        with pytest.raises(InputError):
+            Replayer(session, mode="step").send(pull.last_endpoint)
+    finally:
+        pull.close()
+
+
+def test_send_keeps_seq_and_stream_with_a_new_session_id(session):
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    try:
+        with Replayer(session, mode="fast") as rp:
+            assert rp.send(pull.last_endpoint) == 2 * N
+        got = [decode(pull.recv(timeout_ms=2000)) for _ in range(2 * N)]
+        by = {s: [m.header for m in got if m.header.stream_id == s] for s in ("probe0", "probe1")}
+        assert [h.seq for h in by["probe0"]] == [*range(8), *range(9, N + 1)]
+        with SessionReader(session) as r:
+            assert all(h.session_id != "probe0-s" for h in by["probe0"])  # a replay is a new session
+            np.testing.assert_array_equal(got[-1].arrays["image"], r.stream(got[-1].header.stream_id).frames(N - 1, N)[0])
+    finally:
+        pull.close()
+
+
+def test_bad_arguments_and_files(session, tmp_path):
+    with pytest.raises(InputError, match="mode"):
+        Replayer(session, mode="backwards")
+    for speed in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="speed"):
+            Replayer(session, speed=speed)
+    with pytest.raises(InputError) as ei:
+        Replayer(session, streams=["probe9"])
+    assert ei.value.reason == "unknown_stream"
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ReadError):
+        Replayer(tmp_path / "x.h5")
+    with pytest.raises(ConfigError, match="choose one"):
+        ReplaySource(path=str(session))  # two streams: which one?
+    with pytest.raises(ConfigError, match="step"):
+        ReplaySource(path=str(session), stream="probe0", mode="step")
+
+
+def test_replay_cli_sends_the_file(session, capsys):
+    from mmstream.cli import main
+
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    try:
+        assert main(["replay", str(session), "--to", pull.last_endpoint, "--mode", "fast", "--stream", "probe0"]) == 0
+        assert f"{N} frames sent" in capsys.readouterr().err
+        assert [decode(pull.recv(timeout_ms=2000)).header.seq for _ in range(N)][-1] == N
+        assert main(["replay", str(session), "--to", pull.last_endpoint, "--stream", "nope"]) == 1
+        assert "unknown_stream" in capsys.readouterr().err
+    finally:
+        pull.close()
+
+
+# ---- record -> replay -> record -----------------------------------------------------------------
+
+
+def _recording_service(directory, sources=()):
+    seed = SimProbe(SPEC, seed=5).frame(0).truth.nerve_center_rc
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, streams={"probe0": {"seed_rc": seed}},
+                      recorder={"enabled": True, "directory": str(directory), "flush_interval_s": 0.1, "fsync": False},
+                      sources=list(sources))  # fmt: skip
+    return Service(cfg)
+
+
+def _record(directory, n, feed) -> str:
+    directory.mkdir()
+    svc = _recording_service(directory, feed if isinstance(feed, list) else ())
+    with svc:
+        if callable(feed):
+            feed(svc.graph.endpoints["ingest"])
+        wait_for(lambda: svc.recorder.recording_status()["frames"] >= n, 30, "frames recorded")
+        wait_for(lambda: (svc.recorder.recording_status()["committed"] or {}).get("metrics", {}).get("probe0", 0) >= n,
+                 30, "metrics recorded")  # fmt: skip
+        assert svc.graph.status()["nodes"]["analyzer-0"]["queue_drops"] == {"frames": 0}
+    (path,) = directory.glob("*.h5")
+    return str(path)
+
+
+_TIMING = {"t_recorded_s", "json_offset", "json_n_bytes", *(f"stamp_{s}" for s in L.STAMP_NAMES)}
+
+
+def _content(path):
+    """Everything a recording holds about frames and metrics, less host timing and session ids."""
+    with SessionReader(path) as r:
+        st = r.stream("probe0")
+        idx, table = st.index(), st.metrics_table()
+        heads = [h.model_dump(exclude={"t_host_s", "stamps", "session_id"}) for h in st.frame_headers()]
+        metrics = [(h.model_dump(exclude={"stamps", "session_id"}), {k: v.tolist() for k, v in a.items()})
+                   for h, a in st.metrics_messages()]  # fmt: skip
+        cols = {k: idx[k] for k in idx.dtype.names if k not in _TIMING | {"t_host_s"}}
+        mcols = {k: table[k] for k in table.dtype.names if k not in _TIMING}
+        return st.frames(), cols, heads, mcols, metrics
+
+
+def test_record_replay_record_gives_identical_frames_and_metrics(tmp_path):
+    n = 30
+    probe = SimProbe(SPEC, fps=25.0, seed=5)
+
+    def feed(endpoint):
+        with FrameSender(endpoint, "probe0", clinical=CLINICAL) as sender:
+            pump(probe.source_frames(n), sender, realtime=True)
+
+    first = _record(tmp_path / "a", n, feed)
+    # the replay runs as a configured source of the second service (the `replay` entry point)
+    assert mmstream_drivers.load("replay") is ReplaySource
+    second = _record(tmp_path / "b", n, [{"driver": "replay", "stream_id": "probe0", "options": {"path": first}}])
+    a, b = _content(first), _content(second)
+    assert a[0].shape == (n, *SPEC.shape)
+    np.testing.assert_array_equal(a[0], b[0])  # pixels
+    np.testing.assert_equal(a[1], b[1])  # index: seq, t_device_s, t_wall, spacing, settings, gaps (NaN == NaN)
+    assert a[2] == b[2]  # full frame headers: clinical context, annotations, transforms, imaging
+    np.testing.assert_equal(a[3], b[3])  # every metric column
+    assert a[4] == b[4]  # metrics headers and arrays (histogram, contour, boundary lines)
+    assert a[3]["has_csa"].all() and np.isfinite(a[3]["thickness_mm"]).all()
+
+
+# ---- memory on a large file ----------------------------------------------------------------------
+
+
+def _large_session(path, n_frames, shape):
+    """A session file of ``n_frames`` frames whose pixel chunks are left unallocated (sparse: they
+    read as zeros), with a real index and real headers: gigabytes of frames in a few megabytes."""
+    f = L.create_session_file(path, {"session_id": "big", "software_version": "test"}, {"big": shape})
+    try:
+        g = f["streams/big"]
+        g["frames"].resize((n_frames, *shape))
+        probe = SimProbe(SPEC, fps=60.0, seed=1)
+        from recorded_sessions import frame_header
+
+        src = probe.frame(0).to_source()
+        blobs, rows, off = [], [], 0
+        for i in range(n_frames):
+            h = frame_header("big", src, i, 10.0 + i / 60.0).model_copy(update={"t_device_s": i / 60.0})
+            b = h.model_dump_json().encode()
+            rows.append(L.row_of(L.FRAME_INDEX, h, json_offset=off, json_n_bytes=len(b)))
+            blobs.append(b)
+            off += len(b)
+        heap = np.frombuffer(b"".join(blobs), np.uint8)
+        g["json"].resize((heap.size,))
+        g["json"][:] = heap
+        g["index"].resize((n_frames,))
+        g["index"][:] = np.array(rows, dtype=L.dtype_of(L.FRAME_INDEX))
+    finally:
+        f.close()
+
+
+_MEASURE = """
+import resource, sys, zmq
+from mmstream_drivers.replay import Replayer
+path, endpoint = sys.argv[1], sys.argv[2]
+with Replayer(path, mode="fast") as rp:
+    n = rp.send(endpoint)
+print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
+"""
+
+
+def _replay_peak_rss(path, timeout_s=120):
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True, hwm=8)
+    received = []
+
+    def drain():
+        while not done.is_set():
+            try:
+                pull.recv(timeout_ms=100)
+                received.append(1)
+            except Exception:
+                pass
+
+    done = threading.Event()
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), pull.last_endpoint], capture_output=True,
+                             text=True, timeout=timeout_s, check=True)  # fmt: skip
+        wait_for(lambda: len(received) >= int(out.stdout.split()[0]), 30, "all frames received")
+    finally:
+        done.set()
+        t.join(2)
+        pull.close()
+    n, rss = map(int, out.stdout.split())
+    return n, rss
+
+
+def test_replaying_a_multi_gigabyte_file_keeps_memory_flat(tmp_path):
+    shape = (512, 512)
+    small, large = tmp_path / "small.h5", tmp_path / "large.h5"
+    _large_session(small, 200, shape)
+    _large_session(large, 12_000, shape)  # 12000 x 512 x 512 = 3.1 GB of frames
+    with h5py.File(large, "r") as f:
+        assert f["streams/big/frames"].nbytes > 3e9
+    assert os.path.getsize(large) < 100e6  # sparse: unallocated chunks
+    n_small, rss_small = _replay_peak_rss(small)
+    n_large, rss_large = _replay_peak_rss(large)
+    assert (n_small, n_large) == (200, 12_000)
+    grown = rss_large - rss_small
+    print(json.dumps({"rss_small_mb": rss_small / 2**20, "rss_large_mb": rss_large / 2**20, "grown_mb": grown / 2**20}))
+    assert grown < 40 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MB replaying 3.1 GB of frames"
