@@ -20,6 +20,14 @@ from mmstream.transport import check_endpoint
 _METRICS_ALL: tuple[Metric, ...] = ("echogenicity", "csa", "thickness", "quality")
 
 
+def _loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (servers bound there need no access control)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,10 +103,7 @@ class IgtlOutputSection(_Section):
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self):
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
+        loopback = _loopback_host(self.host)
         if self.enabled and not loopback and not self.allow_remote:
             raise ValueError(f"igtl_output.host {self.host!r} is beyond loopback and OpenIGTLink is unencrypted: "
                              "set igtl_output.allow_remote = true to accept that")
@@ -120,10 +125,7 @@ class _VolumeScp(_Section):
 
     @model_validator(mode="after")
     def _allow_list_beyond_loopback(self):
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
+        loopback = _loopback_host(self.host)
         if self.enabled and not loopback and not self.allowed_calling_aets:
             raise ValueError(f"volumes.scp.host {self.host!r} is beyond loopback: set allowed_calling_aets")
         return self
@@ -183,10 +185,7 @@ class WebSection(_Section):
             raise ValueError("web.token must be at least 16 characters")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("web.tls_cert_file and web.tls_key_file go together")
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
+        loopback = _loopback_host(self.host)
         if self.enabled and not loopback and self.token is None:
             raise ValueError(f"web.host {self.host!r} is beyond loopback: set web.token (or MMSTREAM_WEB__TOKEN)")
         return self
