@@ -101,7 +101,7 @@ def _subscriber(endpoint: str, ready, seen, stop, results) -> None:
     results.put(records)
 
 
-# ---- the three measurements -------------------------------------------------------------------------
+# ---- analysis alone, and the service (floor and peer: bench_stream_peers.py) ---------------------
 
 
 def bench_analysis(fps: float, n: int, warmup: int, metrics: tuple[str, ...]) -> dict:
@@ -155,6 +155,7 @@ class ServiceBench:
         self._sub.start()
         self._drv.start()
         if not self._sub_ready.wait(60):
+            self.graph.stop()
             raise RuntimeError("subscriber process did not start")
 
     def warm_up(self) -> None:
