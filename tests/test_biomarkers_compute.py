@@ -81,7 +81,8 @@ def test_pyradiomics_brain1_and_breast1_reference_values(shared_data):
     assert e.value.reason == "grid_mismatch"
 
 
-def pet_dataset(path, activity_bq_ml=5000.0, weight_kg=70.0, dose_bq=3.7e8, half_life_s=6586.2, delay_s=3600.0, slope=0.5):
+def pet_dataset(path, activity_bq_ml=5000.0, weight_kg=70.0, dose_bq=3.7e8, half_life_s=6586.2, delay_s=3600.0, slope=0.5,
+                z_mm=0.0, uids=None):  # fmt: skip
     """A one-slice PET DICOM whose SUVbw is known: activity * weight_g / (dose * 2**(-delay/T))."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -99,9 +100,9 @@ def pet_dataset(path, activity_bq_ml=5000.0, weight_kg=70.0, dose_bq=3.7e8, half
     rp.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
     rp.RadionuclideTotalDose, rp.RadionuclideHalfLife = dose_bq, half_life_s
     ds.RadiopharmaceuticalInformationSequence = [rp]
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids or (generate_uid(), generate_uid(), generate_uid())
     ds.Rows, ds.Columns, ds.PixelSpacing, ds.SliceThickness = 4, 4, [4.0, 4.0], 4.0
-    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, z_mm], [1, 0, 0, 0, 1, 0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, 0
@@ -120,6 +121,20 @@ def test_pet_suv_known_answer_with_decay_correction(tmp_path):
     assert expected == pytest.approx(5000 * 70000 / 3.7e8 * 2 ** (3600 / 6586.2))  # ~1.37 g/mL
     ds.DecayCorrection = "ADMIN"  # images decay-corrected to the injection: no further correction
     assert C.suv_bw_factor(ds).factor_g_per_bq == pytest.approx(70000 / 3.7e8)
+
+
+def test_pet_suv_of_a_series_folder_and_files_that_disagree(tmp_path):
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    (tmp_path / "s").mkdir()
+    for k in range(3):
+        _, expected = pet_dataset(tmp_path / "s" / f"{k}.dcm", activity_bq_ml=1000.0 * (k + 1), z_mm=4.0 * k, uids=uids)
+    suv, _ = C.pet_suv_volume(tmp_path / "s")
+    assert suv.voxels.shape == (3, 4, 4) and suv.spacing_mm[0] == pytest.approx(4.0)
+    assert np.allclose(suv.voxels[:, 0, 0], [expected / 3, 2 * expected / 3, expected], rtol=1e-9)
+    pet_dataset(tmp_path / "s" / "3.dcm", activity_bq_ml=1000.0, weight_kg=80.0, z_mm=12.0, uids=uids)
+    with pytest.raises(InputError) as e:
+        C.pet_suv_volume(tmp_path / "s")
+    assert e.value.reason == "unsupported_pet"
 
 
 @pytest.mark.parametrize(

@@ -32,36 +32,12 @@ class LoadedVolume:
 
 
 def read_volume(path: Path | str) -> LoadedVolume:
-    """Read a NIfTI, NRRD, MetaImage or DICOM volume (DICOM values rescaled to physical units)
-    with the project's volume loaders (:func:`mmstream.volumes.load_volume`), or SimpleITK where
-    that package is not installed."""
-    try:
-        from mmstream.volumes import load_volume
-    except ImportError:
-        return _read_with_simpleitk(Path(path))
+    """Read a NIfTI, NRRD, MetaImage or DICOM volume (file or one-series folder; DICOM values
+    rescaled to physical units) with the project's loaders, :func:`mmstream.volumes.load_volume`."""
+    from mmstream.volumes import load_volume
+
     v = load_volume(Path(path))
     return LoadedVolume(v.voxels, tuple(v.spacing_mm), tuple(v.origin_lps_mm), tuple(np.ravel(v.direction_lps).tolist()))
-
-
-def _read_with_simpleitk(path: Path) -> LoadedVolume:
-    import SimpleITK as sitk
-
-    try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            names = reader.GetGDCMSeriesFileNames(str(path))
-            if not names:
-                raise ReadError(f"{path}: no DICOM series", reason="unreadable")
-            reader.SetFileNames(names)
-            img = reader.Execute()
-        else:
-            img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ReadError(f"{path}: cannot read volume: {str(exc).strip().splitlines()[-1]}", reason="unreadable") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ReadError(f"{path}: need a scalar 3-D volume, got {img.GetDimension()}-D", reason="not_3d")
-    sp = img.GetSpacing()  # ITK order (i, j, k)
-    return LoadedVolume(sitk.GetArrayFromImage(img), (sp[2], sp[1], sp[0]), tuple(img.GetOrigin()), tuple(img.GetDirection()))
 
 
 def check_same_grid(a: LoadedVolume, b: LoadedVolume, what: str = "mask") -> None:
