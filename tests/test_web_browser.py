@@ -231,3 +231,26 @@ def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):
         finally:
             stop.set()
             t.join(5)
+
+
+def test_token_from_the_url_fragment_or_the_prompt(browser):
+    token = "bedside-token-browser-0123"
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "token": token})
+    with Service(cfg) as svc:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        pg = ctx.new_page()
+        pg.goto(svc.web.url + "#token=" + token)  # the fragment never reaches the server
+        playwright.expect(pg.locator("#conn")).to_have_text("connected", timeout=15000)
+        assert pg.url == svc.web.url  # and the page takes it off the address bar
+        ctx.close()
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        pg = ctx.new_page()
+        pg.goto(svc.web.url)  # no token: refused, the page asks for it
+        playwright.expect(pg.locator("#login")).to_be_visible(timeout=15000)
+        playwright.expect(pg.locator("#conn")).to_contain_text("unauthorized")
+        shot(pg, "token-prompt")
+        pg.fill("#token", token)
+        pg.locator("#login-form button").click()
+        playwright.expect(pg.locator("#conn")).to_have_text("connected", timeout=15000)
+        ctx.close()
+        assert svc.graph.status()["web"]["rejected"]["unauthorized"] == 1

@@ -267,3 +267,25 @@ def test_tls_serves_https_and_wss(tmp_path):
     bad = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "tls_cert_file": str(key), "tls_key_file": str(key)})
     with pytest.raises(ConfigError, match="TLS"):
         Service(bad).start()
+
+
+def test_serve_prints_the_live_view_address(tmp_path):
+    import re
+    import shutil
+    import signal
+    import subprocess
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[endpoints]\ningest = "tcp://127.0.0.1:*"\nmetrics = "tcp://127.0.0.1:*"\ncontrol = "tcp://127.0.0.1:*"\n'
+                   "[web]\nport = 0\n")  # fmt: skip
+    proc = subprocess.Popen([shutil.which("mmstream"), "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        proc.stdout.readline()
+        url = re.match(r"mmstream serve: live view (http://127\.0\.0\.1:\d+/)$", proc.stdout.readline().strip()).group(1)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
