@@ -53,7 +53,8 @@ def test_fifo_drops_newest_and_block_reports_full():
 def test_ingest_stamps_and_forwards():
     ing = Ingest()
     img = np.full((8, 8), 7, np.uint8)
-    (out,) = ing.process("in", frame_msg(0, img, stamps={"sent": 1.0}))
+    out, tap = ing.process("in", frame_msg(0, img, stamps={"sent": 1.0}))
+    assert tap.port == "accepted" and tap.header is out.header  # the same frame for the recorder tap
     assert out.port == "frames" and out.header.t_host_s is not None and out.header.t_wall.endswith("+00:00")
     assert out.header.stamps["sent"] == 1.0 and "ingest" in out.header.stamps
     assert out.arrays[0] is not None and int(out.arrays[0][0, 0]) == 7
@@ -185,9 +186,9 @@ def test_publisher_stamps_and_measures_latency(sim_frames):
     pub = Publisher()
     for i in range(3):
         (m,) = an.process("frames", frame_msg(i, sim_frames[i].image, stamps={"sent": 0.0, "ingest": 0.0}))
-        (out,) = pub.process("metrics", decode(encode(m.header, m.arrays)))
-        assert "published" in out.header.stamps
+        out, bus = pub.process("metrics", decode(encode(m.header, m.arrays)))
+        assert "published" in out.header.stamps and (out.port, bus.port) == ("out", "bus")
     st = pub.status()
     assert st["streams"]["s1"]["frames"] == 3 and st["streams"]["s1"]["latency_p50_ms"] > 0
-    (ev_out,) = pub.process("events", decode(encode(Event(node="x", level="info", reason="r", message="m", t_host_s=1.0))))
+    ev_out, _ = pub.process("events", decode(encode(Event(node="x", level="info", reason="r", message="m", t_host_s=1.0))))
     assert ev_out.header.msg_type == "event" and pub.counters["events"] == 1
