@@ -254,7 +254,8 @@ def _replay_peak_rss(path, timeout_s=120):
     t.start()
     try:
         out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), pull.last_endpoint], capture_output=True,
-                             text=True, timeout=timeout_s, check=True)  # fmt: skip
+                             text=True, timeout=timeout_s)  # fmt: skip
+        assert out.returncode == 0, out.stderr
         wait_for(lambda: len(received) >= int(out.stdout.split()[0]), 30, "all frames received")
     finally:
         done.set()
