@@ -289,3 +289,30 @@ def test_serve_prints_the_live_view_address(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_curve_secured_control_needs_and_uses_the_web_client_key(tmp_path, sim_probe):
+    from mmstream.source import FrameSender
+    from mmstream.transport import Curve, make_keys
+
+    _, server_sec = make_keys(tmp_path / "server", "server")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    secret = {}
+    for name in ("web", "driver"):
+        pub, secret[name] = make_keys(tmp_path / "clients", name)
+        (allowed / pub.name).write_bytes(pub.read_bytes())
+    security = {"server_secret_key_file": str(server_sec), "allowed_clients_dir": str(allowed)}
+    with pytest.raises(ConfigError, match="control_client_secret_key_file"):
+        Service(load_config(None, endpoints=RANDOM_TCP, security=security, web={"port": 0})).start()
+    cfg = load_config(None, endpoints=RANDOM_TCP, security=security,
+                      web={"port": 0, "control_client_secret_key_file": str(secret["web"])})  # fmt: skip
+    driver = Curve(secret_key_file=secret["driver"], server_key_file=server_sec)
+    with Service(cfg) as svc, connect(ws_url(svc), max_size=2**24) as ws:
+        ws.send(json.dumps({"cmd": "hello", "stream_id": "sim"}))
+        with FrameSender(svc.graph.endpoints["ingest"], "sim", curve=driver) as sender:
+            sender.send(sim_probe.frame(0).to_source())
+            recv_until(ws, lambda m: isinstance(m, bytes))
+        ws.send(json.dumps({"cmd": "set_seed", "seed_rc": [290, 200], "id": 5}))
+        assert recv_until(ws, is_type("reply"))["ok"]  # the request went over the CURVE-secured endpoint
+        assert svc.graph.settings.get("sim").seed_rc == (290, 200)
