@@ -83,6 +83,7 @@ class WebServer:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._last_error: str | None = None  # last internal error (in status)
         self.port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ class WebServer:
         with self._lock:
             return {"web": {
                 "url": self.url, "pages": len(self._pages), "display": self.display.summary(),
-                "counters": dict(self.counters), "rejected": dict(self.rejected),
+                "counters": dict(self.counters), "rejected": dict(self.rejected), "last_error": self._last_error,
             }}  # fmt: skip
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -175,7 +176,12 @@ class WebServer:
         return self._static.response(request.path) or connection.respond(404, "not found\n")
 
     async def _send_json(self, page: _Page, obj: dict) -> None:
-        await page.ws.send(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+        try:
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except (ValueError, TypeError):  # e.g. a NaN in some node's status: skip that message, counted
+            self._count(f"unserialisable_{obj.get('type')}")
+            return
+        await page.ws.send(text)
 
     async def _refuse(self, page: _Page, reason: str, message: str) -> None:
         page.rejects += 1
@@ -199,8 +205,15 @@ class WebServer:
             sender = asyncio.create_task(self._send_loop(page))
             try:
                 async for raw in ws:
-                    if not page.closing:
+                    if page.closing:
+                        continue
+                    try:
                         await self._on_message(page, raw)
+                    except ConnectionClosed:
+                        raise
+                    except Exception as exc:  # a bug must not end the connection or the service
+                        self._count("internal_error")
+                        self._last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 sender.cancel()
         except ConnectionClosed as exc:
@@ -229,7 +242,8 @@ class WebServer:
             await page.ws.close(1008, reason)
             return False
         streams = self.live.streams()
-        page.stream_id = cmd.stream_id or self.cfg.stream_id or (streams[0] if streams else None)
+        wanted = cmd.stream_id if cmd.stream_id in streams else self.cfg.stream_id
+        page.stream_id = wanted or (streams[0] if streams else None)
         await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
                                      "token_required": self._token is not None})  # fmt: skip
         await self._send_context(page)
@@ -274,31 +288,41 @@ class WebServer:
         while True:
             await page.wake.wait()
             page.wake.clear()
-            if page.stream_id is None:
-                streams = self.live.streams()
-                if not streams:
-                    continue
-                page.stream_id = streams[0]
-                await self._send_context(page)
-            await self._send_changes(page)
-            fv = self.live.frame(page.stream_id)
-            if fv is None or fv is page.frame_sent:
-                continue
-            now = time.monotonic()
-            if page.in_flight >= WINDOW and now - page.t_frame_sent < ACK_TIMEOUT_S:
-                continue  # the page is still painting: the next wake sends the newest frame
-            last = page.frame_sent
-            if last is not None and fv.seq > last.seq + 1:
-                self._count("frames_not_sent", fv.seq - last.seq - 1)
-            page.in_flight = 1 if page.in_flight >= WINDOW else page.in_flight + 1
-            page.frame_sent, page.t_frame_sent = fv, now
-            try:  # JPEG encoding (~1.5 ms, GIL released) off the event loop, once per frame for all pages
-                packet = await asyncio.get_running_loop().run_in_executor(self._encoder, fv.packet)
-            except InputError as exc:
-                self._count(exc.reason)
-                continue
-            await page.ws.send(packet)
-            self._count("frames_sent")
+            try:
+                await self._send_once(page)
+            except ConnectionClosed:
+                return
+            except Exception as exc:  # a bug must not silently end this page's stream
+                self._count("internal_error")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+
+    async def _send_once(self, page: _Page) -> None:
+        """What changed for this page, then the newest frame if the paint window allows."""
+        if page.stream_id is None:
+            streams = self.live.streams()
+            if not streams:
+                return
+            page.stream_id = streams[0]
+            await self._send_context(page)
+        await self._send_changes(page)
+        fv = self.live.frame(page.stream_id)
+        if fv is None or fv is page.frame_sent:
+            return
+        now = time.monotonic()
+        if page.in_flight >= WINDOW and now - page.t_frame_sent < ACK_TIMEOUT_S:
+            return  # the page is still painting: the next wake sends the newest frame
+        last = page.frame_sent
+        if last is not None and fv.seq > last.seq + 1:
+            self._count("frames_not_sent", fv.seq - last.seq - 1)
+        page.in_flight = 1 if page.in_flight >= WINDOW else page.in_flight + 1
+        page.frame_sent, page.t_frame_sent = fv, now
+        try:  # JPEG encoding (~1.5 ms, GIL released) off the event loop, once per frame for all pages
+            packet = await asyncio.get_running_loop().run_in_executor(self._encoder, fv.packet)
+        except InputError as exc:
+            self._count(exc.reason)
+            return
+        await page.ws.send(packet)
+        self._count("frames_sent")
 
     async def _status_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,7 +330,12 @@ class WebServer:
             await asyncio.sleep(STATUS_PERIOD_S)
             if not self._pages:
                 continue
-            st = await loop.run_in_executor(None, self._service_status)
+            try:
+                st = await loop.run_in_executor(None, self._service_status)
+            except Exception as exc:  # the status of some node failed: keep the view running
+                self._count("status_failed")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                continue
             drops = {name: sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values())
                      for name, n in st.get("nodes", {}).items()}  # fmt: skip
             view_drops = drops.pop(self.live.name, 0)  # this view's own latest-wins skips
@@ -336,6 +365,9 @@ class WebServer:
         elif cmd.cmd == "clock":
             await self._send_json(page, {"type": "clock", "t_page_ms": cmd.t_page_ms, "t_server_s": time.monotonic()})
         elif cmd.cmd == "painted":
+            if cmd.stream_id != sid:  # late, from the stream shown before: ignored (and never a new telemetry key)
+                self._count("painted_other_stream")
+                return
             page.in_flight = max(0, page.in_flight - 1)
             if cmd.latency_ms is not None:
                 with self._lock:
