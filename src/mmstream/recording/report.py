@@ -10,6 +10,7 @@ network and no script; the patient pseudonym is left out on purpose.
 import base64
 import html
 import io
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class StreamSection:
     panels: list[Panel]
     thumbnails: list[Thumbnail]
     table: list[tuple[str, ...]] = ()  # metric summary rows: name, unit, n, mean, std, min, max
+    gaps_s: tuple[float, ...] = ()  # times (s since the first frame) right after missing frames
 
 
 def thumbnail(seq: int, t_s: float, image: np.ndarray, width_px: int = THUMB_WIDTH_PX) -> Thumbnail:
@@ -91,8 +93,8 @@ def thumbnail_indices(n_frames: int, count: int = THUMB_COUNT) -> list[int]:
     return sorted(set(np.linspace(0, n_frames - 1, min(count, n_frames)).round().astype(int).tolist()))
 
 
-def plot_panels(panels: list[Panel]) -> str:
-    """The panels stacked over a shared time axis, as base64 PNG."""
+def plot_panels(panels: list[Panel], gaps_s: tuple[float, ...] = ()) -> str:
+    """The panels stacked over a shared time axis, missing frames marked, as base64 PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -116,6 +118,13 @@ def plot_panels(panels: list[Panel]) -> str:
         if np.any(hi > lo):
             ax.fill_between(t, lo, hi, color="#9ecae1", alpha=0.6, linewidth=0, label="min-max per bin", step="mid")
         ax.plot(t, mean, color="#08519c", linewidth=1.0, label="mean")
+        for k, g in enumerate(gaps_s):
+            ax.axvline(g, color="#c1121f", linewidth=0.8, linestyle="--", alpha=0.7, label="frames missing" if k == 0 else None)
+        lo_all, hi_all = float(lo.min()), float(hi.max())
+        if hi_all - lo_all < 1e-9 * max(1.0, abs(hi_all)):  # constant: centre it instead of plotting rounding noise
+            ax.set_ylim(lo_all - max(1.0, abs(lo_all)) * 0.05, hi_all + max(1.0, abs(hi_all)) * 0.05)
+    if gaps_s:
+        axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False)
     axes[-1].set_xlabel("time since first frame (s)", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -169,7 +178,7 @@ def render_html(title: str, subtitle: str, session_facts: list[tuple[str, str]],
         parts += [f"<div class='fact'>{e(k)}<b>{e(v)}</b></div>" for k, v in s.facts]
         parts.append("</div>")
         if s.panels:
-            png = plot_panels(s.panels)
+            png = plot_panels(s.panels, s.gaps_s)
             alt = ", ".join(p.title for p in s.panels) + " over time"
             parts.append(f"<h3>Metrics over time</h3><img class='plot' alt='{e(alt)}' src='data:image/png;base64,{png}'>")
         if s.table:
@@ -209,6 +218,20 @@ TABLE_METRICS = (
 
 def _fmt(v, spec=".2f", unit="") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def _number(v: float | None) -> str:
+    """About four significant digits, never in exponent notation (table cells)."""
+    if v is None:
+        return "-"
+    if abs(v) < 5e-5:
+        return "0"
+    decimals = min(4, max(0, 3 - math.floor(math.log10(abs(v)))))
+    return f"{v:,.{decimals}f}"
+
+
+_PRETTY_UNITS = {"mm^2": "mm²", "pixel^2": "pixel²", "": "-"}
+MAX_GAP_MARKS = 200
 
 
 def _time_column(first: np.ndarray) -> str:
@@ -265,11 +288,25 @@ def _stream_section(sr, st: dict, n_thumbs: int, tick) -> StreamSection:
             if tick is not None:
                 tick(1)
     table = [
-        (label, st["metrics"][col]["unit"] or "-", str(m["n"]), *(_fmt(m[k], ".3g") for k in ("mean", "std", "min", "max")))
+        (label, _PRETTY_UNITS.get(m["unit"], m["unit"]), str(m["n"]), *(_number(m[k]) for k in ("mean", "std", "min", "max")))
         for label, col in TABLE_METRICS
         if (m := st["metrics"][col])["n"]
     ]
-    return StreamSection(sr.stream_id, facts, panels, thumbs, table)
+    return StreamSection(sr.stream_id, facts, panels, thumbs, table, _gap_times(sr, st) if st["dropped_frames"] else ())
+
+
+def _gap_times(sr, st: dict) -> tuple[float, ...]:
+    """Times (s since the first frame, on the metrics clock) of frames that follow a seq gap."""
+    from mmstream.recording.inspect import READ_CHUNK_ROWS
+
+    clock, out, t0 = st["clock"], [], None
+    for start in range(0, st["frames"], READ_CHUNK_ROWS):
+        rows = sr.index(start, min(start + READ_CHUNK_ROWS, st["frames"]))
+        t0 = float(rows[clock][0]) if t0 is None else t0
+        out += (rows[clock][rows["gap_before"] > 0] - t0).tolist()
+        if len(out) >= MAX_GAP_MARKS:
+            break
+    return tuple(out[:MAX_GAP_MARKS])
 
 
 def build_report(path, out, *, thumbnails: int = THUMB_COUNT, progress: Callable[[int], object] | None = None) -> Path:
@@ -300,7 +337,7 @@ def build_report(path, out, *, thumbnails: int = THUMB_COUNT, progress: Callable
         ("recorded by", f"mmstream {summary['software_version']}"),
         ("frames lost by the recorder", str(summary["lost_frames"])),
         ("messages rejected by the service", str(summary["rejected_messages"])),
-        ("events", ", ".join(f"{k} x{v}" for k, v in events.items()) or "none"),
+        ("events", ", ".join(f"{k.partition(':')[2]} ({k.partition(':')[0]}) ×{v}" for k, v in events.items()) or "none"),
     ]
     notes = []
     if not summary["closed"]:
