@@ -4,7 +4,8 @@
 A connection starts with a ``hello`` (carrying the token when one is configured, compared in
 constant time); then the server pushes, per page, the newest frame of the selected stream (at
 most :data:`WINDOW` frames not yet reported painted: latest-wins end to end), its overlay, the
-fused summaries of the current patient and a status message each second, and answers commands.
+fused summaries of the current patient and a status message each second, and answers commands
+(:mod:`mmstream.web.commands`).
 Bad client messages are refused with an ``error`` message and counted; the connection is closed
 after :data:`MAX_REJECTS` of them, or at once for a message over ``max_message_bytes``.
 """
@@ -21,16 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
 from mmstream.config import WebSection
 from mmstream.errors import ConfigError, InputError
-from mmstream.messages import ClinicalContext, Control
+from mmstream.messages import ClinicalContext
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Telemetry
+from mmstream.web.commands import PageCommands
 from mmstream.web.control_client import ControlClient
 from mmstream.web.http import StaticPages, same_origin, tls_context
 from mmstream.web.live import FrameView, LiveView
@@ -60,7 +61,7 @@ class _Page:
     closing: bool = False
 
 
-class WebServer:
+class WebServer(PageCommands):
     """Serve the view of ``live``; commands go to the service through ``control``."""
 
     def __init__(self, cfg: WebSection, live: LiveView, control: ControlClient, settings: StreamSettings,
@@ -350,81 +351,3 @@ class WebServer:
                     "recording": st.get("recording"), "uptime_s": st.get("uptime_s"),
                 }  # fmt: skip
                 page.wake.set()
-
-    # -- commands -------------------------------------------------------------------------------
-    async def _on_message(self, page: _Page, raw) -> None:
-        try:
-            cmd = parse_command(raw, self.cfg.max_message_bytes)
-        except WebInputError as exc:
-            await self._refuse(page, exc.reason, str(exc))
-            return
-        self._count(f"cmd_{cmd.cmd}")
-        sid = page.stream_id
-        if cmd.cmd == "hello":
-            await self._refuse(page, "repeated_hello", "already connected")
-        elif cmd.cmd == "clock":
-            await self._send_json(page, {"type": "clock", "t_page_ms": cmd.t_page_ms, "t_server_s": time.monotonic()})
-        elif cmd.cmd == "painted":
-            if cmd.stream_id != sid:  # late, from the stream shown before: ignored (and never a new telemetry key)
-                self._count("painted_other_stream")
-                return
-            page.in_flight = max(0, page.in_flight - 1)
-            if cmd.latency_ms is not None:
-                with self._lock:
-                    self.display.add(cmd.stream_id, time.monotonic(), cmd.latency_ms / 1e3)
-            page.wake.set()
-        elif cmd.cmd == "select_stream":
-            if cmd.stream_id not in self.live.streams():
-                await self._refuse(page, "unknown_stream", f"no stream {cmd.stream_id!r}")
-                return
-            page.stream_id, page.frame_sent, page.overlay_sent, page.in_flight = cmd.stream_id, None, None, 0
-            await self._send_context(page)
-        elif cmd.cmd in ("set_seed", "set_roi"):
-            await self._set_geometry(page, cmd)
-        elif cmd.cmd == "set_context":
-            ok = await self._forward(page, cmd, command="set_context", stream_id=sid, clinical=cmd.clinical)
-            if ok:
-                for p in self._pages:
-                    if p.stream_id == sid:
-                        await self._send_context(p)
-        else:  # record_start, record_stop, capture: the service's own commands
-            await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
-
-    async def _reply(self, page: _Page, cmd, ok: bool, reason: str | None = None, message: str | None = None,
-                     data: dict | None = None) -> None:  # fmt: skip
-        await self._send_json(page, {"type": "reply", "id": cmd.id, "cmd": cmd.cmd, "ok": ok, "reason": reason,
-                                     "message": message, "data": data or {}})  # fmt: skip
-
-    async def _forward(self, page: _Page, cmd, **control) -> bool:
-        """Send a Control request to the service; reply to the page with its answer."""
-        if control.get("stream_id") is None and cmd.cmd not in ("record_start", "record_stop"):
-            await self._reply(page, cmd, False, "no_stream", "no stream is shown yet")
-            return False
-        try:
-            msg = Control(**control)
-        except ValidationError as exc:
-            await self._reply(page, cmd, False, "invalid_command", str(exc.errors()[0]["msg"]))
-            return False
-        rep = await self.control.request(msg)
-        await self._reply(page, cmd, rep.ok, rep.reason, rep.message, rep.data)
-        return rep.ok
-
-    async def _set_geometry(self, page: _Page, cmd) -> None:
-        """Seed or ROI, checked against the shown frame's shape before it goes to the service."""
-        fv = self.live.frame(page.stream_id) if page.stream_id else None
-        value = cmd.seed_rc if cmd.cmd == "set_seed" else cmd.roi
-        if value is not None:
-            if fv is None:
-                await self._reply(page, cmd, False, "no_frame", "no frame shown yet")
-                return
-            rows, cols = fv.shape
-            if cmd.cmd == "set_seed":
-                inside = value[0] < rows and value[1] < cols
-            else:
-                inside = value[0] < value[2] <= rows and value[1] < value[3] <= cols
-            if not inside:
-                self._count("outside_image", rejected=True)
-                await self._reply(page, cmd, False, "outside_image", f"{value} is outside the {rows}x{cols} image")
-                return
-        key = "seed_rc" if cmd.cmd == "set_seed" else "roi"
-        await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **{key: value})

@@ -1,0 +1,95 @@
+"""What the page's commands do: the command half of :class:`~mmstream.web.server.WebServer`.
+
+Each valid command is answered with a ``reply`` (``id`` echoed). Seed, ROI, context, capture and
+recording go to the service as Control requests on its control endpoint, exactly as from any other
+client; a seed or ROI outside the shown frame is refused before that.
+"""
+
+import time
+
+from pydantic import ValidationError
+
+from mmstream.messages import Control
+from mmstream.web.protocol import WebInputError, parse_command
+
+
+class PageCommands:
+    """Mixin of :class:`~mmstream.web.server.WebServer` (uses its live view, control client,
+    counters and page set)."""
+
+    async def _on_message(self, page, raw) -> None:
+        try:
+            cmd = parse_command(raw, self.cfg.max_message_bytes)
+        except WebInputError as exc:
+            await self._refuse(page, exc.reason, str(exc))
+            return
+        self._count(f"cmd_{cmd.cmd}")
+        sid = page.stream_id
+        if cmd.cmd == "hello":
+            await self._refuse(page, "repeated_hello", "already connected")
+        elif cmd.cmd == "clock":
+            await self._send_json(page, {"type": "clock", "t_page_ms": cmd.t_page_ms, "t_server_s": time.monotonic()})
+        elif cmd.cmd == "painted":
+            if cmd.stream_id != sid:  # late, from the stream shown before: ignored (and never a new telemetry key)
+                self._count("painted_other_stream")
+                return
+            page.in_flight = max(0, page.in_flight - 1)
+            if cmd.latency_ms is not None:
+                with self._lock:
+                    self.display.add(cmd.stream_id, time.monotonic(), cmd.latency_ms / 1e3)
+            page.wake.set()
+        elif cmd.cmd == "select_stream":
+            if cmd.stream_id not in self.live.streams():
+                await self._refuse(page, "unknown_stream", f"no stream {cmd.stream_id!r}")
+                return
+            page.stream_id, page.frame_sent, page.overlay_sent, page.in_flight = cmd.stream_id, None, None, 0
+            await self._send_context(page)
+        elif cmd.cmd in ("set_seed", "set_roi"):
+            await self._set_geometry(page, cmd)
+        elif cmd.cmd == "set_context":
+            ok = await self._forward(page, cmd, command="set_context", stream_id=sid, clinical=cmd.clinical)
+            if ok:
+                for p in self._pages:
+                    if p.stream_id == sid:
+                        await self._send_context(p)
+        else:  # record_start, record_stop, capture: the service's own commands
+            await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
+
+    async def _reply(self, page, cmd, ok: bool, reason: str | None = None, message: str | None = None,
+                     data: dict | None = None) -> None:  # fmt: skip
+        await self._send_json(page, {"type": "reply", "id": cmd.id, "cmd": cmd.cmd, "ok": ok, "reason": reason,
+                                     "message": message, "data": data or {}})  # fmt: skip
+
+    async def _forward(self, page, cmd, **control) -> bool:
+        """Send a Control request to the service; reply to the page with its answer."""
+        if control.get("stream_id") is None and cmd.cmd not in ("record_start", "record_stop"):
+            await self._reply(page, cmd, False, "no_stream", "no stream is shown yet")
+            return False
+        try:
+            msg = Control(**control)
+        except ValidationError as exc:
+            await self._reply(page, cmd, False, "invalid_command", str(exc.errors()[0]["msg"]))
+            return False
+        rep = await self.control.request(msg)
+        await self._reply(page, cmd, rep.ok, rep.reason, rep.message, rep.data)
+        return rep.ok
+
+    async def _set_geometry(self, page, cmd) -> None:
+        """Seed or ROI, checked against the shown frame's shape before it goes to the service."""
+        fv = self.live.frame(page.stream_id) if page.stream_id else None
+        value = cmd.seed_rc if cmd.cmd == "set_seed" else cmd.roi
+        if value is not None:
+            if fv is None:
+                await self._reply(page, cmd, False, "no_frame", "no frame shown yet")
+                return
+            rows, cols = fv.shape
+            if cmd.cmd == "set_seed":
+                inside = value[0] < rows and value[1] < cols
+            else:
+                inside = value[0] < value[2] <= rows and value[1] < value[3] <= cols
+            if not inside:
+                self._count("outside_image", rejected=True)
+                await self._reply(page, cmd, False, "outside_image", f"{value} is outside the {rows}x{cols} image")
+                return
+        key = "seed_rc" if cmd.cmd == "set_seed" else "roi"
+        await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **{key: value})
