@@ -321,3 +321,25 @@ def test_bad_source_options_are_config_errors(kw):
 
     with pytest.raises((ConfigError, SpacingError)):
         IgtlSource(**kw)
+
+
+def test_a_client_that_does_not_read_loses_whole_messages_only(output):
+    """Queue overflow drops the oldest unsent messages; what the client reads stays valid OpenIGTLink."""
+    from mmstream_drivers.igtl.wire import MessageReader
+
+    slow = socket.create_connection(("127.0.0.1", output.address[1]))
+    try:
+        wait_for(lambda: output.server.n_clients == 1, what="client connected")
+        sent = 300
+        for i in range(sent):
+            output.server.broadcast(pyigtl.StringMessage(f"{i:05d}" + "x" * 60000, device_name="big").pack())
+        wait_for(lambda: output.counters["dropped_messages"] > 0, what="drops for the slow client")
+        slow.settimeout(0.2)
+        reader = MessageReader(slow, max_body_bytes=1 << 20, stall_timeout_s=2.0)
+        seen = []
+        while (got := reader.read(idle_timeout_s=1.0)) is not None:  # CRC and framing checked
+            seen.append(int(bytes(got[1][4:9])))
+    finally:
+        slow.close()
+    assert seen == sorted(seen) and len(seen) + output.counters["dropped_messages"] == sent
+    assert seen[-1] == sent - 1  # the newest always arrives

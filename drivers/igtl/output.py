@@ -40,7 +40,9 @@ class _Client:
     def __init__(self, sock: socket.socket, peer: str, queue_len: int):
         self.sock = sock
         self.peer = peer
-        self.out: deque[memoryview] = deque(maxlen=queue_len)
+        self.queue_len = queue_len
+        self.out: deque[memoryview] = deque()  # whole messages waiting
+        self.current: memoryview | None = None  # the rest of the message being sent (never dropped)
         self.inbuf = bytearray()
         self.need: dict | None = None  # header fields while waiting for a body
 
@@ -62,6 +64,7 @@ class IgtlServer:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._sel.register(self._listen, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._clients: dict[int, _Client] = {}
@@ -83,7 +86,10 @@ class IgtlServer:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._wake_w.send(b"x")
+        try:
+            self._wake_w.send(b"x")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
         if self._thread.is_alive():
             self._thread.join(5.0)
         for c in list(self._clients.values()):
@@ -97,7 +103,8 @@ class IgtlServer:
         view = memoryview(packed)
         with self._lock:
             for c in self._clients.values():
-                if len(c.out) == c.out.maxlen:
+                if len(c.out) >= c.queue_len:
+                    c.out.popleft()  # the oldest not yet started: the byte stream stays whole
                     self._count("dropped_messages")
                 c.out.append(view)
             if not self._clients:
@@ -113,7 +120,8 @@ class IgtlServer:
         while not self._stop.is_set():
             with self._lock:
                 for c in self._clients.values():
-                    self._sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if c.out else 0), c)
+                    writing = c.out or c.current is not None
+                    self._sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0), c)
             for key, mask in self._sel.select(timeout=0.5):
                 if key.data == "listen":
                     self._accept()
@@ -188,25 +196,22 @@ class IgtlServer:
 
     def _write(self, c: _Client) -> None:
         while True:
-            with self._lock:
-                if not c.out:
-                    return
-                view = c.out[0]
+            if c.current is None:
+                with self._lock:
+                    if not c.out:
+                        return
+                    c.current = c.out.popleft()
             try:
-                n = c.sock.send(view)
+                n = c.sock.send(c.current)
             except BlockingIOError:
                 return
             except OSError:
                 self._count("clients_disconnected")
                 self._drop(c)
                 return
-            with self._lock:
-                if c.out and c.out[0] is view:
-                    if n == len(view):
-                        c.out.popleft()
-                    else:
-                        c.out[0] = view[n:]
-                        return
+            c.current = c.current[n:] if n < len(c.current) else None
+            if c.current is not None:
+                return  # the socket is full; wait for the next EVENT_WRITE
 
 
 def metrics_record(h) -> dict:
