@@ -191,19 +191,19 @@ class LiveView(Node):
         with self._state_lock:
             return sorted(set(self._frames) | set(self._overlays) | set(self._last_seq))
 
-    def frame(self, stream_id: str) -> FrameView | None:
+    def _newest(self, table: dict, stream_id: str):
         with self._state_lock:
-            return self._frames.get(stream_id)
+            return table.get(stream_id)
+
+    def frame(self, stream_id: str) -> FrameView | None:
+        return self._newest(self._frames, stream_id)
 
     def overlay(self, stream_id: str) -> dict | None:
-        with self._state_lock:
-            return self._overlays.get(stream_id)
+        return self._newest(self._overlays, stream_id)
 
     def fused(self, stream_id: str) -> dict | None:
-        with self._state_lock:
-            return self._fused.get(stream_id)
+        return self._newest(self._fused, stream_id)
 
     def note(self, stream_id: str) -> dict | None:
         """The last notable event of the stream (or, for "", of the service)."""
-        with self._state_lock:
-            return self._notes.get(stream_id)
+        return self._newest(self._notes, stream_id)
