@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 
 from mmstream.errors import ConfigError, MmstreamError
-from mmstream.io import ImageFrame
+from mmstream.io import DEFAULT_MAX_PIXELS, ImageFrame
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import SourceHealth
 from mmstream_drivers.options import option_errors
@@ -33,13 +33,17 @@ class FileSequenceSource:
         Pace by the file's timing (True) or send as fast as possible (False).
     loop : bool
         Start again at the end; device time keeps increasing across passes.
+    max_frame_pixels : int
+        Largest frame accepted (rows * cols), checked from the header before decoding.
     """
 
     name = "file"
 
-    def __init__(self, path: str, *, fps: float = 30.0, realtime: bool = True, loop: bool = False):
+    def __init__(self, path: str, *, fps: float = 30.0, realtime: bool = True, loop: bool = False,
+                 max_frame_pixels: int = DEFAULT_MAX_PIXELS):
         with option_errors(self.name):
             self.fps = float(fps)
+            self.max_frame_pixels = int(max_frame_pixels)
         if not self.fps > 0:
             raise ConfigError(f"{self.name} source: fps must be > 0, got {fps}")
         self.path = str(path)

@@ -343,3 +343,16 @@ def test_plus_frames_keep_transforms_and_timestamps_on_the_wire(shared_data):
         assert h.t_device_s == sent.t_device_s and h.spacing_mm == (0.085, 0.085) and h.spacing_source == "plus_config"
         assert h.transforms == sent.transforms and "probe_to_tracker" in h.transforms
         np.testing.assert_array_equal(msg.arrays["image"], sent.image)
+
+
+def test_oversized_frames_are_refused_from_the_header(tmp_path):
+    path = tmp_path / "big.dcm"
+    write_cine(path, n=2)  # 40 x 50 = 2000 pixels per frame
+    with pytest.raises(ReadError) as exc:
+        DicomCineSource(str(path), max_frame_pixels=1999)
+    assert exc.value.reason == "too_large"
+    mha = tmp_path / "big.mha"
+    _write_mha(mha, 2, {})  # 8 x 6
+    with pytest.raises(ReadError) as exc:
+        MetaImageSequenceSource(str(mha), max_frame_pixels=47)
+    assert exc.value.reason == "too_large"

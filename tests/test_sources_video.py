@@ -1,5 +1,6 @@
 """Video source: real OpenCV captures of small files written in tmp_path, and a fake device."""
 
+import threading
 import time
 
 import cv2
@@ -128,6 +129,9 @@ class FakeCapture:
                 cv2.CAP_PROP_FRAME_COUNT: -1.0}.get(prop, 0.0)  # fmt: skip
 
     def read(self):
+        if self.ticks and self.ticks[0] == "raise":
+            self.ticks.pop(0)
+            raise cv2.error("backend failure")
         if not self.ticks:
             return False, None
         self.pos, self.msec = self.ticks.pop(0)
@@ -155,7 +159,7 @@ def test_dropped_frames_are_counted_from_timestamp_and_counter_gaps():
 
 
 def test_device_that_goes_away_is_reopened_with_backoff_and_the_clock_keeps_running():
-    sessions = [[(1, 0.0), (2, 40.0)], None, None, [(1, 0.0), (2, 40.0), (3, 80.0)]]
+    sessions = [[(1, 0.0), (2, 40.0), "raise"], None, None, [(1, 0.0), (2, 40.0), (3, 80.0)]]
     opened = []
 
     def open_capture(target):
@@ -166,10 +170,11 @@ def test_device_that_goes_away_is_reopened_with_backoff_and_the_clock_keeps_runn
     src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.02, backoff_max_s=0.5)
     frames = take(src, 5)
     assert src.health.counters["reconnects"] == 1 and src.health.counters["connections"] == 2
+    assert src.health.errors["capture_error"] == 1  # the backend raised: treated as the device going away
     assert src.health.errors["device_lost"] >= 1 and src.health.errors["device_unavailable"] == 2
-    # back-off doubled between the attempts: 0.02, 0.04, 0.08 s
+    # back-off doubled between the attempts: at least 0.02, 0.04, 0.08 s (sleeps are never shorter)
     gaps = np.diff(opened[:4])
-    assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5
+    assert np.all(gaps >= np.array([0.02, 0.04, 0.08]) * 0.95)
     t = [f.t_device_s for f in frames]
     assert all(b > a for a, b in zip(t, t[1:]))  # no jump back after the reconnect
     assert t[2] - t[1] >= sum(gaps[:3]) * 0.9  # the outage shows as elapsed device time
@@ -194,3 +199,17 @@ def test_file_that_disappears_and_reappears_is_picked_up_again_when_live(tmp_pat
     assert src.health.counters["reconnects"] >= 1 and src.health.errors["device_lost"] >= 1
     t = [f.t_device_s for f in got]
     assert all(b > a for a, b in zip(t, t[1:]))
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets():
+    from mmstream_drivers.health import Backoff
+
+    b = Backoff(0.1, 0.5)
+    assert [b.next_delay() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    b.reset()
+    assert b.next_delay() == 0.1
+    stop = threading.Event()
+    stop.set()
+    assert b.wait(stop) is True  # a set stop ends the wait at once
+    with pytest.raises(ValueError):
+        Backoff(1.0, 0.5)

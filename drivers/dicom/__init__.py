@@ -16,7 +16,7 @@ times from FrameTimeVector, FrameTime or CineRate, relative to the first frame).
 from collections.abc import Iterator
 
 from mmstream.errors import ReadError, SpacingError
-from mmstream.io import ImageFrame, read_frames
+from mmstream.io import DEFAULT_MAX_PIXELS, ImageFrame, read_frames
 from mmstream.source import SourceFrame
 from mmstream_drivers.filesource import FileSequenceSource
 from mmstream_drivers.options import config_spacing, option_errors
@@ -31,7 +31,7 @@ class DicomCineSource(FileSequenceSource):
     ----------
     path : str
         The DICOM file.
-    fps, realtime, loop
+    fps, realtime, loop, max_frame_pixels
         See :class:`~mmstream_drivers.filesource.FileSequenceSource`.
     spacing_row_mm, spacing_col_mm : float, optional
         Spacing from the config (overrides the file; ``spacing_source = "config"``).
@@ -50,6 +50,7 @@ class DicomCineSource(FileSequenceSource):
         fps: float = 30.0,
         realtime: bool = True,
         loop: bool = False,
+        max_frame_pixels: int = DEFAULT_MAX_PIXELS,
         spacing_row_mm: float | None = None,
         spacing_col_mm: float | None = None,
         crop_to_region: bool = True,
@@ -60,10 +61,10 @@ class DicomCineSource(FileSequenceSource):
             self.crop_to_region = bool(crop_to_region)
             self.region_index = int(region_index)
         self.region_rc: tuple[int, int, int, int] | None = None
-        super().__init__(path, fps=fps, realtime=realtime, loop=loop)
+        super().__init__(path, fps=fps, realtime=realtime, loop=loop, max_frame_pixels=max_frame_pixels)
 
     def open(self) -> Iterator[ImageFrame]:
-        frames = read_frames(self.path, spacing_mm=self.spacing_mm)
+        frames = read_frames(self.path, spacing_mm=self.spacing_mm, max_pixels=self.max_frame_pixels)
         try:
             first = next(frames, None)  # header checked by read_frames; decoding frame 0 checks the pixels
         except ReadError as exc:

@@ -19,7 +19,7 @@ is reported as unknown.
 
 from collections.abc import Iterator
 
-from mmstream.io import ImageFrame, read_frames
+from mmstream.io import DEFAULT_MAX_PIXELS, ImageFrame, read_frames
 from mmstream.source import SourceFrame
 from mmstream_drivers.fields import sort_fields
 from mmstream_drivers.filesource import FileSequenceSource
@@ -37,7 +37,7 @@ class MetaImageSequenceSource(FileSequenceSource):
         PLUS configuration XML giving the spacing and the Image-to-Probe calibration.
     spacing_row_mm, spacing_col_mm : float, optional
         Spacing from the config (overrides file and PLUS config).
-    fps, realtime, loop
+    fps, realtime, loop, max_frame_pixels
         See :class:`~mmstream_drivers.filesource.FileSequenceSource`; ``fps`` only sets the
         gap between passes when looping a file without timestamps.
     """
@@ -54,14 +54,16 @@ class MetaImageSequenceSource(FileSequenceSource):
         fps: float = 30.0,
         realtime: bool = True,
         loop: bool = False,
+        max_frame_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.plus_config = plus_config or None
         with option_errors(self.name):
             self.spacing_mm = config_spacing(spacing_row_mm, spacing_col_mm)
-        super().__init__(path, fps=fps, realtime=realtime, loop=loop)
+        super().__init__(path, fps=fps, realtime=realtime, loop=loop, max_frame_pixels=max_frame_pixels)
 
     def open(self) -> Iterator[ImageFrame]:
-        return read_frames(self.path, spacing_mm=self.spacing_mm, plus_config=self.plus_config)
+        return read_frames(self.path, spacing_mm=self.spacing_mm, plus_config=self.plus_config,
+                           max_pixels=self.max_frame_pixels)
 
     def file_time(self, frame: ImageFrame) -> float | None:
         return frame.t_s

@@ -185,7 +185,11 @@ class VideoSource:
         prev_t = prev_pos = prev_host = None
         n = 0
         while not self.stop_event.is_set():
-            ok, img = cap.read()
+            try:
+                ok, img = cap.read()
+            except cv2.error as exc:  # a failing backend: the device is gone as far as we can tell
+                self.health.error("capture_error", f"video {self.target!r}: {exc}")
+                break
             if not ok or img is None:
                 break
             host = time.monotonic()
