@@ -1,12 +1,19 @@
-"""Service nodes: plain classes with declared ports and a ``process(port, msg)`` method."""
+"""Service nodes: plain classes with declared ports and a ``process(port, msg)`` method.
 
-from mmstream.nodes.analyzer import Analyzer, StreamConfig, StreamSettings
-from mmstream.nodes.base import Node, Out, Port
-from mmstream.nodes.control import ControlNode
-from mmstream.nodes.ingest import Ingest, IngestLimits
-from mmstream.nodes.publisher import Publisher
+Names are imported on first use, so that a process needing only :mod:`mmstream.nodes.base` (the
+recorder, tools) does not load the analysis kernels.
+"""
 
-__all__ = [
-    "Analyzer", "ControlNode", "Ingest", "IngestLimits", "Node", "Out", "Port", "Publisher", "StreamConfig",
-    "StreamSettings",
-]  # fmt: skip
+import importlib
+
+_MODULE_OF = {
+    "Analyzer": "analyzer", "StreamConfig": "analyzer", "StreamSettings": "analyzer", "ControlNode": "control",
+    "Ingest": "ingest", "IngestLimits": "ingest", "Node": "base", "Out": "base", "Port": "base", "Publisher": "publisher",
+}  # fmt: skip
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"mmstream.nodes.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'mmstream.nodes' has no attribute {name!r}")

@@ -130,6 +130,7 @@ class Recorder(Node):
                 "files": list(self._files),
                 "frames": self._flushed_frames + (sum(w.committed["frames"].values()) if w is not None else 0),
                 "dropped_frames": sum(s.dropped for s in w.streams.values()) if w is not None else 0,
+                "committed": w.committed if w is not None else None,  # current part, as of the last flush
                 "last_error": self._last_error,
             }
 
