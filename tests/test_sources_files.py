@@ -3,45 +3,11 @@
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
 from mmstream.errors import ReadError, SpacingError
 from mmstream_drivers.dicom import DicomCineSource
 from mmstream_drivers.mha import MetaImageSequenceSource
-
-
-def _region(r0, c0, r1, c1, delta_cm, data_type=1):
-    r = Dataset()
-    r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = 1, data_type, 0
-    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = c0, r0, c1 - 1, r1 - 1
-    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
-    r.PhysicalDeltaX = r.PhysicalDeltaY = delta_cm
-    return r
-
-
-def write_cine(path, n=6, rows=40, cols=50, regions=(), frame_time_ms=25.0, ts=ExplicitVRLittleEndian,
-               pixel_bytes=None):
-    """A small multi-frame US file; frame k is filled with grey level 10 * k (+ column ramp)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ts
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if frame_time_ms is not None:
-        ds.FrameTime = frame_time_ms
-    if regions:
-        ds.SequenceOfUltrasoundRegions = Sequence(list(regions))
-    frames = np.stack([np.full((rows, cols), 10 * k, np.uint8) + np.arange(cols, dtype=np.uint8) for k in range(n)])
-    ds.PixelData = frames.tobytes() if pixel_bytes is None else pixel_bytes
-    ds.save_as(path, enforce_file_format=True)
-    return frames
+from source_helpers import us_region, write_cine
 
 
 # --- DICOM cine --------------------------------------------------------------------------------
@@ -90,7 +56,7 @@ def test_file_without_regions_has_unknown_spacing_and_says_so(shared_data):
 
 def test_conflicting_regions_are_refused_unless_the_config_gives_spacing(tmp_path):
     path = tmp_path / "dual.dcm"
-    write_cine(path, regions=[_region(0, 0, 40, 25, 0.01), _region(0, 25, 40, 50, 0.02)])
+    write_cine(path, regions=[us_region(0, 0, 40, 25, 0.01), us_region(0, 25, 40, 50, 0.02)])
     with pytest.raises(SpacingError) as exc:
         DicomCineSource(str(path))
     assert exc.value.reason == "ambiguous_regions"
@@ -103,9 +69,9 @@ def test_conflicting_regions_are_refused_unless_the_config_gives_spacing(tmp_pat
     np.testing.assert_array_equal(picked[0].image[0], np.arange(25, 50))
 
 
-def test_bmode_region_chosen_among_doppler_regions_and_timing_from_frame_time(tmp_path):
+def test_us_region_chosen_among_doppler_regions_and_timing_from_frame_time(tmp_path):
     path = tmp_path / "cine.dcm"
-    truth = write_cine(path, n=5, regions=[_region(5, 10, 35, 40, 0.02), _region(0, 0, 10, 50, 0.5, data_type=3)])
+    truth = write_cine(path, n=5, regions=[us_region(5, 10, 35, 40, 0.02), us_region(0, 0, 10, 50, 0.5, data_type=3)])
     src = DicomCineSource(str(path), realtime=False, loop=True)
     frames = []
     for f in src.source_frames():

@@ -302,7 +302,7 @@ def _spacing_arg(values):
 
 
 # modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
-COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes", "mmstream.cli_biomarkers", "mmstream.cli_recording")
+COMMAND_MODULES: tuple[str, ...] = ("mmstream.cli_volumes", "mmstream.cli_biomarkers", "mmstream.cli_recording", "mmstream.cli_sources")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,42 @@
+"""`mmstream sources list|probe`: the drivers as a user checks them before serving."""
+
+import json
+
+import pytest
+
+from mmstream.cli import main
+from mmstream.cli_sources import option_value
+from source_helpers import us_region, write_cine
+
+
+def test_list_names_every_frame_source(capsys):
+    assert main(["sources", "list"]) == 0
+    assert {"video", "igtl", "dicom", "mha", "sim"} <= set(capsys.readouterr().out.split())
+
+
+def test_probe_prints_frames_then_counters(tmp_path, capsys):
+    path = tmp_path / "cine.dcm"
+    write_cine(path, n=4, regions=[us_region(5, 10, 35, 40, 0.02)])
+    assert main(["sources", "probe", "dicom", "-o", f"path={path}", "-o", "realtime=false", "--frames", "2"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["frame"] for x in lines[:2]] == [0, 1] and lines[2] == {"frames": 2, "counters": {"frames": 2}, "errors": {}}
+    assert lines[0]["shape"] == [30, 30] and lines[0]["spacing_mm"] == pytest.approx([0.2, 0.2])
+    assert lines[0]["spacing_source"] == "dicom_us_regions" and lines[1]["t_device_s"] == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["mha", "-o", "path=/nonexistent.mha"], "not_found"),
+    (["video", "-o", "url=/nonexistent.avi", "-o", "live=true", "--timeout-s", "0.5"], "no_frames"),
+    (["dicom", "-o", "pth=/x.dcm"], "invalid"),  # misspelt option
+    (["nosuchdriver"], "invalid"),
+    (["video", "-o", "device"], "invalid"),  # not key=value
+])  # fmt: skip
+def test_probe_failures_are_one_line_and_status_1(argv, reason, capsys):
+    assert main(["sources", "probe", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmstream sources: error: {reason}:") and err.count("\n") == 1
+
+
+def test_option_values_read_as_toml():
+    assert option_value("3") == 3 and option_value("0.5") == 0.5 and option_value("true") is True
+    assert option_value('"a b"') == "a b" and option_value("/data/x.dcm") == "/data/x.dcm"
