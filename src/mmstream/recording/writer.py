@@ -219,10 +219,21 @@ class SessionWriter:
             self.file.close()
 
     def abandon(self) -> None:
-        """Close after a write error without writing more (what is committed stays readable)."""
-        if not self.closed:
-            self.closed = True
+        """Give up after a write error, writing nothing more: the file's descriptor is replaced by a
+        read-only /dev/null before HDF5 closes it, so the file stays as the last flush left it
+        (closing normally would write metadata pointing past a failed write)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
             try:
-                self.file.close()
-            except Exception:  # the file is already failing (disk full, gone): nothing more to save
-                pass
+                os.dup2(null, self.file.id.get_vfd_handle())
+            finally:
+                os.close(null)
+        except Exception:  # no descriptor to fence (file already closed by HDF5)
+            pass
+        try:
+            self.file.close()
+        except Exception:  # the writes HDF5 attempts on close fail by design
+            pass

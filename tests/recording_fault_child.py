@@ -1,0 +1,87 @@
+"""Child process of the recording fault tests; prints one JSON line with what it observed.
+
+    python recording_fault_child.py disk_full DIRECTORY LIMIT_BYTES
+        The service (sim source, recorder enabled) under RLIMIT_FSIZE: the recording fails with
+        ``disk_full``; the live metrics must keep coming afterwards.
+    python recording_fault_child.py permission DIR_NOT_MINE DIR_MINE
+        Runs as user nobody: arming in a directory it cannot write, then a directory that becomes
+        unwritable before the file is created.
+"""
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+import numpy as np
+
+
+def wait_for(predicate, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {predicate}")
+
+
+def disk_full(directory: str, limit_bytes: str) -> dict:
+    from mmstream.config import load_config
+    from mmstream.service import Service
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
+    tcp = "tcp://127.0.0.1:*"
+    cfg = load_config(None, endpoints={"ingest": tcp, "metrics": tcp, "control": tcp}, web={"enabled": False},
+                      sources=[{"driver": "sim", "stream_id": "p1", "fps": 30}],
+                      recorder={"enabled": True, "directory": directory, "flush_interval_s": 0.1})  # fmt: skip
+    with Service(cfg) as svc:
+        rec = svc.recorder
+        committed = {}
+
+        def failed():
+            st = rec.recording_status()
+            if st["committed"]:
+                committed.update(json.loads(json.dumps(st["committed"])))
+            return st if st["state"] == "failed" else None
+
+        st = wait_for(failed)
+        published = svc.graph.publisher.status()["counters"].get("metrics", 0)
+        wait_for(lambda: svc.graph.publisher.status()["counters"].get("metrics", 0) >= published + 10)
+        return {"status": st, "committed_before_failure": committed, "files": st["files"],
+                "live_metrics_after_failure": svc.graph.publisher.status()["counters"]["metrics"] - published,
+                "recorder_counters": dict(svc.graph.status()["nodes"]["recorder"]["counters"])}  # fmt: skip
+
+
+def permission(not_mine: str, mine: str) -> dict:
+    from mmstream.codec import Decoded, buffer_specs, topic_for
+    from mmstream.config import RecorderSection
+    from mmstream.errors import RecordingError
+    from mmstream.messages import Frame
+    from mmstream.recording.recorder import Recorder
+
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: root would be allowed everything
+    out = {}
+    rec = Recorder(RecorderSection(directory=not_mine), "perm")
+    try:
+        rec.start_recording()
+    except RecordingError as exc:
+        out["arm_error"] = exc.reason
+    rec = Recorder(RecorderSection(directory=mine, discover_s=0.0), "perm")
+    rec.start_recording()
+    os.chmod(mine, 0o500)  # becomes unwritable before the first frame creates the file
+    img = np.zeros((64, 64), np.uint8)
+    h = Frame(stream_id="p1", session_id="x", seq=0, buffers=buffer_specs(image=img))
+    events = rec.process("frames", Decoded(topic_for(h), h, {"image": img}))
+    out["open_status"] = rec.recording_status()
+    out["events"] = [[o.header.level, o.header.reason] for o in events]
+    return out
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    print(json.dumps({"disk_full": disk_full, "permission": permission}[mode](*args)), flush=True)
