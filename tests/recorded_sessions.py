@@ -61,3 +61,34 @@ def metric_series(path: Path, stream_id: str, column: str) -> np.ndarray:
 
     with SessionReader(path) as r:
         return r.stream(stream_id).metrics_table()[column]
+
+
+def write_sparse_session(path: Path, n_frames: int, shape=(512, 512), fps: float = 60.0) -> None:
+    """A one-stream (``big``) session of ``n_frames`` frames whose pixel chunks are left unallocated
+    (sparse: they read as zeros) beside a real index and real headers: a 30-minute session's worth
+    of frames in a file of a few tens of megabytes."""
+    from mmstream.recording import layout as L
+
+    f = L.create_session_file(path, {"session_id": "big", "software_version": "test"}, {"big": shape})
+    try:
+        g = f["streams/big"]
+        g["frames"].resize((n_frames, *shape))
+        src = SimProbe(SPEC, fps=fps, seed=1).frame(0).to_source()
+        bufs = buffer_specs(image=np.zeros(shape, np.uint8))
+        dtype = L.dtype_of(L.FRAME_INDEX)
+        for start in range(0, n_frames, 8192):  # bounded memory while writing too
+            blobs, rows, off = [], [], len(g["json"])
+            for i in range(start, min(start + 8192, n_frames)):
+                h = frame_header("big", src, i, 10.0 + i / fps).model_copy(update={"t_device_s": i / fps, "buffers": bufs})
+                b = h.model_dump_json().encode()
+                rows.append(L.row_of(L.FRAME_INDEX, h, json_offset=off, json_n_bytes=len(b)))
+                blobs.append(b)
+                off += len(b)
+            heap = np.frombuffer(b"".join(blobs), np.uint8)
+            n_heap, n_idx = len(g["json"]), len(g["index"])
+            g["json"].resize((n_heap + heap.size,))
+            g["json"][n_heap:] = heap
+            g["index"].resize((n_idx + len(rows),))
+            g["index"][n_idx:] = np.array(rows, dtype=dtype)
+    finally:
+        f.close()

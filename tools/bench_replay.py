@@ -9,14 +9,17 @@ separate child processes (so each peak RSS is its own):
 - ``h5py chunks``: raw ``frames[i:i+16]`` reads, the floor;
 - ``h5py whole``: ``frames[:]``, the obvious alternative (memory grows with the session).
 
+``--scale``: besides, replays a 30-minute 60 fps session of 640x480 frames (108,000 frames, 33 GB of
+pixels, stored sparse so the file is small) and reports the peak RSS after 10 %, 50 % and 100 % of
+it: memory that does not grow with the session length.
+
 Prints a table and writes JSON (``--json out.json``)::
 
-    python tools/bench_replay.py --frames 1500 --json bench_replay.json
+    python tools/bench_replay.py --frames 1500 --scale --json bench_replay.json
 """
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,12 +27,30 @@ import time
 from pathlib import Path
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; getrusage's ru_maxrss would include the parent's peak from
+    before exec on Linux)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+
 def _child(mode: str, path: str) -> dict:
     import h5py
 
     t0 = time.perf_counter()
     n = 0
-    if mode == "replay":
+    checkpoints = {}
+    if mode == "scale":
+        from mmstream_drivers.replay import Replayer
+
+        with Replayer(path, mode="fast") as rp:
+            total = sum(rp._reader.stream(s).n_frames for s in rp.streams)
+            marks = {total // 10: "10%", total // 2: "50%", total: "100%"}
+            for _ in rp:
+                n += 1
+                if n in marks:
+                    checkpoints[marks[n]] = _peak_rss_mb()
+    elif mode == "replay":
         from mmstream_drivers.replay import Replayer
 
         with Replayer(path, mode="fast") as rp:
@@ -69,11 +90,13 @@ def _child(mode: str, path: str) -> dict:
                     for i in range(0, len(ds), 16):
                         n += len(ds[i : i + 16])
     dt = time.perf_counter() - t0
-    return {"frames": n, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"frames": n, "seconds": dt, "peak_rss_mb": _peak_rss_mb(), "peak_rss_mb_at": checkpoints}
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' session writers
 
 
 def _write(path: Path, shape: tuple[int, int], n: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from recorded_sessions import frame_header
 
     from mmstream.recording.writer import SessionWriter
@@ -99,6 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1500)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--scale", action="store_true", help="also replay a sparse 30-minute 60 fps session")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -117,12 +141,24 @@ def main() -> None:
                 fps = r["frames"] / r["seconds"]
                 rows.append({"frame_rc": list(shape), "case": mode, "frames": r["frames"], "fps": fps,
                              "mb_per_s": mb / r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "ratio_to_h5py_chunks": fps / floor})  # fmt: skip
+        scale = None
+        if args.scale:
+            from recorded_sessions import write_sparse_session
+
+            path = Path(tmp) / "30min.h5"
+            write_sparse_session(path, 30 * 60 * 60, (480, 640), 60.0)
+            scale = {"frames": 108_000, "file_mb": path.stat().st_size / 1e6, **_run("scale", path)}
     print(f"{'frame':<9}{'case':<14}{'frames':>8}{'fps':>10}{'MB/s':>9}{'peak RSS MB':>13}{'x h5py chunks':>15}")
     for r in rows:
         print(f"{r['frame_rc'][0]}x{r['frame_rc'][1]:<5}{r['case']:<14}{r['frames']:>8}{r['fps']:>10.0f}{r['mb_per_s']:>9.0f}"
               f"{r['peak_rss_mb']:>13.0f}{r['ratio_to_h5py_chunks']:>15.2f}")  # fmt: skip
+    if scale is not None:
+        at = scale["peak_rss_mb_at"]
+        print(f"30 min at 60 fps, 640x480 ({scale['frames']} frames, file {scale['file_mb']:.0f} MB sparse): "
+              f"replayed at {scale['frames'] / scale['seconds']:.0f} fps; peak RSS after 10% {at['10%']:.0f} MB, "
+              f"50% {at['50%']:.0f} MB, 100% {at['100%']:.0f} MB")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"frames_per_file": args.frames, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"frames_per_file": args.frames, "rows": rows, "scale_30min_60fps": scale}, indent=2))
 
 
 if __name__ == "__main__":
