@@ -226,6 +226,24 @@ def test_report_is_one_self_contained_page(session, tmp_path, capsys):
     assert "tibialis_anterior" in page and "2 frame(s) missing" in page
 
 
+def test_report_renders_in_headless_chromium(session, tmp_path):
+    """Debian's chromium (tools/test.sh installs it) shows the page with its embedded images."""
+    page, shot = tmp_path / "r.html", tmp_path / "r.png"
+    report.build_report(session, page)
+    subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--hide-scrollbars", "--window-size=1200,1800", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=90, check=True)  # fmt: skip
+    img = cv2.imread(str(shot)).astype(int)
+    assert np.abs(img[20, 20] - (0x57, 0x35, 0x1D)).max() <= 3  # the header band (#1d3557, BGR)
+
+    def near(bgr):
+        return int((np.abs(img - bgr).max(axis=2) <= 12).sum())
+
+    blue = (img[..., 0] - img[..., 2] > 60) & (img[..., 0] > 100)
+    assert blue.sum() > 1000  # plot lines and bands (#08519c, #9ecae1): the embedded plot PNG is drawn
+    assert near((0x14, 0x0F, 0x0B)) > 1000  # thumbnail captions (#0b0f14) below drawn thumbnails
+
+
 def test_binned_keeps_extremes_and_memory_is_bounded():
     b = report.Binned(0.0, 100.0, n_bins=10)
     t = np.linspace(0, 100, 100_001)
