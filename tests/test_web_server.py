@@ -316,3 +316,18 @@ def test_curve_secured_control_needs_and_uses_the_web_client_key(tmp_path, sim_p
         ws.send(json.dumps({"cmd": "set_seed", "seed_rc": [290, 200], "id": 5}))
         assert recv_until(ws, is_type("reply"))["ok"]  # the request went over the CURVE-secured endpoint
         assert svc.graph.settings.get("sim").seed_rc == (290, 200)
+
+
+def test_serve_with_the_live_view_port_taken_fails_cleanly(svc, tmp_path):
+    import shutil
+    import subprocess
+
+    import os
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[endpoints]\ningest = "tcp://127.0.0.1:*"\nmetrics = "tcp://127.0.0.1:*"\ncontrol = "tcp://127.0.0.1:*"\n')
+    env = {**os.environ, "MMSTREAM_WEB__PORT": str(svc.web.server.port)}  # the environment overrides the file
+    proc = subprocess.run([shutil.which("mmstream"), "serve", "--config", str(cfg)], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("mmstream serve: error: cannot start the web view on 127.0.0.1:")

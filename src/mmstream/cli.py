@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except MmstreamError as exc:  # e.g. `serve` when a port (endpoint, live view) is taken
+        print(f"mmstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
