@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmstream.analysis import analyze_frame
 from mmstream.codec import buffer_specs
@@ -15,6 +16,7 @@ from mmstream_drivers.sim import SceneSpec, SimProbe
 
 SPEC = SceneSpec(shape=(96, 128), spacing_mm=(0.5, 0.4))
 CLINICAL = ClinicalContext(patient_id="P-TEST", site="tibialis_anterior", side="left", plane="transverse")
+N_FRAMES, GAP_SEQ = 30, 10  # the `session` fixture: frames per stream, the seq that is missing
 
 
 def frame_header(stream_id: str, src, seq: int, t_host_s: float, clinical=CLINICAL, spacing=True) -> Frame:
@@ -56,11 +58,12 @@ def write_session(path: Path, n_frames: int = 30, streams=("probe0",), gap_at: i
     return w
 
 
-def metric_series(path: Path, stream_id: str, column: str) -> np.ndarray:
-    from mmstream.recording.reader import SessionReader
-
-    with SessionReader(path) as r:
-        return r.stream(stream_id).metrics_table()[column]
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A closed session file: streams probe0 and probe1, N_FRAMES frames each, seq GAP_SEQ missing."""
+    path = tmp_path_factory.mktemp("session") / "session.h5"
+    write_session(path, N_FRAMES, streams=("probe0", "probe1"), gap_at=GAP_SEQ)
+    return path
 
 
 def write_sparse_session(path: Path, n_frames: int, shape=(512, 512), fps: float = 60.0) -> None:

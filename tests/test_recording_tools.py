@@ -15,22 +15,14 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from recorded_sessions import N_FRAMES as N
+from recorded_sessions import session  # noqa: F401 (fixture)
 from recorded_sessions import write_session
 
 from mmstream.cli import main
 from mmstream.errors import ReadError
 from mmstream.recording import export, inspect, report
 from mmstream.recording.reader import SessionReader
-
-N = 30
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "session.h5"
-    write_session(path, N, streams=("probe0", "probe1"), gap_at=10)
-    return path
-
 
 def _cli(capsys, *argv):
     rc = main(list(map(str, argv)))

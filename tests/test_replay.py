@@ -11,7 +11,9 @@ import time
 import h5py
 import numpy as np
 import pytest
-from recorded_sessions import CLINICAL, SPEC, write_session, write_sparse_session
+from recorded_sessions import CLINICAL, GAP_SEQ, SPEC, write_sparse_session
+from recorded_sessions import N_FRAMES as N
+from recorded_sessions import session  # noqa: F401 (fixture)
 from test_graph import RANDOM_TCP, wait_for
 
 import mmstream_drivers
@@ -26,16 +28,6 @@ from mmstream.transport import make_socket
 from mmstream_drivers.replay import Replayer, ReplaySource
 from mmstream_drivers.sim import SimProbe
 
-N = 24
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    path = tmp_path_factory.mktemp("replay") / "s.h5"
-    write_session(path, N, streams=("probe0", "probe1"), gap_at=8)
-    return path
-
-
 def test_replayed_frames_keep_every_recorded_field(session):
     with SessionReader(session) as r:
         recorded = {s: (r.stream(s).frame_headers(), r.stream(s).frames()) for s in r.streams}
@@ -46,7 +38,7 @@ def test_replayed_frames_keep_every_recorded_field(session):
     assert t == sorted(t)  # the two streams merged in recorded order
     for sid, (headers, images) in recorded.items():
         mine = [f.frame for f in got if f.stream_id == sid]
-        assert [f.seq for f in mine] == [h.seq for h in headers] == [*range(8), *range(9, N + 1)]
+        assert [f.seq for f in mine] == [h.seq for h in headers] == [*range(GAP_SEQ), *range(GAP_SEQ + 1, N + 1)]
         for f, h, img in zip(mine, headers, images):
             assert (f.t_device_s, f.t_wall, f.spacing_mm, f.spacing_source) == (h.t_device_s, h.t_wall, h.spacing_mm, h.spacing_source)
             assert (f.imaging, f.clinical, f.annotations, f.transforms) == (h.imaging, h.clinical, h.annotations, h.transforms)
@@ -94,7 +86,7 @@ def test_send_keeps_seq_and_stream_with_a_new_session_id(session):
             assert rp.send(pull.last_endpoint) == 2 * N
         got = [decode(pull.recv(timeout_ms=2000)) for _ in range(2 * N)]
         by = {s: [m.header for m in got if m.header.stream_id == s] for s in ("probe0", "probe1")}
-        assert [h.seq for h in by["probe0"]] == [*range(8), *range(9, N + 1)]
+        assert [h.seq for h in by["probe0"]] == [*range(GAP_SEQ), *range(GAP_SEQ + 1, N + 1)]
         with SessionReader(session) as r:
             assert all(h.session_id != "probe0-s" for h in by["probe0"])  # a replay is a new session
             np.testing.assert_array_equal(got[-1].arrays["image"], r.stream(got[-1].header.stream_id).frames(N - 1, N)[0])
