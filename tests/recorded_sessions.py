@@ -31,23 +31,24 @@ def frame_header(stream_id: str, src, seq: int, t_host_s: float, clinical=CLINIC
 
 
 def write_session(path: Path, n_frames: int = 30, streams=("probe0",), gap_at: int | None = None, close: bool = True,
-                  fps: float = 20.0, spacing: bool = True) -> SessionWriter:  # fmt: skip
+                  fps: float = 20.0, spacing: bool = True, part: int = 0, first_seq: int = 0) -> SessionWriter:  # fmt: skip
     """A session of ``n_frames`` analysed sim frames per stream (``gap_at``: that seq is skipped, a
-    recorded drop). Returns the writer (closed when ``close``; else flushed and left open)."""
+    recorded drop), numbered from ``first_seq``, as part ``part`` of recording ``r1``. Returns the
+    writer (closed when ``close``; else flushed and left open)."""
     probe = SimProbe(SPEC, fps=fps, seed=3)
     seed_rc = probe.frame(0).truth.nerve_center_rc
     w = SessionWriter(path, {"session_id": "test-session", "software_version": "test", "config_json": "{}",
-                             "start_wall": "2026-11-27T01:00:00+00:00", "recording_id": "r1", "part": 0,
+                             "start_wall": "2026-11-27T01:00:00+00:00", "recording_id": "r1", "part": part,
                              "start_t_host_s": 100.0},
                       {s: SPEC.shape for s in streams}, fsync=False)  # fmt: skip
     prev = {s: None for s in streams}
     for i in range(n_frames):
-        seq = i + 1 if gap_at is not None and i >= gap_at else i
+        seq = first_seq + (i + 1 if gap_at is not None and i >= gap_at else i)
         src = probe.frame(seq).to_source()
         for k, sid in enumerate(streams):
             h = frame_header(sid, src, seq, 100.0 + seq / fps + k * 1e-3, spacing=spacing)
             w.add_frame(h, src.image)
-            res = analyze_frame(src.image, h.spacing_mm, seed=seed_rc if i == 0 else None, previous=prev[sid])
+            res = analyze_frame(src.image, h.spacing_mm, seed=seed_rc if prev[sid] is None else None, previous=prev[sid])
             prev[sid] = res
             mh, arrays = metrics_message(h, res, {"ingest": h.t_host_s, "analyzed": h.t_host_s + 0.002})
             w.add_metrics(mh, dict(zip([b.name for b in mh.buffers], arrays)))

@@ -344,3 +344,13 @@ def test_damaged_chunks_are_a_read_error(session, tmp_path):
     with pytest.raises(ReadError) as ei:
         inspect.summarize(bad)
     assert ei.value.reason == "damaged"
+
+
+def test_report_of_a_file_with_damaged_headers_is_a_read_error(session, tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    shutil.copy(session, bad)
+    with h5py.File(bad, "r+") as f:
+        heap = f["streams/probe1/json"]
+        heap[:] = np.frombuffer(b"\xff" * len(heap), np.uint8)  # not UTF-8
+    rc, _, err = _cli(capsys, "report", bad, "-o", tmp_path / "r.html")
+    assert rc == 1 and f"{bad}: damaged: " in err and not (tmp_path / "r.html").exists()

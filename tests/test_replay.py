@@ -14,6 +14,7 @@ import pytest
 from recorded_sessions import CLINICAL, GAP_SEQ, SPEC, write_sparse_session
 from recorded_sessions import N_FRAMES as N
 from recorded_sessions import session  # noqa: F401 (fixture)
+from recorded_sessions import write_session
 from test_graph import RANDOM_TCP, wait_for
 
 import mmstream_drivers
@@ -92,6 +93,40 @@ def test_send_keeps_seq_and_stream_with_a_new_session_id(session):
             np.testing.assert_array_equal(got[-1].arrays["image"], r.stream(got[-1].header.stream_id).frames(N - 1, N)[0])
     finally:
         pull.close()
+
+
+def test_parts_of_a_recording_replay_in_part_order(tmp_path):
+    """A recording split into parts (a stream joined mid-way) replays as one: part order, seq kept."""
+    first, second = tmp_path / "r1.part0.h5", tmp_path / "r1.part1.h5"
+    write_session(first, 5, streams=("probe0",))
+    write_session(second, 4, streams=("probe0", "probe1"), part=1, first_seq=5)
+    with Replayer([second, first], mode="fast") as rp:  # given out of order
+        assert rp.paths == [first, second] and rp.streams == ["probe0", "probe1"]
+        got = [(f.stream_id, f.frame.seq) for f in rp]
+    assert [s for sid, s in got if sid == "probe0"] == list(range(9))
+    assert [s for sid, s in got if sid == "probe1"] == [5, 6, 7, 8]
+    other = tmp_path / "other.h5"
+    write_session(other, 2)
+    with h5py.File(other, "r+") as f:
+        f["session"].attrs["recording_id"] = "r2"
+    with pytest.raises(InputError) as ei:
+        Replayer([first, other])
+    assert ei.value.reason == "mixed_recordings"
+
+
+def test_damaged_headers_are_a_read_error(session, tmp_path, capsys):
+    from mmstream.cli import main
+
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(session.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        heap = f["streams/probe0/json"]
+        heap[:] = np.frombuffer(b"{" * len(heap), np.uint8)
+    with Replayer(bad, mode="fast") as rp, pytest.raises(ReadError) as ei:
+        list(rp)
+    assert ei.value.reason == "damaged"
+    assert main(["replay", str(bad), "--mode", "fast", "--to", "tcp://127.0.0.1:9"]) == 1
+    assert ": damaged: " in capsys.readouterr().err
 
 
 def test_bad_arguments_and_files(session, tmp_path):

@@ -41,10 +41,12 @@ def _child(mode: str, path: str) -> dict:
     n = 0
     checkpoints = {}
     if mode == "scale":
+        from mmstream.recording.reader import SessionReader
         from mmstream_drivers.replay import Replayer
 
+        with SessionReader(path) as r:
+            total = sum(r.stream(s).n_frames for s in r.streams)
         with Replayer(path, mode="fast") as rp:
-            total = sum(rp._reader.stream(s).n_frames for s in rp.streams)
             marks = {total // 10: "10%", total // 2: "50%", total: "100%"}
             for _ in rp:
                 n += 1

@@ -16,13 +16,16 @@ Several streams are merged in recorded order. As a service source (``driver = "r
 """
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmstream.errors import ConfigError, InputError
+from pydantic import ValidationError
+
+from mmstream.errors import ConfigError, InputError, ReadError
 from mmstream.messages import Frame
 from mmstream.recording.reader import SessionReader
 from mmstream.source import FrameSender, SourceFrame
@@ -53,17 +56,44 @@ def source_frame(h: Frame, image) -> SourceFrame:
 
 
 def stream_frames(reader: SessionReader, stream_id: str) -> Iterator[ReplayFrame]:
-    """The recorded frames of one stream, read :data:`READ_CHUNK_FRAMES` at a time."""
-    for h, image in reader.stream(stream_id).iter_frame_messages(chunk=READ_CHUNK_FRAMES):
-        yield ReplayFrame(stream_id, h.t_host_s, source_frame(h, image))
+    """The recorded frames of one stream, read :data:`READ_CHUNK_FRAMES` at a time; ReadError
+    (``damaged``) when the file cannot be read or a recorded header is not a valid frame header."""
+    try:
+        for h, image in reader.stream(stream_id).iter_frame_messages(chunk=READ_CHUNK_FRAMES):
+            yield ReplayFrame(stream_id, h.t_host_s, source_frame(h, image))
+    except (OSError, KeyError, ValidationError, UnicodeDecodeError) as exc:
+        raise ReadError(f"{reader.path}: damaged frames of stream {stream_id!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                        reason="damaged") from None  # fmt: skip
+
+
+def _keyed(frames: Iterator[ReplayFrame], rank: int):
+    """(sort key, frame): recorded host time orders streams against each other, seq within one."""
+    for f in frames:
+        yield (f.t_host_s if f.t_host_s is not None else -math.inf, rank, f.frame.seq), f
+
+
+def _parts_in_order(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files sorted by their ``part`` number, and every stream they hold (first seen first);
+    InputError when they are parts of different recordings."""
+    found = []
+    for p in paths:
+        with SessionReader(p) as r:
+            a = r.attrs
+            found.append((int(a.get("part", 0)), str(a.get("recording_id", "")), p, r.streams))
+    if len({rid for _, rid, _, _ in found}) > 1:
+        raise InputError(f"{', '.join(map(str, paths))}: parts of different recordings", reason="mixed_recordings")
+    found.sort(key=lambda x: x[0])
+    streams = list(dict.fromkeys(s for *_, ss in found for s in ss))
+    return [p for _, _, p, _ in found], streams
 
 
 class Replayer:
-    """Replays the frames of ``streams`` (default: every stream) of the session file ``path``.
+    """Replays the frames of ``streams`` (default: every stream) of the session file ``path`` (or
+    of the parts ``[path, ...]`` of one recording, replayed in part order, one file open at a time).
 
     Iterate it for :class:`ReplayFrame` values (paced in ``realtime`` mode), call :meth:`step` for
     the next one, or :meth:`send` them to a service. ``speed`` scales realtime pacing (2 = twice as
-    fast). ``stop`` (an Event) ends iteration early.
+    fast). ``stop`` (an Event) ends iteration early. Iterate and close from one thread.
     """
 
     def __init__(self, path, streams: list[str] | None = None, mode: str = "realtime", speed: float = 1.0,
@@ -72,30 +102,22 @@ class Replayer:
             raise InputError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not (speed > 0 and speed != float("inf")):
             raise InputError(f"replay speed must be a finite number > 0, got {speed}")
-        self.path = Path(path)
+        self.paths, known = _parts_in_order([Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])])
         self.mode, self.speed = mode, float(speed)
         self._stop = stop or threading.Event()
-        self._reader = SessionReader(self.path)
-        try:
-            known = self._reader.streams
-            self.streams = list(streams) if streams else known
-            missing = [s for s in self.streams if s not in known]
-            if missing:
-                raise InputError(f"{self.path}: no stream {', '.join(missing)} (recorded: {', '.join(known) or 'none'})",
-                                 reason="unknown_stream")  # fmt: skip
-        except BaseException:
-            self._reader.close()
-            raise
+        self.streams = list(streams) if streams else known
+        missing = [s for s in self.streams if s not in known]
+        if missing:
+            raise InputError(f"{self.paths[0]}: no stream {', '.join(missing)} (recorded: {', '.join(known) or 'none'})",
+                             reason="unknown_stream")  # fmt: skip
         self._merged = self._merge()
 
     def _merge(self) -> Iterator[ReplayFrame]:
-        def keyed(sid):
-            for order, f in enumerate(stream_frames(self._reader, sid)):
-                # recorded host time orders streams against each other; seq within a stream
-                yield (f.t_host_s if f.t_host_s is not None else float("-inf"), f.frame.seq, order), sid, f
-
-        for _, _, f in heapq.merge(*(keyed(s) for s in self.streams), key=lambda x: (x[0], x[1])):
-            yield f
+        for path in self.paths:
+            with SessionReader(path) as reader:
+                streams = [s for s in self.streams if s in reader.streams]
+                for _, f in heapq.merge(*(_keyed(stream_frames(reader, s), i) for i, s in enumerate(streams))):
+                    yield f
 
     def step(self) -> ReplayFrame | None:
         """The next frame, at once (no pacing); None at the end of the file."""
@@ -144,8 +166,7 @@ class Replayer:
 
     def close(self) -> None:
         self._stop.set()
-        self._merged.close()
-        self._reader.close()
+        self._merged.close()  # closes the open part
 
     def __enter__(self):
         return self

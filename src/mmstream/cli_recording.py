@@ -121,7 +121,7 @@ def register(sub) -> None:
     r.set_defaults(func=cmd_report)
 
     p = sub.add_parser("replay", help="stream a session file to a service's ingest endpoint, keeping seq and timestamps")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, nargs="+", help="a session file, or the parts of one recording")
     p.add_argument("--to", default="tcp://127.0.0.1:5555", help="the service's ingest endpoint")
     p.add_argument("--stream", action="append", help="stream to replay (repeatable; default: all)")
     p.add_argument("--mode", choices=("realtime", "fast", "step"), default="realtime",

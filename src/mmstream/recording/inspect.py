@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from mmstream.errors import ReadError
 from mmstream.recording.layout import METRICS_COLUMNS
@@ -34,7 +35,8 @@ READ_CHUNK_ROWS = 4096
 
 @contextmanager
 def open_session(path):
-    """A :class:`SessionReader` whose HDF5 read failures (truncated or damaged file) become
+    """A :class:`SessionReader` whose read failures inside the ``with`` block (HDF5 cannot read an
+    object or chunk; a recorded header that is not valid JSON of its model) become
     :class:`ReadError` with reason ``damaged``; a missing file is reason ``not_found``."""
     path = Path(path)
     if not path.exists():
@@ -44,8 +46,8 @@ def open_session(path):
     try:
         with SessionReader(path) as reader:
             yield reader
-    except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for unreadable objects and chunks
-        raise ReadError(f"{path}: damaged or truncated session file: {exc}", reason="damaged") from None
+    except (OSError, KeyError, RuntimeError, ValidationError, UnicodeDecodeError) as exc:
+        raise ReadError(f"{path}: damaged session file: {type(exc).__name__}: {str(exc)[:300]}", reason="damaged") from None
 
 
 class _Stats:
