@@ -46,6 +46,8 @@ def open_session(path):
     try:
         with SessionReader(path) as reader:
             yield reader
+    except BrokenPipeError:  # our output closed early (`| head`): not the file's fault
+        raise
     except (OSError, KeyError, RuntimeError, ValidationError, UnicodeDecodeError) as exc:
         raise ReadError(f"{path}: damaged session file: {type(exc).__name__}: {str(exc)[:300]}", reason="damaged") from None
 
