@@ -197,6 +197,21 @@ def test_export_bad_arguments_and_unwritable_target(session, tmp_path, capsys):
     assert rc == 1 and "unwritable" in err
 
 
+def test_export_to_a_full_disk_is_a_clear_error(session, tmp_path):
+    """Writes fail (EFBIG under a 4 kB file size limit, as ENOSPC would): exit 1, reason unwritable."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # stays ignored across exec: write() fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    for fmt in ("csv", "parquet"):
+        out = subprocess.run([sys.executable, "-m", "mmstream.cli", "export", str(session), "--out", str(tmp_path / fmt),
+                              "--metrics-format", fmt], capture_output=True, text=True, timeout=60, preexec_fn=limit)  # fmt: skip
+        assert out.returncode == 1, out.stderr
+        assert f"{session}: unwritable: " in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
 # ---- report --------------------------------------------------------------------------------------
 
 

@@ -4,16 +4,18 @@ Everything streams: metrics are written chunk by chunk (one Parquet row group pe
 one at a time, so a session of any length exports in constant memory.
 
 ``mmstream export FILE --out DIR [--metrics-format csv,parquet] [--frames png|video]`` writes, per
-stream ``S``: ``S_metrics.csv`` / ``S_metrics.parquet`` (one row per analysed frame, columns named
-with their units, see :data:`mmstream.recording.layout`), and ``S_frames/<seq>.png`` or ``S.avi``
-(Motion-JPEG at the recorded median frame rate).
+stream ``S``: ``S_metrics.csv`` / ``S_metrics.parquet`` (one row per analysed frame, the columns of
+the layout's metrics table, :data:`mmstream.recording.layout.METRICS_COLUMNS`; Parquet fields carry
+their unit), and ``S_frames/<seq>.png`` or ``S.avi`` (Motion-JPEG at the recorded mean frame rate).
+Errors reading the session are :class:`ReadError`; errors writing the outputs :class:`ExportError`.
 """
 
 import csv
 import math
-from functools import partial
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -36,6 +38,15 @@ class ExportError(MmstreamError):
     reason = "export_failed"
 
 
+@contextmanager
+def _writing(path):
+    """Output failures (disk full, permission, directory gone) as ExportError ``unwritable``."""
+    try:
+        yield
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write: {exc.strerror or exc}", reason="unwritable") from None
+
+
 def _csv_value(v):
     if isinstance(v, (bytes, np.bytes_)):
         return v.decode("utf-8", "replace")
@@ -50,18 +61,23 @@ def write_csv(chunks: Iterable[Columns], path: Path) -> int:
     """Write column chunks as one CSV file (header from the first chunk; NaN as an empty cell).
     Returns the number of rows written."""
     rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with _writing(path):
+        fh = open(path, "w", newline="", encoding="utf-8")
+    try:
         writer = None
-        for chunk in chunks:
+        for chunk in chunks:  # reading: its errors are the source's, not the output's
             names = list(chunk)
-            if writer is None:
-                writer = csv.writer(fh)
-                writer.writerow(names)
             n = len(chunk[names[0]]) if names else 0
             cols = [chunk[k].tolist() if chunk[k].dtype.kind not in "SO" else list(chunk[k]) for k in names]
-            for i in range(n):
-                writer.writerow([_csv_value(c[i]) for c in cols])
+            with _writing(path):
+                if writer is None:
+                    writer = csv.writer(fh)
+                    writer.writerow(names)
+                writer.writerows([_csv_value(c[i]) for c in cols] for i in range(n))
             rows += n
+    finally:
+        with _writing(path):
+            fh.close()
     return rows
 
 
@@ -87,24 +103,26 @@ def write_parquet(chunks: Iterable[Columns], path: Path, units: dict[str, str] |
     rows = 0
     writer = None
     try:
-        for chunk in chunks:
+        for chunk in chunks:  # reading: its errors are the source's, not the output's
             table = pa.table({k: _arrow_column(v) for k, v in chunk.items()})
-            if writer is None:
-                fields = [f.with_metadata({"unit": units[f.name]}) if units and units.get(f.name) else f for f in table.schema]
-                schema = pa.schema(fields)
-                writer = pq.ParquetWriter(path, schema, compression="zstd")
-            table = table.cast(schema)
-            writer.write_table(table)
+            with _writing(path):
+                if writer is None:
+                    schema = pa.schema([f.with_metadata({"unit": units[f.name]}) if units and units.get(f.name) else f
+                                        for f in table.schema])  # fmt: skip
+                    writer = pq.ParquetWriter(path, schema, compression="zstd")
+                writer.write_table(table.cast(schema))
             rows += table.num_rows
     finally:
         if writer is not None:
-            writer.close()
+            with _writing(path):
+                writer.close()
     return rows
 
 
 def write_pngs(frames: Iterable[tuple[int, np.ndarray]], out_dir: Path) -> int:
     """Write each ``(seq, image)`` as ``out_dir/<seq, zero-padded>.png`` (lossless). Returns the count."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with _writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     for seq, image in frames:
         if not cv2.imwrite(str(out_dir / f"{seq:08d}.png"), image):
@@ -197,10 +215,8 @@ def export_session(path, out_dir, *, metrics_formats=("csv",), frames: str | Non
     out_dir = Path(out_dir)
     result = ExportResult()
     with open_session(path) as reader:
-        try:
+        with _writing(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ExportError(f"{out_dir}: cannot create the output directory: {exc.strerror}", reason="unwritable") from None
         streams = [reader.stream(s) for s in reader.streams]
         total = sum(s.n_metrics * len(metrics_formats) + (s.n_frames if frames else 0) for s in streams)
         bar = progress(total) if progress is not None else None
@@ -226,8 +242,6 @@ def export_session(path, out_dir, *, metrics_formats=("csv",), frames: str | Non
                         fps = _frame_rate_fps(sr.index(0, 1), sr.index(n - 1, n), n) if n else 30.0
                         result.frames[sr.stream_id] = write_video(items, target, fps) if n else 0
                     result.files.append(target)
-        except PermissionError as exc:
-            raise ExportError(f"{exc.filename}: permission denied", reason="unwritable") from None
         finally:
             if bar is not None:
                 bar.close()
