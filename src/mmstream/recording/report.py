@@ -280,7 +280,7 @@ def _stream_section(sr, st: dict, n_thumbs: int, tick) -> StreamSection:
                 break
     thumbs = []
     if n_frames:
-        clock = "t_device_s" if st["clock"] == "t_device_s" else "t_host_s"
+        clock = st["clock"]
         t_first = float(sr.index(0, 1)[clock][0])
         for i in thumbnail_indices(n_frames, n_thumbs):
             row = sr.index(i, i + 1)
