@@ -369,3 +369,15 @@ def test_report_of_a_file_with_damaged_headers_is_a_read_error(session, tmp_path
         heap[:] = np.frombuffer(b"\xff" * len(heap), np.uint8)  # not UTF-8
     rc, _, err = _cli(capsys, "report", bad, "-o", tmp_path / "r.html")
     assert rc == 1 and f"{bad}: damaged: " in err and not (tmp_path / "r.html").exists()
+
+
+def test_a_session_without_frames(tmp_path, capsys):
+    path = tmp_path / "empty.h5"
+    write_session(path, 0)
+    rc, out, _ = _cli(capsys, "inspect", path)
+    assert rc == 0 and "stream probe0: 0 frames 96x128  seq -" in out and "metric " not in out
+    res = export.export_session(path, tmp_path / "x", metrics_formats=("csv",), frames="video")
+    assert res.frames == {"probe0": 0} and [f.name for f in res.files] == ["probe0_metrics.csv"]
+    assert (tmp_path / "x" / "probe0_metrics.csv").read_text().startswith("seq,t_device_s,")
+    report.build_report(path, tmp_path / "r.html")
+    assert "Stream probe0" in (tmp_path / "r.html").read_text()

@@ -237,10 +237,12 @@ def export_session(path, out_dir, *, metrics_formats=("csv",), frames: str | Non
                     if frames == "png":
                         target = out_dir / f"{stem}_frames"
                         result.frames[sr.stream_id] = write_pngs(items, target)
-                    else:
+                    elif n:  # a video of no frame is no file
                         target = out_dir / f"{stem}.avi"
-                        fps = _frame_rate_fps(sr.index(0, 1), sr.index(n - 1, n), n) if n else 30.0
-                        result.frames[sr.stream_id] = write_video(items, target, fps) if n else 0
+                        result.frames[sr.stream_id] = write_video(items, target, _frame_rate_fps(sr.index(0, 1), sr.index(n - 1, n), n))
+                    else:
+                        result.frames[sr.stream_id] = 0
+                        continue
                     result.files.append(target)
         finally:
             if bar is not None:

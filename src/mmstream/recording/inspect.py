@@ -234,19 +234,21 @@ def format_summary(s: dict) -> str:
         lines.append("  events: " + ", ".join(f"{k} x{v}" for k, v in s["events"].items()))
     for sid, st in s["streams"].items():
         sp = ", ".join("unknown" if v is None else f"{v[0]:g} x {v[1]:g} mm" for v in st["spacing_mm"]) or "-"
+        seqs = "-" if st["first_seq"] is None else f"{st['first_seq']}..{st['last_seq']}"
         lines += [
-            f"stream {sid}: {st['frames']} frames {st['shape_rc'][0]}x{st['shape_rc'][1]}  seq {st['first_seq']}..{st['last_seq']}",
+            f"stream {sid}: {st['frames']} frames {st['shape_rc'][0]}x{st['shape_rc'][1]}  seq {seqs}",
             f"  duration {_num(st['duration_s'])} s ({st['clock']})  frame rate {_num(st['frame_rate_fps'])} fps"
             f"  longest interval {_num(st['max_interval_ms'], '{:.1f}')} ms",
             f"  dropped frames (seq gaps) {st['dropped_frames']}  spacing {sp}  metrics rows {st['metrics_rows']}",
         ]
         flags = "  ".join(f"{k} {v}" for k, v in st["quality_flags"].items())
         lines.append(f"  quality flags (frames): {flags}")
-        lines.append(f"  {'metric':<22}{'unit':<12}{'n':>8}{'mean':>11}{'std':>11}{'min':>11}{'max':>11}")
-        for name, m in st["metrics"].items():
-            if m["n"]:
-                lines.append(f"  {name:<22}{m['unit'] or '-':<12}{m['n']:>8}"
-                             + "".join(f"{_num(m[k], '{:.3f}'):>11}" for k in ("mean", "std", "min", "max")))  # fmt: skip
+        measured = {name: m for name, m in st["metrics"].items() if m["n"]}
+        if measured:
+            lines.append(f"  {'metric':<22}{'unit':<12}{'n':>8}{'mean':>11}{'std':>11}{'min':>11}{'max':>11}")
+        for name, m in measured.items():
+            lines.append(f"  {name:<22}{m['unit'] or '-':<12}{m['n']:>8}"
+                         + "".join(f"{_num(m[k], '{:.3f}'):>11}" for k in ("mean", "std", "min", "max")))  # fmt: skip
     return "\n".join(lines)
 
 
