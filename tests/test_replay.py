@@ -161,6 +161,24 @@ def test_replay_cli_sends_the_file(session, capsys):
         pull.close()
 
 
+def test_replay_cli_to_a_curve_secured_endpoint(session, tmp_path, capsys):
+    from mmstream.cli import main
+    from mmstream.transport import Curve, make_keys
+
+    server_pub, server_sec = make_keys(tmp_path / "server", "server")
+    client_pub, client_sec = make_keys(tmp_path / "clients", "client")
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True,
+                       curve=Curve(secret_key_file=server_sec, allowed_clients_dir=tmp_path / "clients"))  # fmt: skip
+    try:
+        argv = ["replay", str(session), "--to", pull.last_endpoint, "--mode", "fast", "--stream", "probe1"]
+        assert main([*argv, "--client-secret-key", str(client_sec), "--server-key", str(server_pub)]) == 0
+        assert [decode(pull.recv(timeout_ms=3000)).header.seq for _ in range(N)][-1] == N
+        assert main([*argv, "--server-key", str(server_pub)]) == 2
+        assert "go together" in capsys.readouterr().err
+    finally:
+        pull.close()
+
+
 # ---- record -> replay -> record -----------------------------------------------------------------
 
 

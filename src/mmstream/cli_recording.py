@@ -77,16 +77,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from mmstream.transport import Curve
     from mmstream_drivers.replay import Replayer
 
+    if (args.client_secret_key is None) != (args.server_key is None):
+        print("mmstream replay: error: --client-secret-key and --server-key go together", file=sys.stderr)
+        return 2
+    curve = None if args.server_key is None else Curve(secret_key_file=args.client_secret_key, server_key_file=args.server_key)
     try:
         with Replayer(args.file, streams=args.stream or None, mode=args.mode, speed=args.speed) as rp:
             if args.mode == "step":
                 print("mmstream replay: Enter sends the next frame, Ctrl-D stops", file=sys.stderr)
-                n = rp.send(args.to, advance=lambda: sys.stdin.readline() != "",
+                n = rp.send(args.to, curve=curve, advance=lambda: sys.stdin.readline() != "",
                             on_frame=lambda f: print(f"{f.stream_id} seq {f.frame.seq}", flush=True))  # fmt: skip
             else:
-                n = rp.send(args.to)
+                n = rp.send(args.to, curve=curve)
     except MmstreamError as exc:
         return _fail("replay", args.file, exc)
     except KeyboardInterrupt:
@@ -127,5 +132,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("realtime", "fast", "step"), default="realtime",
                    help="original timing, as fast as the service takes frames, or one frame per Enter")  # fmt: skip
     p.add_argument("--speed", type=float, default=1.0, help="realtime: time scale (2 = twice as fast)")
+    p.add_argument("--client-secret-key", type=Path, default=None, help="CURVE: this client's .key_secret (mmstream keys)")
+    p.add_argument("--server-key", type=Path, default=None, help="CURVE: the service's public .key")
     p.set_defaults(func=cmd_replay)
 
