@@ -58,10 +58,10 @@ class RawPeer:
                 return
             self.connections += 1
             with conn:
-                conn.sendall(self.payloads.pop(0))
-                if self.payloads:
-                    conn.shutdown(socket.SHUT_WR)  # the next payload goes to the next connection
-                try:
+                try:  # the client may drop us as soon as it has seen enough garbage
+                    conn.sendall(self.payloads.pop(0))
+                    if self.payloads:
+                        conn.shutdown(socket.SHUT_WR)  # the next payload goes to the next connection
                     conn.recv(1)  # wait for the client to drop us
                 except OSError:
                     pass

@@ -17,8 +17,8 @@
 * **Live** sources (a device; a ``url`` with ``live = true``) reconnect with exponential back-off
   when the device goes away (``device_lost``, ``device_unavailable`` events, ``reconnects``);
   across a reconnect ``t_device_s`` keeps increasing by the host time that passed. A file ends at
-  its last frame (or loops); a file that ends before the frame count in its header is reported
-  ``truncated``.
+  its last frame (or loops); a file that ends two or more frames before the frame count in its
+  header is reported ``truncated`` (a warning: some containers only estimate that count).
 """
 
 import math
@@ -172,8 +172,10 @@ class VideoSource:
                 if self.backoff.wait(self.stop_event):
                     return
                 continue
-            if expected > 0 and n_read < expected and not self.stop_event.is_set():
-                self.health.error("truncated", f"video {self.target!r} ended after {n_read} of {int(expected)} frames")
+            # some containers only estimate their frame count: one frame short is not reported
+            if expected > 0 and n_read + 1 < expected and not self.stop_event.is_set():
+                self.health.error("truncated", f"video {self.target!r} ended after {n_read} of the {int(expected)} "
+                                  "frames its header announces", level="warning")
             if not self.loop:
                 return
 
