@@ -40,7 +40,8 @@ def server():
 
 
 class RawPeer:
-    """A TCP server that sends whatever bytes the test gives each accepted connection."""
+    """A TCP server that sends whatever bytes the test gives each accepted connection, then closes
+    its side (or, for a ``Stall(bytes)``, keeps the connection open and silent)."""
 
     def __init__(self, payloads):
         self.listen = socket.create_server(("127.0.0.1", 0))
@@ -59,8 +60,9 @@ class RawPeer:
             self.connections += 1
             with conn:
                 try:  # the client may drop us as soon as it has seen enough garbage
-                    conn.sendall(self.payloads.pop(0))
-                    if self.payloads:
+                    payload = self.payloads.pop(0)
+                    conn.sendall(payload)
+                    if self.payloads and not isinstance(payload, Stall):
                         conn.shutdown(socket.SHUT_WR)  # the next payload goes to the next connection
                     conn.recv(1)  # wait for the client to drop us
                 except OSError:
@@ -68,6 +70,10 @@ class RawPeer:
 
     def close(self):
         self.listen.close()
+
+
+class Stall(bytes):
+    """Bytes after which the peer goes silent without closing."""
 
 
 def test_images_from_a_pyigtl_server_keep_spacing_orientation_time_and_metadata(server):
@@ -343,3 +349,14 @@ def test_a_client_that_does_not_read_loses_whole_messages_only(output):
         slow.close()
     assert seen == sorted(seen) and len(seen) + output.counters["dropped_messages"] == sent
     assert seen[-1] == sent - 1  # the newest always arrives
+
+
+def test_a_peer_that_stalls_inside_a_message_is_dropped_after_the_stall_timeout():
+    peer = RawPeer([Stall(image_message().pack()[:500]), image_message(6).pack()])  # 898-byte message cut
+    src = IgtlSource(port=peer.port, stall_timeout_s=0.3, backoff_initial_s=0.01)
+    try:
+        with Running(src) as run:
+            [frame] = run.wait_frames(1)
+    finally:
+        peer.close()
+    assert int(frame.image[3, 5]) == 30 and src.health.errors["igtl_stalled"] == 1
