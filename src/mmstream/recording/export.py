@@ -47,14 +47,15 @@ def _writing(path):
         raise ExportError(f"{path}: cannot write: {exc.strerror or exc}", reason="unwritable") from None
 
 
-def _csv_value(v):
-    if isinstance(v, (bytes, np.bytes_)):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else repr(float(v))
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def _csv_column(a: np.ndarray) -> list:
+    """Cell values of one column: text decoded, NaN as an empty cell, floats in shortest form."""
+    if a.dtype.kind == "S":
+        return np.char.decode(a, "utf-8", "replace").tolist()
+    if a.dtype.kind == "f":
+        text = a.astype(str)
+        text[np.isnan(a)] = ""
+        return text.tolist()
+    return a.tolist()
 
 
 def write_csv(chunks: Iterable[Columns], path: Path) -> int:
@@ -67,14 +68,13 @@ def write_csv(chunks: Iterable[Columns], path: Path) -> int:
         writer = None
         for chunk in chunks:  # reading: its errors are the source's, not the output's
             names = list(chunk)
-            n = len(chunk[names[0]]) if names else 0
-            cols = [chunk[k].tolist() if chunk[k].dtype.kind not in "SO" else list(chunk[k]) for k in names]
+            cols = [_csv_column(chunk[k]) for k in names]
             with _writing(path):
                 if writer is None:
                     writer = csv.writer(fh)
                     writer.writerow(names)
-                writer.writerows([_csv_value(c[i]) for c in cols] for i in range(n))
-            rows += n
+                writer.writerows(zip(*cols))
+            rows += len(cols[0]) if cols else 0
     finally:
         with _writing(path):
             fh.close()
