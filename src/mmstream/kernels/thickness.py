@@ -300,12 +300,13 @@ LINE_FEATURES = (
 PAIR_FEATURES = ("gap", "gap_squared")
 
 
-def _band_mean(csum, path, lo, hi):
-    """Mean grey over rows ``path + lo .. path + hi - 1`` (clipped to the region) of each bin,
-    averaged over bins; ``csum`` (H + 1, B) is the binned image's cumulative sum over rows."""
+def _band_means(csum, paths, lo, hi):
+    """(N,) mean grey over rows ``path + lo .. path + hi - 1`` (clipped to the region) of each bin,
+    averaged over bins, for paths (N, B); ``csum`` (H + 1, B) is the binned image's cumulative sum
+    over rows."""
     h, j = csum.shape[0] - 1, np.arange(csum.shape[1])
-    a, b = np.clip(path + lo, 0, h), np.clip(path + hi, 0, h)
-    return float(np.mean((csum[b, j] - csum[a, j]) / np.maximum(b - a, 1)))
+    a, b = np.clip(paths + lo, 0, h), np.clip(paths + hi, 0, h)
+    return ((csum[b, j] - csum[a, j]) / np.maximum(b - a, 1)).mean(axis=1)
 
 
 def _candidates(cm, g, acc, acc_coarse, peaks, slopes, xj, sign):
@@ -333,18 +334,14 @@ def _candidates(cm, g, acc, acc_coarse, peaks, slopes, xj, sign):
     n = len(peaks)
     near, far = max(int(NEAR_BAND * hh), 4), max(int(FAR_BAND * hh), 8)
     feats = np.zeros((n, len(LINE_FEATURES)), np.float64)
-    paths = []
+    paths = np.empty((n, nb), np.int64)
     for i, (r, k, v) in enumerate(peaks):
-        path = np.empty(nb, np.int64)
-        _band_path(g, sign, r + slopes[k] * xj, BAND_HALF, MAX_STEP, wacc, back, path)
-        feats[i, :-1] = (
-            v / vmax, max(sign * acc_coarse[r, k], 0.0) / cmax, r / hh, depths.index(r) / n,
-            _band_mean(csum, path, -near, -2) / mean, _band_mean(csum, path, 2, near) / mean,
-            _band_mean(csum, path, -far, -2) / mean, _band_mean(csum, path, 2, far) / mean,
-            float(np.mean(sign * g[path, j] >= COHERENT_EDGE)),
-            sum(1 for q in peaks if q[0] > r and q[2] >= 0.7 * vmax) / n, abs(slopes[k]) / MAX_SLOPE,
-        )  # fmt: skip
-        paths.append(path)
+        _band_path(g, sign, r + slopes[k] * xj, BAND_HALF, MAX_STEP, wacc, back, paths[i])
+        feats[i, :4] = v / vmax, max(sign * acc_coarse[r, k], 0.0) / cmax, r / hh, depths.index(r) / n
+        feats[i, 9:11] = sum(1 for q in peaks if q[0] > r and q[2] >= 0.7 * vmax) / n, abs(slopes[k]) / MAX_SLOPE
+    for f, (lo, hi) in enumerate(((-near, -2), (2, near), (-far, -2), (2, far))):
+        feats[:, 4 + f] = _band_means(csum, paths, lo, hi) / mean
+    feats[:, 8] = (sign * g[paths, j] >= COHERENT_EDGE).mean(axis=1)
     if sign < 0:
         upper = [i for i, p in enumerate(peaks) if p[0] < 0.45 * hh and p[2] >= 0.7 * vmax]
         rule = max(upper, key=lambda i: peaks[i][0]) if upper else int(np.argmax([p[2] for p in peaks]))
