@@ -21,6 +21,8 @@ def test_bench_sources_writes_a_row_per_comparison(tmp_path, shared_data):
         "DICOM cine: driver decode", "DICOM cine: driver decode + publish",
         "OpenIGTLink: driver ingest (CRC checked)", "OpenIGTLink: driver ingest, check_crc=false",
         "OpenIGTLink: driver ingest + publish",
+        "OpenIGTLink: driver ingest (CRC checked)", "OpenIGTLink: driver ingest + publish",
     ]  # fmt: skip
+    assert rows[-1]["library"] == "pyigtl client receive"
     assert rows[0]["frames"] == 30 and rows[2]["frames"] == 20
     assert all(r["ratio"] > 0 and r["driver_fps"] > 0 and r["target_ratio"] == 1.2 for r in rows)
