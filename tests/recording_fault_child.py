@@ -1,8 +1,10 @@
 """Child process of the recording fault tests; prints one JSON line with what it observed.
 
     python recording_fault_child.py disk_full DIRECTORY LIMIT_BYTES
-        The service (sim source, recorder enabled) under RLIMIT_FSIZE: the recording fails with
-        ``disk_full``; the live metrics must keep coming afterwards.
+        The service (sim source, recorder enabled) under RLIMIT_FSIZE: the recording stops with
+        ``disk_full`` before a write fails; the live metrics must keep coming afterwards.
+    python recording_fault_child.py write_error DIRECTORY LIMIT_BYTES
+        The recorder alone, its room check defeated: an HDF5 write fails (EFBIG) mid-flush.
     python recording_fault_child.py permission DIR_NOT_MINE DIR_MINE
         Runs as user nobody: arming in a directory it cannot write, then a directory that becomes
         unwritable before the file is created.
@@ -56,6 +58,33 @@ def disk_full(directory: str, limit_bytes: str) -> dict:
                 "recorder_counters": dict(svc.graph.status()["nodes"]["recorder"]["counters"])}  # fmt: skip
 
 
+def write_error(directory: str, limit_bytes: str) -> dict:
+    """As disk_full, without the service and with the room check defeated, so that an HDF5 write
+    really fails (EFBIG) inside a flush."""
+    import mmstream.recording.writer as writer
+    from mmstream.config import RecorderSection
+    from mmstream.recording.recorder import Recorder
+    from recording_crash_child import messages
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
+    writer.room_bytes = lambda path: 2**62
+    rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), "werr", expected_streams=("a", "b"))
+    rec.start_recording()
+    committed, events = {}, []
+    for seq in range(100000):
+        for port, msg in messages(seq):
+            events += rec.process(port, msg)
+        if seq % 5 == 4:
+            events += rec.tick(time.monotonic() + 3600)  # flush now
+        st = rec.recording_status()
+        if st["state"] != "recording":
+            break
+        committed = json.loads(json.dumps(st["committed"]))
+    return {"status": st, "committed_before_failure": committed, "files": st["files"],
+            "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
+
+
 def permission(not_mine: str, mine: str) -> dict:
     from mmstream.codec import Decoded, buffer_specs, topic_for
     from mmstream.config import RecorderSection
@@ -84,4 +113,5 @@ def permission(not_mine: str, mine: str) -> dict:
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    print(json.dumps({"disk_full": disk_full, "permission": permission}[mode](*args)), flush=True)
+    modes = {"disk_full": disk_full, "write_error": write_error, "permission": permission}
+    print(json.dumps(modes[mode](*args)), flush=True)

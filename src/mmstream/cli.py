@@ -172,7 +172,8 @@ def cmd_demo(args) -> int:
     from mmstream.transport import TransportTimeout, make_socket
     from mmstream_drivers.sim import SimProbe
 
-    cfg = load_config(args.config, sources=[{"driver": "sim", "stream_id": "sim", "fps": args.fps}])
+    record = {"recorder": {"enabled": True, "directory": str(args.record)}} if args.record else {}
+    cfg = load_config(args.config, sources=[{"driver": "sim", "stream_id": "sim", "fps": args.fps}], **record)
     seed = SimProbe(seed=0).frame(0).truth.nerve_center_rc  # the operator's click on the nerve
     svc = Service(cfg)
     svc.graph.settings.update("sim", seed_rc=seed)
@@ -204,6 +205,9 @@ def cmd_demo(args) -> int:
         sub.close()
         print(_format_status_line(svc.graph.status(), last), flush=True)
         svc.stop()
+    rec = svc.recorder.recording_status()
+    if rec["files"] or rec["last_error"]:
+        print(f"mmstream demo: recorded {rec['files']}" + (f", error: {rec['last_error']['message']}" if rec["last_error"] else ""))
     print("mmstream demo: stopped", flush=True)
     return 0
 
@@ -332,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", type=Path, default=None, help="service TOML (default: embedded defaults)")
     d.add_argument("--fps", type=float, default=30.0)
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    d.add_argument("--record", type=Path, default=None, metavar="DIR",
+                   help="record the session to an HDF5 file in DIR (must exist; docs/recording.md)")
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="run the service from a TOML configuration")

@@ -189,18 +189,24 @@ def dtype_of(columns: tuple[Column, ...]) -> np.dtype:
     return np.dtype([(c.name, c.dtype) for c in columns])
 
 
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(columns: tuple[Column, ...]) -> tuple:
+    """(name, getter, string length or 0) per column, computed once per table (tables are constants)."""
+    plan = _PLANS.get(id(columns))
+    if plan is None:
+        plan = _PLANS[id(columns)] = tuple((c.name, c.get, int(c.dtype[1:]) if c.dtype[0] == "S" else 0) for c in columns)
+    return plan
+
+
 def row_of(columns: tuple[Column, ...], header, **filled) -> tuple:
     """One table row (a tuple in column order) from a wire header; ``filled`` gives the columns
     without a getter (``t_recorded_s``, ``json_offset``...); those not given are 0."""
     out = []
-    for c in columns:
-        if c.name in filled:
-            v = filled[c.name]
-        elif c.get is not None:
-            v = c.get(header)
-        else:
-            v = 0
-        out.append(v.encode()[: int(c.dtype[1:])] if isinstance(v, str) else v)
+    for name, get, n_chars in _plan(columns):
+        v = filled[name] if name in filled else (get(header) if get is not None else 0)
+        out.append(v.encode()[:n_chars] if n_chars else v)
     return tuple(out)
 
 

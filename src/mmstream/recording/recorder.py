@@ -32,6 +32,7 @@ from mmstream.nodes.base import Node, Out, Port
 from mmstream.recording.writer import SessionWriter
 
 HELD_MAX = 4096  # messages held while armed before the file is opened anyway
+PENDING_MAX_BYTES = 64 * 2**20  # flush early when this many pixel bytes wait (bursts, many probes)
 _ERRNO_REASON = {
     errno.ENOSPC: "disk_full", errno.EFBIG: "disk_full", errno.EDQUOT: "disk_full",
     errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.EROFS: "permission_denied",
@@ -46,6 +47,13 @@ def _reason(exc: BaseException) -> str:
         m = re.search(r"errno = (\d+)", str(exc))
         code = int(m.group(1)) if m else None
     return _ERRNO_REASON.get(code, "write_failed")
+
+
+def _failure(exc: BaseException) -> tuple[str, str, bool]:
+    """(message, reason, foreseen) of a recording failure; keeps no reference to the exception."""
+    if isinstance(exc, RecordingError):
+        return str(exc), exc.reason, True
+    return f"{type(exc).__name__}: {exc}", _reason(exc), False
 
 
 def check_directory(directory: Path) -> Path:
@@ -95,7 +103,7 @@ class Recorder(Node):
             try:
                 directory = check_directory(self.options.directory)
             except RecordingError as exc:
-                self._fail(exc, exc.reason)
+                self._fail(str(exc), exc.reason, True)
                 raise
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             rid, k = f"{self.session_id}_{stamp}", 1
@@ -173,22 +181,34 @@ class Recorder(Node):
     def _say(self, level: str, reason: str, message: str) -> None:
         self._out.append(self.event(level, reason, message))
 
-    def _fail(self, exc: BaseException, reason: str) -> None:
+    def _fail(self, message: str, reason: str, foreseen: bool) -> None:
+        """End the recording. Called outside ``except`` blocks: a live traceback would keep HDF5
+        handles of a fenced file alive past its close (HDF5 crashes when they are freed later)."""
         self.count(f"error_{reason}")
-        self._last_error = {"reason": reason, "message": str(exc)[:500], "t_wall": datetime.now(timezone.utc).isoformat()}
-        self._say("error", f"recording_{reason}", f"recording stopped: {reason}: {exc}")
-        if self._writer is not None:
-            self._writer.abandon()
-            self._flushed_frames += sum(self._writer.committed["frames"].values())
-            self._writer = None
+        self._last_error = {"reason": reason, "message": message[:500], "t_wall": datetime.now(timezone.utc).isoformat()}
+        self._say("error", f"recording_{reason}", f"recording stopped: {reason}: {message}")
+        w, self._writer = self._writer, None
+        if w is not None:
+            if foreseen:  # no room for the next flush: nothing failed, close cleanly
+                w.discard_pending()
+                try:
+                    w.close()
+                except (OSError, RuntimeError):
+                    w.abandon()
+            else:  # a write failed: touch the file no more
+                w.abandon()
+            self._flushed_frames += sum(w.committed["frames"].values())
         self._state = "failed" if self._state in ("armed", "recording") else self._state
         self._held = []
 
     def _guard(self, fn, *args) -> None:
+        failure = None
         try:
             fn(*args)
         except (OSError, RuntimeError, RecordingError) as exc:  # h5py raises OSError/RuntimeError
-            self._fail(exc, getattr(exc, "reason", None) if isinstance(exc, RecordingError) else _reason(exc))
+            failure = _failure(exc)
+        if failure is not None:
+            self._fail(*failure)
 
     def _maybe_open(self, now: float) -> None:
         if not self._shapes:
@@ -226,17 +246,21 @@ class Recorder(Node):
 
     def _close_part(self) -> None:
         w, self._writer = self._writer, None
+        failure = None
         try:
             w.close()
         except (OSError, RuntimeError) as exc:
+            failure = _failure(exc)
+        if failure is not None:
             self._writer = w
-            self._fail(exc, _reason(exc))
+            self._fail(*failure)
             return
         self._flushed_frames += sum(w.committed["frames"].values())
 
     def _write(self, msg: Decoded) -> None:
         h = msg.header
         w = self._writer
+        failure = None
         try:
             if isinstance(h, Frame):
                 image = msg.arrays["image"]
@@ -248,6 +272,8 @@ class Recorder(Node):
                     w = self._writer
                 w.add_frame(h, image)
                 self.count("frames")
+                if w.pending_bytes >= PENDING_MAX_BYTES:
+                    self._flush()
             elif isinstance(h, Metrics):
                 w.add_metrics(h, msg.arrays)
                 self.count("metrics")
@@ -257,8 +283,10 @@ class Recorder(Node):
                 w.add_fused(h)
         except InputError as exc:  # metrics of a stream without frames: counted, not recorded
             self.count(exc.reason)
-        except (OSError, RuntimeError) as exc:
-            self._fail(exc, _reason(exc))
+        except (OSError, RuntimeError, RecordingError) as exc:
+            failure = _failure(exc)
+        if failure is not None:
+            self._fail(*failure)
 
     def _open_next(self, stream_id: str) -> None:
         self._say("info", "recording_new_part", f"new stream or frame shape on {stream_id}: next file part")

@@ -1,12 +1,16 @@
 """SWMR writer of one session file part (layout: :mod:`mmstream.recording.layout`).
 
-Frames are written to the file as they come (one chunk each, straight to the file for uncompressed
-and gzip frames); table rows and their JSON wait in memory until :meth:`SessionWriter.flush`, which
-writes, per table, the JSON bytes and arrays first and the rows last, then flushes HDF5 (and fsyncs).
-So a writer killed at any moment leaves every row committed by the last flush complete.
+Frames (by reference), table rows and their JSON wait in memory until :meth:`SessionWriter.flush`
+(the recorder calls it every ``flush_interval_s``), which writes, per table, the JSON bytes and the
+pixels or arrays first and the rows last, then flushes HDF5 and fsyncs. So a writer killed at any
+moment leaves every row committed by the last flush complete, and memory holds at most one flush
+interval of frames.
 """
 
+import gc
 import os
+import resource
+import sys
 import time
 import zlib
 from datetime import datetime, timezone
@@ -14,9 +18,23 @@ from datetime import datetime, timezone
 import h5py
 import numpy as np
 
-from mmstream.errors import InputError
+from mmstream.errors import InputError, RecordingError
 from mmstream.messages import Event, Frame, Metrics
 from mmstream.recording import layout as L
+
+
+RESERVE_BYTES = 16 * 2**20  # room kept free for the metadata of a flush and a clean close
+
+
+def room_bytes(path) -> int:
+    """Bytes ``path`` can still grow by: free space of its file system for this user, and the
+    process's file size limit (RLIMIT_FSIZE)."""
+    st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    room = st.f_bavail * st.f_frsize
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        room = min(room, limit - os.path.getsize(path))
+    return room
 
 
 def _wall() -> str:
@@ -41,6 +59,14 @@ class _Table:
         self._blobs.append(blob)
         self._pending_bytes += len(blob)
         self.pending.append(L.row_of(self.columns, header, json_offset=off, json_n_bytes=len(blob), **filled))
+
+    def discard(self) -> int:
+        """Drop the pending rows (not written); returns how many."""
+        n = len(self.pending)
+        self.pending.clear()
+        self._blobs.clear()
+        self._pending_bytes = 0
+        return n
 
     def commit(self, before_rows=None) -> None:
         """Write heap bytes, then ``before_rows()`` (arrays the rows point to), then the rows."""
@@ -67,7 +93,7 @@ class _Stream:
         self.g = g
         self.shape = (int(g.attrs["rows"]), int(g.attrs["cols"]))
         self.frames = g["frames"]
-        self.n_written = 0  # frames in the dataset (committed or not)
+        self.n_written = 0  # frames in the dataset
         self.index = _Table(g["index"], g["json"], L.FRAME_INDEX)
         self.metrics = _Table(g["metrics/table"], g["metrics/json"], L.METRICS_COLUMNS)
         self.arrays = {k: g[f"metrics/{k}"] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")}
@@ -75,16 +101,23 @@ class _Stream:
         self.last_seq = -1
         self.first_seq = -1
         self.dropped = 0
-        self._encode = {"none": bytes, "gzip": lambda a: zlib.compress(a, 1)}.get(compression)
+        self.pending_frames: list[np.ndarray] = []
+        self._encode = {"none": lambda a: a, "gzip": lambda a: zlib.compress(a, 1)}.get(compression)
 
-    def write_frame(self, image: np.ndarray) -> None:
-        n = self.n_written
-        self.frames.resize((n + 1, *self.shape))
-        if self._encode is not None:
-            self.frames.id.write_direct_chunk((n, 0, 0), self._encode(np.ascontiguousarray(image)))
-        else:
-            self.frames[n] = image
-        self.n_written = n + 1
+    def write_frames(self) -> None:
+        """Append the pending frames: one resize, then one chunk per frame (straight to the file
+        for uncompressed and gzip frames, through the HDF5 filter pipeline otherwise)."""
+        n0, k = self.n_written, len(self.pending_frames)
+        if not k:
+            return
+        self.frames.resize((n0 + k, *self.shape))
+        for i, image in enumerate(self.pending_frames):
+            if self._encode is not None:
+                self.frames.id.write_direct_chunk((n0 + i, 0, 0), self._encode(np.ascontiguousarray(image)))
+            else:
+                self.frames[n0 + i] = image
+        self.n_written = n0 + k
+        self.pending_frames.clear()
 
     def write_arrays(self) -> None:
         k0 = self.metrics.n
@@ -130,6 +163,7 @@ class SessionWriter:
         }  # fmt: skip
         self.rejected_messages = 0
         self.lost_frames = 0
+        self.pending_bytes = 0  # pixels waiting for the next flush
         self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams}, "events": 0}
         self.closed = False
 
@@ -138,13 +172,14 @@ class SessionWriter:
         return st is not None and st.shape == tuple(shape)
 
     def add_frame(self, header: Frame, image: np.ndarray) -> None:
-        """Write the frame's pixels now; its index row at the next flush."""
+        """Queue the frame (a reference, no copy) for the next flush."""
         st = self.streams.get(header.stream_id)
         if st is None or image.shape != st.shape:
             raise InputError(f"frame {header.stream_id} {image.shape} does not fit this file part",
                              reason="new_stream_or_shape")  # fmt: skip
         gap = header.seq - st.last_seq - 1 if st.last_seq >= 0 and header.seq > st.last_seq + 1 else 0
-        st.write_frame(image)
+        st.pending_frames.append(image)
+        self.pending_bytes += image.nbytes
         st.dropped += gap
         st.last_seq = header.seq
         if st.first_seq < 0:
@@ -190,16 +225,38 @@ class SessionWriter:
         self.file["session/summary"][0] = (now.encode(), stop_wall.encode(), bool(stop_wall), n_frames, dropped,
                                            self.rejected_messages, self.lost_frames, self.logs["events"].n)  # fmt: skip
 
+    def discard_pending(self) -> int:
+        """Drop everything not yet flushed (counted in ``lost_frames``); returns the frames dropped."""
+        lost = 0
+        for st in self.streams.values():
+            lost += st.index.discard()
+            st.metrics.discard()
+            st.pending_frames.clear()
+            for v in st.pending_arrays.values():
+                v.clear()
+        for t in self.logs.values():
+            t.discard()
+        self.lost_frames += lost
+        self.pending_bytes = 0
+        return lost
+
     def flush(self) -> dict:
-        """Commit every pending row, flush HDF5 and fsync; returns ``committed``."""
+        """Commit every pending row, flush HDF5 and fsync; returns ``committed``. RecordingError
+        ``disk_full``, before anything is written, when the disk (or the process's file size limit)
+        has no room for the pending frames plus RESERVE_BYTES."""
+        room = room_bytes(self.path)
+        if self.pending_bytes and self.pending_bytes + RESERVE_BYTES > room:
+            raise RecordingError(f"{self.path}: {room} bytes of room left, the next flush needs "
+                                 f"{self.pending_bytes} + {RESERVE_BYTES} reserved", reason="disk_full")  # fmt: skip
         for sid, st in self.streams.items():
-            st.index.commit()
+            st.index.commit(st.write_frames)
             st.metrics.commit(st.write_arrays)
             self.committed["frames"][sid] = st.index.n
             self.committed["metrics"][sid] = st.metrics.n
         for t in self.logs.values():
             t.commit()
         self.committed["events"] = self.logs["events"].n
+        self.pending_bytes = 0
         self._write_summaries()
         self.file.flush()
         if self._fsync:
@@ -219,21 +276,27 @@ class SessionWriter:
             self.file.close()
 
     def abandon(self) -> None:
-        """Give up after a write error, writing nothing more: the file's descriptor is replaced by a
-        read-only /dev/null before HDF5 closes it, so the file stays as the last flush left it
-        (closing normally would write metadata pointing past a failed write)."""
+        """Give up after a write error, changing the file no more: its descriptor is replaced by
+        /dev/null (writes discarded, so HDF5 can close without errors) before HDF5 closes it, and
+        the file stays as the last flush left it (closing normally would write metadata pointing
+        past the failed write)."""
         if self.closed:
             return
         self.closed = True
         try:
-            null = os.open(os.devnull, os.O_RDONLY)
+            null = os.open(os.devnull, os.O_RDWR)
             try:
                 os.dup2(null, self.file.id.get_vfd_handle())
             finally:
                 os.close(null)
         except Exception:  # no descriptor to fence (file already closed by HDF5)
             pass
+        hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None  # handles failing to close, by design
         try:
+            self.streams, self.logs = {}, {}  # drop every dataset handle before the file
+            gc.collect()
             self.file.close()
         except Exception:  # the writes HDF5 attempts on close fail by design
             pass
+        finally:
+            sys.unraisablehook = hook
