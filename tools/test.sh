@@ -8,7 +8,6 @@ DEBIAN_PACKAGES=(
     hdf5-tools        # h5dump opens files left by a killed recorder (tests/test_recorder_crash.py)
     dcmtk             # storescu sends series to the DICOM SCP (tests/test_volumes_scp.py)
     chromium          # the live view in a real headless browser, driven by Playwright (tests/test_web_browser.py)
-    chromium-driver   # chromedriver, for driving the same browser with Selenium
 )
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
