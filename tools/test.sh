@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages: real HDF5 tools, DICOM peers and a browser (one line each: what uses it)
 DEBIAN_PACKAGES=(
-    hdf5-tools        # h5dump opens files left by a killed recorder (tests/test_recorder_crash.py)
+    hdf5-tools        # h5dump opens files left by a killed recorder (tests/test_recording_crash.py)
     dcmtk             # storescu sends series to the DICOM SCP (tests/test_volumes_scp.py)
     chromium          # the live view in a real headless browser, driven by Playwright (tests/test_web_browser.py)
 )
