@@ -20,8 +20,11 @@ from mmstream.messages import (
     Control,
     CsaSummary,
     EchoSummary,
+    BiopsyCandidate,
     Event,
     Frame,
+    Fused,
+    FusedValue,
     ImagingSettings,
     Metrics,
     QualitySummary,
@@ -90,9 +93,21 @@ def sample_reply():
     return Reply(ok=True, data={"stream_id": "probe-1", "nested": {"a": [1, 2.5, None, "x"]}}), ()
 
 
+def sample_fused():
+    return Fused(
+        stream_id="probe-1", session_id="probe-1-abc", parent=("probe-1", 7), patient_id="PSEUDO-1",
+        site="tibialis_anterior", side="left", captures=2, score=1.5, score_formula="max(z)",
+        score_inputs=("fat_fraction",), flags=("stale_biomarkers",),
+        values=(FusedValue(name="fat_fraction", source="stored", modality="MRI", value=0.2, unit="1",
+                           acquired_on="2026-01-10", age_days=321.0, stale=True, z=1.5),),
+        biopsy=(BiopsyCandidate(rank=1, site="tibialis_anterior", side="left", category="affected", score=1.5,
+                                reason="moderately affected"),),
+    ), ()  # fmt: skip
+
+
 SAMPLES = {
     "frame": sample_frame, "volume": sample_volume, "metrics": sample_metrics,
-    "event": sample_event, "control": sample_control, "reply": sample_reply,
+    "event": sample_event, "control": sample_control, "reply": sample_reply, "fused": sample_fused,
 }  # fmt: skip
 
 
