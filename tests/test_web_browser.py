@@ -136,7 +136,9 @@ def test_click_on_the_nerve_places_the_seed_and_the_contour_appears_there(svc, p
     page.mouse.click(*client_point(page, row, col))
     page.wait_for_function("window.mmstreamView.metrics.csa !== null && window.mmstreamView.metrics.contour_rc", timeout=10000)
     seed = svc.graph.settings.get("sim").seed_rc
-    assert abs(seed[0] - row) < 2 and abs(seed[1] - col) < 2  # the click landed on that pixel
+    # the click landed on that pixel, give or take the nerve's motion (up to ~13 px/s in the sim)
+    # between reading its position from the page and the click reaching the service
+    assert abs(seed[0] - row) < 4 and abs(seed[1] - col) < 4
     for _ in range(10):  # the next frames keep the contour on the (moving) nerve
         m = page.evaluate("window.mmstreamView.metrics")
         contour, a = np.array(m["contour_rc"]), m["annotations"]
@@ -167,7 +169,7 @@ def test_drag_sets_the_roi_and_touch_tap_sets_the_seed(svc, page):
     row, col, _ = nerve_truth(page)
     page.touchscreen.tap(*client_point(page, row, col))
     wait_for(lambda: svc.graph.settings.get("sim").seed_version > version, what="the seed from a touch tap")
-    assert np.allclose(svc.graph.settings.get("sim").seed_rc, (row, col), atol=2)
+    assert np.allclose(svc.graph.settings.get("sim").seed_rc, (row, col), atol=4)  # as for the click
 
 
 def test_context_capture_and_the_fusion_card(svc, page):
