@@ -163,10 +163,13 @@ class SessionReader:
         if eof is not None and self.path.stat().st_size < eof:
             raise ReadError(f"{self.path}: truncated: {self.path.stat().st_size} bytes, the file says {eof}",
                             reason="truncated")  # fmt: skip
-        try:
-            self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except (OSError, ValueError) as exc:
-            raise ReadError(f"{self.path}: cannot open as an HDF5 session file: {exc}", reason="unreadable") from None
+        try:  # a closed file: plain read, where damaged metadata fails at once (SWMR reads retry)
+            self.file = h5py.File(self.path, "r", libver="latest")
+        except (OSError, ValueError):
+            try:  # open for writing by a live recorder, or its writer died: SWMR read
+                self.file = h5py.File(self.path, "r", libver="latest", swmr=True)
+            except (OSError, ValueError) as exc:
+                raise ReadError(f"{self.path}: cannot open as an HDF5 session file: {exc}", reason="unreadable") from None
         try:
             version = int(self.file["session"].attrs["layout_version"])
         except (KeyError, ValueError, TypeError):
@@ -190,7 +193,10 @@ class SessionReader:
         self.close()
 
     def refresh(self) -> None:
-        """See rows appended by a live writer since opening or the last refresh."""
+        """See rows appended by a live writer since opening or the last refresh (a file that was
+        closed when opened does not change: nothing to do)."""
+        if not self.file.swmr_mode:
+            return
         self.file["session/summary"].refresh()
         for st in self._streams.values():
             st.refresh()
