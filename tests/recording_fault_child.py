@@ -18,16 +18,7 @@ import sys
 import time
 
 import numpy as np
-
-
-def wait_for(predicate, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {predicate}")
+from test_graph import wait_for
 
 
 def disk_full(directory: str, limit_bytes: str) -> dict:
@@ -50,9 +41,10 @@ def disk_full(directory: str, limit_bytes: str) -> dict:
                 committed.update(json.loads(json.dumps(st["committed"])))
             return st if st["state"] == "failed" else None
 
-        st = wait_for(failed)
+        st = wait_for(failed, timeout_s=60, what="recording failure")
         published = svc.graph.publisher.status()["counters"].get("metrics", 0)
-        wait_for(lambda: svc.graph.publisher.status()["counters"].get("metrics", 0) >= published + 10)
+        wait_for(lambda: svc.graph.publisher.status()["counters"].get("metrics", 0) >= published + 10, timeout_s=60,
+                 what="live metrics after the failure")
         return {"status": st, "committed_before_failure": committed, "files": st["files"],
                 "live_metrics_after_failure": svc.graph.publisher.status()["counters"]["metrics"] - published,
                 "recorder_counters": dict(svc.graph.status()["nodes"]["recorder"]["counters"])}  # fmt: skip
