@@ -250,3 +250,23 @@ def test_record_commands_without_recorder_and_enabled_recorder_with_bad_director
         assert st["state"] == "idle" and st["last_error"]["reason"] == "no_directory"
         rep = request(svc.graph.endpoints["control"], command="record_start")
         assert not rep.ok and rep.reason == "no_directory" and "does not exist" in rep.message
+
+
+def test_demo_records_with_record_option(tmp_path):
+    import shutil
+    import sys
+
+    cfg = tmp_path / "demo.toml"
+    cfg.write_text('[endpoints]\ningest = "tcp://127.0.0.1:*"\nmetrics = "tcp://127.0.0.1:*"\n'
+                   'control = "tcp://127.0.0.1:*"\n[web]\nenabled = false\n')  # fmt: skip
+    exe = shutil.which("mmstream") or sys.exit("mmstream not installed")
+    out = subprocess.run([exe, "demo", "--config", str(cfg), "--duration", "3", "--record", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (path,) = tmp_path.glob("*.h5")
+    assert f"recorded ['{path}']" in out.stdout
+    with SessionReader(path) as r:
+        assert r.summary()["closed"] and r.stream("sim").n_frames > 10 and r.stream("sim").n_metrics > 0
+    missing = subprocess.run([exe, "demo", "--config", str(cfg), "--duration", "1", "--record", str(tmp_path / "no")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 0 and "does not exist" in missing.stdout  # the demo runs, recording reports why not
