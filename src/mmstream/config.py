@@ -110,6 +110,38 @@ class IgtlOutputSection(_Section):
         return self
 
 
+class WebSection(_Section):
+    """The bedside live view (``docs/webview.md``): HTTP and websocket server inside the service.
+
+    Bound beyond loopback it requires ``token`` (at least 16 characters; the page asks for it once,
+    or takes it from the URL fragment ``#token=...``, which browsers never send to the server);
+    with ``tls_cert_file`` and ``tls_key_file`` it serves https and wss.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765  # 0: a random free port
+    token: SecretStr | None = None
+    stream_id: Identifier | None = None  # stream shown first (default: the first one seen)
+    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 80
+    max_message_bytes: Annotated[int, Field(ge=256, le=65536)] = 4096  # larger client messages close the socket
+    max_clients: Annotated[int, Field(ge=1, le=64)] = 8
+    control_client_secret_key_file: Path | None = None  # CURVE client key for the control endpoint, if secured
+    tls_cert_file: Path | None = None  # PEM certificate chain: serve https/wss (give both or neither)
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self):
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError("web.token must be at least 16 characters")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("web.tls_cert_file and web.tls_key_file go together")
+        loopback = _loopback_host(self.host)
+        if self.enabled and not loopback and self.token is None:
+            raise ValueError(f"web.host {self.host!r} is beyond loopback: set web.token (or MMSTREAM_WEB__TOKEN)")
+        return self
+
+
 class _VolumeScp(_Section):
     """DICOM Storage SCP (``docs/volumes.md``). Beyond loopback it requires an AE-title allow-list."""
 
@@ -159,38 +191,6 @@ class VolumesSection(_Section):
     max_voxels: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 64 * 1024 * 1024
 
 
-class WebSection(_Section):
-    """The bedside live view (``docs/webview.md``): HTTP and websocket server inside the service.
-
-    Bound beyond loopback it requires ``token`` (at least 16 characters; the page asks for it once,
-    or takes it from the URL fragment ``#token=...``, which browsers never send to the server);
-    with ``tls_cert_file`` and ``tls_key_file`` it serves https and wss.
-    """
-
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8765  # 0: a random free port
-    token: SecretStr | None = None
-    stream_id: Identifier | None = None  # stream shown first (default: the first one seen)
-    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 80
-    max_message_bytes: Annotated[int, Field(ge=256, le=65536)] = 4096  # larger client messages close the socket
-    max_clients: Annotated[int, Field(ge=1, le=64)] = 8
-    control_client_secret_key_file: Path | None = None  # CURVE client key for the control endpoint, if secured
-    tls_cert_file: Path | None = None  # PEM certificate chain: serve https/wss (give both or neither)
-    tls_key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _token_beyond_loopback(self):
-        if self.token is not None and len(self.token.get_secret_value()) < 16:
-            raise ValueError("web.token must be at least 16 characters")
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("web.tls_cert_file and web.tls_key_file go together")
-        loopback = _loopback_host(self.host)
-        if self.enabled and not loopback and self.token is None:
-            raise ValueError(f"web.host {self.host!r} is beyond loopback: set web.token (or MMSTREAM_WEB__TOKEN)")
-        return self
-
-
 class BiomarkersSection(_Section):
     """Biomarker fusion and echogenicity references (``docs/biomarkers.md``). The fusion node runs
     when ``store`` is set; live echo z-scores are computed when ``echo_reference`` is set. The
@@ -233,9 +233,9 @@ class ServiceConfig(BaseSettings):
     sources: list[SourceSection] = Field(default_factory=list)
     recorder: RecorderSection = RecorderSection()
     biomarkers: BiomarkersSection = BiomarkersSection()
-    web: WebSection = WebSection()
-    igtl_output: IgtlOutputSection = IgtlOutputSection()
     volumes: VolumesSection = VolumesSection()
+    igtl_output: IgtlOutputSection = IgtlOutputSection()
+    web: WebSection = WebSection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

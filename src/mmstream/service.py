@@ -81,12 +81,6 @@ class Service:
             except BaseException:
                 self.stop()
                 raise
-        if self.igtl_output is not None:
-            try:
-                self.igtl_output.start()
-            except BaseException:
-                self.graph.stop()
-                raise
         endpoint = self.graph.endpoints["ingest"]
         if self.config.volumes.scp.enabled or self.config.volumes.watch.enabled:
             from mmstream.volumes.sources import VolumeSources
