@@ -38,11 +38,40 @@ def _headers(table_rows: np.ndarray, heap: h5py.Dataset) -> list[str]:
     return [blob[o - lo : o - lo + n].decode() for o, n in zip(table_rows["json_offset"].tolist(), table_rows["json_n_bytes"].tolist())]
 
 
-class StreamReader:
-    """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing."""
+def _readable_prefix(n: int, row_ok) -> int:
+    """The largest k <= n with ``row_ok(k - 1)`` (0 if none), assuming readable rows form a prefix."""
+    if n == 0 or row_ok(n - 1):
+        return n
+    lo, hi = 0, n - 1  # row_ok(hi) is False; rows below lo are readable
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if row_ok(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
-    def __init__(self, group: h5py.Group):
+
+def _reads(*reads) -> bool:
+    try:
+        for read in reads:
+            read()
+    except OSError:
+        return False
+    return True
+
+
+class StreamReader:
+    """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing.
+
+    In a file whose writer was killed, HDF5 may have written a table's new extent (or its chunk
+    index) before the superblock's end-of-allocation that covers it; such rows cannot be read.
+    With ``check_rows`` (files opened in SWMR mode: live or crashed) the row counts are those of
+    the readable prefix: every row reported can be read, with its pixels and JSON header."""
+
+    def __init__(self, group: h5py.Group, check_rows: bool = False):
         self.group = group
+        self._check = check_rows
         self.stream_id: str = group.attrs["stream_id"]
         self.shape: tuple[int, int] = (int(group.attrs["rows"]), int(group.attrs["cols"]))
         m = group["metrics"]
@@ -55,11 +84,36 @@ class StreamReader:
 
     @property
     def n_frames(self) -> int:
-        return min(len(self.group["index"]), len(self.group["frames"]))
+        index, frames, heap = self.group["index"], self.group["frames"], self.group["json"]
+        n = min(len(index), len(frames))
+        if not self._check:
+            return n
+
+        def row_ok(i):
+            def header():
+                row = index[i]
+                _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
+
+            return _reads(header, lambda: frames[i])
+
+        return _readable_prefix(n, row_ok)
 
     @property
     def n_metrics(self) -> int:
-        return len(self.group["metrics/table"])
+        m = self.group["metrics"]
+        table = m["table"]
+        n = len(table)
+        if not self._check:
+            return n
+
+        def row_ok(i):
+            def header():
+                row = table[i]
+                _text(m["json"], int(row["json_offset"]), int(row["json_n_bytes"]))
+
+            return _reads(header, *(lambda k=k: m[k][i] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")))
+
+        return _readable_prefix(n, row_ok)
 
     @property
     def dropped_frames(self) -> int:
@@ -180,7 +234,8 @@ class SessionReader:
             self.file.close()
             raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {LAYOUT_VERSION}",
                             reason="layout_version")  # fmt: skip
-        self._streams = {g.attrs["stream_id"]: StreamReader(g) for g in self.file["streams"].values()}
+        self._streams = {g.attrs["stream_id"]: StreamReader(g, check_rows=self.file.swmr_mode)
+                         for g in self.file["streams"].values()}  # fmt: skip
         self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
 
     def close(self) -> None:
@@ -226,15 +281,30 @@ class SessionReader:
         except KeyError:
             raise ReadError(f"{self.path}: no stream {stream_id!r} (has {self.streams})", reason="no_stream") from None
 
+    def _log_rows(self, name: str) -> int:
+        """Rows of log ``name`` (events, fused, biomarkers): the readable prefix in SWMR mode."""
+        t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
+        if not self.file.swmr_mode:
+            return len(t)
+
+        def row_ok(i):
+            def read():
+                row = t[i]
+                _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
+
+            return _reads(read)
+
+        return _readable_prefix(len(t), row_ok)
+
     def _log(self, name: str, start: int = 0, stop: int | None = None) -> list[str]:
         t = self.file[f"{name}/table"]
-        return _headers(t[slice(*slice(start, stop).indices(len(t)))], self.file[f"{name}/json"])
+        return _headers(t[slice(*slice(start, stop).indices(self._log_rows(name)))], self.file[f"{name}/json"])
 
     def events(self, start: int = 0, stop: int | None = None) -> list[Event]:
         return [Event.model_validate_json(t) for t in self._log("events", start, stop)]
 
     def event_table(self) -> np.ndarray:
-        return self.file["events/table"][:]
+        return self.file["events/table"][: self._log_rows("events")]
 
     def fused(self, start: int = 0, stop: int | None = None) -> list:
         """Fusion messages as recorded (models when the type is known to this version, else dicts)."""
