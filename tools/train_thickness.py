@@ -68,7 +68,7 @@ class Sample:
         self.group, self.dataset = group, dataset
         self.truth_rows, self.truth_thickness = rows, thickness
         region = T.find_bmode_region(image) if region is None else region
-        g, sup, deep, (self.ij, self.gap) = T._line_candidates(image, region)
+        (_, g, *_), sup, deep, (self.ij, self.gap) = T._line_candidates(image, region)
         if not self.ij:
             return
         cols = region[1] + np.arange(g.shape[1]) * T.BIN_COLS + (T.BIN_COLS - 1) / 2.0

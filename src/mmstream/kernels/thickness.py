@@ -31,11 +31,11 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
    (:mod:`._thickness_model`, 3 x 26 floats) are fitted by ``tools/train_thickness.py`` on the
    TimTrack observers and on simulated scenes, with leave-one-group-out figures in its output and
    the README. The hand-written rule it replaces (deepest strong line in the upper half; best
-   diffuse deep edge) took a subcutaneous fascia for the superficial aponeurosis in 32 of 153
-   vastus lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
+   diffuse deep edge) often took a subcutaneous fascia for the superficial aponeurosis in vastus
+   lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
 
-With ``previous`` (a live stream) steps 1, 3 and 4 are skipped: the region is kept and step 5 runs
-in a narrower band around the previous lines; if the edges found there are too weak the frame is
+With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
+refinement of step 4 runs in a narrower band around the previous lines; if the edges found there are too weak the frame is
 analysed from scratch.
 """
 
@@ -392,15 +392,16 @@ def _line_search(image, region):
 
 
 def _line_candidates(image, region):
-    """Everything the pair choice needs: (g, superficial (peaks, feats, paths), deep (...), pairs)."""
-    cm, g, acc, acc2, slopes, xj = _line_search(image, region)
+    """Everything the pair choice needs: (line search as :func:`_line_search` returns it,
+    superficial (peaks, feats, paths), deep (...), pairs)."""
+    search = cm, g, acc, acc2, slopes, xj = _line_search(image, region)
     hh = g.shape[0]
     sp = [p for p in _line_peaks(-acc, N_PEAKS, 6) if p[0] < SUP_MAX_DEPTH * hh]
     dp = [p for p in _line_peaks(acc, N_PEAKS, 6) if p[0] > DEEP_MIN_GAP * hh]
     sup = (sp, *_candidates(cm, g, acc, acc2, sp, slopes, xj, -1.0)) if sp else None
     deep = (dp, *_candidates(cm, g, acc, acc2, dp, slopes, xj, 1.0)) if dp else None
     pairs = _pairs(sp, dp, hh) if sup and deep else ([], None)
-    return g, sup, deep, pairs
+    return search, sup, deep, pairs
 
 
 def _paths(g, centers_sup, centers_deep, half):
@@ -567,17 +568,13 @@ def _make_lines(ps, pd, es, ed, region):
 
 
 def _analyse(image, region):
-    g, sup, deep, (ij, gap) = _line_candidates(image, region)
+    (_, g, acc, _, slopes, xj), sup, deep, (ij, gap) = _line_candidates(image, region)
     hh, nb = g.shape
     if ij:
         i, j = ij[_choose_pair(sup[1], deep[1], ij, gap)]
         ps, pd = sup[2][i], deep[2][j]
     else:  # no pair of opposite edges far enough apart: strongest lines in each half (low confidence)
-        slopes = np.linspace(-MAX_SLOPE, MAX_SLOPE, N_SLOPES)
-        acc = np.empty((hh, N_SLOPES), np.float64)
-        _line_scores(g, slopes, float(BIN_COLS), acc)
         mid = N_SLOPES // 2
-        xj = (np.arange(nb) + 0.5) * BIN_COLS - nb * BIN_COLS / 2.0
         rs = int(np.argmax(-acc[: hh // 2, mid]))
         rd = hh // 2 + int(np.argmax(acc[hh // 2 :, mid]))
         ps, pd = _paths(g, rs + slopes[mid] * xj, rd + slopes[mid] * xj, BAND_HALF)
