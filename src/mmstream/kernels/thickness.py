@@ -35,8 +35,8 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
    lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
 
 With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
-refinement of step 4 runs in a narrower band around the previous lines; if the edges found there are too weak the frame is
-analysed from scratch.
+refinement of step 4 runs in a narrower band around the previous lines; if the edges found there
+are too weak the frame is analysed from scratch.
 """
 
 from dataclasses import dataclass
