@@ -40,6 +40,25 @@ def recv_until(ws, want, timeout_s=10.0):
     raise AssertionError("timed out waiting for a message")
 
 
+def recv_all(ws, *wants, timeout_s=10.0):
+    """Receive until every predicate in ``wants`` has matched a message, in any order (a reply and the
+    broadcast it causes race); returns the matching messages in the order of ``wants``."""
+    import time
+
+    found: dict[int, object] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < len(wants) and time.monotonic() < deadline:
+        raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        msg = raw if isinstance(raw, bytes) else json.loads(raw)
+        for k, want in enumerate(wants):
+            if k not in found and want(msg):
+                found[k] = msg
+                break
+    if len(found) < len(wants):
+        raise AssertionError(f"timed out; matched {sorted(found)} of {len(wants)} predicates")
+    return [found[k] for k in range(len(wants))]
+
+
 def is_type(t):
     return lambda m: isinstance(m, dict) and m.get("type") == t
 
@@ -144,8 +163,9 @@ def test_capture_goes_to_the_service_and_the_page_sees_the_captured_frames(svc, 
     recv_until(page, lambda m: is_type("captures")(m) and m["captures"] == [])
     for i in range(3):
         page.send(json.dumps({"cmd": "capture", "id": 10 + i}))
-        assert recv_until(page, lambda m: is_type("reply")(m) and m["id"] == 10 + i)["ok"]
-        caps = recv_until(page, lambda m: is_type("captures")(m) and len(m["captures"]) == i + 1)
+        reply, caps = recv_all(page, lambda m: is_type("reply")(m) and m["id"] == 10 + i,
+                               lambda m: is_type("captures")(m) and len(m["captures"]) == i + 1)  # fmt: skip
+        assert reply["ok"]
     assert caps["complete"] and caps["mean"]["thickness_mm"] > 0 and caps["per_site"] == 3
     try:
         ev = None
