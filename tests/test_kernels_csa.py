@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -85,6 +85,38 @@ def test_candidate_features_matches_twin(fmaps, radii):
     out = np.empty((5, 4 * fmaps.shape[0]))
     csa._candidate_features(fmaps, radii, sector, weight, out)
     np.testing.assert_allclose(out, twin.candidate_features(fmaps, radii, sector, 4), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    img=_images(40),
+    centre=st.tuples(st.floats(-2, 42, allow_nan=False), st.floats(-2, 42, allow_nan=False)),
+    step=st.floats(0.5, 4.0),
+    radii=arrays(np.float64, (3, 8), elements=st.floats(1, 20)),
+    w_dyn=arrays(np.float64, 28, elements=st.floats(-2, 2)),
+    static_score=arrays(np.float64, 3, elements=st.floats(-2, 2)),
+)
+def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score):
+    h, w = img.shape
+    pr, pc = min(max(centre[0], 0.0), h - 1.0), min(max(centre[1], 0.0), w - 1.0)
+    n_out, n_r = csa._n_radii(radii)
+    reach = n_r + csa.BOX_HALF + 6
+    roi = (int(pr) - reach, int(pc) - reach, 2 * reach + 2, 2 * reach + 2)  # covers every box sample
+    integ = np.empty((roi[2] + 1, roi[3] + 1), np.int64)
+    csa._box_integral(img, roi[0], roi[1], integ)
+    th = 2 * np.pi * np.arange(8) / 8
+    s, c = np.ascontiguousarray(np.sin(th)), np.ascontiguousarray(np.cos(th))
+    sector = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.int64)
+    polar, fmaps, feats = np.empty((8, n_r)), np.empty((csa.N_FMAPS, 8, n_out)), np.empty((3, 28))
+    scores, best_scores, best_rc = np.empty(3), np.empty(3), np.empty(2)
+    j = csa._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5), w_dyn,
+                          static_score, polar, fmaps, feats, scores, best_scores, best_rc)  # fmt: skip
+    tj, t_rc, t_scores = twin.track_search(img, roi, pr, pc, step, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
+                                           n_r, n_out, w_dyn, static_score)  # fmt: skip
+    top = np.sort(t_scores)
+    assume(top[-1] - top[-2] > 1e-9)  # tied candidates (e.g. equal rows of radii) may resolve either way
+    np.testing.assert_allclose(best_scores, t_scores, rtol=1e-9, atol=1e-9)
+    assert j == tj and tuple(best_rc) == pytest.approx(t_rc, abs=1e-12)
 
 
 @settings(max_examples=50, deadline=None)

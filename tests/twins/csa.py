@@ -92,3 +92,28 @@ def polygon_moments(poly, o_r, o_c):
             np.hypot(x1 - x0, y1 - y0).sum(),
         ]
     )
+
+
+
+def track_search(image, roi, pr, pc, step, radii, sin_t, cos_t, sector, n_sectors, half, n_norm, n_r, n_out,
+                 w_dyn, static_score):  # fmt: skip
+    """Coordinate descent over centres: the centre; +-step along rows from it; +-step along cols from
+    the best so far; each clamped to the image; a strictly higher maximum score wins. Returns (best
+    candidate, (row, col), scores at the best centre)."""
+    h, w = image.shape
+
+    def scores_at(centre):
+        polar = polar_sample(image, roi, centre[0], centre[1], sin_t, cos_t, half, n_r)
+        feats = candidate_features(polar_features(polar, n_norm, n_out), radii, sector, n_sectors)
+        return feats @ w_dyn + static_score
+
+    best_centre, best_scores = (pr, pc), scores_at((pr, pc))
+    for axis in (0, 1):
+        base = best_centre
+        for sign in (-1.0, 1.0):
+            centre = list(base)
+            centre[axis] = min(max(base[axis] + sign * step, 0.0), (h, w)[axis] - 1.0)
+            s = scores_at(tuple(centre))
+            if s.max() > best_scores.max():
+                best_centre, best_scores = tuple(centre), s
+    return int(np.argmax(best_scores)), best_centre, best_scores

@@ -281,6 +281,73 @@ N_DYNAMIC = N_SECTORS * N_FMAPS
 
 
 # --------------------------------------------------------------------------------------------
+# The tracking search.
+
+
+TRACK_MOVES = 5  # track: the centre, then +-step along rows, then +-step along cols
+
+
+@kernel(
+    "int64(int64[:, ::1], int64, int64, float64, float64, float64, int64, int64, float64[:, ::1],"
+    " float64[::1], float64[::1], int64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1],"
+    " float64[:, :, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1])",
+    readonly_args=(),
+)
+def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_t, sector, ray_weight, w_dyn,
+                  static_score, polar, fmaps, feats, scores, best_scores, best_rc):  # fmt: skip
+    """Coordinate-descent search of the best (centre, candidate) around ``(pr, pc)``.
+
+    Moves, each scored by :func:`_polar_sample` -> :func:`_polar_features` ->
+    :func:`_candidate_features` and ``score = feats @ w_dyn + static_score``: the centre; then
+    ``+-step`` along rows, both from the centre; then ``+-step`` along cols, both from the best
+    centre so far; each moved centre is clamped to ``[0, height-1] x [0, width-1]``. A move
+    replaces the best only with a strictly higher maximum score. ``integ`` (origin ``(r0, c0)``)
+    must cover every box sample; ``polar``, ``fmaps``, ``feats``, ``scores`` are scratch. Writes
+    the best centre to ``best_rc``, its candidates' scores to ``best_scores``; returns the index
+    of the best candidate.
+    """
+    n_c = radii.shape[0]
+    n_d = w_dyn.shape[0]
+    best = -np.inf
+    best_j = -1
+    br = pr
+    bc = pc
+    base_r = pr
+    base_c = pc
+    for move in range(TRACK_MOVES):
+        if move == 1 or move == 3:
+            base_r = br
+            base_c = bc
+        cr = base_r
+        cc = base_c
+        if move == 1 or move == 2:
+            cr = min(max(cr + (step if move == 2 else -step), 0.0), height - 1.0)
+        elif move == 3 or move == 4:
+            cc = min(max(cc + (step if move == 4 else -step), 0.0), width - 1.0)
+        _polar_sample(integ, r0, c0, cr, cc, sin_t, cos_t, BOX_HALF, polar)
+        _polar_features(polar, N_NORM, fmaps)
+        _candidate_features(fmaps, radii, sector, ray_weight, feats)
+        j_max = 0
+        for j in range(n_c):
+            s = static_score[j]
+            for f in range(n_d):
+                s += feats[j, f] * w_dyn[f]
+            scores[j] = s
+            if s > scores[j_max]:
+                j_max = j
+        if best_j < 0 or scores[j_max] > best:
+            best = scores[j_max]
+            best_j = j_max
+            br = cr
+            bc = cc
+            for j in range(n_c):
+                best_scores[j] = scores[j]
+    best_rc[0] = br
+    best_rc[1] = bc
+    return best_j
+
+
+# --------------------------------------------------------------------------------------------
 # Public API.
 
 
@@ -537,30 +604,20 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     ws = _workspace()
     cand = _track_candidates(_ellipse_of(previous.contour_rc))
     radii = CAND_RADII[cand]
-    h, w = image.shape
+    n_out, n_r = _n_radii(radii)
     pr, pc = previous.centroid_rc
-    step = TRACK_STEP_PX
-    roi = _roi_integral(image, pr, pc, _n_radii(radii)[1], int(np.ceil(step)) + 1, ws)
-    best = None
-    # coordinate descent: the centre, then +-step along rows, then +-step along cols, each move
-    # taken from the best centre so far (5 evaluations, diagonal motion followed)
-    for axis, sgn in ((-1, 0.0), (0, -1.0), (0, 1.0), (1, -1.0), (1, 1.0)):
-        if axis == 1 and sgn < 0:
-            base = best  # cols are searched from the best after the row search
-        elif axis == 0 and sgn < 0:
-            base = best
-        cr, cc = (pr, pc) if best is None else (base[2], base[3])
-        if axis == 0:
-            cr = min(max(cr + sgn * step, 0.0), h - 1.0)
-        elif axis == 1:
-            cc = min(max(cc + sgn * step, 0.0), w - 1.0)
-        scores = _score_at(image, cr, cc, cand, weights, ws, roi)
-        j = int(np.argmax(scores))
-        if best is None or scores[j] > best[0]:
-            best = (scores[j], j, cr, cc, scores.copy())
-    _, j, cr, cc, scores = best
-    conf = _confidence(scores, radii, j)
-    return _make_contour(cr, cc, radii[j], conf)
+    integ, r0, c0 = _roi_integral(image, pr, pc, n_r, int(np.ceil(TRACK_STEP_PX)) + 1, ws)
+    polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
+    fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
+    feats = ws.feats[: len(cand) * N_DYNAMIC].reshape(len(cand), N_DYNAMIC)
+    scores, best_scores = np.empty(len(cand)), np.empty(len(cand))
+    best_rc = np.empty(2)
+    h, w = image.shape
+    j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, h, w, radii, SIN_T, COS_T, SECTOR,
+                      _RAY_WEIGHT, weights[:N_DYNAMIC], CAND_STATIC[cand] @ weights[N_DYNAMIC:], polar, fmaps,
+                      feats, scores, best_scores, best_rc)  # fmt: skip
+    conf = _confidence(best_scores, radii, j)
+    return _make_contour(best_rc[0], best_rc[1], radii[j], conf)
 
 
 def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
