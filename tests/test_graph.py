@@ -185,6 +185,23 @@ def test_live_path_is_latest_wins_and_counts_drops(sim_probe):
         wait_for(lambda: g.status()["streams"]["fast"]["frames"] == analyzed, what="every analysed frame published")
 
 
+def test_every_frame_mode_analyses_the_same_burst_without_loss(sim_probe):
+    """``[analyzer] every_frame``: the burst that the live path thins out (test above) is analysed
+    frame by frame, the analyzer pushing back on ingest and ingest on the sender (which waits)."""
+    cfg = load_config(None, endpoints=RANDOM_TCP, ingest={"max_fps_per_stream": 1e6, "burst_frames": 1000},
+                      analyzer={"every_frame": True})  # fmt: skip
+    img = sim_probe.frame(0).image
+    n = 800  # more than the queues between the sender and the analyzer hold (~400 frames)
+    with Graph(cfg) as g:
+        with FrameSender(g.endpoints["ingest"], "fast") as snd:
+            for _ in range(n):
+                snd.send(SourceFrame(image=img), timeout_ms=30000)
+        wait_for(lambda: g.status()["streams"]["fast"]["frames"] == n, 60, "every frame analysed and published")
+        st = g.status()
+        assert st["nodes"]["analyzer-0"]["counters"]["analyzed"] == n
+        assert st["nodes"]["analyzer-0"]["queue_drops"] == {"frames": 0} and not st["nodes"]["ingest"]["send_drops"]
+
+
 def test_ipc_endpoints(tmp_path):
     eps = {k: f"ipc://{tmp_path}/{k}.sock" for k in ("ingest", "metrics", "control")}
     with Graph(load_config(None, endpoints=eps)) as g:

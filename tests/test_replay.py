@@ -185,6 +185,7 @@ def test_replay_cli_to_a_curve_secured_endpoint(session, tmp_path, capsys):
 def _recording_service(directory, sources=()):
     seed = SimProbe(SPEC, seed=5).frame(0).truth.nerve_center_rc
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, streams={"probe0": {"seed_rc": seed}},
+                      analyzer={"every_frame": True},  # identical metrics need every frame analysed
                       recorder={"enabled": True, "directory": str(directory), "flush_interval_s": 0.1, "fsync": False},
                       sources=list(sources))  # fmt: skip
     return Service(cfg)

@@ -64,8 +64,15 @@ class IngestSection(_Section):
 
 
 class AnalyzerSection(_Section):
+    """``every_frame``: analyse every accepted frame, the analyzer pushing back on ingest and ingest
+    on the sources when it falls behind (offline re-analysis of recordings, where every frame's
+    metrics are wanted). Off (the default, the live path): each stream's newest frame is analysed
+    and the skipped ones are counted, so latency stays bounded when analysis is slower than the
+    frame rate."""
+
     workers: Annotated[int, Field(ge=1, le=16)] = 1
     metrics: tuple[Metric, ...] = _METRICS_ALL
+    every_frame: bool = False
 
 
 class StreamSection(_Section):

@@ -33,6 +33,7 @@ from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_soc
 IDLE_POLL_MS = 50
 DRAIN_MAX = 64
 LIVE_HWM = 64  # ingest -> analyzer: the analyzer drains it between frames and keeps the newest per stream
+WAIT_SLICE_MS = 100  # a sender waiting on a lossless edge checks this often whether the service stops
 TAP_HWM = 4096  # internal PUB endpoints (frames, bus): ~1 GB of 512x512 frames before a slow subscriber loses any
 
 
@@ -43,6 +44,7 @@ class SocketSpec:
     bind: bool
     hwm: int = 1000
     curve: Curve | None = None
+    wait: bool = False  # a full peer queue makes the sender wait (lossless edge) instead of dropping
 
 
 class NodeRunner(threading.Thread):
@@ -66,6 +68,7 @@ class NodeRunner(threading.Thread):
         self.send_drops: Counter = Counter()
         self.queues = {p.name: PortQueue(p) for p in node.inputs}
         self._reply_socks: set[int] = set()
+        self._waiting_socks: set[int] = set()
 
     def stop(self) -> None:
         self._stop_evt.set()
@@ -85,6 +88,8 @@ class NodeRunner(threading.Thread):
                         continue
                     s = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve)
                     socks.append(s)
+                    if spec.wait:
+                        self._waiting_socks.add(id(s))
                     self.bound[port] = s.last_endpoint
                 outs[port] = socks
         except BaseException:
@@ -106,9 +111,22 @@ class NodeRunner(threading.Thread):
                 parts = encoded[key] = encode(out.header, out.arrays)
             if id(sock) in self._reply_socks:
                 sock.send(parts, timeout_ms=1000)
+            elif id(sock) in self._waiting_socks:
+                self._send_waiting(sock, parts, out.port)
             elif not sock.try_send(parts):
                 self.send_drops[out.port] += 1
                 self.node.count(f"dropped_{out.port}")
+
+    def _send_waiting(self, sock: Socket, parts: list, port: str) -> None:
+        """Send on a lossless edge: wait while the peer's queue is full; only a stop drops (counted)."""
+        while not self._stop_evt.is_set():
+            try:
+                sock.send(parts, timeout_ms=WAIT_SLICE_MS)
+                return
+            except TransportTimeout:
+                continue
+        self.send_drops[port] += 1
+        self.node.count(f"dropped_{port}")
 
     def _guarded(self, fn, *args) -> list:
         try:
@@ -187,7 +205,8 @@ class Graph:
         ing = config.ingest
         self.ingest = Ingest(IngestLimits(max_fps=ing.max_fps_per_stream, burst=ing.burst_frames))
         echo = load_echo_references(config.biomarkers)  # live echogenicity z-scores, when configured
-        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}", echo=echo) for i in range(config.analyzer.workers)]
+        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}", echo=echo, every_frame=config.analyzer.every_frame)
+                          for i in range(config.analyzer.workers)]  # fmt: skip
         self.publisher = Publisher()
         self.control = ControlNode(self.settings, self.status)
         self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
@@ -213,7 +232,8 @@ class Graph:
             self.ingest: (
                 {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve)},
                 {
-                    "frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM) for w in workers],
+                    "frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM, wait=self.config.analyzer.every_frame)
+                               for w in workers],  # fmt: skip
                     "accepted": [SocketSpec("pub", self.internal["frames"], bind=True, hwm=TAP_HWM)],
                     "events": events,
                 },

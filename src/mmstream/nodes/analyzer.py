@@ -94,8 +94,11 @@ class Analyzer(Node):
     inputs = (Port("frames", capacity=1, policy="latest"),)
     outputs = (Port("metrics"), Port("events"))
 
-    def __init__(self, settings: StreamSettings, name: str | None = None, echo: EchoReferences | None = None):
+    def __init__(self, settings: StreamSettings, name: str | None = None, echo: EchoReferences | None = None,
+                 every_frame: bool = False):  # fmt: skip
         super().__init__(name)
+        if every_frame:  # lossless: stop reading when behind, so that ZeroMQ pushes back on ingest
+            self.inputs = (Port("frames", capacity=4, policy="block"),)
         self.settings = settings
         self.echo = echo  # reference table and device calibration: live echo z-scores (mmstream.calibration)
         self._previous: dict[str, FrameAnalysis] = {}
