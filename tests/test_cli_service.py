@@ -38,7 +38,10 @@ def test_demo_streams_and_matches_truth(tmp_path):
     frames, fps, csa, csa_t, th, th_t = (float(v) for v in m.groups())
     assert frames >= 60 and fps == pytest.approx(30, rel=0.2)
     assert csa == pytest.approx(csa_t, rel=0.2) and th == pytest.approx(th_t, abs=0.5)
-    assert "drops 0 rejects 0" in status
+    drops, rejects = (int(v) for v in re.search(r"drops (\d+) rejects (\d+)", status).groups())
+    # the live path is latest-wins: a machine that stalls the analyzer for a frame interval skips a
+    # frame (counted); a healthy demo skips next to none, and rejects none
+    assert rejects == 0 and drops <= 0.02 * frames, status
 
 
 def test_serve_status_and_sigterm(tmp_path):
