@@ -26,6 +26,7 @@ from mmstream.calibration import load_echo_references
 from mmstream.codec import Limits, decode, encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import CodecError, ConfigError
+from mmstream.handoff import Handoff
 from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Node, Publisher, StreamConfig, StreamSettings
 from mmstream.nodes.base import PortQueue
 from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_socket
@@ -55,7 +56,8 @@ class NodeRunner(threading.Thread):
     the loop never dies of it.
     """
 
-    def __init__(self, node: Node, inputs: dict[str, SocketSpec], outputs: dict[str, list[SocketSpec]], limits: Limits):
+    def __init__(self, node: Node, inputs: dict[str, SocketSpec], outputs: dict[str, list[SocketSpec]], limits: Limits,
+                 handoff: Handoff | None = None):  # fmt: skip
         super().__init__(name=f"mmstream-{node.name}", daemon=True)
         self.node = node
         self._in_specs = inputs
@@ -69,6 +71,8 @@ class NodeRunner(threading.Thread):
         self.queues = {p.name: PortQueue(p) for p in node.inputs}
         self._reply_socks: set[int] = set()
         self._waiting_socks: set[int] = set()
+        self._handoff = handoff  # inproc PUSH outputs send parked objects (mmstream.handoff)
+        self._handoff_socks: set[int] = set()
 
     def stop(self) -> None:
         self._stop_evt.set()
@@ -90,6 +94,8 @@ class NodeRunner(threading.Thread):
                     socks.append(s)
                     if spec.wait:
                         self._waiting_socks.add(id(s))
+                    if self._handoff is not None and spec.kind == "push" and spec.endpoint.startswith("inproc://"):
+                        self._handoff_socks.add(id(s))
                     self.bound[port] = s.last_endpoint
                 outs[port] = socks
         except BaseException:
@@ -105,28 +111,33 @@ class NodeRunner(threading.Thread):
             if not socks:
                 continue  # a port nobody listens to (e.g. events of a node without a publisher)
             sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
-            key = (id(out.header), *map(id, out.arrays))  # ids are stable: ``results`` holds every object
-            parts = encoded.get(key)
-            if parts is None:
-                parts = encoded[key] = encode(out.header, out.arrays)
+            handoff = id(sock) in self._handoff_socks
+            if handoff:
+                parts = self._handoff.park(out.header, out.arrays)
+            else:
+                key = (id(out.header), *map(id, out.arrays))  # ids are stable: ``results`` holds every object
+                parts = encoded.get(key)
+                if parts is None:
+                    parts = encoded[key] = encode(out.header, out.arrays)
             if id(sock) in self._reply_socks:
                 sock.send(parts, timeout_ms=1000)
-            elif id(sock) in self._waiting_socks:
-                self._send_waiting(sock, parts, out.port)
-            elif not sock.try_send(parts):
+                continue
+            sent = self._send_waiting(sock, parts) if id(sock) in self._waiting_socks else sock.try_send(parts)
+            if not sent:
+                if handoff:
+                    self._handoff.cancel(parts)
                 self.send_drops[out.port] += 1
                 self.node.count(f"dropped_{out.port}")
 
-    def _send_waiting(self, sock: Socket, parts: list, port: str) -> None:
-        """Send on a lossless edge: wait while the peer's queue is full; only a stop drops (counted)."""
+    def _send_waiting(self, sock: Socket, parts: list) -> bool:
+        """Send on a lossless edge: wait while the peer's queue is full; False only if the runner stops."""
         while not self._stop_evt.is_set():
             try:
                 sock.send(parts, timeout_ms=WAIT_SLICE_MS)
-                return
+                return True
             except TransportTimeout:
                 continue
-        self.send_drops[port] += 1
-        self.node.count(f"dropped_{port}")
+        return False
 
     def _guarded(self, fn, *args) -> list:
         try:
@@ -167,8 +178,9 @@ class NodeRunner(threading.Thread):
                         parts = sock.try_recv()
                         if parts is None:
                             break
+                        parked = None if self._handoff is None else self._handoff.take(parts)
                         try:
-                            q.put(decode(parts, self._limits))
+                            q.put(parked if parked is not None else decode(parts, self._limits))
                         except CodecError as exc:
                             handler = getattr(node, "on_decode_error", None)
                             self._emit(outs, handler(exc) if handler else [node.reject(exc.reason, str(exc))])
@@ -214,6 +226,7 @@ class Graph:
         self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus"}
         self._attached: dict[Node, tuple[dict, dict]] = {}
         self._runners: list[NodeRunner] = []
+        self._handoff = Handoff()  # inproc PUSH -> PULL edges pass objects, not JSON (mmstream.handoff)
         self._t_start: float | None = None
         self.status_hooks: list = []  # callables returning dicts merged into status()
 
@@ -285,7 +298,7 @@ class Graph:
         order = [self.publisher, *self.analyzers, self.control, self.ingest, *self._attached]
         for node in order:
             ins, outs = wiring[node]
-            r = NodeRunner(node, ins, outs, self._limits)
+            r = NodeRunner(node, ins, outs, self._limits, self._handoff)
             r.start()
             if not r.ready.wait(timeout_s) or r.error is not None:
                 self.stop()
@@ -301,6 +314,7 @@ class Graph:
         for r in self._runners:
             r.join(timeout_s)
         self._runners.clear()
+        self._handoff.clear()  # messages whose tokens were still queued when the nodes stopped
 
     def __enter__(self):
         return self.start()
