@@ -73,3 +73,21 @@ def path_is_admissible(path, h, center, half, max_step):
         and np.all(np.abs(path - c) <= half)
         and np.all(np.abs(np.diff(path)) <= max_step)
     )
+
+
+def structure(image, r0, c0, r1, bin_cols, d, nb):
+    """(3, r1 - r0 + 1, nb): cumulative sums over rows of the per-bin sums of gc^2, gr^2, gr*gc
+    (central differences at distance d, zero where they would leave the image)."""
+    im = image.astype(np.int64)
+    h, w = im.shape
+    gc = np.zeros_like(im)
+    gr = np.zeros_like(im)
+    if w > 2 * d:
+        gc[:, d : w - d] = im[:, 2 * d :] - im[:, : w - 2 * d]
+    if h > 2 * d:
+        gr[d : h - d, :] = im[2 * d :, :] - im[: h - 2 * d, :]
+    out = np.zeros((3, r1 - r0 + 1, nb))
+    for k, prod in enumerate((gc * gc, gr * gr, gr * gc)):
+        per_bin = prod[r0:r1, c0 : c0 + nb * bin_cols].reshape(r1 - r0, nb, bin_cols).sum(axis=2)
+        out[k, 1:] = np.cumsum(per_bin, axis=0)
+    return out

@@ -27,12 +27,16 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
 5. **Choice of the pair** (:func:`_choose_pair`): among the pairs whose deep line lies at least
    ``DEEP_MIN_GAP`` of the height below the superficial one, the highest linear score over a dozen
    dimensionless features per line (:data:`LINE_FEATURES`: relative strength, depth, grey level
-   of the bands above and below, coherence, ...) and the gap. The weights
-   (:mod:`._thickness_model`, 3 x 26 floats) are fitted by ``tools/train_thickness.py`` on the
-   TimTrack observers and on simulated scenes, with leave-one-group-out figures in its output and
-   the README. The hand-written rule it replaces (deepest strong line in the upper half; best
-   diffuse deep edge) often took a subcutaneous fascia for the superficial aponeurosis in vastus
-   lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
+   of the bands above and below, coherence, ...) and per pair (:data:`PAIR_FEATURES`: the gap,
+   and the texture of the band between the lines). Texture is read from the structure tensor
+   (:func:`_structure`): pennate muscle shows tilted fascicle striations, which subcutaneous fat,
+   fasciae and horizontal layers do not. Without it most gross errors took a subcutaneous fascia
+   for the superficial aponeurosis or, in the gastrocnemius, the soleus for the muscle. The
+   weights (:mod:`._thickness_model`, 3 x 33 floats) are fitted by ``tools/train_thickness.py``
+   on the TimTrack observers and on simulated scenes, with leave-one-group-out figures in its
+   output and the README. The hand-written rule it replaces (deepest strong line in the upper
+   half; best diffuse deep edge) often took a subcutaneous fascia for the superficial
+   aponeurosis in vastus lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
 
 With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
 refinement of step 4 runs in a narrower band around the previous lines; if the edges found there
@@ -64,6 +68,8 @@ SUP_MAX_DEPTH = 0.6  # fraction of the region height: deepest superficial candid
 N_PEAKS = 12  # candidate lines per edge sign
 DEEP_MIN_GAP = 0.2  # fraction of the region height: least superficial-to-deep distance (line search)
 COHERENT_EDGE = 3.0  # grey levels: a deep path point on at least this step counts as coherent
+GRAD_STEP = 2  # pixels: central differences I[r, c + d] - I[r, c - d] of the texture tensor
+PAIR_MARGIN = 4  # rows: the band between a pair's lines starts and ends this far inside them
 MIN_SIZE = 32  # smallest analysed region, rows and columns
 ACTIVE_FRACTION = 0.5
 ACTIVE_ROW_FRACTION = 0.25  # rows: lower, B-mode rows may hold dark (saturated black) stretches
@@ -240,6 +246,40 @@ def _band_path(g, sign, center, half, max_step, acc, back, path):
         bt = back[j, bt]
 
 
+@kernel("void(uint8[:, ::1], int64, int64, int64, int64, int64, float64[:, :, ::1])")
+def _structure(image, r0, c0, r1, bin_cols, d, out):
+    """Structure tensor of ``image`` summed per row and column bin, cumulated over rows:
+    ``out[k, i + 1, j] = out[k, i, j] + sum over c0 + j*bin_cols <= c < c0 + (j+1)*bin_cols of
+    (gc*gc, gr*gr, gr*gc)[k]`` at row ``r0 + i`` (``r0 <= r0 + i < r1``), ``out[:, 0, :] = 0``,
+    with ``gc = image[r, c + d] - image[r, c - d]`` and ``gr = image[r + d, c] - image[r - d, c]``
+    (each zero where it would leave the image). ``out`` is (3, r1 - r0 + 1, nb)."""
+    h, w = image.shape
+    nb = out.shape[2]
+    for j in range(nb):
+        for k in range(3):
+            out[k, 0, j] = 0.0
+    for i in range(r1 - r0):
+        r = r0 + i
+        row_ok = r >= d and r + d < h
+        for j in range(nb):
+            scc = 0
+            srr = 0
+            src = 0
+            for c in range(c0 + j * bin_cols, c0 + (j + 1) * bin_cols):
+                gc = 0
+                gr = 0
+                if c >= d and c + d < w:
+                    gc = np.int64(image[r, c + d]) - np.int64(image[r, c - d])
+                if row_ok:
+                    gr = np.int64(image[r + d, c]) - np.int64(image[r - d, c])
+                scc += gc * gc
+                srr += gr * gr
+                src += gr * gc
+            out[0, i + 1, j] = out[0, i, j] + scc
+            out[1, i + 1, j] = out[1, i, j] + srr
+            out[2, i + 1, j] = out[2, i, j] + src
+
+
 # ----------------------------------------------------------------------------------------------
 # Python orchestration
 
@@ -295,9 +335,34 @@ def _line_peaks(score, n, sep):
 
 LINE_FEATURES = (
     "strength", "coarse_strength", "depth", "depth_rank", "near_above", "near_below", "far_above", "far_below",
-    "coherence", "strong_deeper", "tilt", "rule",
+    "coherence", "strong_deeper", "tilt", "rule", "oblique_above", "oblique_below",
 )  # fmt: skip
-PAIR_FEATURES = ("gap", "gap_squared")
+PAIR_FEATURES = ("gap", "gap_squared", "oblique_between", "flat_between", "grey_between")
+
+
+def _cumsum_rows(cm):
+    """(H + 1, B) cumulative sum over rows of ``cm`` (H, B), with a leading row of zeros."""
+    csum = np.zeros((cm.shape[0] + 1, cm.shape[1]), np.float64)
+    np.cumsum(cm, axis=0, out=csum[1:])
+    return csum
+
+
+def _band_sums(csum, a, b):
+    """(..., N) sums over rows ``a .. b - 1`` (clipped to the region) and over bins, for row
+    bounds ``a``, ``b`` (N, B) and cumulative sums ``csum`` (..., H + 1, B)."""
+    h, j = csum.shape[-2] - 1, np.arange(csum.shape[-1])
+    a, b = np.clip(a, 0, h), np.clip(b, 0, h)
+    return (csum[..., b, j] - csum[..., a, j]).sum(axis=-1)
+
+
+def _texture(tsum, a, b):
+    """(obliqueness, flatness), each (N,), of the structure tensor summed over rows ``a .. b - 1``
+    (N, B) of ``tsum`` (3, H + 1, B; :func:`_structure`): ``|Jrc| / (Jcc + Jrr)`` is high on
+    tilted fascicle striations and near 0 on speckle or horizontal layers, ``(Jrr - Jcc) / (Jcc +
+    Jrr)`` is high on horizontal layers (fat, fasciae)."""
+    jcc, jrr, jrc = _band_sums(tsum, a, b)
+    tot = jcc + jrr + 1e-9
+    return np.abs(jrc) / tot, (jrr - jcc) / tot
 
 
 def _band_means(csum, paths, lo, hi):
@@ -309,7 +374,7 @@ def _band_means(csum, paths, lo, hi):
     return ((csum[b, j] - csum[a, j]) / np.maximum(b - a, 1)).mean(axis=1)
 
 
-def _candidates(cm, g, acc, acc_coarse, peaks, slopes, xj, sign):
+def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     """Refined paths and features (N, len(LINE_FEATURES)) of candidate lines ``peaks``.
 
     Each peak (row, slope index, value) of the line search is refined by :func:`_band_path` on
@@ -318,13 +383,14 @@ def _candidates(cm, g, acc, acc_coarse, peaks, slopes, xj, sign):
     depth as a fraction of the region height and its rank among the candidates, mean grey in bands
     just above/below the path (``NEAR_BAND``) and farther (``FAR_BAND``) relative to the region
     mean, coherence (fraction of column bins on a clear edge), fraction of strong candidates
-    deeper than it, tilt, and whether a hand-written rule picks it (superficial: the deepest line
-    in the upper 45 % scoring at least 0.7 of the best; deep: best coarse strength + coherence)."""
+    deeper than it, tilt, whether a hand-written rule picks it (superficial: the deepest line
+    in the upper 45 % scoring at least 0.7 of the best; deep: best coarse strength + coherence),
+    and the obliqueness (:func:`_texture`) of the far bands above and below, relative to the
+    highest among the candidates (fascicle striations start below the superficial aponeurosis
+    and end above the deep one; fat and fasciae are not oblique)."""
     hh, nb = g.shape
     j = np.arange(nb)
     mean = float(cm.mean()) + 1e-6
-    csum = np.zeros((hh + 1, nb), np.float64)
-    np.cumsum(cm, axis=0, out=csum[1:])
     w = 2 * BAND_HALF + 1
     wacc = np.empty((nb, w), np.float64)
     back = np.empty((nb, w), np.int64)
@@ -347,16 +413,29 @@ def _candidates(cm, g, acc, acc_coarse, peaks, slopes, xj, sign):
         rule = max(upper, key=lambda i: peaks[i][0]) if upper else int(np.argmax([p[2] for p in peaks]))
     else:
         rule = int(np.argmax(feats[:, 1] + feats[:, 8]))
-    feats[rule, -1] = 1.0
+    feats[rule, 11] = 1.0
+    for f, (lo, hi) in enumerate(((-far, -2), (2, far))):
+        ob = _texture(tsum, paths + lo, paths + hi)[0]
+        feats[:, 12 + f] = ob / (ob.max() + 1e-9)
     return feats, paths
 
 
-def _pairs(sup_peaks, deep_peaks, hh):
+def _pairs(sup, deep, hh, csum, tsum, mean):
     """Index pairs (i, j) with the deep line at least ``DEEP_MIN_GAP`` of the height below, and
-    their pair features (gap as a fraction of the height, and its square)."""
-    ij = [(i, j) for i, s in enumerate(sup_peaks) for j, d in enumerate(deep_peaks) if d[0] > s[0] + DEEP_MIN_GAP * hh]
-    gap = np.array([(deep_peaks[j][0] - sup_peaks[i][0]) / hh for i, j in ij])
-    return ij, np.stack([gap, gap**2], axis=1)
+    their features (N, len(PAIR_FEATURES)): gap as a fraction of the height and its square; in the
+    band between the two paths (``PAIR_MARGIN`` rows inside each), obliqueness relative to the
+    highest among the pairs (pennate muscle), flatness and mean grey relative to ``mean``."""
+    (sp, _, sp_paths), (dp, _, dp_paths) = sup, deep
+    ij = [(i, j) for i, s in enumerate(sp) for j, d in enumerate(dp) if d[0] > s[0] + DEEP_MIN_GAP * hh]
+    if not ij:
+        return ij, None
+    ii, jj = np.array(ij).T
+    gap = np.array([dp[j][0] - sp[i][0] for i, j in ij]) / hh
+    a, b = sp_paths[ii] + PAIR_MARGIN, dp_paths[jj] - PAIR_MARGIN
+    ob, flat = _texture(tsum, a, b)
+    h = csum.shape[0] - 1
+    grey = _band_sums(csum, a, b) / np.maximum((np.clip(b, 0, h) - np.clip(a, 0, h)).sum(axis=1), 1) / mean
+    return ij, np.stack([gap, gap**2, ob / (ob.max() + 1e-9), flat, grey], axis=1)
 
 
 def _choose_pair(fs, fd, ij, gap, model=None):
@@ -393,14 +472,18 @@ def _line_search(image, region):
 
 def _line_candidates(image, region):
     """Everything the pair choice needs: (line search as :func:`_line_search` returns it,
-    superficial (peaks, feats, paths), deep (...), pairs)."""
+    superficial (peaks, feats, paths), deep (...), (pairs, pair features))."""
     search = cm, g, acc, acc2, slopes, xj = _line_search(image, region)
-    hh = g.shape[0]
+    hh, nb = g.shape
     sp = [p for p in _line_peaks(-acc, N_PEAKS, 6) if p[0] < SUP_MAX_DEPTH * hh]
     dp = [p for p in _line_peaks(acc, N_PEAKS, 6) if p[0] > DEEP_MIN_GAP * hh]
-    sup = (sp, *_candidates(cm, g, acc, acc2, sp, slopes, xj, -1.0)) if sp else None
-    deep = (dp, *_candidates(cm, g, acc, acc2, dp, slopes, xj, 1.0)) if dp else None
-    pairs = _pairs(sp, dp, hh) if sup and deep else ([], None)
+    csum = _cumsum_rows(cm)
+    tsum = np.empty((3, hh + 1, nb), np.float64)
+    _structure(image, region[0], region[1], region[2], BIN_COLS, GRAD_STEP, tsum)
+    args = cm, csum, tsum, g, acc2
+    sup = (sp, *_candidates(*args, sp, slopes, xj, -1.0)) if sp else None
+    deep = (dp, *_candidates(*args, dp, slopes, xj, 1.0)) if dp else None
+    pairs = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6) if sup and deep else ([], None)
     return search, sup, deep, pairs
 
 
