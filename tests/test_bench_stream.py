@@ -32,12 +32,17 @@ def _sane_latency(p, n_min):
 
 def test_json_has_every_section_and_the_table_is_printed(report):
     data, stdout = report
-    assert set(data) >= {"frame", "machine", "floor_zmq", "peer_pyigtl", "analysis_alone", "mmstream", "ratios", "targets"}
+    assert set(data) >= {"frame", "machine", "floor_zmq", "peer_pyigtl", "analysis_alone", "mmstream",
+                         "mmstream_json_between_nodes", "ratios", "targets"}  # fmt: skip
     assert data["frame"] == {"shape": [512, 512], "dtype": "uint8"}
     assert set(data["mmstream"]["latency"]) == {"30", "60"}
-    assert set(data["ratios"]) == {"p50_over_zmq_one_way", "p50_over_zmq_round_trip", "p50_over_pyigtl", "p99_over_pyigtl"}
+    assert set(data["ratios"]) == {"p50_over_zmq_one_way", "p50_over_zmq_round_trip", "p50_over_pyigtl", "p99_over_pyigtl",
+                                   "p50_over_json_between_nodes"}  # fmt: skip
+    json_run = data["mmstream_json_between_nodes"]
+    assert json_run["received"] > 0 and set(json_run["stages_p50_ms"]) == set(data["mmstream"]["latency"]["60"]["stages_p50_ms"])
     assert all(isinstance(v, bool) for v in data["targets"].values()) and len(data["targets"]) == 4
-    for needle in ("raw pyzmq round trip", "pyigtl server -> client", "mmstream driver", "max sustained lossless rate"):
+    for needle in ("raw pyzmq round trip", "pyigtl server -> client", "mmstream driver", "JSON between nodes",
+                   "max sustained lossless rate"):  # fmt: skip
         assert needle in stdout
 
 

@@ -202,6 +202,35 @@ def test_every_frame_mode_analyses_the_same_burst_without_loss(sim_probe):
         assert st["nodes"]["analyzer-0"]["queue_drops"] == {"frames": 0} and not st["nodes"]["ingest"]["send_drops"]
 
 
+def test_every_frame_mode_loses_no_metrics_when_the_publisher_stalls(sim_probe, monkeypatch):
+    """The publisher stalls for 1 s while the analyzer goes on: in every_frame mode the analyzer waits
+    for it (its metrics edge is lossless too) instead of its metrics being dropped."""
+    from mmstream.nodes.publisher import Publisher
+
+    stalled = []
+    original = Publisher.process
+
+    def slow_once(self, port, msg):
+        if port == "metrics" and not stalled:
+            stalled.append(True)
+            time.sleep(1.0)  # the stall under test (a node busy for 1 s), not a synchronisation
+        return original(self, port, msg)
+
+    monkeypatch.setattr(Publisher, "process", slow_once)
+    cfg = load_config(None, endpoints=RANDOM_TCP, ingest={"max_fps_per_stream": 1e6, "burst_frames": 1000},
+                      analyzer={"every_frame": True, "metrics": ("quality",)})  # fmt: skip
+    img = sim_probe.frame(0).image
+    n = 3000  # quality alone: the analyzer does ~10k frames/s, far more than the queues hold in 1 s
+    with Graph(cfg) as g:
+        with FrameSender(g.endpoints["ingest"], "fast") as snd:
+            for _ in range(n):
+                snd.send(SourceFrame(image=img), timeout_ms=30000)
+        wait_for(lambda: g.status()["streams"].get("fast", {}).get("frames") == n, 60, "every metrics message published")
+        st = g.status()["nodes"]
+        assert st["publisher"]["queue_drops"] == {"metrics": 0, "events": 0, "fused": 0}
+        assert not st["analyzer-0"]["send_drops"] and st["analyzer-0"]["queue_drops"] == {"frames": 0}
+
+
 def test_ipc_endpoints(tmp_path):
     eps = {k: f"ipc://{tmp_path}/{k}.sock" for k in ("ingest", "metrics", "control")}
     with Graph(load_config(None, endpoints=eps)) as g:

@@ -52,13 +52,22 @@ def test_graph_passes_objects_and_leaves_nothing_parked(sim_probe):
         wait_for(lambda: g.status()["nodes"]["publisher"]["counters"].get("metrics", 0)
                  + sum(g.status()["nodes"]["analyzer-0"]["queue_drops"].values()) == 50, what="every frame handled")  # fmt: skip
         wait_for(lambda: len(g._handoff) == 0, what="every parked message taken")
-    assert len(g._handoff) == 0
+        published = g.status()["nodes"]["publisher"]["counters"]["metrics"]
+        assert g._handoff.taken >= 50 + published  # frames to the analyzer, metrics to the publisher: objects
+
+
+def test_json_between_nodes_when_the_handoff_is_off(sim_probe):
+    cfg = load_config(None, endpoints=RANDOM_TCP)
+    with Graph(cfg, handoff=False) as g:
+        with FrameSender(g.endpoints["ingest"], "s") as snd:
+            snd.send(SourceFrame(image=sim_probe.frame(0).image))
+        wait_for(lambda: g.status()["streams"].get("s", {}).get("frames") == 1, what="the frame analysed and published")
 
 
 @pytest.mark.parametrize("forged", [[TAG + (10**9).to_bytes(8, "little")], [TAG + b"\xff" * 8]])
 def test_a_forged_token_on_an_internal_endpoint_is_a_counted_decode_error(forged):
-    """An inproc endpoint is reachable only from inside the process; even so, a token that was never
-    parked is refused by the codec (too few parts) and counted, and the service goes on."""
+    """A token that was never parked is refused by the codec (too few parts) and counted, and the
+    service goes on."""
     cfg = load_config(None, endpoints=RANDOM_TCP)
     with Graph(cfg) as g:
         sock = make_socket("push", g.events_spec().endpoint, bind=False)
@@ -67,3 +76,25 @@ def test_a_forged_token_on_an_internal_endpoint_is_a_counted_decode_error(forged
         wait_for(lambda: g.status()["nodes"]["publisher"]["rejected"], what="the forged token counted")
         assert g.status()["nodes"]["publisher"]["rejected"] == {"too_few_parts": 1}
         assert all(r.is_alive() for r in g._runners)
+
+
+def test_a_client_cannot_claim_a_parked_message_through_ingest(sim_probe):
+    """Tokens are taken only on the graph's own internal endpoints: one sent to the ingest endpoint
+    (TCP, reachable by any local client) is a bad message, and the parked message stays put."""
+    cfg = load_config(None, endpoints=RANDOM_TCP)
+    with Graph(cfg) as g:
+        img = sim_probe.frame(0).image.copy()
+        token = g._handoff.park(_frame(img), (img,))
+        sock = make_socket("push", g.endpoints["ingest"], bind=False)
+        sock.send(token, timeout_ms=2000)
+        sock.close(linger_ms=1000)
+        wait_for(lambda: g.status()["nodes"]["ingest"]["rejected"], what="the token refused at ingest")
+        st = g.status()["nodes"]["ingest"]
+        assert st["rejected"] == {"too_few_parts": 1} and not st["counters"].get("accepted")
+        assert len(g._handoff) == 1 and g._handoff.take(token).header.stream_id == "s"
+
+
+def test_park_refuses_arrays_that_do_not_match_the_header():
+    img = np.zeros((2, 2), np.uint8)
+    with pytest.raises(ValueError, match="2 arrays for 1 buffers"):
+        Handoff().park(_frame(img), (img, img))

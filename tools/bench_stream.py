@@ -16,6 +16,9 @@ In one run, with simulated 512x512 uint8 B-mode frames, on one host (``tcp://127
   process (SUB on the metrics endpoint) stamps each metrics message on arrival. Latency = arrival
   minus the driver's ``sent`` stamp (CLOCK_MONOTONIC is system-wide on Linux), with the per-stage
   split from the message's ``stamps`` (sent, ingest, analysis_start, analyzed, published).
+* **JSON between nodes** — the same service at 60 fps built with ``Graph(handoff=False)``: every
+  internal edge encodes and decodes the header, as before the in-process hand-over of
+  :mod:`mmstream.handoff`; the ratio shows what the hand-over saves.
 * **sustained rate** — the driver sends as fast as the target rate allows at 250, 500, 1000, 2000
   frames/s. The lossless path is ingest (back-pressured: a full queue blocks the driver, nothing is
   dropped); the analyzer is the live path (latest-wins: it analyses each stream's newest frame and
@@ -134,7 +137,8 @@ def bench_analysis(fps: float, n: int, warmup: int, metrics: tuple[str, ...]) ->
 class ServiceBench:
     """The real graph in this process, a driver process and a subscriber process."""
 
-    def __init__(self, ctx, stream_ids: list[str], n_distinct: int, metrics: tuple[str, ...] = METRICS):
+    def __init__(self, ctx, stream_ids: list[str], n_distinct: int, metrics: tuple[str, ...] = METRICS,
+                 handoff: bool = True):  # fmt: skip
         from mmstream.config import load_config
         from mmstream.graph import Graph
 
@@ -145,7 +149,7 @@ class ServiceBench:
             ingest={"max_fps_per_stream": 100000.0}, analyzer={"metrics": metrics},
             streams={sid: {"seed_rc": seed_rc} for sid in stream_ids},
         )  # fmt: skip
-        self.graph = Graph(cfg).start()
+        self.graph = Graph(cfg, handoff=handoff).start()
         ep = self.graph.endpoints
         self._sub_ready, self._sub_seen, self._sub_stop, self._sub_out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
         sub_args = (ep["metrics"], self._sub_ready, self._sub_seen, self._sub_stop, self._sub_out)
@@ -274,6 +278,7 @@ def run(seconds: float, quick: bool, metrics: tuple[str, ...] = METRICS) -> dict
         records = svc.close()
     for fps in lat_fps:
         out["mmstream"]["latency"][f"{fps:g}"].update(latency_report(records, f"lat-{fps:g}", warmup))
+    out["mmstream_json_between_nodes"] = bench_without_handoff(ctx, n_distinct, metrics, seconds, warmup)
     best = None  # the highest rate that was sustained together with every lower rate
     for r in sorted(out["mmstream"]["rates"], key=lambda r: r["target_fps"]):
         if not r["sustained"]:
@@ -283,6 +288,18 @@ def run(seconds: float, quick: bool, metrics: tuple[str, ...] = METRICS) -> dict
     out["machine"]["loadavg_1m"] = [load_before[0], os.getloadavg()[0]]
     out["ratios"], out["targets"] = summarize(out)
     return out
+
+
+def bench_without_handoff(ctx, n_distinct: int, metrics: tuple[str, ...], seconds: float, warmup: int) -> dict:
+    """The same service at 60 fps with JSON on its internal edges too (``Graph(handoff=False)``):
+    what the in-process hand-over of messages (mmstream.handoff) saves."""
+    svc = ServiceBench(ctx, ["warmup", "json-60"], n_distinct, metrics, handoff=False)
+    try:
+        svc.warm_up()
+        svc.run("json-60", 60.0, max(int(60 * seconds), 10), poll_s=0.5)
+    finally:
+        records = svc.close()
+    return {"fps": 60.0, **latency_report(records, "json-60", warmup)}
 
 
 def summarize(out: dict) -> tuple[dict, dict]:
@@ -299,6 +316,7 @@ def summarize(out: dict) -> tuple[dict, dict]:
         "p50_over_zmq_round_trip": ratio(ours["p50_ms"], floor["round_trip"]["p50_ms"]),
         "p50_over_pyigtl": ratio(ours["p50_ms"], peer["p50_ms"]),
         "p99_over_pyigtl": ratio(ours["p99_ms"], peer["p99_ms"]),
+        "p50_over_json_between_nodes": ratio(ours["p50_ms"], out["mmstream_json_between_nodes"]["latency"]["p50_ms"]),
     }
     best = out["mmstream"]["max_sustained_lossless_fps"]
     targets = {
@@ -327,6 +345,10 @@ def table(out: dict) -> str:
         ]
         for name, p in rows:
             lines.append(f"{name:44} {key:>4} {f(p['p50_ms']):>7} {f(p['p99_ms']):>7} {f(p['max_ms']):>7} {p['n']:>5}")
+        if key == "60":
+            p = out["mmstream_json_between_nodes"]["latency"]
+            lines.append(f"{'  same, JSON between nodes (no hand-over)':44} {key:>4} {f(p['p50_ms']):>7} "
+                         f"{f(p['p99_ms']):>7} {f(p['max_ms']):>7} {p['n']:>5}")  # fmt: skip
         if key == f"{out['analysis_alone']['fps']:g}":
             for mode in ("paced", "back_to_back"):
                 p = out["analysis_alone"][mode]

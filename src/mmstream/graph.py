@@ -57,7 +57,7 @@ class NodeRunner(threading.Thread):
     """
 
     def __init__(self, node: Node, inputs: dict[str, SocketSpec], outputs: dict[str, list[SocketSpec]], limits: Limits,
-                 handoff: Handoff | None = None):  # fmt: skip
+                 handoff: tuple[Handoff, str] | None = None):  # fmt: skip
         super().__init__(name=f"mmstream-{node.name}", daemon=True)
         self.node = node
         self._in_specs = inputs
@@ -71,8 +71,10 @@ class NodeRunner(threading.Thread):
         self.queues = {p.name: PortQueue(p) for p in node.inputs}
         self._reply_socks: set[int] = set()
         self._waiting_socks: set[int] = set()
-        self._handoff = handoff  # inproc PUSH outputs send parked objects (mmstream.handoff)
-        self._handoff_socks: set[int] = set()
+        # (parking place, the graph's inproc prefix): PUSH -> PULL edges under that prefix pass objects
+        self._handoff, self._handoff_prefix = handoff if handoff is not None else (None, None)
+        self._handoff_socks: set[int] = set()  # outputs that send tokens
+        self._handoff_inputs: set[int] = set()  # inputs that take tokens (the graph's own endpoints only)
 
     def stop(self) -> None:
         self._stop_evt.set()
@@ -83,6 +85,8 @@ class NodeRunner(threading.Thread):
             for port, spec in self._in_specs.items():
                 ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve)
                 self.bound[port] = ins[port].last_endpoint
+                if self._internal_pair(spec, "pull"):
+                    self._handoff_inputs.add(id(ins[port]))
             for port, specs in self._out_specs.items():
                 socks = []
                 for spec in specs:
@@ -94,7 +98,7 @@ class NodeRunner(threading.Thread):
                     socks.append(s)
                     if spec.wait:
                         self._waiting_socks.add(id(s))
-                    if self._handoff is not None and spec.kind == "push" and spec.endpoint.startswith("inproc://"):
+                    if self._internal_pair(spec, "push"):
                         self._handoff_socks.add(id(s))
                     self.bound[port] = s.last_endpoint
                 outs[port] = socks
@@ -103,6 +107,10 @@ class NodeRunner(threading.Thread):
                 s.close()
             raise
         return ins, outs
+
+    def _internal_pair(self, spec: SocketSpec, kind: str) -> bool:
+        """Is ``spec`` a ``kind`` end of a PUSH -> PULL edge between this graph's own nodes?"""
+        return self._handoff is not None and spec.kind == kind and spec.endpoint.startswith(self._handoff_prefix)
 
     def _emit(self, outs: dict[str, list[Socket]], results) -> None:
         encoded = {}  # one message sent on several ports (ingest: frames + accepted) is encoded once
@@ -178,7 +186,7 @@ class NodeRunner(threading.Thread):
                         parts = sock.try_recv()
                         if parts is None:
                             break
-                        parked = None if self._handoff is None else self._handoff.take(parts)
+                        parked = self._handoff.take(parts) if id(sock) in self._handoff_inputs else None
                         try:
                             q.put(parked if parked is not None else decode(parts, self._limits))
                         except CodecError as exc:
@@ -202,7 +210,8 @@ class Graph:
     ``endpoints`` gives the external endpoints actually bound (random tcp ports resolved).
     """
 
-    def __init__(self, config: ServiceConfig):
+    def __init__(self, config: ServiceConfig, handoff: bool = True):
+        """``handoff=False`` sends JSON on internal edges too (benchmarks compare the two)."""
         self.config = config
         self.session_id = f"{config.session_label}-{uuid.uuid4().hex[:12]}"
         defaults = StreamConfig(metrics=tuple(config.analyzer.metrics))
@@ -226,7 +235,7 @@ class Graph:
         self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus"}
         self._attached: dict[Node, tuple[dict, dict]] = {}
         self._runners: list[NodeRunner] = []
-        self._handoff = Handoff()  # inproc PUSH -> PULL edges pass objects, not JSON (mmstream.handoff)
+        self._handoff = Handoff() if handoff else None  # internal PUSH -> PULL edges pass objects (mmstream.handoff)
         self._t_start: float | None = None
         self.status_hooks: list = []  # callables returning dicts merged into status()
 
@@ -267,7 +276,8 @@ class Graph:
         for a, w in zip(self.analyzers, workers):
             wiring[a] = (
                 {"frames": SocketSpec("pull", w, bind=True, hwm=LIVE_HWM)},
-                {"metrics": [SocketSpec("push", f"{p}/metrics", bind=False)], "events": events},
+                {"metrics": [SocketSpec("push", f"{p}/metrics", bind=False, wait=self.config.analyzer.every_frame)],
+                 "events": events},  # fmt: skip
             )
         return {**wiring, **self._attached}
 
@@ -298,7 +308,8 @@ class Graph:
         order = [self.publisher, *self.analyzers, self.control, self.ingest, *self._attached]
         for node in order:
             ins, outs = wiring[node]
-            r = NodeRunner(node, ins, outs, self._limits, self._handoff)
+            handoff = None if self._handoff is None else (self._handoff, self._prefix + "/")
+            r = NodeRunner(node, ins, outs, self._limits, handoff)
             r.start()
             if not r.ready.wait(timeout_s) or r.error is not None:
                 self.stop()
@@ -314,7 +325,8 @@ class Graph:
         for r in self._runners:
             r.join(timeout_s)
         self._runners.clear()
-        self._handoff.clear()  # messages whose tokens were still queued when the nodes stopped
+        if self._handoff is not None:
+            self._handoff.clear()  # messages whose tokens were still queued when the nodes stopped
 
     def __enter__(self):
         return self.start()

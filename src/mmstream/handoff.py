@@ -1,15 +1,19 @@
 """In-process hand-over of messages between the nodes of one graph.
 
-On an ``inproc://`` PUSH -> PULL edge both ends live in the same process, so encoding the header to
-JSON and validating it again on the other side is pure cost (tens of microseconds hot, hundreds after
-the thread slept between frames). :class:`Handoff` parks the message object and sends only a token
-(:data:`TAG` + an 8-byte key) through ZeroMQ, which still does the wake-up, the ordering and the
-high-water mark; the receiver takes the object back. Headers are frozen models, arrays are made
-read-only, as after :func:`mmstream.codec.decode`. Every other edge (PUB taps, TCP, IPC) carries
-encoded messages, and a PULL socket accepts both, so senders outside the graph need not know.
+On a PUSH -> PULL edge between two nodes of one graph (its own ``inproc://`` endpoints) both ends
+live in the same process, so encoding the header to JSON and validating it again on the other side
+is pure cost (tens of microseconds hot, hundreds after the thread slept between frames).
+:class:`Handoff` parks the message object and sends only a token (:data:`TAG` + a random 8-byte key)
+through ZeroMQ, which still does the wake-up, the ordering and the high-water mark; the receiver
+takes the object back. Headers are frozen models, arrays are made read-only, as after
+:func:`mmstream.codec.decode`: a sender hands over arrays it will not write again (a view of a
+buffer the sender keeps filling must be copied first). The graph takes tokens only on its own
+internal endpoints (never on ingest, control or any TCP/IPC socket, where a client could otherwise
+claim a parked message), and every other edge (PUB taps, TCP, IPC) carries encoded messages; its
+internal PULL sockets accept both, so senders outside the graph need not know.
 """
 
-import itertools
+import secrets
 import threading
 
 from mmstream.codec import Decoded, topic_for
@@ -23,17 +27,22 @@ class Handoff:
 
     def __init__(self) -> None:
         self._parked: dict[int, Decoded] = {}
-        self._keys = itertools.count()
         self._lock = threading.Lock()
+        self.taken = 0  # messages handed over so far
 
     def park(self, header, arrays: tuple) -> list[bytes]:
-        """Park a message (header, arrays in buffer order); returns the one-part token to send."""
+        """Park a message (header, arrays in buffer order); returns the one-part token to send.
+        ValueError if the arrays do not match the header's buffers (a node's bug, as in ``encode``)."""
+        specs = getattr(header, "buffers", ())
+        if len(arrays) != len(specs):
+            raise ValueError(f"{len(arrays)} arrays for {len(specs)} buffers in the {header.msg_type} header")
         for a in arrays:
             a.flags.writeable = False
-        names = [b.name for b in getattr(header, "buffers", ())]
-        msg = Decoded(topic_for(header), header, dict(zip(names, arrays)))
-        key = next(self._keys)
+        msg = Decoded(topic_for(header), header, {b.name: a for b, a in zip(specs, arrays)})
         with self._lock:
+            key = secrets.randbits(64)
+            while key in self._parked:
+                key = secrets.randbits(64)
             self._parked[key] = msg
         return [TAG + key.to_bytes(_KEY_BYTES, "little")]
 
@@ -45,11 +54,14 @@ class Handoff:
         if not raw.startswith(TAG):
             return None
         with self._lock:
-            return self._parked.pop(int.from_bytes(raw[len(TAG) :], "little"), None)
+            msg = self._parked.pop(int.from_bytes(raw[len(TAG) :], "little"), None)
+            self.taken += msg is not None
+            return msg
 
     def cancel(self, token: list[bytes]) -> None:
         """Forget a parked message whose token could not be sent."""
-        self.take(token)
+        with self._lock:
+            self._parked.pop(int.from_bytes(token[0][len(TAG) :], "little"), None)
 
     def clear(self) -> None:
         with self._lock:

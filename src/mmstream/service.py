@@ -55,7 +55,8 @@ class Service:
             try:
                 with FrameSender(endpoint, section.stream_id) as sender:
                     realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
-                    pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop)
+                    pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
+                         patient=self.config.analyzer.every_frame)  # fmt: skip
             finally:
                 events.close()
         except Exception as exc:  # a failing source is reported in status, the service stays up

@@ -15,7 +15,7 @@ import numpy as np
 
 from mmstream.codec import buffer_specs, encode
 from mmstream.messages import ClinicalContext, Frame, ImagingSettings
-from mmstream.transport import Curve, make_socket
+from mmstream.transport import Curve, TransportTimeout, make_socket
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class FrameSender:
         self.close()
 
 
+PATIENT_SLICE_MS = 200
+
+
 def pump(
     frames: Iterable[SourceFrame],
     sender: FrameSender,
@@ -101,11 +104,16 @@ def pump(
     realtime: bool = True,
     stop: threading.Event | None = None,
     max_frames: int | None = None,
+    patient: bool = False,
 ) -> int:
     """Send ``frames`` until exhausted, ``stop`` is set or ``max_frames`` were sent; returns the count.
 
     With ``realtime``, frame *k* leaves at ``t0 + (t_device_s[k] - t_device_s[0])`` on the host's
-    monotonic clock (a late frame is sent at once; lateness does not accumulate).
+    monotonic clock (a late frame is sent at once; lateness does not accumulate). A send that finds
+    the service's queue full raises TransportTimeout after the sender's timeout, unless ``patient``
+    (with ``stop``): then it is retried until it goes, looking at ``stop`` every
+    ``PATIENT_SLICE_MS`` (a service analysing every frame pushes back for as long as its analysis is
+    behind).
     """
     n = 0
     t0_host = t0_dev = None
@@ -122,6 +130,14 @@ def pump(
                         break
                 else:
                     time.sleep(delay)
-        sender.send(fr)
+        while True:
+            try:
+                sender.send(fr, timeout_ms=PATIENT_SLICE_MS) if patient else sender.send(fr)
+                break
+            except TransportTimeout:
+                if not patient or stop is None:
+                    raise
+                if stop.is_set():
+                    return n
         n += 1
     return n

@@ -13,7 +13,9 @@ from mmstream.nodes.base import Node, Out, Port, Telemetry
 class Publisher(Node):
     name = "publisher"
     inputs = (
-        Port("metrics", capacity=256, policy="fifo"),
+        # block: a full queue pushes back on the analyzers, whose live path drops (counted) and whose
+        # every_frame mode waits; metrics are never dropped here
+        Port("metrics", capacity=256, policy="block"),
         Port("events", capacity=256, policy="fifo"),
         Port("fused", capacity=256, policy="fifo"),  # from the fusion node (mmstream.fusion)
     )
