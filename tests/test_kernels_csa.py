@@ -184,6 +184,15 @@ def test_track_follows_moving_ellipse():
         assert res.area_px == pytest.approx(np.pi * a * b, rel=0.25)
 
 
+def test_track_largest_candidates_in_a_large_frame():
+    """The workspace holds the tracking ROI of the largest candidates far from the image border."""
+    img = np.full((420, 420), 60, np.uint8)
+    radii = csa._ellipse_radii(np.array([90.0]), np.array([1.45]), np.array([0.0]))[0]  # n_r = 173
+    prev = csa._make_contour(210.0, 210.0, radii, 1.0)
+    res = csa.track(img, prev)
+    assert res.area_px > 0 and np.isfinite(res.contour_rc).all()
+
+
 def test_ellipse_of_recovers_parameters():
     radii = csa._ellipse_radii(np.array([20.0]), np.array([2.0]), np.array([15.0]))[0]
     c = csa._make_contour(50.0, 60.0, radii, 1.0)

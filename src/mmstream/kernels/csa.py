@@ -417,7 +417,7 @@ class _Workspace:
 
     def __init__(self) -> None:
         n_r = R_MAX + MARGIN + 2
-        side = 2 * (n_r + BOX_HALF + 2) + 2
+        side = 2 * (n_r + BOX_HALF + 1 + _TRACK_EXTRA_PX) + 3  # the largest ROI of _roi_integral
         self.integ = np.empty(side * side, np.int64)
         self.polar = np.empty(N_ANGLES * n_r, np.float64)
         self.fmaps = np.empty(N_FMAPS * N_ANGLES * n_r, np.float64)
@@ -575,6 +575,7 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
 
 TRACK_SIZE_TOL = 0.13  # track: minor semi-axis within +-13 % of the previous one
 TRACK_STEP_PX = 2.0  # track: centre offsets searched (0, +-step along rows and cols)
+_TRACK_EXTRA_PX = int(np.ceil(TRACK_STEP_PX)) + 1  # track: ROI margin for the moved centres
 
 
 def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
@@ -606,7 +607,7 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     radii = CAND_RADII[cand]
     n_out, n_r = _n_radii(radii)
     pr, pc = previous.centroid_rc
-    integ, r0, c0 = _roi_integral(image, pr, pc, n_r, int(np.ceil(TRACK_STEP_PX)) + 1, ws)
+    integ, r0, c0 = _roi_integral(image, pr, pc, n_r, _TRACK_EXTRA_PX, ws)
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
     fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
     feats = ws.feats[: len(cand) * N_DYNAMIC].reshape(len(cand), N_DYNAMIC)
