@@ -39,7 +39,7 @@ def polar_sample(image, roi, center_r, center_c, sin_t, cos_t, half, n_r):
 
 
 def polar_features(polar, n_norm, n_out):
-    """The seven radial feature maps, shape (7, K, n_out)."""
+    """The ten radial feature maps, shape (10, K, n_out)."""
     n_k, n = polar.shape
     mu = polar[:, :n_norm].mean()
     sd = max(polar[:, :n_norm].std(), 1.0)
@@ -49,7 +49,7 @@ def polar_features(polar, n_norm, n_out):
     def zc(offset):
         return z[:, np.clip(i + offset, 0, n - 1)]
 
-    out = np.empty((7, n_k, n_out))
+    out = np.empty((10, n_k, n_out))
     out[0] = zc(3)
     out[1] = zc(-3)
     out[2] = zc(2) - zc(-2)
@@ -59,6 +59,19 @@ def polar_features(polar, n_norm, n_out):
     out[4] = np.max([zc(j) for j in range(0, 7)], axis=0)
     out[5] = zc(10)
     out[6] = np.cumsum(z[:, :n_out], axis=1) / (i + 1)
+    # 0/1 indicators on the raw profile: local maxima (of the profile, of the 4 px step) near i
+    j = np.arange(n)
+    d = polar[:, np.minimum(j + 2, n - 1)] - polar[:, np.maximum(j - 2, 0)]
+    peak = np.zeros((n_k, n), bool)
+    step_peak = np.zeros((n_k, n), bool)
+    if n >= 3:
+        mid = slice(1, n - 1)
+        peak[:, mid] = (polar[:, mid] >= polar[:, :-2]) & (polar[:, mid] > polar[:, 2:])
+        step_peak[:, mid] = (d[:, mid] > 0) & (d[:, mid] >= d[:, :-2]) & (d[:, mid] > d[:, 2:])
+    near = [np.clip(i + o, 0, n - 1) for o in range(-2, 3)]
+    out[7] = np.any([peak[:, q] for q in near], axis=0)
+    out[8] = d[:, :n_out] > 0
+    out[9] = np.any([step_peak[:, q] for q in near], axis=0)
     return out
 
 
@@ -117,3 +130,12 @@ def track_search(image, roi, pr, pc, step, radii, sin_t, cos_t, sector, n_sector
             if s.max() > best_scores.max():
                 best_centre, best_scores = tuple(centre), s
     return int(np.argmax(best_scores)), best_centre, best_scores
+
+
+def agreeing_mass(scores, radii, best):
+    """Softmax probability of the candidates whose polar Dice with ``best`` is >= 0.9."""
+    p = np.exp(scores - scores.max())
+    p /= p.sum()
+    rb = radii[best]
+    dice = 2.0 * (np.minimum(radii, rb) ** 2).sum(axis=1) / ((radii**2).sum(axis=1) + (rb**2).sum())
+    return p[dice >= 0.9].sum()

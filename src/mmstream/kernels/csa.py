@@ -14,8 +14,10 @@ score pick the one whose rim is most nerve-like:
    (speckle reduction) read from an integral image of the region of interest. Pixels outside the
    image count as 0 (black, as the B-mode sector border).
 2. **Radial feature maps** (:func:`_polar_features`): grey levels normalised by the disc around the
-   seed (z-scores), step edges at two scales, the rim maximum just outside, the level further out
-   and the running mean inside, each at every (angle, radius).
+   seed (z-scores), step edges at two scales, the rim maximum just outside, the level further out,
+   the running mean inside, and three 0/1 rim indicators (a local maximum of the profile, resp. of
+   the step edge, within +-2 px; brightening outwards), each at every (angle, radius). The sector
+   means of the indicators are rim completeness: the share of rays that see a rim at the outline.
 3. **Ellipse candidates** centred on the seed (the seed is the most interior point, i.e. the
    centre of the inscribed circle, so the minor semi-axis is the seed's depth): minor semi-axis on
    a geometric grid, aspect ratio and tilt on small grids. :func:`_candidate_features` averages
@@ -55,11 +57,11 @@ __all__ = ["CsaContour", "segment_from_seed", "track"]
 # --------------------------------------------------------------------------------------------
 # Constants shared by the kernels, the trainer and the tests.
 N_ANGLES = 64  # rays of the polar unwrap (multiple of 4: four sectors)
-BOX_HALF = 2  # speckle box: (2*BOX_HALF+1)^2 pixels
+BOX_HALF = 3  # speckle box: (2*BOX_HALF+1)^2 pixels
 R_MAX = 160  # largest candidate radius (px)
 MARGIN = 12  # radial samples beyond the largest candidate radius needed by the feature maps
 N_NORM = 48  # z-score normalisation over radii 0..N_NORM-1 of every ray
-N_FMAPS = 7  # feature maps of _polar_features
+N_FMAPS = 10  # feature maps of _polar_features
 N_SECTORS = 4
 B_GRID = 3.0 * 1.06 ** np.arange(62)  # minor semi-axis (px), 3..110
 ASPECT_GRID = np.array([1.0, 1.2, 1.45, 1.7, 2.0, 2.35, 2.75, 3.2, 3.8])
@@ -142,7 +144,8 @@ def _polar_sample(integ, r0, c0, center_r, center_c, sin_t, cos_t, half, out):
 
 @kernel("void(float64[:, ::1], int64, float64[:, :, ::1])")
 def _polar_features(polar, n_norm, out):
-    """Radial feature maps ``out[f, k, i]`` for radius ``i < out.shape[2]`` from ``polar (K, N)``.
+    """Radial feature maps ``out[k, i, f]`` for radius ``i < out.shape[1]`` from ``polar (K, N)``
+    (features last: a candidate reads all of them at one (ray, radius)).
 
     With ``z = (polar - mu) / sd`` (``mu``, ``sd``: mean and population standard deviation of
     ``polar[:, :n_norm]``, ``sd`` floored at 1 grey level) and ``zc[j] = z[k, min(max(j, 0), N-1)]``:
@@ -154,10 +157,17 @@ def _polar_features(polar, n_norm, out):
     4. max ``zc[i..i+6]`` (bright rim just outside)
     5. ``zc[i+10]`` (level further out)
     6. mean ``z[k, 0..i]`` (running mean inside)
+    7. 1.0 if a local maximum of the profile lies within +-2 px: some ``j = min(max(i+o, 0), N-1)``,
+       ``o`` in -2..2, with ``1 <= j <= N-2`` and ``polar[k, j-1] <= polar[k, j] > polar[k, j+1]``;
+       else 0.0 (rim present at this radius)
+    8. 1.0 if ``d[i] > 0`` else 0.0, with ``d[j] = polar[k, min(j+2, N-1)] - polar[k, max(j-2, 0)]``
+       (brightening outwards)
+    9. 1.0 if some ``j`` as in 7 is a positive local maximum of ``d``: ``1 <= j <= N-2``,
+       ``d[j] > 0`` and ``d[j-1] <= d[j] > d[j+1]``; else 0.0 (step edge present at this radius)
     """
     n_k = polar.shape[0]
     n = polar.shape[1]
-    n_out = out.shape[2]
+    n_out = out.shape[1]
     s1 = 0.0
     s2 = 0.0
     for k in range(n_k):
@@ -178,20 +188,41 @@ def _polar_features(polar, n_norm, out):
         for j in range(1, 9):
             so += polar[k, min(j, n - 1)]
             si += polar[k, 0]
+        nxt = 1
+        last_peak = -3
+        last_step = -3
+        d_a = polar[k, min(2, n - 1)] - polar[k, 0]
+        d_b = polar[k, min(3, n - 1)] - polar[k, 0]
+        d_c = polar[k, min(4, n - 1)] - polar[k, 0]
         for i in range(n_out):
             run += (polar[k, i] - mu) * inv
-            out[6, k, i] = run / (i + 1)
-            out[0, k, i] = (polar[k, min(i + 3, n - 1)] - mu) * inv
-            out[1, k, i] = (polar[k, max(i - 3, 0)] - mu) * inv
-            out[2, k, i] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
-            out[3, k, i] = (so - si) * (inv / 8.0)
+            out[k, i, 6] = run / (i + 1)
+            out[k, i, 0] = (polar[k, min(i + 3, n - 1)] - mu) * inv
+            out[k, i, 1] = (polar[k, max(i - 3, 0)] - mu) * inv
+            out[k, i, 2] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
+            out[k, i, 3] = (so - si) * (inv / 8.0)
             so += polar[k, min(i + 9, n - 1)] - polar[k, min(i + 1, n - 1)]
             si += polar[k, i] - polar[k, max(i - 8, 0)]
             m = polar[k, min(i, n - 1)]
             for j in range(1, 7):
                 m = max(m, polar[k, min(i + j, n - 1)])
-            out[4, k, i] = (m - mu) * inv
-            out[5, k, i] = (polar[k, min(i + 10, n - 1)] - mu) * inv
+            out[k, i, 4] = (m - mu) * inv
+            out[k, i, 5] = (polar[k, min(i + 10, n - 1)] - mu) * inv
+            d_i = polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]
+            out[k, i, 8] = 1.0 if d_i > 0.0 else 0.0
+            # local maxima at j = 1..min(i+2, N-2), each tested once; remember the last of each kind
+            lim = min(i + 2, n - 2)
+            while nxt <= lim:
+                if polar[k, nxt - 1] <= polar[k, nxt] and polar[k, nxt] > polar[k, nxt + 1]:
+                    last_peak = nxt
+                if d_b > 0.0 and d_a <= d_b and d_b > d_c:
+                    last_step = nxt
+                d_a = d_b  # slide (d[nxt-1], d[nxt], d[nxt+1]) one sample outwards
+                d_b = d_c
+                d_c = polar[k, min(nxt + 4, n - 1)] - polar[k, max(nxt, 0)]
+                nxt += 1
+            out[k, i, 7] = 1.0 if last_peak >= i - 2 else 0.0
+            out[k, i, 9] = 1.0 if last_step >= i - 2 else 0.0
 
 
 @kernel("void(float64[:, :, ::1], float64[:, ::1], int64[::1], float64[::1], float64[:, ::1])")
@@ -199,13 +230,13 @@ def _candidate_features(fmaps, radii, sector, ray_weight, out):
     """Sector means of the feature maps along each candidate outline.
 
     ``radii[c, k]`` is candidate ``c``'s radius on ray ``k``; it is read at radius index
-    ``i = min(max(floor(radii[c, k] + 0.5), 1), fmaps.shape[2] - 1)``.
+    ``i = min(max(floor(radii[c, k] + 0.5), 1), fmaps.shape[1] - 1)``.
     ``out[c, s * F + f]`` = sum over the rays ``k`` of sector ``s`` of
-    ``ray_weight[k] * fmaps[f, k, i]`` (``ray_weight = 1 / rays in the sector``: a sector mean).
+    ``ray_weight[k] * fmaps[k, i, f]`` (``ray_weight = 1 / rays in the sector``: a sector mean).
     """
-    n_f = fmaps.shape[0]
-    n_k = fmaps.shape[1]
-    n_r = fmaps.shape[2]
+    n_k = fmaps.shape[0]
+    n_r = fmaps.shape[1]
+    n_f = fmaps.shape[2]
     for c in range(radii.shape[0]):
         for j in range(out.shape[1]):
             out[c, j] = 0.0
@@ -214,7 +245,37 @@ def _candidate_features(fmaps, radii, sector, ray_weight, out):
             base = sector[k] * n_f
             w = ray_weight[k]
             for f in range(n_f):
-                out[c, base + f] += fmaps[f, k, i] * w
+                out[c, base + f] += fmaps[k, i, f] * w
+
+
+@kernel("float64(float64[::1], float64[:, ::1], int64)", readonly_args=())
+def _agreeing_mass(scores, radii, best):
+    """Softmax mass of the candidates that agree with candidate ``best``: the sum of
+    ``exp(scores[c] - max) / sum exp(scores - max)`` over the ``c`` whose polar Dice with ``best``,
+    ``2 * sum_k min(radii[c, k], radii[best, k])**2 / (sum_k radii[c, k]**2 + sum_k radii[best, k]**2)``,
+    is >= 0.9."""
+    n_c = radii.shape[0]
+    n_k = radii.shape[1]
+    top = scores[0]
+    for c in range(1, n_c):
+        top = max(top, scores[c])
+    sb = 0.0
+    for k in range(n_k):
+        sb += radii[best, k] * radii[best, k]
+    total = 0.0
+    agree = 0.0
+    for c in range(n_c):
+        e = np.exp(scores[c] - top)
+        total += e
+        inter = 0.0
+        sc = 0.0
+        for k in range(n_k):
+            m = min(radii[c, k], radii[best, k])
+            inter += m * m
+            sc += radii[c, k] * radii[c, k]
+        if 2.0 * inter / (sc + sb) >= 0.9:
+            agree += e
+    return agree / total
 
 
 @kernel("void(float64[:, ::1], float64, float64, float64[::1])")
@@ -465,7 +526,7 @@ def _features_at(image, center_r, center_c, radii, ws, roi=None) -> np.ndarray:
     integ, r0, c0 = _roi_integral(image, center_r, center_c, n_r, 0, ws) if roi is None else roi
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
     _polar_sample(integ, r0, c0, center_r, center_c, SIN_T, COS_T, BOX_HALF, polar)
-    fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
+    fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
     _polar_features(polar, N_NORM, fmaps)
     feats = ws.feats[: len(radii) * N_DYNAMIC].reshape(len(radii), N_DYNAMIC)
     _candidate_features(fmaps, radii, SECTOR, _RAY_WEIGHT, feats)
@@ -501,12 +562,7 @@ def _polygon_props(contour: np.ndarray) -> tuple[float, float, tuple[float, floa
 
 
 def _confidence(scores: np.ndarray, radii: np.ndarray, best: int) -> float:
-    p = np.exp(scores - scores.max())
-    p /= p.sum()
-    rb = radii[best]
-    inter = np.minimum(radii, rb) ** 2
-    dice = 2.0 * inter.sum(axis=1) / ((radii**2).sum(axis=1) + (rb**2).sum())
-    return float(np.clip(p[dice >= 0.9].sum(), 0.0, 1.0))
+    return float(min(max(_agreeing_mass(scores, radii, best), 0.0), 1.0))
 
 
 def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
@@ -609,7 +665,7 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     pr, pc = previous.centroid_rc
     integ, r0, c0 = _roi_integral(image, pr, pc, n_r, _TRACK_EXTRA_PX, ws)
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
-    fmaps = ws.fmaps[: N_FMAPS * N_ANGLES * n_out].reshape(N_FMAPS, N_ANGLES, n_out)
+    fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
     feats = ws.feats[: len(cand) * N_DYNAMIC].reshape(len(cand), N_DYNAMIC)
     scores, best_scores = np.empty(len(cand)), np.empty(len(cand))
     best_rc = np.empty(2)
