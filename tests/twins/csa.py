@@ -34,7 +34,9 @@ def polar_sample(image, roi, center_r, center_c, sin_t, cos_t, half, n_r):
                     inside_img = 0 <= r < image.shape[0] and 0 <= c < image.shape[1]
                     if inside_roi and inside_img:
                         tot += int(image[r, c])
-            out[k, i] = tot / (2 * half + 1) ** 2
+            # times the reciprocal, as the kernel: the rim indicators compare differences of these
+            # means, and a last-bit difference would flip them where two are mathematically equal
+            out[k, i] = tot * (1.0 / (2 * half + 1) ** 2)
     return out
 
 
@@ -112,7 +114,8 @@ def track_search(image, roi, pr, pc, step, radii, sin_t, cos_t, sector, n_sector
                  w_dyn, static_score):  # fmt: skip
     """Coordinate descent over centres: the centre; +-step along rows from it; +-step along cols from
     the best so far; each clamped to the image; a strictly higher maximum score wins. Returns (best
-    candidate, (row, col), scores at the best centre)."""
+    candidate, (row, col), scores at the best centre, the smallest gap between two maxima compared:
+    below rounding, compiled and plain code may break the tie differently)."""
     h, w = image.shape
 
     def scores_at(centre):
@@ -121,15 +124,17 @@ def track_search(image, roi, pr, pc, step, radii, sin_t, cos_t, sector, n_sector
         return feats @ w_dyn + static_score
 
     best_centre, best_scores = (pr, pc), scores_at((pr, pc))
+    gap = np.inf
     for axis in (0, 1):
         base = best_centre
         for sign in (-1.0, 1.0):
             centre = list(base)
             centre[axis] = min(max(base[axis] + sign * step, 0.0), (h, w)[axis] - 1.0)
             s = scores_at(tuple(centre))
+            gap = min(gap, abs(s.max() - best_scores.max()))
             if s.max() > best_scores.max():
                 best_centre, best_scores = tuple(centre), s
-    return int(np.argmax(best_scores)), best_centre, best_scores
+    return int(np.argmax(best_scores)), best_centre, best_scores, gap
 
 
 def agreeing_mass(scores, radii, best):
