@@ -81,6 +81,38 @@ def test_round_trip_keeps_headers_pixels_metrics_drops_and_units(tmp_path):
     assert out.returncode == 0 and 'DATASET "frames"' in out.stdout
 
 
+@pytest.mark.parametrize("damage", ["short_array", "short_heap", "short_pixels"])
+def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage):
+    """A writer killed mid-flush may leave a table longer than the data its rows point to (an array
+    dataset, the JSON heap, the pixels). In row-checking mode (SWMR: live or crashed files) the
+    counts stop at the last row whose data can all be read."""
+    from mmstream.recording.reader import StreamReader
+
+    probe = SimProbe(SPEC, seed=1)
+    path = tmp_path / "s.h5"
+    w = SessionWriter(path, {"session_id": "s", "config_json": "{}"}, {"p1": SPEC.shape}, "none", fsync=False)
+    prev = None
+    for seq in range(6):
+        img = probe.frame(seq).image
+        h = frame("p1", seq, img)
+        w.add_frame(h, img)
+        prev, mh, arrays = metrics_of(h, img, prev, seed=(40.0, 48.0) if seq == 0 else None)
+        w.add_metrics(mh, arrays)
+    w.close()
+    with h5py.File(path, "r+") as f:
+        g = next(iter(f["streams"].values()))
+        if damage == "short_array":
+            g["metrics/histogram"].resize(4, axis=0)
+        elif damage == "short_heap":
+            row = g["metrics/table"][3]
+            g["metrics/json"].resize(int(row["json_offset"]) + int(row["json_n_bytes"]) - 1, axis=0)
+        else:
+            g["frames"].resize(2, axis=0)
+    with h5py.File(path, "r") as f:
+        s = StreamReader(next(iter(f["streams"].values())), check_rows=True)
+        assert (s.n_frames, s.n_metrics) == {"short_array": (6, 4), "short_heap": (6, 3), "short_pixels": (2, 6)}[damage]
+
+
 def test_absent_metrics_are_nan_and_long_contours_are_cut_and_flagged(tmp_path):
     w = SessionWriter(tmp_path / "s.h5", {}, {"p1": (64, 40)}, fsync=False)
     img = np.zeros((64, 40), np.uint8)

@@ -25,7 +25,10 @@ from mmstream.recording.layout import LAYOUT_VERSION
 
 
 def _text(heap: h5py.Dataset, offset: int, n: int) -> str:
-    return bytes(heap[offset : offset + n]).decode()
+    raw = bytes(heap[offset : offset + n])
+    if len(raw) != n:  # the heap ends before the row's text (a writer killed mid-flush)
+        raise ValueError(f"JSON text at {offset} needs {n} bytes, the heap holds {len(raw)}")
+    return raw.decode()
 
 
 def _headers(table_rows: np.ndarray, heap: h5py.Dataset) -> list[str]:
@@ -53,10 +56,13 @@ def _readable_prefix(n: int, row_ok) -> int:
 
 
 def _reads(*reads) -> bool:
+    """True if every read succeeds; False if one fails as reads of a killed writer's file do: the
+    chunk is not on disk (OSError), a dataset holds fewer rows than the table (IndexError), the
+    JSON heap ends early (ValueError)."""
     try:
         for read in reads:
             read()
-    except OSError:
+    except (OSError, IndexError, ValueError):
         return False
     return True
 
