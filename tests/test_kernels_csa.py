@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -102,7 +102,9 @@ def test_candidate_features_matches_twin(fmaps, radii):
     np.testing.assert_allclose(out, twin.candidate_features(fmaps, radii, sector, 4), rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+# exact ties between centres or candidates (symmetric images, equal rows of radii) are skipped, as
+# compiled and plain code may break them differently; a ramp added to the image makes them rare
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(
     img=_images(40),
     centre=st.tuples(st.floats(-2, 42, allow_nan=False), st.floats(-2, 42, allow_nan=False)),
@@ -113,6 +115,7 @@ def test_candidate_features_matches_twin(fmaps, radii):
 )
 def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score):
     h, w = img.shape
+    img = ((img.astype(np.int64) + 7 * np.arange(h)[:, None] + 3 * np.arange(w)[None, :] ** 2) % 256).astype(np.uint8)
     pr, pc = min(max(centre[0], 0.0), h - 1.0), min(max(centre[1], 0.0), w - 1.0)
     n_out, n_r = csa._n_radii(radii)
     reach = n_r + csa.BOX_HALF + 6
@@ -129,7 +132,7 @@ def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score
     tj, t_rc, t_scores, gap = twin.track_search(img, roi, pr, pc, step, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
                                            n_r, n_out, w_dyn, static_score)  # fmt: skip
     top = np.sort(t_scores)
-    assume(top[-1] - top[-2] > 1e-9 and gap > 1e-9)  # ties (equal candidates, symmetric images) may resolve either way
+    assume(top[-1] - top[-2] > 1e-9 and gap > 1e-9)
     np.testing.assert_allclose(best_scores, t_scores, rtol=1e-9, atol=1e-9)
     assert j == tj and tuple(best_rc) == pytest.approx(t_rc, abs=1e-12)
 
