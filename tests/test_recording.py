@@ -81,11 +81,12 @@ def test_round_trip_keeps_headers_pixels_metrics_drops_and_units(tmp_path):
     assert out.returncode == 0 and 'DATASET "frames"' in out.stdout
 
 
-@pytest.mark.parametrize("damage", ["short_array", "short_heap", "short_pixels"])
+@pytest.mark.parametrize("damage", ["short_array", "short_heap", "short_pixels", "corrupt_text"])
 def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage):
     """A writer killed mid-flush may leave a table longer than the data its rows point to (an array
     dataset, the JSON heap, the pixels). In row-checking mode (SWMR: live or crashed files) the
-    counts stop at the last row whose data can all be read."""
+    counts stop at the last row whose data can all be read. Data that is there but corrupt is an
+    error, not a shorter count."""
     from mmstream.recording.reader import StreamReader
 
     probe = SimProbe(SPEC, seed=1)
@@ -106,10 +107,17 @@ def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage
         elif damage == "short_heap":
             row = g["metrics/table"][3]
             g["metrics/json"].resize(int(row["json_offset"]) + int(row["json_n_bytes"]) - 1, axis=0)
-        else:
+        elif damage == "short_pixels":
             g["frames"].resize(2, axis=0)
+        else:
+            row = g["metrics/table"][5]
+            g["metrics/json"][int(row["json_offset"])] = 0xFF  # not UTF-8
     with h5py.File(path, "r") as f:
         s = StreamReader(next(iter(f["streams"].values())), check_rows=True)
+        if damage == "corrupt_text":
+            with pytest.raises(UnicodeDecodeError):
+                s.n_metrics
+            return
         assert (s.n_frames, s.n_metrics) == {"short_array": (6, 4), "short_heap": (6, 3), "short_pixels": (2, 6)}[damage]
 
 

@@ -243,7 +243,9 @@ def _heap(group: h5py.Group) -> None:
 
 
 def _single(group: h5py.Group, name: str, columns) -> None:
-    ds = group.create_dataset(name, (1,), dtype=dtype_of(columns))
+    # written at creation, so its storage is allocated before SWMR starts: allocated at the first
+    # flush instead, a writer killed then left a header pointing past the end of the file
+    ds = group.create_dataset(name, data=np.zeros(1, dtype_of(columns)))
     ds.attrs["units"] = _units(columns)
 
 

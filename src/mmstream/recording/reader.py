@@ -24,11 +24,20 @@ from mmstream.messages import Event, Frame, Metrics, message_adapter
 from mmstream.recording.layout import LAYOUT_VERSION
 
 
+class _NotOnDisk(Exception):
+    """A row points past the end of a dataset (a writer killed before that data was flushed)."""
+
+
 def _text(heap: h5py.Dataset, offset: int, n: int) -> str:
-    raw = bytes(heap[offset : offset + n])
-    if len(raw) != n:  # the heap ends before the row's text (a writer killed mid-flush)
-        raise ValueError(f"JSON text at {offset} needs {n} bytes, the heap holds {len(raw)}")
-    return raw.decode()
+    if offset + n > heap.shape[0]:
+        raise _NotOnDisk(f"JSON text at {offset} needs {n} bytes, the heap holds {heap.shape[0]}")
+    return bytes(heap[offset : offset + n]).decode()
+
+
+def _row(ds: h5py.Dataset, i: int):
+    if i >= ds.shape[0]:
+        raise _NotOnDisk(f"row {i} of {ds.name}, which holds {ds.shape[0]}")
+    return ds[i]
 
 
 def _headers(table_rows: np.ndarray, heap: h5py.Dataset) -> list[str]:
@@ -57,12 +66,12 @@ def _readable_prefix(n: int, row_ok) -> int:
 
 def _reads(*reads) -> bool:
     """True if every read succeeds; False if one fails as reads of a killed writer's file do: the
-    chunk is not on disk (OSError), a dataset holds fewer rows than the table (IndexError), the
-    JSON heap ends early (ValueError)."""
+    chunk is not on disk (OSError), or a dataset or the JSON heap ends before the row (_NotOnDisk).
+    Anything else (corrupt text, a layout bug) is raised."""
     try:
         for read in reads:
             read()
-    except (OSError, IndexError, ValueError):
+    except (OSError, _NotOnDisk):
         return False
     return True
 
@@ -100,7 +109,7 @@ class StreamReader:
                 row = index[i]
                 _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
 
-            return _reads(header, lambda: frames[i])
+            return _reads(header, lambda: _row(frames, i))
 
         return _readable_prefix(n, row_ok)
 
@@ -117,7 +126,7 @@ class StreamReader:
                 row = table[i]
                 _text(m["json"], int(row["json_offset"]), int(row["json_n_bytes"]))
 
-            return _reads(header, *(lambda k=k: m[k][i] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")))
+            return _reads(header, *(lambda k=k: _row(m[k], i) for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")))
 
         return _readable_prefix(n, row_ok)
 
