@@ -134,3 +134,17 @@ def test_analyzer_adds_live_z_score_to_metrics(tmp_path):
     assert e2.z_score is None and e2.z_unavailable == "uncalibrated_device"
     plain = Analyzer(settings).process("frames", Decoded("frame.s", h, {"image": img}))[0].header.echogenicity
     assert plain.z_score is None and plain.z_unavailable is None  # no reference configured: no claim at all
+
+
+def test_pending_captures_take_the_first_frame_analysed_after_each_command():
+    from mmstream.calibration import PendingCaptures
+
+    p = PendingCaptures()
+    assert not p.take("s", {"analysis_start": 5.0}) and p.waiting("s") == 0  # nothing asked
+    p.ask("s", 10.0)
+    p.ask("s", 12.0)
+    assert not p.take("s", {"analysis_start": 9.5})  # analysed before the command
+    assert not p.take("other", {"analysis_start": 11.0})  # another stream
+    assert p.take("s", {"analysis_start": 10.0}) and p.waiting("s") == 1
+    assert not p.take("s", {"analysis_start": 11.0})  # before the second command
+    assert p.take("s", {}) and p.waiting("s") == 0  # no stamp (e.g. a replayed message): taken

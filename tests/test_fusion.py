@@ -216,7 +216,7 @@ def test_fused_messages_reach_external_subscribers(store, sim_probe):
                 while (parts := sub.try_recv()) is not None:
                     got.append(decode(parts).header)
             assert request(g.endpoints["control"], command="capture", stream_id="probe").ok
-            wait_for(lambda: node._pending.get("probe") or node.counters["captures"], what="capture event on the bus")
+            wait_for(lambda: node._pending.waiting("probe") or node.counters["captures"], what="capture event on the bus")
         sub.close()
     assert len(got) >= 3 and all(isinstance(h, Fused) for h in got)
     f = got[-1]

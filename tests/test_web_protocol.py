@@ -137,6 +137,14 @@ def test_three_image_captures_mirror_the_service_protocol():
                                          t_host_s=0.0))  # fmt: skip
 
     key = ("P-01", "tibialis_anterior", "left")
+    late = LiveView(settings)  # metrics analysed before the command, delivered after it: not the capture
+    late.process("bus", Decoded("event.s1", Event(node="control", level="info", reason="capture", message="c",
+                                                  stream_id="s1", t_host_s=100.0)))  # fmt: skip
+    stale = metrics(5, 40.0).header.model_copy(update={"stamps": {"analysis_start": 99.0}})
+    fresh = metrics(6, 41.0).header.model_copy(update={"stamps": {"analysis_start": 100.5}})
+    for h in (stale, fresh):
+        late.process("bus", Decoded("metrics.s1", h, {}))
+    assert [c["seq"] for c in late.captures.summary(key)["captures"]] == [6]
     alone = LiveView(settings)
     alone.process("bus", metrics(0, 10.0))  # no capture asked: not taken
     for i, echo in enumerate((60.0, 63.0, 66.0, 90.0)):

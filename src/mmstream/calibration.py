@@ -15,6 +15,7 @@ Nerve 2008;37:679-693; Arts et al., Muscle Nerve 2010;41:32-41).
 import json
 import math
 import tomllib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -229,6 +230,30 @@ class EchoReferences:
         if entry is None:
             return EchoAssessment(calibrated_mean=calibrated, unavailable="no_reference")
         return EchoAssessment(calibrated_mean=calibrated, z=z_score(calibrated, entry, age_years, sex))
+
+
+class PendingCaptures:
+    """``capture`` commands not yet served, per stream. A capture takes the stream's first frame
+    whose analysis started after the command (metrics stamp ``analysis_start`` >= the event's
+    ``t_host_s``, one monotonic clock in the service): a metrics message analysed earlier but
+    delivered after the command is not the frame the user asked for. Not thread-safe (one node)."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, deque] = {}
+
+    def ask(self, stream_id: str, t_host_s: float) -> None:
+        self._asked.setdefault(stream_id, deque()).append(t_host_s)
+
+    def waiting(self, stream_id: str) -> int:
+        return len(self._asked.get(stream_id, ()))
+
+    def take(self, stream_id: str, stamps: dict) -> bool:
+        """True (and one capture served) if the frame of these metrics ``stamps`` is a capture."""
+        asked = self._asked.get(stream_id)
+        if not asked or stamps.get("analysis_start", math.inf) < asked[0]:
+            return False
+        asked.popleft()
+        return True
 
 
 def capture_mean(values: list[float]) -> float:

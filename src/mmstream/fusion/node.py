@@ -12,11 +12,10 @@ unreadable store still gives a fused message with the live values and a flag say
 
 import datetime as dt
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from mmstream.calibration import CAPTURE_FRAMES, capture_mean
+from mmstream.calibration import CAPTURE_FRAMES, PendingCaptures, capture_mean
 from mmstream.codec import Decoded
 from mmstream.errors import StoreError
 from mmstream.fusion.assess import SCORE_FORMULA, FusionRules, assess_site, reference_z, rank_sites, stored_values
@@ -41,7 +40,7 @@ class FusionNode(Node):
         self.rules = rules
         self.cache = PatientCache(store_path, check_interval_s=check_interval_s, timeout_s=store_timeout_s)
         self._today = today
-        self._pending: Counter = Counter()  # stream -> captures asked for
+        self._pending = PendingCaptures()
         self._captures: dict[SiteKey, list[float]] = {}
         self._captured: dict[SiteKey, FusedValue] = {}  # completed three-image values
         self._views: dict[tuple, dict] = {}  # (patient, age, sex, generation, n captured) -> view
@@ -53,7 +52,7 @@ class FusionNode(Node):
         h = msg.header
         if isinstance(h, Event):
             if h.reason == "capture" and h.stream_id is not None:
-                self._pending[h.stream_id] += 1
+                self._pending.ask(h.stream_id, h.t_host_s)
             return []
         if not isinstance(h, Metrics):
             return []  # fused messages (our own, echoed on the bus) and anything else
@@ -85,9 +84,8 @@ class FusionNode(Node):
         return vals
 
     def _capture(self, h: Metrics, key: SiteKey | None, out: list[Out]) -> None:
-        if not self._pending.get(h.stream_id):
+        if not self._pending.take(h.stream_id, h.stamps):
             return
-        self._pending[h.stream_id] -= 1
         e = h.echogenicity
         if key is None or e is None or e.mean is None or e.region == "frame":
             why = "no patient/site context" if key is None else "no echogenicity of a muscle region (ROI or CSA) in this frame"

@@ -10,12 +10,13 @@ command). The web server reads these snapshots from its own thread, woken by ``o
 """
 
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
+from mmstream.calibration import PendingCaptures
 from mmstream.codec import Decoded
 from mmstream.errors import CodecError, InputError
 from mmstream.messages import Event, Frame, Fused, Metrics
@@ -104,7 +105,7 @@ class LiveView(Node):
         self._frames: dict[str, FrameView] = {}
         self._overlays: dict[str, dict] = {}
         self._recent: dict[str, deque] = {}
-        self._pending_captures: Counter = Counter()
+        self._pending_captures = PendingCaptures()
         self._fused: dict[str, dict] = {}
         self._biopsy: dict[str | None, list] = {}  # patient -> last ranking (fused messages repeat it only when it changes)
         self._notes: dict[str, dict] = {}
@@ -120,8 +121,7 @@ class LiveView(Node):
             with self._state_lock:
                 self._overlays[h.stream_id] = ov
                 self._recent.setdefault(h.stream_id, deque(maxlen=RECENT_OVERLAYS)).append(ov)
-                take = self._pending_captures[h.stream_id] > 0
-                self._pending_captures[h.stream_id] -= take
+                take = self._pending_captures.take(h.stream_id, h.stamps)
             if take:
                 self._capture(ov)
             self.on_change(h.stream_id)
@@ -168,7 +168,7 @@ class LiveView(Node):
                 self._capture(ov)
         elif h.reason == "capture" and h.node == "control" and not self.fusion_attached and h.stream_id is not None:
             with self._state_lock:
-                self._pending_captures[sid] += 1  # no fusion node: the stream's next frame is the capture
+                self._pending_captures.ask(sid, h.t_host_s)  # no fusion node: the next frame analysed is the capture
         if h.reason in NOTED or h.level != "info":
             with self._state_lock:
                 self._notes[sid] = {"type": "note", "level": h.level, "reason": h.reason, "message": h.message,
