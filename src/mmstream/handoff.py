@@ -22,6 +22,10 @@ TAG = b"\x00mmstream-handoff"
 _KEY_BYTES = 8
 
 
+def _key(token: bytes) -> int:
+    return int.from_bytes(token[len(TAG) :], "little")
+
+
 class Handoff:
     """The parking place of one graph; :meth:`clear` when the graph stops (tokens left unread)."""
 
@@ -44,7 +48,7 @@ class Handoff:
             while key in self._parked:
                 key = secrets.randbits(64)
             self._parked[key] = msg
-        return [TAG + key.to_bytes(_KEY_BYTES, "little")]
+        return [TAG + key.to_bytes(_KEY_BYTES, "little")]  # read back by _key
 
     def take(self, parts: list) -> Decoded | None:
         """The parked message a received token stands for; None if ``parts`` is not a token."""
@@ -54,14 +58,14 @@ class Handoff:
         if not raw.startswith(TAG):
             return None
         with self._lock:
-            msg = self._parked.pop(int.from_bytes(raw[len(TAG) :], "little"), None)
+            msg = self._parked.pop(_key(raw), None)
             self.taken += msg is not None
             return msg
 
     def cancel(self, token: list[bytes]) -> None:
         """Forget a parked message whose token could not be sent."""
         with self._lock:
-            self._parked.pop(int.from_bytes(token[0][len(TAG) :], "little"), None)
+            self._parked.pop(_key(token[0]), None)
 
     def clear(self) -> None:
         with self._lock:

@@ -516,14 +516,10 @@ def _n_radii(radii) -> tuple[int, int]:
     return n_out, max(n_out + MARGIN, N_NORM)
 
 
-def _features_at(image, center_r, center_c, radii, ws, roi=None) -> np.ndarray:
-    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre.
-
-    ``roi``: an ``(integ, r0, c0)`` from :func:`_roi_integral` covering this centre, to share one
-    integral image between several centres.
-    """
+def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
+    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre."""
     n_out, n_r = _n_radii(radii)
-    integ, r0, c0 = _roi_integral(image, center_r, center_c, n_r, 0, ws) if roi is None else roi
+    integ, r0, c0 = _roi_integral(image, center_r, center_c, n_r, 0, ws)
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
     _polar_sample(integ, r0, c0, center_r, center_c, SIN_T, COS_T, BOX_HALF, polar)
     fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
@@ -533,12 +529,10 @@ def _features_at(image, center_r, center_c, radii, ws, roi=None) -> np.ndarray:
     return feats
 
 
-def _score_at(image, center_r, center_c, cand, weights, ws, roi=None):
-    """Learned score of candidates ``cand`` (indices, or None for all) centred at a point."""
-    radii = CAND_RADII[cand] if cand is not None else CAND_RADII
-    static = CAND_STATIC[cand] if cand is not None else CAND_STATIC
-    feats = _features_at(image, center_r, center_c, radii, ws, roi)
-    return feats @ weights[:N_DYNAMIC] + static @ weights[N_DYNAMIC:]
+def _score_at(image, center_r, center_c, weights, ws):
+    """Learned score of every candidate centred at a point."""
+    feats = _features_at(image, center_r, center_c, CAND_RADII, ws)
+    return feats @ weights[:N_DYNAMIC] + CAND_STATIC @ weights[N_DYNAMIC:]
 
 
 def _moments(contour: np.ndarray):
@@ -575,7 +569,7 @@ def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
 
 def _segment(image, seed_rc, weights) -> CsaContour:
     ws = _workspace()
-    scores = _score_at(image, seed_rc[0], seed_rc[1], None, weights, ws)
+    scores = _score_at(image, seed_rc[0], seed_rc[1], weights, ws)
     best = int(np.argmax(scores))
     conf = _confidence(scores, CAND_RADII, best)
     return _make_contour(seed_rc[0], seed_rc[1], CAND_RADII[best], conf)
