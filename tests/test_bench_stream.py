@@ -33,11 +33,11 @@ def _sane_latency(p, n_min):
 def test_json_has_every_section_and_the_table_is_printed(report):
     data, stdout = report
     assert set(data) >= {"frame", "machine", "floor_zmq", "peer_pyigtl", "analysis_alone", "mmstream",
-                         "mmstream_json_between_nodes", "ratios", "targets"}  # fmt: skip
+                         "mmstream_json_between_nodes", "floor_zmq_analysis", "ratios", "targets"}  # fmt: skip
     assert data["frame"] == {"shape": [512, 512], "dtype": "uint8"}
     assert set(data["mmstream"]["latency"]) == {"30", "60"}
     assert set(data["ratios"]) == {"p50_over_zmq_one_way", "p50_over_zmq_round_trip", "p50_over_pyigtl", "p99_over_pyigtl",
-                                   "p50_over_json_between_nodes"}  # fmt: skip
+                                   "p50_over_json_between_nodes", "p50_over_floor_with_analysis"}  # fmt: skip
     json_run = data["mmstream_json_between_nodes"]
     assert json_run["received"] > 0 and set(json_run["stages_p50_ms"]) == set(data["mmstream"]["latency"]["60"]["stages_p50_ms"])
     assert all(isinstance(v, bool) for v in data["targets"].values()) and len(data["targets"]) == 4
@@ -55,6 +55,17 @@ def test_floor_and_peer_delivered_every_frame_and_one_way_is_half_the_round_trip
         peer = data["peer_pyigtl"][fps]
         assert peer["received"] >= 0.9 * peer["sent"]  # pyigtl keeps only the newest message per device
         _sane_latency(peer["latency"], 10)
+
+
+def test_floor_with_analysis_analysed_every_frame_it_echoed(report):
+    data, _ = report
+    floor = data["floor_zmq_analysis"]
+    assert floor["fps"] == 60.0 and floor["metrics"] == ["echogenicity", "quality", "thickness", "csa"]
+    _sane_latency(floor["round_trip"], 10)
+    # four metrics on 512x512 add far more than the noise of a bare round trip
+    assert floor["round_trip"]["p50_ms"] > data["floor_zmq"]["60"]["round_trip"]["p50_ms"] + 0.2
+    ours = data["mmstream"]["latency"]["60"]["latency"]["p50_ms"]
+    assert data["ratios"]["p50_over_floor_with_analysis"] == pytest.approx(ours / floor["round_trip"]["p50_ms"])
 
 
 def test_service_latency_covers_the_stream_and_splits_into_stages(report):

@@ -16,6 +16,10 @@ In one run, with simulated 512x512 uint8 B-mode frames, on one host (``tcp://127
   process (SUB on the metrics endpoint) stamps each metrics message on arrival. Latency = arrival
   minus the driver's ``sent`` stamp (CLOCK_MONOTONIC is system-wide on Linux), with the per-stage
   split from the message's ``stamps`` (sent, ingest, analysis_start, analyzed, published).
+* **floor with analysis** — the raw pyzmq ping-pong at 60 fps with ``analyze_frame`` (same metrics,
+  seeded on the first frame, then tracking) run by the echo process on each frame before it answers
+  with the result's JSON: two hops and the analysis, with no service around them — the lowest p50
+  any design that analyses outside the driver's process can reach on this machine.
 * **JSON between nodes** — the same service at 60 fps built with ``Graph(handoff=False)``: every
   internal edge encodes and decodes the header, as before the in-process hand-over of
   :mod:`mmstream.handoff`; the ratio shows what the hand-over saves.
@@ -44,7 +48,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from bench_stream_peers import bench_floor, bench_pyigtl, percentiles_ms, wait_until  # tools/ is on sys.path
+from bench_stream_peers import bench_floor, bench_floor_analysis, bench_pyigtl, percentiles_ms, wait_until  # tools/ is on sys.path
 
 STAGES = (("sent", "ingest"), ("ingest", "analysis_start"), ("analysis_start", "analyzed"),
           ("analyzed", "published"), ("published", "received"))  # fmt: skip
@@ -265,6 +269,10 @@ def run(seconds: float, quick: bool, metrics: tuple[str, ...] = METRICS) -> dict
         out["floor_zmq"][f"{fps:g}"] = bench_floor(ctx, image, fps, n, warmup)
         out["peer_pyigtl"][f"{fps:g}"] = bench_pyigtl(ctx, image, fps, n, warmup)
     out["analysis_alone"] = bench_analysis(60.0, max(int(60 * seconds), 10), warmup, metrics)
+    frames, seed_rc = sim_frames(8)
+    out["floor_zmq_analysis"] = bench_floor_analysis(ctx, [np.ascontiguousarray(f.image) for f in frames],
+                                                     frames[0].spacing_mm, seed_rc, metrics, 60.0,
+                                                     max(int(60 * seconds), 10), warmup)  # fmt: skip
     streams = [f"lat-{fps:g}" for fps in lat_fps] + [f"rate-{r:g}" for r in rates]
     svc = ServiceBench(ctx, ["warmup", *streams], n_distinct, metrics)
     try:
@@ -317,6 +325,7 @@ def summarize(out: dict) -> tuple[dict, dict]:
         "p50_over_pyigtl": ratio(ours["p50_ms"], peer["p50_ms"]),
         "p99_over_pyigtl": ratio(ours["p99_ms"], peer["p99_ms"]),
         "p50_over_json_between_nodes": ratio(ours["p50_ms"], out["mmstream_json_between_nodes"]["latency"]["p50_ms"]),
+        "p50_over_floor_with_analysis": ratio(ours["p50_ms"], out["floor_zmq_analysis"]["round_trip"]["p50_ms"]),
     }
     best = out["mmstream"]["max_sustained_lossless_fps"]
     targets = {
@@ -348,6 +357,9 @@ def table(out: dict) -> str:
         if key == "60":
             p = out["mmstream_json_between_nodes"]["latency"]
             lines.append(f"{'  same, JSON between nodes (no hand-over)':44} {key:>4} {f(p['p50_ms']):>7} "
+                         f"{f(p['p99_ms']):>7} {f(p['max_ms']):>7} {p['n']:>5}")  # fmt: skip
+            p = out["floor_zmq_analysis"]["round_trip"]
+            lines.append(f"{'raw pyzmq round trip + analyze_frame at echo':44} {key:>4} {f(p['p50_ms']):>7} "
                          f"{f(p['p99_ms']):>7} {f(p['max_ms']):>7} {p['n']:>5}")  # fmt: skip
         if key == f"{out['analysis_alone']['fps']:g}":
             for mode in ("paced", "back_to_back"):

@@ -1,5 +1,6 @@
 """The floor and the peer of ``tools/bench_stream.py``: the same frames between two processes over
-raw pyzmq (PAIR ping-pong, ``copy=False``) and over OpenIGTLink with pyigtl (server -> client).
+raw pyzmq (PAIR ping-pong, ``copy=False``; also with ``analyze_frame`` at the echo side) and over
+OpenIGTLink with pyigtl (server -> client).
 
 Each function starts its other side as a spawned process and returns latency percentiles in ms.
 """
@@ -27,23 +28,37 @@ def wait_until(t_due: float) -> None:
         time.sleep(delay)
 
 
-def _zmq_pong(results) -> None:
+def _zmq_pong(results, analyse=None) -> None:
     """Floor, echo side: returns every multipart message as it came (zero-copy) until b"stop";
-    then reports the one-way times it measured (arrival minus the send time in the first part)."""
+    then reports the one-way times it measured (arrival minus the send time in the first part).
+
+    With ``analyse`` (dict: ``shape``, ``spacing_mm``, ``seed_rc``, ``metrics``) it runs
+    ``analyze_frame`` on each frame first (seeded on the first, tracking after) and returns the
+    header with the result's JSON instead of the frame: analysis with no service around it."""
     import zmq
 
+    if analyse is not None:
+        from mmstream.analysis import analyze_frame
+        from mmstream.kernels import warmup
+
+        warmup()
     ctx = zmq.Context()
     s = ctx.socket(zmq.PAIR)
     s.linger = 0
     s.bind("tcp://127.0.0.1:*")
     results.put(s.getsockopt_string(zmq.LAST_ENDPOINT))
-    one_way = []
+    one_way, prev = [], None
     while True:
         parts = s.recv_multipart(copy=False)
         t = time.monotonic()
         if parts[0].bytes == b"stop":
             break
         one_way.append(t - struct.unpack("d", parts[0].bytes[:8])[0])
+        if analyse is not None:
+            image = np.frombuffer(parts[1].buffer, np.uint8).reshape(analyse["shape"])
+            prev = analyze_frame(image, spacing_mm=analyse["spacing_mm"], seed=None if prev else analyse["seed_rc"],
+                                 previous=prev, metrics=analyse["metrics"])  # fmt: skip
+            parts = [parts[0], prev.model_dump_json().encode()]
         s.send_multipart(parts, copy=False)
     s.close()
     ctx.term()
@@ -70,21 +85,37 @@ def _igtl_server(port: int, image: np.ndarray, fps: float, n: int, done, results
 
 def bench_floor(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
     """Raw pyzmq ping-pong of ``image`` (+ a 64-byte header) between two processes, paced at ``fps``."""
+    rtt, one_way = _ping_pong(ctx, [image], fps, n, warmup, None)
+    return {"fps": fps, "round_trip": percentiles_ms(rtt), "one_way": percentiles_ms(np.asarray(rtt) / 2),
+            "one_way_measured": percentiles_ms(one_way)}  # fmt: skip
+
+
+def bench_floor_analysis(ctx, images: list, spacing_mm, seed_rc, metrics, fps: float, n: int, warmup: int) -> dict:
+    """The floor of any design that analyses in another process: the same ping-pong, the echo side
+    running ``analyze_frame`` (seeded on the first frame, tracking after) on ``images`` in turn and
+    answering with the result's JSON. No service, no validation, no header model, one thread."""
+    analyse = {"shape": images[0].shape, "spacing_mm": spacing_mm, "seed_rc": seed_rc, "metrics": metrics}
+    rtt, _ = _ping_pong(ctx, images, fps, n, warmup, analyse)
+    return {"fps": fps, "metrics": list(metrics), "round_trip": percentiles_ms(rtt)}
+
+
+def _ping_pong(ctx, images: list, fps: float, n: int, warmup: int, analyse) -> tuple[list, list]:
+    """Round trips (s) of ``images`` in turn to a spawned ``_zmq_pong``, and its one-way times (s)."""
     import zmq
 
     results = ctx.Queue()
-    proc = ctx.Process(target=_zmq_pong, args=(results,), daemon=True)
+    proc = ctx.Process(target=_zmq_pong, args=(results, analyse), daemon=True)
     proc.start()
     zctx = zmq.Context()
     s = zctx.socket(zmq.PAIR)
     s.linger = 0
-    s.connect(results.get(timeout=60))
+    s.connect(results.get(timeout=120))
     rtt = []
     t0 = time.monotonic()
     for k in range(n + warmup):
         wait_until(t0 + k / fps)
         t = time.monotonic()
-        s.send_multipart([struct.pack("d", t) + b"x" * 56, image], copy=False)  # 64-byte header
+        s.send_multipart([struct.pack("d", t) + b"x" * 56, images[k % len(images)]], copy=False)  # 64-byte header
         s.recv_multipart(copy=False)
         if k >= warmup:
             rtt.append(time.monotonic() - t)
@@ -93,8 +124,7 @@ def bench_floor(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict
     proc.join(10)
     s.close()
     zctx.term()
-    return {"fps": fps, "round_trip": percentiles_ms(rtt), "one_way": percentiles_ms(np.asarray(rtt) / 2),
-            "one_way_measured": percentiles_ms(one_way)}  # fmt: skip
+    return rtt, one_way
 
 
 def bench_pyigtl(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
