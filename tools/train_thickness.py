@@ -13,8 +13,14 @@ on three sources whose candidates are computed by the kernel's own code (``_line
 - ``SIM_SCENES`` simulated scenes of varied depths, tilt and pennation (drivers/sim): target =
   the true rows at the centre column.
 
-Each pair gets the weight ``exp(-err^2 / (2 TARGET_PX^2))`` (err: row error, root-sum-square of
-both lines, or thickness error); L2 penalty ``L2`` on the weights.
+The fit has two stages. (1) Softmax likelihood: each pair gets the target weight ``exp(-err^2 /
+(2 TARGET_PX^2))`` (err: row error, root-sum-square of both lines, or thickness error); L2 penalty
+``L2`` on the weights. (2) Risk: from there, the weights are refined to minimise the expected
+error ``sum_k p_k err_k / RISK_PX`` over each image's softmax probabilities ``p`` (L2 penalty
+``RISK_L2``). Stage 1 counts a pair 20 px off as wrong as one 120 px off; stage 2 weighs them by
+their error, as the mean absolute error does. With the ``end_coherence`` line feature it cut the
+held-out dataset 1 MAE from 7.6 to 6.2 px (the feature alone: 7.2, this stage alone: 7.5), mostly
+by no longer taking a deep brightness step inside the muscle for the aponeurosis (subject S1).
 
 Honest figures: leave-one-group-out cross-validation, groups = dataset 1 subjects (9), dataset 4
 in 5 groups of 3 images (the images' subjects are not given; neighbouring images may share one,
@@ -43,6 +49,8 @@ import mmstream.kernels.thickness as T  # noqa: E402
 
 TARGET_PX = 6.0
 L2 = 20.0
+RISK_PX = 60.0
+RISK_L2 = 0.1
 SIM_SCENES = 40
 MODEL_PATH = Path(__file__).resolve().parents[1] / "src" / "mmstream" / "kernels" / "_thickness_model.py"
 
@@ -123,8 +131,13 @@ def samples(root: Path) -> list[Sample]:
     return out
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    p = np.exp(z - z.max())
+    return p / p.sum()
+
+
 def fit(train: list[Sample]):
-    """(mean, scale, weights) of the pair score."""
+    """(mean, scale, weights) of the pair score: softmax fit, then refined on the expected error."""
     train = [s for s in train if s.ij]
     allx = np.vstack([s.x for s in train])
     mean, scale = allx.mean(axis=0), allx.std(axis=0) + 1e-9
@@ -137,14 +150,23 @@ def fit(train: list[Sample]):
     def loss(w):
         total, grad = L2 * w @ w, 2 * L2 * w
         for x, y in data:
-            z = x @ w
-            p = np.exp(z - z.max())
-            p /= p.sum()
+            p = _softmax(x @ w)
             total -= float(y @ np.log(p + 1e-12))
             grad -= x.T @ (y - p)
         return total, grad
 
-    return mean, scale, minimize(loss, np.zeros(allx.shape[1]), jac=True, method="L-BFGS-B").x
+    def risk(w):
+        total, grad = RISK_L2 * w @ w, 2 * RISK_L2 * w
+        for x, e in risk_data:
+            p = _softmax(x @ w)
+            expected = float(p @ e)
+            total += expected
+            grad += x.T @ (p * (e - expected))
+        return total, grad
+
+    w = minimize(loss, np.zeros(allx.shape[1]), jac=True, method="L-BFGS-B").x
+    risk_data = [((s.x - mean) / scale, s.error() / RISK_PX) for s in train]
+    return mean, scale, minimize(risk, w, jac=True, method="L-BFGS-B").x
 
 
 def summary(errors: dict[str, list[float]]) -> str:
@@ -181,13 +203,14 @@ def write_model(model, note: str) -> None:
 
 
 def main(argv=None) -> int:
-    global L2, TARGET_PX
+    global L2, TARGET_PX, RISK_L2
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="cross-validate only; leave the model file alone")
     ap.add_argument("--l2", type=float, default=20.0, help="L2 penalty on the weights")
     ap.add_argument("--target-px", type=float, default=6.0, help="width of the target weight, px")
+    ap.add_argument("--risk-l2", type=float, default=0.1, help="L2 penalty of the expected-error stage")
     args = ap.parse_args(argv)
-    L2, TARGET_PX = args.l2, args.target_px
+    L2, TARGET_PX, RISK_L2 = args.l2, args.target_px, args.risk_l2
     data = samples(require_data())
     errors: dict[str, list[float]] = {}
     for group in sorted({s.group for s in data}):
@@ -195,7 +218,7 @@ def main(argv=None) -> int:
         for s in data:
             if s.group == group:
                 errors.setdefault(s.dataset, []).append(s.thickness_error(model))
-    note = f"TARGET_PX={TARGET_PX}, L2={L2}, {len(data)} images. Leave-one-group-out: " + summary(errors) + "."
+    note = f"TARGET_PX={TARGET_PX}, L2={L2}, RISK_PX={RISK_PX}, RISK_L2={RISK_L2}, {len(data)} images. Leave-one-group-out: " + summary(errors) + "."
     print(note)
     if not args.check:
         write_model(fit(data), note)

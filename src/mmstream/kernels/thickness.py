@@ -32,7 +32,7 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
    (:func:`_structure`): pennate muscle shows tilted fascicle striations, which subcutaneous fat,
    fasciae and horizontal layers do not. Without it most gross errors took a subcutaneous fascia
    for the superficial aponeurosis or, in the gastrocnemius, the soleus for the muscle. The
-   weights (:mod:`._thickness_model`, 3 x 33 floats) are fitted by ``tools/train_thickness.py``
+   weights (:mod:`._thickness_model`, 3 x 35 floats) are fitted by ``tools/train_thickness.py``
    on the TimTrack observers and on simulated scenes, with leave-one-group-out figures in its
    output and the README. The hand-written rule it replaces (deepest strong line in the upper
    half; best diffuse deep edge) often took a subcutaneous fascia for the superficial
@@ -68,6 +68,7 @@ SUP_MAX_DEPTH = 0.6  # fraction of the region height: deepest superficial candid
 N_PEAKS = 12  # candidate lines per edge sign
 DEEP_MIN_GAP = 0.2  # fraction of the region height: least superficial-to-deep distance (line search)
 COHERENT_EDGE = 3.0  # grey levels: a deep path point on at least this step counts as coherent
+END_BINS = 8  # the end coherence of a line is read over 1/END_BINS of its bins at each end
 GRAD_STEP = 2  # pixels: central differences I[r, c + d] - I[r, c - d] of the texture tensor
 PAIR_MARGIN = 4  # rows: the band between a pair's lines starts and ends this far inside them
 MIN_SIZE = 32  # smallest analysed region, rows and columns
@@ -335,7 +336,7 @@ def _line_peaks(score, n, sep):
 
 LINE_FEATURES = (
     "strength", "coarse_strength", "depth", "depth_rank", "near_above", "near_below", "far_above", "far_below",
-    "coherence", "strong_deeper", "tilt", "rule", "oblique_above", "oblique_below",
+    "coherence", "strong_deeper", "tilt", "rule", "oblique_above", "oblique_below", "end_coherence",
 )  # fmt: skip
 PAIR_FEATURES = ("gap", "gap_squared", "oblique_between", "flat_between", "grey_between")
 
@@ -382,8 +383,10 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     dimensionless: line strength relative to the best candidate (fine+coarse, and coarse alone),
     depth as a fraction of the region height and its rank among the candidates, mean grey in bands
     just above/below the path (``NEAR_BAND``) and farther (``FAR_BAND``) relative to the region
-    mean, coherence (fraction of column bins on a clear edge), fraction of strong candidates
-    deeper than it, tilt, whether a hand-written rule picks it (superficial: the deepest line
+    mean, coherence (fraction of column bins on a clear edge) and end coherence (the lower of
+    that fraction over the first and over the last ``1/END_BINS`` of the bins: observers measure
+    near one end, where a line that crosses into other structures goes astray), fraction of
+    strong candidates deeper than it, tilt, whether a hand-written rule picks it (superficial: the deepest line
     in the upper 45 % scoring at least 0.7 of the best; deep: best coarse strength + coherence),
     and the obliqueness (:func:`_texture`) of the far bands above and below, relative to the
     highest among the candidates (fascicle striations start below the superficial aponeurosis
@@ -407,7 +410,10 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
         feats[i, 9:11] = sum(1 for q in peaks if q[0] > r and q[2] >= 0.7 * vmax) / n, abs(slopes[k]) / MAX_SLOPE
     for f, (lo, hi) in enumerate(((-near, -2), (2, near), (-far, -2), (2, far))):
         feats[:, 4 + f] = _band_means(csum, paths, lo, hi) / mean
-    feats[:, 8] = (sign * g[paths, j] >= COHERENT_EDGE).mean(axis=1)
+    edge = sign * g[paths, j] >= COHERENT_EDGE
+    feats[:, 8] = edge.mean(axis=1)
+    ne = max(nb // END_BINS, 2)
+    feats[:, 14] = np.minimum(edge[:, :ne].mean(axis=1), edge[:, -ne:].mean(axis=1))
     if sign < 0:
         upper = [i for i, p in enumerate(peaks) if p[0] < 0.45 * hh and p[2] >= 0.7 * vmax]
         rule = max(upper, key=lambda i: peaks[i][0]) if upper else int(np.argmax([p[2] for p in peaks]))
