@@ -102,6 +102,54 @@ def test_candidate_features_matches_twin(fmaps, radii):
     np.testing.assert_allclose(out, twin.candidate_features(fmaps, radii, sector, 4), rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    polar=st.tuples(st.integers(1, 8), st.integers(12, 30)).flatmap(
+        lambda s: arrays(np.float64, s, elements=st.one_of(st.floats(0, 255), st.sampled_from([0.0, 1.0, 2.0])))
+    ),
+    w_sector=arrays(np.float64, (4, csa.N_FMAPS), elements=st.floats(-3, 3)),
+    data=st.data(),
+)
+def test_polar_score_matches_twin(polar, w_sector, data):
+    n_k, n = polar.shape
+    n_norm = data.draw(st.integers(1, n))
+    n_out = data.draw(st.integers(1, n))
+    sector = np.arange(n_k, dtype=np.int64) % 4
+    ray_weight = data.draw(arrays(np.float64, n_k, elements=st.floats(0, 1)))
+    scratch = np.full((n_out, csa.N_FMAPS), np.nan)
+    out = np.empty((n_k, n_out))
+    csa._polar_score(polar, n_norm, w_sector, sector, ray_weight, scratch, out)
+    expected = twin.polar_score(polar, n_norm, n_out, w_sector, sector, ray_weight)
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    score_map=arrays(np.float64, (8, 12), elements=st.floats(-5, 5)),
+    radii=arrays(np.float64, (5, 8), elements=st.floats(-2, 16)),
+    static_score=arrays(np.float64, 5, elements=st.floats(-5, 5)),
+)
+def test_candidate_scores_matches_twin(score_map, radii, static_score):
+    out = np.empty(5)
+    csa._candidate_scores(score_map, radii, static_score, out)
+    np.testing.assert_allclose(out, twin.candidate_scores(score_map, radii, static_score), rtol=1e-12, atol=1e-12)
+
+
+def test_score_map_scores_equal_the_trainers_features_times_the_weights():
+    """What segment_from_seed ranks (score map summed along outlines) is what tools/train_csa.py
+    fits (sector features of every candidate times the shipped weights)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 80, (300, 300)).astype(np.uint8)
+    rr, cc = np.mgrid[:300, :300]
+    ring = np.abs(np.hypot((rr - 150) / 30.0, (cc - 140) / 45.0) - 1.0) < 0.08
+    img[ring] = 220
+    ws = csa._workspace()
+    w = csa._weights()
+    feats = csa._features_at(img, 150.0, 140.0, csa.CAND_RADII, ws).copy()
+    expected = feats @ w[: csa.N_DYNAMIC] + csa.CAND_STATIC @ w[csa.N_DYNAMIC :]
+    np.testing.assert_allclose(csa._score_at(img, 150.0, 140.0, w, ws), expected, rtol=1e-9, atol=1e-9)
+
+
 # exact ties between centres or candidates (symmetric images, equal rows of radii) are skipped, as
 # compiled and plain code may break them differently; a ramp added to the image makes them rare
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
@@ -125,10 +173,11 @@ def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score
     th = 2 * np.pi * np.arange(8) / 8
     s, c = np.ascontiguousarray(np.sin(th)), np.ascontiguousarray(np.cos(th))
     sector = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.int64)
-    polar, fmaps, feats = np.empty((8, n_r)), np.empty((8, n_out, csa.N_FMAPS)), np.empty((3, 4 * csa.N_FMAPS))
+    polar, scratch, score_map = np.empty((8, n_r)), np.empty((n_out, csa.N_FMAPS)), np.empty((8, n_out))
     scores, best_scores, best_rc = np.empty(3), np.empty(3), np.empty(2)
-    j = csa._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5), w_dyn,
-                          static_score, polar, fmaps, feats, scores, best_scores, best_rc)  # fmt: skip
+    j = csa._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5),
+                          w_dyn.reshape(4, csa.N_FMAPS), static_score, polar, scratch, score_map, scores, best_scores,
+                          best_rc)  # fmt: skip
     tj, t_rc, t_scores, gap = twin.track_search(img, roi, pr, pc, step, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
                                            n_r, n_out, w_dyn, static_score)  # fmt: skip
     top = np.sort(t_scores)

@@ -90,6 +90,20 @@ def candidate_features(fmaps, radii, sector, n_sectors):
     return out
 
 
+def polar_score(polar, n_norm, n_out, w_sector, sector, ray_weight):
+    """Score map (ray, radius): each ray's feature maps dotted with its sector's weights, times the
+    ray's weight."""
+    fm = polar_features(polar, n_norm, n_out)  # (feature, ray, radius)
+    return ray_weight[:, None] * np.einsum("fki,kf->ki", fm, w_sector[sector])
+
+
+def candidate_scores(score_map, radii, static_score):
+    """The score map summed along each candidate's outline, plus its static score."""
+    n_k, n_r = score_map.shape
+    idx = np.clip(np.floor(radii + 0.5).astype(np.int64), 1, n_r - 1)
+    return static_score + score_map[np.arange(n_k)[None, :], idx].sum(axis=1)
+
+
 def polygon_moments(poly, o_r, o_c):
     """The seven Green's-theorem sums of the spec (vectorised over edges)."""
     y0 = poly[:, 0] - o_r

@@ -29,6 +29,11 @@ score pick the one whose rim is most nerve-like:
    dozen floats written into :mod:`mmstream.kernels._csa_model` (no data file to ship). Figures are
    reported k-fold cross-validated by image (see ``tools/train_csa.py`` and
    ``tools/accuracy_nerve.py --cv``).
+   At run time the weights are applied first (:func:`_polar_score`): each ray's feature maps,
+   dotted with its sector's weights, make a score map (ray, radius), and a candidate's score is
+   that map summed along its outline (:func:`_candidate_scores`), the same number as its features
+   times the weights, without storing the feature maps or the features (only the trainer needs
+   them: :func:`_features_at`).
 5. The best candidate becomes a ``N_ANGLES``-vertex polygon.
 
 :func:`track` re-runs steps 1-4 on the next frame around the previous centroid, on a few centre
@@ -142,6 +147,74 @@ def _polar_sample(integ, r0, c0, center_r, center_c, sin_t, cos_t, half, out):
             out[k, i] = tot * inv
 
 
+@kernel("UniTuple(float64, 2)(float64[:, ::1], int64)")
+def _polar_stats(polar, n_norm):
+    """``(mu, 1 / sd)``: mean and inverse population standard deviation (``sd`` floored at 1 grey
+    level) of ``polar[:, :n_norm]``, the z-score normalisation of the feature maps."""
+    n_k = polar.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(n_k):
+        for i in range(n_norm):
+            v = polar[k, i]
+            s1 += v
+            s2 += v * v
+    cnt = n_k * n_norm
+    mu = s1 / cnt
+    var = s2 / cnt - mu * mu
+    return mu, 1.0 / np.sqrt(max(var, 1.0))
+
+
+@kernel("void(float64[:, ::1], int64, float64, float64, float64[:, ::1])")
+def _ray_features(polar, k, mu, inv, out):
+    """The feature maps of ray ``k`` (see :func:`_polar_features`): ``out[i, f]`` for radius
+    ``i < out.shape[0]``, z-scores from ``(polar - mu) * inv``."""
+    n = polar.shape[1]
+    n_out = out.shape[0]
+    run = 0.0
+    # sliding sums of the 8 samples after / before i (indices clipped to the ray)
+    so = 0.0
+    si = 0.0
+    for j in range(1, 9):
+        so += polar[k, min(j, n - 1)]
+        si += polar[k, 0]
+    nxt = 1
+    last_peak = -3
+    last_step = -3
+    d_a = polar[k, min(2, n - 1)] - polar[k, 0]
+    d_b = polar[k, min(3, n - 1)] - polar[k, 0]
+    d_c = polar[k, min(4, n - 1)] - polar[k, 0]
+    for i in range(n_out):
+        run += (polar[k, i] - mu) * inv
+        out[i, 6] = run / (i + 1)
+        out[i, 0] = (polar[k, min(i + 3, n - 1)] - mu) * inv
+        out[i, 1] = (polar[k, max(i - 3, 0)] - mu) * inv
+        out[i, 2] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
+        out[i, 3] = (so - si) * (inv / 8.0)
+        so += polar[k, min(i + 9, n - 1)] - polar[k, min(i + 1, n - 1)]
+        si += polar[k, i] - polar[k, max(i - 8, 0)]
+        m = polar[k, min(i, n - 1)]
+        for j in range(1, 7):
+            m = max(m, polar[k, min(i + j, n - 1)])
+        out[i, 4] = (m - mu) * inv
+        out[i, 5] = (polar[k, min(i + 10, n - 1)] - mu) * inv
+        d_i = polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]
+        out[i, 8] = 1.0 if d_i > 0.0 else 0.0
+        # local maxima at j = 1..min(i+2, N-2), each tested once; remember the last of each kind
+        lim = min(i + 2, n - 2)
+        while nxt <= lim:
+            if polar[k, nxt - 1] <= polar[k, nxt] and polar[k, nxt] > polar[k, nxt + 1]:
+                last_peak = nxt
+            if d_b > 0.0 and d_a <= d_b and d_b > d_c:
+                last_step = nxt
+            d_a = d_b  # slide (d[nxt-1], d[nxt], d[nxt+1]) one sample outwards
+            d_b = d_c
+            d_c = polar[k, min(nxt + 4, n - 1)] - polar[k, max(nxt, 0)]
+            nxt += 1
+        out[i, 7] = 1.0 if last_peak >= i - 2 else 0.0
+        out[i, 9] = 1.0 if last_step >= i - 2 else 0.0
+
+
 @kernel("void(float64[:, ::1], int64, float64[:, :, ::1])")
 def _polar_features(polar, n_norm, out):
     """Radial feature maps ``out[k, i, f]`` for radius ``i < out.shape[1]`` from ``polar (K, N)``
@@ -165,64 +238,41 @@ def _polar_features(polar, n_norm, out):
     9. 1.0 if some ``j`` as in 7 is a positive local maximum of ``d``: ``1 <= j <= N-2``,
        ``d[j] > 0`` and ``d[j-1] <= d[j] > d[j+1]``; else 0.0 (step edge present at this radius)
     """
-    n_k = polar.shape[0]
-    n = polar.shape[1]
-    n_out = out.shape[1]
-    s1 = 0.0
-    s2 = 0.0
-    for k in range(n_k):
-        for i in range(n_norm):
-            v = polar[k, i]
-            s1 += v
-            s2 += v * v
-    cnt = n_k * n_norm
-    mu = s1 / cnt
-    var = s2 / cnt - mu * mu
-    sd = np.sqrt(max(var, 1.0))
-    inv = 1.0 / sd
-    for k in range(n_k):
-        run = 0.0
-        # sliding sums of the 8 samples after / before i (indices clipped to the ray)
-        so = 0.0
-        si = 0.0
-        for j in range(1, 9):
-            so += polar[k, min(j, n - 1)]
-            si += polar[k, 0]
-        nxt = 1
-        last_peak = -3
-        last_step = -3
-        d_a = polar[k, min(2, n - 1)] - polar[k, 0]
-        d_b = polar[k, min(3, n - 1)] - polar[k, 0]
-        d_c = polar[k, min(4, n - 1)] - polar[k, 0]
-        for i in range(n_out):
-            run += (polar[k, i] - mu) * inv
-            out[k, i, 6] = run / (i + 1)
-            out[k, i, 0] = (polar[k, min(i + 3, n - 1)] - mu) * inv
-            out[k, i, 1] = (polar[k, max(i - 3, 0)] - mu) * inv
-            out[k, i, 2] = (polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]) * inv
-            out[k, i, 3] = (so - si) * (inv / 8.0)
-            so += polar[k, min(i + 9, n - 1)] - polar[k, min(i + 1, n - 1)]
-            si += polar[k, i] - polar[k, max(i - 8, 0)]
-            m = polar[k, min(i, n - 1)]
-            for j in range(1, 7):
-                m = max(m, polar[k, min(i + j, n - 1)])
-            out[k, i, 4] = (m - mu) * inv
-            out[k, i, 5] = (polar[k, min(i + 10, n - 1)] - mu) * inv
-            d_i = polar[k, min(i + 2, n - 1)] - polar[k, max(i - 2, 0)]
-            out[k, i, 8] = 1.0 if d_i > 0.0 else 0.0
-            # local maxima at j = 1..min(i+2, N-2), each tested once; remember the last of each kind
-            lim = min(i + 2, n - 2)
-            while nxt <= lim:
-                if polar[k, nxt - 1] <= polar[k, nxt] and polar[k, nxt] > polar[k, nxt + 1]:
-                    last_peak = nxt
-                if d_b > 0.0 and d_a <= d_b and d_b > d_c:
-                    last_step = nxt
-                d_a = d_b  # slide (d[nxt-1], d[nxt], d[nxt+1]) one sample outwards
-                d_b = d_c
-                d_c = polar[k, min(nxt + 4, n - 1)] - polar[k, max(nxt, 0)]
-                nxt += 1
-            out[k, i, 7] = 1.0 if last_peak >= i - 2 else 0.0
-            out[k, i, 9] = 1.0 if last_step >= i - 2 else 0.0
+    mu, inv = _polar_stats(polar, n_norm)
+    for k in range(polar.shape[0]):
+        _ray_features(polar, k, mu, inv, out[k])
+
+
+@kernel("void(float64[:, ::1], int64, float64[:, ::1], int64[::1], float64[::1], float64[:, ::1], float64[:, ::1])")
+def _polar_score(polar, n_norm, w_sector, sector, ray_weight, scratch, out):
+    """Score map: ``out[k, i] = ray_weight[k] * sum_f w_sector[sector[k], f] * fmaps[k, i, f]``
+    for radius ``i < out.shape[1]``, with ``fmaps`` the maps of :func:`_polar_features` (computed
+    ray by ray into ``scratch``, shape ``(out.shape[1], F)``, never stored whole). A candidate's
+    dynamic score is the sum of this map along its outline (:func:`_candidate_scores`): the same as
+    its sector-mean features (:func:`_candidate_features`) times ``w_sector.ravel()``."""
+    mu, inv = _polar_stats(polar, n_norm)
+    n_f = scratch.shape[1]
+    for k in range(polar.shape[0]):
+        _ray_features(polar, k, mu, inv, scratch)
+        sec = sector[k]
+        rw = ray_weight[k]
+        for i in range(out.shape[1]):
+            acc = 0.0
+            for f in range(n_f):
+                acc += scratch[i, f] * w_sector[sec, f]
+            out[k, i] = acc * rw
+
+
+@kernel("void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1])", readonly_args=())
+def _candidate_scores(score_map, radii, static_score, out):
+    """``out[c] = static_score[c] + sum_k score_map[k, i]``, ``i`` the radius index of candidate
+    ``c`` on ray ``k`` as in :func:`_candidate_features`."""
+    n_r = score_map.shape[1]
+    for c in range(radii.shape[0]):
+        acc = static_score[c]
+        for k in range(radii.shape[1]):
+            acc += score_map[k, min(max(int(np.floor(radii[c, k] + 0.5)), 1), n_r - 1)]
+        out[c] = acc
 
 
 @kernel("void(float64[:, :, ::1], float64[:, ::1], int64[::1], float64[::1], float64[:, ::1])")
@@ -350,25 +400,24 @@ TRACK_MOVES = 5  # track: the centre, then +-step along rows, then +-step along 
 
 @kernel(
     "int64(int64[:, ::1], int64, int64, float64, float64, float64, int64, int64, float64[:, ::1],"
-    " float64[::1], float64[::1], int64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1],"
-    " float64[:, :, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1])",
+    " float64[::1], float64[::1], int64[::1], float64[::1], float64[:, ::1], float64[::1], float64[:, ::1],"
+    " float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1])",
     readonly_args=(),
 )
-def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_t, sector, ray_weight, w_dyn,
-                  static_score, polar, fmaps, feats, scores, best_scores, best_rc):  # fmt: skip
+def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_t, sector, ray_weight, w_sector,
+                  static_score, polar, scratch, score_map, scores, best_scores, best_rc):  # fmt: skip
     """Coordinate-descent search of the best (centre, candidate) around ``(pr, pc)``.
 
-    Moves, each scored by :func:`_polar_sample` -> :func:`_polar_features` ->
-    :func:`_candidate_features` and ``score = feats @ w_dyn + static_score``: the centre; then
-    ``+-step`` along rows, both from the centre; then ``+-step`` along cols, both from the best
-    centre so far; each moved centre is clamped to ``[0, height-1] x [0, width-1]``. A move
-    replaces the best only with a strictly higher maximum score. ``integ`` (origin ``(r0, c0)``)
-    must cover every box sample; ``polar``, ``fmaps``, ``feats``, ``scores`` are scratch. Writes
-    the best centre to ``best_rc``, its candidates' scores to ``best_scores``; returns the index
-    of the best candidate.
+    Moves, each scored by :func:`_polar_sample` -> :func:`_polar_score` ->
+    :func:`_candidate_scores` (the score ``feats @ w_sector.ravel() + static_score`` of the sector
+    features of :func:`_candidate_features`): the centre; then ``+-step`` along rows, both from
+    the centre; then ``+-step`` along cols, both from the best centre so far; each moved centre is
+    clamped to ``[0, height-1] x [0, width-1]``. A move replaces the best only with a strictly
+    higher maximum score. ``integ`` (origin ``(r0, c0)``) must cover every box sample; ``polar``,
+    ``scratch``, ``score_map``, ``scores`` are scratch. Writes the best centre to ``best_rc``, its
+    candidates' scores to ``best_scores``; returns the index of the best candidate.
     """
     n_c = radii.shape[0]
-    n_d = w_dyn.shape[0]
     best = -np.inf
     best_j = -1
     br = pr
@@ -386,15 +435,11 @@ def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_
         elif move == 3 or move == 4:
             cc = min(max(cc + (step if move == 4 else -step), 0.0), width - 1.0)
         _polar_sample(integ, r0, c0, cr, cc, sin_t, cos_t, BOX_HALF, polar)
-        _polar_features(polar, N_NORM, fmaps)
-        _candidate_features(fmaps, radii, sector, ray_weight, feats)
+        _polar_score(polar, N_NORM, w_sector, sector, ray_weight, scratch, score_map)
+        _candidate_scores(score_map, radii, static_score, scores)
         j_max = 0
         for j in range(n_c):
-            s = static_score[j]
-            for f in range(n_d):
-                s += feats[j, f] * w_dyn[f]
-            scores[j] = s
-            if s > scores[j_max]:
+            if scores[j] > scores[j_max]:
                 j_max = j
         if best_j < 0 or scores[j_max] > best:
             best = scores[j_max]
@@ -481,8 +526,15 @@ class _Workspace:
         side = 2 * (n_r + BOX_HALF + 1 + _TRACK_EXTRA_PX) + 3  # the largest ROI of _roi_integral
         self.integ = np.empty(side * side, np.int64)
         self.polar = np.empty(N_ANGLES * n_r, np.float64)
-        self.fmaps = np.empty(N_FMAPS * N_ANGLES * n_r, np.float64)
+        self.score_map = np.empty(N_ANGLES * n_r, np.float64)
+        self.scratch = np.empty(n_r * N_FMAPS, np.float64)  # one ray's feature maps
+        self.fmaps = np.empty(N_FMAPS * N_ANGLES * n_r, np.float64)  # features, for training only
         self.feats = np.empty(len(CAND_PARAMS) * N_DYNAMIC, np.float64)
+
+    def score_views(self, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scratch (n_out, N_FMAPS), score_map (N_ANGLES, n_out))`` of :func:`_polar_score`."""
+        return (self.scratch[: n_out * N_FMAPS].reshape(n_out, N_FMAPS),
+                self.score_map[: N_ANGLES * n_out].reshape(N_ANGLES, n_out))  # fmt: skip
 
 
 import functools  # noqa: E402
@@ -516,12 +568,19 @@ def _n_radii(radii) -> tuple[int, int]:
     return n_out, max(n_out + MARGIN, N_NORM)
 
 
-def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
-    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre."""
-    n_out, n_r = _n_radii(radii)
+def _polar_at(image, center_r, center_c, n_r, ws) -> np.ndarray:
+    """Polar unwrap ``(N_ANGLES, n_r)`` (a view into the workspace) around a centre."""
     integ, r0, c0 = _roi_integral(image, center_r, center_c, n_r, 0, ws)
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
     _polar_sample(integ, r0, c0, center_r, center_c, SIN_T, COS_T, BOX_HALF, polar)
+    return polar
+
+
+def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
+    """Dynamic candidate features (a view into the workspace) of outlines ``radii`` at a centre
+    (the design matrix of ``tools/train_csa.py``)."""
+    n_out, n_r = _n_radii(radii)
+    polar = _polar_at(image, center_r, center_c, n_r, ws)
     fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
     _polar_features(polar, N_NORM, fmaps)
     feats = ws.feats[: len(radii) * N_DYNAMIC].reshape(len(radii), N_DYNAMIC)
@@ -530,9 +589,15 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
 
 
 def _score_at(image, center_r, center_c, weights, ws):
-    """Learned score of every candidate centred at a point."""
-    feats = _features_at(image, center_r, center_c, CAND_RADII, ws)
-    return feats @ weights[:N_DYNAMIC] + CAND_STATIC @ weights[N_DYNAMIC:]
+    """Learned score of every candidate centred at a point: ``_features_at(...) @ weights[:N_DYNAMIC]
+    + CAND_STATIC @ weights[N_DYNAMIC:]``, summed along each outline from the score map."""
+    n_out, n_r = _n_radii(CAND_RADII)
+    polar = _polar_at(image, center_r, center_c, n_r, ws)
+    scratch, score_map = ws.score_views(n_out)
+    _polar_score(polar, N_NORM, weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), SECTOR, _RAY_WEIGHT, scratch, score_map)
+    scores = np.empty(len(CAND_RADII))
+    _candidate_scores(score_map, CAND_RADII, CAND_STATIC @ weights[N_DYNAMIC:], scores)
+    return scores
 
 
 def _moments(contour: np.ndarray):
@@ -659,14 +724,13 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     pr, pc = previous.centroid_rc
     integ, r0, c0 = _roi_integral(image, pr, pc, n_r, _TRACK_EXTRA_PX, ws)
     polar = ws.polar[: N_ANGLES * n_r].reshape(N_ANGLES, n_r)
-    fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
-    feats = ws.feats[: len(cand) * N_DYNAMIC].reshape(len(cand), N_DYNAMIC)
+    scratch, score_map = ws.score_views(n_out)
     scores, best_scores = np.empty(len(cand)), np.empty(len(cand))
     best_rc = np.empty(2)
     h, w = image.shape
     j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, h, w, radii, SIN_T, COS_T, SECTOR,
-                      _RAY_WEIGHT, weights[:N_DYNAMIC], CAND_STATIC[cand] @ weights[N_DYNAMIC:], polar, fmaps,
-                      feats, scores, best_scores, best_rc)  # fmt: skip
+                      _RAY_WEIGHT, weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), CAND_STATIC[cand] @ weights[N_DYNAMIC:],
+                      polar, scratch, score_map, scores, best_scores, best_rc)  # fmt: skip
     conf = _confidence(best_scores, radii, j)
     return _make_contour(best_rc[0], best_rc[1], radii[j], conf)
 
