@@ -81,7 +81,8 @@ class StreamReader:
 
     In a file whose writer was killed, HDF5 may have written a table's new extent (or its chunk
     index) before the superblock's end-of-allocation that covers it; such rows cannot be read.
-    With ``check_rows`` (files opened in SWMR mode: live or crashed) the row counts are those of
+    With ``check_rows`` (files not closed cleanly: live, crashed, or crashed and then cleared with
+    ``h5clear``) the row counts are those of
     the readable prefix: every row reported can be read, with its pixels and JSON header."""
 
     def __init__(self, group: h5py.Group, check_rows: bool = False):
@@ -249,7 +250,10 @@ class SessionReader:
             self.file.close()
             raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {LAYOUT_VERSION}",
                             reason="layout_version")  # fmt: skip
-        self._streams = {g.attrs["stream_id"]: StreamReader(g, check_rows=self.file.swmr_mode)
+        # rows are checked in a file opened for writing or whose writer died, also after `h5clear -s`
+        # (its plain open can then meet rows past a stale end of allocation: OSError on reading)
+        self._check_rows = self.file.swmr_mode or not self._closed_cleanly()
+        self._streams = {g.attrs["stream_id"]: StreamReader(g, check_rows=self._check_rows)
                          for g in self.file["streams"].values()}  # fmt: skip
         self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
 
@@ -281,6 +285,12 @@ class SessionReader:
         a["streams"] = json.loads(a.pop("streams_json", "{}"))
         return a
 
+    def _closed_cleanly(self) -> bool:
+        try:
+            return bool(self.file["session/summary"][0]["closed"])
+        except (KeyError, OSError, ValueError, IndexError):
+            return False
+
     def summary(self) -> dict:
         """The session summary as of the last flush; ``closed`` False means still open or crashed."""
         row = self.file["session/summary"][0]
@@ -297,9 +307,10 @@ class SessionReader:
             raise ReadError(f"{self.path}: no stream {stream_id!r} (has {self.streams})", reason="no_stream") from None
 
     def _log_rows(self, name: str) -> int:
-        """Rows of log ``name`` (events, fused, biomarkers): the readable prefix in SWMR mode."""
+        """Rows of log ``name`` (events, fused, biomarkers): the readable prefix unless the file was
+        closed cleanly."""
         t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
-        if not self.file.swmr_mode:
+        if not self._check_rows:
             return len(t)
 
         def row_ok(i):
