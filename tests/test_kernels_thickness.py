@@ -229,6 +229,21 @@ def test_end_coherence_drops_where_a_line_fades_at_one_end():
         assert feats[i, end] == pytest.approx(expected_end, abs=0.1)
 
 
+def test_oblique_ratio_is_high_under_the_superficial_aponeurosis_only():
+    """Oblique striations below and none above: the superficial aponeurosis scores a high
+    ``oblique_ratio``; a fascia in the subcutaneous fat above it (horizontal layers both sides)
+    scores lower."""
+    ratio = tk.LINE_FEATURES.index("oblique_ratio")
+    img, _, _ = phantom(sup=(90.0, 90.0), seed=9)
+    img[36:42] = np.clip(img[36:42].astype(np.int64) * 2, 0, 255).astype(np.uint8)  # fascia in the fat
+    _, (_, feats, paths), _, _ = tk._line_candidates(img, (0, 0, *img.shape))
+    rows = np.array([np.median(p) for p in paths])
+    apo, fascia = int(np.argmin(np.abs(rows - 90.0))), int(np.argmin(np.abs(rows - 42.0)))
+    assert abs(rows[apo] - 90.0) <= 2 and abs(rows[fascia] - 42.0) <= 3
+    assert feats[apo, ratio] > 0.7
+    assert feats[apo, ratio] > feats[fascia, ratio] + 0.2
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 

@@ -32,7 +32,7 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
    (:func:`_structure`): pennate muscle shows tilted fascicle striations, which subcutaneous fat,
    fasciae and horizontal layers do not. Without it most gross errors took a subcutaneous fascia
    for the superficial aponeurosis or, in the gastrocnemius, the soleus for the muscle. The
-   weights (:mod:`._thickness_model`, 3 x 35 floats) are fitted by ``tools/train_thickness.py``
+   weights (:mod:`._thickness_model`, 3 x 37 floats) are fitted by ``tools/train_thickness.py``
    on the TimTrack observers and on simulated scenes, with leave-one-group-out figures in its
    output and the README. The hand-written rule it replaces (deepest strong line in the upper
    half; best diffuse deep edge) often took a subcutaneous fascia for the superficial
@@ -337,6 +337,7 @@ def _line_peaks(score, n, sep):
 LINE_FEATURES = (
     "strength", "coarse_strength", "depth", "depth_rank", "near_above", "near_below", "far_above", "far_below",
     "coherence", "strong_deeper", "tilt", "rule", "oblique_above", "oblique_below", "end_coherence",
+    "oblique_ratio",
 )  # fmt: skip
 PAIR_FEATURES = ("gap", "gap_squared", "oblique_between", "flat_between", "grey_between")
 
@@ -390,7 +391,10 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     in the upper 45 % scoring at least 0.7 of the best; deep: best coarse strength + coherence),
     and the obliqueness (:func:`_texture`) of the far bands above and below, relative to the
     highest among the candidates (fascicle striations start below the superficial aponeurosis
-    and end above the deep one; fat and fasciae are not oblique)."""
+    and end above the deep one; fat and fasciae are not oblique), and the share of the band
+    below in their sum (``oblique_ratio``: high under the superficial aponeurosis, with fat
+    above and pennate muscle below; near one half at a septum inside the muscle or a fascia
+    inside the fat)."""
     hh, nb = g.shape
     j = np.arange(nb)
     mean = float(cm.mean()) + 1e-6
@@ -420,9 +424,10 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     else:
         rule = int(np.argmax(feats[:, 1] + feats[:, 8]))
     feats[rule, 11] = 1.0
-    for f, (lo, hi) in enumerate(((-far, -2), (2, far))):
-        ob = _texture(tsum, paths + lo, paths + hi)[0]
-        feats[:, 12 + f] = ob / (ob.max() + 1e-9)
+    ob_above, ob_below = (_texture(tsum, paths + lo, paths + hi)[0] for lo, hi in ((-far, -2), (2, far)))
+    feats[:, 12] = ob_above / (ob_above.max() + 1e-9)
+    feats[:, 13] = ob_below / (ob_below.max() + 1e-9)
+    feats[:, 15] = ob_below / (ob_above + ob_below + 1e-9)
     return feats, paths
 
 
