@@ -5,6 +5,7 @@ OpenIGTLink with pyigtl (server -> client).
 Each function starts its other side as a spawned process and returns latency percentiles in ms.
 """
 
+import json
 import socket
 import struct
 import time
@@ -85,7 +86,7 @@ def _igtl_server(port: int, image: np.ndarray, fps: float, n: int, done, results
 
 def bench_floor(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
     """Raw pyzmq ping-pong of ``image`` (+ a 64-byte header) between two processes, paced at ``fps``."""
-    rtt, one_way = _ping_pong(ctx, [image], fps, n, warmup, None)
+    rtt, one_way, _ = _ping_pong(ctx, [image], fps, n, warmup, None)
     return {"fps": fps, "round_trip": percentiles_ms(rtt), "one_way": percentiles_ms(np.asarray(rtt) / 2),
             "one_way_measured": percentiles_ms(one_way)}  # fmt: skip
 
@@ -95,12 +96,15 @@ def bench_floor_analysis(ctx, images: list, spacing_mm, seed_rc, metrics, fps: f
     running ``analyze_frame`` (seeded on the first frame, tracking after) on ``images`` in turn and
     answering with the result's JSON. No service, no validation, no header model, one thread."""
     analyse = {"shape": images[0].shape, "spacing_mm": spacing_mm, "seed_rc": seed_rc, "metrics": metrics}
-    rtt, _ = _ping_pong(ctx, images, fps, n, warmup, analyse)
-    return {"fps": fps, "metrics": list(metrics), "round_trip": percentiles_ms(rtt)}
+    rtt, _, replies = _ping_pong(ctx, images, fps, n, warmup, analyse)
+    complete = sum(all(json.loads(r)[m] is not None for m in metrics) for r in replies)
+    return {"fps": fps, "metrics": list(metrics), "round_trip": percentiles_ms(rtt), "replies": len(replies),
+            "replies_with_every_metric": complete}  # fmt: skip
 
 
-def _ping_pong(ctx, images: list, fps: float, n: int, warmup: int, analyse) -> tuple[list, list]:
-    """Round trips (s) of ``images`` in turn to a spawned ``_zmq_pong``, and its one-way times (s)."""
+def _ping_pong(ctx, images: list, fps: float, n: int, warmup: int, analyse) -> tuple[list, list, list]:
+    """Round trips (s) of ``images`` in turn to a spawned ``_zmq_pong``, its one-way times (s), and
+    with ``analyse`` the result's JSON of every reply (bytes)."""
     import zmq
 
     results = ctx.Queue()
@@ -110,21 +114,23 @@ def _ping_pong(ctx, images: list, fps: float, n: int, warmup: int, analyse) -> t
     s = zctx.socket(zmq.PAIR)
     s.linger = 0
     s.connect(results.get(timeout=120))
-    rtt = []
+    rtt, replies = [], []
     t0 = time.monotonic()
     for k in range(n + warmup):
         wait_until(t0 + k / fps)
         t = time.monotonic()
         s.send_multipart([struct.pack("d", t) + b"x" * 56, images[k % len(images)]], copy=False)  # 64-byte header
-        s.recv_multipart(copy=False)
+        reply = s.recv_multipart(copy=False)
         if k >= warmup:
             rtt.append(time.monotonic() - t)
+        if analyse is not None:  # the result's JSON (the plain floor's echoed frame is not kept)
+            replies.append(reply[1].bytes)
     s.send(b"stop")
     one_way = results.get(timeout=60)[warmup:]
     proc.join(10)
     s.close()
     zctx.term()
-    return rtt, one_way
+    return rtt, one_way, replies
 
 
 def bench_pyigtl(ctx, image: np.ndarray, fps: float, n: int, warmup: int) -> dict:
