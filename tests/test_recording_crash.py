@@ -103,6 +103,45 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
     print(f"{KILLS} kills checked in {time.monotonic() - t0:.1f} s")
 
 
+def test_rows_past_a_short_end_of_allocation_are_left_out_not_raised(tmp_path):
+    """A killed writer can leave the superblock's end of allocation short of rows already on disk;
+    `h5clear -s` then truncates the file there. The reader opens such a file and reports only rows
+    it can read (here the index and JSON chunks, rewritten at the end, are cut: none), where reading
+    the index used to raise "addr overflow"; the stored value restored, every row is back."""
+    import h5py
+    from hdf5_superblock import set_stored_eoa
+    from recording_crash_child import messages
+
+    from mmstream.recording.writer import SessionWriter
+
+    p = tmp_path / "live.h5"
+    w = SessionWriter(p, {}, {"a": SHAPES["a"]}, fsync=False)
+    for seq in range(40):
+        for _, msg in messages(seq):
+            if msg.header.msg_type == "frame" and msg.header.stream_id == "a":
+                w.add_frame(msg.header, msg.arrays["image"])
+    w.flush()
+    crashed = tmp_path / "crashed.h5"
+    shutil.copy(p, crashed)  # the writer still open: the file as a kill leaves it
+    w.close()
+    with h5py.File(crashed, "r", swmr=True) as f:
+        frames = next(iter(f["streams"].values()))["frames"]
+        last_chunk = max(frames.id.get_chunk_info(i).byte_offset for i in range(frames.id.get_num_chunks()))
+    short = tmp_path / "short.h5"
+    shutil.copy(crashed, short)
+    set_stored_eoa(short, last_chunk)
+    subprocess.run(["h5clear", "-s", str(short)], check=True, capture_output=True)
+    assert short.stat().st_size == last_chunk  # HDF5 cut the file at the stored end
+    with SessionReader(short) as r:
+        s = r.stream("a")
+        assert not r.summary()["closed"] and s.n_frames == 0 and len(s.index()) == 0 and s.frames().shape[0] == 0
+    subprocess.run(["h5clear", "-s", "--increment=0", str(crashed)], check=True, capture_output=True)
+    with SessionReader(crashed) as r:
+        s = r.stream("a")
+        assert s.n_frames == 40 and [int(q) for q in s.index()["seq"]] == list(range(40))
+        assert all(np.array_equal(img, pixels("a", q)) for q, img in enumerate(s.frames()))
+
+
 @pytest.mark.parametrize("content_from", ["truncated", "garbage_tail"])
 def test_damaged_files_are_refused_with_a_clear_error(tmp_path, content_from):
     """A file cut short (copied mid-write, disk error) is a ReadError, not a crash."""

@@ -269,7 +269,7 @@ def run(seconds: float, quick: bool, metrics: tuple[str, ...] = METRICS) -> dict
         out["floor_zmq"][f"{fps:g}"] = bench_floor(ctx, image, fps, n, warmup)
         out["peer_pyigtl"][f"{fps:g}"] = bench_pyigtl(ctx, image, fps, n, warmup)
     out["analysis_alone"] = bench_analysis(60.0, max(int(60 * seconds), 10), warmup, metrics)
-    frames, seed_rc = sim_frames(8)
+    frames, seed_rc = sim_frames(n_distinct)  # the frames the service sees below
     out["floor_zmq_analysis"] = bench_floor_analysis(ctx, [np.ascontiguousarray(f.image) for f in frames],
                                                      frames[0].spacing_mm, seed_rc, metrics, 60.0,
                                                      max(int(60 * seconds), 10), warmup)  # fmt: skip

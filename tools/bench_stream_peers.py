@@ -57,7 +57,7 @@ def _zmq_pong(results, analyse=None) -> None:
         one_way.append(t - struct.unpack("d", parts[0].bytes[:8])[0])
         if analyse is not None:
             image = np.frombuffer(parts[1].buffer, np.uint8).reshape(analyse["shape"])
-            prev = analyze_frame(image, spacing_mm=analyse["spacing_mm"], seed=None if prev else analyse["seed_rc"],
+            prev = analyze_frame(image, spacing_mm=analyse["spacing_mm"], seed=analyse["seed_rc"] if prev is None else None,
                                  previous=prev, metrics=analyse["metrics"])  # fmt: skip
             parts = [parts[0], prev.model_dump_json().encode()]
         s.send_multipart(parts, copy=False)
@@ -113,6 +113,7 @@ def _ping_pong(ctx, images: list, fps: float, n: int, warmup: int, analyse) -> t
     zctx = zmq.Context()
     s = zctx.socket(zmq.PAIR)
     s.linger = 0
+    s.rcvtimeo = 60_000  # an echo process that died (e.g. analysis raised) fails the run, not hangs it
     s.connect(results.get(timeout=120))
     rtt, replies = [], []
     t0 = time.monotonic()

@@ -19,8 +19,8 @@ The fit has two stages. (1) Softmax likelihood: each pair gets the target weight
 error ``sum_k p_k err_k / RISK_PX`` over each image's softmax probabilities ``p`` (L2 penalty
 ``RISK_L2``). Stage 1 counts a pair 20 px off as wrong as one 120 px off; stage 2 weighs them by
 their error, as the mean absolute error does. With the ``end_coherence`` line feature it cut the
-held-out dataset 1 MAE from 7.6 to 6.2 px (the feature alone: 7.2, this stage alone: 7.5), mostly
-by no longer taking a deep brightness step inside the muscle for the aponeurosis (subject S1).
+held-out dataset 1 MAE from 7.6 to 6.2 px, mostly by no longer taking a deep brightness step
+inside the muscle for the aponeurosis (subject S1).
 The ``oblique_ratio`` line feature (with ``RISK_L2`` 0.1 -> 0.25, the middle of the range
 0.22-0.3 where every figure is the same) then cut it to 5.9 px (11 -> 9 over 20 px), mostly by
 no longer taking a fascia in the subcutaneous fat for the superficial aponeurosis (subjects S3,

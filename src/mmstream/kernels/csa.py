@@ -528,8 +528,7 @@ class _Workspace:
         self.polar = np.empty(N_ANGLES * n_r, np.float64)
         self.score_map = np.empty(N_ANGLES * n_r, np.float64)
         self.scratch = np.empty(n_r * N_FMAPS, np.float64)  # one ray's feature maps
-        self.fmaps = np.empty(N_FMAPS * N_ANGLES * n_r, np.float64)  # features, for training only
-        self.feats = np.empty(len(CAND_PARAMS) * N_DYNAMIC, np.float64)
+        self.fmaps = self.feats = None  # all feature maps and features: the trainer's, made on demand
 
     def score_views(self, n_out: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scratch (n_out, N_FMAPS), score_map (N_ANGLES, n_out))`` of :func:`_polar_score`."""
@@ -581,6 +580,9 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
     (the design matrix of ``tools/train_csa.py``)."""
     n_out, n_r = _n_radii(radii)
     polar = _polar_at(image, center_r, center_c, n_r, ws)
+    if ws.fmaps is None:
+        ws.fmaps = np.empty(N_FMAPS * ws.polar.size, np.float64)
+        ws.feats = np.empty(len(CAND_PARAMS) * N_DYNAMIC, np.float64)
     fmaps = ws.fmaps[: N_ANGLES * n_out * N_FMAPS].reshape(N_ANGLES, n_out, N_FMAPS)
     _polar_features(polar, N_NORM, fmaps)
     feats = ws.feats[: len(radii) * N_DYNAMIC].reshape(len(radii), N_DYNAMIC)

@@ -385,16 +385,17 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     depth as a fraction of the region height and its rank among the candidates, mean grey in bands
     just above/below the path (``NEAR_BAND``) and farther (``FAR_BAND``) relative to the region
     mean, coherence (fraction of column bins on a clear edge) and end coherence (the lower of
-    that fraction over the first and over the last ``1/END_BINS`` of the bins: observers measure
-    near one end, where a line that crosses into other structures goes astray), fraction of
-    strong candidates deeper than it, tilt, whether a hand-written rule picks it (superficial: the deepest line
-    in the upper 45 % scoring at least 0.7 of the best; deep: best coarse strength + coherence),
+    that fraction over the first and over the last ``1/END_BINS`` of the bins, at least 2 bins:
+    observers measure near one end, where a line that crosses into other structures goes astray),
+    fraction of strong candidates deeper than it, tilt, whether a hand-written rule picks it
+    (superficial: the deepest line in the upper 45 % scoring at least 0.7 of the best; deep: best
+    coarse strength + coherence),
     and the obliqueness (:func:`_texture`) of the far bands above and below, relative to the
     highest among the candidates (fascicle striations start below the superficial aponeurosis
     and end above the deep one; fat and fasciae are not oblique), and the share of the band
     below in their sum (``oblique_ratio``: high under the superficial aponeurosis, with fat
     above and pennate muscle below; near one half at a septum inside the muscle or a fascia
-    inside the fat)."""
+    inside the fat; 0.5 where a band is clipped away at the region's edge)."""
     hh, nb = g.shape
     j = np.arange(nb)
     mean = float(cm.mean()) + 1e-6
@@ -427,7 +428,11 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     ob_above, ob_below = (_texture(tsum, paths + lo, paths + hi)[0] for lo, hi in ((-far, -2), (2, far)))
     feats[:, 12] = ob_above / (ob_above.max() + 1e-9)
     feats[:, 13] = ob_below / (ob_below.max() + 1e-9)
-    feats[:, 15] = ob_below / (ob_above + ob_below + 1e-9)
+    h = tsum.shape[1] - 1  # a band clipped to nothing (a line at the region's edge) says nothing: 0.5
+    rows_above, rows_below = ((np.clip(paths + hi, 0, h) - np.clip(paths + lo, 0, h)).mean(axis=1)
+                              for lo, hi in ((-far, -2), (2, far)))  # fmt: skip
+    seen = (rows_above >= 1) & (rows_below >= 1) & (ob_above + ob_below > 1e-6)
+    feats[:, 15] = np.where(seen, ob_below / (ob_above + ob_below + 1e-9), 0.5)
     return feats, paths
 
 

@@ -82,8 +82,8 @@ class StreamReader:
     In a file whose writer was killed, HDF5 may have written a table's new extent (or its chunk
     index) before the superblock's end-of-allocation that covers it; such rows cannot be read.
     With ``check_rows`` (files not closed cleanly: live, crashed, or crashed and then cleared with
-    ``h5clear``) the row counts are those of
-    the readable prefix: every row reported can be read, with its pixels and JSON header."""
+    ``h5clear``) the row counts are those of the readable prefix: every row reported can be read,
+    with its pixels and JSON header."""
 
     def __init__(self, group: h5py.Group, check_rows: bool = False):
         self.group = group
