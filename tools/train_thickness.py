@@ -19,12 +19,9 @@ The fit has two stages. (1) Softmax likelihood: each pair gets the target weight
 error ``sum_k p_k err_k / RISK_PX`` over each image's softmax probabilities ``p`` (L2 penalty
 ``RISK_L2``). Stage 1 counts a pair 20 px off as wrong as one 120 px off; stage 2 weighs them by
 their error, as the mean absolute error does. With the ``end_coherence`` line feature it cut the
-held-out dataset 1 MAE from 7.6 to 6.2 px, mostly by no longer taking a deep brightness step
-inside the muscle for the aponeurosis (subject S1).
-The ``oblique_ratio`` line feature (with ``RISK_L2`` 0.1 -> 0.25, the middle of the range
-0.22-0.3 where every figure is the same) then cut it to 5.9 px (11 -> 9 over 20 px), mostly by
-no longer taking a fascia in the subcutaneous fat for the superficial aponeurosis (subjects S3,
-S8); dataset 4 and the simulator unchanged.
+held-out dataset 1 MAE from 7.6 to 6.2 px; the ``oblique_ratio`` line feature (with ``RISK_L2``
+0.1 -> 0.25, the middle of the range 0.22-0.3 where every figure is the same) then cut it to
+5.9 px (11 -> 9 over 20 px); dataset 4 and the simulator unchanged.
 
 Honest figures: leave-one-group-out cross-validation, groups = dataset 1 subjects (9), dataset 4
 in 5 groups of 3 images (the images' subjects are not given; neighbouring images may share one,
@@ -150,6 +147,7 @@ def fit(train: list[Sample]):
         y = np.exp(-0.5 * (s.error() / TARGET_PX) ** 2)
         if y.sum() > 1e-6:
             data.append(((s.x - mean) / scale, y / y.sum()))
+    risk_data = [((s.x - mean) / scale, s.error() / RISK_PX) for s in train]
 
     def loss(w):
         total, grad = L2 * w @ w, 2 * L2 * w
@@ -169,7 +167,6 @@ def fit(train: list[Sample]):
         return total, grad
 
     w = minimize(loss, np.zeros(allx.shape[1]), jac=True, method="L-BFGS-B").x
-    risk_data = [((s.x - mean) / scale, s.error() / RISK_PX) for s in train]
     return mean, scale, minimize(risk, w, jac=True, method="L-BFGS-B").x
 
 
@@ -210,8 +207,8 @@ def main(argv=None) -> int:
     global L2, TARGET_PX, RISK_L2
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="cross-validate only; leave the model file alone")
-    ap.add_argument("--l2", type=float, default=20.0, help="L2 penalty on the weights")
-    ap.add_argument("--target-px", type=float, default=6.0, help="width of the target weight, px")
+    ap.add_argument("--l2", type=float, default=L2, help="L2 penalty on the weights")
+    ap.add_argument("--target-px", type=float, default=TARGET_PX, help="width of the target weight, px")
     ap.add_argument("--risk-l2", type=float, default=RISK_L2, help="L2 penalty of the expected-error stage")
     args = ap.parse_args(argv)
     L2, TARGET_PX, RISK_L2 = args.l2, args.target_px, args.risk_l2

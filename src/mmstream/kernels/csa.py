@@ -590,15 +590,21 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
     return feats
 
 
+def _split_weights(weights: np.ndarray, cand=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """``(w_sector (N_SECTORS, N_FMAPS), static score of the candidates cand)`` of a weight vector."""
+    return weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), CAND_STATIC[cand] @ weights[N_DYNAMIC:]
+
+
 def _score_at(image, center_r, center_c, weights, ws):
     """Learned score of every candidate centred at a point: ``_features_at(...) @ weights[:N_DYNAMIC]
     + CAND_STATIC @ weights[N_DYNAMIC:]``, summed along each outline from the score map."""
     n_out, n_r = _n_radii(CAND_RADII)
     polar = _polar_at(image, center_r, center_c, n_r, ws)
     scratch, score_map = ws.score_views(n_out)
-    _polar_score(polar, N_NORM, weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), SECTOR, _RAY_WEIGHT, scratch, score_map)
+    w_sector, static_score = _split_weights(weights)
+    _polar_score(polar, N_NORM, w_sector, SECTOR, _RAY_WEIGHT, scratch, score_map)
     scores = np.empty(len(CAND_RADII))
-    _candidate_scores(score_map, CAND_RADII, CAND_STATIC @ weights[N_DYNAMIC:], scores)
+    _candidate_scores(score_map, CAND_RADII, static_score, scores)
     return scores
 
 
@@ -730,9 +736,10 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     scores, best_scores = np.empty(len(cand)), np.empty(len(cand))
     best_rc = np.empty(2)
     h, w = image.shape
+    w_sector, static_score = _split_weights(weights, cand)
     j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, h, w, radii, SIN_T, COS_T, SECTOR,
-                      _RAY_WEIGHT, weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), CAND_STATIC[cand] @ weights[N_DYNAMIC:],
-                      polar, scratch, score_map, scores, best_scores, best_rc)  # fmt: skip
+                      _RAY_WEIGHT, w_sector, static_score, polar, scratch, score_map, scores, best_scores,
+                      best_rc)  # fmt: skip
     conf = _confidence(best_scores, radii, j)
     return _make_contour(best_rc[0], best_rc[1], radii[j], conf)
 

@@ -287,7 +287,7 @@ class SessionReader:
 
     def _closed_cleanly(self) -> bool:
         try:
-            return bool(self.file["session/summary"][0]["closed"])
+            return bool(self.summary()["closed"])
         except (KeyError, OSError, ValueError, IndexError):
             return False
 
