@@ -144,9 +144,9 @@ def test_score_map_scores_equal_the_trainers_features_times_the_weights():
     ring = np.abs(np.hypot((rr - 150) / 30.0, (cc - 140) / 45.0) - 1.0) < 0.08
     img[ring] = 220
     ws = csa._workspace()
-    w = csa._weights()
+    w = csa._click_weights()
     feats = csa._features_at(img, 150.0, 140.0, csa.CAND_RADII, ws).copy()
-    expected = feats @ w[: csa.N_DYNAMIC] + csa.CAND_STATIC @ w[csa.N_DYNAMIC :]
+    expected = feats @ w[: csa.N_DYNAMIC] + csa.CAND_STATIC @ w[csa.N_DYNAMIC : csa.N_OUTLINE]
     np.testing.assert_allclose(csa._score_at(img, 150.0, 140.0, w, ws), expected, rtol=1e-9, atol=1e-9)
 
 
@@ -333,7 +333,7 @@ def test_readonly_and_noncontiguous_images_accepted():
 # ------------------------------------------------------------------------------------------
 # Real nerves (shared data)
 
-SUBSET_FLOOR = 0.75  # median Dice on this fixed subset: 0.809 with the shipped weights (Nov 2026)
+SUBSET_FLOOR = 0.75  # median Dice on this fixed subset: 0.798 with the shipped weights (2026-11-27)
 
 
 @pytest.mark.shared_data

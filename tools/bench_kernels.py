@@ -1,6 +1,6 @@
 """Benchmark of the per-frame kernels and ``analyze_frame`` against OpenCV / scikit-image / numpy.
 
-Everything runs on one core (OpenCV and Numba threads limited to 1) on simulated B-mode frames of
+Everything runs on one core (OpenCV, Numba and BLAS threads limited to 1) on simulated B-mode frames of
 512x512 and 1024x1024, in one process, so ratios are comparable within a run. Prints a table and
 writes a JSON record (``--json PATH``). Also measures the start-up cost of the kernels in a fresh
 process with a cold and a warm Numba cache.
@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads its BLAS (the CSA network's convolutions)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,13 +1,17 @@
 """Train the CSA candidate score (conditional logit) from ../shared/data/usgra-seg.
 
-For every nerve component: the dynamic features of all ellipse candidates around its seed (the
-kernels of mmstream.kernels.csa), plus shape-prior features; a soft target over the candidates
-from their polar Dice with the expert mask (``exp((dice - max dice) / TAU)``); one weight vector
-fitted by L-BFGS on the softmax cross-entropy with an L2 penalty. ``--cv K`` reports K-fold
-cross-validated pixel metrics (folds by image: no image in both train and test) before writing the
-weights trained on all images to src/mmstream/kernels/_csa_model.py (a few dozen floats).
+For every nerve component: the outline features of all ellipse candidates around its seed (the
+kernels of mmstream.kernels.csa), shape-prior features, and the network features of
+mmstream.kernels.csa_net computed with the network trained without the component's fold (held-out
+predictions, as on a new image: ``tools/train_csa_net.py`` must have written the fold networks);
+a soft target over the candidates from their polar Dice with the expert mask (``exp((dice - max
+dice) / TAU)``); weights fitted by L-BFGS on the softmax cross-entropy with an L2 penalty. Two
+weight vectors: the click's (all features) and the tracker's (outline and shape features only).
+It reports K-fold cross-validated pixel metrics of the click (folds by image: no image in both
+train and test; each held-out image is scored with its fold's network and weights) before writing
+the weights trained on all images to src/mmstream/kernels/_csa_model.py (a few dozen floats).
 
-Usage: python tools/train_csa.py [--cv 5] [--no-write]
+Usage: python tools/train_csa.py [--folds 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_nerve as acc  # noqa: E402
+import train_csa_net  # noqa: E402
+
+from mmstream.kernels import csa, csa_net  # noqa: E402
 
 TAU = 0.03
 L2 = 1e-3
@@ -48,16 +55,26 @@ def polar_dice(radii: np.ndarray, rt: np.ndarray) -> np.ndarray:
     return 2.0 * inter.sum(1) / ((radii**2).sum(1) + (rt**2).sum())
 
 
-def design(comps):
-    """Per component: X (n_cand, n_feat) float32 and polar Dice of each candidate."""
-    from mmstream.kernels import csa
+def held_out_nets(comps, k: int, fold_dir: Path = train_csa_net.FOLD_DIR) -> list:
+    """Per component, the network trained without its fold (``fold_dir/fold{f}.npz``)."""
+    paths = train_csa_net.fold_paths(fold_dir, k)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        sys.exit(f"error: fold networks missing ({', '.join(missing)}); run tools/train_csa_net.py --folds {k}")
+    nets = [csa_net.load_net(p) for p in paths]
+    return [nets[f] for f in folds_by_image(comps, k)]
 
+
+def design(comps, nets):
+    """Per component: X (n_cand, N_OUTLINE + N_NET_FEATURES) float32 (outline, shape and, with
+    ``nets[i]``, network features) and the polar Dice of each candidate."""
     ws = csa._workspace()
     xs, ds = [], []
-    for comp in comps:
+    for comp, net in zip(comps, nets, strict=True):
         seed = tuple(float(v) for v in comp["truth"]["seed_rc"])
         dyn = csa._features_at(comp["grey"], seed[0], seed[1], csa.CAND_RADII, ws)
-        xs.append(np.hstack([dyn, csa.CAND_STATIC]).astype(np.float32))
+        learned = csa_net.net_features(comp["grey"], seed, csa.CAND_RADII, csa.SIN_T, csa.COS_T, net)
+        xs.append(np.hstack([dyn, csa.CAND_STATIC, learned]).astype(np.float32))
         rt = truth_radii(comp["mask"], seed, csa.SIN_T, csa.COS_T, csa.R_MAX + 40)
         ds.append(polar_dice(csa.CAND_RADII, rt).astype(np.float32))
     return np.stack(xs), np.stack(ds)
@@ -98,52 +115,54 @@ def folds_by_image(comps, k: int) -> np.ndarray:
     return np.array([fold_of[i] for i in imgs])
 
 
-def cross_validate(comps, k: int, xd=None) -> list[dict]:
-    """Held-out pixel metrics, one row per component (weights refitted without its fold)."""
-    from mmstream.kernels import csa
-
-    x, d = design(comps) if xd is None else xd
+def cross_validate(comps, k: int, nets=None, xd=None) -> list[dict]:
+    """Held-out pixel metrics of the click, one row per component (network and weights trained
+    without its fold)."""
+    nets = held_out_nets(comps, k) if nets is None else nets
+    x, d = design(comps, nets) if xd is None else xd
     fold = folds_by_image(comps, k)
     rows = [None] * len(comps)
     for f in range(k):
         w = fit(x[fold != f], d[fold != f])
         for i in np.flatnonzero(fold == f):
             seed = tuple(float(v) for v in comps[i]["truth"]["seed_rc"])
-            res = csa._segment(comps[i]["grey"], seed, w)
+            res = csa._segment(comps[i]["grey"], seed, w, nets[i])
             rows[i] = acc.metrics(res.contour_rc, comps[i])
     return rows
 
 
-def write_model(w: np.ndarray, note: str) -> None:
-    body = ",\n".join(f"        {v!r}" for v in w.tolist())
+def write_model(click: np.ndarray, track: np.ndarray, note: str) -> None:
+    def array(name, w):
+        body = ",\n".join(f"        {v!r}" for v in w.tolist())
+        return f"{name} = np.array(\n    [\n{body},\n    ],\n    dtype=np.float64,\n)\n"
+
     MODEL_PATH.write_text(
         '"""Weights of the CSA candidate score (generated by tools/train_csa.py: do not edit).\n\n'
         f"{note}\n"
-        '"""\n\nimport numpy as np\n\nWEIGHTS = np.array(\n    [\n'
-        f"{body},\n    ],\n    dtype=np.float64,\n)\n"
+        "CLICK_WEIGHTS: outline, shape and network features; TRACK_WEIGHTS: outline and shape only.\n"
+        '"""\n\nimport numpy as np\n\n' + array("CLICK_WEIGHTS", click) + "\n" + array("TRACK_WEIGHTS", track)
     )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cv", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5, help="folds of the networks and of the CV (>= 2)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     root = acc.require_data()
     comps = acc.load_components(root)
-    xd = design(comps)
-    note = f"Trained on {len(comps)} nerve components of usgra-seg (TAU={TAU}, L2={L2})."
-    if args.cv >= 2:
-        s = acc.summarize(cross_validate(comps, args.cv, xd))
-        acc.print_table(f"{args.cv}-fold cross-validated, held-out images", s)
-        note += (
-            f"\n{args.cv}-fold CV by image: median Dice {s['dice']['median']:.3f}, "
-            f"median rel. area error {s['rel_area_err']['median']:.3f}, "
-            f"median echogenicity error {s['echo_err']['median']:.2f} grey levels."
-        )
-    w = fit(*xd)
+    nets = held_out_nets(comps, args.folds)
+    x, d = design(comps, nets)
+    s = acc.summarize(cross_validate(comps, args.folds, nets, (x, d)))
+    acc.print_table(f"{args.folds}-fold cross-validated click, held-out images", s)
+    note = (
+        f"Trained on {len(comps)} nerve components of usgra-seg (TAU={TAU}, L2={L2}).\n"
+        f"{args.folds}-fold CV by image: median Dice {s['dice']['median']:.4f}, "
+        f"median rel. area error {s['rel_area_err']['median']:.3f}, "
+        f"median echogenicity error {s['echo_err']['median']:.2f} grey levels."
+    )
     if not args.no_write:
-        write_model(w, note)
+        write_model(fit(x, d), fit(x[:, :, : csa.N_OUTLINE], d), note)
         print(f"wrote {MODEL_PATH}")
     return 0
 

@@ -34,12 +34,18 @@ score pick the one whose rim is most nerve-like:
    that map summed along its outline (:func:`_candidate_scores`), the same number as its features
    times the weights, without storing the feature maps or the features (only the trainer needs
    them: :func:`_features_at`).
-5. The best candidate becomes a ``N_ANGLES``-vertex polygon.
+5. **Context from a small network** (first click only): :mod:`mmstream.kernels.csa_net` gives a
+   nerve probability over the 384 px around the click, and ``N_NET_FEATURES`` numbers per
+   candidate (soft Dice with that map, ...) that enter the same score with their own weights. The
+   outline features see a rim; the network sees the whole structure, and mistakes the size less
+   often (cross-validated gain: README).
+6. The best candidate becomes a ``N_ANGLES``-vertex polygon.
 
 :func:`track` re-runs steps 1-4 on the next frame around the previous centroid, on a few centre
 offsets (coordinate descent) and with the candidates restricted to sizes and shapes near the
 previous contour's (its ellipse is recovered from the polygon's second moments), so the per-frame
-cost stays in the tenths of a millisecond.
+cost stays in the tenths of a millisecond. It does not run the network (the previous outline gives
+the size) and has its own weights, fitted without the network features.
 
 Conventions: axes are (row, col); ray ``k`` points along angle ``theta_k = 2*pi*k/N_ANGLES`` with
 ``d_row = sin(theta)``, ``d_col = cos(theta)`` (``k = N_ANGLES/4`` points down, towards +row).
@@ -55,6 +61,7 @@ import numpy as np
 from numba import types as _nbt
 
 from mmstream.errors import InputError
+from mmstream.kernels import csa_net
 from mmstream.kernels._jit import kernel
 
 __all__ = ["CsaContour", "segment_from_seed", "track"]
@@ -389,6 +396,7 @@ _RAY_WEIGHT = np.ascontiguousarray(
     1.0 / np.bincount(SECTOR, minlength=N_SECTORS)[SECTOR].astype(np.float64)
 )
 N_DYNAMIC = N_SECTORS * N_FMAPS
+N_OUTLINE = N_DYNAMIC + N_STATIC  # weights of the outline score (tracking uses only these)
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,8 +599,10 @@ def _features_at(image, center_r, center_c, radii, ws) -> np.ndarray:
 
 
 def _split_weights(weights: np.ndarray, cand=slice(None)) -> tuple[np.ndarray, np.ndarray]:
-    """``(w_sector (N_SECTORS, N_FMAPS), static score of the candidates cand)`` of a weight vector."""
-    return weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), CAND_STATIC[cand] @ weights[N_DYNAMIC:]
+    """``(w_sector (N_SECTORS, N_FMAPS), static score of the candidates cand)`` of a weight vector
+    (its first ``N_DYNAMIC + N_STATIC`` entries)."""
+    w_static = weights[N_DYNAMIC : N_DYNAMIC + N_STATIC]
+    return weights[:N_DYNAMIC].reshape(N_SECTORS, N_FMAPS), CAND_STATIC[cand] @ w_static
 
 
 def _score_at(image, center_r, center_c, weights, ws):
@@ -640,18 +650,27 @@ def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
     return CsaContour(contour, area, perim, centroid, confidence)
 
 
-def _segment(image, seed_rc, weights) -> CsaContour:
+def _segment(image, seed_rc, weights, net: csa_net.NetParams) -> CsaContour:
+    """One click: ``weights`` are the ``N_DYNAMIC + N_STATIC`` outline weights then
+    ``N_NET_FEATURES`` weights of the network features (:mod:`mmstream.kernels.csa_net`)."""
     ws = _workspace()
     scores = _score_at(image, seed_rc[0], seed_rc[1], weights, ws)
+    scores += csa_net.net_features(image, seed_rc, CAND_RADII, SIN_T, COS_T, net) @ weights[N_OUTLINE:]
     best = int(np.argmax(scores))
     conf = _confidence(scores, CAND_RADII, best)
     return _make_contour(seed_rc[0], seed_rc[1], CAND_RADII[best], conf)
 
 
-def _weights() -> np.ndarray:
-    from mmstream.kernels._csa_model import WEIGHTS
+def _click_weights() -> np.ndarray:
+    from mmstream.kernels._csa_model import CLICK_WEIGHTS
 
-    return WEIGHTS
+    return CLICK_WEIGHTS
+
+
+def _track_weights() -> np.ndarray:
+    from mmstream.kernels._csa_model import TRACK_WEIGHTS
+
+    return TRACK_WEIGHTS
 
 
 def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaContour:
@@ -678,7 +697,7 @@ def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaCon
     """
     image = _check_image(image)
     seed = _check_point(seed_rc, image.shape, "seed_rc")
-    return _segment(image, seed, _weights())
+    return _segment(image, seed, _click_weights(), csa_net.load_net())
 
 
 def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
@@ -780,4 +799,4 @@ def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
     _check_point(previous.centroid_rc, image.shape, "previous.centroid_rc")
     if not previous.area_px > 0:
         raise InputError("previous contour has zero area")
-    return _track(image, previous, _weights())
+    return _track(image, previous, _track_weights())

@@ -1,0 +1,198 @@
+"""Train the click-conditioned nerve network of mmstream.kernels.csa_net on ../shared/data/usgra-seg.
+
+Needs torch (training only; ``pip install -e ".[train]"``; the CPU wheel is enough). One network
+per fold of ``tools/train_csa.py``'s folds by image (trained without that fold: its predictions on
+the fold are held out) and one on every image:
+
+- ``--fold-dir`` (default ``build/csa_net``, not in git): ``k{K}/fold{f}.npz``, used by
+  ``tools/train_csa.py`` to fit the candidate score on held-out network features and by
+  ``tools/accuracy_nerve.py --cv`` to evaluate held-out images;
+- ``src/mmstream/data/csa_net.npz``: the network trained on every image (shipped).
+
+Training: per component, a ``CROP_PX`` square around the seed at ``1/POOL`` scale (the image and
+the expert mask are area-downsampled once), augmented with scale (+-15 %), left-right flip, seed
+jitter (+-4 px) and grey gain/offset; binary cross-entropy + soft Dice; AdamW with a one-cycle
+schedule, ``--epochs`` epochs of batches of 16. Batch norm is folded into the convolutions on
+export. Runs on the CPU: about 3 min per network on one core (2026-11-27), 18 min for all six.
+
+Usage: python tools/train_csa_net.py [--epochs 50] [--folds 5] [--only fold0,...,all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy_nerve as acc  # noqa: E402
+
+from mmstream.kernels import csa_net  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "src" / "mmstream" / "data" / "csa_net.npz"
+FOLD_DIR = ROOT / "build" / "csa_net"
+BATCH = 16
+LR = 3e-3
+
+
+def build_net():
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch import cat
+
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                             nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))  # fmt: skip
+
+    class UNet(nn.Module):
+        def __init__(self, ch=csa_net.CHANNELS):
+            super().__init__()
+            a, b, c = ch
+            self.e1, self.e2, self.e3 = block(2, a), block(a, b), block(b, c)
+            self.d2, self.d1 = block(c + b, b), block(b + a, a)
+            self.out = nn.Conv2d(a, 1, 1)
+
+        def forward(self, x):
+            x1 = self.e1(x)
+            x2 = self.e2(F.max_pool2d(x1, 2))
+            x3 = self.e3(F.max_pool2d(x2, 2))
+            y = self.d2(cat([F.interpolate(x3, scale_factor=2.0), x2], 1))
+            y = self.d1(cat([F.interpolate(y, scale_factor=2.0), x1], 1))
+            return self.out(y)
+
+    return UNet()
+
+
+def export(net) -> dict[str, np.ndarray]:
+    """Parameters with batch norm folded, named as :func:`mmstream.kernels.csa_net.layer_shapes`."""
+    out = {}
+    for name in ("e1", "e2", "e3", "d2", "d1"):
+        seq = getattr(net, name)
+        for i, k in enumerate((0, 3)):
+            conv, bn = seq[k], seq[k + 1]
+            s = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+            b = (bn.bias - bn.running_mean * bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+            out[f"{name}.{i}.weight"] = (conv.weight.detach().numpy() * s[:, None, None, None]).astype(np.float32)
+            out[f"{name}.{i}.bias"] = b.astype(np.float32)
+    out["out.weight"] = net.out.weight.detach().numpy().reshape(1, -1).astype(np.float32)
+    out["out.bias"] = net.out.bias.detach().numpy().astype(np.float32)
+    return out
+
+
+def prepare(comps):
+    """Per component: (image / POOL (area), mask / POOL (area), seed_rc)."""
+    fac = csa_net.POOL
+    small = {}
+    items = []
+    for c in comps:
+        if c["img"] not in small:
+            small[c["img"]] = cv2.resize(c["grey"], None, fx=1 / fac, fy=1 / fac,
+                                         interpolation=cv2.INTER_AREA).astype(np.float32)  # fmt: skip
+        m = cv2.resize(c["mask"].astype(np.float32), None, fx=1 / fac, fy=1 / fac, interpolation=cv2.INTER_AREA)
+        items.append((small[c["img"]], m, np.array(c["truth"]["seed_rc"], float)))
+    return items
+
+
+def _warp(img, seed_rc, scale, flip):
+    """NET_SIDE square of ``img`` (at 1/POOL scale) centred on ``seed_rc`` (image px); one network
+    px is ``scale`` px of ``img``."""
+    n = csa_net.NET_SIDE
+    # image px u is px (u - 1) / POOL of img (area blocks) and network px (u - r0 - 1) / POOL at
+    # run time (net_input's crop starts CROP_PX / 2 before the seed's pixel): the seed is at
+    # network px c0 + 1/6 in both when cr = seed / POOL - 0.5 sits at c0
+    cr, cc = seed_rc[0] / csa_net.POOL - 0.5, seed_rc[1] / csa_net.POOL - 0.5
+    c0 = (n - 1) / 2
+    sc = -scale if flip else scale
+    m = np.array([[sc, 0, cc - sc * c0], [0, scale, cr - scale * c0]], np.float64)
+    return cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+
+
+def sample(item, rng):
+    """One augmented (input (2, n, n), target (1, n, n)) pair."""
+    g, m, seed = item
+    scale = float(np.exp(rng.uniform(-0.15, 0.15)))
+    flip = bool(rng.random() < 0.5)
+    s = seed + rng.uniform(-4, 4, 2)
+    pg, pm = _warp(g, s, scale, flip), _warp(m, s, scale, flip)
+    gain = float(np.exp(rng.uniform(-0.2, 0.2)))
+    x = ((pg * gain + rng.uniform(-10, 10) - csa_net.GREY_CENTRE) / csa_net.GREY_SCALE).astype(np.float32)
+    return np.stack([x, csa_net._seed_channel()]), pm[None]
+
+
+def train(items, epochs: int, seed: int, log=print):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = build_net()
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    steps = epochs * int(np.ceil(len(items) / BATCH))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
+    net.train()
+    for ep in range(epochs):
+        order = rng.permutation(len(items))
+        total = 0.0
+        for b in range(0, len(order), BATCH):
+            xs, ys = zip(*(sample(items[i], rng) for i in order[b : b + BATCH]))
+            x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            logit = net(x)
+            p = torch.sigmoid(logit)
+            inter = (p * y).sum((1, 2, 3))
+            soft_dice = (2 * inter + 1) / (p.sum((1, 2, 3)) + y.sum((1, 2, 3)) + 1)
+            loss = F.binary_cross_entropy_with_logits(logit, y) + (1 - soft_dice).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(xs)
+        if ep % 10 == 0 or ep == epochs - 1:
+            log(f"  epoch {ep} loss {total / len(items):.4f}")
+    net.eval()
+    return net
+
+
+def fold_paths(fold_dir: Path, k: int) -> list[Path]:
+    """Files of the K fold networks: ``fold_dir/k{K}/fold{f}.npz``."""
+    return [fold_dir / f"k{k}" / f"fold{f}.npz" for f in range(k)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma list of fold0..fold{K-1}, all (default: every one)")
+    ap.add_argument("--fold-dir", type=Path, default=FOLD_DIR)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    import torch
+    from train_csa import folds_by_image
+
+    torch.set_num_threads(args.threads)
+    comps = acc.load_components(acc.require_data())
+    fold = folds_by_image(comps, args.folds)
+    items = prepare(comps)
+    jobs = [f"fold{f}" for f in range(args.folds)] + ["all"]
+    wanted = [j for j in jobs if not args.only or j in args.only.split(",")]
+    paths = fold_paths(args.fold_dir, args.folds)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for job in wanted:
+        t0 = time.time()
+        f = -1 if job == "all" else int(job[4:])
+        seed = args.folds if job == "all" else f
+        net = train([items[i] for i in np.flatnonzero(fold != f)], args.epochs, seed)
+        path = SHIPPED if job == "all" else paths[f]
+        np.savez(path, **export(net))
+        csa_net.load_net(path)  # the file must pass the run-time checks
+        print(f"{job}: {time.time() - t0:.0f} s -> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
