@@ -333,7 +333,9 @@ def test_readonly_and_noncontiguous_images_accepted():
 # ------------------------------------------------------------------------------------------
 # Real nerves (shared data)
 
-SUBSET_FLOOR = 0.75  # median Dice on this fixed subset: 0.798 with the shipped weights (2026-11-27)
+# median Dice on this fixed subset: 0.798 with the shipped network and weights (2026-11-27), 0.809
+# with the outline score alone before; a broken network path falls far below the floor
+SUBSET_FLOOR = 0.77
 
 
 @pytest.mark.shared_data

@@ -7,9 +7,11 @@ truth's mean grey). A fixed 40 px circle at the seed is measured in the same run
 Tracking: the real image is shifted (integer ``np.roll``-free translation with black fill) by a few
 pixels per frame and ``track`` follows from the one-click result; Dice against the shifted mask.
 
-``--cv K``: also report K-fold cross-validated figures (held-out images; weights retrained on the
-other folds by tools/train_csa.py). The shipped weights were trained on all these images, so the
-plain figures are optimistic; quote the cross-validated ones.
+``--cv K``: also report K-fold cross-validated figures of the click (held-out images; each scored
+with the network trained without its fold, ``build/csa_net/k{K}/fold*.npz`` written by
+tools/train_csa_net.py, and weights refitted on the other folds by tools/train_csa.py). The shipped
+network and weights were trained on all these images, so the plain figures, and the tracking
+figures that start from a click, are optimistic; quote the cross-validated ones.
 
 Shared data: ``../shared/data`` beside the project root, or env ``MMSTREAM_SHARED_DATA``.
 Exit status 2 with a message when the data are absent.
@@ -102,6 +104,15 @@ def metrics(contour_rc: np.ndarray, comp) -> dict:
         "rel_area_err": abs(float(pred.sum()) - t["area_px"]) / t["area_px"],
         "echo_err": abs(mean_in - t["mean_grey"]) if np.isfinite(mean_in) else 255.0,
     }
+
+
+def folds_by_image(comps, k: int) -> np.ndarray:
+    """Fold (0..k-1) of each component; the components of one image share a fold (fixed seed)."""
+    imgs = np.array([c["img"] for c in comps])
+    uniq = np.unique(imgs)
+    rng = np.random.default_rng(0)
+    fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % k))
+    return np.array([fold_of[i] for i in imgs])
 
 
 def circle(seed_rc, radius=40.0, n=64) -> np.ndarray:

@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_nerve as acc  # noqa: E402
 import train_csa_net  # noqa: E402
+from accuracy_nerve import folds_by_image  # noqa: E402
 
 from mmstream.kernels import csa, csa_net  # noqa: E402
 
@@ -105,14 +106,6 @@ def fit(x: np.ndarray, d: np.ndarray, l2: float = L2, tau: float = TAU) -> np.nd
 
 def predict(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.argmax(x @ w.astype(np.float32), axis=1)
-
-
-def folds_by_image(comps, k: int) -> np.ndarray:
-    imgs = np.array([c["img"] for c in comps])
-    uniq = np.unique(imgs)
-    rng = np.random.default_rng(0)
-    fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % k))
-    return np.array([fold_of[i] for i in imgs])
 
 
 def cross_validate(comps, k: int, nets=None, xd=None) -> list[dict]:

@@ -1,6 +1,7 @@
 """Train the click-conditioned nerve network of mmstream.kernels.csa_net on ../shared/data/usgra-seg.
 
-Needs torch (training only; ``pip install -e ".[train]"``; the CPU wheel is enough). One network
+Needs torch (training only: ``pip install -e ".[train]"``, or just the CPU wheel, ``pip install torch
+--index-url https://download.pytorch.org/whl/cpu``). One network
 per fold of ``tools/train_csa.py``'s folds by image (trained without that fold: its predictions on
 the fold are held out) and one on every image:
 
@@ -13,7 +14,8 @@ Training: per component, a ``CROP_PX`` square around the seed at ``1/POOL`` scal
 the expert mask are area-downsampled once), augmented with scale (+-15 %), left-right flip, seed
 jitter (+-4 px) and grey gain/offset; binary cross-entropy + soft Dice; AdamW with a one-cycle
 schedule, ``--epochs`` epochs of batches of 16. Batch norm is folded into the convolutions on
-export. Runs on the CPU: about 3 min per network on one core (2026-11-27), 18 min for all six.
+export. Runs on the CPU: about 3 min per network on one thread (2026-11-27), 18 min for all six;
+with one thread a retrained network is bit-for-bit the one before (checked for fold 0).
 
 Usage: python tools/train_csa_net.py [--epochs 50] [--folds 5] [--only fold0,...,all]
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_nerve as acc  # noqa: E402
+from accuracy_nerve import folds_by_image  # noqa: E402
 
 from mmstream.kernels import csa_net  # noqa: E402
 
@@ -102,9 +105,9 @@ def _warp(img, seed_rc, scale, flip):
     """NET_SIDE square of ``img`` (at 1/POOL scale) centred on ``seed_rc`` (image px); one network
     px is ``scale`` px of ``img``."""
     n = csa_net.NET_SIDE
-    # image px u is px (u - 1) / POOL of img (area blocks) and network px (u - r0 - 1) / POOL at
-    # run time (net_input's crop starts CROP_PX / 2 before the seed's pixel): the seed is at
-    # network px c0 + 1/6 in both when cr = seed / POOL - 0.5 sits at c0
+    # image px u is px (u - h) / POOL of img (area blocks, h = (POOL - 1) / 2) and network px
+    # (u - r0 - h) / POOL at run time (net_input's crop starts CROP_PX / 2 before the seed's
+    # pixel): the seed is at network px c0 + 1 / (2 POOL) in both when cr = seed / POOL - 0.5
     cr, cc = seed_rc[0] / csa_net.POOL - 0.5, seed_rc[1] / csa_net.POOL - 0.5
     c0 = (n - 1) / 2
     sc = -scale if flip else scale
@@ -169,16 +172,17 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list of fold0..fold{K-1}, all (default: every one)")
     ap.add_argument("--fold-dir", type=Path, default=FOLD_DIR)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: bit-for-bit repeatable)")
     args = ap.parse_args(argv)
+    jobs = [f"fold{f}" for f in range(args.folds)] + ["all"]
+    unknown = sorted(set(filter(None, args.only.split(","))) - set(jobs))
+    if args.folds < 2 or unknown:
+        ap.error(f"--folds must be >= 2 and --only a subset of {jobs} (unknown: {unknown})")
     import torch
-    from train_csa import folds_by_image
-
     torch.set_num_threads(args.threads)
     comps = acc.load_components(acc.require_data())
     fold = folds_by_image(comps, args.folds)
     items = prepare(comps)
-    jobs = [f"fold{f}" for f in range(args.folds)] + ["all"]
     wanted = [j for j in jobs if not args.only or j in args.only.split(",")]
     paths = fold_paths(args.fold_dir, args.folds)
     paths[0].parent.mkdir(parents=True, exist_ok=True)

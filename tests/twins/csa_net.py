@@ -7,7 +7,7 @@ kernels or its private helpers (only its constants).
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mmstream.kernels.csa_net import CROP_PX, GREY_CENTRE, GREY_SCALE, NET_SIDE, POOL, SEED_SIGMA
+from mmstream.kernels.csa_net import CROP_PX, GREY_CENTRE, GREY_SCALE, NET_SIDE, POOL, SEED_SIGMA_NET_PX
 
 
 def net_input(image, seed_rc):
@@ -31,7 +31,7 @@ def net_input(image, seed_rc):
     mid = (NET_SIDE - 1) / 2.0
     for r in range(NET_SIDE):
         for c in range(NET_SIDE):
-            seed[r, c] = np.exp(-((r - mid) ** 2 + (c - mid) ** 2) / (2.0 * SEED_SIGMA**2))
+            seed[r, c] = np.exp(-((r - mid) ** 2 + (c - mid) ** 2) / (2.0 * SEED_SIGMA_NET_PX**2))
     return np.stack([(grey - GREY_CENTRE) / GREY_SCALE, seed]), (r0, c0)
 
 

@@ -26,7 +26,8 @@ score pick the one whose rim is most nerve-like:
 4. **Learned conditional-logit score**: one weight per candidate feature, trained by
    ``tools/train_csa.py`` (softmax over the candidates of an image, soft target from the Dice of
    each candidate against the expert mask) on ``../shared/data/usgra-seg``; the weights are a few
-   dozen floats written into :mod:`mmstream.kernels._csa_model` (no data file to ship). Figures are
+   dozen floats written into :mod:`mmstream.kernels._csa_model` (the network of step 5 is the
+   one data file, ``mmstream/data/csa_net.npz``). Figures are
    reported k-fold cross-validated by image (see ``tools/train_csa.py`` and
    ``tools/accuracy_nerve.py --cv``).
    At run time the weights are applied first (:func:`_polar_score`): each ray's feature maps,
@@ -487,7 +488,8 @@ class CsaContour:
         searched, of the candidates that agree with the returned outline (polar Dice >= 0.9).
         Near 1: the image singles out this size and shape; near 0: many different outlines score
         alike (weak or ambiguous rim). In :func:`track` the search is restricted to the
-        neighbourhood of the previous outline, so values run higher than after a click.
+        neighbourhood of the previous outline and the score has no network terms (its own
+        weights), so values are on another scale and run higher than after a click.
     """
 
     contour_rc: np.ndarray
@@ -694,6 +696,8 @@ def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaCon
     ------
     InputError
         Wrong type, dtype or dimensions, empty or tiny image, seed not finite or outside the image.
+    ReadError
+        The installed network file (``mmstream/data/csa_net.npz``) is unreadable or damaged.
     """
     image = _check_image(image)
     seed = _check_point(seed_rc, image.shape, "seed_rc")

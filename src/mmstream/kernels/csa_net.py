@@ -6,17 +6,17 @@ Why
 The candidate score of :mod:`mmstream.kernels.csa` reads only the neighbourhood of each outline (rim
 brightness and edges along it), and its errors are mostly in the size: a bright band one fascicle
 further in or out looks like a rim as well. A network that sees the 384 px square around the click
-judges the whole structure instead. Alone it did worse than the ellipse score in a study (median
-Dice 0.77 against 0.79, cross-validated), with different errors; as :data:`N_NET_FEATURES` more
-features of the learned candidate score it improves the first click (figures:
+judges the whole structure instead. Alone it did worse than the ellipse score in a one-off study,
+with different errors; as :data:`N_NET_FEATURES` more features of the learned candidate score it
+improves the first click (figures:
 ``tools/accuracy_nerve.py --cv 5``, README). Tracking does not use it: there the previous outline
 gives the size.
 
 Network
 -------
 Input ``(2, NET_SIDE, NET_SIDE)`` float32: the grey levels of the ``CROP_PX`` square centred on the
-seed (pixels outside the image are 0), as ``POOL x POOL`` block means, ``(g - GREY_CENTRE) /
-GREY_SCALE``; and a Gaussian blob of ``SEED_SIGMA`` network px at the centre (the click). A
+seed's pixel (pixels outside the image are 0), as ``POOL x POOL`` block means, ``(g -
+GREY_CENTRE) / GREY_SCALE``; and a Gaussian blob of ``SEED_SIGMA_NET_PX`` at the centre (the click). A
 three-level U-Net: at each level two 3x3 convolutions (zero padding, batch norm folded into weights
 and bias, ReLU); 2x2 max pooling down, nearest-neighbour 2x up, skip connections concatenated
 before the decoder's convolutions; a 1x1 convolution and the logistic function give the
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from mmstream.errors import ReadError
+from mmstream.errors import InputError, ReadError
 from mmstream.kernels._jit import kernel
 
 __all__ = ["NetParams", "load_net", "net_input", "forward", "net_features"]
@@ -53,7 +53,7 @@ __all__ = ["NetParams", "load_net", "net_input", "forward", "net_features"]
 NET_SIDE = 96  # network input side (network px)
 CROP_PX = 384  # image square seen around the seed (px)
 POOL = CROP_PX // NET_SIDE  # image px per network px
-SEED_SIGMA = 6.0  # seed blob (network px)
+SEED_SIGMA_NET_PX = 6.0  # seed blob
 GREY_CENTRE, GREY_SCALE = 60.0, 50.0  # input normalisation of grey levels
 CHANNELS = (8, 16, 32)  # U-Net channels per level
 N_PROB_R = CROP_PX // 2  # radial samples of the probability (px)
@@ -80,7 +80,7 @@ def layer_shapes(channels: tuple[int, int, int] = CHANNELS) -> dict[str, tuple[i
     return shapes
 
 
-NetParams = dict  # name -> float32 array, as layer_shapes()
+NetParams = dict[str, np.ndarray]  # name -> float32 array, as layer_shapes()
 
 
 def load_net(path: str | Path | None = None) -> NetParams:
@@ -101,7 +101,8 @@ def load_net(path: str | Path | None = None) -> NetParams:
                 missing, extra = sorted(set(shapes) - set(members)), sorted(set(members) - set(shapes))
                 raise ReadError(f"{path}: network arrays differ (missing {missing}, unexpected {extra})")
             return {name: _read_member(zf, members[name], name, shape, path) for name, shape in shapes.items()}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+    # RuntimeError: encrypted member; NotImplementedError: unsupported compression
+    except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
         raise ReadError(f"{path}: not a readable network file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -157,7 +158,7 @@ def net_input(image: np.ndarray, seed_rc: tuple[float, float]) -> tuple[np.ndarr
 @functools.lru_cache(maxsize=1)
 def _seed_channel() -> np.ndarray:
     d = np.arange(NET_SIDE) - (NET_SIDE - 1) / 2.0
-    blob = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2.0 * SEED_SIGMA**2)).astype(np.float32)
+    blob = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2.0 * SEED_SIGMA_NET_PX**2)).astype(np.float32)
     blob.flags.writeable = False
     return blob
 
@@ -205,7 +206,7 @@ def forward(params: NetParams, x: np.ndarray) -> np.ndarray:
     y = _block(np.concatenate([_up(x3), x2]), params, "d2")
     y = _block(np.concatenate([_up(y), x1]), params, "d1")
     logit = params["out.weight"] @ y.reshape(y.shape[0], -1) + params["out.bias"][:, None]
-    return (0.5 + 0.5 * np.tanh(0.5 * logit)).reshape(NET_SIDE, NET_SIDE).astype(np.float32)  # logistic
+    return (0.5 + 0.5 * np.tanh(0.5 * logit)).reshape(NET_SIDE, NET_SIDE)  # logistic, float32
 
 
 @kernel("void(float32[:, ::1], int64, float64, float64, float64[::1], float64[::1], float64[:, ::1])")
@@ -258,7 +259,7 @@ def _net_features(ppolar, radii, cum, out):
         p_sum = 0.0
         p_dev = 0.0
         for k in range(n_k):
-            rad = min(max(radii[j, k], 0.0), n - 0.0)
+            rad = min(max(radii[j, k], 0.0), float(n))
             i0 = min(int(rad), n - 1)
             f = rad - i0
             inside += cum[k, i0] + f * (cum[k, i0 + 1] - cum[k, i0])
@@ -282,6 +283,11 @@ def net_features(image: np.ndarray, seed_rc: tuple[float, float], radii: np.ndar
                  cos_t: np.ndarray, params: NetParams) -> np.ndarray:  # fmt: skip
     """``(n_cand, N_NET_FEATURES)`` features of outlines ``radii (n_cand, K)`` centred on the seed
     (rays ``sin_t``, ``cos_t`` of length ``K``) from the network's probability around it."""
+    radii = np.ascontiguousarray(radii, dtype=np.float64)
+    sin_t = np.ascontiguousarray(sin_t, dtype=np.float64)
+    cos_t = np.ascontiguousarray(cos_t, dtype=np.float64)
+    if radii.ndim != 2 or radii.shape[1] != len(sin_t) or len(cos_t) != len(sin_t):
+        raise InputError(f"radii {radii.shape} must be (n_cand, K) for K = {len(sin_t)} rays")
     x, (r0, c0) = net_input(image, seed_rc)
     prob = forward(params, x)
     ppolar = np.empty((len(sin_t), N_PROB_R))

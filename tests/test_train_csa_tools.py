@@ -1,0 +1,119 @@
+"""The CSA training tools' file handling: fold networks (tools/train_csa_net.py) and the weights
+module (tools/train_csa.py). Training itself needs torch and ../shared/data and is not run here."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmstream.errors import ReadError
+from mmstream.kernels import csa, csa_net
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import train_csa  # noqa: E402
+import train_csa_net  # noqa: E402
+
+
+def _comps(n_images=10):
+    return [{"img": i // 2} for i in range(2 * n_images)]  # two components per image
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: (rng.normal(size=s) * 0.1).astype(np.float32) for k, s in csa_net.layer_shapes().items()}
+
+
+def test_held_out_nets_names_the_missing_files_and_the_command(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        train_csa.held_out_nets(_comps(), 5, tmp_path)
+    msg = str(info.value)
+    assert "fold0.npz" in msg and "tools/train_csa_net.py --folds 5" in msg
+
+
+def test_held_out_nets_gives_each_component_its_folds_network(tmp_path):
+    comps = _comps()
+    paths = train_csa_net.fold_paths(tmp_path, 3)
+    assert paths == [tmp_path / "k3" / f"fold{f}.npz" for f in range(3)]
+    paths[0].parent.mkdir(parents=True)
+    for f, p in enumerate(paths):
+        np.savez(p, **_params(f))
+    nets = train_csa.held_out_nets(comps, 3, tmp_path)
+    fold = train_csa.folds_by_image(comps, 3)
+    for net, f in zip(nets, fold, strict=True):
+        np.testing.assert_array_equal(net["out.bias"], _params(f)["out.bias"])
+    # both components of an image share a fold
+    assert all(fold[2 * i] == fold[2 * i + 1] for i in range(10))
+
+
+def test_held_out_nets_refuses_a_broken_fold_file(tmp_path):
+    paths = train_csa_net.fold_paths(tmp_path, 2)
+    paths[0].parent.mkdir(parents=True)
+    np.savez(paths[0], **_params())
+    paths[1].write_bytes(b"not a network")
+    with pytest.raises(ReadError, match="fold1.npz"):
+        train_csa.held_out_nets(_comps(), 2, tmp_path)
+
+
+def test_written_weights_module_has_both_vectors(tmp_path, monkeypatch):
+    path = tmp_path / "_csa_model.py"
+    monkeypatch.setattr(train_csa, "MODEL_PATH", path)
+    click = np.linspace(-1, 1, csa.N_OUTLINE + csa_net.N_NET_FEATURES)
+    track = np.linspace(2, 3, csa.N_OUTLINE)
+    train_csa.write_model(click, track, "a note")
+    spec = importlib.util.spec_from_file_location("written_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    np.testing.assert_array_equal(mod.CLICK_WEIGHTS, click)
+    np.testing.assert_array_equal(mod.TRACK_WEIGHTS, track)
+    assert "a note" in mod.__doc__
+
+
+def test_shipped_weights_fit_the_features():
+    assert csa._click_weights().shape == (csa.N_OUTLINE + csa_net.N_NET_FEATURES,)
+    assert csa._track_weights().shape == (csa.N_OUTLINE,)
+
+
+def _ring_image():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 80, (420, 440)).astype(np.uint8)
+    rr, cc = np.mgrid[:420, :440]
+    img[np.abs(np.hypot((rr - 210) / 30.0, (cc - 200) / 45.0) - 1.0) < 0.08] = 220
+    return img
+
+
+def test_click_picks_the_candidate_the_trainer_scores_best():
+    """segment_from_seed ranks candidates by what tools/train_csa.py fits: its design matrix
+    (outline, shape and network features) times the shipped click weights."""
+    img = _ring_image()
+    comp = {"grey": img, "truth": {"seed_rc": [210, 200]}, "mask": np.zeros(img.shape, bool)}
+    comp["mask"][200:220, 190:210] = True
+    x, _ = train_csa.design([comp], [csa_net.load_net()])
+    best = int(np.argmax(x[0].astype(np.float64) @ csa._click_weights()))
+    res = csa.segment_from_seed(img, (210.0, 200.0))
+    expected = np.stack([210.0 + csa.CAND_RADII[best] * csa.SIN_T, 200.0 + csa.CAND_RADII[best] * csa.COS_T], 1)
+    np.testing.assert_allclose(res.contour_rc, expected, atol=1e-9)
+
+
+def test_training_crops_line_up_with_the_run_time_input():
+    """The trainer's crops (area-downsampled image, warped) and net_input place the image alike:
+    with the crop's blocks on the downsampled grid they agree exactly, and one network px off they
+    do not."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (700, 760)).astype(np.float32), (0, 0), 6.0)
+    img = np.clip((img - img.mean()) * 8 + 100, 0, 255).astype(np.uint8)
+    small = cv2.resize(img.astype(np.float32), None, fx=1 / csa_net.POOL, fy=1 / csa_net.POOL,
+                       interpolation=cv2.INTER_AREA)  # fmt: skip
+    seed = (348.0, 400.0)  # crop origin a multiple of POOL: both read the same blocks
+    run = csa_net.net_input(img, seed)[0][0] * csa_net.GREY_SCALE + csa_net.GREY_CENTRE
+    train = train_csa_net._warp(small, seed, 1.0, False)
+    inner = slice(8, -8)
+
+    def diff(dr, dc):
+        return float(np.abs(np.roll(train, (dr, dc), (0, 1))[inner, inner] - run[inner, inner]).mean())
+
+    assert diff(0, 0) < 1e-3
+    assert min(diff(1, 0), diff(-1, 0), diff(0, 1), diff(0, -1)) > 5.0
