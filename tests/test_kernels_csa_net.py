@@ -506,7 +506,7 @@ def test_exported_torch_network_matches_forward(tmp_path):
 def test_shipped_network_outlines_real_nerves(shared_data):
     """The shipped network's own mask (probability > 0.5, each network px covering POOL x POOL
     crop px) against the expert mask on a fixed subset of usgra-seg (images it was trained on):
-    median Dice 0.82 on 2026-11-27; a broken input, forward pass or file gives far less."""
+    median Dice 0.86 on 2026-11-27; a broken input, forward pass or file gives far less."""
     sys.path.insert(0, str(TOOLS))
     import accuracy_nerve as acc
 
@@ -520,4 +520,4 @@ def test_shipped_network_outlines_real_nerves(shared_data):
         rs, cs, re, ce = max(r0, 0), max(c0, 0), min(r0 + csa_net.CROP_PX, h), min(c0 + csa_net.CROP_PX, w)
         truth[rs - r0 : re - r0, cs - c0 : ce - c0] = comp["mask"][rs:re, cs:ce]
         dice.append(2.0 * (pred & truth).sum() / (pred.sum() + truth.sum()))
-    assert np.median(dice) >= 0.75
+    assert np.median(dice) >= 0.78

@@ -14,10 +14,10 @@ Training: per component, a ``CROP_PX`` square around the seed at ``1/POOL`` scal
 the expert mask are area-downsampled once), augmented with scale (+-15 %), left-right flip, seed
 jitter (+-4 px) and grey gain/offset; binary cross-entropy + soft Dice; AdamW with a one-cycle
 schedule, ``--epochs`` epochs of batches of 16. Batch norm is folded into the convolutions on
-export. Runs on the CPU: about 3 min per network on one thread (2026-11-27), 18 min for all six;
+export. Runs on the CPU: about 7 min per network on one thread (2026-11-27), 42 min for all six;
 with one thread a retrained network is bit-for-bit the one before (checked for fold 0).
 
-Usage: python tools/train_csa_net.py [--epochs 50] [--folds 5] [--only fold0,...,all]
+Usage: python tools/train_csa_net.py [--epochs 100] [--folds 5] [--only fold0,...,all]
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def fold_paths(fold_dir: Path, k: int) -> list[Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list of fold0..fold{K-1}, all (default: every one)")
     ap.add_argument("--fold-dir", type=Path, default=FOLD_DIR)
