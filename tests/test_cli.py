@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,14 @@ def test_large_batch_progress_does_not_pollute_stdout(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["echogenicity"]["mean"] for line in proc.stdout.splitlines()] == [120.0] * 5
+
+
+def test_cli_pins_one_blas_thread_unless_the_user_chose(tmp_path):
+    """``mmstream`` sets OPENBLAS_NUM_THREADS=1 before numpy loads; a user's value wins."""
+    code = "import os, mmstream.cli, numpy; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"OPENBLAS_NUM_THREADS": "2"},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "2"

@@ -10,18 +10,25 @@ Exit status: 0 when every file was processed, 1 when at least one file failed (t
 processed and printed), 2 for a usage error.
 """
 
-import argparse
-import csv
-import importlib
-import json
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
+import os
 
-from mmstream import __version__
-from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing
-from mmstream.errors import MmstreamError, SpacingError
+# One BLAS thread unless the user chose otherwise, set before numpy loads its BLAS: mmstream's only
+# BLAS work is the CSA network's small matrix products on a click, faster on one thread here
+# (README, Performance) and not to compete with the analysis threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from mmstream import __version__  # noqa: E402
+from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
+from mmstream.errors import MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
     "source", "frame", "t_s", "spacing_row_mm", "spacing_col_mm", "spacing_source",
