@@ -57,7 +57,7 @@ def polar_dice(radii: np.ndarray, rt: np.ndarray) -> np.ndarray:
 
 
 def held_out_nets(comps, k: int, fold_dir: Path = train_csa_net.FOLD_DIR) -> list:
-    """Per component, the network trained without its fold (``fold_dir/fold{f}.npz``)."""
+    """Per component, the network trained without its fold (``fold_dir/k{K}/fold{f}.npz``)."""
     paths = train_csa_net.fold_paths(fold_dir, k)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -102,10 +102,6 @@ def fit(x: np.ndarray, d: np.ndarray, l2: float = L2, tau: float = TAU) -> np.nd
 
     res = minimize(loss, np.zeros(f), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     return res.x / sd
-
-
-def predict(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return np.argmax(x @ w.astype(np.float32), axis=1)
 
 
 def cross_validate(comps, k: int, nets=None, xd=None) -> list[dict]:

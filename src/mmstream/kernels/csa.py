@@ -608,8 +608,8 @@ def _split_weights(weights: np.ndarray, cand=slice(None)) -> tuple[np.ndarray, n
 
 
 def _score_at(image, center_r, center_c, weights, ws):
-    """Learned score of every candidate centred at a point: ``_features_at(...) @ weights[:N_DYNAMIC]
-    + CAND_STATIC @ weights[N_DYNAMIC:]``, summed along each outline from the score map."""
+    """Outline score of every candidate centred at a point: ``_features_at(...) @ weights[:N_DYNAMIC]
+    + CAND_STATIC @ weights[N_DYNAMIC:N_OUTLINE]``, summed along each outline from the score map."""
     n_out, n_r = _n_radii(CAND_RADII)
     polar = _polar_at(image, center_r, center_c, n_r, ws)
     scratch, score_map = ws.score_views(n_out)

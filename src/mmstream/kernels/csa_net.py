@@ -60,9 +60,6 @@ N_PROB_R = CROP_PX // 2  # radial samples of the probability (px)
 N_NET_FEATURES = 6
 _LOG_EPS = 1e-3  # log(soft Dice + _LOG_EPS)
 
-_ENC = ("e1", "e2", "e3")
-_DEC = ("d2", "d1")
-
 
 def layer_shapes(channels: tuple[int, int, int] = CHANNELS) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every array of a network file (weights ``(out, in, 3, 3)``, biases
@@ -110,7 +107,8 @@ def _read_member(zf: zipfile.ZipFile, member: str, name: str, shape: tuple[int, 
     """One ``.npy`` member, its header checked before any data is read (no pickle, no oversized
     allocation)."""
     want = f"{name} must be finite float32 {shape}"
-    if zf.getinfo(member).file_size > 4 * int(np.prod(shape)) + 1024:
+    count = int(np.prod(shape))
+    if zf.getinfo(member).file_size > 4 * count + 1024:
         raise ReadError(f"{path}: {want}, its member is too large")
     with zf.open(member) as f:
         version = npy_format.read_magic(f)
@@ -118,8 +116,8 @@ def _read_member(zf: zipfile.ZipFile, member: str, name: str, shape: tuple[int, 
         got_shape, fortran, dtype = header(f)
         if got_shape != shape or dtype != np.dtype("<f4") or fortran:
             raise ReadError(f"{path}: {want}, got {dtype} {got_shape}")
-        arr = np.frombuffer(f.read(4 * int(np.prod(shape))), dtype="<f4")
-    if arr.size != int(np.prod(shape)) or not np.isfinite(arr).all():
+        arr = np.frombuffer(f.read(4 * count), dtype="<f4")
+    if arr.size != count or not np.isfinite(arr).all():
         raise ReadError(f"{path}: {want}, got truncated or non-finite data")
     return arr.reshape(shape).astype(np.float32)  # a writable, native-order copy
 
