@@ -94,5 +94,6 @@ def write_sparse_session(path: Path, n_frames: int, shape=(512, 512), fps: float
             g["json"][n_heap:] = heap
             g["index"].resize((n_idx + len(rows),))
             g["index"][n_idx:] = np.array(rows, dtype=dtype)
+        g["summary"][0] = (n_frames, 0, 0, 0, n_frames - 1)  # committed, as the writer records it
     finally:
         f.close()

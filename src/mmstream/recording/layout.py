@@ -19,8 +19,11 @@ One HDF5 file per recording part (see ``docs/recording.md``). Every group and da
         metrics/json              (B,) uint8: UTF-8 JSON of each metrics header
     /events, /fused, /biomarkers  table (JSON_LOG_COLUMNS + extra) and json (B,) uint8 heap
 
-Committed rows: a frame ``i`` is complete when ``index`` has row ``i`` (the writer writes the pixels
-and the JSON bytes before the index row), so readers count ``len(index)``. Absent numbers are NaN,
+Committed rows: the counts in the summaries (``n_frames``, ``n_metrics`` per stream; ``n_events``,
+``n_fused``, ``n_biomarkers`` per session). The writer writes pixels, arrays, JSON bytes and rows,
+makes them durable, and only then writes the counts, so a table can be longer than its count (a
+flush cut short) but never a counted row incomplete. Readers of a cleanly closed file count
+``len(index)`` (equal to the counts); of any other file, rows up to the counts that can be read. Absent numbers are NaN,
 absent integers -1, absent strings empty. Units per column are in each table's ``attrs["units"]``
 (JSON object column -> unit). No variable-length types anywhere (not SWMR-safe): texts go to the
 ``json`` byte heaps.
@@ -34,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added)
 HIST_BINS = 256
 CONTOUR_MAX_POINTS = 256  # the CSA kernel returns 64-vertex polygons
 HEAP_CHUNK_BYTES = 1 << 16
@@ -178,6 +181,8 @@ SESSION_SUMMARY = (
     Column("rejected_messages", "i8", "message", "rejection events (level warning) seen from the service"),
     Column("lost_frames", "i8", "frame", "frames the recorder received but could not write"),
     Column("n_events", "i8", "message", "committed events"),
+    Column("n_fused", "i8", "message", "committed fused rows"),
+    Column("n_biomarkers", "i8", "message", "committed biomarker snapshots"),
 )
 TABLES = {
     "frame_index": FRAME_INDEX, "metrics": METRICS_COLUMNS, "events": EVENT_COLUMNS, "fused": FUSED_COLUMNS,

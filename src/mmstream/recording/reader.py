@@ -9,7 +9,7 @@
 
 Nothing is loaded whole: every accessor reads the rows it is asked for. Files are opened in SWMR
 read mode; :meth:`SessionReader.refresh` picks up rows a live writer appended since. Only committed
-rows are visible (``len(index)`` frames; see the layout's "Committed rows").
+rows are visible (see the layout's "Committed rows").
 """
 
 import json
@@ -79,11 +79,12 @@ def _reads(*reads) -> bool:
 class StreamReader:
     """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing.
 
-    In a file whose writer was killed, HDF5 may have written a table's new extent (or its chunk
-    index) before the superblock's end-of-allocation that covers it; such rows cannot be read.
-    With ``check_rows`` (files not closed cleanly: live, crashed, or crashed and then cleared with
-    ``h5clear``) the row counts are those of the readable prefix: every row reported can be read,
-    with its pixels and JSON header."""
+    With ``check_rows`` (files not closed cleanly: live, crashed, failed, or crashed and then
+    cleared with ``h5clear``) a table counts at most the rows its summary committed (a flush cut
+    short can leave a longer table: its extent reaches the disk before its rows), and of those the
+    readable prefix (a killed writer can leave the superblock's end of allocation short of rows it
+    wrote; ``h5clear -s`` then cuts them): every row reported can be read, with its pixels and
+    JSON header."""
 
     def __init__(self, group: h5py.Group, check_rows: bool = False):
         self.group = group
@@ -95,7 +96,7 @@ class StreamReader:
                     m["histogram"], m["contour_rc"], m["superficial_rc"], m["deep_rc"]]  # fmt: skip
 
     def refresh(self) -> None:
-        for ds in self._ds:  # tables before the data they point to: counts never exceed the data
+        for ds in self._ds:  # the counts are capped by each table's own length: any order is safe
             ds.refresh()
 
     @property
@@ -104,6 +105,7 @@ class StreamReader:
         n = min(len(index), len(frames))
         if not self._check:
             return n
+        n = min(n, self.summary()["n_frames"])
 
         def row_ok(i):
             def header():
@@ -121,6 +123,7 @@ class StreamReader:
         n = len(table)
         if not self._check:
             return n
+        n = min(n, self.summary()["n_metrics"])
 
         def row_ok(i):
             def header():
@@ -307,11 +310,12 @@ class SessionReader:
             raise ReadError(f"{self.path}: no stream {stream_id!r} (has {self.streams})", reason="no_stream") from None
 
     def _log_rows(self, name: str) -> int:
-        """Rows of log ``name`` (events, fused, biomarkers): the readable prefix unless the file was
-        closed cleanly."""
+        """Rows of log ``name`` (events, fused, biomarkers): unless the file was closed cleanly, at
+        most the committed count, and of those the readable prefix."""
         t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
         if not self._check_rows:
             return len(t)
+        n = min(len(t), self.summary()[f"n_{name}"])
 
         def row_ok(i):
             def read():
@@ -320,7 +324,7 @@ class SessionReader:
 
             return _reads(read)
 
-        return _readable_prefix(len(t), row_ok)
+        return _readable_prefix(n, row_ok)
 
     def _log(self, name: str, start: int = 0, stop: int | None = None) -> list[str]:
         t = self.file[f"{name}/table"]

@@ -2,9 +2,10 @@
 
 Frames (by reference), table rows and their JSON wait in memory until :meth:`SessionWriter.flush`
 (the recorder calls it every ``flush_interval_s``), which writes, per table, the JSON bytes and the
-pixels or arrays first and the rows last, then flushes HDF5 and fsyncs. So a writer killed at any
-moment leaves every row committed by the last flush complete, and memory holds at most one flush
-interval of frames.
+pixels or arrays first and the rows last, flushes HDF5 and fsyncs, and only then writes the row
+counts into the summaries (flushed and fsynced again). So a writer killed, or failing a write, at
+any moment leaves every row committed by the last flush complete and no row of a later one counted,
+and memory holds at most one flush interval of frames.
 """
 
 import gc
@@ -223,7 +224,8 @@ class SessionWriter:
             dropped += st.dropped
         now = stop_wall or _wall()
         self.file["session/summary"][0] = (now.encode(), stop_wall.encode(), bool(stop_wall), n_frames, dropped,
-                                           self.rejected_messages, self.lost_frames, self.logs["events"].n)  # fmt: skip
+                                           self.rejected_messages, self.lost_frames,
+                                           *(self.logs[k].n for k in ("events", "fused", "biomarkers")))  # fmt: skip
 
     def discard_pending(self) -> int:
         """Drop everything not yet flushed (counted in ``lost_frames``); returns the frames dropped."""
@@ -240,37 +242,44 @@ class SessionWriter:
         self.pending_bytes = 0
         return lost
 
-    def flush(self) -> dict:
-        """Commit every pending row, flush HDF5 and fsync; returns ``committed``. RecordingError
-        ``disk_full``, before anything is written, when the disk (or the process's file size limit)
-        has no room for the pending frames plus RESERVE_BYTES."""
+    def flush(self, stop_wall: str = "") -> dict:
+        """Commit every pending row and return ``committed``, in two steps, each ending with an HDF5
+        flush and an fsync: first the pixels, arrays, JSON bytes and table rows; then the row counts,
+        written in place into the summaries (the commit record: readers of a file whose writer died
+        count no row past them, so rows of a flush cut short by a crash or a write error stay out).
+        ``stop_wall`` marks the part closed. RecordingError ``disk_full``, before anything is
+        written, when the disk (or the process's file size limit) has no room for the pending frames
+        plus RESERVE_BYTES."""
         room = room_bytes(self.path)
         if self.pending_bytes and self.pending_bytes + RESERVE_BYTES > room:
             raise RecordingError(f"{self.path}: {room} bytes of room left, the next flush needs "
                                  f"{self.pending_bytes} + {RESERVE_BYTES} reserved", reason="disk_full")  # fmt: skip
-        for sid, st in self.streams.items():
+        for st in self.streams.values():
             st.index.commit(st.write_frames)
             st.metrics.commit(st.write_arrays)
-            self.committed["frames"][sid] = st.index.n
-            self.committed["metrics"][sid] = st.metrics.n
         for t in self.logs.values():
             t.commit()
-        self.committed["events"] = self.logs["events"].n
         self.pending_bytes = 0
-        self._write_summaries()
+        self._sync()
+        self._write_summaries(stop_wall)
+        self._sync()
+        for sid, st in self.streams.items():
+            self.committed["frames"][sid] = st.index.n
+            self.committed["metrics"][sid] = st.metrics.n
+        self.committed["events"] = self.logs["events"].n
+        return self.committed
+
+    def _sync(self) -> None:
         self.file.flush()
         if self._fsync:
             os.fsync(self.file.id.get_vfd_handle())
-        return self.committed
 
     def close(self) -> None:
         """Final flush with ``stop_wall`` and ``closed`` set, then close."""
         if self.closed:
             return
         try:
-            self.flush()
-            self._write_summaries(stop_wall=_wall())
-            self.file.flush()
+            self.flush(stop_wall=_wall())
         finally:
             self.closed = True
             self.file.close()
