@@ -5,6 +5,8 @@
         ``disk_full`` before a write fails; the live metrics must keep coming afterwards.
     python recording_fault_child.py write_error DIRECTORY LIMIT_BYTES
         The recorder alone, its room check defeated: an HDF5 write fails (EFBIG) mid-flush.
+    python recording_fault_child.py close_error DIRECTORY LIMIT_BYTES
+        The same, the failing write inside ``stop_recording()``.
     python recording_fault_child.py permission DIR_NOT_MINE DIR_MINE
         Runs as user nobody: arming in a directory it cannot write, then a directory that becomes
         unwritable before the file is created.
@@ -77,6 +79,39 @@ def write_error(directory: str, limit_bytes: str) -> dict:
             "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
 
 
+def close_error(directory: str, limit_bytes: str) -> dict:
+    """As write_error, but the failing write is the final flush of ``stop_recording()`` (it used to
+    close the file normally after the failed write, and the process died of SIGSEGV later)."""
+    import mmstream.recording.writer as writer
+    from mmstream.config import RecorderSection
+    from mmstream.recording.recorder import Recorder
+    from recording_crash_child import messages
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
+    writer.room_bytes = lambda path: 2**62
+    rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), "cerr", expected_streams=("a", "b"))
+    rec.start_recording()
+    committed, events, seq = {}, [], 0
+    while True:  # flush every 5 frames until the file is near the limit
+        for port, msg in messages(seq):
+            events += rec.process(port, msg)
+        seq += 1
+        if seq % 5 == 0:
+            if os.path.getsize(rec.recording_status()["path"]) > int(limit_bytes) - 60_000:
+                break
+            events += rec.tick(time.monotonic() + 3600)
+            committed = json.loads(json.dumps(rec.recording_status()["committed"]))
+    for _ in range(40):  # more than the room left
+        for port, msg in messages(seq):
+            events += rec.process(port, msg)
+        seq += 1
+    st = rec.stop_recording()
+    events += rec.process(*next(messages(seq)))  # a message after the failure: no error
+    return {"status": st, "committed_before_failure": committed, "files": st["files"],
+            "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
+
+
 def permission(not_mine: str, mine: str) -> dict:
     from mmstream.codec import Decoded, buffer_specs, topic_for
     from mmstream.config import RecorderSection
@@ -105,5 +140,5 @@ def permission(not_mine: str, mine: str) -> dict:
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    modes = {"disk_full": disk_full, "write_error": write_error, "permission": permission}
+    modes = {"disk_full": disk_full, "write_error": write_error, "close_error": close_error, "permission": permission}
     print(json.dumps(modes[mode](*args)), flush=True)

@@ -89,17 +89,8 @@ def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage
     error, not a shorter count."""
     from mmstream.recording.reader import StreamReader
 
-    probe = SimProbe(SPEC, seed=1)
     path = tmp_path / "s.h5"
-    w = SessionWriter(path, {"session_id": "s", "config_json": "{}"}, {"p1": SPEC.shape}, "none", fsync=False)
-    prev = None
-    for seq in range(6):
-        img = probe.frame(seq).image
-        h = frame("p1", seq, img)
-        w.add_frame(h, img)
-        prev, mh, arrays = metrics_of(h, img, prev, seed=(40.0, 48.0) if seq == 0 else None)
-        w.add_metrics(mh, arrays)
-    w.close()
+    _six_frames(path).close()
     with h5py.File(path, "r+") as f:
         g = next(iter(f["streams"].values()))
         if damage == "short_array":
@@ -119,6 +110,58 @@ def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage
                 s.n_metrics
             return
         assert (s.n_frames, s.n_metrics) == {"short_array": (6, 4), "short_heap": (6, 3), "short_pixels": (2, 6)}[damage]
+
+
+def _six_frames(path, flushes=(6,)):
+    """A closed one-stream file of six frames with their metrics, flushed after each count in ``flushes``."""
+    probe = SimProbe(SPEC, seed=1)
+    w = SessionWriter(path, {"session_id": "s", "config_json": "{}"}, {"p1": SPEC.shape}, "none", fsync=False)
+    prev = None
+    for seq in range(6):
+        img = probe.frame(seq).image
+        h = frame("p1", seq, img)
+        w.add_frame(h, img)
+        prev, mh, arrays = metrics_of(h, img, prev, seed=(40.0, 48.0) if seq == 0 else None)
+        w.add_metrics(mh, arrays)
+        w.add_event(Event(node="ingest", level="info", reason="tick", message=str(seq), t_host_s=float(seq)))
+        if seq + 1 in flushes:
+            w.flush()
+    return w
+
+
+def test_rows_past_the_commit_counts_are_not_counted_in_a_file_not_closed_cleanly(tmp_path):
+    """A flush cut short can leave tables longer than the summaries' counts, their extra rows
+    complete-looking or zero (HDF5 wrote the new extent, not the rows): such rows are not counted,
+    in layout 2. A layout 1 file (no commit counts) is still read, by the readable prefix."""
+    path = tmp_path / "s.h5"
+    w = _six_frames(path, flushes=(4, 6))
+    w.close()
+    with h5py.File(path, "r+") as f:  # as a writer that failed inside the second flush left it
+        g = f["streams/p1"]
+        g["summary"][0] = (4, 4, 0, 0, 3)
+        summ = f["session/summary"][0]
+        summ["closed"], summ["stop_wall"], summ["n_events"] = False, b"", 4
+        f["session/summary"][0] = summ
+        g["index"][5] = np.zeros((), g["index"].dtype)  # a zero row: seq 0, no header
+    with SessionReader(path) as r:
+        s = r.stream("p1")
+        assert (s.n_frames, s.n_metrics, len(r.events())) == (4, 4, 4)
+        assert s.index()["seq"].tolist() == [0, 1, 2, 3] and len(r.event_table(2)) == 2
+    with h5py.File(path, "r+") as f:
+        f["session"].attrs["layout_version"] = 1
+    with SessionReader(path) as r:
+        assert (r.stream("p1").n_frames, r.stream("p1").n_metrics, len(r.events())) == (6, 6, 6)
+
+
+def test_a_flush_with_nothing_to_commit_writes_nothing(tmp_path):
+    path = tmp_path / "s.h5"
+    w = _six_frames(path)
+    flushed = w.file["session/summary"][0]["t_wall_flushed"]
+    time.sleep(0.002)  # a later wall clock would show in t_wall_flushed
+    assert w.flush() == w.committed and w.file["session/summary"][0]["t_wall_flushed"] == flushed
+    w.close()
+    with SessionReader(path) as r:
+        assert r.summary()["closed"] and r.stream("p1").n_frames == 6
 
 
 def test_absent_metrics_are_nan_and_long_contours_are_cut_and_flagged(tmp_path):

@@ -46,25 +46,35 @@ def test_disk_full_stops_recording_cleanly_and_keeps_live_path_and_data(tmp_path
     assert Path(path).stat().st_size <= limit
 
 
+@pytest.mark.parametrize("mode", ["write_error", "close_error"])
 @pytest.mark.parametrize("extra_bytes", [0, 9970, 21934, 27916])
-def test_write_error_mid_flush_fences_the_file_and_keeps_what_was_committed(tmp_path, extra_bytes):
-    """The limit decides which write of the flush fails (pixels, rows, heap, arrays). Whatever it
-    is, the file holds exactly the rows committed before, each complete: a table whose new extent
-    reached the disk without its rows (read as zero rows: seq 0, no header) is not counted; with
-    HDF5 2.0 that happened for most limits before the summaries became the commit record."""
+def test_write_error_mid_flush_fences_the_file_and_keeps_what_was_committed(tmp_path, mode, extra_bytes):
+    """The limit decides which write of the flush fails (pixels, rows, heap, arrays), in a timer
+    flush or in the final flush of stop_recording. Whatever it is, the process lives on and the
+    file holds exactly the rows committed before, each complete: a table whose new extent reached
+    the disk without its rows (read as zero rows: seq 0, no header) is not counted; with HDF5 2.0
+    that happened for most limits before the summaries became the commit record."""
+    from mmstream.errors import ReadError
+    from mmstream.recording.inspect import summarize
+
     limit = 2 * 1024 * 1024 + extra_bytes
-    out = run_child("write_error", tmp_path, limit)  # returncode 0: no crash at the failure or at exit
+    out = run_child(mode, tmp_path, limit)  # returncode 0: no crash at the failure or at exit
     st = out["status"]
     assert st["state"] == "failed" and st["last_error"]["reason"] == "disk_full"  # EFBIG
     assert ["error", "recording_disk_full"] in out["events"]
     (path,) = out["files"]
     committed = out["committed_before_failure"]
     assert committed["frames"]["a"] > 0
+    try:  # HDF5 wrote the failed flush's metadata: the file may claim more bytes than it has
+        SessionReader(path).close()
+    except ReadError as exc:
+        assert exc.reason == "truncated" and "h5clear -s --increment=0" in str(exc)
     if subprocess.run(["h5dump", "-H", path], capture_output=True).returncode != 0:
         subprocess.run(["h5clear", "-s", "--increment=0", path], check=True, capture_output=True)  # writer died
     from recording_crash_child import SHAPES, pixels
 
     with SessionReader(path) as r:
+        assert not r.summary()["closed"] and len(r.events()) == committed["events"]
         for sid in SHAPES:
             s = r.stream(sid)
             assert s.n_frames == committed["frames"][sid] and s.n_metrics == committed["metrics"][sid]
@@ -72,7 +82,35 @@ def test_write_error_mid_flush_fences_the_file_and_keeps_what_was_committed(tmp_
             for rows, frames in s.iter_frames():
                 for q, img in zip(rows["seq"], frames):
                     assert np.array_equal(img, pixels(sid, int(q)))
+    assert summarize(path)["events"] == {"info:tick": committed["events"]}  # no zero rows counted
     assert subprocess.run(["h5dump", "-H", path], capture_output=True).returncode == 0
+
+
+def test_no_room_for_the_final_flush_closes_the_file_cleanly_and_counts_the_loss(tmp_path, monkeypatch):
+    """Foreseen disk full at stop_recording: the recording ends ``failed`` with the file closed
+    cleanly and the unflushed frames counted as lost; later messages are not errors."""
+    import time
+
+    import mmstream.recording.writer as writer
+    from mmstream.config import RecorderSection
+    from mmstream.recording.recorder import Recorder
+    from recording_crash_child import messages
+
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=5.0), "full", expected_streams=("a", "b"))
+    rec.start_recording()
+    for seq in range(30):
+        for port, msg in messages(seq):
+            rec.process(port, msg)
+        if seq == 19:
+            rec.tick(time.monotonic() + 3600)
+    monkeypatch.setattr(writer, "room_bytes", lambda path: 1000)
+    st = rec.stop_recording()
+    assert st["state"] == "failed" and st["last_error"]["reason"] == "disk_full" and st["frames"] == 40
+    assert [o.header.reason for o in rec.process(*next(messages(30)))] == ["recording_disk_full"]  # queued at stop
+    assert rec.process(*next(messages(31))) == [] and rec.recording_status()["state"] == "failed"
+    with SessionReader(st["files"][0]) as r:
+        summ = r.summary()
+        assert summ["closed"] and summ["lost_frames"] == 20 and r.stream("a").n_frames == 20
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to user nobody")

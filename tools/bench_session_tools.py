@@ -57,6 +57,9 @@ def _make(path: Path) -> None:
         t = f["streams/big/metrics/table"]
         t.resize((N_ROWS,))
         t[:] = rows
+        summ = f["streams/big/summary"][0]
+        summ["n_metrics"] = N_ROWS  # committed, as the writer records it
+        f["streams/big/summary"][0] = summ
 
 
 def _whole_tables(path: str):

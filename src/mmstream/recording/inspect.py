@@ -135,12 +135,9 @@ class Summarizer:
             st.metrics += len(rows)
 
     def _new_events(self) -> None:
-        table = self.reader.file["events/table"]
-        n = len(table)
-        if n > self._events_seen:
-            rows = table[self._events_seen : n]
-            self._events.update(f"{lv.decode()}:{r.decode()}" for lv, r in zip(rows["level"], rows["reason"]))
-            self._events_seen = n
+        rows = self.reader.event_table(self._events_seen)
+        self._events.update(f"{lv.decode()}:{r.decode()}" for lv, r in zip(rows["level"], rows["reason"]))
+        self._events_seen += len(rows)
 
     def update(self) -> dict:
         """Refresh the file (SWMR), read what is new, return the summary (JSON-serialisable)."""

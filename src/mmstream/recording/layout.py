@@ -307,7 +307,9 @@ def describe() -> dict:
     return {
         "layout_version": LAYOUT_VERSION,
         "doc": __doc__.strip().splitlines()[0],
-        "committed_rows": "a row is committed when its table row exists; frames i < len(index) are complete",
+        "committed_rows": ("the summaries' counts (streams/<id>/summary n_frames, n_metrics; session/summary "
+                           "n_events, n_fused, n_biomarkers), written after the rows are durable; a table may "
+                           "be longer than its count in a file not closed cleanly"),
         "session": {
             "attrs": ["layout_version", "session_id", "recording_id", "part", "software_version", "config_json",
                       "start_wall", "start_t_host_s", "previous_part", "streams_json"],

@@ -23,6 +23,8 @@ from mmstream.errors import ReadError
 from mmstream.messages import Event, Frame, Metrics, message_adapter
 from mmstream.recording.layout import LAYOUT_VERSION
 
+READS_VERSIONS = (1, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix
+
 
 class _NotOnDisk(Exception):
     """A row points past the end of a dataset (a writer killed before that data was flushed)."""
@@ -84,19 +86,21 @@ class StreamReader:
     short can leave a longer table: its extent reaches the disk before its rows), and of those the
     readable prefix (a killed writer can leave the superblock's end of allocation short of rows it
     wrote; ``h5clear -s`` then cuts them): every row reported can be read, with its pixels and
-    JSON header."""
+    JSON header. ``counted``: the summary holds commit counts (layout 2; layout 1 files are read
+    by the readable prefix alone)."""
 
-    def __init__(self, group: h5py.Group, check_rows: bool = False):
+    def __init__(self, group: h5py.Group, check_rows: bool = False, counted: bool = True):
         self.group = group
         self._check = check_rows
+        self._counted = counted
         self.stream_id: str = group.attrs["stream_id"]
         self.shape: tuple[int, int] = (int(group.attrs["rows"]), int(group.attrs["cols"]))
         m = group["metrics"]
-        self._ds = [group["index"], group["json"], group["frames"], group["summary"], m["table"], m["json"],
+        self._ds = [group["summary"], group["index"], group["json"], group["frames"], m["table"], m["json"],
                     m["histogram"], m["contour_rc"], m["superficial_rc"], m["deep_rc"]]  # fmt: skip
 
     def refresh(self) -> None:
-        for ds in self._ds:  # the counts are capped by each table's own length: any order is safe
+        for ds in self._ds:  # the commit counts first, then the tables they count
             ds.refresh()
 
     @property
@@ -105,7 +109,7 @@ class StreamReader:
         n = min(len(index), len(frames))
         if not self._check:
             return n
-        n = min(n, self.summary()["n_frames"])
+        n = min(n, self.summary()["n_frames"]) if self._counted else n
 
         def row_ok(i):
             def header():
@@ -123,7 +127,7 @@ class StreamReader:
         n = len(table)
         if not self._check:
             return n
-        n = min(n, self.summary()["n_metrics"])
+        n = min(n, self.summary()["n_metrics"]) if self._counted else n
 
         def row_ok(i):
             def header():
@@ -234,8 +238,9 @@ class SessionReader:
         except OSError as exc:
             raise ReadError(f"{self.path}: cannot read: {exc.strerror}", reason="unreadable") from None
         if eof is not None and self.path.stat().st_size < eof:
-            raise ReadError(f"{self.path}: truncated: {self.path.stat().st_size} bytes, the file says {eof}",
-                            reason="truncated")  # fmt: skip
+            raise ReadError(f"{self.path}: truncated: {self.path.stat().st_size} bytes, the file says {eof} (a "
+                            "recorder that died or failed mid-write leaves this: `h5clear -s --increment=0` on a "
+                            "copy makes its committed rows readable)", reason="truncated")  # fmt: skip
         try:  # a closed file: plain read, where damaged metadata fails at once (SWMR reads retry)
             self.file = h5py.File(self.path, "r", libver="latest")
         except (OSError, ValueError):
@@ -249,14 +254,15 @@ class SessionReader:
             self.file.close()
             raise ReadError(f"{self.path}: not an mmstream session file (no /session layout_version)",
                             reason="not_a_session")  # fmt: skip
-        if version != LAYOUT_VERSION:
+        if version not in READS_VERSIONS:
             self.file.close()
-            raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {LAYOUT_VERSION}",
+            raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {READS_VERSIONS}",
                             reason="layout_version")  # fmt: skip
         # rows are checked in a file opened for writing or whose writer died, also after `h5clear -s`
         # (its plain open can then meet rows past a stale end of allocation: OSError on reading)
         self._check_rows = self.file.swmr_mode or not self._closed_cleanly()
-        self._streams = {g.attrs["stream_id"]: StreamReader(g, check_rows=self._check_rows)
+        self._counted = version >= 2
+        self._streams = {g.attrs["stream_id"]: StreamReader(g, self._check_rows, self._counted)
                          for g in self.file["streams"].values()}  # fmt: skip
         self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
 
@@ -315,7 +321,7 @@ class SessionReader:
         t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
         if not self._check_rows:
             return len(t)
-        n = min(len(t), self.summary()[f"n_{name}"])
+        n = min(len(t), self.summary()[f"n_{name}"]) if self._counted else len(t)
 
         def row_ok(i):
             def read():
@@ -333,8 +339,9 @@ class SessionReader:
     def events(self, start: int = 0, stop: int | None = None) -> list[Event]:
         return [Event.model_validate_json(t) for t in self._log("events", start, stop)]
 
-    def event_table(self) -> np.ndarray:
-        return self.file["events/table"][: self._log_rows("events")]
+    def event_table(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Event rows ``start:stop`` (structured array, EVENT_COLUMNS)."""
+        return self.file["events/table"][slice(*slice(start, stop).indices(self._log_rows("events")))]
 
     def fused(self, start: int = 0, stop: int | None = None) -> list:
         """Fusion messages as recorded (models when the type is known to this version, else dicts)."""

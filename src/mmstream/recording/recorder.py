@@ -249,7 +249,7 @@ class Recorder(Node):
         failure = None
         try:
             w.close()
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, RecordingError) as exc:
             failure = _failure(exc)
         if failure is not None:
             self._writer = w

@@ -166,6 +166,7 @@ class SessionWriter:
         self.lost_frames = 0
         self.pending_bytes = 0  # pixels waiting for the next flush
         self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams}, "events": 0}
+        self._lost_recorded = 0  # lost_frames as the summary holds it
         self.closed = False
 
     def accepts(self, stream_id: str, shape: tuple[int, ...]) -> bool:
@@ -247,9 +248,12 @@ class SessionWriter:
         flush and an fsync: first the pixels, arrays, JSON bytes and table rows; then the row counts,
         written in place into the summaries (the commit record: readers of a file whose writer died
         count no row past them, so rows of a flush cut short by a crash or a write error stay out).
-        ``stop_wall`` marks the part closed. RecordingError ``disk_full``, before anything is
-        written, when the disk (or the process's file size limit) has no room for the pending frames
-        plus RESERVE_BYTES."""
+        ``stop_wall`` marks the part closed. Nothing to commit and no ``stop_wall``: nothing is
+        written. RecordingError ``disk_full``, before anything is written, when the disk (or the
+        process's file size limit) has no room for the pending frames plus RESERVE_BYTES."""
+        tables = [t for st in self.streams.values() for t in (st.index, st.metrics)] + list(self.logs.values())
+        if not stop_wall and self.lost_frames == self._lost_recorded and not any(t.pending for t in tables):
+            return self.committed
         room = room_bytes(self.path)
         if self.pending_bytes and self.pending_bytes + RESERVE_BYTES > room:
             raise RecordingError(f"{self.path}: {room} bytes of room left, the next flush needs "
@@ -263,6 +267,7 @@ class SessionWriter:
         self._sync()
         self._write_summaries(stop_wall)
         self._sync()
+        self._lost_recorded = self.lost_frames
         for sid, st in self.streams.items():
             self.committed["frames"][sid] = st.index.n
             self.committed["metrics"][sid] = st.metrics.n
@@ -275,14 +280,14 @@ class SessionWriter:
             os.fsync(self.file.id.get_vfd_handle())
 
     def close(self) -> None:
-        """Final flush with ``stop_wall`` and ``closed`` set, then close."""
+        """Final flush with ``stop_wall`` and ``closed`` set, then close. If the flush fails, its
+        error is raised and the file is left open for :meth:`abandon` (closing it normally would
+        write metadata pointing past the failed write)."""
         if self.closed:
             return
-        try:
-            self.flush(stop_wall=_wall())
-        finally:
-            self.closed = True
-            self.file.close()
+        self.flush(stop_wall=_wall())
+        self.closed = True
+        self.file.close()
 
     def abandon(self) -> None:
         """Give up after a write error, changing the file no more: its descriptor is replaced by
