@@ -57,9 +57,14 @@ def _make(path: Path) -> None:
         t = f["streams/big/metrics/table"]
         t.resize((N_ROWS,))
         t[:] = rows
+        for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc"):
+            f[f"streams/big/metrics/{k}"].resize(N_ROWS, axis=0)  # sparse: zeros
         summ = f["streams/big/summary"][0]
-        summ["n_metrics"] = N_ROWS  # committed, as the writer records it
+        summ["n_metrics"] = N_ROWS
         f["streams/big/summary"][0] = summ
+        summ = f["session/summary"][0]
+        summ["closed"], summ["n_frames"] = True, N_ROWS  # a finished recording, as the writer closes it
+        f["session/summary"][0] = summ
 
 
 def _whole_tables(path: str):
