@@ -53,6 +53,7 @@ def test_round_trip_keeps_headers_pixels_metrics_drops_and_units(tmp_path):
     w.add_event(Event(node="ingest", level="warning", reason="rate_limited", message="x", t_host_s=1.0))
     w.add_biomarkers(json.dumps({"patient": "P1", "fat_fraction": 0.2}))
     w.close()
+    assert {k: w.committed[k] for k in ("events", "fused", "biomarkers")} == {"events": 1, "fused": 0, "biomarkers": 1}
 
     with SessionReader(path) as r:
         s = r.stream("p1")

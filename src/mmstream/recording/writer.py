@@ -165,7 +165,8 @@ class SessionWriter:
         self.rejected_messages = 0
         self.lost_frames = 0
         self.pending_bytes = 0  # pixels waiting for the next flush
-        self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams}, "events": 0}
+        self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams},
+                                "events": 0, "fused": 0, "biomarkers": 0}  # fmt: skip
         self._lost_recorded = 0  # lost_frames as the summary holds it
         self.closed = False
 
@@ -271,7 +272,8 @@ class SessionWriter:
         for sid, st in self.streams.items():
             self.committed["frames"][sid] = st.index.n
             self.committed["metrics"][sid] = st.metrics.n
-        self.committed["events"] = self.logs["events"].n
+        for name, t in self.logs.items():
+            self.committed[name] = t.n
         return self.committed
 
     def _sync(self) -> None:
