@@ -52,19 +52,32 @@ def disk_full(directory: str, limit_bytes: str) -> dict:
                 "recorder_counters": dict(svc.graph.status()["nodes"]["recorder"]["counters"])}  # fmt: skip
 
 
-def write_error(directory: str, limit_bytes: str) -> dict:
-    """As disk_full, without the service and with the room check defeated, so that an HDF5 write
-    really fails (EFBIG) inside a flush."""
+def _recorder_past_its_room_check(directory: str, limit_bytes: str, name: str):
+    """A Recorder of streams a and b under RLIMIT_FSIZE ``limit_bytes``, its room check defeated so
+    that an HDF5 write really fails (EFBIG)."""
     import mmstream.recording.writer as writer
     from mmstream.config import RecorderSection
     from mmstream.recording.recorder import Recorder
-    from recording_crash_child import messages
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
     writer.room_bytes = lambda path: 2**62
-    rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), "werr", expected_streams=("a", "b"))
+    rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), name, expected_streams=("a", "b"))
     rec.start_recording()
+    return rec
+
+
+def _outcome(st: dict, committed: dict, events: list) -> dict:
+    return {"status": st, "committed_before_failure": committed, "files": st["files"],
+            "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
+
+
+def write_error(directory: str, limit_bytes: str) -> dict:
+    """As disk_full, without the service and with the room check defeated: the write fails inside
+    a timer flush."""
+    from recording_crash_child import messages
+
+    rec = _recorder_past_its_room_check(directory, limit_bytes, "werr")
     committed, events = {}, []
     for seq in range(100000):
         for port, msg in messages(seq):
@@ -75,23 +88,15 @@ def write_error(directory: str, limit_bytes: str) -> dict:
         if st["state"] != "recording":
             break
         committed = json.loads(json.dumps(st["committed"]))
-    return {"status": st, "committed_before_failure": committed, "files": st["files"],
-            "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
+    return _outcome(st, committed, events)
 
 
 def close_error(directory: str, limit_bytes: str) -> dict:
     """As write_error, but the failing write is the final flush of ``stop_recording()`` (it used to
     close the file normally after the failed write, and the process died of SIGSEGV later)."""
-    import mmstream.recording.writer as writer
-    from mmstream.config import RecorderSection
-    from mmstream.recording.recorder import Recorder
     from recording_crash_child import messages
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
-    writer.room_bytes = lambda path: 2**62
-    rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), "cerr", expected_streams=("a", "b"))
-    rec.start_recording()
+    rec = _recorder_past_its_room_check(directory, limit_bytes, "cerr")
     committed, events, seq = {}, [], 0
     while True:  # flush every 5 frames until the file is near the limit
         for port, msg in messages(seq):
@@ -107,9 +112,8 @@ def close_error(directory: str, limit_bytes: str) -> dict:
             events += rec.process(port, msg)
         seq += 1
     st = rec.stop_recording()
-    events += rec.process(*next(messages(seq)))  # a message after the failure: no error
-    return {"status": st, "committed_before_failure": committed, "files": st["files"],
-            "events": [[o.header.level, o.header.reason] for o in events]}  # fmt: skip
+    events += rec.process(*next(messages(seq)))  # also hands out the events stop_recording queued
+    return _outcome(st, committed, events)
 
 
 def permission(not_mine: str, mine: str) -> dict:

@@ -26,7 +26,8 @@ held-out dataset 1 MAE from 7.6 to 6.2 px; the ``oblique_ratio`` line feature (w
 Honest figures: leave-one-group-out cross-validation, groups = dataset 1 subjects (9), dataset 4
 in 5 groups of 3 images (the images' subjects are not given; neighbouring images may share one,
 so these figures may be optimistic), simulated scenes in 5 groups. Then the model is fitted on
-everything and written to ``src/mmstream/kernels/_thickness_model.py``.
+everything and written to ``src/mmstream/kernels/_thickness_model.py``. It also prints the
+ceiling of any choice: the error of the candidate pair nearest each target.
 
 Needs openpyxl (``pip install -e ".[train]"``) and ../shared/data (or env MMSTREAM_SHARED_DATA).
 
@@ -95,9 +96,16 @@ class Sample:
         return np.abs(self.rows[:, 1] - self.rows[:, 0] - self.truth_thickness)
 
     def thickness_error(self, model) -> float:
+        """Thickness error (px) of the pair ``model`` chooses."""
         if not self.ij:
             return np.inf
-        k = T._choose_pair(self.fs, self.fd, self.ij, self.gap, model)
+        return self._thickness_error_of(T._choose_pair(self.fs, self.fd, self.ij, self.gap, model))
+
+    def ceiling_error(self) -> float:
+        """Thickness error (px) of the pair nearest the target: what a perfect choice would give."""
+        return self._thickness_error_of(int(np.argmin(self.error()))) if self.ij else np.inf
+
+    def _thickness_error_of(self, k: int) -> float:
         truth = self.truth_thickness
         if truth is None:
             truth = self.truth_rows[1] - self.truth_rows[0]
@@ -219,6 +227,10 @@ def main(argv=None) -> int:
         for s in data:
             if s.group == group:
                 errors.setdefault(s.dataset, []).append(s.thickness_error(model))
+    ceiling: dict[str, list[float]] = {}
+    for s in data:
+        ceiling.setdefault(s.dataset, []).append(s.ceiling_error())
+    print("Pair nearest the target (a perfect choice among the candidates): " + summary(ceiling))
     note = f"TARGET_PX={TARGET_PX}, L2={L2}, RISK_PX={RISK_PX}, RISK_L2={RISK_L2}, {len(data)} images. Leave-one-group-out: " + summary(errors) + "."
     print(note)
     if not args.check:

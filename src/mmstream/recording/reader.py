@@ -82,8 +82,8 @@ class StreamReader:
     """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing.
 
     With ``check_rows`` (files not closed cleanly: live, crashed, failed, or crashed and then
-    cleared with ``h5clear``) a table counts at most the rows its summary committed (a flush cut
-    short can leave a longer table: its extent reaches the disk before its rows), and of those the
+    cleared with ``h5clear``) a table counts at most the rows its summary committed (a write
+    failing inside a flush leaves that flush's new extents, not its rows), and of those the
     readable prefix (a killed writer can leave the superblock's end of allocation short of rows it
     wrote; ``h5clear -s`` then cuts them): every row reported can be read, with its pixels and
     JSON header. ``counted``: the summary holds commit counts (layout 2; layout 1 files are read
