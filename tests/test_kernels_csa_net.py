@@ -27,13 +27,13 @@ def _random_params(rng, scale=0.1):
     return {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in csa_net.layer_shapes().items()}
 
 
-def _he_params(rng, gain):
+def _he_params(rng, gain, channels=None):
     """Weights of std ``gain * sqrt(2 / fan_in)``: activations keep their scale through the ten
     convolutions (logits of a few units, as a trained network's), so float32 rounding stays near
     1e-7 relative; larger gains saturate the logistic, where the float32 forward legitimately
     differs from the float64 twin by more."""
     out = {}
-    for k, s in csa_net.layer_shapes().items():
+    for k, s in csa_net.layer_shapes(channels).items():
         std = gain * np.sqrt(2.0 / np.prod(s[1:])) if len(s) > 1 else 0.3
         out[k] = (rng.standard_normal(s) * std).astype(np.float32)
     return out
@@ -108,11 +108,16 @@ def test_net_features_matches_twin(seed, n_k, n, sparse, data):
 
 
 @pytest.mark.skipif(NO_JIT, reason="numpy only, no kernel: runs in the JIT suite")
-@settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), gain=st.floats(0.6, 1.2))
-def test_forward_matches_twin(seed, gain):
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    gain=st.floats(0.6, 1.2),
+    channels=st.sampled_from([None, (4, 8), (4, 6, 8, 12), (2, 3, 4, 5, 6)]),
+)
+def test_forward_matches_twin(seed, gain, channels):
+    """The shipped depth and others: the forward pass reads its depth from the parameters."""
     rng = np.random.default_rng(seed)
-    params = _he_params(rng, gain)
+    params = _he_params(rng, gain, channels)
     x = np.stack([rng.standard_normal((N, N)), rng.random((N, N))]).astype(np.float32)
     p = csa_net.forward(params, x)
     assert p.shape == (N, N) and p.dtype == np.float32

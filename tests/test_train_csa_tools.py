@@ -1,5 +1,6 @@
 """The CSA training tools' file handling: fold networks (tools/train_csa_net.py) and the weights
-module (tools/train_csa.py). Training itself needs torch and ../shared/data and is not run here."""
+module (tools/train_csa.py); the size breakdown of tools/accuracy_nerve.py. Training itself needs
+torch and ../shared/data and is not run here."""
 
 import importlib.util
 import sys
@@ -12,6 +13,7 @@ from mmstream.errors import ReadError
 from mmstream.kernels import csa, csa_net
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import accuracy_nerve  # noqa: E402
 import train_csa  # noqa: E402
 import train_csa_net  # noqa: E402
 
@@ -117,3 +119,16 @@ def test_training_crops_line_up_with_the_run_time_input():
 
     assert diff(0, 0) < 1e-3
     assert min(diff(1, 0), diff(-1, 0), diff(0, 1), diff(0, -1)) > 5.0
+
+
+def test_by_size_groups_components_by_expert_area_quarters():
+    """Small nerves drawn 20 % too large and large ones 10 % too small: each quarter reports its own
+    median, the area ranges cover every component, and the sign says which way the outlines err."""
+    areas = [100.0, 200.0, 300.0, 400.0, 1000.0, 1100.0, 1200.0, 1300.0]
+    comps = [{"truth": {"area_px": a}} for a in areas]
+    rows = [{"dice": 0.6 + 0.05 * k, "signed_area_err": 0.2 if a < 500 else -0.1} for k, a in enumerate(areas)]
+    groups = accuracy_nerve.by_size(rows, comps)
+    assert [g["n"] for g in groups] == [2, 2, 2, 2]
+    assert groups[0]["area_px"][0] == 100.0 and groups[-1]["area_px"][1] == 1300.0
+    assert [g["signed_area_err_median"] for g in groups] == pytest.approx([0.2, 0.2, -0.1, -0.1])
+    assert [g["dice_median"] for g in groups] == pytest.approx([0.625, 0.725, 0.825, 0.925])

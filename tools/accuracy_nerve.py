@@ -9,7 +9,9 @@ pixels per frame and ``track`` follows from the one-click result; Dice against t
 
 ``--cv K``: also report K-fold cross-validated figures of the click (held-out images; each scored
 with the network trained without its fold, ``build/csa_net/k{K}/fold*.npz`` written by
-tools/train_csa_net.py, and weights refitted on the other folds by tools/train_csa.py). The shipped
+tools/train_csa_net.py, and weights refitted on the other folds by tools/train_csa.py), overall and
+by quarters of the expert area (the median signed area error shows whether outlines regress to the
+mean size). The shipped
 network and weights were trained on all these images, so the plain figures, and the tracking
 figures that start from a click, are optimistic; quote the cross-validated ones.
 
@@ -102,8 +104,26 @@ def metrics(contour_rc: np.ndarray, comp) -> dict:
     return {
         "dice": dice(pred, comp["mask"]),
         "rel_area_err": abs(float(pred.sum()) - t["area_px"]) / t["area_px"],
+        "signed_area_err": (float(pred.sum()) - t["area_px"]) / t["area_px"],
         "echo_err": abs(mean_in - t["mean_grey"]) if np.isfinite(mean_in) else 255.0,
     }
+
+
+def by_size(rows: list[dict], comps, n_groups: int = 4) -> list[dict]:
+    """Per size group (quantiles of the expert area): its area range (px^2), median Dice and median
+    signed relative area error (positive: outlines too large)."""
+    area = np.array([c["truth"]["area_px"] for c in comps], np.float64)
+    edges = np.quantile(area, np.linspace(0, 1, n_groups + 1))
+    group = np.clip(np.searchsorted(edges, area, side="right") - 1, 0, n_groups - 1)
+    out = []
+    for g in range(n_groups):
+        sel = [r for r, k in zip(rows, group, strict=True) if k == g]
+        out.append({
+            "area_px": [float(edges[g]), float(edges[g + 1])], "n": len(sel),
+            "dice_median": float(np.median([r["dice"] for r in sel])),
+            "signed_area_err_median": float(np.median([r["signed_area_err"] for r in sel])),
+        })  # fmt: skip
+    return out
 
 
 def folds_by_image(comps, k: int) -> np.ndarray:
@@ -207,6 +227,11 @@ def main(argv=None) -> int:
         cv_rows = train_csa.cross_validate(comps, args.cv)
         record[f"cv{args.cv}_held_out"] = summarize(cv_rows)
         print_table(f"{args.cv}-fold cross-validated (held-out images)", record[f"cv{args.cv}_held_out"])
+        record[f"cv{args.cv}_by_size"] = by_size(cv_rows, comps)
+        print("  by expert area (quarters): area px^2, n, median Dice, median signed area error")
+        for g in record[f"cv{args.cv}_by_size"]:
+            lo, hi = g["area_px"]
+            print(f"    {lo:7.0f}-{hi:<7.0f}{g['n']:5d}{g['dice_median']:9.3f}{g['signed_area_err_median']:+9.3f}")
     sub = comps[:: max(1, len(comps) // args.track_n)][: args.track_n]
     tr = track_eval(sub, csa.segment_from_seed, csa.track)
     record["tracking"] = tr | {"n_components": len(sub)}

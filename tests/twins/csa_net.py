@@ -54,19 +54,24 @@ def up2(x):
 
 
 def forward(params, x):
-    """Probability (NET_SIDE, NET_SIDE) of the three-level U-Net (float64 throughout)."""
+    """Probability (NET_SIDE, NET_SIDE) of the U-Net whose depth L is the number of encoder
+    blocks e1..eL in ``params`` (float64 throughout)."""
 
     def block(y, name):
         y = conv3_relu(y, params[f"{name}.0.weight"], params[f"{name}.0.bias"])
         return conv3_relu(y, params[f"{name}.1.weight"], params[f"{name}.1.bias"])
 
-    x = np.asarray(x, np.float64)
-    e1 = block(x, "e1")
-    e2 = block(max_pool2(e1), "e2")
-    e3 = block(max_pool2(e2), "e3")
-    d2 = block(np.concatenate([up2(e3), e2]), "d2")
-    d1 = block(np.concatenate([up2(d2), e1]), "d1")
-    logit = np.einsum("c,chw->hw", params["out.weight"][0].astype(np.float64), d1) + float(params["out.bias"][0])
+    depth = len({name.split(".")[0] for name in params if name.startswith("e")})
+
+    def level(y, k):
+        """Encoder block k on y, then (below the bottom) the decoder block k on [up(deeper), skip]."""
+        skip = block(y, f"e{k}")
+        if k == depth:
+            return skip
+        return block(np.concatenate([up2(level(max_pool2(skip), k + 1)), skip]), f"d{k}")
+
+    y = level(np.asarray(x, np.float64), 1)
+    logit = np.einsum("c,chw->hw", params["out.weight"][0].astype(np.float64), y) + float(params["out.bias"][0])
     return 1.0 / (1.0 + np.exp(-logit))
 
 

@@ -17,12 +17,15 @@ Network
 Input ``(2, NET_SIDE, NET_SIDE)`` float32: the grey levels of the ``CROP_PX`` square centred on the
 seed's pixel (pixels outside the image are 0), as ``POOL x POOL`` block means, ``(g -
 GREY_CENTRE) / GREY_SCALE``; and a Gaussian blob of ``SEED_SIGMA_NET_PX`` at the centre (the click). A
-three-level U-Net: at each level two 3x3 convolutions (zero padding, batch norm folded into weights
-and bias, ReLU); 2x2 max pooling down, nearest-neighbour 2x up, skip connections concatenated
-before the decoder's convolutions; a 1x1 convolution and the logistic function give the
-probability, shape ``(NET_SIDE, NET_SIDE)``. Channels ``CHANNELS`` (29,689 parameters, 119 kB in
-``mmstream/data/csa_net.npz``, float32, trained by ``tools/train_csa_net.py``). It runs in numpy:
-each convolution is nine matrix products (BLAS) over shifted views of one zero-padded buffer.
+U-Net of ``len(CHANNELS)`` levels: at each level two 3x3 convolutions (zero padding, batch norm
+folded into weights and bias, ReLU); 2x2 max pooling down, nearest-neighbour 2x up, skip
+connections concatenated before the decoder's convolutions; a 1x1 convolution and the logistic
+function give the probability, shape ``(NET_SIDE, NET_SIDE)``. Channels ``CHANNELS`` (122,041
+parameters, 489 kB in ``mmstream/data/csa_net.npz``, float32, trained by
+``tools/train_csa_net.py``). With four levels an output pixel sees the whole crop (a receptive
+field of 96 network px; 44 with three, which drew the largest nerves too small: README). It runs in
+numpy: each convolution is nine matrix products (BLAS) over shifted views of one
+zero-padded buffer.
 
 Candidate features
 ------------------
@@ -55,24 +58,29 @@ CROP_PX = 384  # image square seen around the seed (px)
 POOL = CROP_PX // NET_SIDE  # image px per network px
 SEED_SIGMA_NET_PX = 6.0  # seed blob
 GREY_CENTRE, GREY_SCALE = 60.0, 50.0  # input normalisation of grey levels
-CHANNELS = (8, 16, 32)  # U-Net channels per level
+CHANNELS = (8, 16, 32, 64)  # U-Net channels per level
 N_PROB_R = CROP_PX // 2  # radial samples of the probability (px)
 N_NET_FEATURES = 6
 _LOG_EPS = 1e-3  # log(soft Dice + _LOG_EPS)
 
 
-def layer_shapes(channels: tuple[int, int, int] = CHANNELS) -> dict[str, tuple[int, ...]]:
+def layer_shapes(channels: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every array of a network file (weights ``(out, in, 3, 3)``, biases
-    ``(out,)``; BN folded)."""
-    a, b, c = channels
-    io = {"e1": (2, a), "e2": (a, b), "e3": (b, c), "d2": (c + b, b), "d1": (b + a, a)}
+    ``(out,)``; BN folded) for a U-Net of ``len(channels)`` levels (default :data:`CHANNELS`):
+    encoder blocks ``e1 .. eL``, decoder blocks ``d{L-1} .. d1``."""
+    ch = CHANNELS if channels is None else tuple(channels)
+    io = {"e1": (2, ch[0])}
+    for k in range(1, len(ch)):
+        io[f"e{k + 1}"] = (ch[k - 1], ch[k])
+    for k in range(len(ch) - 1, 0, -1):
+        io[f"d{k}"] = (ch[k] + ch[k - 1], ch[k - 1])
     shapes = {}
     for name, (cin, cout) in io.items():
         shapes[f"{name}.0.weight"] = (cout, cin, 3, 3)
         shapes[f"{name}.0.bias"] = (cout,)
         shapes[f"{name}.1.weight"] = (cout, cout, 3, 3)
         shapes[f"{name}.1.bias"] = (cout,)
-    shapes["out.weight"] = (1, a)
+    shapes["out.weight"] = (1, ch[0])
     shapes["out.bias"] = (1,)
     return shapes
 
@@ -198,11 +206,13 @@ def _up(x: np.ndarray) -> np.ndarray:
 def forward(params: NetParams, x: np.ndarray) -> np.ndarray:
     """Nerve probability ``(NET_SIDE, NET_SIDE)`` float32 in [0, 1] of an input of
     :func:`net_input`."""
-    x1 = _block(x, params, "e1")
-    x2 = _block(_pool(x1), params, "e2")
-    x3 = _block(_pool(x2), params, "e3")
-    y = _block(np.concatenate([_up(x3), x2]), params, "d2")
-    y = _block(np.concatenate([_up(y), x1]), params, "d1")
+    levels = sum(1 for name in params if name.startswith("e") and name.endswith(".0.bias"))
+    skips = [_block(x, params, "e1")]
+    for k in range(2, levels + 1):
+        skips.append(_block(_pool(skips[-1]), params, f"e{k}"))
+    y = skips.pop()
+    for k in range(levels - 1, 0, -1):
+        y = _block(np.concatenate([_up(y), skips.pop()]), params, f"d{k}")
     logit = params["out.weight"] @ y.reshape(y.shape[0], -1) + params["out.bias"][:, None]
     return (0.5 + 0.5 * np.tanh(0.5 * logit)).reshape(NET_SIDE, NET_SIDE)  # logistic, float32
 
