@@ -195,6 +195,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, help="write the JSON record here")
     ap.add_argument("--cv", type=int, default=0, help="also K-fold cross-validate (K >= 2)")
+    ap.add_argument("--fold-dir", type=Path, help="fold networks of --cv (default: tools/train_csa_net.py's)")
     ap.add_argument("--track-n", type=int, default=40, help="components used for the tracking test")
     args = ap.parse_args(argv)
     root = require_data()
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import train_csa
 
-        cv_rows = train_csa.cross_validate(comps, args.cv)
+        fold_dir = {"fold_dir": args.fold_dir} if args.fold_dir else {}
+        cv_rows = train_csa.cross_validate(comps, args.cv, train_csa.held_out_nets(comps, args.cv, **fold_dir))
         record[f"cv{args.cv}_held_out"] = summarize(cv_rows)
         print_table(f"{args.cv}-fold cross-validated (held-out images)", record[f"cv{args.cv}_held_out"])
         record[f"cv{args.cv}_by_size"] = by_size(cv_rows, comps)

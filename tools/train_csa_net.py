@@ -18,7 +18,12 @@ export. Runs on the CPU: 7-9 min per network on one thread (four levels, 2026-11
 for all six; with one thread a retrained network is bit-for-bit the one before (checked for fold 0,
 three and four levels: maximum difference 0.0).
 
-Usage: python tools/train_csa_net.py [--epochs 100] [--folds 5] [--only fold0,...,all]
+Each network's seed is its fold index (``all``: K) plus ``--seed-offset``. The README's spread over
+seeds: ``--seed-offset 100 --fold-dir build/s100 --only fold0,fold1,fold2,fold3,fold4`` (and
+200; without ``--only`` the shipped network is retrained too), then ``tools/accuracy_nerve.py --cv 5
+--fold-dir build/s100``.
+
+Usage: python tools/train_csa_net.py [--epochs 100] [--folds 5] [--only fold0,...,all] [--seed-offset N]
 """
 
 from __future__ import annotations
@@ -177,6 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma list of fold0..fold{K-1}, all (default: every one)")
     ap.add_argument("--fold-dir", type=Path, default=FOLD_DIR)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: bit-for-bit repeatable)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="added to every network's seed (spread over seeds)")
     args = ap.parse_args(argv)
     jobs = [f"fold{f}" for f in range(args.folds)] + ["all"]
     unknown = sorted(set(filter(None, args.only.split(","))) - set(jobs))
@@ -193,7 +199,7 @@ def main(argv=None) -> int:
     for job in wanted:
         t0 = time.time()
         f = -1 if job == "all" else int(job[4:])
-        seed = args.folds if job == "all" else f
+        seed = (args.folds if job == "all" else f) + args.seed_offset
         net = train([items[i] for i in np.flatnonzero(fold != f)], args.epochs, seed)
         path = SHIPPED if job == "all" else paths[f]
         np.savez(path, **export(net))
