@@ -175,8 +175,29 @@ def test_public_net_features_matches_the_twins_chain():
         x, (r0, c0) = twin.net_input(image, seed_rc)
         ppolar = twin.prob_polar(twin.forward(params, x), seed_rc[0] - r0, seed_rc[1] - c0, s, c, csa_net.N_PROB_R)
         expected = twin.net_features(ppolar, radii)
-        got = csa_net.net_features(image, seed_rc, radii, s, c, params)
+        got = csa_net.net_features(image, seed_rc, radii, s, c, (params,))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(NO_JIT, reason="a whole forward pass per member; the kernels run in their own tests")
+def test_ensemble_features_read_the_mean_probability_of_its_members():
+    """Two members: the features of the twins' mean probability, which differ from either member's
+    own (the members' maps do differ)."""
+    rng = np.random.default_rng(12)
+    nets = (_he_params(rng, 1.0), _he_params(rng, 1.0))
+    image = rng.integers(0, 256, (300, 420)).astype(np.uint8)
+    s, c = _rays(16, 0.1)
+    radii = rng.uniform(0, 150, (5, 16))
+    seed_rc = (150.3, 200.8)
+    x, (r0, c0) = twin.net_input(image, seed_rc)
+    maps = [twin.forward(p, x) for p in nets]
+    mean = twin.prob_polar((maps[0] + maps[1]) / 2, seed_rc[0] - r0, seed_rc[1] - c0, s, c, csa_net.N_PROB_R)
+    got = csa_net.net_features(image, seed_rc, radii, s, c, nets)
+    np.testing.assert_allclose(got, twin.net_features(mean, radii), rtol=1e-4, atol=1e-6)
+    for p in nets:
+        assert np.abs(got - csa_net.net_features(image, seed_rc, radii, s, c, (p,))).max() > 1e-3
+    xf = x.astype(np.float32)
+    np.testing.assert_allclose(csa_net.probability(nets, xf), (maps[0] + maps[1]) / 2, rtol=1e-4, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------
@@ -461,14 +482,18 @@ def test_load_net_refuses_broken_archives(tmp_path, case, good):
     assert str(path) in str(info.value)
 
 
-def test_shipped_network_has_every_array():
-    assert (resources.files("mmstream") / "data" / "csa_net.npz").is_file(), "the network must ship"
-    params = csa_net.load_net()
-    assert {k: (v.shape, v.dtype) for k, v in params.items()} == {
-        k: (s, np.dtype(np.float32)) for k, s in csa_net.layer_shapes().items()
-    }
-    assert csa_net.load_net() is params  # loaded once, shared by every thread: read-only
-    assert not any(v.flags.writeable for v in params.values())
+def test_shipped_ensemble_has_every_array_of_distinct_members():
+    for name in csa_net.SHIPPED:
+        assert (resources.files("mmstream") / "data" / name).is_file(), f"{name} must ship"
+    nets = csa_net.shipped_nets()
+    assert len(nets) == len(csa_net.SHIPPED) == 2
+    for params in nets:
+        assert {k: (v.shape, v.dtype) for k, v in params.items()} == {
+            k: (s, np.dtype(np.float32)) for k, s in csa_net.layer_shapes().items()
+        }
+        assert not any(v.flags.writeable for v in params.values())
+    assert csa_net.shipped_nets() is nets  # loaded once, shared by every thread: read-only
+    assert not np.array_equal(nets[0]["out.weight"], nets[1]["out.weight"])  # two trainings, not a copy
 
 
 # ------------------------------------------------------------------------------------------
@@ -509,20 +534,21 @@ def test_exported_torch_network_matches_forward(tmp_path):
 @pytest.mark.shared_data
 @pytest.mark.skipif(NO_JIT, reason="real images: runs in the JIT suite")
 def test_shipped_network_outlines_real_nerves(shared_data):
-    """The shipped network's own mask (probability > 0.5, each network px covering POOL x POOL
+    """Each shipped member's own mask (probability > 0.5, each network px covering POOL x POOL
     crop px) against the expert mask on a fixed subset of usgra-seg (images it was trained on):
     median Dice 0.86 on 2026-11-27; a broken input, forward pass or file gives far less."""
     sys.path.insert(0, str(TOOLS))
     import accuracy_nerve as acc
 
-    params = csa_net.load_net()
-    dice = []
-    for comp in acc.load_components(shared_data)[::14][:20]:
-        x, (r0, c0) = csa_net.net_input(comp["grey"], tuple(comp["truth"]["seed_rc"]))
-        pred = csa_net.forward(params, x).repeat(csa_net.POOL, 0).repeat(csa_net.POOL, 1) > 0.5
-        truth = np.zeros_like(pred)
-        h, w = comp["mask"].shape
-        rs, cs, re, ce = max(r0, 0), max(c0, 0), min(r0 + csa_net.CROP_PX, h), min(c0 + csa_net.CROP_PX, w)
-        truth[rs - r0 : re - r0, cs - c0 : ce - c0] = comp["mask"][rs:re, cs:ce]
-        dice.append(2.0 * (pred & truth).sum() / (pred.sum() + truth.sum()))
-    assert np.median(dice) >= 0.78
+    comps = acc.load_components(shared_data)[::14][:20]
+    for params in csa_net.shipped_nets():
+        dice = []
+        for comp in comps:
+            x, (r0, c0) = csa_net.net_input(comp["grey"], tuple(comp["truth"]["seed_rc"]))
+            pred = csa_net.forward(params, x).repeat(csa_net.POOL, 0).repeat(csa_net.POOL, 1) > 0.5
+            truth = np.zeros_like(pred)
+            h, w = comp["mask"].shape
+            rs, cs, re, ce = max(r0, 0), max(c0, 0), min(r0 + csa_net.CROP_PX, h), min(c0 + csa_net.CROP_PX, w)
+            truth[rs - r0 : re - r0, cs - c0 : ce - c0] = comp["mask"][rs:re, cs:ce]
+            dice.append(2.0 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+        assert np.median(dice) >= 0.78

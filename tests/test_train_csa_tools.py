@@ -31,30 +31,35 @@ def test_held_out_nets_names_the_missing_files_and_the_command(tmp_path):
     with pytest.raises(SystemExit) as info:
         train_csa.held_out_nets(_comps(), 5, tmp_path)
     msg = str(info.value)
-    assert "fold0.npz" in msg and "tools/train_csa_net.py --folds 5" in msg
+    assert "fold0_m0.npz" in msg and "fold4_m1.npz" in msg and "tools/train_csa_net.py --folds 5 --member M" in msg
 
 
-def test_held_out_nets_gives_each_component_its_folds_network(tmp_path):
+def test_held_out_nets_gives_each_component_its_folds_ensemble(tmp_path):
     comps = _comps()
-    paths = train_csa_net.fold_paths(tmp_path, 3)
-    assert paths == [tmp_path / "k3" / f"fold{f}.npz" for f in range(3)]
-    paths[0].parent.mkdir(parents=True)
-    for f, p in enumerate(paths):
-        np.savez(p, **_params(f))
-    nets = train_csa.held_out_nets(comps, 3, tmp_path)
+    assert train_csa_net.fold_paths(tmp_path, 3, 1) == [tmp_path / "k3" / f"fold{f}_m1.npz" for f in range(3)]
+    (tmp_path / "k3").mkdir()
+    for m in (0, 1, 2):
+        for f, p in enumerate(train_csa_net.fold_paths(tmp_path, 3, m)):
+            np.savez(p, **_params(10 * m + f))
     fold = train_csa.folds_by_image(comps, 3)
-    for net, f in zip(nets, fold, strict=True):
-        np.testing.assert_array_equal(net["out.bias"], _params(f)["out.bias"])
+    for members in (None, [2], [2, 0]):
+        nets = train_csa.held_out_nets(comps, 3, tmp_path, members)
+        want = [0, 1] if members is None else members  # default: as many as csa_net.SHIPPED
+        for ens, f in zip(nets, fold, strict=True):
+            assert len(ens) == len(want)
+            for net, m in zip(ens, want, strict=True):
+                np.testing.assert_array_equal(net["out.bias"], _params(10 * m + f)["out.bias"])
     # both components of an image share a fold
     assert all(fold[2 * i] == fold[2 * i + 1] for i in range(10))
 
 
 def test_held_out_nets_refuses_a_broken_fold_file(tmp_path):
-    paths = train_csa_net.fold_paths(tmp_path, 2)
-    paths[0].parent.mkdir(parents=True)
-    np.savez(paths[0], **_params())
-    paths[1].write_bytes(b"not a network")
-    with pytest.raises(ReadError, match="fold1.npz"):
+    (tmp_path / "k2").mkdir()
+    for m in (0, 1):
+        for p in train_csa_net.fold_paths(tmp_path, 2, m):
+            np.savez(p, **_params())
+    train_csa_net.fold_paths(tmp_path, 2, 1)[1].write_bytes(b"not a network")
+    with pytest.raises(ReadError, match="fold1_m1.npz"):
         train_csa.held_out_nets(_comps(), 2, tmp_path)
 
 
@@ -91,7 +96,7 @@ def test_click_picks_the_candidate_the_trainer_scores_best():
     img = _ring_image()
     comp = {"grey": img, "truth": {"seed_rc": [210, 200]}, "mask": np.zeros(img.shape, bool)}
     comp["mask"][200:220, 190:210] = True
-    x, _ = train_csa.design([comp], [csa_net.load_net()])
+    x, _ = train_csa.design([comp], [csa_net.shipped_nets()])
     best = int(np.argmax(x[0].astype(np.float64) @ csa._click_weights()))
     res = csa.segment_from_seed(img, (210.0, 200.0))
     expected = np.stack([210.0 + csa.CAND_RADII[best] * csa.SIN_T, 200.0 + csa.CAND_RADII[best] * csa.COS_T], 1)

@@ -8,7 +8,7 @@ Tracking: the real image is shifted (integer ``np.roll``-free translation with b
 pixels per frame and ``track`` follows from the one-click result; Dice against the shifted mask.
 
 ``--cv K``: also report K-fold cross-validated figures of the click (held-out images; each scored
-with the network trained without its fold, ``build/csa_net/k{K}/fold*.npz`` written by
+with the network ensemble trained without its fold, ``build/csa_net/k{K}/fold*_m*.npz`` written by
 tools/train_csa_net.py, and weights refitted on the other folds by tools/train_csa.py), overall and
 by quarters of the expert area (the median signed area error shows whether outlines regress to the
 mean size). The shipped
@@ -196,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the JSON record here")
     ap.add_argument("--cv", type=int, default=0, help="also K-fold cross-validate (K >= 2)")
     ap.add_argument("--fold-dir", type=Path, help="fold networks of --cv (default: tools/train_csa_net.py's)")
+    ap.add_argument("--members", help="comma list of the ensemble members averaged in --cv (default: the shipped ones)")
     ap.add_argument("--track-n", type=int, default=40, help="components used for the tracking test")
     args = ap.parse_args(argv)
     root = require_data()
@@ -225,8 +226,10 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import train_csa
 
-        fold_dir = {"fold_dir": args.fold_dir} if args.fold_dir else {}
-        cv_rows = train_csa.cross_validate(comps, args.cv, train_csa.held_out_nets(comps, args.cv, **fold_dir))
+        opts = {"fold_dir": args.fold_dir} if args.fold_dir else {}
+        if args.members:
+            opts["members"] = [int(m) for m in args.members.split(",")]
+        cv_rows = train_csa.cross_validate(comps, args.cv, train_csa.held_out_nets(comps, args.cv, **opts))
         record[f"cv{args.cv}_held_out"] = summarize(cv_rows)
         print_table(f"{args.cv}-fold cross-validated (held-out images)", record[f"cv{args.cv}_held_out"])
         record[f"cv{args.cv}_by_size"] = by_size(cv_rows, comps)

@@ -144,6 +144,8 @@ def bench_size(shape, repeat: int) -> list[dict]:
     add("thickness tracking", lambda: thickness.measure_thickness(img, previous=prev_lines), {})
     add("analyze_frame tracking (all metrics)",
         lambda: analyze_frame(img, spacing_mm=f1.truth.spacing_mm, previous=first), {})  # fmt: skip
+    add("analyze_frame click, rest tracked",
+        lambda: analyze_frame(img, spacing_mm=f1.truth.spacing_mm, seed=seed, previous=first), {})  # fmt: skip
     add("analyze_frame first click (all metrics)",
         lambda: analyze_frame(img, spacing_mm=f1.truth.spacing_mm, seed=seed), {})  # fmt: skip
     return rows

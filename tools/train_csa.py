@@ -2,8 +2,9 @@
 
 For every nerve component: the outline features of all ellipse candidates around its seed (the
 kernels of mmstream.kernels.csa), shape-prior features, and the network features of
-mmstream.kernels.csa_net computed with the network trained without the component's fold (held-out
-predictions, as on a new image: ``tools/train_csa_net.py`` must have written the fold networks);
+mmstream.kernels.csa_net computed with the network ensemble trained without the component's fold
+(held-out predictions, as on a new image: ``tools/train_csa_net.py --member M`` must have written
+the fold networks of every member);
 a soft target over the candidates from their polar Dice with the expert mask (``exp((dice - max
 dice) / TAU)``); weights fitted by L-BFGS on the softmax cross-entropy with an L2 penalty. Two
 weight vectors: the click's (all features) and the tracker's (outline and shape features only).
@@ -56,14 +57,16 @@ def polar_dice(radii: np.ndarray, rt: np.ndarray) -> np.ndarray:
     return 2.0 * inter.sum(1) / ((radii**2).sum(1) + (rt**2).sum())
 
 
-def held_out_nets(comps, k: int, fold_dir: Path = train_csa_net.FOLD_DIR) -> list:
-    """Per component, the network trained without its fold (``fold_dir/k{K}/fold{f}.npz``)."""
-    paths = train_csa_net.fold_paths(fold_dir, k)
-    missing = [str(p) for p in paths if not p.is_file()]
+def held_out_nets(comps, k: int, fold_dir: Path = train_csa_net.FOLD_DIR, members=None) -> list[tuple]:
+    """Per component, the ensemble (one network per member; default: as many as the shipped
+    ensemble) trained without its fold (``fold_dir/k{K}/fold{f}_m{M}.npz``)."""
+    members = range(len(csa_net.SHIPPED)) if members is None else members
+    paths = {m: train_csa_net.fold_paths(fold_dir, k, m) for m in members}
+    missing = [str(p) for ps in paths.values() for p in ps if not p.is_file()]
     if missing:
-        sys.exit(f"error: fold networks missing ({', '.join(missing)}); run tools/train_csa_net.py --folds {k}")
-    nets = [csa_net.load_net(p) for p in paths]
-    return [nets[f] for f in folds_by_image(comps, k)]
+        sys.exit(f"error: fold networks missing ({', '.join(missing)}); run tools/train_csa_net.py --folds {k} --member M")
+    nets = {m: [csa_net.load_net(p) for p in ps] for m, ps in paths.items()}
+    return [tuple(nets[m][f] for m in members) for f in folds_by_image(comps, k)]
 
 
 def design(comps, nets):

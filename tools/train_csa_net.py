@@ -1,14 +1,15 @@
 """Train the click-conditioned nerve network of mmstream.kernels.csa_net on ../shared/data/usgra-seg.
 
 Needs torch (training only: ``pip install -e ".[train]"``, or just the CPU wheel, ``pip install torch
---index-url https://download.pytorch.org/whl/cpu``). One network
-per fold of ``tools/train_csa.py``'s folds by image (trained without that fold: its predictions on
-the fold are held out) and one on every image:
+--index-url https://download.pytorch.org/whl/cpu``). For one ensemble member ``--member M``: one
+network per fold of ``tools/train_csa.py``'s folds by image (trained without that fold: its
+predictions on the fold are held out) and one on every image:
 
-- ``--fold-dir`` (default ``build/csa_net``, not in git): ``k{K}/fold{f}.npz``, used by
+- ``--fold-dir`` (default ``build/csa_net``, not in git): ``k{K}/fold{f}_m{M}.npz``, used by
   ``tools/train_csa.py`` to fit the candidate score on held-out network features and by
   ``tools/accuracy_nerve.py --cv`` to evaluate held-out images;
-- ``src/mmstream/data/csa_net.npz``: the network trained on every image (shipped).
+- ``src/mmstream/data/csa_net_m{M}.npz``: the network trained on every image (shipped for the
+  members named in ``mmstream.kernels.csa_net.SHIPPED``).
 
 Training: per component, a ``CROP_PX`` square around the seed at ``1/POOL`` scale (the image and
 the expert mask are area-downsampled once), augmented with scale (+-15 %), left-right flip, seed
@@ -18,12 +19,11 @@ export. Runs on the CPU: 7-9 min per network on one thread (four levels, 2026-11
 for all six; with one thread a retrained network is bit-for-bit the one before (checked for fold 0,
 three and four levels: maximum difference 0.0).
 
-Each network's seed is its fold index (``all``: K) plus ``--seed-offset``. The README's spread over
-seeds: ``--seed-offset 100 --fold-dir build/s100 --only fold0,fold1,fold2,fold3,fold4`` (and
-200; without ``--only`` the shipped network is retrained too), then ``tools/accuracy_nerve.py --cv 5
---fold-dir build/s100``.
+Each network's seed is its fold index (``all``: K) plus 100 M. The shipped ensemble is members 0
+and 1; the README's member 2 (``--member 2 --only fold0,fold1,fold2,fold3,fold4``) measures the
+spread over seeds.
 
-Usage: python tools/train_csa_net.py [--epochs 100] [--folds 5] [--only fold0,...,all] [--seed-offset N]
+Usage: python tools/train_csa_net.py --member M [--epochs 100] [--folds 5] [--only fold0,...,all]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from accuracy_nerve import folds_by_image  # noqa: E402
 from mmstream.kernels import csa_net  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "src" / "mmstream" / "data" / "csa_net.npz"
+DATA_DIR = ROOT / "src" / "mmstream" / "data"
 FOLD_DIR = ROOT / "build" / "csa_net"
 BATCH = 16
 LR = 3e-3
@@ -170,9 +170,9 @@ def train(items, epochs: int, seed: int, log=print):
     return net
 
 
-def fold_paths(fold_dir: Path, k: int) -> list[Path]:
-    """Files of the K fold networks: ``fold_dir/k{K}/fold{f}.npz``."""
-    return [fold_dir / f"k{k}" / f"fold{f}.npz" for f in range(k)]
+def fold_paths(fold_dir: Path, k: int, member: int) -> list[Path]:
+    """Files of the K fold networks of ensemble member ``member``: ``fold_dir/k{K}/fold{f}_m{M}.npz``."""
+    return [fold_dir / f"k{k}" / f"fold{f}_m{member}.npz" for f in range(k)]
 
 
 def main(argv=None) -> int:
@@ -182,26 +182,29 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma list of fold0..fold{K-1}, all (default: every one)")
     ap.add_argument("--fold-dir", type=Path, default=FOLD_DIR)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: bit-for-bit repeatable)")
-    ap.add_argument("--seed-offset", type=int, default=0, help="added to every network's seed (spread over seeds)")
+    ap.add_argument("--member", type=int, required=True, help="ensemble member (seeds + 100 M)")
     args = ap.parse_args(argv)
     jobs = [f"fold{f}" for f in range(args.folds)] + ["all"]
     unknown = sorted(set(filter(None, args.only.split(","))) - set(jobs))
     if args.folds < 2 or unknown:
         ap.error(f"--folds must be >= 2 and --only a subset of {jobs} (unknown: {unknown})")
+    wanted = [j for j in jobs if not args.only or j in args.only.split(",")]
+    shipped = DATA_DIR / f"csa_net_m{args.member}.npz"
+    if args.member < 0 or ("all" in wanted and shipped.name not in csa_net.SHIPPED):
+        ap.error(f"--member must be >= 0, and one of csa_net.SHIPPED {csa_net.SHIPPED} to train 'all'")
     import torch
     torch.set_num_threads(args.threads)
     comps = acc.load_components(acc.require_data())
     fold = folds_by_image(comps, args.folds)
     items = prepare(comps)
-    wanted = [j for j in jobs if not args.only or j in args.only.split(",")]
-    paths = fold_paths(args.fold_dir, args.folds)
+    paths = fold_paths(args.fold_dir, args.folds, args.member)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for job in wanted:
         t0 = time.time()
         f = -1 if job == "all" else int(job[4:])
-        seed = (args.folds if job == "all" else f) + args.seed_offset
+        seed = (args.folds if job == "all" else f) + 100 * args.member
         net = train([items[i] for i in np.flatnonzero(fold != f)], args.epochs, seed)
-        path = SHIPPED if job == "all" else paths[f]
+        path = shipped if job == "all" else paths[f]
         np.savez(path, **export(net))
         csa_net.load_net(path)  # the file must pass the run-time checks
         print(f"{job}: {time.time() - t0:.0f} s -> {path}", flush=True)

@@ -26,8 +26,8 @@ score pick the one whose rim is most nerve-like:
 4. **Learned conditional-logit score**: one weight per candidate feature, trained by
    ``tools/train_csa.py`` (softmax over the candidates of an image, soft target from the Dice of
    each candidate against the expert mask) on ``../shared/data/usgra-seg``; the weights are a few
-   dozen floats written into :mod:`mmstream.kernels._csa_model` (the network of step 5 is the
-   one data file, ``mmstream/data/csa_net.npz``). Figures are
+   dozen floats written into :mod:`mmstream.kernels._csa_model` (the networks of step 5 are the
+   data files, ``mmstream/data/csa_net_m*.npz``). Figures are
    reported k-fold cross-validated by image (see ``tools/train_csa.py`` and
    ``tools/accuracy_nerve.py --cv``).
    At run time the weights are applied first (:func:`_polar_score`): each ray's feature maps,
@@ -652,12 +652,13 @@ def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
     return CsaContour(contour, area, perim, centroid, confidence)
 
 
-def _segment(image, seed_rc, weights, net: csa_net.NetParams) -> CsaContour:
+def _segment(image, seed_rc, weights, nets: tuple[csa_net.NetParams, ...]) -> CsaContour:
     """One click: ``weights`` are the ``N_DYNAMIC + N_STATIC`` outline weights then
-    ``N_NET_FEATURES`` weights of the network features (:mod:`mmstream.kernels.csa_net`)."""
+    ``N_NET_FEATURES`` weights of the features of the network ensemble ``nets``
+    (:mod:`mmstream.kernels.csa_net`)."""
     ws = _workspace()
     scores = _score_at(image, seed_rc[0], seed_rc[1], weights, ws)
-    scores += csa_net.net_features(image, seed_rc, CAND_RADII, SIN_T, COS_T, net) @ weights[N_OUTLINE:]
+    scores += csa_net.net_features(image, seed_rc, CAND_RADII, SIN_T, COS_T, nets) @ weights[N_OUTLINE:]
     best = int(np.argmax(scores))
     conf = _confidence(scores, CAND_RADII, best)
     return _make_contour(seed_rc[0], seed_rc[1], CAND_RADII[best], conf)
@@ -697,11 +698,11 @@ def segment_from_seed(image: np.ndarray, seed_rc: tuple[float, float]) -> CsaCon
     InputError
         Wrong type, dtype or dimensions, empty or tiny image, seed not finite or outside the image.
     ReadError
-        The installed network file (``mmstream/data/csa_net.npz``) is unreadable or damaged.
+        An installed network file (``mmstream/data/csa_net_m*.npz``) is unreadable or damaged.
     """
     image = _check_image(image)
     seed = _check_point(seed_rc, image.shape, "seed_rc")
-    return _segment(image, seed, _click_weights(), csa_net.load_net())
+    return _segment(image, seed, _click_weights(), csa_net.shipped_nets())
 
 
 def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
