@@ -101,10 +101,11 @@ def metrics(contour_rc: np.ndarray, comp) -> dict:
     pred = rasterize(contour_rc, comp["mask"].shape)
     t = comp["truth"]
     mean_in = echogenicity(comp["grey"], polygon_rc=contour_rc).mean
+    signed = (float(pred.sum()) - t["area_px"]) / t["area_px"]
     return {
         "dice": dice(pred, comp["mask"]),
-        "rel_area_err": abs(float(pred.sum()) - t["area_px"]) / t["area_px"],
-        "signed_area_err": (float(pred.sum()) - t["area_px"]) / t["area_px"],
+        "rel_area_err": abs(signed),
+        "signed_area_err": signed,
         "echo_err": abs(mean_in - t["mean_grey"]) if np.isfinite(mean_in) else 255.0,
     }
 
@@ -195,7 +196,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, help="write the JSON record here")
     ap.add_argument("--cv", type=int, default=0, help="also K-fold cross-validate (K >= 2)")
-    ap.add_argument("--fold-dir", type=Path, help="fold networks of --cv (default: tools/train_csa_net.py's)")
     ap.add_argument("--members", help="comma list of the ensemble members averaged in --cv (default: the shipped ones)")
     ap.add_argument("--track-n", type=int, default=40, help="components used for the tracking test")
     args = ap.parse_args(argv)
@@ -226,10 +226,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import train_csa
 
-        opts = {"fold_dir": args.fold_dir} if args.fold_dir else {}
-        if args.members:
-            opts["members"] = [int(m) for m in args.members.split(",")]
-        cv_rows = train_csa.cross_validate(comps, args.cv, train_csa.held_out_nets(comps, args.cv, **opts))
+        members = [int(m) for m in args.members.split(",")] if args.members else None
+        cv_rows = train_csa.cross_validate(comps, args.cv, train_csa.held_out_nets(comps, args.cv, members=members))
         record[f"cv{args.cv}_held_out"] = summarize(cv_rows)
         print_table(f"{args.cv}-fold cross-validated (held-out images)", record[f"cv{args.cv}_held_out"])
         record[f"cv{args.cv}_by_size"] = by_size(cv_rows, comps)

@@ -8,8 +8,8 @@ predictions on the fold are held out) and one on every image:
 - ``--fold-dir`` (default ``build/csa_net``, not in git): ``k{K}/fold{f}_m{M}.npz``, used by
   ``tools/train_csa.py`` to fit the candidate score on held-out network features and by
   ``tools/accuracy_nerve.py --cv`` to evaluate held-out images;
-- ``src/mmstream/data/csa_net_m{M}.npz``: the network trained on every image (shipped for the
-  members named in ``mmstream.kernels.csa_net.SHIPPED``).
+- ``src/mmstream/data/``: the network trained on every image, for the shipped members
+  (``mmstream.kernels.csa_net.SHIPPED[M]``).
 
 Training: per component, a ``CROP_PX`` square around the seed at ``1/POOL`` scale (the image and
 the expert mask are area-downsampled once), augmented with scale (+-15 %), left-right flip, seed
@@ -189,9 +189,8 @@ def main(argv=None) -> int:
     if args.folds < 2 or unknown:
         ap.error(f"--folds must be >= 2 and --only a subset of {jobs} (unknown: {unknown})")
     wanted = [j for j in jobs if not args.only or j in args.only.split(",")]
-    shipped = DATA_DIR / f"csa_net_m{args.member}.npz"
-    if args.member < 0 or ("all" in wanted and shipped.name not in csa_net.SHIPPED):
-        ap.error(f"--member must be >= 0, and one of csa_net.SHIPPED {csa_net.SHIPPED} to train 'all'")
+    if args.member < 0 or ("all" in wanted and args.member >= len(csa_net.SHIPPED)):
+        ap.error(f"--member must be >= 0, and < {len(csa_net.SHIPPED)} (csa_net.SHIPPED) to train 'all'")
     import torch
     torch.set_num_threads(args.threads)
     comps = acc.load_components(acc.require_data())
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
         f = -1 if job == "all" else int(job[4:])
         seed = (args.folds if job == "all" else f) + 100 * args.member
         net = train([items[i] for i in np.flatnonzero(fold != f)], args.epochs, seed)
-        path = shipped if job == "all" else paths[f]
+        path = DATA_DIR / csa_net.SHIPPED[args.member] if job == "all" else paths[f]
         np.savez(path, **export(net))
         csa_net.load_net(path)  # the file must pass the run-time checks
         print(f"{job}: {time.time() - t0:.0f} s -> {path}", flush=True)

@@ -23,9 +23,8 @@ connections concatenated before the decoder's convolutions; a 1x1 convolution an
 function give the probability, shape ``(NET_SIDE, NET_SIDE)``. Channels ``CHANNELS`` (122,041
 parameters, 489 kB per member in ``mmstream/data/csa_net_m*.npz``, float32, trained by
 ``tools/train_csa_net.py``). With four levels an output pixel sees the whole crop (a receptive
-field of 96 network px; 44 with three, which drew the largest nerves too small: README). It runs in
-numpy: each convolution is nine matrix products (BLAS) over shifted views of one
-zero-padded buffer.
+field of 96 network px; 44 with three). It runs in numpy: each convolution is nine matrix products
+(BLAS) over shifted views of one zero-padded buffer.
 
 Ensemble
 --------
@@ -36,9 +35,9 @@ and better (README). It costs one forward pass per member.
 
 Candidate features
 ------------------
-The probability (the ensemble's mean) is resampled along the ``N_ANGLES`` rays of :mod:`mmstream.kernels.csa` (radius
-``i + 0.5`` px, ``i < N_PROB_R``; :func:`_prob_polar`), and for every candidate outline (radius per
-ray) :func:`_net_features` gives the mass of probability inside it, in polar coordinates, and from
+The probability (the ensemble's mean) is resampled along the ``N_ANGLES`` rays of
+:mod:`mmstream.kernels.csa` (radius ``i + 0.5`` px, ``i < N_PROB_R``; :func:`_prob_polar`), and for
+every candidate outline (radius per ray) :func:`_net_features` gives the mass of probability inside it, in polar coordinates, and from
 it: soft Dice against the probability map, its log, the share of the outline's area covered
 (precision), the share of all the probability within ``N_PROB_R`` px it holds (recall), the mean
 probability on the outline, and the mean distance of that probability from 0.5.
