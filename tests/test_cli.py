@@ -79,6 +79,22 @@ def test_seed_or_roi_outside_image(capsys):
     assert code == 1 and "roi" in err
 
 
+def test_clicked_deep_line_first_frame_then_tracked(capsys, tmp_path, sim_probe):
+    frames = [sim_probe.frame(i) for i in range(3)]
+    path = tmp_path / "cine.tif"
+    assert cv2.imwritemulti(str(path), [f.image for f in frames])
+    c = frames[0].image.shape[1] // 2
+    deep = (float(frames[0].truth.deep_row[c]), float(c))
+    code, out, err = run(capsys, path, "--deep-at", *deep, "--metrics", "thickness")
+    assert code == 0, err
+    recs = records(out)
+    assert [r["thickness"]["deep_at_rc"] for r in recs] == [list(deep), None, None]
+    for r, f in zip(recs, frames):
+        assert r["thickness"]["thickness_px"] == pytest.approx(f.truth.thickness_px, abs=3.0)
+    code, out, err = run(capsys, path, PHANTOM, "--superficial-at", 5000, 10, "--metrics", "thickness")
+    assert code == 1 and out == "" and str(path) in err and "superficial_at_rc" in err  # both files refused
+
+
 def test_require_spacing(capsys):
     code, out, err = run(capsys, PHANTOM, "--require-spacing", "--metrics", "echogenicity")
     assert code == 1 and "no_spacing" in err and out == ""

@@ -117,6 +117,10 @@ def test_control_seed_and_status_over_req(graph, sim_probe):
     f0 = sim_probe.frame(0)
     rep = request(ep["control"], command="set_seed", stream_id="probe", seed_rc=f0.truth.nerve_center_rc)
     assert rep.ok and rep.data["seed_version"] == 1
+    c = f0.image.shape[1] // 2
+    deep = (float(f0.truth.deep_row[c]), float(c))
+    rep = request(ep["control"], command="set_line", stream_id="probe", line="deep", at_rc=deep)
+    assert rep.ok and rep.data["lines_version"] == 1
     time.sleep(0.2)  # slow-joiner of the subscription
     with FrameSender(ep["ingest"], "probe") as sender:
         for i in range(10):
@@ -125,6 +129,7 @@ def test_control_seed_and_status_over_req(graph, sim_probe):
             m = decode(sub.recv(timeout_ms=5000)).header
             assert m.parent == ("probe", i)
             assert m.csa.tracked == (i > 0)
+            assert m.thickness.deep_at_rc == (deep if i == 0 else None)  # the click guides the first frame only
             assert m.csa.area_mm2 == pytest.approx(m.annotations["truth_nerve_area_mm2"], rel=0.2)
     st = request(ep["control"], command="status").data
     s = st["streams"]["probe"]

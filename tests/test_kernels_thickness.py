@@ -245,6 +245,79 @@ def test_oblique_ratio_is_high_under_the_superficial_aponeurosis_only():
 
 
 # ----------------------------------------------------------------------------------------------
+# Clicked lines
+
+
+def layered_phantom(seed=10):
+    """A small flat phantom (superficial 30, deep 150) with a second muscle's aponeurosis: a bright
+    band whose top edge (dark-to-bright, a deep-type edge) is at row 90."""
+    img, _, _ = phantom(shape=(200, 240), sup=(30.0, 30.0), deep=(150.0, 150.0), seed=seed)
+    img[90:96] = np.clip(img[90:96].astype(np.int64) * 3, 0, 255).astype(np.uint8)
+    return img
+
+
+@pytest.mark.parametrize("deep_row", [90.0, 150.0])
+def test_a_click_on_a_deep_edge_makes_it_the_deep_line(deep_row):
+    """Two muscles: a click on either deep-type edge makes it the deep line; the superficial line
+    is then one of the superficial-type edges above it (rows 30 and 96)."""
+    img = layered_phantom()
+    res = tk.measure_thickness(img, deep_at_rc=(deep_row + 3.0, 50.0))
+    above = [r for r in (30.0, 96.0) if r < deep_row]
+    for col in (10.0, 120.0, 230.0):
+        assert row_at(res.deep_rc, col) == pytest.approx(deep_row, abs=2.0)
+        assert min(abs(row_at(res.superficial_rc, col) - r) for r in above) <= 2.0
+
+
+def test_a_click_on_a_superficial_edge_and_both_clicks():
+    img = layered_phantom()
+    res = tk.measure_thickness(img, superficial_at_rc=(96.0, 150.0))  # the band's lower edge
+    assert row_at(res.superficial_rc, 120) == pytest.approx(96.0, abs=2.0)
+    assert row_at(res.deep_rc, 120) == pytest.approx(150.0, abs=2.0)  # the only deep edge below it
+    res = tk.measure_thickness(img, superficial_at_rc=(31.0, 20.0), deep_at_rc=(152.0, 200.0))
+    assert res.thickness_px == pytest.approx(120.0, abs=2.0)  # both muscles: the clicks decide
+
+
+def test_a_clicked_tilted_line_is_followed_to_both_ends():
+    img, s, d = phantom(shape=(200, 240), sup=(25.0, 40.0), deep=(160.0, 135.0), seed=11)
+    res = tk.measure_thickness(img, deep_at_rc=(d(120.0), 120.0))
+    for col in (6.0, 120.0, 234.0):
+        assert row_at(res.deep_rc, col) == pytest.approx(d(col), abs=2.0)
+        assert row_at(res.superficial_rc, col) == pytest.approx(s(col), abs=2.0)
+
+
+def test_a_click_overrides_tracking_and_stays_near_a_featureless_click():
+    img = layered_phantom()
+    auto = tk.measure_thickness(img)
+    res = tk.measure_thickness(img, previous=auto, deep_at_rc=(91.0, 120.0))
+    assert row_at(res.deep_rc, 120) == pytest.approx(90.0, abs=2.0)
+    flat = np.full((120, 160), 80, np.uint8)  # no edge anywhere: the lines stay near the clicks
+    res = tk.measure_thickness(flat, superficial_at_rc=(20.0, 80.0), deep_at_rc=(90.0, 80.0))
+    assert abs(row_at(res.superficial_rc, 80) - 20.0) <= tk.GUIDE_HALF + 1
+    assert abs(row_at(res.deep_rc, 80) - 90.0) <= tk.GUIDE_HALF + 1
+    assert res.confidence == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"deep_at_rc": (float("nan"), 10.0)}, "not finite"),
+        ({"deep_at_rc": (10.0, float("inf"))}, "not finite"),
+        ({"deep_at_rc": ("a", 3)}, "pair of numbers"),
+        ({"deep_at_rc": (1.0, 2.0, 3.0)}, "pair of numbers"),
+        ({"superficial_at_rc": 5.0}, "pair of numbers"),
+        ({"deep_at_rc": (100.0, 50.0)}, "outside the analysed region"),
+        ({"deep_at_rc": (-1.0, 50.0)}, "outside the analysed region"),
+        ({"superficial_at_rc": (50.0, 10.0), "roi": (0, 20, 100, 100)}, "outside the analysed region"),
+        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (40.0, 50.0)}, "below"),
+        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (60.0, 70.0)}, "below"),
+    ],
+)
+def test_bad_clicks(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        tk.measure_thickness(np.zeros((100, 100), np.uint8), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input
 
 

@@ -130,6 +130,43 @@ def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
     assert isinstance(m.header, Metrics) and m.header.csa is None
 
 
+def test_analyzer_line_clicks_guide_once_keep_the_other_line_and_clear(sim_frames):
+    from mmstream.analysis import analyze_frame
+
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    f = sim_frames
+    c = float(f[0].image.shape[1] // 2)
+    click = (float(f[0].truth.deep_row[int(c)]) + 1.0, c)
+    settings.update("s1", deep_at_rc=click)
+    (m0,) = an.process("frames", frame_msg(0, f[0].image))
+    t0 = m0.header.thickness
+    assert t0.deep_at_rc == click and t0.superficial_at_rc is None
+    assert t0.thickness_px == pytest.approx(f[0].truth.thickness_px, abs=3.0)
+    (m1,) = an.process("frames", frame_msg(1, f[1].image))
+    assert m1.header.thickness.deep_at_rc is None  # tracked
+    deep1 = m1.arrays[list(b.name for b in m1.header.buffers).index("deep_rc")]
+    # a later click on the other line: the deep line passes where it is now, not at the old click
+    sup_click = (float(f[2].truth.superficial_row[int(c)]), c)
+    settings.update("s1", superficial_at_rc=sup_click)
+    (m2,) = an.process("frames", frame_msg(2, f[2].image))
+    t2 = m2.header.thickness
+    assert t2.superficial_at_rc == sup_click
+    assert t2.deep_at_rc == pytest.approx((float(np.interp(c, deep1[:, 1], deep1[:, 0])), c), abs=0.01)
+    assert t2.thickness_px == pytest.approx(f[2].truth.thickness_px, abs=3.0)
+    # both cleared: found afresh, as without any previous frame
+    settings.update("s1", superficial_at_rc=None, deep_at_rc=None)
+    (m3,) = an.process("frames", frame_msg(3, f[3].image))
+    fresh = analyze_frame(f[3].image, metrics=["thickness"]).thickness
+    assert m3.header.thickness.thickness_px == fresh.thickness_px and m3.header.thickness.deep_at_rc is None
+    # a click outside the analysed region: a warning event, then the stream goes on
+    settings.update("s1", deep_at_rc=(5000.0, c))
+    (ev,) = an.process("frames", frame_msg(4, f[4].image))
+    assert isinstance(ev.header, Event) and ev.header.level == "warning" and "deep_at_rc" in ev.header.message
+    (m5,) = an.process("frames", frame_msg(5, f[5].image))
+    assert isinstance(m5.header, Metrics) and m5.header.thickness is not None
+
+
 def test_analyzer_metric_selection_and_context(sim_frames):
     settings = StreamSettings()
     settings.update("s1", metrics=("echogenicity",), clinical=ClinicalContext(site="tibialis_anterior", side="left"))
@@ -152,8 +189,15 @@ def test_control_commands_update_settings():
     assert ev.header.reason == "set_seed"
     ctl.process("requests", control_msg(command="set_roi", stream_id="p", roi=(1, 2, 30, 40)))
     ctl.process("requests", control_msg(command="set_metrics", stream_id="p", metrics=("csa",)))
+    (rep, _) = ctl.process("requests", control_msg(command="set_line", stream_id="p", line="deep", at_rc=(9.0, 3.0)))
+    assert rep.header.ok and rep.header.data["lines_version"] == 1 and rep.header.data["seed_version"] == 1
+    ctl.process("requests", control_msg(command="set_line", stream_id="p", line="superficial", at_rc=(2.0, 3.0)))
     cfg = settings.get("p")
     assert cfg.seed_rc == (1.0, 2.0) and cfg.roi == (1, 2, 30, 40) and cfg.metrics == ("csa",)
+    assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.lines_version) == ((2.0, 3.0), (9.0, 3.0), 2)
+    ctl.process("requests", control_msg(command="set_line", stream_id="p", line="deep", at_rc=None))
+    cfg = settings.get("p")
+    assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.lines_version) == ((2.0, 3.0), None, 3)
     (rep,) = ctl.process("requests", control_msg(command="status"))
     assert rep.header.data == {"ok": 1}
 
@@ -172,6 +216,11 @@ def test_control_answers_undecodable_requests():
         {"command": "set_metrics", "stream_id": "p", "metrics": ()},
         {"command": "set_roi", "stream_id": "p", "roi": (10, 10, 5, 20)},
         {"command": "set_context", "stream_id": "p"},
+        {"command": "set_line", "stream_id": "p", "at_rc": (1.0, 2.0)},  # which line?
+        {"command": "set_line", "stream_id": "p", "line": "middle", "at_rc": (1.0, 2.0)},
+        {"command": "set_line", "stream_id": "p", "line": "deep", "at_rc": (float("nan"), 2.0)},
+        {"command": "set_line", "stream_id": "p", "line": "deep", "at_rc": (1.0, 2.0, 3.0)},
+        {"command": "set_line", "line": "deep", "at_rc": (1.0, 2.0)},  # no stream
         {"command": "reboot"},
     ],
 )

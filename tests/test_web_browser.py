@@ -1,8 +1,9 @@
 """The live view in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no
 browser is ever downloaded): the page loads under its Content-Security-Policy, frames advance, a click
 on the nerve places the seed and the contour appears there, a drag sets the ROI, a touch tap works,
-context and capture, a stream without spacing shows pixels and says so; screenshots are saved under
-``artifacts/webview/`` (git-ignored) and their paths printed."""
+tapping in a line mode sets that thickness line's click, context and capture, a stream without
+spacing shows pixels and says so; screenshots are saved under ``artifacts/webview/`` (git-ignored)
+and their paths printed."""
 
 import json
 import os
@@ -172,6 +173,35 @@ def test_drag_sets_the_roi_and_touch_tap_sets_the_seed(svc, page):
     page.touchscreen.tap(*client_point(page, row, col))
     wait_for(lambda: svc.graph.settings.get("sim").seed_version > version, what="the seed from a touch tap")
     assert np.allclose(svc.graph.settings.get("sim").seed_rc, (row, col), atol=4)  # as for the click
+
+
+def line_point(pg, line: str) -> tuple[float, float]:
+    """(row, col) of the middle point of the boundary line ``line`` ("superficial" or "deep") now."""
+    return tuple(pg.evaluate(f"(l => l[l.length >> 1])(window.mmstreamView.metrics.{line}_rc)"))
+
+
+def test_tap_modes_set_the_thickness_lines_and_clear_lines_resets_them(svc, page):
+    settings = lambda: svc.graph.settings.get("sim")  # noqa: E731
+    before = settings()
+    assert page.get_by_role("radio", name="CSA seed").is_checked()  # the default
+    page.get_by_text("Deep line").click()
+    row, col = line_point(page, "deep")
+    page.mouse.click(*client_point(page, row, col))
+    wait_for(lambda: settings().deep_at_rc, what="the deep line click")
+    assert np.allclose(settings().deep_at_rc, (row, col), atol=1) and settings().superficial_at_rc is None
+    assert settings().seed_version == before.seed_version and settings().lines_version == before.lines_version + 1
+    page.get_by_role("radio", name="Deep line").focus()
+    page.keyboard.press("ArrowLeft")  # keyboard: the arrow keys move the choice
+    assert page.get_by_role("radio", name="Superficial line").is_checked()
+    row, col = line_point(page, "superficial")
+    page.touchscreen.tap(*client_point(page, row, col))
+    wait_for(lambda: settings().superficial_at_rc, what="the superficial line tap")
+    assert np.allclose(settings().superficial_at_rc, (row, col), atol=1) and settings().deep_at_rc is not None
+    shot(page, "line-clicks")
+    page.locator("#clear-lines").click()
+    wait_for(lambda: settings().lines_version == before.lines_version + 4, what="both lines cleared")
+    assert settings().superficial_at_rc is None and settings().deep_at_rc is None
+    assert settings().seed_version == before.seed_version and settings().roi == before.roi  # taps never set those
 
 
 def test_context_capture_and_the_fusion_card(svc, page):

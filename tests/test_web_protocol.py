@@ -41,6 +41,23 @@ MAX = 4096
         ('{"cmd": "set_seed", "seed_rc": [-1, 20]}', "invalid_command"),
         ('{"cmd": "set_seed", "seed_rc": [1, 2, 3]}', "invalid_command"),
         ('{"cmd": "set_seed"}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "middle", "at_rc": [100, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": ["deep"], "at_rc": [100, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "DEEP", "at_rc": [100, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [1, 2, 3]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [1]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [NaN, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [20, -Infinity]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": ["100", 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": "100,20"}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [1e300, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [100, 16385]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [-0.5, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": {"row": 1, "col": 2}}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep", "at_rc": [100, 20], "stream_id": "other"}', "invalid_command"),
+        ('{"cmd": "set_line", "at_rc": [100, 20]}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "deep"}', "invalid_command"),
+        ('{"cmd": "set_line", "line": null, "at_rc": null}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": [0, 0, 10.5, 10]}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": [0, 0, 1e9, 10]}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": "0,0,10,10"}', "invalid_command"),
@@ -65,6 +82,10 @@ def test_valid_commands_parse_to_typed_models():
     seed = parse_command('{"cmd": "set_seed", "seed_rc": [290, 200.5], "id": 3}', MAX)
     assert seed.seed_rc == (290.0, 200.5) and seed.id == 3
     assert parse_command('{"cmd": "set_seed", "seed_rc": null}', MAX).seed_rc is None
+    line = parse_command('{"cmd": "set_line", "line": "deep", "at_rc": [310.5, 200], "id": 4}', MAX)
+    assert (line.cmd, line.line, line.at_rc, line.id) == ("set_line", "deep", (310.5, 200.0), 4)
+    cleared = parse_command('{"cmd": "set_line", "line": "superficial", "at_rc": null}', MAX)
+    assert cleared.line == "superficial" and cleared.at_rc is None
     assert parse_command('{"cmd": "set_roi", "roi": [1, 2, 30, 40]}', MAX).roi == (1, 2, 30, 40)
     ctx = parse_command('{"cmd": "set_context", "clinical": {"patient_id": "P-01", "site": "tibialis_anterior", "side": "left"}}', MAX)
     assert ctx.clinical.side == "left"

@@ -153,6 +153,51 @@ def test_seed_roi_and_context_reach_the_service(svc, page):
     assert ctx["clinical"]["site"] == "median_nerve" and svc.graph.settings.get("sim").clinical.patient_id == "PSEUDO-7"
 
 
+def test_line_clicks_reach_the_service_and_null_clears_them(svc, page):
+    settings = lambda: svc.graph.settings.get("sim")  # noqa: E731
+    rejected = lambda: svc.graph.status()["web"]["rejected"].get("outside_image", 0)  # noqa: E731
+    recv_until(page, lambda m: isinstance(m, bytes))  # a frame is shown: its shape (512x512) bounds the click
+    before, outside = settings(), rejected()
+    for k, at in enumerate(([512, 20], [20, 512.5], [16000, 16000])):
+        page.send(json.dumps({"cmd": "set_line", "line": "deep", "at_rc": at, "id": 10 + k}))
+        rep = recv_until(page, is_type("reply"))
+        assert (rep["ok"], rep["reason"], rep["id"], rep["cmd"]) == (False, "outside_image", 10 + k, "set_line")
+    assert rejected() == outside + 3 and settings() == before  # counted, and nothing reached the service
+    page.send(json.dumps({"cmd": "set_line", "line": "deep", "at_rc": [350.5, 256], "id": 20}))
+    rep = recv_until(page, is_type("reply"))
+    assert rep["ok"] and rep["id"] == 20 and rep["data"]["lines_version"] == before.lines_version + 1
+    cfg = settings()
+    assert cfg.deep_at_rc == (350.5, 256.0) and cfg.superficial_at_rc == before.superficial_at_rc
+    assert cfg.seed_version == before.seed_version and cfg.lines_version == before.lines_version + 1
+    page.send(json.dumps({"cmd": "set_line", "line": "superficial", "at_rc": [120, 300], "id": 21}))
+    assert recv_until(page, is_type("reply"))["ok"]
+    assert settings().superficial_at_rc == (120.0, 300.0) and settings().deep_at_rc == (350.5, 256.0)
+    for k, line in enumerate(("superficial", "deep")):
+        page.send(json.dumps({"cmd": "set_line", "line": line, "at_rc": None, "id": 30 + k}))
+        rep = recv_until(page, is_type("reply"))
+        assert rep["ok"] and rep["id"] == 30 + k
+    cfg = settings()
+    assert cfg.superficial_at_rc is None and cfg.deep_at_rc is None and cfg.lines_version == before.lines_version + 4
+    seq = recv_until(page, is_type("metrics"))["seq"]
+    ov = recv_until(page, lambda m: is_type("metrics")(m) and m["seq"] > seq + 2)  # found automatically again
+    assert ov["thickness"]["thickness_mm"] > 0 and ov["thickness"]["deep_at_rc"] is None and ov["deep_rc"]
+
+
+def test_point_commands_before_any_frame_are_refused():
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0})  # no source: nothing to click on
+    with Service(cfg) as svc, connect(ws_url(svc)) as ws:
+        ws.send(json.dumps({"cmd": "hello"}))
+        recv_until(ws, is_type("hello"))
+        points = ({"cmd": "set_seed", "seed_rc": [10, 10]}, {"cmd": "set_line", "line": "deep", "at_rc": [10, 10]})
+        for k, cmd in enumerate(points):
+            ws.send(json.dumps({**cmd, "id": k}))
+            rep = recv_until(ws, is_type("reply"))
+            assert (rep["ok"], rep["reason"], rep["id"]) == (False, "no_frame", k)
+        ws.send(json.dumps({"cmd": "set_line", "line": "deep", "at_rc": None, "id": 5}))  # needs no frame, but a stream
+        rep = recv_until(ws, is_type("reply"))
+        assert (rep["ok"], rep["reason"], rep["id"]) == (False, "no_stream", 5)
+
+
 def test_capture_goes_to_the_service_and_the_page_sees_the_captured_frames(svc, page):
     from mmstream.codec import decode
     from mmstream.transport import make_socket

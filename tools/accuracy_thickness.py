@@ -15,7 +15,10 @@ same image) per image, median over images, one thread.
 Shared data: ``../shared/data`` beside the project root, or env ``MMSTREAM_SHARED_DATA``.
 Exit status 2 with a message when the data are absent.
 
-    python tools/accuracy_thickness.py [--json out.json] [--limit N]
+With ``--clicks`` (dataset 1, needs openpyxl): the thickness measured from each observer's clicks
+on the lines, against the other two observers (:func:`evaluate_clicked`).
+
+    python tools/accuracy_thickness.py [--json out.json] [--limit N] [--clicks]
 """
 
 from __future__ import annotations
@@ -55,6 +58,22 @@ def load_grey(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.array(im.convert("L"), dtype=np.uint8, order="C")
+
+
+def dataset1_observer_rows(root: Path) -> dict[str, list[tuple[float, float]]]:
+    """path -> [(superficial row, deep row)] of each observer who measured the dataset 1 image
+    (``spoint``/``dpoint`` of sheets TZ, EM, BH of ``dataset1_for_manual_estimation.xlsx``;
+    needs openpyxl: ``pip install -e ".[train]"``)."""
+    import openpyxl
+
+    wb = openpyxl.load_workbook(root / "timtrack/dataset1_VL/dataset1_for_manual_estimation.xlsx", data_only=True)
+    rows: dict[str, list] = {}
+    for sheet in ("TZ", "EM", "BH"):
+        for row in list(wb[sheet].iter_rows(values_only=True))[1:]:
+            s, leg, name, _, _, sp, dp = row[:7]
+            if s is not None:
+                rows.setdefault(f"timtrack/dataset1_VL/S{s}/S{s}_{leg}20_step_{int(name):03d}.png", []).append((sp, dp))
+    return rows
 
 
 def line_row_at(poly: np.ndarray, col: float) -> float:
@@ -138,11 +157,50 @@ def evaluate(root: Path, limit: int | None = None, timing: bool = True) -> dict:
     return {"summary": summary, "images": rows, "fail_px": FAIL_PX}
 
 
+CLICKS = {"both lines": ("superficial", "deep"), "deep line": ("deep",)}
+
+
+def evaluate_clicked(root: Path, limit: int | None = None) -> dict:
+    """Thickness from an observer's clicks, against the other two observers.
+
+    For every dataset 1 image and every observer: ``measure_thickness`` with that observer's
+    point on the lines of each ``CLICKS`` variant (``superficial_at_rc`` / ``deep_at_rc`` at
+    ``measure_at_col``; the other line is chosen automatically), then the thickness read at that
+    column against the mean of the other two observers. On the same basis, the observer's own
+    thickness against the other two is the human disagreement. A click settles which line;
+    mmstream still places it on the edge."""
+    from mmstream.kernels.thickness import measure_thickness
+
+    truth = json.loads((root / "truth" / "thickness.json").read_text())
+    observers = dataset1_observer_rows(root)
+    recs = [r for r in truth["images"] if len(observers.get(r["path"], ())) == 3][:limit]
+    errors: dict[str, list[float]] = {name: [] for name in (*CLICKS, "observer")}
+    for rec in recs:
+        img = load_grey(root / rec["path"])
+        col = rec["measure_at_col"]
+        obs = np.asarray(observers[rec["path"]], np.float64)
+        for o in range(3):
+            others = float(np.delete(obs[:, 1] - obs[:, 0], o).mean())
+            at = {"superficial": (obs[o, 0], col), "deep": (obs[o, 1], col)}
+            for name, lines in CLICKS.items():
+                res = measure_thickness(img, **{f"{line}_at_rc": at[line] for line in lines})
+                errors[name].append(line_row_at(res.deep_rc, col) - line_row_at(res.superficial_rc, col) - others)
+            errors["observer"].append(obs[o, 1] - obs[o, 0] - others)
+    summary = {}
+    for name, e in errors.items():
+        a = np.abs(e)
+        summary[name] = {"n": int(a.size), "mae_px": float(a.mean()), "median_px": float(np.median(a)),
+                         "failures": int((a > FAIL_PX).sum())}  # fmt: skip
+    return {"images": len(recs), "summary": summary, "fail_px": FAIL_PX}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, help="write the full record (per image) to this file")
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--worst", type=int, default=0, help="list the N worst images")
+    ap.add_argument("--clicks", action="store_true",
+                    help="also measure from each observer's clicks on the lines (dataset 1; needs openpyxl)")  # fmt: skip
     args = ap.parse_args(argv)
     root = require_data()
     out = evaluate(root, args.limit)
@@ -162,6 +220,13 @@ def main(argv=None) -> int:
     if args.worst:
         for r in sorted(out["images"], key=lambda r: -abs(r["err_px"]))[: args.worst]:
             print(f"  {r['path']:<60} err {r['err_px']:+7.1f}  conf {r['confidence']:.2f}")
+    if args.clicks:
+        out["clicked"] = evaluate_clicked(root, args.limit)
+        print(f"\ndataset 1 from one observer's clicks, against the other two ({out['clicked']['images']} images x 3):")
+        print(f"{'clicked':<28}{'n':>4}{'MAE':>7}{'med':>7}{'fail':>6}")
+        for name, s in out["clicked"]["summary"].items():
+            label = "none (the observer's own)" if name == "observer" else name
+            print(f"{label:<28}{s['n']:>4}{s['mae_px']:>7.2f}{s['median_px']:>7.2f}{s['failures']:>6}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -142,6 +142,8 @@ def bench_size(shape, repeat: int) -> list[dict]:
     add("csa tracking", lambda: csa.track(img, prev_contour), {})
     add("thickness first frame", lambda: thickness.measure_thickness(img), peers_thickness(img))
     add("thickness tracking", lambda: thickness.measure_thickness(img, previous=prev_lines), {})
+    deep_at = (float(f1.truth.deep_row[w // 2]), float(w // 2))
+    add("thickness from a click on the deep line", lambda: thickness.measure_thickness(img, deep_at_rc=deep_at), {})
     add("analyze_frame tracking (all metrics)",
         lambda: analyze_frame(img, spacing_mm=f1.truth.spacing_mm, previous=first), {})  # fmt: skip
     add("analyze_frame click, rest tracked",

@@ -45,7 +45,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_thickness import load_grey, require_data  # noqa: E402
+from accuracy_thickness import dataset1_observer_rows, load_grey, require_data  # noqa: E402
 
 import mmstream.kernels.thickness as T  # noqa: E402
 
@@ -59,16 +59,7 @@ MODEL_PATH = Path(__file__).resolve().parents[1] / "src" / "mmstream" / "kernels
 
 def dataset1_rows(root: Path) -> dict[str, tuple[float, float]]:
     """path -> (mean superficial row, mean deep row) over the three observers of dataset 1."""
-    import openpyxl
-
-    wb = openpyxl.load_workbook(root / "timtrack/dataset1_VL/dataset1_for_manual_estimation.xlsx", data_only=True)
-    rows: dict[str, list] = {}
-    for sheet in ("TZ", "EM", "BH"):
-        for row in list(wb[sheet].iter_rows(values_only=True))[1:]:
-            s, leg, name, _, _, sp, dp = row[:7]
-            if s is not None:
-                rows.setdefault(f"timtrack/dataset1_VL/S{s}/S{s}_{leg}20_step_{int(name):03d}.png", []).append((sp, dp))
-    return {k: tuple(np.mean(v, axis=0)) for k, v in rows.items()}
+    return {k: tuple(np.mean(v, axis=0)) for k, v in dataset1_observer_rows(root).items()}
 
 
 class Sample:

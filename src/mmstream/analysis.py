@@ -70,7 +70,9 @@ class CsaResult(_Model):
 
 
 class ThicknessResult(_Model):
-    """Muscle thickness: vertical distance between the superficial and deep boundary lines."""
+    """Muscle thickness: vertical distance between the superficial and deep boundary lines.
+    ``superficial_at_rc`` / ``deep_at_rc``: the clicks the lines were drawn through on this frame
+    (null when the line was found automatically or tracked)."""
 
     region_rc: tuple[int, int, int, int]
     thickness_px: float
@@ -78,6 +80,8 @@ class ThicknessResult(_Model):
     superficial_rc: Points
     deep_rc: Points
     confidence: float
+    superficial_at_rc: tuple[float, float] | None = None
+    deep_at_rc: tuple[float, float] | None = None
 
 
 class QualityResult(_Model):
@@ -184,6 +188,8 @@ def analyze_frame(
     previous: FrameAnalysis | None = None,
     metrics: Iterable[Metric] = METRICS,
     *,
+    superficial_at_rc: tuple[float, float] | None = None,
+    deep_at_rc: tuple[float, float] | None = None,
     echo_region: EchoRegion = "auto",
     quality_limits: quality_k.QualityLimits = quality_k.QualityLimits(),
 ) -> FrameAnalysis:
@@ -204,6 +210,10 @@ def analyze_frame(
     previous : FrameAnalysis, optional
         The result for the previous frame of the same stream.
     metrics : iterable of {"echogenicity", "csa", "thickness", "quality"}
+    superficial_at_rc, deep_at_rc : (row, col), optional
+        A click on the superficial or deep aponeurosis: the thickness line passes through it
+        and only the other line is chosen (see :mod:`mmstream.kernels.thickness`). A new click
+        starts the lines afresh; without one they are tracked from ``previous``.
     echo_region : {"auto", "roi", "csa", "frame"}
         Region of the echogenicity statistics; "auto" takes the ROI when given, else the CSA
         contour when there is one, else the whole frame.
@@ -215,7 +225,7 @@ def analyze_frame(
     Raises
     ------
     InputError
-        Bad frame, ROI, seed, metric name or region.
+        Bad frame, ROI, seed, line click, metric name or region.
     SpacingError
         Spacing given but not two finite values > 0.
     """
@@ -275,7 +285,9 @@ def analyze_frame(
             roi_t is None or tuple(previous.thickness.region_rc) == roi_t
         ):
             prev_lines = _previous_lines(previous.thickness)
-        lines = thickness_k.measure_thickness(frame, roi=roi_t, previous=prev_lines)
+        lines = thickness_k.measure_thickness(
+            frame, roi=roi_t, previous=prev_lines, superficial_at_rc=superficial_at_rc, deep_at_rc=deep_at_rc
+        )
         thick = ThicknessResult(
             region_rc=lines.region_rc,
             thickness_px=lines.thickness_px,
@@ -283,6 +295,8 @@ def analyze_frame(
             superficial_rc=lines.superficial_rc,
             deep_rc=lines.deep_rc,
             confidence=lines.confidence,
+            superficial_at_rc=superficial_at_rc,
+            deep_at_rc=deep_at_rc,
         )
 
     qual = None

@@ -53,7 +53,8 @@ def _record(source: str, frame, res: FrameAnalysis) -> dict:
             mode="json", include={"area_px", "area_mm2", "perimeter_px", "perimeter_mm", "centroid_rc", "contour_rc", "confidence", "tracked"}
         ),
         "thickness": None if t is None else t.model_dump(
-            mode="json", include={"thickness_px", "thickness_mm", "superficial_rc", "deep_rc", "confidence", "region_rc"}
+            mode="json", include={"thickness_px", "thickness_mm", "superficial_rc", "deep_rc", "confidence", "region_rc",
+                                  "superficial_at_rc", "deep_at_rc"}
         ),
         "quality": None if q is None else q.model_dump(mode="json"),
     }  # fmt: skip
@@ -100,6 +101,8 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
             seed=args.seed if i == 0 else None,
             previous=previous,
             metrics=args.metrics,
+            superficial_at_rc=args.superficial_at if i == 0 else None,
+            deep_at_rc=args.deep_at if i == 0 else None,
         )
         previous = res
         yield _record(str(path), frame, res)
@@ -329,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end-exclusive rectangle (echogenicity region, thickness search region)")  # fmt: skip
     a.add_argument("--seed", nargs=2, type=float, metavar=("R", "C"),
                    help="a point inside the nerve or muscle whose CSA is wanted (first frame; tracked after)")  # fmt: skip
+    for line in ("superficial", "deep"):
+        a.add_argument(f"--{line}-at", nargs=2, type=float, metavar=("R", "C"),
+                       help=f"a point on the {line} aponeurosis: the thickness line passes through it "
+                            "(first frame; tracked after)")  # fmt: skip
     a.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                    default=list(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")  # fmt: skip
     a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")

@@ -162,6 +162,9 @@ class ThicknessSummary(_Model):
     thickness_px: float
     thickness_mm: float | None
     confidence: float
+    # the user's clicks the lines were drawn through on this frame (null: found automatically or tracked)
+    superficial_at_rc: tuple[float, float] | None = None
+    deep_at_rc: tuple[float, float] | None = None
 
 
 class QualitySummary(_Model):
@@ -209,7 +212,9 @@ class Event(_Header):
 class Control(_Header):
     """A request to the control endpoint. ``command`` decides which arguments apply:
 
-    ``set_seed`` (seed_rc; None clears), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
+    ``set_seed`` (seed_rc; None clears), ``set_line`` (line, at_rc: a click on the superficial or
+    deep aponeurosis that the thickness line must pass through; None clears it, and with both
+    cleared the lines are found automatically again), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
     protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
     ``record_stop`` (a new session file per start; ``docs/recording.md``).
@@ -217,19 +222,24 @@ class Control(_Header):
 
     msg_type: Literal["control"] = "control"
     command: Literal[
-        "set_seed", "set_roi", "set_metrics", "set_context", "capture", "status", "ping", "record_start", "record_stop",
+        "set_seed", "set_line", "set_roi", "set_metrics", "set_context", "capture", "status", "ping", "record_start",
+        "record_stop",
     ]  # fmt: skip
     stream_id: Identifier | None = None
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
+    line: Literal["superficial", "deep"] | None = None
+    at_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     roi: tuple[int, int, int, int] | None = None
     metrics: tuple[Metric, ...] | None = None
     clinical: ClinicalContext | None = None
 
     @model_validator(mode="after")
     def _arguments_fit_command(self):
-        per_stream = {"set_seed", "set_roi", "set_metrics", "set_context", "capture"}
+        per_stream = {"set_seed", "set_line", "set_roi", "set_metrics", "set_context", "capture"}
         if self.command in per_stream and self.stream_id is None:
             raise ValueError(f"{self.command} needs a stream_id")
+        if self.command == "set_line" and self.line is None:
+            raise ValueError("set_line needs line ('superficial' or 'deep')")
         if self.command == "set_metrics" and not self.metrics:
             raise ValueError("set_metrics needs a non-empty metrics list")
         if self.command == "set_context" and self.clinical is None:

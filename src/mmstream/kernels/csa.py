@@ -64,6 +64,7 @@ from numba import types as _nbt
 from mmstream.errors import InputError
 from mmstream.kernels import csa_net
 from mmstream.kernels._jit import kernel
+from mmstream.kernels._points import check_point
 
 __all__ = ["CsaContour", "segment_from_seed", "track"]
 
@@ -517,12 +518,7 @@ def _check_image(image) -> np.ndarray:
 
 
 def _check_point(point, shape: tuple[int, int], what: str) -> tuple[float, float]:
-    try:
-        r, c = (float(v) for v in point)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be a (row, col) pair of numbers, got {point!r}") from exc
-    if not (np.isfinite(r) and np.isfinite(c)):
-        raise InputError(f"{what} {point!r} is not finite")
+    r, c = check_point(point, what)
     if not (0.0 <= r <= shape[0] - 1 and 0.0 <= c <= shape[1] - 1):
         raise InputError(f"{what} {(r, c)} lies outside the {shape[0]}x{shape[1]} image")
     return r, c

@@ -38,6 +38,14 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
    half; best diffuse deep edge) often took a subcutaneous fascia for the superficial
    aponeurosis in vastus lateralis images, and its fixed 30 % gap missed thin (atrophic) muscles.
 
+**Guided lines** (``superficial_at_rc`` / ``deep_at_rc``: a user's click on a line, as the CSA
+takes a click inside the structure): the clicked line is the straight line of step 3 through the
+point with the strongest edge of its polarity, refined as in step 4 in a band of only
+``GUIDE_HALF`` rows, so the line stays on the clicked edge. Step 5 then chooses only the other line,
+among the pairs holding the clicked one (the ``DEEP_MIN_GAP`` limit does not apply). A click
+settles the failures of step 5 (the wrong layer of a layered aponeurosis, the soleus taken for the
+gastrocnemius): see the README's accuracy section.
+
 With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
 refinement of step 4 runs in a narrower band around the previous lines; if the edges found there
 are too weak the frame is analysed from scratch.
@@ -49,6 +57,7 @@ import numpy as np
 
 from mmstream.errors import InputError
 from mmstream.kernels._jit import kernel
+from mmstream.kernels._points import check_point
 from mmstream.kernels._thickness_model import PAIR_MODEL
 
 __all__ = ["ThicknessLines", "measure_thickness"]
@@ -61,6 +70,7 @@ MAX_SLOPE = 0.15  # rows per column, searched line slopes (about +-8.5 degrees)
 N_SLOPES = 16
 BAND_HALF = 12  # rows, half-width of the refinement band around a chosen line
 TRACK_HALF = 8  # rows, half-width of the band around the previous frame's lines
+GUIDE_HALF = 6  # rows, half-width of the band around a clicked line
 MAX_STEP = 1  # rows per column bin in the refined path (a slope of 0.25 at BIN_COLS = 4)
 NEAR_BAND = 0.035  # fraction of the region height: bands beside a candidate line (features)
 FAR_BAND = 0.09
@@ -376,11 +386,12 @@ def _band_means(csum, paths, lo, hi):
     return ((csum[b, j] - csum[a, j]) / np.maximum(b - a, 1)).mean(axis=1)
 
 
-def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
+def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign, guided=False):
     """Refined paths and features (N, len(LINE_FEATURES)) of candidate lines ``peaks``.
 
     Each peak (row, slope index, value) of the line search is refined by :func:`_band_path` on
-    edges of ``sign`` (-1 bright-to-dark: superficial; +1 dark-to-bright: deep). Features are
+    edges of ``sign`` (-1 bright-to-dark: superficial; +1 dark-to-bright: deep), in a band of
+    ``BAND_HALF`` rows, or ``GUIDE_HALF`` for the last peak when ``guided``. Features are
     dimensionless: line strength relative to the best candidate (fine+coarse, and coarse alone),
     depth as a fraction of the region height and its rank among the candidates, mean grey in bands
     just above/below the path (``NEAR_BAND``) and farther (``FAR_BAND``) relative to the region
@@ -402,7 +413,7 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     w = 2 * BAND_HALF + 1
     wacc = np.empty((nb, w), np.float64)
     back = np.empty((nb, w), np.int64)
-    vmax = max(p[2] for p in peaks)
+    vmax = max(max(p[2] for p in peaks), 1e-9)
     cmax = max(max(sign * acc_coarse[r, k] for r, k, _ in peaks), 1e-9)
     depths = sorted(p[0] for p in peaks)
     n = len(peaks)
@@ -410,7 +421,8 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     feats = np.zeros((n, len(LINE_FEATURES)), np.float64)
     paths = np.empty((n, nb), np.int64)
     for i, (r, k, v) in enumerate(peaks):
-        _band_path(g, sign, r + slopes[k] * xj, BAND_HALF, MAX_STEP, wacc, back, paths[i])
+        half = GUIDE_HALF if guided and i == n - 1 else BAND_HALF
+        _band_path(g, sign, r + slopes[k] * xj, half, MAX_STEP, wacc, back, paths[i])
         feats[i, :4] = v / vmax, max(sign * acc_coarse[r, k], 0.0) / cmax, r / hh, depths.index(r) / n
         feats[i, 9:11] = sum(1 for q in peaks if q[0] > r and q[2] >= 0.7 * vmax) / n, abs(slopes[k]) / MAX_SLOPE
     for f, (lo, hi) in enumerate(((-near, -2), (2, near), (-far, -2), (2, far))):
@@ -436,13 +448,13 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign):
     return feats, paths
 
 
-def _pairs(sup, deep, hh, csum, tsum, mean):
-    """Index pairs (i, j) with the deep line at least ``DEEP_MIN_GAP`` of the height below, and
+def _pairs(sup, deep, hh, csum, tsum, mean, min_gap=DEEP_MIN_GAP):
+    """Index pairs (i, j) with the deep line at least ``min_gap`` of the height below, and
     their features (N, len(PAIR_FEATURES)): gap as a fraction of the height and its square; in the
     band between the two paths (``PAIR_MARGIN`` rows inside each), obliqueness relative to the
     highest among the pairs (pennate muscle), flatness and mean grey relative to ``mean``."""
     (sp, _, sp_paths), (dp, _, dp_paths) = sup, deep
-    ij = [(i, j) for i, s in enumerate(sp) for j, d in enumerate(dp) if d[0] > s[0] + DEEP_MIN_GAP * hh]
+    ij = [(i, j) for i, s in enumerate(sp) for j, d in enumerate(dp) if d[0] > s[0] + min_gap * hh]
     if not ij:
         return ij, None
     ii, jj = np.array(ij).T
@@ -486,21 +498,45 @@ def _line_search(image, region):
     return cm, g, acc, acc2, slopes, xj
 
 
-def _line_candidates(image, region):
+def _peak_through(acc, slopes, xj, region, at_rc, sign):
+    """(row, slope index, value) of the straight line through the image point ``at_rc`` with the
+    strongest edge of ``sign`` in the line scores ``acc`` (value clipped at 0)."""
+    hh = acc.shape[0]
+    rr = at_rc[0] - region[0] + 0.5  # region row of the point, as paths are (rows = path + r0 - 0.5)
+    b = min(max(int((at_rc[1] - region[1]) // BIN_COLS), 0), xj.shape[0] - 1)
+    rows = np.clip(np.round(rr - slopes * xj[b]).astype(np.int64), 0, hh - 1)
+    vals = sign * acc[rows, np.arange(slopes.shape[0])]
+    k = int(np.argmax(vals))
+    return int(rows[k]), k, max(float(vals[k]), 0.0)
+
+
+def _line_candidates(image, region, guides=(None, None)):
     """Everything the pair choice needs: (line search as :func:`_line_search` returns it,
-    superficial (peaks, feats, paths), deep (...), (pairs, pair features))."""
+    superficial (peaks, feats, paths), deep (...), (pairs, pair features)).
+
+    ``guides``: clicked points (row, col) on the superficial and on the deep line, or None. A
+    clicked line is the last candidate of its kind, and the pairs are those holding it."""
     search = cm, g, acc, acc2, slopes, xj = _line_search(image, region)
     hh, nb = g.shape
     sp = [p for p in _line_peaks(-acc, N_PEAKS, 6) if p[0] < SUP_MAX_DEPTH * hh]
     dp = [p for p in _line_peaks(acc, N_PEAKS, 6) if p[0] > DEEP_MIN_GAP * hh]
+    for peaks, at, sign in ((sp, guides[0], -1.0), (dp, guides[1], 1.0)):
+        if at is not None:
+            peaks.append(_peak_through(acc, slopes, xj, region, at, sign))
     csum = _cumsum_rows(cm)
     tsum = np.empty((3, hh + 1, nb), np.float64)
     _structure(image, region[0], region[1], region[2], BIN_COLS, GRAD_STEP, tsum)
     args = cm, csum, tsum, g, acc2
-    sup = (sp, *_candidates(*args, sp, slopes, xj, -1.0)) if sp else None
-    deep = (dp, *_candidates(*args, dp, slopes, xj, 1.0)) if dp else None
-    pairs = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6) if sup and deep else ([], None)
-    return search, sup, deep, pairs
+    sup = (sp, *_candidates(*args, sp, slopes, xj, -1.0, guides[0] is not None)) if sp else None
+    deep = (dp, *_candidates(*args, dp, slopes, xj, 1.0, guides[1] is not None)) if dp else None
+    if not (sup and deep):
+        return search, sup, deep, ([], None)
+    if guides == (None, None):
+        return search, sup, deep, _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6)
+    ij, gap = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6, (2 * PAIR_MARGIN + 1) / hh)
+    keep = [n for n, (i, j) in enumerate(ij) if (guides[0] is None or i == len(sp) - 1)
+            and (guides[1] is None or j == len(dp) - 1)]  # fmt: skip
+    return search, sup, deep, ([ij[n] for n in keep], gap[keep] if keep else None)
 
 
 def _paths(g, centers_sup, centers_deep, half):
@@ -537,6 +573,8 @@ def measure_thickness(
     image: np.ndarray,
     roi: tuple[int, int, int, int] | None = None,
     previous: ThicknessLines | None = None,
+    superficial_at_rc: tuple[float, float] | None = None,
+    deep_at_rc: tuple[float, float] | None = None,
 ) -> ThicknessLines:
     """Superficial and deep aponeurosis lines and the muscle thickness between them.
 
@@ -550,6 +588,10 @@ def measure_thickness(
     previous : ThicknessLines, optional
         Result on the previous frame of the same stream: the lines are then tracked in a narrow
         band around it (fast, stable); if they are lost the frame is analysed from scratch.
+    superficial_at_rc, deep_at_rc : (row, col), optional
+        A click on the superficial or on the deep line (image pixels, inside the analysed
+        region): that line is the edge through the point (within ``GUIDE_HALF`` rows of it), and
+        only the other one is chosen. Either or both; ``previous`` is then ignored.
 
     Returns
     -------
@@ -560,7 +602,8 @@ def measure_thickness(
     ------
     InputError
         Wrong dtype, shape or memory layout; ROI empty, outside the image or smaller than
-        32x32 pixels; image smaller than 32x32.
+        32x32 pixels; image smaller than 32x32; a clicked point not two finite numbers, outside
+        the analysed region, or the deep one not below the superficial one.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
@@ -584,7 +627,11 @@ def measure_thickness(
     else:
         region = None
 
-    if previous is not None:
+    guides = tuple(None if at is None else check_point(at, name)
+                   for at, name in ((superficial_at_rc, "superficial_at_rc"), (deep_at_rc, "deep_at_rc")))  # fmt: skip
+    if guides[0] is not None and guides[1] is not None and not guides[1][0] > guides[0][0]:
+        raise InputError(f"deep_at_rc {guides[1]} must lie below superficial_at_rc {guides[0]} (a larger row)")
+    if previous is not None and guides == (None, None):
         if not isinstance(previous, ThicknessLines):
             raise InputError("previous must be a ThicknessLines result")
         preg = tuple(int(v) for v in previous.region_rc)
@@ -606,7 +653,10 @@ def measure_thickness(
         region = find_bmode_region(image)
         if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
             region = (0, 0, h, w)
-    return _analyse(image, region)
+    for at, name in zip(guides, ("superficial_at_rc", "deep_at_rc")):
+        if at is not None and not (region[0] <= at[0] < region[2] and region[1] <= at[1] < region[3]):
+            raise InputError(f"{name} {at} is outside the analysed region {region} (r0, c0, r1, c1)")
+    return _analyse(image, region, guides)
 
 
 def _track_line(image, region, center, sign, half):
@@ -666,16 +716,25 @@ def _make_lines(ps, pd, es, ed, region):
     )
 
 
-def _analyse(image, region):
-    (_, g, acc, _, slopes, xj), sup, deep, (ij, gap) = _line_candidates(image, region)
+def _analyse(image, region, guides=(None, None)):
+    (_, g, acc, _, slopes, xj), sup, deep, (ij, gap) = _line_candidates(image, region, guides)
     hh, nb = g.shape
     if ij:
         i, j = ij[_choose_pair(sup[1], deep[1], ij, gap)]
         ps, pd = sup[2][i], deep[2][j]
-    else:  # no pair of opposite edges far enough apart: strongest lines in each half (low confidence)
+    else:  # no pair far enough apart: the clicked lines, else the strongest line on each side of
+        # the middle or of the clicked line (low confidence)
         mid = N_SLOPES // 2
-        rs = int(np.argmax(-acc[: hh // 2, mid]))
-        rd = hh // 2 + int(np.argmax(acc[hh // 2 :, mid]))
+        split = hh // 2
+        if guides[0] is not None:
+            split = sup[0][-1][0] + 1
+        elif guides[1] is not None:
+            split = deep[0][-1][0]
+        split = min(max(split, 1), hh - 1)
+        rs = int(np.argmax(-acc[:split, mid]))
+        rd = split + int(np.argmax(acc[split:, mid]))
         ps, pd = _paths(g, rs + slopes[mid] * xj, rd + slopes[mid] * xj, BAND_HALF)
+        ps = sup[2][-1] if guides[0] is not None else ps
+        pd = deep[2][-1] if guides[1] is not None else pd
     j = np.arange(nb)
     return _make_lines(ps, pd, -g[ps, j], g[pd, j], region)

@@ -24,10 +24,14 @@ from mmstream.nodes.base import Node, Out, Port
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """What to measure on one stream. ``seed_version`` grows with each new click."""
+    """What to measure on one stream. ``seed_version`` grows with each new click in the nerve or
+    muscle, ``lines_version`` with each click on an aponeurosis (or clearing one)."""
 
     seed_rc: tuple[float, float] | None = None
     seed_version: int = 0
+    superficial_at_rc: tuple[float, float] | None = None
+    deep_at_rc: tuple[float, float] | None = None
+    lines_version: int = 0
     roi: tuple[int, int, int, int] | None = None
     metrics: tuple[str, ...] = METRICS
     clinical: ClinicalContext = ClinicalContext()
@@ -46,11 +50,14 @@ class StreamSettings:
             return self._by_stream.get(stream_id, self._defaults)
 
     def update(self, stream_id: str, **changes) -> StreamConfig:
-        """Apply changes; a new ``seed_rc`` (or clearing it) bumps ``seed_version``."""
+        """Apply changes; a new ``seed_rc`` (or clearing it) bumps ``seed_version``, a new
+        ``superficial_at_rc`` or ``deep_at_rc`` ``lines_version``."""
         with self._lock:
             cur = self._by_stream.get(stream_id, self._defaults)
             if "seed_rc" in changes:
                 changes["seed_version"] = cur.seed_version + 1
+            if "superficial_at_rc" in changes or "deep_at_rc" in changes:
+                changes["lines_version"] = cur.lines_version + 1
             new = replace(cur, **changes)
             self._by_stream[stream_id] = new
             return new
@@ -103,6 +110,7 @@ class Analyzer(Node):
         self.echo = echo  # reference table and device calibration: live echo z-scores (mmstream.calibration)
         self._previous: dict[str, FrameAnalysis] = {}
         self._seed_version: dict[str, int] = {}
+        self._lines: dict[str, tuple[int, tuple]] = {}  # stream -> (lines_version, clicks) last applied
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h: Frame = msg.header
@@ -116,6 +124,7 @@ class Analyzer(Node):
                 prev = self._previous.get(h.stream_id)
                 if prev is not None:
                     self._previous[h.stream_id] = prev.model_copy(update={"csa": None})
+        guides = self._line_guides(h.stream_id, cfg)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         try:
             res = analyze_frame(
@@ -125,6 +134,8 @@ class Analyzer(Node):
                 seed=seed,
                 previous=self._previous.get(h.stream_id),
                 metrics=cfg.metrics,
+                superficial_at_rc=guides[0],
+                deep_at_rc=guides[1],
             )
         except MmstreamError as exc:
             self._previous.pop(h.stream_id, None)
@@ -136,6 +147,31 @@ class Analyzer(Node):
         if self.echo is not None and header.echogenicity is not None:
             header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
         return [Out("metrics", header, arrays)]
+
+    def _line_guides(self, stream_id: str, cfg: StreamConfig) -> tuple:
+        """(superficial, deep) points the thickness lines must pass through on this frame: none
+        but on the first frame after a line click. The line just clicked passes through the click;
+        a line clicked before passes where it is now (the previous frame's line at the column of
+        its click), so the probe may have moved between the two clicks. When both clicks are
+        cleared the lines are found afresh."""
+        version, applied = self._lines.get(stream_id, (0, (None, None)))
+        if cfg.lines_version == version:
+            return None, None
+        clicks = (cfg.superficial_at_rc, cfg.deep_at_rc)
+        self._lines[stream_id] = (cfg.lines_version, clicks)
+        prev = self._previous.get(stream_id)
+        t = None if prev is None else prev.thickness
+        if clicks == (None, None):
+            if t is not None:
+                self._previous[stream_id] = prev.model_copy(update={"thickness": None})
+            return None, None
+        guides = []
+        for at, before, line in zip(clicks, applied, ("superficial_rc", "deep_rc")):
+            if at is not None and at == before and t is not None:
+                poly = np.asarray(getattr(t, line), np.float64)
+                at = (float(np.interp(at[1], poly[:, 1], poly[:, 0])), at[1])
+            guides.append(at)
+        return tuple(guides)
 
     def _assess(self, e: EchoSummary, h: Frame, clinical: ClinicalContext) -> EchoSummary:
         im = h.imaging

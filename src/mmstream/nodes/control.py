@@ -1,4 +1,4 @@
-"""Control endpoint: set seed, ROI, metrics and clinical context per stream; query status.
+"""Control endpoint: set seed, line clicks, ROI, metrics and clinical context per stream; query status.
 
 Request/reply: every request gets exactly one :class:`~mmstream.messages.Reply`, an error included.
 """
@@ -48,13 +48,15 @@ class ControlNode(Node):
             return self._handled(h)
         changes = {
             "set_seed": lambda: {"seed_rc": h.seed_rc},
+            "set_line": lambda: {f"{h.line}_at_rc": h.at_rc},
             "set_roi": lambda: {"roi": h.roi},
             "set_metrics": lambda: {"metrics": tuple(h.metrics)},
             "set_context": lambda: {"clinical": h.clinical},
         }[h.command]()
         cfg = self.settings.update(h.stream_id, **changes)
         return [
-            Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version})),
+            Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version,
+                                                "lines_version": cfg.lines_version})),  # fmt: skip
             self.event("info", h.command, f"{h.command} on {h.stream_id}", stream_id=h.stream_id),
         ]
 

@@ -1,8 +1,8 @@
 """What the page's commands do: the command half of :class:`~mmstream.web.server.WebServer`.
 
-Each valid command is answered with a ``reply`` (``id`` echoed). Seed, ROI, context, capture and
-recording go to the service as Control requests on its control endpoint, exactly as from any other
-client; a seed or ROI outside the shown frame is refused before that.
+Each valid command is answered with a ``reply`` (``id`` echoed). Seed, line clicks, ROI, context,
+capture and recording go to the service as Control requests on its control endpoint, exactly as
+from any other client; a seed, line click or ROI outside the shown frame is refused before that.
 """
 
 import time
@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from mmstream.messages import Control
 from mmstream.web.protocol import WebInputError, parse_command
+
+_GEOMETRY = {"set_seed": "seed_rc", "set_line": "at_rc", "set_roi": "roi"}  # command -> its image-pixel field
 
 
 class PageCommands:
@@ -44,7 +46,7 @@ class PageCommands:
                 return
             page.stream_id, page.frame_sent, page.overlay_sent, page.in_flight = cmd.stream_id, None, None, 0
             await self._send_context(page)
-        elif cmd.cmd in ("set_seed", "set_roi"):
+        elif cmd.cmd in _GEOMETRY:
             await self._set_geometry(page, cmd)
         elif cmd.cmd == "set_context":
             ok = await self._forward(page, cmd, command="set_context", stream_id=sid, clinical=cmd.clinical)
@@ -75,15 +77,16 @@ class PageCommands:
         return rep.ok
 
     async def _set_geometry(self, page, cmd) -> None:
-        """Seed or ROI, checked against the shown frame's shape before it goes to the service."""
+        """Seed, line click or ROI, checked against the shown frame's shape before it goes to the service."""
         fv = self.live.frame(page.stream_id) if page.stream_id else None
-        value = cmd.seed_rc if cmd.cmd == "set_seed" else cmd.roi
+        args = cmd.model_dump(exclude={"cmd", "id"})  # the Control arguments: seed_rc, line and at_rc, or roi
+        value = args[_GEOMETRY[cmd.cmd]]
         if value is not None:
             if fv is None:
                 await self._reply(page, cmd, False, "no_frame", "no frame shown yet")
                 return
             rows, cols = fv.shape
-            if cmd.cmd == "set_seed":
+            if cmd.cmd != "set_roi":  # a point
                 inside = value[0] < rows and value[1] < cols
             else:
                 inside = value[0] < value[2] <= rows and value[1] < value[3] <= cols
@@ -91,5 +94,4 @@ class PageCommands:
                 self._count("outside_image", rejected=True)
                 await self._reply(page, cmd, False, "outside_image", f"{value} is outside the {rows}x{cols} image")
                 return
-        key = "seed_rc" if cmd.cmd == "set_seed" else "roi"
-        await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **{key: value})
+        await self._forward(page, cmd, command=cmd.cmd, stream_id=page.stream_id, **args)

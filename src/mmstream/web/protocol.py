@@ -75,6 +75,15 @@ class SetSeed(_Cmd):
     seed_rc: tuple[Coord, Coord] | None
 
 
+class SetLine(_Cmd):
+    """Tap in a line mode: ``at_rc`` (row, col) in image pixels on the superficial or deep
+    aponeurosis, which that thickness line must pass through; null clears that line's click."""
+
+    cmd: Literal["set_line"]
+    line: Literal["superficial", "deep"]
+    at_rc: tuple[Coord, Coord] | None
+
+
 class SetRoi(_Cmd):
     """Drag: ``roi`` (r0, c0, r1, c1), end-exclusive image pixels; null clears it."""
 
@@ -99,7 +108,7 @@ class Simple(_Cmd):
 
 
 Command = Annotated[
-    Hello | Clock | Painted | SelectStream | SetSeed | SetRoi | SetContext | Simple, Field(discriminator="cmd")
+    Hello | Clock | Painted | SelectStream | SetSeed | SetLine | SetRoi | SetContext | Simple, Field(discriminator="cmd")
 ]
 command_adapter: TypeAdapter = TypeAdapter(Command)
 _COMMAND_NAMES = frozenset(n for m in get_args(get_args(Command)[0]) for n in get_args(m.model_fields["cmd"].annotation))

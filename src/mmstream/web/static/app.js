@@ -337,6 +337,8 @@ function imagePoint(ev) {
   return [Math.min(Math.max(row, 0), canvas.height - 1), Math.min(Math.max(col, 0), canvas.width - 1)];
 }
 
+const tapMode = () => document.querySelector('input[name="tap"]:checked').value;  // seed, superficial or deep
+
 canvas.addEventListener("pointerdown", (ev) => {
   if (!S.bitmap) return;
   canvas.setPointerCapture(ev.pointerId);
@@ -356,12 +358,16 @@ canvas.addEventListener("pointerup", (ev) => {
   const d = S.drag;
   S.drag = null;
   if (!d) return;
-  if (d.moved && d.roi) command({ cmd: "set_roi", roi: d.roi });
-  else { const [r, c] = d.start; command({ cmd: "set_seed", seed_rc: [Math.round(r * 10) / 10, Math.round(c * 10) / 10] }); }
+  if (d.moved && d.roi) { command({ cmd: "set_roi", roi: d.roi }); return; }
+  const at = d.start.map((v) => Math.round(v * 10) / 10), mode = tapMode();  // a tap: what the "Tap sets" choice says
+  command(mode === "seed" ? { cmd: "set_seed", seed_rc: at } : { cmd: "set_line", line: mode, at_rc: at });
 });
 canvas.addEventListener("pointercancel", () => { S.drag = null; });
 
 $("clear-seed").onclick = () => command({ cmd: "set_seed", seed_rc: null });
+$("clear-lines").onclick = () => {
+  for (const line of ["superficial", "deep"]) command({ cmd: "set_line", line, at_rc: null });
+};
 $("clear-roi").onclick = () => command({ cmd: "set_roi", roi: null });
 $("capture").onclick = () => command({ cmd: "capture" });
 $("record").onclick = () => command({ cmd: S.recording ? "record_stop" : "record_start" });

@@ -1,0 +1,16 @@
+"""Points given to the kernels by a user (a click): checked once, the same way everywhere."""
+
+import numpy as np
+
+from mmstream.errors import InputError
+
+
+def check_point(point, what: str) -> tuple[float, float]:
+    """``point`` as (row, col) floats; InputError unless it is two finite numbers."""
+    try:
+        r, c = (float(v) for v in point)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a (row, col) pair of numbers, got {point!r}") from exc
+    if not (np.isfinite(r) and np.isfinite(c)):
+        raise InputError(f"{what} {point!r} is not finite")
+    return r, c
