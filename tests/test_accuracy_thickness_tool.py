@@ -21,3 +21,4 @@ def test_clicked_thickness_is_as_good_as_an_observer(shared_data):
     assert s["both lines"]["mae_px"] < s["observer"]["mae_px"]
     assert s["deep line"]["mae_px"] < s["observer"]["mae_px"] + 0.3
     assert s["both lines"]["failures"] <= s["observer"]["failures"]
+    assert s["both lines"]["refused"] == s["deep line"]["refused"] == 0  # the observers' points are never refused

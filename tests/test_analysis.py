@@ -47,20 +47,24 @@ def test_tracking_follows_the_moving_probe(frames):
 
 
 def test_clicked_lines_then_tracked(frames):
-    """A click on each aponeurosis: the lines pass through them, the clicks are in the result of
-    that frame only, and the next frames track the lines."""
+    """A click on each aponeurosis: the lines pass through them and are held there (their points
+    at the click columns) on that frame and on the tracked frames after it."""
     f0 = frames[0]
     c = f0.image.shape[1] // 3
     at = {"superficial_at_rc": (float(f0.truth.superficial_row[c]) - 1.0, float(c)),
           "deep_at_rc": (float(f0.truth.deep_row[c]) + 1.0, float(c))}  # fmt: skip
     prev = analyze_frame(f0.image, spacing_mm=f0.truth.spacing_mm, metrics=["thickness"], **at)
     t = prev.thickness
-    assert (t.superficial_at_rc, t.deep_at_rc) == (at["superficial_at_rc"], at["deep_at_rc"])
+    assert not t.tracked
+    for name in at:
+        assert getattr(t, name)[1] == c and getattr(t, name)[0] == pytest.approx(at[name][0], abs=3.0)
     assert t.thickness_mm == pytest.approx(f0.truth.thickness_mm, abs=0.3)
     for f in frames[1:4]:
         res = analyze_frame(f.image, spacing_mm=f.truth.spacing_mm, previous=prev, metrics=["thickness"])
-        assert res.thickness.superficial_at_rc is None and res.thickness.deep_at_rc is None
-        assert res.thickness.thickness_mm == pytest.approx(f.truth.thickness_mm, abs=0.4)
+        t = res.thickness
+        assert t.tracked and t.deep_at_rc[1] == c
+        assert t.deep_at_rc[0] == pytest.approx(float(f.truth.deep_row[c]), abs=3.0)  # moves with its line
+        assert t.thickness_mm == pytest.approx(f.truth.thickness_mm, abs=0.4)
         prev = res
 
 
@@ -134,6 +138,7 @@ def test_new_frame_size_starts_afresh(frames):
         ({"deep_at_rc": (float("nan"), 3)}, InputError),
         ({"superficial_at_rc": (10, 10_000)}, InputError),
         ({"superficial_at_rc": (300, 100), "deep_at_rc": (200, 100)}, InputError),
+        ({"deep_at_rc": "99"}, InputError),
         ({"metrics": ["csa", "colour"]}, InputError),
         ({"echo_region": "roi"}, InputError),
         ({"echo_region": "csa", "metrics": ["echogenicity"]}, InputError),

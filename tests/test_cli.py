@@ -88,11 +88,14 @@ def test_clicked_deep_line_first_frame_then_tracked(capsys, tmp_path, sim_probe)
     code, out, err = run(capsys, path, "--deep-at", *deep, "--metrics", "thickness")
     assert code == 0, err
     recs = records(out)
-    assert [r["thickness"]["deep_at_rc"] for r in recs] == [list(deep), None, None]
+    assert [r["thickness"]["tracked"] for r in recs] == [False, True, True]
+    assert all(r["thickness"]["deep_at_rc"][1] == c for r in recs)  # held at the click's column
     for r, f in zip(recs, frames):
         assert r["thickness"]["thickness_px"] == pytest.approx(f.truth.thickness_px, abs=3.0)
-    code, out, err = run(capsys, path, PHANTOM, "--superficial-at", 5000, 10, "--metrics", "thickness")
-    assert code == 1 and out == "" and str(path) in err and "superficial_at_rc" in err  # both files refused
+        assert r["thickness"]["superficial_at_rc"] is None
+    for bad in (["--superficial-at", 5000, 10], ["--deep-at", "nan", 10], ["--superficial-at", 300, 10, "--deep-at", 302, 10]):
+        code, out, err = run(capsys, path, PHANTOM, *bad, "--metrics", "thickness")
+        assert code == 1 and out == "" and str(path) in err and str(PHANTOM) in err  # both files refused, named
 
 
 def test_require_spacing(capsys):

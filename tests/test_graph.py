@@ -129,7 +129,7 @@ def test_control_seed_and_status_over_req(graph, sim_probe):
             m = decode(sub.recv(timeout_ms=5000)).header
             assert m.parent == ("probe", i)
             assert m.csa.tracked == (i > 0)
-            assert m.thickness.deep_at_rc == (deep if i == 0 else None)  # the click guides the first frame only
+            assert m.thickness.tracked == (i > 0) and m.thickness.deep_at_rc[1] == deep[1]  # held where clicked
             assert m.csa.area_mm2 == pytest.approx(m.annotations["truth_nerve_area_mm2"], rel=0.2)
     st = request(ep["control"], command="status").data
     s = st["streams"]["probe"]

@@ -298,6 +298,55 @@ def test_a_click_overrides_tracking_and_stays_near_a_featureless_click():
 
 
 @pytest.mark.parametrize(
+    "clicks, match",
+    [
+        ({"superficial_at_rc": (60.0, 120.0), "deep_at_rc": (63.0, 120.0)}, "cross or come within"),
+        ({"superficial_at_rc": (190.0, 120.0)}, "no deep line below"),  # the bottom edge of the picture
+        ({"deep_at_rc": (32.0, 120.0)}, "no superficial line above"),  # the superficial edge, tapped as deep
+    ],
+)
+def test_clicks_that_leave_no_room_for_the_other_line_are_refused(clicks, match):
+    """Never a deep line above the superficial one: lines closer than LINE_GAP are refused."""
+    with pytest.raises(InputError, match=match):
+        tk.measure_thickness(layered_phantom(), **clicks)
+
+
+def test_a_click_at_the_region_border_and_inside_an_roi():
+    img = layered_phantom()
+    res = tk.measure_thickness(img, deep_at_rc=(199.9, 239.9))  # a corner: no slope may wrap to another line
+    assert abs(row_at(res.deep_rc, 239.9) - 199.9) <= tk.GUIDE_HALF + 1
+    res = tk.measure_thickness(img, roi=(17, 10, 200, 230), deep_at_rc=(91.0, 100.0))
+    assert res.region_rc == (17, 10, 200, 230)
+    assert row_at(res.deep_rc, 100) == pytest.approx(90.0, abs=2.0)
+    assert res.deep_at_rc == pytest.approx((row_at(res.deep_rc, 100.0), 100.0))
+    assert res.superficial_at_rc is None
+
+
+def test_a_held_line_is_tracked_kept_by_a_click_on_the_other_and_found_again():
+    img = layered_phantom()
+    first = tk.measure_thickness(img, deep_at_rc=(93.0, 50.0))  # the upper muscle's deep line, not the 150 one
+    assert row_at(first.deep_rc, 120) == pytest.approx(90.0, abs=2.0) and not first.tracked
+    assert first.deep_at_rc[1] == 50.0 and abs(first.deep_at_rc[0] - 90.0) <= 2.0
+    # tracked: the held point moves with its line
+    img2, _, _ = phantom(shape=(200, 240), sup=(33.0, 33.0), deep=(153.0, 153.0), seed=12)
+    img2[93:99] = np.clip(img2[93:99].astype(np.int64) * 3, 0, 255).astype(np.uint8)
+    nxt = tk.measure_thickness(img2, previous=first)
+    assert nxt.tracked and nxt.deep_at_rc[1] == 50.0 and abs(nxt.deep_at_rc[0] - 93.0) <= 2.0
+    # a click on the superficial line keeps the deep one held (without it the choice is 150)
+    alone = tk.measure_thickness(img, superficial_at_rc=(31.0, 200.0))
+    assert row_at(alone.deep_rc, 120) == pytest.approx(150.0, abs=2.0)
+    both = tk.measure_thickness(img, previous=first, superficial_at_rc=(31.0, 200.0))
+    assert row_at(both.deep_rc, 120) == pytest.approx(90.0, abs=2.0) and both.superficial_at_rc[1] == 200.0
+    # not tracked (here: another region) -> found again through the held point, not by the choice
+    again = tk.measure_thickness(img, roi=(0, 0, 200, 236), previous=first)
+    assert not again.tracked and row_at(again.deep_rc, 120) == pytest.approx(90.0, abs=2.0)
+    assert again.deep_at_rc[1] == 50.0
+    # a held point outside the new region is dropped: the automatic choice
+    gone = tk.measure_thickness(img, roi=(0, 60, 200, 240), previous=first)
+    assert gone.deep_at_rc is None and row_at(gone.deep_rc, 120) == pytest.approx(150.0, abs=2.0)
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"deep_at_rc": (float("nan"), 10.0)}, "not finite"),
@@ -308,8 +357,10 @@ def test_a_click_overrides_tracking_and_stays_near_a_featureless_click():
         ({"deep_at_rc": (100.0, 50.0)}, "outside the analysed region"),
         ({"deep_at_rc": (-1.0, 50.0)}, "outside the analysed region"),
         ({"superficial_at_rc": (50.0, 10.0), "roi": (0, 20, 100, 100)}, "outside the analysed region"),
-        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (40.0, 50.0)}, "below"),
-        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (60.0, 70.0)}, "below"),
+        ({"deep_at_rc": "99"}, "pair of numbers"),
+        ({"deep_at_rc": (True, False)}, "pair of numbers"),
+        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (40.0, 50.0)}, "cross"),
+        ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (60.0, 70.0)}, "cross"),
     ],
 )
 def test_bad_clicks(kwargs, match):

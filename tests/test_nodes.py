@@ -130,41 +130,53 @@ def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
     assert isinstance(m.header, Metrics) and m.header.csa is None
 
 
-def test_analyzer_line_clicks_guide_once_keep_the_other_line_and_clear(sim_frames):
+def test_analyzer_line_clicks_hold_release_and_refuse():
     from mmstream.analysis import analyze_frame
+    from mmstream_drivers.sim import SimProbe
 
+    probe = SimProbe(seed=11)
+    f = [probe.frame(i) for i in range(10)]
     settings = StreamSettings()
     an = Analyzer(settings)
-    f = sim_frames
     c = float(f[0].image.shape[1] // 2)
-    click = (float(f[0].truth.deep_row[int(c)]) + 1.0, c)
-    settings.update("s1", deep_at_rc=click)
-    (m0,) = an.process("frames", frame_msg(0, f[0].image))
-    t0 = m0.header.thickness
-    assert t0.deep_at_rc == click and t0.superficial_at_rc is None
-    assert t0.thickness_px == pytest.approx(f[0].truth.thickness_px, abs=3.0)
-    (m1,) = an.process("frames", frame_msg(1, f[1].image))
-    assert m1.header.thickness.deep_at_rc is None  # tracked
-    deep1 = m1.arrays[list(b.name for b in m1.header.buffers).index("deep_rc")]
-    # a later click on the other line: the deep line passes where it is now, not at the old click
-    sup_click = (float(f[2].truth.superficial_row[int(c)]), c)
-    settings.update("s1", superficial_at_rc=sup_click)
-    (m2,) = an.process("frames", frame_msg(2, f[2].image))
-    t2 = m2.header.thickness
-    assert t2.superficial_at_rc == sup_click
-    assert t2.deep_at_rc == pytest.approx((float(np.interp(c, deep1[:, 1], deep1[:, 0])), c), abs=0.01)
-    assert t2.thickness_px == pytest.approx(f[2].truth.thickness_px, abs=3.0)
-    # both cleared: found afresh, as without any previous frame
-    settings.update("s1", superficial_at_rc=None, deep_at_rc=None)
-    (m3,) = an.process("frames", frame_msg(3, f[3].image))
-    fresh = analyze_frame(f[3].image, metrics=["thickness"]).thickness
-    assert m3.header.thickness.thickness_px == fresh.thickness_px and m3.header.thickness.deep_at_rc is None
-    # a click outside the analysed region: a warning event, then the stream goes on
-    settings.update("s1", deep_at_rc=(5000.0, c))
-    (ev,) = an.process("frames", frame_msg(4, f[4].image))
-    assert isinstance(ev.header, Event) and ev.header.level == "warning" and "deep_at_rc" in ev.header.message
-    (m5,) = an.process("frames", frame_msg(5, f[5].image))
-    assert isinstance(m5.header, Metrics) and m5.header.thickness is not None
+    row = lambda fr, name: float(getattr(fr.truth, name)[int(c)])  # noqa: E731
+    settings.update("s1", seed_rc=f[0].truth.nerve_center_rc, deep_at_rc=(row(f[0], "deep_row") + 1.0, c))
+    (m,) = an.process("frames", frame_msg(0, f[0].image))
+    t = m.header.thickness
+    assert not t.tracked and t.superficial_at_rc is None and t.deep_at_rc[1] == c
+    assert t.deep_at_rc[0] == pytest.approx(row(f[0], "deep_row"), abs=3.0)
+    (m,) = an.process("frames", frame_msg(1, f[1].image))
+    assert m.header.thickness.tracked and m.header.thickness.deep_at_rc[1] == c  # held while tracked
+    # a click on the other line: the deep one stays held where it is now
+    settings.update("s1", superficial_at_rc=(row(f[2], "superficial_row"), c - 40))
+    (m,) = an.process("frames", frame_msg(2, f[2].image))
+    t = m.header.thickness
+    assert not t.tracked and t.superficial_at_rc[1] == c - 40 and t.deep_at_rc[1] == c
+    assert t.thickness_px == pytest.approx(f[2].truth.thickness_px, abs=3.0)
+    # released one by one: held no more; both released: found afresh
+    settings.update("s1", deep_at_rc=None)
+    (m,) = an.process("frames", frame_msg(3, f[3].image))
+    assert m.header.thickness.deep_at_rc is None and m.header.thickness.superficial_at_rc[1] == c - 40
+    settings.update("s1", superficial_at_rc=None)
+    (m,) = an.process("frames", frame_msg(4, f[4].image))
+    fresh = analyze_frame(f[4].image, metrics=["thickness"]).thickness
+    assert m.header.thickness.thickness_px == fresh.thickness_px and not m.header.thickness.tracked
+    # a click the kernel refuses (outside the ROI): a warning, and the frame without it; the CSA
+    # is still tracked and a later good click works
+    settings.update("s1", roi=(40, 0, 400, 512), deep_at_rc=(10.0, c))
+    ev, m = an.process("frames", frame_msg(5, f[5].image))
+    assert isinstance(ev.header, Event) and ev.header.level == "warning" and "line click refused" in ev.header.message
+    assert m.header.csa is not None and m.header.csa.tracked and m.header.thickness.deep_at_rc is None
+    settings.update("s1", deep_at_rc=(row(f[6], "deep_row"), c))
+    (m,) = an.process("frames", frame_msg(6, f[6].image))
+    assert m.header.thickness.deep_at_rc[1] == c and m.header.csa.tracked
+    # a click while thickness is not measured waits for it
+    settings.update("s1", metrics=("echogenicity",), deep_at_rc=(row(f[7], "deep_row"), c - 80))
+    (m,) = an.process("frames", frame_msg(7, f[7].image))
+    assert m.header.thickness is None
+    settings.update("s1", metrics=("thickness",))
+    (m,) = an.process("frames", frame_msg(8, f[8].image))
+    assert m.header.thickness.deep_at_rc[1] == c - 80 and not m.header.thickness.tracked
 
 
 def test_analyzer_metric_selection_and_context(sim_frames):

@@ -34,7 +34,7 @@ def _cli(capsys, *argv):
 
 def test_inspect_summary_matches_the_recorded_rows(session):
     s = inspect.summarize(session)
-    assert s["closed"] and s["session_id"] == "test-session" and s["layout_version"] == 2
+    assert s["closed"] and s["session_id"] == "test-session" and s["layout_version"] == 3
     assert s["events"] == {"warning:seq_not_increasing": 1}
     with SessionReader(session) as r:
         for sid in ("probe0", "probe1"):

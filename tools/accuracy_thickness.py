@@ -168,7 +168,8 @@ def evaluate_clicked(root: Path, limit: int | None = None) -> dict:
     ``measure_at_col``; the other line is chosen automatically), then the thickness read at that
     column against the mean of the other two observers. On the same basis, the observer's own
     thickness against the other two is the human disagreement. A click settles which line;
-    mmstream still places it on the edge."""
+    mmstream still places it on the edge. A refused click counts as a failure."""
+    from mmstream.errors import InputError
     from mmstream.kernels.thickness import measure_thickness
 
     truth = json.loads((root / "truth" / "thickness.json").read_text())
@@ -183,14 +184,18 @@ def evaluate_clicked(root: Path, limit: int | None = None) -> dict:
             others = float(np.delete(obs[:, 1] - obs[:, 0], o).mean())
             at = {"superficial": (obs[o, 0], col), "deep": (obs[o, 1], col)}
             for name, lines in CLICKS.items():
-                res = measure_thickness(img, **{f"{line}_at_rc": at[line] for line in lines})
+                try:
+                    res = measure_thickness(img, **{f"{line}_at_rc": at[line] for line in lines})
+                except InputError:  # a refused click counts as a failure (no thickness)
+                    errors[name].append(np.inf)
+                    continue
                 errors[name].append(line_row_at(res.deep_rc, col) - line_row_at(res.superficial_rc, col) - others)
             errors["observer"].append(obs[o, 1] - obs[o, 0] - others)
     summary = {}
     for name, e in errors.items():
         a = np.abs(e)
-        summary[name] = {"n": int(a.size), "mae_px": float(a.mean()), "median_px": float(np.median(a)),
-                         "failures": int((a > FAIL_PX).sum())}  # fmt: skip
+        summary[name] = {"n": int(a.size), "mae_px": float(a[np.isfinite(a)].mean()), "median_px": float(np.median(a)),
+                         "failures": int((a > FAIL_PX).sum()), "refused": int(np.isinf(a).sum())}  # fmt: skip
     return {"images": len(recs), "summary": summary, "fail_px": FAIL_PX}
 
 
@@ -223,10 +228,11 @@ def main(argv=None) -> int:
     if args.clicks:
         out["clicked"] = evaluate_clicked(root, args.limit)
         print(f"\ndataset 1 from one observer's clicks, against the other two ({out['clicked']['images']} images x 3):")
-        print(f"{'clicked':<28}{'n':>4}{'MAE':>7}{'med':>7}{'fail':>6}")
+        print(f"{'clicked':<28}{'n':>4}{'MAE':>7}{'med':>7}{'fail':>6}{'refused':>9}")
         for name, s in out["clicked"]["summary"].items():
             label = "none (the observer's own)" if name == "observer" else name
-            print(f"{label:<28}{s['n']:>4}{s['mae_px']:>7.2f}{s['median_px']:>7.2f}{s['failures']:>6}")
+            print(f"{label:<28}{s['n']:>4}{s['mae_px']:>7.2f}{s['median_px']:>7.2f}{s['failures']:>6}{s['refused']:>9}")
+        print("(fail = |err| > 20 px, refused clicks included; MAE over the measured ones)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

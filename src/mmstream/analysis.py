@@ -71,8 +71,9 @@ class CsaResult(_Model):
 
 class ThicknessResult(_Model):
     """Muscle thickness: vertical distance between the superficial and deep boundary lines.
-    ``superficial_at_rc`` / ``deep_at_rc``: the clicks the lines were drawn through on this frame
-    (null when the line was found automatically or tracked)."""
+    ``tracked``: the lines were followed from the previous frame (False: found on this frame).
+    ``superficial_at_rc`` / ``deep_at_rc``: where a clicked line is held, its point at the column
+    of the click, on that frame and every frame tracked from it (null: chosen automatically)."""
 
     region_rc: tuple[int, int, int, int]
     thickness_px: float
@@ -80,6 +81,7 @@ class ThicknessResult(_Model):
     superficial_rc: Points
     deep_rc: Points
     confidence: float
+    tracked: bool = False
     superficial_at_rc: tuple[float, float] | None = None
     deep_at_rc: tuple[float, float] | None = None
 
@@ -177,6 +179,9 @@ def _previous_lines(prev: ThicknessResult) -> thickness_k.ThicknessLines:
         thickness_px=prev.thickness_px,
         confidence=prev.confidence,
         region_rc=prev.region_rc,
+        tracked=prev.tracked,
+        superficial_at_rc=prev.superficial_at_rc,
+        deep_at_rc=prev.deep_at_rc,
     )
 
 
@@ -212,8 +217,9 @@ def analyze_frame(
     metrics : iterable of {"echogenicity", "csa", "thickness", "quality"}
     superficial_at_rc, deep_at_rc : (row, col), optional
         A click on the superficial or deep aponeurosis: the thickness line passes through it
-        and only the other line is chosen (see :mod:`mmstream.kernels.thickness`). A new click
-        starts the lines afresh; without one they are tracked from ``previous``.
+        and only the other line is chosen, unless ``previous`` holds it at an earlier click (see
+        :mod:`mmstream.kernels.thickness`). A click starts the lines afresh; without one they
+        are tracked from ``previous``, and found again through the held points if lost.
     echo_region : {"auto", "roi", "csa", "frame"}
         Region of the echogenicity statistics; "auto" takes the ROI when given, else the CSA
         contour when there is one, else the whole frame.
@@ -295,8 +301,9 @@ def analyze_frame(
             superficial_rc=lines.superficial_rc,
             deep_rc=lines.deep_rc,
             confidence=lines.confidence,
-            superficial_at_rc=superficial_at_rc,
-            deep_at_rc=deep_at_rc,
+            tracked=lines.tracked,
+            superficial_at_rc=lines.superficial_at_rc,
+            deep_at_rc=lines.deep_at_rc,
         )
 
     qual = None

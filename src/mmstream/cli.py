@@ -54,7 +54,7 @@ def _record(source: str, frame, res: FrameAnalysis) -> dict:
         ),
         "thickness": None if t is None else t.model_dump(
             mode="json", include={"thickness_px", "thickness_mm", "superficial_rc", "deep_rc", "confidence", "region_rc",
-                                  "superficial_at_rc", "deep_at_rc"}
+                                  "tracked", "superficial_at_rc", "deep_at_rc"}
         ),
         "quality": None if q is None else q.model_dump(mode="json"),
     }  # fmt: skip

@@ -162,7 +162,8 @@ class ThicknessSummary(_Model):
     thickness_px: float
     thickness_mm: float | None
     confidence: float
-    # the user's clicks the lines were drawn through on this frame (null: found automatically or tracked)
+    tracked: bool = False  # the lines were followed from the previous frame
+    # where a clicked line is held: its point at the column of the click (null: chosen automatically)
     superficial_at_rc: tuple[float, float] | None = None
     deep_at_rc: tuple[float, float] | None = None
 
@@ -213,8 +214,9 @@ class Control(_Header):
     """A request to the control endpoint. ``command`` decides which arguments apply:
 
     ``set_seed`` (seed_rc; None clears), ``set_line`` (line, at_rc: a click on the superficial or
-    deep aponeurosis that the thickness line must pass through; None clears it, and with both
-    cleared the lines are found automatically again), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
+    deep aponeurosis that the thickness line must pass through and stays held to; None releases
+    it, and with both released the lines are found automatically again), ``set_roi`` (roi; None
+    clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
     protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
     ``record_stop`` (a new session file per start; ``docs/recording.md``).

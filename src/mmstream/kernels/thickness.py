@@ -42,13 +42,15 @@ smoothly curved edges spanning the picture, while fascicle striations are short 
 takes a click inside the structure): the clicked line is the straight line of step 3 through the
 point with the strongest edge of its polarity, refined as in step 4 in a band of only
 ``GUIDE_HALF`` rows, so the line stays on the clicked edge. Step 5 then chooses only the other line,
-among the pairs holding the clicked one (the ``DEEP_MIN_GAP`` limit does not apply). A click
-settles the failures of step 5 (the wrong layer of a layered aponeurosis, the soleus taken for the
-gastrocnemius): see the README's accuracy section.
+among the candidates at least ``LINE_GAP`` rows beyond the clicked line in every column bin (the
+``DEEP_MIN_GAP`` limit does not apply); with no such candidate, or clicked lines closer than that,
+the click is refused. A click settles the failures of step 5 (the wrong layer of a layered
+aponeurosis, the soleus taken for the gastrocnemius): see the README's accuracy section.
 
 With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
 refinement of step 4 runs in a narrower band around the previous lines; if the edges found there
-are too weak the frame is analysed from scratch.
+are too weak the frame is analysed from scratch, through the points where clicked lines were held
+(a click stays in force). A click on one line keeps the other line's earlier click.
 """
 
 from dataclasses import dataclass
@@ -71,6 +73,7 @@ N_SLOPES = 16
 BAND_HALF = 12  # rows, half-width of the refinement band around a chosen line
 TRACK_HALF = 8  # rows, half-width of the band around the previous frame's lines
 GUIDE_HALF = 6  # rows, half-width of the band around a clicked line
+LINE_GAP = 2 * STEP_FINE  # rows: with a click, the other line keeps at least this far on its side in every bin
 MAX_STEP = 1  # rows per column bin in the refined path (a slope of 0.25 at BIN_COLS = 4)
 NEAR_BAND = 0.035  # fraction of the region height: bands beside a candidate line (features)
 FAR_BAND = 0.09
@@ -102,10 +105,18 @@ class ThicknessLines:
         Median over the analysed columns of ``deep row - superficial row`` (pixels, vertical).
     confidence : float
         In [0, 1]: fraction of the analysed columns where both lines lie on a grey-level step of
-        the expected polarity of at least ``EDGE_CONFIDENT`` grey levels. Near 1 for clear
+        the expected polarity of at least ``EDGE_CONFIDENT`` grey levels, the deep line below the
+        superficial one. Near 1 for clear
         aponeuroses; low when a line crosses shadows or was guessed through featureless tissue.
     region_rc : (r0, c0, r1, c1)
         Analysed region, end-exclusive, image pixels.
+    tracked : bool
+        True when the lines were followed from ``previous``, False when this frame was analysed
+        from scratch (also when tracking was lost).
+    superficial_at_rc, deep_at_rc : (row, col) or None
+        Where a clicked line is held: its point at the column of the click, on the frame of the
+        click and on every frame it is tracked to; None for a line chosen automatically. When
+        tracking is lost the lines are found again through these points.
     """
 
     superficial_rc: np.ndarray
@@ -113,6 +124,9 @@ class ThicknessLines:
     thickness_px: float
     confidence: float
     region_rc: tuple[int, int, int, int]
+    tracked: bool = False
+    superficial_at_rc: tuple[float, float] | None = None
+    deep_at_rc: tuple[float, float] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,12 +514,15 @@ def _line_search(image, region):
 
 def _peak_through(acc, slopes, xj, region, at_rc, sign):
     """(row, slope index, value) of the straight line through the image point ``at_rc`` with the
-    strongest edge of ``sign`` in the line scores ``acc`` (value clipped at 0)."""
+    strongest edge of ``sign`` in the line scores ``acc`` (value clipped at 0), among the slopes
+    whose line has its centre row inside the region."""
     hh = acc.shape[0]
     rr = at_rc[0] - region[0] + 0.5  # region row of the point, as paths are (rows = path + r0 - 0.5)
     b = min(max(int((at_rc[1] - region[1]) // BIN_COLS), 0), xj.shape[0] - 1)
-    rows = np.clip(np.round(rr - slopes * xj[b]).astype(np.int64), 0, hh - 1)
-    vals = sign * acc[rows, np.arange(slopes.shape[0])]
+    rows = np.round(rr - slopes * xj[b]).astype(np.int64)
+    inside = (rows >= 0) & (rows < hh)  # a line whose centre row is outside is another line once clipped
+    rows = np.clip(rows, 0, hh - 1)
+    vals = np.where(inside | ~inside.any(), sign * acc[rows, np.arange(slopes.shape[0])], -np.inf)
     k = int(np.argmax(vals))
     return int(rows[k]), k, max(float(vals[k]), 0.0)
 
@@ -515,7 +532,8 @@ def _line_candidates(image, region, guides=(None, None)):
     superficial (peaks, feats, paths), deep (...), (pairs, pair features)).
 
     ``guides``: clicked points (row, col) on the superficial and on the deep line, or None. A
-    clicked line is the last candidate of its kind, and the pairs are those holding it."""
+    clicked line is the last candidate of its kind, and the pairs are those holding it whose deep
+    path lies at least ``LINE_GAP`` rows below the superficial one in every bin."""
     search = cm, g, acc, acc2, slopes, xj = _line_search(image, region)
     hh, nb = g.shape
     sp = [p for p in _line_peaks(-acc, N_PEAKS, 6) if p[0] < SUP_MAX_DEPTH * hh]
@@ -533,9 +551,10 @@ def _line_candidates(image, region, guides=(None, None)):
         return search, sup, deep, ([], None)
     if guides == (None, None):
         return search, sup, deep, _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6)
-    ij, gap = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6, (2 * PAIR_MARGIN + 1) / hh)
+    ij, gap = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6, LINE_GAP / hh)
     keep = [n for n, (i, j) in enumerate(ij) if (guides[0] is None or i == len(sp) - 1)
-            and (guides[1] is None or j == len(dp) - 1)]  # fmt: skip
+            and (guides[1] is None or j == len(dp) - 1)
+            and (deep[2][j] - sup[2][i]).min() >= LINE_GAP]  # fmt: skip
     return search, sup, deep, ([ij[n] for n in keep], gap[keep] if keep else None)
 
 
@@ -591,7 +610,8 @@ def measure_thickness(
     superficial_at_rc, deep_at_rc : (row, col), optional
         A click on the superficial or on the deep line (image pixels, inside the analysed
         region): that line is the edge through the point (within ``GUIDE_HALF`` rows of it), and
-        only the other one is chosen. Either or both; ``previous`` is then ignored.
+        only the other one is chosen, on its side of it, unless ``previous`` holds it at an
+        earlier click. Either or both; the frame is then analysed afresh, not tracked.
 
     Returns
     -------
@@ -602,8 +622,9 @@ def measure_thickness(
     ------
     InputError
         Wrong dtype, shape or memory layout; ROI empty, outside the image or smaller than
-        32x32 pixels; image smaller than 32x32; a clicked point not two finite numbers, outside
-        the analysed region, or the deep one not below the superficial one.
+        32x32 pixels; image smaller than 32x32; a clicked point not two finite numbers or outside
+        the analysed region; no line of the other kind at least ``LINE_GAP`` rows beyond a clicked
+        line, or two clicked lines closer than that.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
@@ -627,13 +648,11 @@ def measure_thickness(
     else:
         region = None
 
-    guides = tuple(None if at is None else check_point(at, name)
+    if previous is not None and not isinstance(previous, ThicknessLines):
+        raise InputError("previous must be a ThicknessLines result")
+    clicks = tuple(None if at is None else check_point(at, name)
                    for at, name in ((superficial_at_rc, "superficial_at_rc"), (deep_at_rc, "deep_at_rc")))  # fmt: skip
-    if guides[0] is not None and guides[1] is not None and not guides[1][0] > guides[0][0]:
-        raise InputError(f"deep_at_rc {guides[1]} must lie below superficial_at_rc {guides[0]} (a larger row)")
-    if previous is not None and guides == (None, None):
-        if not isinstance(previous, ThicknessLines):
-            raise InputError("previous must be a ThicknessLines result")
+    if previous is not None and clicks == (None, None):
         preg = tuple(int(v) for v in previous.region_rc)
         ok = (
             (region is None or region == preg)
@@ -653,9 +672,20 @@ def measure_thickness(
         region = find_bmode_region(image)
         if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
             region = (0, 0, h, w)
-    for at, name in zip(guides, ("superficial_at_rc", "deep_at_rc")):
-        if at is not None and not (region[0] <= at[0] < region[2] and region[1] <= at[1] < region[3]):
+
+    def inside(at):
+        return at is not None and region[0] <= at[0] < region[2] and region[1] <= at[1] < region[3]
+
+    for at, name in zip(clicks, ("superficial_at_rc", "deep_at_rc")):
+        if at is not None and not inside(at):
             raise InputError(f"{name} {at} is outside the analysed region {region} (r0, c0, r1, c1)")
+    held = (None, None) if previous is None else (previous.superficial_at_rc, previous.deep_at_rc)
+    guides = tuple(c if c is not None else (p if inside(p) else None) for c, p in zip(clicks, held))
+    if clicks == (None, None) and guides != (None, None):  # tracking lost: find the held lines again
+        try:
+            return _analyse(image, region, guides)
+        except InputError:  # they are no longer there: the automatic choice
+            guides = (None, None)
     return _analyse(image, region, guides)
 
 
@@ -693,14 +723,17 @@ def _track(image, region, previous):
     pd, ed = _track_line(image, region, _centers_from(previous.deep_rc, region, nb), 1.0, TRACK_HALF)
     if pd is None or es.mean() < TRACK_MIN_EDGE or ed.mean() < TRACK_MIN_EDGE:
         return None
-    return _make_lines(ps, pd, es, ed, region)
+    held = (previous.superficial_at_rc, previous.deep_at_rc)
+    return _make_lines(ps, pd, es, ed, region, tracked=True, at_cols=tuple(None if p is None else p[1] for p in held))
 
 
-def _make_lines(ps, pd, es, ed, region):
+def _make_lines(ps, pd, es, ed, region, tracked=False, at_cols=(None, None)):
+    """ThicknessLines of region-relative paths ``ps``, ``pd`` (nb,) with edge strengths ``es``,
+    ``ed``; ``at_cols``: the click column of each held line (None: not held)."""
     r0, c0, _, _ = region
     nb = ps.shape[0]
     cols = c0 + np.arange(nb) * BIN_COLS + (BIN_COLS - 1) / 2.0
-    conf = float(np.count_nonzero((es >= EDGE_CONFIDENT) & (ed >= EDGE_CONFIDENT))) / nb
+    conf = float(np.count_nonzero((es >= EDGE_CONFIDENT) & (ed >= EDGE_CONFIDENT) & (pd > ps))) / nb
     sup = np.empty((nb, 2))
     sup[:, 0] = ps + (r0 - 0.5)
     sup[:, 1] = cols
@@ -713,6 +746,9 @@ def _make_lines(ps, pd, es, ed, region):
         thickness_px=float(np.median(pd - ps)),
         confidence=conf,
         region_rc=tuple(int(v) for v in region),
+        tracked=tracked,
+        superficial_at_rc=None if at_cols[0] is None else (float(np.interp(at_cols[0], cols, sup[:, 0])), float(at_cols[0])),
+        deep_at_rc=None if at_cols[1] is None else (float(np.interp(at_cols[1], cols, deep[:, 0])), float(at_cols[1])),
     )
 
 
@@ -722,19 +758,15 @@ def _analyse(image, region, guides=(None, None)):
     if ij:
         i, j = ij[_choose_pair(sup[1], deep[1], ij, gap)]
         ps, pd = sup[2][i], deep[2][j]
-    else:  # no pair far enough apart: the clicked lines, else the strongest line on each side of
-        # the middle or of the clicked line (low confidence)
+    elif None not in guides:
+        raise InputError(f"the clicked superficial and deep lines cross or come within {LINE_GAP} rows of each other")
+    elif guides != (None, None):
+        other = "deep line below the clicked superficial" if guides[0] is not None else "superficial line above the clicked deep"
+        raise InputError(f"no {other} line by at least {LINE_GAP} rows")
+    else:  # no pair of opposite edges far enough apart: strongest lines in each half (low confidence)
         mid = N_SLOPES // 2
-        split = hh // 2
-        if guides[0] is not None:
-            split = sup[0][-1][0] + 1
-        elif guides[1] is not None:
-            split = deep[0][-1][0]
-        split = min(max(split, 1), hh - 1)
-        rs = int(np.argmax(-acc[:split, mid]))
-        rd = split + int(np.argmax(acc[split:, mid]))
+        rs = int(np.argmax(-acc[: hh // 2, mid]))
+        rd = hh // 2 + int(np.argmax(acc[hh // 2 :, mid]))
         ps, pd = _paths(g, rs + slopes[mid] * xj, rd + slopes[mid] * xj, BAND_HALF)
-        ps = sup[2][-1] if guides[0] is not None else ps
-        pd = deep[2][-1] if guides[1] is not None else pd
     j = np.arange(nb)
-    return _make_lines(ps, pd, -g[ps, j], g[pd, j], region)
+    return _make_lines(ps, pd, -g[ps, j], g[pd, j], region, at_cols=tuple(None if a is None else a[1] for a in guides))

@@ -21,20 +21,27 @@ from mmstream.messages import (
 )  # fmt: skip
 from mmstream.nodes.base import Node, Out, Port
 
+LINES = ("superficial", "deep")  # the thickness lines a click may hold
+
 
 @dataclass(frozen=True)
 class StreamConfig:
     """What to measure on one stream. ``seed_version`` grows with each new click in the nerve or
-    muscle, ``lines_version`` with each click on an aponeurosis (or clearing one)."""
+    muscle; ``line_versions`` (superficial, deep) with each click on (or release of) an aponeurosis."""
 
     seed_rc: tuple[float, float] | None = None
     seed_version: int = 0
     superficial_at_rc: tuple[float, float] | None = None
     deep_at_rc: tuple[float, float] | None = None
-    lines_version: int = 0
+    line_versions: tuple[int, int] = (0, 0)
     roi: tuple[int, int, int, int] | None = None
     metrics: tuple[str, ...] = METRICS
     clinical: ClinicalContext = ClinicalContext()
+
+    @property
+    def lines_version(self) -> int:
+        """Line clicks and releases so far (both lines)."""
+        return sum(self.line_versions)
 
 
 class StreamSettings:
@@ -51,13 +58,13 @@ class StreamSettings:
 
     def update(self, stream_id: str, **changes) -> StreamConfig:
         """Apply changes; a new ``seed_rc`` (or clearing it) bumps ``seed_version``, a new
-        ``superficial_at_rc`` or ``deep_at_rc`` ``lines_version``."""
+        ``superficial_at_rc`` or ``deep_at_rc`` that line's entry of ``line_versions``."""
         with self._lock:
             cur = self._by_stream.get(stream_id, self._defaults)
             if "seed_rc" in changes:
                 changes["seed_version"] = cur.seed_version + 1
-            if "superficial_at_rc" in changes or "deep_at_rc" in changes:
-                changes["lines_version"] = cur.lines_version + 1
+            changes["line_versions"] = tuple(v + (f"{line}_at_rc" in changes)
+                                             for v, line in zip(cur.line_versions, LINES))  # fmt: skip
             new = replace(cur, **changes)
             self._by_stream[stream_id] = new
             return new
@@ -110,7 +117,7 @@ class Analyzer(Node):
         self.echo = echo  # reference table and device calibration: live echo z-scores (mmstream.calibration)
         self._previous: dict[str, FrameAnalysis] = {}
         self._seed_version: dict[str, int] = {}
-        self._lines: dict[str, tuple[int, tuple]] = {}  # stream -> (lines_version, clicks) last applied
+        self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h: Frame = msg.header
@@ -124,54 +131,62 @@ class Analyzer(Node):
                 prev = self._previous.get(h.stream_id)
                 if prev is not None:
                     self._previous[h.stream_id] = prev.model_copy(update={"csa": None})
-        guides = self._line_guides(h.stream_id, cfg)
+        clicks = self._line_clicks(h.stream_id, cfg)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
+        out = []
         try:
-            res = analyze_frame(
-                msg.arrays["image"],
-                spacing_mm=h.spacing_mm,
-                roi=cfg.roi,
-                seed=seed,
-                previous=self._previous.get(h.stream_id),
-                metrics=cfg.metrics,
-                superficial_at_rc=guides[0],
-                deep_at_rc=guides[1],
-            )
+            res = self._analyze(msg, cfg, seed, clicks)
         except MmstreamError as exc:
-            self._previous.pop(h.stream_id, None)
-            return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
+            res = None
+            if clicks != (None, None):
+                try:  # the frame without the click: if that works the click was refused, the rest kept
+                    res = self._analyze(msg, cfg, seed, (None, None))
+                    out.append(self.reject(exc.reason, f"line click refused: {exc}", h.stream_id, h.seq))
+                except MmstreamError as exc2:
+                    exc = exc2
+            if res is None:
+                self._previous.pop(h.stream_id, None)
+                return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
+        if "thickness" in cfg.metrics:  # the clicks are applied (or refused); until then they wait
+            self._line_versions[h.stream_id] = cfg.line_versions
         self._previous[h.stream_id] = res
         self.count("analyzed")
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
         header, arrays = metrics_message(h.model_copy(update={"clinical": clinical}), res, stamps)
         if self.echo is not None and header.echogenicity is not None:
             header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
-        return [Out("metrics", header, arrays)]
+        return [*out, Out("metrics", header, arrays)]
 
-    def _line_guides(self, stream_id: str, cfg: StreamConfig) -> tuple:
-        """(superficial, deep) points the thickness lines must pass through on this frame: none
-        but on the first frame after a line click. The line just clicked passes through the click;
-        a line clicked before passes where it is now (the previous frame's line at the column of
-        its click), so the probe may have moved between the two clicks. When both clicks are
-        cleared the lines are found afresh."""
-        version, applied = self._lines.get(stream_id, (0, (None, None)))
-        if cfg.lines_version == version:
+    def _analyze(self, msg: Decoded, cfg: StreamConfig, seed, clicks) -> FrameAnalysis:
+        h = msg.header
+        return analyze_frame(
+            msg.arrays["image"],
+            spacing_mm=h.spacing_mm,
+            roi=cfg.roi,
+            seed=seed,
+            previous=self._previous.get(h.stream_id),
+            metrics=cfg.metrics,
+            superficial_at_rc=clicks[0],
+            deep_at_rc=clicks[1],
+        )
+
+    def _line_clicks(self, stream_id: str, cfg: StreamConfig) -> tuple:
+        """(superficial, deep) clicks new since the last analysed frame, None for the others (the
+        kernel keeps an earlier click on the other line where that line is now). A released line
+        is no longer held (it stays as tracked); with both released the lines are found afresh.
+        Clicks wait while thickness is not measured."""
+        applied = self._line_versions.get(stream_id, (0, 0))
+        if cfg.line_versions == applied or "thickness" not in cfg.metrics:
             return None, None
+        new = [v != a for v, a in zip(cfg.line_versions, applied)]
         clicks = (cfg.superficial_at_rc, cfg.deep_at_rc)
-        self._lines[stream_id] = (cfg.lines_version, clicks)
         prev = self._previous.get(stream_id)
         t = None if prev is None else prev.thickness
-        if clicks == (None, None):
-            if t is not None:
-                self._previous[stream_id] = prev.model_copy(update={"thickness": None})
-            return None, None
-        guides = []
-        for at, before, line in zip(clicks, applied, ("superficial_rc", "deep_rc")):
-            if at is not None and at == before and t is not None:
-                poly = np.asarray(getattr(t, line), np.float64)
-                at = (float(np.interp(at[1], poly[:, 1], poly[:, 0])), at[1])
-            guides.append(at)
-        return tuple(guides)
+        if t is not None:
+            released = {f"{line}_at_rc": None for line, n, at in zip(LINES, new, clicks) if n and at is None}
+            t = None if clicks == (None, None) else t.model_copy(update=released)
+            self._previous[stream_id] = prev.model_copy(update={"thickness": t})
+        return tuple(at if n else None for at, n in zip(clicks, new))
 
     def _assess(self, e: EchoSummary, h: Frame, clinical: ClinicalContext) -> EchoSummary:
         im = h.imaging

@@ -37,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-LAYOUT_VERSION = 2  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added)
+LAYOUT_VERSION = 3  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added); 3: thickness_tracked and the thickness click columns
 HIST_BINS = 256
 CONTOUR_MAX_POINTS = 256  # the CSA kernel returns 64-vertex polygons
 HEAP_CHUNK_BYTES = 1 << 16
@@ -136,6 +136,10 @@ METRICS_COLUMNS = (
     Column("thickness_px", "f8", "pixel", "median thickness", _sub("thickness", "thickness_px")),
     Column("thickness_mm", "f8", "mm", "median thickness (NaN: spacing unknown)", _sub("thickness", "thickness_mm")),
     Column("thickness_confidence", "f8", "", "0..1", _sub("thickness", "confidence")),
+    Column("thickness_tracked", "?", "", "lines tracked from the previous frame", _sub("thickness", "tracked", *_BOOL)),
+    *(Column(f"thickness_{line}_at_{a}", "f8", "pixel", f"{line} line held by a click: {name} (NaN: not held)",
+             _sub("thickness", f"{line}_at_rc.{i}"))
+      for line in ("superficial", "deep") for i, (a, name) in enumerate((("r", "row"), ("c", "click column")))),
     Column("line_n", "i4", "point", "valid rows of metrics/superficial_rc and deep_rc (0: none)"),
     Column("has_quality", "?", "", "quality flags computed", lambda h: h.quality is not None),
     Column("saturated_fraction", "f8", "", "fraction of saturated pixels", _sub("quality", "saturated_fraction")),
