@@ -197,10 +197,13 @@ def test_tap_modes_set_the_thickness_lines_and_clear_lines_resets_them(svc, page
     page.touchscreen.tap(*client_point(page, row, col))
     wait_for(lambda: settings().superficial_at_rc, what="the superficial line tap")
     assert np.allclose(settings().superficial_at_rc, (row, col), atol=1) and settings().deep_at_rc is not None
+    held = "superficial and deep line held by a tap"  # the thickness card says which lines a tap holds
+    wait_for(lambda: held in page.locator("#th-sub").text_content(), what="the card naming the held lines")
     shot(page, "line-clicks")
     page.locator("#clear-lines").click()
     wait_for(lambda: settings().lines_version == before.lines_version + 4, what="both lines cleared")
     assert settings().superficial_at_rc is None and settings().deep_at_rc is None
+    wait_for(lambda: "held" not in page.locator("#th-sub").text_content(), what="the card without held lines")
     assert settings().seed_version == before.seed_version and settings().roi == before.roi  # taps never set those
 
 

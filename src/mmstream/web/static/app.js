@@ -147,6 +147,10 @@ function drawOverlays() {
   ctx.lineWidth = lw;
   if (m.superficial_rc) { ctx.strokeStyle = color("--sup"); path(m.superficial_rc, false); }
   if (m.deep_rc) { ctx.strokeStyle = color("--deep"); path(m.deep_rc, false); }
+  for (const [line, v] of [["superficial", "--sup"], ["deep", "--deep"]]) {  // a line held by a tap: a dot there
+    const at = m.thickness && m.thickness[`${line}_at_rc`];
+    if (at) { ctx.fillStyle = color(v); ctx.beginPath(); ctx.arc(at[1], at[0], 2.5 * lw, 0, 2 * Math.PI); ctx.fill(); }
+  }
   if (m.contour_rc) { ctx.lineWidth = lw * 1.3; ctx.strokeStyle = color("--csa"); path(m.contour_rc, true); }
   if (m.csa) {
     const [r, c] = m.csa.seed_rc, k = 4 * lw;
@@ -173,7 +177,11 @@ function onMetrics(m) {
   S.metrics = m;
   if (m.csa) measure("csa-value", "csa-unit", "csa-sub", m.csa.area_mm2, m.csa.area_px, "mm²", "px²", m.csa.confidence);
   else { $("csa-value").textContent = "–"; $("csa-unit").textContent = ""; $("csa-sub").textContent = "no seed: tap the nerve or muscle"; }
-  if (m.thickness) measure("th-value", "th-unit", "th-sub", m.thickness.thickness_mm, m.thickness.thickness_px, "mm", "px", m.thickness.confidence);
+  if (m.thickness) {
+    measure("th-value", "th-unit", "th-sub", m.thickness.thickness_mm, m.thickness.thickness_px, "mm", "px", m.thickness.confidence);
+    const held = ["superficial", "deep"].filter((line) => m.thickness[`${line}_at_rc`]);
+    if (held.length) $("th-sub").textContent += ` · ${held.join(" and ")} line held by a tap`;
+  }
   const e = m.echogenicity;
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
   const z = e && e.z_score !== null && e.z_score !== undefined;
