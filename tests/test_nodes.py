@@ -209,7 +209,10 @@ def test_control_commands_update_settings():
     assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.lines_version) == ((2.0, 3.0), (9.0, 3.0), 2)
     ctl.process("requests", control_msg(command="set_line", stream_id="p", line="deep", at_rc=None))
     cfg = settings.get("p")
-    assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.lines_version) == ((2.0, 3.0), None, 3)
+    assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.line_versions) == ((2.0, 3.0), None, (1, 2))
+    ctl.process("requests", control_msg(command="set_line", stream_id="p", line="both", at_rc=None))
+    cfg = settings.get("p")
+    assert (cfg.superficial_at_rc, cfg.deep_at_rc, cfg.line_versions) == (None, None, (2, 3))
     (rep,) = ctl.process("requests", control_msg(command="status"))
     assert rep.header.data == {"ok": 1}
 
@@ -232,6 +235,7 @@ def test_control_answers_undecodable_requests():
         {"command": "set_line", "stream_id": "p", "line": "middle", "at_rc": (1.0, 2.0)},
         {"command": "set_line", "stream_id": "p", "line": "deep", "at_rc": (float("nan"), 2.0)},
         {"command": "set_line", "stream_id": "p", "line": "deep", "at_rc": (1.0, 2.0, 3.0)},
+        {"command": "set_line", "stream_id": "p", "line": "both", "at_rc": (1.0, 2.0)},  # both: release only
         {"command": "set_line", "line": "deep", "at_rc": (1.0, 2.0)},  # no stream
         {"command": "reboot"},
     ],

@@ -58,6 +58,7 @@ MAX = 4096
         ('{"cmd": "set_line", "at_rc": [100, 20]}', "invalid_command"),
         ('{"cmd": "set_line", "line": "deep"}', "invalid_command"),
         ('{"cmd": "set_line", "line": null, "at_rc": null}', "invalid_command"),
+        ('{"cmd": "set_line", "line": "both", "at_rc": [100, 20]}', "invalid_command"),  # both: release only
         ('{"cmd": "set_roi", "roi": [0, 0, 10.5, 10]}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": [0, 0, 1e9, 10]}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": "0,0,10,10"}', "invalid_command"),
@@ -84,6 +85,8 @@ def test_valid_commands_parse_to_typed_models():
     assert parse_command('{"cmd": "set_seed", "seed_rc": null}', MAX).seed_rc is None
     line = parse_command('{"cmd": "set_line", "line": "deep", "at_rc": [310.5, 200], "id": 4}', MAX)
     assert (line.cmd, line.line, line.at_rc, line.id) == ("set_line", "deep", (310.5, 200.0), 4)
+    both = parse_command('{"cmd": "set_line", "line": "both", "at_rc": null}', MAX)
+    assert (both.line, both.at_rc) == ("both", None)
     cleared = parse_command('{"cmd": "set_line", "line": "superficial", "at_rc": null}', MAX)
     assert cleared.line == "superficial" and cleared.at_rc is None
     assert parse_command('{"cmd": "set_roi", "roi": [1, 2, 30, 40]}', MAX).roi == (1, 2, 30, 40)

@@ -215,7 +215,8 @@ class Control(_Header):
 
     ``set_seed`` (seed_rc; None clears), ``set_line`` (line, at_rc: a click on the superficial or
     deep aponeurosis that the thickness line must pass through and stays held to; None releases
-    it, and with both released the lines are found automatically again), ``set_roi`` (roi; None
+    it, line ``both`` releases both at once, and with both released the lines are found
+    automatically again), ``set_roi`` (roi; None
     clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
     protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
@@ -229,7 +230,7 @@ class Control(_Header):
     ]  # fmt: skip
     stream_id: Identifier | None = None
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
-    line: Literal["superficial", "deep"] | None = None
+    line: Literal["superficial", "deep", "both"] | None = None
     at_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     roi: tuple[int, int, int, int] | None = None
     metrics: tuple[Metric, ...] | None = None
@@ -241,7 +242,9 @@ class Control(_Header):
         if self.command in per_stream and self.stream_id is None:
             raise ValueError(f"{self.command} needs a stream_id")
         if self.command == "set_line" and self.line is None:
-            raise ValueError("set_line needs line ('superficial' or 'deep')")
+            raise ValueError("set_line needs line ('superficial', 'deep', or 'both' to release both)")
+        if self.line == "both" and self.at_rc is not None:
+            raise ValueError("set_line with line 'both' only releases (at_rc null)")
         if self.command == "set_metrics" and not self.metrics:
             raise ValueError("set_metrics needs a non-empty metrics list")
         if self.command == "set_context" and self.clinical is None:

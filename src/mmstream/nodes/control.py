@@ -8,7 +8,7 @@ from collections.abc import Callable
 from mmstream.codec import Decoded
 from mmstream.errors import CodecError, MmstreamError
 from mmstream.messages import Control, Reply
-from mmstream.nodes.analyzer import StreamSettings
+from mmstream.nodes.analyzer import LINES, StreamSettings
 from mmstream.nodes.base import Node, Out, Port
 
 
@@ -48,7 +48,7 @@ class ControlNode(Node):
             return self._handled(h)
         changes = {
             "set_seed": lambda: {"seed_rc": h.seed_rc},
-            "set_line": lambda: {f"{h.line}_at_rc": h.at_rc},
+            "set_line": lambda: {f"{line}_at_rc": h.at_rc for line in LINES if h.line in (line, "both")},
             "set_roi": lambda: {"roi": h.roi},
             "set_metrics": lambda: {"metrics": tuple(h.metrics)},
             "set_context": lambda: {"clinical": h.clinical},

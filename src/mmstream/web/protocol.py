@@ -16,7 +16,7 @@ from typing import Annotated, Literal, get_args
 
 import numpy as np
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from mmstream.errors import MmstreamError
 from mmstream.messages import ClinicalContext, Identifier
@@ -77,11 +77,18 @@ class SetSeed(_Cmd):
 
 class SetLine(_Cmd):
     """Tap in a line mode: ``at_rc`` (row, col) in image pixels on the superficial or deep
-    aponeurosis, which that thickness line must pass through; null clears that line's click."""
+    aponeurosis, which that thickness line must pass through; null releases that line (line
+    ``both``: both lines, at_rc null only)."""
 
     cmd: Literal["set_line"]
-    line: Literal["superficial", "deep"]
+    line: Literal["superficial", "deep", "both"]
     at_rc: tuple[Coord, Coord] | None
+
+    @model_validator(mode="after")
+    def _both_only_releases(self):
+        if self.line == "both" and self.at_rc is not None:
+            raise ValueError("line 'both' only releases (at_rc null)")
+        return self
 
 
 class SetRoi(_Cmd):

@@ -373,9 +373,7 @@ canvas.addEventListener("pointerup", (ev) => {
 canvas.addEventListener("pointercancel", () => { S.drag = null; });
 
 $("clear-seed").onclick = () => command({ cmd: "set_seed", seed_rc: null });
-$("clear-lines").onclick = () => {
-  for (const line of ["superficial", "deep"]) command({ cmd: "set_line", line, at_rc: null });
-};
+$("clear-lines").onclick = () => command({ cmd: "set_line", line: "both", at_rc: null });
 $("clear-roi").onclick = () => command({ cmd: "set_roi", roi: null });
 $("capture").onclick = () => command({ cmd: "capture" });
 $("record").onclick = () => command({ cmd: S.recording ? "record_stop" : "record_start" });
