@@ -68,6 +68,19 @@ def test_clicked_lines_then_tracked(frames):
         prev = res
 
 
+def test_a_new_roi_keeps_held_lines_and_clearing_it_finds_the_region_again(frames):
+    f = frames[0]
+    c = float(f.image.shape[1] // 2)
+    deep = (float(f.truth.deep_row[int(c)]), c)
+    a = analyze_frame(f.image, metrics=["thickness"], deep_at_rc=deep)
+    roi = (0, 0, f.image.shape[0], f.image.shape[1] - 40)
+    b = analyze_frame(frames[1].image, metrics=["thickness"], previous=a, roi=roi)
+    assert tuple(b.thickness.region_rc) == roi and not b.thickness.tracked  # a new ROI: searched again ...
+    assert b.thickness.deep_at_rc[1] == c  # ... through the held point
+    d = analyze_frame(frames[2].image, metrics=["thickness"], previous=b)  # ROI cleared: the whole picture again
+    assert tuple(d.thickness.region_rc) != roi and d.thickness.deep_at_rc[1] == c
+
+
 def test_unknown_spacing_gives_pixels_only(frames):
     f = frames[0]
     res = analyze_frame(f.image, seed=f.truth.nerve_center_rc)
@@ -139,6 +152,8 @@ def test_new_frame_size_starts_afresh(frames):
         ({"superficial_at_rc": (10, 10_000)}, InputError),
         ({"superficial_at_rc": (300, 100), "deep_at_rc": (200, 100)}, InputError),
         ({"deep_at_rc": "99"}, InputError),
+        ({"seed": (10**400, 3)}, InputError),
+        ({"seed": "ab"}, InputError),
         ({"metrics": ["csa", "colour"]}, InputError),
         ({"echo_region": "roi"}, InputError),
         ({"echo_region": "csa", "metrics": ["echogenicity"]}, InputError),

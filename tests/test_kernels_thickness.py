@@ -346,6 +346,33 @@ def test_a_held_line_is_tracked_kept_by_a_click_on_the_other_and_found_again():
     assert gone.deep_at_rc is None and row_at(gone.deep_rc, 120) == pytest.approx(150.0, abs=2.0)
 
 
+def test_lines_never_cross_when_tracked_or_found_automatically():
+    """Clicked lines 10 rows apart, then a frame where their edges swap (a bright band between
+    them): tracking would cross them, so the frame is searched afresh instead. Random layered
+    frames (the fallback without any pair included) never give a deep line above the superficial."""
+    rng = np.random.default_rng(0)
+
+    def speckled(a):
+        return np.clip(a * rng.rayleigh(1.0, a.shape) / np.sqrt(np.pi / 2), 0, 255).astype(np.uint8)
+
+    a = np.full((200, 240), 70.0)
+    a[:100], a[110:] = 180.0, 180.0
+    first = tk.measure_thickness(speckled(a), superficial_at_rc=(100.0, 120.0), deep_at_rc=(110.0, 120.0))
+    assert first.thickness_px == pytest.approx(10.0, abs=2.0)
+    b = np.full((200, 240), 70.0)
+    b[100:110] = 200.0
+    nxt = tk.measure_thickness(speckled(b), previous=first)
+    assert not nxt.tracked and (nxt.deep_rc[:, 0] - nxt.superficial_rc[:, 0]).min() >= tk.LINE_GAP
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers((32, 32), (80, 120)))
+        c = np.full((h, w), 80.0)
+        for _ in range(3):
+            r = int(rng.integers(0, h - 4))
+            c[r : r + int(rng.integers(2, 8))] = rng.uniform(120, 230)
+        res = tk.measure_thickness(speckled(c))
+        assert (res.deep_rc[:, 0] - res.superficial_rc[:, 0]).min() >= 1.0 and res.thickness_px > 0
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -359,6 +386,8 @@ def test_a_held_line_is_tracked_kept_by_a_click_on_the_other_and_found_again():
         ({"superficial_at_rc": (50.0, 10.0), "roi": (0, 20, 100, 100)}, "outside the analysed region"),
         ({"deep_at_rc": "99"}, "pair of numbers"),
         ({"deep_at_rc": (True, False)}, "pair of numbers"),
+        ({"deep_at_rc": (np.bool_(True), 5.0)}, "pair of numbers"),
+        ({"deep_at_rc": (10**400, 5.0)}, "pair of numbers"),
         ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (40.0, 50.0)}, "cross"),
         ({"superficial_at_rc": (60.0, 50.0), "deep_at_rc": (60.0, 70.0)}, "cross"),
     ],

@@ -170,12 +170,18 @@ def test_analyzer_line_clicks_hold_release_and_refuse():
     settings.update("s1", deep_at_rc=(row(f[6], "deep_row"), c))
     (m,) = an.process("frames", frame_msg(6, f[6].image))
     assert m.header.thickness.deep_at_rc[1] == c and m.header.csa.tracked
+    # a new frame size ends the hold: a warning says so
+    small = np.ascontiguousarray(f[6].image[:400])
+    settings.update("s1", roi=None)
+    ev, m = an.process("frames", frame_msg(7, small))
+    assert ev.header.reason == "line_hold_lost" and "deep line" in ev.header.message
+    assert m.header.thickness.deep_at_rc is None and an.counters["line_hold_lost"] == 1
     # a click while thickness is not measured waits for it
     settings.update("s1", metrics=("echogenicity",), deep_at_rc=(row(f[7], "deep_row"), c - 80))
-    (m,) = an.process("frames", frame_msg(7, f[7].image))
+    (m,) = an.process("frames", frame_msg(8, f[7].image))
     assert m.header.thickness is None
     settings.update("s1", metrics=("thickness",))
-    (m,) = an.process("frames", frame_msg(8, f[8].image))
+    (m,) = an.process("frames", frame_msg(9, f[8].image))
     assert m.header.thickness.deep_at_rc[1] == c - 80 and not m.header.thickness.tracked
 
 

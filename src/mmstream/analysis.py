@@ -21,6 +21,7 @@ from mmstream.kernels import csa as csa_k
 from mmstream.kernels import echogenicity as echo_k
 from mmstream.kernels import quality as quality_k
 from mmstream.kernels import thickness as thickness_k
+from mmstream.kernels._points import check_point
 from mmstream.ndarray import Counts, Points
 
 __all__ = [
@@ -254,7 +255,7 @@ def analyze_frame(
     csa = None
     if "csa" in wanted or echo_region == "csa":
         if seed is not None:
-            sr_, sc_ = (float(v) for v in seed)
+            sr_, sc_ = check_point(seed, "seed")
             contour = csa_k.segment_from_seed(frame, (sr_, sc_))
             csa = _csa_result(contour, (sr_, sc_), False, spacing)
         elif previous is not None and previous.csa is not None:
@@ -286,13 +287,14 @@ def analyze_frame(
 
     thick = None
     if "thickness" in wanted:
-        prev_lines = None
-        if previous is not None and previous.thickness is not None and (
-            roi_t is None or tuple(previous.thickness.region_rc) == roi_t
-        ):
-            prev_lines = _previous_lines(previous.thickness)
+        prev_t = None if previous is None else previous.thickness
         lines = thickness_k.measure_thickness(
-            frame, roi=roi_t, previous=prev_lines, superficial_at_rc=superficial_at_rc, deep_at_rc=deep_at_rc
+            frame,
+            roi=roi_t,
+            previous=None if prev_t is None else _previous_lines(prev_t),
+            superficial_at_rc=superficial_at_rc,
+            deep_at_rc=deep_at_rc,
+            track=prev_t is not None and previous.roi == roi_t,  # a new ROI: only the held points carry over
         )
         thick = ThicknessResult(
             region_rc=lines.region_rc,

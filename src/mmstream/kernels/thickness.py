@@ -49,8 +49,9 @@ aponeurosis, the soleus taken for the gastrocnemius): see the README's accuracy 
 
 With ``previous`` (a live stream) steps 1, 3 and 5 are skipped: the region is kept and the
 refinement of step 4 runs in a narrower band around the previous lines; if the edges found there
-are too weak the frame is analysed from scratch, through the points where clicked lines were held
-(a click stays in force). A click on one line keeps the other line's earlier click.
+are too weak, or the lines run closer than ``LINE_GAP`` rows, the frame is analysed from scratch,
+through the points where clicked lines were held (the automatic choice if that fails). A click on
+one line keeps the other line's earlier click.
 """
 
 from dataclasses import dataclass
@@ -532,8 +533,8 @@ def _line_candidates(image, region, guides=(None, None)):
     superficial (peaks, feats, paths), deep (...), (pairs, pair features)).
 
     ``guides``: clicked points (row, col) on the superficial and on the deep line, or None. A
-    clicked line is the last candidate of its kind, and the pairs are those holding it whose deep
-    path lies at least ``LINE_GAP`` rows below the superficial one in every bin."""
+    clicked line is the last candidate of its kind, and the pairs are those holding it. Every
+    pair's deep path lies at least ``LINE_GAP`` rows below its superficial one in every bin."""
     search = cm, g, acc, acc2, slopes, xj = _line_search(image, region)
     hh, nb = g.shape
     sp = [p for p in _line_peaks(-acc, N_PEAKS, 6) if p[0] < SUP_MAX_DEPTH * hh]
@@ -549,9 +550,8 @@ def _line_candidates(image, region, guides=(None, None)):
     deep = (dp, *_candidates(*args, dp, slopes, xj, 1.0, guides[1] is not None)) if dp else None
     if not (sup and deep):
         return search, sup, deep, ([], None)
-    if guides == (None, None):
-        return search, sup, deep, _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6)
-    ij, gap = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6, LINE_GAP / hh)
+    min_gap = DEEP_MIN_GAP if guides == (None, None) else LINE_GAP / hh
+    ij, gap = _pairs(sup, deep, hh, csum, tsum, float(cm.mean()) + 1e-6, min_gap)
     keep = [n for n, (i, j) in enumerate(ij) if (guides[0] is None or i == len(sp) - 1)
             and (guides[1] is None or j == len(dp) - 1)
             and (deep[2][j] - sup[2][i]).min() >= LINE_GAP]  # fmt: skip
@@ -594,6 +594,7 @@ def measure_thickness(
     previous: ThicknessLines | None = None,
     superficial_at_rc: tuple[float, float] | None = None,
     deep_at_rc: tuple[float, float] | None = None,
+    track: bool = True,
 ) -> ThicknessLines:
     """Superficial and deep aponeurosis lines and the muscle thickness between them.
 
@@ -612,6 +613,9 @@ def measure_thickness(
         region): that line is the edge through the point (within ``GUIDE_HALF`` rows of it), and
         only the other one is chosen, on its side of it, unless ``previous`` holds it at an
         earlier click. Either or both; the frame is then analysed afresh, not tracked.
+    track : bool
+        False: ``previous`` is not tracked (the caller's ROI changed), it only lends the points
+        where its clicked lines are held.
 
     Returns
     -------
@@ -652,7 +656,7 @@ def measure_thickness(
         raise InputError("previous must be a ThicknessLines result")
     clicks = tuple(None if at is None else check_point(at, name)
                    for at, name in ((superficial_at_rc, "superficial_at_rc"), (deep_at_rc, "deep_at_rc")))  # fmt: skip
-    if previous is not None and clicks == (None, None):
+    if previous is not None and clicks == (None, None) and track:
         preg = tuple(int(v) for v in previous.region_rc)
         ok = (
             (region is None or region == preg)
@@ -714,15 +718,16 @@ def _track_line(image, region, center, sign, half):
 
 
 def _track(image, region, previous):
-    """Lines of ``previous`` followed on ``image`` (None when lost)."""
+    """Lines of ``previous`` followed on ``image`` (None when lost: weak edges, or the lines
+    closer than ``LINE_GAP`` rows somewhere)."""
     r0, c0, _, _ = region
     nb = (region[3] - region[1]) // BIN_COLS
     ps, es = _track_line(image, region, _centers_from(previous.superficial_rc, region, nb), -1.0, TRACK_HALF)
     if ps is None:
         return None
     pd, ed = _track_line(image, region, _centers_from(previous.deep_rc, region, nb), 1.0, TRACK_HALF)
-    if pd is None or es.mean() < TRACK_MIN_EDGE or ed.mean() < TRACK_MIN_EDGE:
-        return None
+    if pd is None or es.mean() < TRACK_MIN_EDGE or ed.mean() < TRACK_MIN_EDGE or (pd - ps).min() < LINE_GAP:
+        return None  # weak edges, or lines run together: lost
     held = (previous.superficial_at_rc, previous.deep_at_rc)
     return _make_lines(ps, pd, es, ed, region, tracked=True, at_cols=tuple(None if p is None else p[1] for p in held))
 
@@ -768,5 +773,6 @@ def _analyse(image, region, guides=(None, None)):
         rs = int(np.argmax(-acc[: hh // 2, mid]))
         rd = hh // 2 + int(np.argmax(acc[hh // 2 :, mid]))
         ps, pd = _paths(g, rs + slopes[mid] * xj, rd + slopes[mid] * xj, BAND_HALF)
+        pd = np.maximum(pd, ps + 1)  # never above the superficial line, where the two bands overlap
     j = np.arange(nb)
     return _make_lines(ps, pd, -g[ps, j], g[pd, j], region, at_cols=tuple(None if a is None else a[1] for a in guides))

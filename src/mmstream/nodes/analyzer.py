@@ -74,6 +74,11 @@ class StreamSettings:
             return dict(self._by_stream)
 
 
+def _held(t) -> set[str]:
+    """The lines a thickness result holds at a click (none for None)."""
+    return set() if t is None else {line for line in LINES if getattr(t, f"{line}_at_rc") is not None}
+
+
 def metrics_message(h: Frame, res: FrameAnalysis, stamps: dict[str, float]) -> tuple[Metrics, tuple]:
     """The ``metrics`` message (header and arrays) of analysis ``res`` of frame ``h``."""
     arrays = {}
@@ -132,6 +137,8 @@ class Analyzer(Node):
                 if prev is not None:
                     self._previous[h.stream_id] = prev.model_copy(update={"csa": None})
         clicks = self._line_clicks(h.stream_id, cfg)
+        prev = self._previous.get(h.stream_id)
+        held_before = _held(None if prev is None else prev.thickness)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         out = []
         try:
@@ -149,6 +156,11 @@ class Analyzer(Node):
                 return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
         if "thickness" in cfg.metrics:  # the clicks are applied (or refused); until then they wait
             self._line_versions[h.stream_id] = cfg.line_versions
+        if res.thickness is not None:  # a hold that ends without a release: say so (tap again)
+            for line in held_before - _held(res.thickness):
+                self.count("line_hold_lost")
+                out.append(self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it "
+                                      "was tapped (lines lost, new ROI or frame size): tap it again", h.stream_id, h.seq))  # fmt: skip
         self._previous[h.stream_id] = res
         self.count("analyzed")
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
@@ -173,19 +185,18 @@ class Analyzer(Node):
     def _line_clicks(self, stream_id: str, cfg: StreamConfig) -> tuple:
         """(superficial, deep) clicks new since the last analysed frame, None for the others (the
         kernel keeps an earlier click on the other line where that line is now). A released line
-        is no longer held (it stays as tracked); with both released the lines are found afresh.
-        Clicks wait while thickness is not measured."""
+        is no longer held (it stays as tracked); a release that leaves no line held has the lines
+        found afresh. Clicks wait while thickness is not measured."""
         applied = self._line_versions.get(stream_id, (0, 0))
         if cfg.line_versions == applied or "thickness" not in cfg.metrics:
             return None, None
         new = [v != a for v, a in zip(cfg.line_versions, applied)]
         clicks = (cfg.superficial_at_rc, cfg.deep_at_rc)
         prev = self._previous.get(stream_id)
-        t = None if prev is None else prev.thickness
-        if t is not None:
-            released = {f"{line}_at_rc": None for line, n, at in zip(LINES, new, clicks) if n and at is None}
-            t = None if clicks == (None, None) else t.model_copy(update=released)
-            self._previous[stream_id] = prev.model_copy(update={"thickness": t})
+        released = {f"{line}_at_rc": None for line, n, at in zip(LINES, new, clicks) if n and at is None}
+        if released and prev is not None and prev.thickness is not None:
+            t = prev.thickness.model_copy(update=released)
+            self._previous[stream_id] = prev.model_copy(update={"thickness": t if _held(t) else None})
         return tuple(at if n else None for at, n in zip(clicks, new))
 
     def _assess(self, e: EchoSummary, h: Frame, clinical: ClinicalContext) -> EchoSummary:
