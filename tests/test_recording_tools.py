@@ -380,3 +380,32 @@ def test_a_session_without_frames(tmp_path, capsys):
     assert (tmp_path / "x" / "probe0_metrics.csv").read_text().startswith("seq,t_device_s,")
     report.build_report(path, tmp_path / "r.html")
     assert "Stream probe0" in (tmp_path / "r.html").read_text()
+
+
+def test_a_layout_2_file_reads_exports_and_reports_without_the_columns_3_added(tmp_path):
+    """Layout 3 only added metrics columns (thickness_tracked, the thickness click points): a
+    layout-2 file, which lacks them, still inspects, exports and reports."""
+    path = tmp_path / "v2.h5"
+    write_session(path, n_frames=6)
+    added = ["thickness_tracked", *(f"thickness_{line}_at_{a}" for line in ("superficial", "deep") for a in "rc")]
+    with h5py.File(path, "r+") as f:
+        f["session"].attrs["layout_version"] = 2
+        g = f["streams/probe0/metrics"]
+        old, units = g["table"][...], json.loads(g["table"].attrs["units"])
+        assert set(added) <= set(old.dtype.names)
+        keep = [n for n in old.dtype.names if n not in added]
+        rows = np.zeros(len(old), np.dtype([(n, old.dtype[n]) for n in keep]))
+        for n in keep:
+            rows[n] = old[n]
+        del g["table"]
+        g.create_dataset("table", data=rows, maxshape=(None,), chunks=(256,))
+        g["table"].attrs["units"] = json.dumps({k: v for k, v in units.items() if k not in added})
+    assert inspect.summarize(path)["layout_version"] == 2
+    with SessionReader(path) as r:
+        table = r.stream("probe0").metrics_table()
+    assert len(table) == 6 and "thickness_tracked" not in table.dtype.names
+    export.export_session(path, tmp_path / "x", metrics_formats=("csv",))
+    with open(tmp_path / "x" / "probe0_metrics.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert "thickness_mm" in header and "thickness_tracked" not in header
+    assert report.build_report(path, tmp_path / "r.html").stat().st_size > 0
