@@ -237,8 +237,7 @@ def probability(nets: tuple[NetParams, ...], x: np.ndarray) -> np.ndarray:
     prob = forward(nets[0], x)
     for params in nets[1:]:
         prob += forward(params, x)
-    if len(nets) > 1:
-        prob /= np.float32(len(nets))
+    prob /= np.float32(len(nets))
     return prob
 
 
