@@ -81,6 +81,56 @@ def test_a_new_roi_keeps_held_lines_and_clearing_it_finds_the_region_again(frame
     assert tuple(d.thickness.region_rc) != roi and d.thickness.deep_at_rc[1] == c
 
 
+def test_a_frame_without_contact_is_not_measured_and_tracking_resumes_after_it(frames):
+    """The probe lifted for two frames: nothing is measured on them (quality says why, even when not
+    asked for), and the next frame with contact tracks the CSA and keeps the held line."""
+    f0, f1 = frames[0], frames[1]
+    c = float(f0.image.shape[1] // 2)
+    a = analyze_frame(f0.image, spacing_mm=f0.truth.spacing_mm, seed=f0.truth.nerve_center_rc,
+                      deep_at_rc=(float(f0.truth.deep_row[int(c)]), c))  # fmt: skip
+    lifted = np.zeros_like(f0.image)
+    lifted[:6] = 200  # the lens ring-down: a few bright rows on top
+    b = analyze_frame(lifted, spacing_mm=f0.truth.spacing_mm, previous=a)
+    assert b.echogenicity is None and b.csa is None and b.thickness is None
+    assert b.quality.no_contact and b.quality.dark_fraction > 0.9
+    b2 = analyze_frame(lifted, previous=b, metrics=["csa", "thickness"])
+    assert b2.quality is not None and b2.quality.no_contact and b2.csa is None  # quality says why
+    assert b2.tracking_state is a and b2.quality.duplicate  # compared with the lifted frame before it
+    res = analyze_frame(f1.image, spacing_mm=f1.truth.spacing_mm, previous=b2)
+    assert res.csa.tracked and res.thickness.deep_at_rc[1] == c and res.tracking_state is res
+    assert res.csa.area_mm2 == pytest.approx(f1.truth.nerve_area_mm2, rel=0.2)
+    assert res.thickness.thickness_mm == pytest.approx(f1.truth.thickness_mm, abs=0.4)
+    # with_tracking edits what is carried, not the frame's own (null) fields
+    cleared = b2.with_tracking(csa=None)
+    assert cleared.tracking_state.csa is None and b2.tracking_state.csa is not None and cleared.quality == b2.quality
+    assert analyze_frame(f1.image, previous=cleared).csa is None
+    # a lifted first frame carries nothing
+    first = analyze_frame(lifted)
+    assert first.tracking_state is first and analyze_frame(f1.image, previous=first).csa is None
+
+
+@pytest.mark.parametrize("tap", [{"seed": (100.0, 100.0)}, {"deep_at_rc": (300.0, 100.0)}, {"superficial_at_rc": (50.0, 10.0)}])
+def test_a_tap_on_a_frame_without_contact_is_refused(frames, tap):
+    lifted = np.full(frames[0].image.shape, 3, np.uint8)
+    with pytest.raises(InputError, match="without probe contact") as exc:
+        analyze_frame(lifted, **tap)
+    assert exc.value.reason == "no_contact"
+
+
+@pytest.mark.shared_data
+def test_the_contact_check_measures_every_real_image(shared_data):
+    """No real image of the shared data (nerves with dark surroundings, screen captures with the
+    scanner's interface) is taken for a lifted probe."""
+    from mmstream.io.reader import open_file
+
+    paths = sorted((shared_data / "usgra-seg").rglob("images/*.png")) + sorted((shared_data / "timtrack").rglob("*.png"))
+    assert len(paths) > 300
+    for p in paths:
+        image = next(iter(open_file(p).frames())).image
+        q = analyze_frame(image, metrics=["quality"]).quality
+        assert not q.no_contact and q.dark_fraction < 0.85, p.name
+
+
 def test_unknown_spacing_gives_pixels_only(frames):
     f = frames[0]
     res = analyze_frame(f.image, seed=f.truth.nerve_center_rc)

@@ -79,6 +79,18 @@ def test_seed_or_roi_outside_image(capsys):
     assert code == 1 and "roi" in err
 
 
+def test_image_without_probe_contact_is_not_measured_and_a_seed_on_it_refused(capsys, tmp_path):
+    lifted = tmp_path / "lifted.png"
+    assert cv2.imwrite(str(lifted), np.zeros((200, 240), np.uint8))
+    code, out, err = run(capsys, lifted, PHANTOM, "--metrics", "echogenicity,csa,thickness")
+    assert code == 0, err
+    rec, good = records(out)
+    assert rec["echogenicity"] is None and rec["thickness"] is None and rec["quality"]["no_contact"] is True
+    assert good["thickness"] is not None and good["quality"] is None  # not asked for, and measured
+    code, out, err = run(capsys, lifted, "--seed", 100, 100)
+    assert code == 1 and out == "" and str(lifted) in err and "without probe contact" in err
+
+
 def test_clicked_deep_line_first_frame_then_tracked(capsys, tmp_path, sim_probe):
     frames = [sim_probe.frame(i) for i in range(3)]
     path = tmp_path / "cine.tif"

@@ -124,10 +124,41 @@ def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
     settings = StreamSettings()
     an = Analyzer(settings)
     settings.update("s1", seed_rc=(5000.0, 5.0))
-    (ev,) = an.process("frames", frame_msg(0, sim_frames[0].image))
+    ev, m = an.process("frames", frame_msg(0, sim_frames[0].image))  # the seed refused, the frame measured
     assert isinstance(ev.header, Event) and ev.header.level == "warning" and ev.header.stream_id == "s1"
+    assert ev.header.message.startswith("seed refused") and an.rejected[ev.header.reason] == 1
+    assert isinstance(m.header, Metrics) and m.header.csa is None and m.header.thickness is not None
     (m,) = an.process("frames", frame_msg(1, sim_frames[1].image))
     assert isinstance(m.header, Metrics) and m.header.csa is None
+
+
+def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames):
+    """Frames without probe contact: no measurement, no lost hold; a tap on them is refused with a
+    warning; tracking resumes from the last frame with contact, and a release during the lift applies."""
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    f = sim_frames
+    c = float(f[0].image.shape[1] // 2)
+    settings.update("s1", seed_rc=f[0].truth.nerve_center_rc, deep_at_rc=(float(f[0].truth.deep_row[int(c)]), c),
+                    superficial_at_rc=(float(f[0].truth.superficial_row[int(c)]), c))  # fmt: skip
+    (m,) = an.process("frames", frame_msg(0, f[0].image))
+    assert m.header.csa is not None and m.header.thickness.deep_at_rc[1] == c
+    lifted = np.zeros_like(f[0].image)
+    (m,) = an.process("frames", frame_msg(1, lifted))
+    h = m.header
+    assert h.echogenicity is None and h.csa is None and h.thickness is None and h.quality.no_contact
+    assert [b.name for b in h.buffers] == []
+    settings.update("s1", seed_rc=(100.0, 100.0))  # a tap on the lifted frame
+    ev, m = an.process("frames", frame_msg(2, lifted))
+    assert ev.header.reason == "no_contact" and "seed refused" in ev.header.message and m.header.quality.no_contact
+    settings.update("s1", superficial_at_rc=None)  # a release while lifted applies to the carried lines
+    (m,) = an.process("frames", frame_msg(3, lifted))
+    (m,) = an.process("frames", frame_msg(4, f[1].image))
+    h = m.header
+    assert h.csa is not None and h.csa.tracked  # the refused seed left the tracked contour alone
+    assert h.thickness.tracked and h.thickness.deep_at_rc[1] == c and h.thickness.superficial_at_rc is None
+    assert h.thickness.thickness_px == pytest.approx(f[1].truth.thickness_px, abs=4.0)
+    assert an.counters.get("line_hold_lost", 0) == 0
 
 
 def test_analyzer_line_clicks_hold_release_and_refuse():

@@ -2,13 +2,15 @@
 browser is ever downloaded): the page loads under its Content-Security-Policy, frames advance, a click
 on the nerve places the seed and the contour appears there, a drag sets the ROI, a touch tap works,
 tapping in a line mode sets that thickness line's click, context and capture, a stream without
-spacing shows pixels and says so; screenshots are saved under ``artifacts/webview/`` (git-ignored)
-and their paths printed."""
+spacing shows pixels and says so, a lifted probe shows no measurement and says why; screenshots are
+saved under ``artifacts/webview/`` (git-ignored) and their paths printed."""
 
+import contextlib
 import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,9 @@ def page(svc, browser):
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(svc.web.url)
-    pg.wait_for_function("window.mmstreamView.painted > 3 && window.mmstreamView.metrics !== null", timeout=20000)
+    pg.wait_for_function("[...document.getElementById('stream').options].some(o => o.value === 'sim')", timeout=20000)
+    pg.select_option("#stream", "sim")  # not a stopped side stream of an earlier test, first in the list
+    pg.wait_for_function("window.mmstreamView.painted > 3 && window.mmstreamView.metrics?.stream_id === 'sim'", timeout=20000)
     yield pg
     ctx.close()
     assert errors == []
@@ -250,24 +254,43 @@ def test_record_button_writes_a_session_file(svc, page):
         assert r.file["streams/sim/index"].shape[0] > 0
 
 
-def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):
+@contextlib.contextmanager
+def side_stream(svc, page, stream_id: str, image: Callable[[int], np.ndarray]):
+    """A second stream of frames ``image(i)`` at 20 fps, shown on the page while the block runs."""
     stop = threading.Event()
-    rng = np.random.default_rng(3)
-    frames = (SourceFrame(image=rng.integers(0, 255, (128, 160), dtype=np.uint8), t_device_s=i / 20) for i in range(10**6))
-    with FrameSender(svc.graph.endpoints["ingest"], "nospacing") as sender:
+    frames = (SourceFrame(image=image(i), t_device_s=i / 20) for i in range(10**6))
+    with FrameSender(svc.graph.endpoints["ingest"], stream_id) as sender:
         t = threading.Thread(target=pump, args=(frames, sender), kwargs={"stop": stop}, daemon=True)
         t.start()
         try:
-            page.wait_for_function("[...document.getElementById('stream').options].some(o => o.value === 'nospacing')", timeout=15000)
-            page.select_option("#stream", "nospacing")
-            page.wait_for_function("window.mmstreamView.meta.stream_id === 'nospacing' && window.mmstreamView.metrics.stream_id === 'nospacing'", timeout=10000)
-            playwright.expect(page.locator("#th-unit")).to_have_text("px", timeout=10000)
-            playwright.expect(page.locator("#th-sub")).to_contain_text("spacing unknown")
-            playwright.expect(page.locator("#st-spacing")).to_contain_text("spacing unknown")
-            shot(page, "no-spacing")
+            page.wait_for_function(f"[...document.getElementById('stream').options].some(o => o.value === '{stream_id}')", timeout=15000)
+            page.select_option("#stream", stream_id)
+            page.wait_for_function(f"window.mmstreamView.meta.stream_id === '{stream_id}' && window.mmstreamView.metrics.stream_id === '{stream_id}'", timeout=10000)
+            yield
         finally:
             stop.set()
             t.join(5)
+
+
+def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):
+    rng = np.random.default_rng(3)
+    with side_stream(svc, page, "nospacing", lambda i: rng.integers(0, 255, (128, 160), dtype=np.uint8)):
+        playwright.expect(page.locator("#th-unit")).to_have_text("px", timeout=10000)
+        playwright.expect(page.locator("#th-sub")).to_contain_text("spacing unknown")
+        playwright.expect(page.locator("#st-spacing")).to_contain_text("spacing unknown")
+        shot(page, "no-spacing")
+
+
+def test_lifted_probe_shows_no_measurement_and_says_why(svc, page):
+    lifted = np.zeros((128, 160), np.uint8)
+    lifted[:4] = 180  # the lens ring-down
+    with side_stream(svc, page, "lifted", lambda i: lifted):
+        playwright.expect(page.locator("#warnings")).to_contain_text("No probe contact", timeout=10000)
+        for card in ("#th-sub", "#csa-sub", "#echo-sub"):
+            playwright.expect(page.locator(card)).to_have_text("not measured: no probe contact")
+        for value in ("#th-value", "#csa-value", "#echo-value"):
+            playwright.expect(page.locator(value)).to_have_text("–")
+        shot(page, "no-contact")
 
 
 def test_token_from_the_url_fragment_or_the_prompt(browser):

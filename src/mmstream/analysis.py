@@ -8,6 +8,12 @@ otherwise: mmstream never guesses a spacing). Axes are (row, col).
 Tracking: pass the previous frame's result as ``previous`` and, with no new ``seed``, the CSA contour
 follows the structure from that result (cheaper than a new segmentation, and the previous size is
 a strong prior); the thickness lines and the frozen-frame check use it likewise.
+
+Probe contact: a frame the quality check finds without probe contact (almost all pixels dark: the
+probe lifted, or no gel) is not measured. Its echogenicity, CSA and thickness are null and its
+``quality`` is reported (even when not asked for) to say why; a seed or line click on it is
+refused. The CSA contour and thickness lines (with their held clicks) of the last frame with
+contact carry over, so tracking resumes when the probe touches again.
 """
 
 from collections.abc import Iterable
@@ -100,8 +106,8 @@ class QualityResult(_Model):
 
 
 class FrameAnalysis(_Model):
-    """All metrics of one frame. Metrics not asked for, or not computable (CSA without a seed),
-    are null."""
+    """All metrics of one frame. Metrics not asked for, or not computable (CSA without a seed, a
+    frame without probe contact), are null."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     shape: tuple[int, int]
@@ -112,6 +118,21 @@ class FrameAnalysis(_Model):
     thickness: ThicknessResult | None = None
     quality: QualityResult | None = None
     _signature: quality_k.FrameSignature | None = PrivateAttr(default=None)
+    _carried: "FrameAnalysis | None" = PrivateAttr(default=None)
+
+    @property
+    def tracking_state(self) -> "FrameAnalysis":
+        """The result whose CSA contour and thickness lines the next frame tracks: this one, or
+        for a frame without probe contact the last one with contact (itself if none)."""
+        return self if self._carried is None else self._carried
+
+    def with_tracking(self, **update) -> "FrameAnalysis":
+        """A copy whose :attr:`tracking_state` has the fields ``update`` (e.g. ``csa=None``)."""
+        if self._carried is None:
+            return self.model_copy(update=update)
+        new = self.model_copy()
+        new._carried = self._carried.model_copy(update=update)
+        return new
 
 
 def validate_spacing(spacing_mm) -> tuple[float, float] | None:
@@ -214,7 +235,8 @@ def analyze_frame(
         A click inside the structure whose CSA is wanted. Without a seed the CSA is tracked from
         ``previous``; with neither, ``csa`` is null.
     previous : FrameAnalysis, optional
-        The result for the previous frame of the same stream.
+        The result for the previous frame of the same stream (after frames without probe contact
+        it carries the last tracked contour and lines).
     metrics : iterable of {"echogenicity", "csa", "thickness", "quality"}
     superficial_at_rc, deep_at_rc : (row, col), optional
         A click on the superficial or deep aponeurosis: the thickness line passes through it
@@ -232,7 +254,8 @@ def analyze_frame(
     Raises
     ------
     InputError
-        Bad frame, ROI, seed, line click, metric name or region.
+        Bad frame, ROI, seed, line click, metric name or region; a seed or line click on a frame
+        without probe contact (reason ``no_contact``).
     SpacingError
         Spacing given but not two finite values > 0.
     """
@@ -251,6 +274,13 @@ def analyze_frame(
     roi_t = _validate_roi(roi, frame.shape)
     if previous is not None and tuple(previous.shape) != frame.shape:
         previous = None  # a new frame size (new probe or depth) starts afresh
+    state = None if previous is None else previous.tracking_state
+
+    q = None
+    if wanted:  # the quality pass also decides whether the frame is measured at all
+        q = quality_k.frame_quality(frame, None if previous is None else previous._signature, quality_limits)
+    if q is not None and q.no_contact:
+        return _not_measured(frame, spacing, roi_t, q, state, seed, superficial_at_rc, deep_at_rc)
 
     csa = None
     if "csa" in wanted or echo_region == "csa":
@@ -258,8 +288,8 @@ def analyze_frame(
             sr_, sc_ = check_point(seed, "seed")
             contour = csa_k.segment_from_seed(frame, (sr_, sc_))
             csa = _csa_result(contour, (sr_, sc_), False, spacing)
-        elif previous is not None and previous.csa is not None:
-            contour = csa_k.track(frame, _previous_contour(previous.csa))
+        elif state is not None and state.csa is not None:
+            contour = csa_k.track(frame, _previous_contour(state.csa))
             csa = _csa_result(contour, contour.centroid_rc, True, spacing)
 
     echo = None
@@ -287,14 +317,14 @@ def analyze_frame(
 
     thick = None
     if "thickness" in wanted:
-        prev_t = None if previous is None else previous.thickness
+        prev_t = None if state is None else state.thickness
         lines = thickness_k.measure_thickness(
             frame,
             roi=roi_t,
             previous=None if prev_t is None else _previous_lines(prev_t),
             superficial_at_rc=superficial_at_rc,
             deep_at_rc=deep_at_rc,
-            track=prev_t is not None and previous.roi == roi_t,  # a new ROI: only the held points carry over
+            track=prev_t is not None and state.roi == roi_t,  # a new ROI: only the held points carry over
         )
         thick = ThicknessResult(
             region_rc=lines.region_rc,
@@ -308,22 +338,6 @@ def analyze_frame(
             deep_at_rc=lines.deep_at_rc,
         )
 
-    qual = None
-    signature = None
-    if "quality" in wanted:
-        prev_sig = None if previous is None else previous._signature
-        q = quality_k.frame_quality(frame, prev_sig, quality_limits)
-        signature = q.signature
-        qual = QualityResult(
-            saturated_fraction=q.saturated_fraction,
-            dark_fraction=q.dark_fraction,
-            thumb_mean_abs_diff=q.thumb_mean_abs_diff,
-            duplicate=q.duplicate,
-            frozen=q.frozen,
-            saturated=q.saturated,
-            no_contact=q.no_contact,
-        )
-
     result = FrameAnalysis(
         shape=frame.shape,
         spacing_mm=spacing,
@@ -331,7 +345,26 @@ def analyze_frame(
         echogenicity=echo,
         csa=csa if "csa" in wanted else None,
         thickness=thick,
-        quality=qual,
+        quality=_quality_result(q) if "quality" in wanted else None,
     )
-    result._signature = signature
+    result._signature = None if q is None else q.signature
+    return result
+
+
+def _quality_result(q: quality_k.Quality) -> QualityResult:
+    return QualityResult(**{k: getattr(q, k) for k in QualityResult.model_fields})
+
+
+def _not_measured(frame, spacing, roi_t, q, state, seed, superficial_at_rc, deep_at_rc) -> FrameAnalysis:
+    """The result of a frame without probe contact: quality only, the tracking state carried."""
+    clicked = [what for what, at in (("seed", seed), ("superficial line click", superficial_at_rc),
+                                     ("deep line click", deep_at_rc)) if at is not None]  # fmt: skip
+    if clicked:
+        raise InputError(
+            f"{' and '.join(clicked)} on a frame without probe contact ({q.dark_fraction:.0%} of pixels dark)",
+            reason="no_contact",
+        )
+    result = FrameAnalysis(shape=frame.shape, spacing_mm=spacing, roi=roi_t, quality=_quality_result(q))
+    result._signature = q.signature
+    result._carried = state
     return result

@@ -135,20 +135,21 @@ class Analyzer(Node):
             if seed is None:  # the seed was cleared: stop tracking
                 prev = self._previous.get(h.stream_id)
                 if prev is not None:
-                    self._previous[h.stream_id] = prev.model_copy(update={"csa": None})
+                    self._previous[h.stream_id] = prev.with_tracking(csa=None)
         clicks = self._line_clicks(h.stream_id, cfg)
         prev = self._previous.get(h.stream_id)
-        held_before = _held(None if prev is None else prev.thickness)
+        held_before = _held(None if prev is None else prev.tracking_state.thickness)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         out = []
         try:
             res = self._analyze(msg, cfg, seed, clicks)
         except MmstreamError as exc:
             res = None
-            if clicks != (None, None):
-                try:  # the frame without the click: if that works the click was refused, the rest kept
-                    res = self._analyze(msg, cfg, seed, (None, None))
-                    out.append(self.reject(exc.reason, f"line click refused: {exc}", h.stream_id, h.seq))
+            taps = [what for what, tapped in (("seed", seed is not None), ("line click", clicks != (None, None))) if tapped]
+            if taps:
+                try:  # the frame without the taps: if that works they were refused, the rest kept
+                    res = self._analyze(msg, cfg, None, (None, None))
+                    out.append(self.reject(exc.reason, f"{' and '.join(taps)} refused: {exc}", h.stream_id, h.seq))
                 except MmstreamError as exc2:
                     exc = exc2
             if res is None:
@@ -194,9 +195,9 @@ class Analyzer(Node):
         clicks = (cfg.superficial_at_rc, cfg.deep_at_rc)
         prev = self._previous.get(stream_id)
         released = {f"{line}_at_rc": None for line, n, at in zip(LINES, new, clicks) if n and at is None}
-        if released and prev is not None and prev.thickness is not None:
-            t = prev.thickness.model_copy(update=released)
-            self._previous[stream_id] = prev.model_copy(update={"thickness": t if _held(t) else None})
+        if released and prev is not None and prev.tracking_state.thickness is not None:
+            t = prev.tracking_state.thickness.model_copy(update=released)
+            self._previous[stream_id] = prev.with_tracking(thickness=t if _held(t) else None)
         return tuple(at if n else None for at, n in zip(clicks, new))
 
     def _assess(self, e: EchoSummary, h: Frame, clinical: ClinicalContext) -> EchoSummary:

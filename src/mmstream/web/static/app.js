@@ -175,22 +175,26 @@ function measure(el, unitEl, subEl, mm, px, mmUnit, pxUnit, conf) {
 function onMetrics(m) {
   if (m.stream_id !== S.streamId) return;
   S.metrics = m;
+  const q = m.quality || {};
+  const blank = (el, unitEl, subEl, why) => {
+    $(el).textContent = "–"; $(unitEl).textContent = ""; $(subEl).textContent = why; $(subEl).className = "sub";
+  };
   if (m.csa) measure("csa-value", "csa-unit", "csa-sub", m.csa.area_mm2, m.csa.area_px, "mm²", "px²", m.csa.confidence);
-  else { $("csa-value").textContent = "–"; $("csa-unit").textContent = ""; $("csa-sub").textContent = "no seed: tap the nerve or muscle"; }
+  else blank("csa-value", "csa-unit", "csa-sub", q.no_contact ? "not measured: no probe contact" : "no seed: tap the nerve or muscle");
   if (m.thickness) {
     measure("th-value", "th-unit", "th-sub", m.thickness.thickness_mm, m.thickness.thickness_px, "mm", "px", m.thickness.confidence);
     const held = ["superficial", "deep"].filter((line) => m.thickness[`${line}_at_rc`]);
     if (held.length) $("th-sub").textContent += ` · ${held.join(" and ")} line held by a tap`;
-  }
+  } else blank("th-value", "th-unit", "th-sub", q.no_contact ? "not measured: no probe contact" : "not measured on this stream");
   const e = m.echogenicity;
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
   const z = e && e.z_score !== null && e.z_score !== undefined;
   $("echo-z").textContent = z ? `z-score ${fmt(e.z_score, 2)}${e.abnormal ? " · abnormal" : ""}`
-    : `z-score: – (${(e && e.z_unavailable) ? e.z_unavailable.replaceAll("_", " ") : "no reference configured"})`;
+    : (e ? `z-score: – (${e.z_unavailable ? e.z_unavailable.replaceAll("_", " ") : "no reference configured"})` : "z-score: –");
   $("echo-z").className = z && e.abnormal ? "sub unknown" : "sub";
   const region = { roi: "in ROI", csa: "inside CSA contour", frame: "whole frame" };
-  $("echo-sub").textContent = e ? `0–255 · SD ${fmt(e.std, 1)} · ${region[e.region] || e.region}` : "";
-  const q = m.quality || {};
+  $("echo-sub").textContent = e ? `0–255 · SD ${fmt(e.std, 1)} · ${region[e.region] || e.region}`
+    : (q.no_contact ? "not measured: no probe contact" : "");
   const warn = [[q.no_contact, "No probe contact", true], [q.frozen, "Frozen image", true],
                 [q.saturated, "Saturated", false], [q.duplicate, "Duplicate frame", false]];
   $("warnings").replaceChildren(...warn.filter((w) => w[0]).map(([, text, bad]) => {
