@@ -105,6 +105,12 @@ def test_clicked_deep_line_first_frame_then_tracked(capsys, tmp_path, sim_probe)
     for r, f in zip(recs, frames):
         assert r["thickness"]["thickness_px"] == pytest.approx(f.truth.thickness_px, abs=3.0)
         assert r["thickness"]["superficial_at_rc"] is None
+    code, out, err = run(capsys, path, "--deep-at", *deep, "--metrics", "thickness", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [r["thickness_tracked"] for r in rows] == ["False", "True", "True"]
+    for row, rec in zip(rows, recs):  # the CSV holds the held points too
+        assert float(row["thickness_deep_at_col"]) == c and row["thickness_superficial_at_row"] == ""
+        assert float(row["thickness_deep_at_row"]) == pytest.approx(rec["thickness"]["deep_at_rc"][0])
     for bad in (["--superficial-at", 5000, 10], ["--deep-at", "nan", 10], ["--superficial-at", 300, 10, "--deep-at", 302, 10]):
         code, out, err = run(capsys, path, PHANTOM, *bad, "--metrics", "thickness")
         assert code == 1 and out == "" and str(path) in err and str(PHANTOM) in err  # both files refused, named

@@ -34,7 +34,8 @@ CSV_COLUMNS = [
     "source", "frame", "t_s", "spacing_row_mm", "spacing_col_mm", "spacing_source",
     "echo_region", "echo_mean", "echo_std", "echo_n_px",
     "csa_area_px", "csa_area_mm2", "csa_perimeter_mm", "csa_centroid_row", "csa_centroid_col", "csa_confidence",
-    "thickness_px", "thickness_mm", "thickness_confidence",
+    "csa_tracked", "thickness_px", "thickness_mm", "thickness_confidence", "thickness_tracked",
+    "thickness_superficial_at_row", "thickness_superficial_at_col", "thickness_deep_at_row", "thickness_deep_at_col",
     "quality_saturated", "quality_no_contact", "quality_frozen", "quality_duplicate",
 ]  # fmt: skip
 
@@ -64,14 +65,17 @@ def _csv_row(rec: dict) -> dict:
     sp = rec["spacing_mm"] or (None, None)
     e, c, t, q = (rec[k] or {} for k in ("echogenicity", "csa", "thickness", "quality"))
     cen = c.get("centroid_rc") or (None, None)
+    sup, deep = (t.get(f"{line}_at_rc") or (None, None) for line in ("superficial", "deep"))
     return {
         "source": rec["source"], "frame": rec["frame"], "t_s": rec["t_s"],
         "spacing_row_mm": sp[0], "spacing_col_mm": sp[1], "spacing_source": rec["spacing_source"],
         "echo_region": e.get("region"), "echo_mean": e.get("mean"), "echo_std": e.get("std"), "echo_n_px": e.get("n_px"),
         "csa_area_px": c.get("area_px"), "csa_area_mm2": c.get("area_mm2"), "csa_perimeter_mm": c.get("perimeter_mm"),
         "csa_centroid_row": cen[0], "csa_centroid_col": cen[1], "csa_confidence": c.get("confidence"),
-        "thickness_px": t.get("thickness_px"), "thickness_mm": t.get("thickness_mm"),
-        "thickness_confidence": t.get("confidence"),
+        "csa_tracked": c.get("tracked"), "thickness_px": t.get("thickness_px"), "thickness_mm": t.get("thickness_mm"),
+        "thickness_confidence": t.get("confidence"), "thickness_tracked": t.get("tracked"),
+        "thickness_superficial_at_row": sup[0], "thickness_superficial_at_col": sup[1],
+        "thickness_deep_at_row": deep[0], "thickness_deep_at_col": deep[1],
         "quality_saturated": q.get("saturated"), "quality_no_contact": q.get("no_contact"),
         "quality_frozen": q.get("frozen"), "quality_duplicate": q.get("duplicate"),
     }  # fmt: skip
