@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mmstream.errors import InputError
+from mmstream.kernels import _csa_candidates as kc
+from mmstream.kernels import _csa_polar as kp
 from mmstream.kernels import csa
 from twins import csa as twin
 
@@ -31,7 +33,7 @@ def _images(max_side=24):
 @given(img=_images(), r0=st.integers(-6, 20), c0=st.integers(-6, 20), h=st.integers(0, 20), w=st.integers(0, 20))
 def test_box_integral_matches_twin(img, r0, c0, h, w):
     out = np.full((h + 1, w + 1), -7, np.int64)
-    csa._box_integral(img, r0, c0, out)
+    kp._box_integral(img, r0, c0, out)
     np.testing.assert_array_equal(out, twin.box_integral(img, r0, c0, h, w))
 
 
@@ -48,11 +50,11 @@ def test_box_integral_matches_twin(img, r0, c0, h, w):
 def test_polar_sample_matches_twin(img, cr, cc, half, n_k, n_r, roi):
     r0, c0, h, w = roi
     integ = np.empty((h + 1, w + 1), np.int64)
-    csa._box_integral(img, r0, c0, integ)
+    kp._box_integral(img, r0, c0, integ)
     th = 2 * np.pi * np.arange(n_k) / n_k
     s, c = np.ascontiguousarray(np.sin(th)), np.ascontiguousarray(np.cos(th))
     out = np.empty((n_k, n_r))
-    csa._polar_sample(integ, r0, c0, cr, cc, s, c, half, out)
+    kp._polar_sample(integ, r0, c0, cr, cc, s, c, half, out)
     np.testing.assert_allclose(out, twin.polar_sample(img, roi, cr, cc, s, c, half, n_r), rtol=0, atol=1e-9)
 
 
@@ -69,7 +71,7 @@ def test_polar_features_matches_twin(polar, data):
     n_norm = data.draw(st.integers(1, n))
     n_out = data.draw(st.integers(1, n))
     out = np.empty((polar.shape[0], n_out, csa.N_FMAPS))  # (ray, radius, feature)
-    csa._polar_features(polar, n_norm, out)
+    kp._polar_features(polar, n_norm, out)
     expected = twin.polar_features(polar, n_norm, n_out)  # (feature, ray, radius)
     np.testing.assert_allclose(out, expected.transpose(1, 2, 0), rtol=1e-9, atol=1e-9)
 
@@ -80,7 +82,7 @@ def test_rim_indicators_on_a_single_bright_ring():
     polar = np.full((1, 30), 50.0)
     polar[0, 10] = 200.0
     out = np.empty((1, 20, csa.N_FMAPS))
-    csa._polar_features(polar, 30, out)
+    kp._polar_features(polar, 30, out)
     i = np.arange(20)
     np.testing.assert_array_equal(out[0, :, 7], ((i >= 8) & (i <= 12)).astype(float))
     np.testing.assert_array_equal(out[0, :, 8], (i == 8).astype(float))
@@ -98,7 +100,7 @@ def test_candidate_features_matches_twin(fmaps, radii):
     sector = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.int64)
     weight = np.full(8, 0.5)
     out = np.empty((5, 4 * fmaps.shape[0]))
-    csa._candidate_features(np.ascontiguousarray(fmaps.transpose(1, 2, 0)), radii, sector, weight, out)  # (ray, radius, feature)
+    kp._candidate_features(np.ascontiguousarray(fmaps.transpose(1, 2, 0)), radii, sector, weight, out)  # (ray, radius, feature)
     np.testing.assert_allclose(out, twin.candidate_features(fmaps, radii, sector, 4), rtol=1e-12, atol=1e-12)
 
 
@@ -118,7 +120,7 @@ def test_polar_score_matches_twin(polar, w_sector, data):
     ray_weight = data.draw(arrays(np.float64, n_k, elements=st.floats(0, 1)))
     scratch = np.full((n_out, csa.N_FMAPS), np.nan)
     out = np.empty((n_k, n_out))
-    csa._polar_score(polar, n_norm, w_sector, sector, ray_weight, scratch, out)
+    kp._polar_score(polar, n_norm, w_sector, sector, ray_weight, scratch, out)
     expected = twin.polar_score(polar, n_norm, n_out, w_sector, sector, ray_weight)
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
 
@@ -131,7 +133,7 @@ def test_polar_score_matches_twin(polar, w_sector, data):
 )
 def test_candidate_scores_matches_twin(score_map, radii, static_score):
     out = np.empty(5)
-    csa._candidate_scores(score_map, radii, static_score, out)
+    kp._candidate_scores(score_map, radii, static_score, out)
     np.testing.assert_allclose(out, twin.candidate_scores(score_map, radii, static_score), rtol=1e-12, atol=1e-12)
 
 
@@ -143,11 +145,11 @@ def test_score_map_scores_equal_the_trainers_features_times_the_weights():
     rr, cc = np.mgrid[:300, :300]
     ring = np.abs(np.hypot((rr - 150) / 30.0, (cc - 140) / 45.0) - 1.0) < 0.08
     img[ring] = 220
-    ws = csa._workspace()
+    ws = kc._workspace()
     w = csa._click_weights()
-    feats = csa._features_at(img, 150.0, 140.0, csa.CAND_RADII, ws).copy()
+    feats = kc._features_at(img, 150.0, 140.0, csa.CAND_RADII, ws).copy()
     expected = feats @ w[: csa.N_DYNAMIC] + csa.CAND_STATIC @ w[csa.N_DYNAMIC : csa.N_OUTLINE]
-    np.testing.assert_allclose(csa._score_at(img, 150.0, 140.0, w, ws), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(kc._score_at(img, 150.0, 140.0, w, ws), expected, rtol=1e-9, atol=1e-9)
 
 
 # exact ties between centres or candidates (symmetric images, equal rows of radii) are skipped, as
@@ -165,17 +167,17 @@ def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score
     h, w = img.shape
     img = ((img.astype(np.int64) + 7 * np.arange(h)[:, None] + 3 * np.arange(w)[None, :] ** 2) % 256).astype(np.uint8)
     pr, pc = min(max(centre[0], 0.0), h - 1.0), min(max(centre[1], 0.0), w - 1.0)
-    n_out, n_r = csa._n_radii(radii)
+    n_out, n_r = kc._n_radii(radii)
     reach = n_r + csa.BOX_HALF + 6
     roi = (int(pr) - reach, int(pc) - reach, 2 * reach + 2, 2 * reach + 2)  # covers every box sample
     integ = np.empty((roi[2] + 1, roi[3] + 1), np.int64)
-    csa._box_integral(img, roi[0], roi[1], integ)
+    kp._box_integral(img, roi[0], roi[1], integ)
     th = 2 * np.pi * np.arange(8) / 8
     s, c = np.ascontiguousarray(np.sin(th)), np.ascontiguousarray(np.cos(th))
     sector = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.int64)
     polar, scratch, score_map = np.empty((8, n_r)), np.empty((n_out, csa.N_FMAPS)), np.empty((8, n_out))
     scores, best_scores, best_rc = np.empty(3), np.empty(3), np.empty(2)
-    j = csa._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5),
+    j = kp._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5),
                           w_dyn.reshape(4, csa.N_FMAPS), static_score, polar, scratch, score_map, scores, best_scores,
                           best_rc)  # fmt: skip
     tj, t_rc, t_scores, gap = twin.track_search(img, roi, pr, pc, step, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
@@ -195,7 +197,7 @@ def test_agreeing_mass_matches_twin(n, data):
     n_c, best = n
     scores = data.draw(arrays(np.float64, n_c, elements=st.floats(-30, 30)))
     radii = data.draw(arrays(np.float64, (n_c, 8), elements=st.floats(0.5, 40)))
-    got = csa._agreeing_mass(scores, radii, best)
+    got = kp._agreeing_mass(scores, radii, best)
     assert got == pytest.approx(twin.agreeing_mass(scores, radii, best), rel=1e-9, abs=1e-12)
 
 
@@ -267,14 +269,14 @@ def test_track_follows_moving_ellipse():
 def test_track_largest_candidates_in_a_large_frame():
     """The workspace holds the tracking ROI of the largest candidates far from the image border."""
     img = np.full((420, 420), 60, np.uint8)
-    radii = csa._ellipse_radii(np.array([90.0]), np.array([1.45]), np.array([0.0]))[0]  # n_r = 173
+    radii = kc._ellipse_radii(np.array([90.0]), np.array([1.45]), np.array([0.0]))[0]  # n_r = 173
     prev = csa._make_contour(210.0, 210.0, radii, 1.0)
     res = csa.track(img, prev)
     assert res.area_px > 0 and np.isfinite(res.contour_rc).all()
 
 
 def test_ellipse_of_recovers_parameters():
-    radii = csa._ellipse_radii(np.array([20.0]), np.array([2.0]), np.array([15.0]))[0]
+    radii = kc._ellipse_radii(np.array([20.0]), np.array([2.0]), np.array([15.0]))[0]
     c = csa._make_contour(50.0, 60.0, radii, 1.0)
     b, asp, phi = csa._ellipse_of(c.contour_rc)
     assert b == pytest.approx(20.0, rel=0.01) and asp == pytest.approx(2.0, rel=0.01)

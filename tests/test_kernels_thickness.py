@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mmstream.errors import InputError
+from mmstream.kernels import _thickness_features as tf
+from mmstream.kernels import _thickness_search as ts
 from mmstream.kernels import thickness as tk
 from twins import thickness as twin
 
@@ -88,7 +90,7 @@ def test_activity_matches_twin(image, data):
     c1 = data.draw(st.integers(c0 + 1, w))
     col = np.full(c1 - c0, -5, np.int64)
     row = np.full(r1 - r0, -5, np.int64)
-    tk._activity(image, r0, c0, r1, c1, col, row)
+    ts._activity(image, r0, c0, r1, c1, col, row)
     ec, er = twin.activity(image, r0, c0, r1, c1)
     np.testing.assert_array_equal(col, ec)
     np.testing.assert_array_equal(row, er)
@@ -103,11 +105,11 @@ def test_bin_columns_and_step_match_twin(image, bin_cols, k, data):
         return
     c0 = data.draw(st.integers(0, w - nb * bin_cols))
     cm = np.full((h, nb), np.nan)
-    tk._bin_columns(image, 0, c0, h, c0 + nb * bin_cols, bin_cols, cm)
+    ts._bin_columns(image, 0, c0, h, c0 + nb * bin_cols, bin_cols, cm)
     np.testing.assert_allclose(cm, twin.bin_columns(image, 0, c0, h, c0 + nb * bin_cols, bin_cols, nb), atol=1e-9)
     g = np.full_like(cm, np.nan)
     work = np.empty((2, nb))
-    tk._vertical_step(cm, k, work[0], work[1], g)
+    ts._vertical_step(cm, k, work[0], work[1], g)
     np.testing.assert_allclose(g, twin.vertical_step(cm, k), atol=1e-9)
 
 
@@ -122,7 +124,7 @@ def test_structure_matches_twin(image, bin_cols, d, data):
     r0 = data.draw(st.integers(0, h - 1))
     r1 = data.draw(st.integers(r0 + 1, h))
     out = np.full((3, r1 - r0 + 1, nb), np.nan)
-    tk._structure(image, r0, c0, r1, bin_cols, d, out)
+    ts._structure(image, r0, c0, r1, bin_cols, d, out)
     np.testing.assert_array_equal(out, twin.structure(image, r0, c0, r1, bin_cols, d, nb))
 
 
@@ -135,7 +137,7 @@ def test_structure_matches_twin(image, bin_cols, d, data):
 def test_line_scores_match_twin(g, slopes, bin_width):
     slopes = np.array(slopes)
     out = np.full((g.shape[0], len(slopes)), np.nan)
-    tk._line_scores(np.ascontiguousarray(g), slopes, bin_width, out)
+    ts._line_scores(np.ascontiguousarray(g), slopes, bin_width, out)
     np.testing.assert_allclose(out, twin.line_scores(g, slopes, bin_width), atol=1e-9)
 
 
@@ -154,7 +156,7 @@ def test_band_path_is_optimal(g, sign, half, max_step, data):
     acc = np.empty((nb, w))
     back = np.empty((nb, w), np.int64)
     path = np.full(nb, -99, np.int64)
-    tk._band_path(np.ascontiguousarray(g), sign, center, half, max_step, acc, back, path)
+    ts._band_path(np.ascontiguousarray(g), sign, center, half, max_step, acc, back, path)
     best = twin.band_path_brute(g, sign, center, half, max_step)
     if best is None:  # no admissible path: the centre line, clipped
         np.testing.assert_array_equal(path, np.clip(np.round(center).astype(np.int64), 0, h - 1))
@@ -222,7 +224,7 @@ def test_end_coherence_drops_where_a_line_fades_at_one_end():
         img, _, _ = phantom(shape=(200, 192), sup=(40.0, 40.0), deep=(150.0, 150.0), fascicles=False, seed=8)
         if fade:
             img[130:, :48] = img[100:110, :48].mean().astype(np.uint8)
-        _, _, (_, feats, paths), _ = tk._line_candidates(img, (0, 0, *img.shape))
+        _, _, (_, feats, paths), _ = tf._line_candidates(img, (0, 0, *img.shape))
         i = int(np.argmin([abs(np.median(p) - 150.0) for p in paths]))
         assert abs(np.median(paths[i]) - 150.0) <= 2
         assert feats[i, coh] > 0.7
@@ -236,7 +238,7 @@ def test_oblique_ratio_is_high_under_the_superficial_aponeurosis_only():
     ratio = tk.LINE_FEATURES.index("oblique_ratio")
     img, _, _ = phantom(sup=(90.0, 90.0), seed=9)
     img[36:42] = np.clip(img[36:42].astype(np.int64) * 2, 0, 255).astype(np.uint8)  # fascia in the fat
-    _, (_, feats, paths), _, _ = tk._line_candidates(img, (0, 0, *img.shape))
+    _, (_, feats, paths), _, _ = tf._line_candidates(img, (0, 0, *img.shape))
     rows = np.array([np.median(p) for p in paths])
     apo, fascia = int(np.argmin(np.abs(rows - 90.0))), int(np.argmin(np.abs(rows - 42.0)))
     assert abs(rows[apo] - 90.0) <= 2 and abs(rows[fascia] - 42.0) <= 3

@@ -1,7 +1,7 @@
 """Train the CSA candidate score (conditional logit) from ../shared/data/usgra-seg.
 
 For every nerve component: the outline features of all ellipse candidates around its seed (the
-kernels of mmstream.kernels.csa), shape-prior features, and the network features of
+kernels of mmstream.kernels._csa_polar), shape-prior features, and the network features of
 mmstream.kernels.csa_net computed with the network ensemble trained without the component's fold
 (held-out predictions, as on a new image: ``tools/train_csa_net.py --member M`` must have written
 the fold networks of every member);
@@ -29,6 +29,7 @@ import accuracy_nerve as acc  # noqa: E402
 import train_csa_net  # noqa: E402
 from accuracy_nerve import folds_by_image  # noqa: E402
 
+from mmstream.kernels import _csa_candidates as cands  # noqa: E402
 from mmstream.kernels import csa, csa_net  # noqa: E402
 
 TAU = 0.03
@@ -72,11 +73,11 @@ def held_out_nets(comps, k: int, fold_dir: Path = train_csa_net.FOLD_DIR, member
 def design(comps, nets):
     """Per component: X (n_cand, N_OUTLINE + N_NET_FEATURES) float32 (outline, shape and, with
     ``nets[i]``, network features) and the polar Dice of each candidate."""
-    ws = csa._workspace()
+    ws = cands._workspace()
     xs, ds = [], []
     for comp, net in zip(comps, nets, strict=True):
         seed = tuple(float(v) for v in comp["truth"]["seed_rc"])
-        dyn = csa._features_at(comp["grey"], seed[0], seed[1], csa.CAND_RADII, ws)
+        dyn = cands._features_at(comp["grey"], seed[0], seed[1], csa.CAND_RADII, ws)
         learned = csa_net.net_features(comp["grey"], seed, csa.CAND_RADII, csa.SIN_T, csa.COS_T, net)
         xs.append(np.hstack([dyn, csa.CAND_STATIC, learned]).astype(np.float32))
         rt = truth_radii(comp["mask"], seed, csa.SIN_T, csa.COS_T, csa.R_MAX + 40)

@@ -47,6 +47,7 @@ from scipy.optimize import minimize
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_thickness import dataset1_observer_rows, load_grey, require_data  # noqa: E402
 
+import mmstream.kernels._thickness_features as TF  # noqa: E402
 import mmstream.kernels.thickness as T  # noqa: E402
 
 TARGET_PX = 6.0
@@ -69,7 +70,7 @@ class Sample:
         self.group, self.dataset = group, dataset
         self.truth_rows, self.truth_thickness = rows, thickness
         region = T.find_bmode_region(image) if region is None else region
-        (_, g, *_), sup, deep, (self.ij, self.gap) = T._line_candidates(image, region)
+        (_, g, *_), sup, deep, (self.ij, self.gap) = TF._line_candidates(image, region)
         if not self.ij:
             return
         cols = region[1] + np.arange(g.shape[1]) * T.BIN_COLS + (T.BIN_COLS - 1) / 2.0
@@ -90,7 +91,7 @@ class Sample:
         """Thickness error (px) of the pair ``model`` chooses."""
         if not self.ij:
             return np.inf
-        return self._thickness_error_of(T._choose_pair(self.fs, self.fd, self.ij, self.gap, model))
+        return self._thickness_error_of(TF._choose_pair(self.fs, self.fd, self.ij, self.gap, model))
 
     def ceiling_error(self) -> float:
         """Thickness error (px) of the pair nearest the target: what a perfect choice would give."""

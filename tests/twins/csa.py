@@ -1,4 +1,5 @@
-"""Plain-numpy reference twins of the private kernels of mmstream.kernels.csa.
+"""Plain-numpy reference twins of the private kernels of mmstream.kernels.csa (most of them
+in its module _csa_polar).
 
 Written from the kernel docstrings (the spec), slow and obvious; never calls the kernels.
 """
