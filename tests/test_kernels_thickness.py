@@ -279,6 +279,17 @@ def test_a_click_on_a_superficial_edge_and_both_clicks():
     assert res.thickness_px == pytest.approx(120.0, abs=2.0)  # both muscles: the clicks decide
 
 
+def test_a_click_finds_a_superficial_aponeurosis_below_the_automatic_search():
+    """Thick subcutaneous fat: the superficial aponeurosis at 60 % of the height is deeper than the
+    automatic search looks (SUP_MAX_DEPTH); a click on it still finds it."""
+    img, _, _ = phantom(shape=(200, 240), sup=(120.0, 120.0), deep=(180.0, 180.0), seed=4)
+    assert 120.0 > tf.SUP_MAX_DEPTH * 200
+    res = tk.measure_thickness(img, superficial_at_rc=(121.0, 100.0))
+    for col in (10.0, 120.0, 230.0):
+        assert row_at(res.superficial_rc, col) == pytest.approx(120.0, abs=2.0)
+        assert row_at(res.deep_rc, col) == pytest.approx(180.0, abs=2.0)
+
+
 def test_a_clicked_tilted_line_is_followed_to_both_ends():
     img, s, d = phantom(shape=(200, 240), sup=(25.0, 40.0), deep=(160.0, 135.0), seed=11)
     res = tk.measure_thickness(img, deep_at_rc=(d(120.0), 120.0))

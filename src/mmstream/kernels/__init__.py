@@ -11,9 +11,6 @@ import time
 
 import numpy as np
 
-KERNEL_MODULES = ("echogenicity", "quality", "csa", "thickness")
-
-
 def warmup() -> float:
     """Run each kernel once on a small synthetic frame; returns the seconds it took."""
     from mmstream.kernels import csa, echogenicity, quality, thickness

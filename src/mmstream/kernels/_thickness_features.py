@@ -29,7 +29,7 @@ GUIDE_HALF = 6  # rows, half-width of the band around a clicked line
 LINE_GAP = 2 * STEP_FINE  # rows: with a click, the other line keeps at least this far on its side in every bin
 NEAR_BAND = 0.035  # fraction of the region height: bands beside a candidate line (features)
 FAR_BAND = 0.09
-SUP_MAX_DEPTH = 0.6  # fraction of the region height: deepest superficial candidate
+SUP_MAX_DEPTH = 0.45  # fraction of the region height: deepest superficial candidate (observers' lines: <= 0.33)
 N_PEAKS = 12  # candidate lines per edge sign
 DEEP_MIN_GAP = 0.2  # fraction of the region height: least superficial-to-deep distance (line search)
 COHERENT_EDGE = 3.0  # grey levels: a deep path point on at least this step counts as coherent
@@ -92,7 +92,7 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign, guided=F
     that fraction over the first and over the last ``1/END_BINS`` of the bins, at least 2 bins:
     observers measure near one end, where a line that crosses into other structures goes astray),
     fraction of strong candidates deeper than it, tilt, whether a hand-written rule picks it
-    (superficial: the deepest line in the upper 45 % scoring at least 0.7 of the best; deep: best
+    (superficial: the deepest line above ``SUP_MAX_DEPTH`` scoring at least 0.7 of the best; deep: best
     coarse strength + coherence),
     and the obliqueness (:func:`_texture`) of the far bands above and below, relative to the
     highest among the candidates (fascicle striations start below the superficial aponeurosis
@@ -125,7 +125,7 @@ def _candidates(cm, csum, tsum, g, acc_coarse, peaks, slopes, xj, sign, guided=F
     ne = max(nb // END_BINS, 2)
     feats[:, 14] = np.minimum(edge[:, :ne].mean(axis=1), edge[:, -ne:].mean(axis=1))
     if sign < 0:
-        upper = [i for i, p in enumerate(peaks) if p[0] < 0.45 * hh and p[2] >= 0.7 * vmax]
+        upper = [i for i, p in enumerate(peaks) if p[0] < SUP_MAX_DEPTH * hh and p[2] >= 0.7 * vmax]
         rule = max(upper, key=lambda i: peaks[i][0]) if upper else int(np.argmax([p[2] for p in peaks]))
     else:
         rule = int(np.argmax(feats[:, 1] + feats[:, 8]))
