@@ -87,8 +87,20 @@ def test_image_without_probe_contact_is_not_measured_and_a_seed_on_it_refused(ca
     rec, good = records(out)
     assert rec["echogenicity"] is None and rec["thickness"] is None and rec["quality"]["no_contact"] is True
     assert good["thickness"] is not None and good["quality"] is None  # not asked for, and measured
-    code, out, err = run(capsys, lifted, "--seed", 100, 100)
-    assert code == 1 and out == "" and str(lifted) in err and "without probe contact" in err
+    code, out, err = run(capsys, lifted, "--seed", 100, 100)  # measured (nothing), but the seed never applied
+    assert code == 1 and len(records(out)) == 1 and str(lifted) in err and "seed never applied" in err
+
+
+def test_a_seed_applies_to_the_first_frame_with_probe_contact(capsys, tmp_path, sim_probe):
+    frames = [np.zeros((512, 512), np.uint8)] + [sim_probe.frame(i).image for i in range(2)]
+    path = tmp_path / "cine.tif"
+    assert cv2.imwritemulti(str(path), frames)
+    seed = sim_probe.frame(0).truth.nerve_center_rc
+    code, out, err = run(capsys, path, "--seed", *seed, "--metrics", "csa")
+    assert code == 0, err
+    recs = records(out)
+    assert recs[0]["csa"] is None and recs[0]["quality"]["no_contact"]
+    assert recs[1]["csa"]["tracked"] is False and recs[2]["csa"]["tracked"] is True
 
 
 def test_clicked_deep_line_first_frame_then_tracked(capsys, tmp_path, sim_probe):

@@ -16,7 +16,7 @@ from mmstream.codec import Decoded, decode
 from mmstream.config import load_config
 from mmstream.fusion import FusionNode, FusionRules, assess_site, attach_fusion, rank_sites, stored_values
 from mmstream.graph import Graph
-from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, Metrics
+from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, Metrics, QualitySummary
 from mmstream.source import FrameSender, SourceFrame
 from mmstream.transport import TransportTimeout, make_socket
 
@@ -126,6 +126,13 @@ def test_three_image_capture_becomes_the_site_value(store):
     outs = node.process("bus", metrics(9, site="gastrocnemius_medialis", echo=60.0, region="frame"))
     assert any(o.port == "events" and o.header.reason == "capture_refused" for o in outs)
     assert node.rejected["capture_refused"] == 1
+    node.process("bus", cap)  # a capture on a frame without probe contact says so
+    m = metrics(10, site="gastrocnemius_medialis")
+    lifted = Decoded(m.topic, m.header.model_copy(update={"quality": QualitySummary(
+        saturated_fraction=0.0, dark_fraction=1.0, thumb_mean_abs_diff=None, duplicate=False, frozen=False,
+        saturated=False, no_contact=True)}))  # fmt: skip
+    (ev,) = [o for o in node.process("bus", lifted) if o.port == "events"]
+    assert ev.header.message.endswith("refused: no probe contact") and node.rejected["capture_refused"] == 2
 
 
 def test_biopsy_ranking_is_sent_when_changed_or_every_interval(store):

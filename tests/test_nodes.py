@@ -133,8 +133,9 @@ def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
 
 
 def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames):
-    """Frames without probe contact: no measurement, no lost hold; a tap on them is refused with a
-    warning; tracking resumes from the last frame with contact, and a release during the lift applies."""
+    """Frames without probe contact: no measurement, no lost hold; a release during the lift
+    applies, a tap waits for the next frame with contact; tracking resumes from the last frame with
+    contact; a new frame size during the lift ends the hold with a warning."""
     settings = StreamSettings()
     an = Analyzer(settings)
     f = sim_frames
@@ -148,17 +149,42 @@ def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames)
     h = m.header
     assert h.echogenicity is None and h.csa is None and h.thickness is None and h.quality.no_contact
     assert [b.name for b in h.buffers] == []
-    settings.update("s1", seed_rc=(100.0, 100.0))  # a tap on the lifted frame
-    ev, m = an.process("frames", frame_msg(2, lifted))
-    assert ev.header.reason == "no_contact" and "seed refused" in ev.header.message and m.header.quality.no_contact
     settings.update("s1", superficial_at_rc=None)  # a release while lifted applies to the carried lines
-    (m,) = an.process("frames", frame_msg(3, lifted))
-    (m,) = an.process("frames", frame_msg(4, f[1].image))
+    (m,) = an.process("frames", frame_msg(2, lifted))
+    (m,) = an.process("frames", frame_msg(3, f[1].image))
     h = m.header
-    assert h.csa is not None and h.csa.tracked  # the refused seed left the tracked contour alone
+    assert h.csa is not None and h.csa.tracked
     assert h.thickness.tracked and h.thickness.deep_at_rc[1] == c and h.thickness.superficial_at_rc is None
     assert h.thickness.thickness_px == pytest.approx(f[1].truth.thickness_px, abs=4.0)
-    assert an.counters.get("line_hold_lost", 0) == 0
+    # a tap while lifted waits (no warning) and applies to the next frame with contact
+    seed = f[2].truth.nerve_center_rc
+    settings.update("s1", seed_rc=seed, superficial_at_rc=(float(f[2].truth.superficial_row[int(c)]), c - 50))
+    outs = an.process("frames", frame_msg(4, lifted)) + an.process("frames", frame_msg(5, lifted))
+    assert [o.port for o in outs] == ["metrics", "metrics"]
+    (m,) = an.process("frames", frame_msg(6, f[2].image))
+    h = m.header
+    assert not h.csa.tracked and h.csa.seed_rc == pytest.approx(seed) and h.thickness.superficial_at_rc[1] == c - 50
+    assert an.counters.get("line_hold_lost", 0) == 0 and not an.rejected
+    # a new frame size while lifted: the hold ends, and a warning says so
+    *evs, m = an.process("frames", frame_msg(7, np.zeros((400, 500), np.uint8)))
+    assert [e.header.reason for e in evs] == ["line_hold_lost"] * 2 and an.counters["line_hold_lost"] == 2
+    assert m.header.quality.no_contact
+
+
+def test_analyzer_refuses_only_the_failing_tap(sim_frames):
+    """A seed and a line click in the same frame: the one that fails is refused, the other applies."""
+    f = sim_frames
+    c = float(f[0].image.shape[1] // 2)
+    deep = (float(f[0].truth.deep_row[int(c)]), c)
+    for good, bad, refused in (({"seed_rc": f[0].truth.nerve_center_rc}, {"superficial_at_rc": (5000.0, 10.0)}, "line click"),
+                               ({"deep_at_rc": deep}, {"seed_rc": (5000.0, 5.0)}, "seed")):  # fmt: skip
+        settings = StreamSettings()
+        an = Analyzer(settings)
+        settings.update("s1", **good, **bad)
+        ev, m = an.process("frames", frame_msg(0, f[0].image))
+        assert ev.header.message.startswith(f"{refused} refused:")
+        h = m.header
+        assert (h.csa is not None) == ("seed_rc" in good) and (h.thickness.deep_at_rc is not None) == ("deep_at_rc" in good)
 
 
 def test_analyzer_line_clicks_hold_release_and_refuse():

@@ -286,6 +286,7 @@ def test_lifted_probe_shows_no_measurement_and_says_why(svc, page):
     lifted[:4] = 180  # the lens ring-down
     with side_stream(svc, page, "lifted", lambda i: lifted):
         playwright.expect(page.locator("#warnings")).to_contain_text("No probe contact", timeout=10000)
+        playwright.expect(page.locator("#warnings")).not_to_contain_text("Frozen")  # identical dark frames: not frozen
         for card in ("#th-sub", "#csa-sub", "#echo-sub"):
             playwright.expect(page.locator(card)).to_have_text("not measured: no probe contact")
         for value in ("#th-value", "#csa-value", "#echo-value"):

@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.errors import MmstreamError, SpacingError  # noqa: E402
+from mmstream.errors import InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
     "source", "frame", "t_s", "spacing_row_mm", "spacing_col_mm", "spacing_source",
@@ -96,20 +96,27 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
     frames = read_frames(
         path, spacing_mm=args.spacing_mm, plus_config=args.plus_config, strict_spacing=args.require_spacing
     )
-    for i, frame in enumerate(frames):
+    taps = {k: v for k, v in (("seed", args.seed), ("superficial_at_rc", args.superficial_at),
+                              ("deep_at_rc", args.deep_at)) if v is not None}  # fmt: skip
+    for frame in frames:
         region = frame.meta.get("region_rc")  # the file's B-mode region (DICOM US region), if known
-        res = analyze_frame(
-            frame.image,
+        kw = dict(
             spacing_mm=frame.spacing_mm,
             roi=args.roi if args.roi is not None or region is None else tuple(region),
-            seed=args.seed if i == 0 else None,
             previous=previous,
             metrics=args.metrics,
-            superficial_at_rc=args.superficial_at if i == 0 else None,
-            deep_at_rc=args.deep_at if i == 0 else None,
         )
+        try:
+            res = analyze_frame(frame.image, **kw, **taps)
+            taps = {}  # applied to the first frame with probe contact
+        except InputError as exc:
+            if exc.reason != "no_contact":
+                raise
+            res = analyze_frame(frame.image, **kw)  # not measured; the taps wait for contact
         previous = res
         yield _record(str(path), frame, res)
+    if taps:
+        raise InputError(f"{', '.join(taps)} never applied: no frame has probe contact", reason="no_contact")
 
 
 def cmd_analyze(args) -> int:
@@ -335,11 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--roi", nargs=4, type=int, metavar=("R0", "C0", "R1", "C1"),
                    help="end-exclusive rectangle (echogenicity region, thickness search region)")  # fmt: skip
     a.add_argument("--seed", nargs=2, type=float, metavar=("R", "C"),
-                   help="a point inside the nerve or muscle whose CSA is wanted (first frame; tracked after)")  # fmt: skip
+                   help="a point inside the nerve or muscle whose CSA is wanted (first frame with probe contact; tracked after)")  # fmt: skip
     for line in ("superficial", "deep"):
         a.add_argument(f"--{line}-at", nargs=2, type=float, metavar=("R", "C"),
                        help=f"a point on the {line} aponeurosis: the thickness line passes through it "
-                            "(first frame; tracked after)")  # fmt: skip
+                            "(first frame with probe contact; tracked after)")  # fmt: skip
     a.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                    default=list(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")  # fmt: skip
     a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")

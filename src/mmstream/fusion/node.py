@@ -88,7 +88,8 @@ class FusionNode(Node):
             return
         e = h.echogenicity
         if key is None or e is None or e.mean is None or e.region == "frame":
-            why = "no patient/site context" if key is None else "no echogenicity of a muscle region (ROI or CSA) in this frame"
+            why = ("no patient/site context" if key is None else "no probe contact" if h.quality and h.quality.no_contact
+                   else "no echogenicity of a muscle region (ROI or CSA) in this frame")  # fmt: skip
             out.append(self.reject("capture_refused", f"capture on {h.stream_id} refused: {why}", h.stream_id, h.parent[1]))
             return
         value, calibrated = (e.calibrated_mean, True) if e.calibrated_mean is not None else (e.mean, False)

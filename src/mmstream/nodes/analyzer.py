@@ -129,7 +129,8 @@ class Analyzer(Node):
         cfg = self.settings.get(h.stream_id)
         t0 = time.monotonic()
         seed = None
-        if cfg.seed_version != self._seed_version.get(h.stream_id, 0):
+        seed_applied = self._seed_version.get(h.stream_id, 0)
+        if cfg.seed_version != seed_applied:
             self._seed_version[h.stream_id] = cfg.seed_version
             seed = cfg.seed_rc
             if seed is None:  # the seed was cleared: stop tracking
@@ -141,24 +142,23 @@ class Analyzer(Node):
         held_before = _held(None if prev is None else prev.tracking_state.thickness)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         out = []
+        lines_applied = "thickness" in cfg.metrics  # until then clicks wait
         try:
             res = self._analyze(msg, cfg, seed, clicks)
         except MmstreamError as exc:
-            res = None
-            taps = [what for what, tapped in (("seed", seed is not None), ("line click", clicks != (None, None))) if tapped]
-            if taps:
-                try:  # the frame without the taps: if that works they were refused, the rest kept
-                    res = self._analyze(msg, cfg, None, (None, None))
-                    out.append(self.reject(exc.reason, f"{' and '.join(taps)} refused: {exc}", h.stream_id, h.seq))
-                except MmstreamError as exc2:
-                    exc = exc2
+            res, refused = self._without_failing_taps(msg, cfg, seed, clicks, exc)
             if res is None:
                 self._previous.pop(h.stream_id, None)
                 return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
-        if "thickness" in cfg.metrics:  # the clicks are applied (or refused); until then they wait
+            if exc.reason == "no_contact":  # nothing to tap on: the taps wait for a frame with contact
+                self._seed_version[h.stream_id] = seed_applied if seed is not None else cfg.seed_version
+                lines_applied = False
+            else:
+                out.append(self.reject(exc.reason, f"{refused} refused: {exc}", h.stream_id, h.seq))
+        if lines_applied:
             self._line_versions[h.stream_id] = cfg.line_versions
-        if res.thickness is not None:  # a hold that ends without a release: say so (tap again)
-            for line in held_before - _held(res.thickness):
+        if "thickness" in cfg.metrics:  # a hold that ends without a release: say so (tap again)
+            for line in held_before - _held(res.tracking_state.thickness):
                 self.count("line_hold_lost")
                 out.append(self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it "
                                       "was tapped (lines lost, new ROI or frame size): tap it again", h.stream_id, h.seq))  # fmt: skip
@@ -169,6 +169,23 @@ class Analyzer(Node):
         if self.echo is not None and header.echogenicity is not None:
             header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
         return [*out, Out("metrics", header, arrays)]
+
+    def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, seed, clicks, exc: MmstreamError):
+        """After analysis with the taps failed: (the frame analysed with the taps that work, or None
+        when it fails without any, and which taps were refused). With a seed and line clicks,
+        each is tried alone first; without probe contact no tap can apply."""
+        tries = []
+        if seed is not None and clicks != (None, None) and exc.reason != "no_contact":
+            tries += [(seed, (None, None), "line click"), (None, clicks, "seed")]
+        given = [what for what, tapped in (("seed", seed is not None), ("line click", clicks != (None, None))) if tapped]
+        if given:
+            tries.append((None, (None, None), " and ".join(given)))
+        for s, c, refused in tries:
+            try:
+                return self._analyze(msg, cfg, s, c), refused
+            except MmstreamError:
+                continue
+        return None, ""
 
     def _analyze(self, msg: Decoded, cfg: StreamConfig, seed, clicks) -> FrameAnalysis:
         h = msg.header

@@ -195,8 +195,9 @@ function onMetrics(m) {
   const region = { roi: "in ROI", csa: "inside CSA contour", frame: "whole frame" };
   $("echo-sub").textContent = e ? `0–255 · SD ${fmt(e.std, 1)} · ${region[e.region] || e.region}`
     : (q.no_contact ? "not measured: no probe contact" : "");
-  const warn = [[q.no_contact, "No probe contact", true], [q.frozen, "Frozen image", true],
-                [q.saturated, "Saturated", false], [q.duplicate, "Duplicate frame", false]];
+  const still = !q.no_contact;  // a lifted probe shows identical dark frames: not a frozen scanner
+  const warn = [[q.no_contact, "No probe contact", true], [still && q.frozen, "Frozen image", true],
+                [q.saturated, "Saturated", false], [still && q.duplicate, "Duplicate frame", false]];
   $("warnings").replaceChildren(...warn.filter((w) => w[0]).map(([, text, bad]) => {
     const d = document.createElement("div"); d.className = "warn" + (bad ? " bad" : ""); d.textContent = text; return d;
   }));
