@@ -216,8 +216,7 @@ class Control(_Header):
     ``set_seed`` (seed_rc; None clears), ``set_line`` (line, at_rc: a click on the superficial or
     deep aponeurosis that the thickness line must pass through and stays held to; None releases
     it, line ``both`` releases both at once, and with both released the lines are found
-    automatically again), ``set_roi`` (roi; None
-    clears), ``set_metrics`` (metrics),
+    automatically again), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
     protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
     ``record_stop`` (a new session file per start; ``docs/recording.md``).

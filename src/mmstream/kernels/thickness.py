@@ -266,7 +266,8 @@ def measure_thickness(
 
 def _track_line(image, region, center, sign, half):
     """Band path around ``center`` (region rows per bin), computing the edge map only on the rows
-    the band can reach. Returns (path rows in region coordinates, mean edge strength)."""
+    the band can reach. Returns (path rows in region coordinates, edge strength per bin), or
+    (None, 0.0) when the region has too few rows for the band."""
     r0, c0, r1, c1 = region
     hh = r1 - r0
     nb = center.shape[0]
@@ -291,7 +292,6 @@ def _track_line(image, region, center, sign, half):
 def _track(image, region, previous):
     """Lines of ``previous`` followed on ``image`` (None when lost: weak edges, or the lines
     closer than ``LINE_GAP`` rows somewhere)."""
-    r0, c0, _, _ = region
     nb = (region[3] - region[1]) // BIN_COLS
     ps, es = _track_line(image, region, _centers_from(previous.superficial_rc, region, nb), -1.0, TRACK_HALF)
     if ps is None:

@@ -151,7 +151,8 @@ class Analyzer(Node):
                 self._previous.pop(h.stream_id, None)
                 return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
             if exc.reason == "no_contact":  # nothing to tap on: the taps wait for a frame with contact
-                self._seed_version[h.stream_id] = seed_applied if seed is not None else cfg.seed_version
+                if seed is not None:
+                    self._seed_version[h.stream_id] = seed_applied
                 lines_applied = False
             else:
                 out.append(self.reject(exc.reason, f"{refused} refused: {exc}", h.stream_id, h.seq))
