@@ -121,6 +121,7 @@ class Analyzer(Node):
         self.settings = settings
         self.echo = echo  # reference table and device calibration: live echo z-scores (mmstream.calibration)
         self._previous: dict[str, FrameAnalysis] = {}
+        self._session: dict[str, str] = {}  # stream -> session_id of its last frame
         self._seed_version: dict[str, int] = {}
         self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
 
@@ -128,6 +129,7 @@ class Analyzer(Node):
         h: Frame = msg.header
         cfg = self.settings.get(h.stream_id)
         t0 = time.monotonic()
+        out = self._new_session(h)
         seed = None
         seed_applied = self._seed_version.get(h.stream_id, 0)
         if cfg.seed_version != seed_applied:
@@ -141,7 +143,6 @@ class Analyzer(Node):
         prev = self._previous.get(h.stream_id)
         held_before = _held(None if prev is None else prev.tracking_state.thickness)
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
-        out = []
         lines_applied = "thickness" in cfg.metrics  # until then clicks wait
         try:
             res = self._analyze(msg, cfg, seed, clicks)
@@ -149,7 +150,8 @@ class Analyzer(Node):
             res, refused = self._without_failing_taps(msg, cfg, seed, clicks, exc)
             if res is None:
                 self._previous.pop(h.stream_id, None)
-                return [self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq)]
+                lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
+                return [*out, self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq), *lost]
             if exc.reason == "no_contact":  # nothing to tap on: the taps wait for a frame with contact
                 if seed is not None:
                     self._seed_version[h.stream_id] = seed_applied
@@ -159,10 +161,7 @@ class Analyzer(Node):
         if lines_applied:
             self._line_versions[h.stream_id] = cfg.line_versions
         if "thickness" in cfg.metrics:  # a hold that ends without a release: say so (tap again)
-            for line in held_before - _held(res.tracking_state.thickness):
-                self.count("line_hold_lost")
-                out.append(self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it "
-                                      "was tapped (lines lost, new ROI or frame size): tap it again", h.stream_id, h.seq))  # fmt: skip
+            out += self._hold_lost(h, held_before - _held(res.tracking_state.thickness))
         self._previous[h.stream_id] = res
         self.count("analyzed")
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
@@ -170,6 +169,28 @@ class Analyzer(Node):
         if self.echo is not None and header.echogenicity is not None:
             header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
         return [*out, Out("metrics", header, arrays)]
+
+    def _new_session(self, h: Frame) -> list[Out]:
+        """A stream whose source restarted (new ``session_id``) starts afresh, as at service start:
+        nothing is tracked from the old session, and the stream's current seed and held line clicks
+        apply to the new session's first frame with contact. Returns the ``info`` event saying so."""
+        last = self._session.get(h.stream_id)
+        self._session[h.stream_id] = h.session_id
+        if last is None or last == h.session_id:
+            return []
+        self._previous.pop(h.stream_id, None)
+        self._seed_version.pop(h.stream_id, None)
+        self._line_versions.pop(h.stream_id, None)
+        self.count("session_restarts")
+        return [self.event("info", "session_restart", "new session: tracking restarts from the stream's settings",
+                           h.stream_id, h.seq)]  # fmt: skip
+
+    def _hold_lost(self, h: Frame, lines) -> list[Out]:
+        """Warnings (counted) that ``lines`` are no longer held where they were tapped."""
+        self.count("line_hold_lost", len(lines))
+        return [self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it was tapped "
+                           "(lines lost, analysis failed, new ROI or frame size): tap it again", h.stream_id, h.seq)
+                for line in sorted(lines)]  # fmt: skip
 
     def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, seed, clicks, exc: MmstreamError):
         """After analysis with the taps failed: (the frame analysed with the taps that work, or None
