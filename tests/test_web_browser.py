@@ -153,7 +153,7 @@ def test_click_on_the_nerve_places_the_seed_and_the_contour_appears_there(svc, p
         assert m["csa"]["area_mm2"] == pytest.approx(a["truth_nerve_area_mm2"], rel=0.25)
         seq = m["seq"]
         page.wait_for_function(f"window.mmstreamView.metrics.seq > {seq}", timeout=5000)
-    assert "mm²" in page.locator("#csa-unit").text_content()
+    assert "mm²" in page.locator("#csa-unit").text_content() and page.locator("#echo-unit").text_content() == "grey level"
     assert float(page.locator("#csa-value").text_content()) > 5
     shot(page, "seed")
 
@@ -291,6 +291,8 @@ def test_lifted_probe_shows_no_measurement_and_says_why(svc, page):
             playwright.expect(page.locator(card)).to_have_text("not measured: no probe contact")
         for value in ("#th-value", "#csa-value", "#echo-value"):
             playwright.expect(page.locator(value)).to_have_text("–")
+        for unit in ("#th-unit", "#csa-unit", "#echo-unit"):  # no unit beside a missing value
+            playwright.expect(page.locator(unit)).to_have_text("")
         shot(page, "no-contact")
 
 
