@@ -152,6 +152,9 @@ def test_no_context_and_no_biomarkers_still_publish_live_values(store):
     f = fused_of(node.process("bus", metrics(2, patient="NEW", echo=60.0)))
     assert f.flags == ("no_biomarkers",) and f.biopsy == () and f.score == pytest.approx(1.0)
     assert [o.header for o in node.process("bus", Decoded("fused.x", f))] == []  # own messages echoed on the bus: ignored
+    for seq in (10, 13):  # a restarted source may number from anywhere: the restart is no gap, later gaps count
+        node.process("bus", Decoded("metrics.probe", metrics(seq, site=None).header.model_copy(update={"session_id": "s2"})))
+    assert node.counters["frames_not_seen"] == 2
 
 
 @pytest.mark.parametrize("damage", ["locked", "corrupt", "missing"])

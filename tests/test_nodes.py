@@ -173,23 +173,32 @@ def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames)
 
 def test_analyzer_new_session_starts_afresh_from_the_settings(sim_frames):
     """A restarted source (new session_id): nothing tracked from the old session; the stream's seed
-    and held line click apply anew to its first frame, with an info event and no lost-hold warning."""
+    applies anew to its first frame it can analyse, line clicks do not; an info event, no lost-hold
+    warning. Another stream keeps tracking."""
     settings = StreamSettings()
     an = Analyzer(settings)
     f = sim_frames
     c = float(f[0].image.shape[1] // 2)
     settings.update("s1", seed_rc=f[0].truth.nerve_center_rc, deep_at_rc=(float(f[0].truth.deep_row[int(c)]), c))
-    an.process("frames", frame_msg(0, f[0].image))
-    (m,) = an.process("frames", frame_msg(1, f[1].image))
-    assert m.header.csa.tracked and m.header.thickness.tracked
-    ev, m = an.process("frames", frame_msg(0, f[2].image, session="sess2"))
-    assert ev.header.level == "info" and ev.header.reason == "session_restart" and an.counters["session_restarts"] == 1
+    settings.update("s2", seed_rc=f[0].truth.nerve_center_rc)
+    for seq in (0, 1):
+        an.process("frames", frame_msg(seq, f[seq].image))
+        (other,) = an.process("frames", frame_msg(seq, f[seq].image, stream="s2"))
+    (m,) = an.process("frames", frame_msg(2, f[2].image))
+    assert m.header.csa.tracked and m.header.thickness.tracked and m.header.thickness.deep_at_rc[1] == c
+    # the new session's first frame cannot be analysed: the seed waits for the next one
+    ev, rej = an.process("frames", frame_msg(0, np.full((8, 8), 100, np.uint8), session="sess2"))
+    assert ev.header.level == "info" and ev.header.reason == "session_restart" and "tap again" in ev.header.message
+    assert rej.header.reason == "invalid_input" and an.counters["session_restarts"] == 1
+    (m,) = an.process("frames", frame_msg(1, f[3].image, session="sess2"))
     h = m.header
     assert h.session_id == "sess2" and not h.csa.tracked and h.csa.seed_rc == pytest.approx(f[0].truth.nerve_center_rc)
-    assert not h.thickness.tracked and h.thickness.deep_at_rc[1] == c
-    assert an.counters.get("line_hold_lost", 0) == 0 and not an.rejected
-    (m,) = an.process("frames", frame_msg(1, f[3].image, session="sess2"))  # the same session goes on tracking
-    assert m.header.csa.tracked and m.header.thickness.tracked and m.header.thickness.deep_at_rc[1] == c
+    assert not h.thickness.tracked and h.thickness.deep_at_rc is None  # a tap on the old image does not carry over
+    assert "line_hold_lost" not in an.counters
+    (m,) = an.process("frames", frame_msg(2, f[4].image, session="sess2"))  # the same session goes on tracking
+    assert m.header.csa.tracked and m.header.thickness.tracked
+    (other,) = an.process("frames", frame_msg(2, f[2].image, stream="s2"))
+    assert other.header.csa.tracked and an.counters["session_restarts"] == 1
 
 
 def test_analyzer_failed_frame_ends_holds_with_a_warning(sim_frames):
@@ -200,7 +209,7 @@ def test_analyzer_failed_frame_ends_holds_with_a_warning(sim_frames):
     settings.update("s1", deep_at_rc=(float(f[0].truth.deep_row[int(c)]), c))
     (m,) = an.process("frames", frame_msg(0, f[0].image))
     assert m.header.thickness.deep_at_rc[1] == c
-    rej, lost = an.process("frames", frame_msg(1, np.full((8, 8), 100, np.uint8)))
+    rej, lost = an.process("frames", frame_msg(1, np.full((8, 8), 100, np.uint8)))  # the refusal, then the warning
     assert rej.header.reason == "invalid_input" and rej.header.message.startswith("analysis failed")
     assert lost.header.reason == "line_hold_lost" and "deep line" in lost.header.message
     assert an.counters["line_hold_lost"] == 1 and an.rejected["invalid_input"] == 1

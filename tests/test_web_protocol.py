@@ -190,6 +190,14 @@ def test_three_image_captures_mirror_the_service_protocol():
     assert summary["mean"]["csa_mm2"] is None
     assert fused.note("s1")["reason"] == "captured"
     assert CaptureBook().summary(("P-01", "tibialis_anterior", "right"))["captures"] == []
+    # a restarted source numbers its frames from 0 again: a ``captured`` seq never names an old-session frame
+    restarted = LiveView(settings, fusion_attached=True)
+    for seq, echo in enumerate((60.0, 63.0, 66.0)):
+        restarted.process("bus", metrics(seq, echo))
+    new = metrics(0, 99.0).header.model_copy(update={"session_id": "sess2"})
+    restarted.process("bus", Decoded("metrics.s1", new, {}))
+    restarted.process("bus", event("fusion", "captured", 1))
+    assert [c["echo_mean"] for c in restarted.captures.summary(key)["captures"]] == [99.0]
 
 
 def test_web_config_section():

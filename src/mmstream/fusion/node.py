@@ -44,7 +44,7 @@ class FusionNode(Node):
         self._captures: dict[SiteKey, list[float]] = {}
         self._captured: dict[SiteKey, FusedValue] = {}  # completed three-image values
         self._views: dict[tuple, dict] = {}  # (patient, age, sex, generation, n captured) -> view
-        self._last_seq: dict[str, int] = {}
+        self._last_seq: dict[str, tuple[str, int]] = {}  # stream -> (session, seq) of its last metrics
         self._store_failed = False
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -58,9 +58,9 @@ class FusionNode(Node):
             return []  # fused messages (our own, echoed on the bus) and anything else
         t0 = time.monotonic()
         last = self._last_seq.get(h.stream_id)
-        if last is not None and h.parent[1] > last + 1:
-            self.count("frames_not_seen", h.parent[1] - last - 1)  # latest-wins drops upstream or bus gaps
-        self._last_seq[h.stream_id] = h.parent[1]
+        if last is not None and last[0] == h.session_id and h.parent[1] > last[1] + 1:
+            self.count("frames_not_seen", h.parent[1] - last[1] - 1)  # latest-wins drops upstream or bus gaps
+        self._last_seq[h.stream_id] = (h.session_id, h.parent[1])
         out: list[Out] = []
         fused = self._fuse(h, out, t0)
         self.count("fused")

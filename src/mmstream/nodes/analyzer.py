@@ -148,7 +148,9 @@ class Analyzer(Node):
             res = self._analyze(msg, cfg, seed, clicks)
         except MmstreamError as exc:
             res, refused = self._without_failing_taps(msg, cfg, seed, clicks, exc)
-            if res is None:
+            if res is None:  # an unanalysable frame: tracking ends; a new seed waits for the next frame
+                if seed is not None:
+                    self._seed_version[h.stream_id] = seed_applied
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
                 return [*out, self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq), *lost]
@@ -172,22 +174,24 @@ class Analyzer(Node):
 
     def _new_session(self, h: Frame) -> list[Out]:
         """A stream whose source restarted (new ``session_id``) starts afresh, as at service start:
-        nothing is tracked from the old session, and the stream's current seed and held line clicks
-        apply to the new session's first frame with contact. Returns the ``info`` event saying so."""
+        nothing is tracked from the old session; the stream's seed (a setting the configuration can
+        give too) applies to the new session's first frame with contact, line clicks (taps on the old
+        session's image) do not. Returns the ``info`` event saying so."""
         last = self._session.get(h.stream_id)
         self._session[h.stream_id] = h.session_id
         if last is None or last == h.session_id:
             return []
         self._previous.pop(h.stream_id, None)
         self._seed_version.pop(h.stream_id, None)
-        self._line_versions.pop(h.stream_id, None)
+        self._line_versions[h.stream_id] = self.settings.get(h.stream_id).line_versions
         self.count("session_restarts")
-        return [self.event("info", "session_restart", "new session: tracking restarts from the stream's settings",
-                           h.stream_id, h.seq)]  # fmt: skip
+        return [self.event("info", "session_restart", "new session: nothing tracked from the old one; the seed "
+                           "applies anew, line taps do not (tap again)", h.stream_id, h.seq)]  # fmt: skip
 
     def _hold_lost(self, h: Frame, lines) -> list[Out]:
         """Warnings (counted) that ``lines`` are no longer held where they were tapped."""
-        self.count("line_hold_lost", len(lines))
+        if lines:
+            self.count("line_hold_lost", len(lines))
         return [self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it was tapped "
                            "(lines lost, analysis failed, new ROI or frame size): tap it again", h.stream_id, h.seq)
                 for line in sorted(lines)]  # fmt: skip

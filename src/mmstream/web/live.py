@@ -27,15 +27,16 @@ from mmstream.web.protocol import frame_packet, polyline
 
 MAX_LINE_POINTS = 256  # thickness boundary lines are thinned to at most this many (row, col) points
 RECENT_OVERLAYS = 64  # per stream, to find the frame a ``captured`` event names
-NOTED = {"captured", "capture_refused", "recording_started", "recording_stopped", "recording_armed"}
+NOTED = {"captured", "capture_refused", "recording_started", "recording_stopped", "recording_armed", "session_restart"}
 
 
 class FrameView:
     """The newest frame of a stream. :meth:`packet` (the binary websocket message) JPEG-encodes it
     on first use, so only frames actually sent to a page are encoded, once for all pages."""
 
-    def __init__(self, meta: dict, image: np.ndarray, jpeg_quality: int):
+    def __init__(self, meta: dict, image: np.ndarray, jpeg_quality: int, session_id: str):
         self.seq: int = meta["seq"]
+        self.session_id = session_id
         self.shape: tuple[int, int] = tuple(image.shape)
         self._meta, self._image, self._quality = meta, image, jpeg_quality
         self._packet: bytes | None = None
@@ -104,7 +105,7 @@ class LiveView(Node):
         self._state_lock = threading.Lock()
         self._frames: dict[str, FrameView] = {}
         self._overlays: dict[str, dict] = {}
-        self._recent: dict[str, deque] = {}
+        self._recent: dict[str, tuple[str, deque]] = {}  # stream -> (session, its newest overlays)
         self._pending_captures = PendingCaptures()
         self._fused: dict[str, dict] = {}
         self._biopsy: dict[str | None, list] = {}  # patient -> last ranking (fused messages repeat it only when it changes)
@@ -120,7 +121,11 @@ class LiveView(Node):
             ov = overlay(h, msg.arrays, self.settings)
             with self._state_lock:
                 self._overlays[h.stream_id] = ov
-                self._recent.setdefault(h.stream_id, deque(maxlen=RECENT_OVERLAYS)).append(ov)
+                session, recent = self._recent.get(h.stream_id, (None, None))
+                if session != h.session_id:  # a restarted source numbers its frames from 0 again
+                    recent = deque(maxlen=RECENT_OVERLAYS)
+                    self._recent[h.stream_id] = (h.session_id, recent)
+                recent.append(ov)
                 take = self._pending_captures.take(h.stream_id, h.stamps)
             if take:
                 self._capture(ov)
@@ -151,7 +156,7 @@ class LiveView(Node):
             "spacing_mm": h.spacing_mm,
         }
         with self._state_lock:
-            self._frames[h.stream_id] = FrameView(meta, image, self.jpeg_quality)
+            self._frames[h.stream_id] = FrameView(meta, image, self.jpeg_quality, h.session_id)
         self.on_change(h.stream_id)
 
     def _capture(self, ov: dict) -> None:
@@ -163,7 +168,7 @@ class LiveView(Node):
         sid = h.stream_id or ""
         if h.reason == "captured" and h.stream_id is not None:  # the fusion node took frame h.seq
             with self._state_lock:
-                ov = next((o for o in reversed(self._recent.get(sid, ())) if o["seq"] == h.seq), self._overlays.get(sid))
+                ov = next((o for o in reversed(self._recent.get(sid, (None, ()))[1]) if o["seq"] == h.seq), self._overlays.get(sid))
             if ov is not None:
                 self._capture(ov)
         elif h.reason == "capture" and h.node == "control" and not self.fusion_attached and h.stream_id is not None:

@@ -313,7 +313,7 @@ class WebServer(PageCommands):
         if page.in_flight >= WINDOW and now - page.t_frame_sent < ACK_TIMEOUT_S:
             return  # the page is still painting: the next wake sends the newest frame
         last = page.frame_sent
-        if last is not None and fv.seq > last.seq + 1:
+        if last is not None and last.session_id == fv.session_id and fv.seq > last.seq + 1:
             self._count("frames_not_sent", fv.seq - last.seq - 1)
         page.in_flight = 1 if page.in_flight >= WINDOW else page.in_flight + 1
         page.frame_sent, page.t_frame_sent = fv, now

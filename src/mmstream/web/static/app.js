@@ -188,7 +188,7 @@ function onMetrics(m) {
   } else blank("th-value", "th-unit", "th-sub", q.no_contact ? "not measured: no probe contact" : "not measured on this stream");
   const e = m.echogenicity;
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
-  $("echo-unit").textContent = e ? "grey level" : "";
+  $("echo-unit").textContent = e && e.mean !== null && e.mean !== undefined ? "grey level" : "";
   const z = e && e.z_score !== null && e.z_score !== undefined;
   $("echo-z").textContent = z ? `z-score ${fmt(e.z_score, 2)}${e.abnormal ? " · abnormal" : ""}`
     : (e ? `z-score: – (${e.z_unavailable ? e.z_unavailable.replaceAll("_", " ") : "no reference configured"})` : "z-score: –");
