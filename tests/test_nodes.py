@@ -326,6 +326,19 @@ def test_control_commands_update_settings():
     assert rep.header.data == {"ok": 1}
 
 
+def test_control_answers_even_when_a_handler_or_the_status_fails():
+    """A bug behind a command must not leave the REQ client without its reply (REP would wedge)."""
+    ctl = ControlNode(StreamSettings(), status=lambda: 1 / 0)
+    ctl.handlers["record_stop"] = lambda _req: open("/nonexistent/dir/file.h5", "w")
+    for command in ("record_stop", "status"):
+        rep, ev = ctl.process("requests", control_msg(command=command))
+        assert not rep.header.ok and rep.header.reason == "internal_error" and rep.header.message
+        assert ev.header.level == "error" and ev.header.reason == "internal_error"
+    assert ctl.counters["internal_error"] == 2
+    (rep,) = ctl.process("requests", control_msg(command="ping"))
+    assert rep.header.ok
+
+
 def test_control_answers_undecodable_requests():
     ctl = ControlNode(StreamSettings(), status=dict)
     rep, ev = ctl.on_decode_error(CodecError("bad", reason="malformed_json"))

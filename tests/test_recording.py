@@ -289,6 +289,92 @@ def test_recorder_refuses_missing_directory_and_reports_it(tmp_path):
         rec2.start_recording()
 
 
+def test_recorder_keeps_every_held_frame_when_the_shape_changes_while_armed(tmp_path):
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=5.0), "sess", expected_streams=("a", "b"))
+    rec.start_recording()
+    shapes = [(20, 30)] * 5 + [(40, 30)] * 5  # the depth changes while the recording waits for b
+    for seq, shape in enumerate(shapes):
+        img = np.full(shape, seq, np.uint8)
+        rec.process("frames", decoded(frame("a", seq, img), img))
+    img_b = np.full((10, 10), 1, np.uint8)
+    rec.process("frames", decoded(frame("b", 0, img_b), img_b))
+    st = rec.stop_recording()
+    assert len(st["files"]) == 2 and st["frames"] == 11 and "new_stream_or_shape" not in rec.counters
+    for path, shape, seqs in zip(st["files"], ((20, 30), (40, 30)), (range(5), range(5, 10))):
+        with SessionReader(path) as r:
+            a = r.stream("a")
+            assert a.shape == shape and a.index()["seq"].tolist() == list(seqs) and r.summary()["lost_frames"] == 0
+
+
+def test_recorder_waits_for_the_configured_streams_from_the_first_frame(tmp_path):
+    """``discover_s`` counts from the first frame, not from arming: sources that connect late after
+    an armed start still land in one file; a configured stream that never comes is waited for
+    ``discover_s``, then left out."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.2), "sess", expected_streams=("a", "b"))
+    rec.start_recording()
+    time.sleep(0.3)  # the sources are still connecting (a real wait: the timer under test)
+    img = np.full((20, 30), 1, np.uint8)
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    assert rec.recording_status()["state"] == "armed"
+    rec.process("frames", decoded(frame("b", 0, img), img))
+    st = rec.stop_recording()
+    assert len(st["files"]) == 1 and st["frames"] == 2
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.2), "sess-2", expected_streams=("a", "b"))
+    rec.start_recording()
+    rec.process("frames", decoded(frame("a", 1, img), img))
+    assert rec.tick(time.monotonic()) == [] and rec.recording_status()["state"] == "armed"
+    time.sleep(0.3)
+    assert [o.header.reason for o in rec.tick(time.monotonic())] == ["recording_started"]
+    with SessionReader(rec.stop_recording()["files"][0]) as r:
+        assert r.streams == ["a"]
+
+
+def test_recorder_holds_a_bounded_number_of_messages_before_the_first_frame(tmp_path, monkeypatch):
+    import mmstream.recording.recorder as R
+
+    monkeypatch.setattr(R, "HELD_MAX", 10)
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess", expected_streams=("a",))
+    rec.start_recording()
+    for k in range(25):  # e.g. rejection events of a client spamming bad frames
+        rec.process("bus", decoded(Event(node="ingest", level="warning", reason=f"r{k}", message="m", t_host_s=1.0)))
+    assert rec.counters["held_dropped"] == 15
+    img = np.full((20, 30), 1, np.uint8)
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    with SessionReader(rec.stop_recording()["files"][0]) as r:
+        assert [e.reason for e in r.events()][:10] == [f"r{k}" for k in range(15, 25)]  # the newest kept
+
+
+def test_recorder_counts_drops_across_parts_but_not_across_a_source_restart(tmp_path):
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess", expected_streams=("a",))
+    rec.start_recording()
+    small, big = np.zeros((20, 30), np.uint8), np.zeros((40, 30), np.uint8)
+    for seq in (0, 1, 2, 5):  # 2 dropped
+        rec.process("frames", decoded(frame("a", seq, small), small))
+    for seq in (20, 21):  # 14 dropped, then a new shape: the next part
+        rec.process("frames", decoded(frame("a", seq, big), big))
+    rec.tick(time.monotonic() + 10)
+    assert rec.recording_status()["dropped_frames"] == 16
+    for seq in (0, 1):  # the source restarted: a new session numbers from 0, nothing dropped
+        h = frame("a", seq, big).model_copy(update={"session_id": "src-2"})
+        rec.process("frames", decoded(h, big))
+    st = rec.stop_recording()
+    assert st["dropped_frames"] == 16
+    with SessionReader(st["files"][1]) as r:
+        assert r.stream("a").index()["gap_before"].tolist() == [14, 0, 0, 0] and r.summary()["dropped_frames"] == 14
+
+
+def test_record_stop_while_armed_in_a_vanished_directory_fails_cleanly(tmp_path):
+    d = tmp_path / "rec"
+    d.mkdir()
+    rec = Recorder(RecorderSection(directory=d, discover_s=5.0), "sess", expected_streams=("a", "b"))
+    rec.start_recording()
+    img = np.full((20, 30), 1, np.uint8)
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    d.rmdir()
+    st = rec.stop_recording()  # no exception: the control endpoint must answer
+    assert st["state"] == "failed" and st["last_error"]["reason"] == "no_directory"
+
+
 def test_service_records_on_command_and_reports_state(tmp_path):
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, recorder={"directory": str(tmp_path)},
                       sources=[{"driver": "sim", "stream_id": "p1", "fps": 40}])

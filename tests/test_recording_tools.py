@@ -143,6 +143,15 @@ def test_export_metrics_csv_and_parquet_hold_every_row(session, tmp_path, capsys
     assert pt.column("q_frozen").type == "bool"
 
 
+def test_export_file_names_never_collide(tmp_path):
+    path = tmp_path / "two.h5"
+    write_session(path, 3, streams=("probe:1", "probe_1"))
+    export.export_session(path, tmp_path / "x", metrics_formats=("csv",), frames="png")
+    names = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert names == ["probe%3A1_frames", "probe%3A1_metrics.csv", "probe_1_frames", "probe_1_metrics.csv"]
+    assert all(len(list((tmp_path / "x" / d).glob("*.png"))) == 3 for d in ("probe%3A1_frames", "probe_1_frames"))
+
+
 def test_export_unknown_spacing_is_null_not_a_number(tmp_path):
     import pyarrow.parquet as pq
 
@@ -288,9 +297,17 @@ def _text(src, dst):
     return dst
 
 
+def _no_events(src, dst):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        del f["events"]
+    return dst
+
+
 @pytest.mark.parametrize(
     "make, reason",
-    [(_text, "unreadable"), (_truncated, "truncated"), (_wrong_version, "layout_version"), (_no_session, "not_a_session")],
+    [(_text, "unreadable"), (_truncated, "truncated"), (_wrong_version, "layout_version"), (_no_session, "not_a_session"),
+     (_no_events, "damaged")],
 )
 @pytest.mark.parametrize("command", ["inspect", "export", "report"])
 def test_bad_files_give_one_clear_error_line(session, tmp_path, capsys, make, reason, command):

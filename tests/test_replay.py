@@ -18,11 +18,13 @@ from recorded_sessions import write_session
 from test_graph import RANDOM_TCP, wait_for
 
 import mmstream_drivers
-from mmstream.codec import decode
-from mmstream.config import load_config
+from mmstream.codec import Decoded, buffer_specs, decode, topic_for
+from mmstream.config import RecorderSection, load_config
 from mmstream.errors import ConfigError, InputError, ReadError
+from mmstream.messages import Frame
 from mmstream.recording import layout as L
 from mmstream.recording.reader import SessionReader
+from mmstream.recording.recorder import Recorder
 from mmstream.service import Service
 from mmstream.source import FrameSender, pump
 from mmstream.transport import make_socket
@@ -126,7 +128,10 @@ def test_damaged_headers_are_a_read_error(session, tmp_path, capsys):
         list(rp)
     assert ei.value.reason == "damaged"
     assert main(["replay", str(bad), "--mode", "fast", "--to", "tcp://127.0.0.1:9"]) == 1
-    assert ": damaged: " in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"mmstream replay: error: {bad}: damaged: ")
+    missing = tmp_path / "none.h5"
+    assert main(["replay", str(session), str(missing), "--to", "tcp://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == f"mmstream replay: error: {missing}: not_found: no such file\n"
 
 
 def test_bad_arguments_and_files(session, tmp_path):
@@ -141,6 +146,9 @@ def test_bad_arguments_and_files(session, tmp_path):
     (tmp_path / "x.h5").write_bytes(b"not hdf5")
     with pytest.raises(ReadError):
         Replayer(tmp_path / "x.h5")
+    with pytest.raises(ReadError) as ei:
+        Replayer(tmp_path / "none.h5")
+    assert ei.value.reason == "not_found"
     with pytest.raises(ConfigError, match="choose one"):
         ReplaySource(path=str(session))  # two streams: which one?
     with pytest.raises(ConfigError, match="step"):
@@ -180,6 +188,29 @@ def test_replay_cli_to_a_curve_secured_endpoint(session, tmp_path, capsys):
 
 
 # ---- record -> replay -> record -----------------------------------------------------------------
+
+
+def test_a_recorded_source_restart_replays_as_a_new_session(tmp_path):
+    """seq from 0 again in a recorded stream (its source restarted): the replay opens a new session
+    there, so the service accepts every frame."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess", expected_streams=("a",))
+    rec.start_recording()
+    for session_id in ("src-1", "src-2"):
+        for seq in range(5):
+            img = np.full((20, 30), seq, np.uint8)
+            h = Frame(stream_id="a", session_id=session_id, seq=seq, t_host_s=time.monotonic(), buffers=buffer_specs(image=img))
+            rec.process("frames", Decoded(topic_for(h), h, {"image": img}))
+    (path,) = rec.stop_recording()["files"]
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True)
+    try:
+        with Replayer(path, mode="fast") as rp:
+            assert rp.send(pull.last_endpoint) == 10
+        got = [decode(pull.recv(timeout_ms=2000)).header for _ in range(10)]
+    finally:
+        pull.close()
+    assert [h.seq for h in got] == [*range(5), *range(5)]
+    assert len({h.session_id for h in got[:5]}) == 1 and len({h.session_id for h in got[5:]}) == 1
+    assert got[0].session_id != got[5].session_id
 
 
 def _recording_service(directory, sources=()):

@@ -12,6 +12,9 @@ from mmstream.errors import MmstreamError
 
 
 def _fail(cmd: str, path, exc: MmstreamError) -> int:
+    """Print the one-line error (``path``: a file, or the files of one command) and return 1."""
+    if isinstance(path, (list, tuple)):
+        path = next((p for p in path if str(exc).startswith(f"{p}: ")), ", ".join(map(str, path)))
     msg = str(exc).removeprefix(f"{path}: ")  # the path is printed once, first
     print(f"mmstream {cmd}: error: {path}: {exc.reason}: {msg}", file=sys.stderr)
     return 1

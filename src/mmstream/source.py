@@ -41,7 +41,9 @@ class FrameSender:
     """Sends the frames of one stream (PUSH, connected to the service's ingest endpoint).
 
     ``seq`` counts from 0 and ``session_id`` is new for every sender, so a restarted driver is
-    recognised as a new session rather than as sequence numbers going backwards.
+    recognised as a new session rather than as sequence numbers going backwards. A frame that
+    brings its own ``seq`` (a replayed one) not above the last one sent starts a new ``session_id``
+    too: the recorded source restarted there.
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class FrameSender:
         """Send one frame; returns its ``seq``. Blocks while the service's queue is full
         (TransportTimeout after ``timeout_ms``)."""
         image = np.ascontiguousarray(frame.image)
+        if frame.seq is not None and frame.seq < self.seq:
+            self.session_id = f"{self.stream_id}-{uuid.uuid4().hex[:12]}"
         header = Frame(
             stream_id=self.stream_id,
             session_id=self.session_id,

@@ -30,6 +30,15 @@ class ControlNode(Node):
         return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))), self.reject(exc.reason, str(exc))]
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
+        try:
+            return self._request(msg)
+        except Exception as exc:  # a handler's bug: the client still gets its reply (an unanswered REP socket wedges)
+            self.count("internal_error")
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            return [Out("replies", Reply(ok=False, reason="internal_error", message=message)),
+                    self.event("error", "internal_error", message)]  # fmt: skip
+
+    def _request(self, msg: Decoded) -> list[Out]:
         h = msg.header
         if not isinstance(h, Control):
             return self.on_decode_error(CodecError(f"control takes control messages, got {h.msg_type}",

@@ -189,7 +189,9 @@ def metrics_columns(rows: np.ndarray) -> Columns:
 
 
 def _file_stem(stream_id: str) -> str:
-    return stream_id.replace(":", "_")
+    """The stream id as a file name on every OS: ``:`` as ``%3A`` (``%`` is not allowed in stream ids,
+    so two streams never share a file)."""
+    return stream_id.replace(":", "%3A")
 
 
 def _frame_rate_fps(index_first: np.ndarray, index_last: np.ndarray, n: int) -> float:

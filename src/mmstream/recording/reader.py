@@ -235,6 +235,8 @@ class SessionReader:
         self.path = Path(path)
         try:  # SWMR opens skip HDF5's own size check, and reading past the end then never returns
             eof = stored_eof(self.path)
+        except FileNotFoundError:
+            raise ReadError(f"{self.path}: no such file", reason="not_found") from None
         except OSError as exc:
             raise ReadError(f"{self.path}: cannot read: {exc.strerror}", reason="unreadable") from None
         if eof is not None and self.path.stat().st_size < eof:
@@ -258,6 +260,14 @@ class SessionReader:
             self.file.close()
             raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {READS_VERSIONS}",
                             reason="layout_version")  # fmt: skip
+        try:
+            self._open_layout(version)
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:  # damaged metadata, missing groups
+            self.file.close()
+            raise ReadError(f"{self.path}: damaged session layout: {type(exc).__name__}: {str(exc)[:300]}",
+                            reason="damaged") from None  # fmt: skip
+
+    def _open_layout(self, version: int) -> None:
         # rows are checked in a file opened for writing or whose writer died, also after `h5clear -s`
         # (its plain open can then meet rows past a stale end of allocation: OSError on reading)
         self._check_rows = self.file.swmr_mode or not self._closed_cleanly()
@@ -265,6 +275,8 @@ class SessionReader:
         self._streams = {g.attrs["stream_id"]: StreamReader(g, self._check_rows, self._counted)
                          for g in self.file["streams"].values()}  # fmt: skip
         self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
+        if any(x is None for x in self._logs):
+            raise KeyError("a log dataset is missing")
 
     def close(self) -> None:
         self.file.close()

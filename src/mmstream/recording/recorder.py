@@ -6,8 +6,9 @@ metrics message, event and fused message the service publishes). States::
     idle --start_recording()--> armed --first frames known--> recording --stop_recording()--> idle
                                                                   \\--write error--> failed
 
-``armed`` waits (at most ``discover_s``) until every stream named in the configuration has sent a
-frame, so their datasets can be created before SWMR starts; messages meanwhile are held. A frame
+``armed`` waits (at most ``discover_s`` after the first frame) until every stream named in the
+configuration has sent a frame, so their datasets can be created before SWMR starts; messages
+meanwhile are held (at most ``HELD_MAX``; before any frame the oldest are dropped, counted). A frame
 of a stream (or shape) that is not in the current file closes that part and opens the next one,
 ``<recording_id>.part<k>.h5``, holding every stream seen. A write error (disk full, permission,
 directory gone) ends the recording with an error event and status; the live service is not
@@ -82,9 +83,10 @@ class Recorder(Node):
         self.expected = set(expected_streams)
         self._rlock = threading.RLock()
         self._state = "idle"
-        self._shapes: dict[str, tuple[int, int]] = {}
+        self._shapes: dict[str, tuple[int, int]] = {}  # stream -> frame shape the next part is created with
         self._held: list[Decoded] = []
-        self._t_armed = 0.0
+        self._t_first_held: float | None = None  # first frame held while armed (the discover_s clock)
+        self._last_keys: dict[str, tuple[str, int]] = {}  # stream -> (session, seq) of its last frame in a closed part
         self._writer: SessionWriter | None = None
         self._recording_id: str | None = None
         self._part = 0
@@ -93,6 +95,7 @@ class Recorder(Node):
         self._out: list[Out] = []
         self._last_error: dict | None = None
         self._flushed_frames = 0  # committed in closed parts of this recording
+        self._flushed_dropped = 0  # dropped (seq gaps) in closed parts of this recording
 
     # -- control (any thread) -------------------------------------------------------------------
     def start_recording(self) -> dict:
@@ -110,8 +113,8 @@ class Recorder(Node):
             while any(directory.glob(f"{rid}*.h5")):
                 k += 1
                 rid = f"{self.session_id}_{stamp}_{k}"
-            self._recording_id, self._part, self._files, self._flushed_frames = rid, 0, [], 0
-            self._state, self._held, self._t_armed, self._last_error = "armed", [], time.monotonic(), None
+            self._recording_id, self._part, self._files, self._flushed_frames, self._flushed_dropped = rid, 0, [], 0, 0
+            self._state, self._held, self._t_first_held, self._last_keys, self._last_error = "armed", [], None, {}, None
             self._say("info", "recording_armed", f"recording {rid} armed in {directory}")
             return self.recording_status()
 
@@ -119,7 +122,7 @@ class Recorder(Node):
         """Close the current file (writing what is held); returns the recording status."""
         with self._rlock:
             if self._state == "armed" and self._shapes and self._held:
-                self._open()
+                self._guard(self._open)
             if self._writer is not None:
                 self._close_part()
             if self._state in ("armed", "recording"):
@@ -137,7 +140,7 @@ class Recorder(Node):
                 "path": w.path if w is not None else None,
                 "files": list(self._files),
                 "frames": self._flushed_frames + (sum(w.committed["frames"].values()) if w is not None else 0),
-                "dropped_frames": sum(s.dropped for s in w.streams.values()) if w is not None else 0,
+                "dropped_frames": self._flushed_dropped + (sum(s.dropped for s in w.streams.values()) if w is not None else 0),
                 "committed": w.committed if w is not None else None,  # current part, as of the last flush
                 "last_error": self._last_error,
             }
@@ -151,11 +154,18 @@ class Recorder(Node):
     def process(self, port: str, msg: Decoded) -> list[Out]:
         with self._rlock:
             h = msg.header
+            now = time.monotonic()
             if isinstance(h, Frame):
-                self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)
+                if self._state != "armed" or not any(m.header.stream_id == h.stream_id for m in self._held_frames()):
+                    self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)  # held frames: the first one's
+                if self._state == "armed" and self._t_first_held is None:
+                    self._t_first_held = now
             if self._state == "armed":
+                if not self._shapes and len(self._held) >= HELD_MAX:  # nothing to open a file with yet
+                    self._held.pop(0)
+                    self.count("held_dropped")
                 self._held.append(msg)
-                self._maybe_open(time.monotonic())
+                self._maybe_open(now)
             elif self._state == "recording":
                 self._write(msg)
             else:
@@ -198,6 +208,7 @@ class Recorder(Node):
             else:  # a write failed: touch the file no more
                 w.abandon()
             self._flushed_frames += sum(w.committed["frames"].values())
+            self._flushed_dropped += sum(st.dropped for st in w.streams.values())
         self._state = "failed" if self._state in ("armed", "recording") else self._state
         self._held = []
 
@@ -210,10 +221,13 @@ class Recorder(Node):
         if failure is not None:
             self._fail(*failure)
 
+    def _held_frames(self):
+        return (m for m in self._held if isinstance(m.header, Frame))
+
     def _maybe_open(self, now: float) -> None:
-        if not self._shapes:
+        if not self._shapes or self._t_first_held is None:
             return  # nothing to create datasets from yet: keep holding
-        waited = now - self._t_armed >= self.options.discover_s
+        waited = now - self._t_first_held >= self.options.discover_s
         if self.expected <= set(self._shapes) or waited or len(self._held) >= HELD_MAX:
             self._guard(self._open)
 
@@ -230,7 +244,8 @@ class Recorder(Node):
             "config_json": self.config_json, "start_wall": datetime.now(timezone.utc).isoformat(),
             "start_t_host_s": time.monotonic(),
         }  # fmt: skip
-        self._writer = SessionWriter(path, attrs, dict(self._shapes), self.options.compression, self.options.fsync)
+        self._writer = SessionWriter(path, attrs, dict(self._shapes), self.options.compression, self.options.fsync,
+                                     follows=self._last_keys)  # fmt: skip
         self._files.append(str(path))
         self._state, self._t_flush = "recording", time.monotonic()
         self._say("info", "recording_started", f"recording to {path.name} ({len(self._shapes)} streams)")
@@ -256,6 +271,8 @@ class Recorder(Node):
             self._fail(*failure)
             return
         self._flushed_frames += sum(w.committed["frames"].values())
+        self._flushed_dropped += sum(st.dropped for st in w.streams.values())
+        self._last_keys.update(w.last_keys())
 
     def _write(self, msg: Decoded) -> None:
         h = msg.header
@@ -265,6 +282,7 @@ class Recorder(Node):
             if isinstance(h, Frame):
                 image = msg.arrays["image"]
                 if not w.accepts(h.stream_id, image.shape):
+                    self._shapes[h.stream_id] = tuple(image.shape)  # (a held frame may differ from the latest)
                     self._close_part()
                     if self._state != "recording":
                         return

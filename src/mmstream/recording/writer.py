@@ -101,6 +101,7 @@ class _Stream:
         self.pending_arrays: dict[str, list] = {k: [] for k in self.arrays}
         self.last_seq = -1
         self.first_seq = -1
+        self.last_key: tuple[str, int] | None = None  # (session_id, seq) of the last frame, here or in the part before
         self.dropped = 0
         self.pending_frames: list[np.ndarray] = []
         self._encode = {"none": lambda a: a, "gzip": lambda a: zlib.compress(a, 1)}.get(compression)
@@ -148,7 +149,9 @@ class SessionWriter:
     """
 
     def __init__(self, path, attrs: dict, streams: dict[str, tuple[int, int]], compression: str = "none",
-                 fsync: bool = True):  # fmt: skip
+                 fsync: bool = True, follows: dict[str, tuple[str, int]] | None = None):  # fmt: skip
+        """``follows``: each stream's (session_id, seq) of its last frame in the part before, so a
+        seq gap across the part boundary is counted here."""
         self.path = os.fspath(path)
         self.file = L.create_session_file(self.path, attrs, streams, compression)
         try:
@@ -158,6 +161,9 @@ class SessionWriter:
             raise
         self._fsync = fsync
         self.streams = {sid: _Stream(self.file[f"streams/{sid}"], compression) for sid in streams}
+        for sid, key in (follows or {}).items():
+            if sid in self.streams:
+                self.streams[sid].last_key = key
         self.logs = {
             name: _Table(self.file[f"{name}/table"], self.file[f"{name}/json"], cols)
             for name, cols in (("events", L.EVENT_COLUMNS), ("fused", L.FUSED_COLUMNS), ("biomarkers", L.JSON_LOG_COLUMNS))
@@ -180,14 +186,20 @@ class SessionWriter:
         if st is None or image.shape != st.shape:
             raise InputError(f"frame {header.stream_id} {image.shape} does not fit this file part",
                              reason="new_stream_or_shape")  # fmt: skip
-        gap = header.seq - st.last_seq - 1 if st.last_seq >= 0 and header.seq > st.last_seq + 1 else 0
+        prev = st.last_key  # a gap within one session of the source; a restarted source starts anew
+        gap = header.seq - prev[1] - 1 if prev is not None and prev[0] == header.session_id and header.seq > prev[1] + 1 else 0
         st.pending_frames.append(image)
         self.pending_bytes += image.nbytes
         st.dropped += gap
         st.last_seq = header.seq
+        st.last_key = (header.session_id, header.seq)
         if st.first_seq < 0:
             st.first_seq = header.seq
         st.index.add(header, t_recorded_s=time.monotonic(), gap_before=gap)
+
+    def last_keys(self) -> dict[str, tuple[str, int]]:
+        """Each stream's (session_id, seq) of its last frame (for the next part's ``follows``)."""
+        return {sid: st.last_key for sid, st in self.streams.items() if st.last_key is not None}
 
     def add_metrics(self, header: Metrics, arrays: dict[str, np.ndarray]) -> None:
         st = self.streams.get(header.stream_id)
