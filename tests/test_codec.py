@@ -271,7 +271,7 @@ def test_fuzz_mutated_valid_headers_raise_only_codec_error(kind, key, value, nbu
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(["frame", "volume", "metrics"]),
-    shape=st.lists(st.integers(0, 2**15) | st.sampled_from([0, 1, 4096, 4097, 2**15]), max_size=4),
+    shape=st.lists(st.integers(0, 2**15) | st.sampled_from([0, 1, 4096, 4097, 2**15, 2**31, 2**64, 2**70]), max_size=4),
     dtype=st.sampled_from(["uint8", "uint16", "float32", "float64", "int64"]),
     nbytes=st.integers(0, 256),
 )
@@ -406,6 +406,7 @@ def _invalid_header_cases():
         "buffer-not-named-image": ({"buffers": [{**image_spec, "name": "pixels"}]}, None),
         "unknown-dtype": ({"buffers": [{**image_spec, "dtype": "object"}]}, None),
         "negative-dim": ({"buffers": [{**image_spec, "shape": [-48, 64]}]}, None),
+        "seq-beyond-int64": ({"seq": 2**63}, None),
         "transform-15-values": ({"transforms": {"image_to_probe": [0.0] * 15}}, None),
         "transform-nan": (b'"transforms": {"image_to_probe": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', None),
         "t-device-nan": (b'"t_device_s": NaN', None),
@@ -438,8 +439,9 @@ def test_invalid_header(case):
         lambda: Control(command="ping").model_dump() | {"command": "set_seed"},  # set_seed needs a stream_id
         lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [5, 0, 1, 1]},
         lambda: Control(command="ping").model_dump() | {"seed_rc": [float("nan"), 0]},
+        lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [0, 0, 1, 2**40]},
     ],
-    ids=["unknown-command", "missing-stream-id", "inverted-roi", "nan-seed"],
+    ids=["unknown-command", "missing-stream-id", "inverted-roi", "nan-seed", "roi-beyond-int32"],
 )
 def test_invalid_control(make):
     h = make()
@@ -500,8 +502,8 @@ def test_too_large_respects_configured_limits():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(
-    "shape", [[2**32, 2**32], [2**31, 2**33], [2**63, 2], [10**30, 2]],
-    ids=["wraps-to-0", "wraps-to-0-b", "dim-over-int64", "bigint"],
+    "shape", [[2**32, 2**32], [2**31, 2**33], [2**63, 2], [10**30, 2], [2**70, 0], [0, 2**31]],
+    ids=["wraps-to-0", "wraps-to-0-b", "dim-over-int64", "bigint", "huge-dim-times-zero", "dim-2-31"],
 )
 def test_too_large_shape_whose_product_overflows_int64(shape):
     h = frame_json(buffers=[{"name": "image", "dtype": "uint8", "shape": shape}])

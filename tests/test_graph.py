@@ -79,6 +79,7 @@ def test_bad_input_is_rejected_counted_announced_and_costs_no_valid_frame(graph)
         raw_frame_parts("bad", 5, img),
         raw_frame_parts("bad", 5, img),  # repeated seq
         raw_frame_parts("bad", 2, img),  # backwards
+        [b"frame.bad", header.replace('"shape":[64,64]', '"shape":[1180591620717411303424,0]').encode(), b""],  # 2**70 x 0
     ]  # fmt: skip
     n_good = 150
     t0 = time.monotonic()
@@ -113,6 +114,38 @@ def test_bad_input_is_rejected_counted_announced_and_costs_no_valid_frame(graph)
     for s in (events, bad):
         s.close()
     good.close()
+
+
+def test_a_message_that_breaks_the_decoder_costs_the_node_nothing(monkeypatch):
+    """Whatever a hostile message makes the decoder raise, it is a counted rejection: the node's
+    thread goes on (ingest keeps accepting, control keeps answering)."""
+    import mmstream.graph as G
+
+    real = G.decode
+
+    def decode_or_break(parts, limits=None):
+        if bytes(parts[0]).startswith((b"frame.boom", b"control")) and bytes(parts[1]).startswith(b'{"boom"'):
+            raise ValueError("decoder bug")
+        return real(parts, limits)
+
+    monkeypatch.setattr(G, "decode", decode_or_break)
+    g = Graph(load_config(None, endpoints=RANDOM_TCP)).start()
+    try:
+        ep = g.endpoints
+        with make_socket("push", ep["ingest"], bind=False) as bad, FrameSender(ep["ingest"], "good") as good:
+            bad.send([b"frame.boom", b'{"boom": 1}'], timeout_ms=1000)
+            wait_for(lambda: g.ingest.rejected.get("invalid_message") == 1, what="the rejection")
+            for i in range(3):
+                good.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
+            wait_for(lambda: g.ingest.counters.get("accepted") == 3, what="frames after it")
+        with make_socket("req", ep["control"], bind=False) as req:
+            req.send([b"control", b'{"boom": 1}'], timeout_ms=1000)
+            rep = decode(req.recv(timeout_ms=5000)).header
+        assert not rep.ok and rep.reason == "invalid_message"
+        assert request(ep["control"], command="ping").ok
+        assert g.ingest.counters["internal_error"] == 1 and g.control.counters["internal_error"] == 1
+    finally:
+        g.stop()
 
 
 def test_control_seed_and_status_over_req(graph, sim_probe):

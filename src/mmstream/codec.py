@@ -102,6 +102,8 @@ def _classify(exc: ValidationError) -> str:
         return "bad_schema_version"
     if any(e["type"].startswith("json") for e in errors):
         return "malformed_json"
+    if any(e["type"] == "less_than_equal" and e["loc"][1:2] == ("buffers",) and "shape" in e["loc"] for e in errors):
+        return "too_large"  # a dimension beyond messages.Dim
     return "invalid_header"
 
 
@@ -157,7 +159,7 @@ def decode(parts: Sequence, limits: Limits = Limits()) -> Decoded:
                 f"buffer {spec.name!r} has {view.nbytes} bytes; {spec.dtype} {tuple(spec.shape)} needs {n * dt.itemsize}",
                 reason="buffer_size",
             )
-        arr = np.frombuffer(view, dtype=dt).reshape(spec.shape)
+        arr = np.frombuffer(view, dtype=dt).reshape(spec.shape)  # dims <= 2**31 - 1 (messages.Dim): cannot fail
         arr.flags.writeable = False
         arrays[spec.name] = arr
     if isinstance(header, Frame):

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mmstream.calibration import load_echo_references
-from mmstream.codec import Limits, decode, encode
+from mmstream.codec import Decoded, Limits, decode, encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import CodecError, ConfigError
 from mmstream.handoff import Handoff
@@ -147,6 +147,17 @@ class NodeRunner(threading.Thread):
                 continue
         return False
 
+    def _decode(self, parts) -> Decoded:
+        """:func:`decode`; any other failure of a hostile message is a CodecError too (counted as
+        ``internal_error``): one message must never end the node's thread."""
+        try:
+            return decode(parts, self._limits)
+        except CodecError:
+            raise
+        except Exception as exc:
+            self.node.count("internal_error")
+            raise CodecError(f"undecodable message: {type(exc).__name__}: {exc}", reason="invalid_message") from None
+
     def _guarded(self, fn, *args) -> list:
         try:
             return fn(*args)
@@ -188,7 +199,7 @@ class NodeRunner(threading.Thread):
                             break
                         parked = self._handoff.take(parts) if id(sock) in self._handoff_inputs else None
                         try:
-                            q.put(parked if parked is not None else decode(parts, self._limits))
+                            q.put(parked if parked is not None else self._decode(parts))
                         except CodecError as exc:
                             handler = getattr(node, "on_decode_error", None)
                             self._emit(outs, handler(exc) if handler else [node.reject(exc.reason, str(exc))])

@@ -25,6 +25,9 @@ SpacingSource = Literal[
 Metric = Literal["echogenicity", "csa", "thickness", "quality"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]  # sequence numbers: int64 in session files
+Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]  # array dimensions
+Pixel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # pixel indices (an ROI)
 
 
 class _Model(BaseModel):
@@ -36,7 +39,7 @@ class BufferSpec(_Model):
 
     name: Identifier
     dtype: Dtype
-    shape: tuple[Annotated[int, Field(ge=0)], ...] = Field(max_length=4)
+    shape: tuple[Dim, ...] = Field(max_length=4)
 
 
 class ImagingSettings(_Model):
@@ -79,7 +82,7 @@ class Frame(_Header):
     msg_type: Literal["frame"] = "frame"
     stream_id: Identifier
     session_id: Identifier
-    seq: Annotated[int, Field(ge=0)]
+    seq: Seq
     t_device_s: FiniteFloat | None = None
     t_host_s: FiniteFloat | None = None
     t_wall: Annotated[str, Field(max_length=40)] | None = None
@@ -185,7 +188,7 @@ class Metrics(_Header):
     msg_type: Literal["metrics"] = "metrics"
     stream_id: Identifier
     session_id: Identifier
-    parent: tuple[Identifier, Annotated[int, Field(ge=0)]]  # (stream_id, seq) of the frame
+    parent: tuple[Identifier, Seq]  # (stream_id, seq) of the frame
     t_device_s: float | None = None
     spacing_mm: tuple[float, float] | None = None
     clinical: ClinicalContext = ClinicalContext()
@@ -206,7 +209,7 @@ class Event(_Header):
     reason: Identifier
     message: Annotated[str, Field(max_length=2000)]
     stream_id: Identifier | None = None
-    seq: int | None = None
+    seq: Seq | None = None
     t_host_s: float
 
 
@@ -231,7 +234,7 @@ class Control(_Header):
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     line: Literal["superficial", "deep", "both"] | None = None
     at_rc: tuple[FiniteFloat, FiniteFloat] | None = None
-    roi: tuple[int, int, int, int] | None = None
+    roi: tuple[Pixel, Pixel, Pixel, Pixel] | None = None
     metrics: tuple[Metric, ...] | None = None
     clinical: ClinicalContext | None = None
 
@@ -303,7 +306,7 @@ class Fused(_Header):
     msg_type: Literal["fused"] = "fused"
     stream_id: Identifier
     session_id: Identifier
-    parent: tuple[Identifier, Annotated[int, Field(ge=0)]]
+    parent: tuple[Identifier, Seq]
     patient_id: Annotated[str, Field(max_length=64)] | None = None
     site: Annotated[str, Field(max_length=64)] | None = None
     side: Literal["left", "right", "midline"] | None = None
