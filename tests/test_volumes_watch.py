@@ -94,6 +94,45 @@ def test_bad_files_are_moved_aside_counted_and_announced(watcher, tmp_path):
     assert sink.volume().arrays["voxels"].shape == (2, 2, 2)
 
 
+def test_headers_naming_data_outside_the_folder_are_refused(watcher, tmp_path):
+    """A MetaImage or NRRD header must not make the service read (and send) another file: an
+    absolute or ``../`` data file, or a LIST, is refused and moved aside, the outside file untouched;
+    events name neither the file nor its sub-folder (a patient's name, here)."""
+    w, sink = watcher()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"TOP-SECRET" * 3)
+    folder = tmp_path / "in" / "DOE_JOHN_19700101"
+    folder.mkdir()
+    head = "ObjectType = Image\nNDims = 3\nDimSize = 3 2 5\nElementType = MET_UCHAR\nElementDataFile = {}\n"
+    (folder / "abs.mhd").write_text(head.format(secret))
+    (folder / "up.mhd").write_text(head.format("../../secret.bin"))
+    (folder / "list.mhd").write_text(head.format("LIST 2D") + f"{secret}\n")
+    (folder / "up.nhdr").write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 5 2 3\nencoding: raw\n"
+                                    "data file: ../../secret.bin\n\n")
+    for _ in range(2):
+        w.poll_once()
+    rejected = sorted(p.name for p in (tmp_path / "in" / REJECTED).iterdir() if not p.name.endswith(".why.txt"))
+    assert rejected == ["abs.mhd", "list.mhd", "up.mhd", "up.nhdr"] and secret.exists()
+    assert w.outlet.rejected["path_traversal"] == 3 and w.outlet.rejected["unsupported"] == 1
+    from test_graph import wait_for
+
+    assert wait_for(lambda: len(sink.reasons()) == 4, 5, "events")
+    assert sink.vol.try_recv() is None  # nothing sent
+    assert not any("DOE_JOHN" in e.message or str(tmp_path / "in") in e.message for e in sink.events)
+
+
+def test_a_dimension_product_beyond_int64_is_too_large(tmp_path):
+    from mmstream.errors import ReadError
+    from mmstream.volumes.files import load_image_file
+
+    p = tmp_path / "wrap.mha"
+    p.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 2097152 2097152 4194304\nElementType = MET_UCHAR\n"
+                  b"ElementDataFile = LOCAL\n" + b"\0" * 64)  # fmt: skip
+    with pytest.raises(ReadError) as ei:  # the product is 2**64: it wrapped to 0 in int64
+        load_image_file(p)
+    assert ei.value.reason == "too_large"
+
+
 def test_dicom_files_are_collected_into_a_series_and_deidentified(watcher, tmp_path):
     deid = Pseudonymizer(tmp_path / "map.sqlite", prefix="STUDY")
     w, sink = watcher(deid=deid)

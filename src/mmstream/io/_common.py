@@ -98,6 +98,28 @@ def read_error(path: os.PathLike | str, message: str, reason: str) -> ReadError:
     return ReadError(f"{os.fspath(path)}: {message}", reason=reason)
 
 
+def file_beside(header: Path, name: str, field: str) -> Path:
+    """The data file ``name`` a header (``field``: ``ElementDataFile``, NRRD ``data file``) names,
+    which must be one plain file in the header's folder or below it; ReadError ``bad_header``,
+    ``unsupported`` (LIST or a file-name pattern), ``path_traversal`` (absolute, or outside the
+    folder), ``not_found``."""
+    if "\x00" in name or not name.strip():
+        raise read_error(header, f"{field} {name!r} is not a file name", "bad_header")
+    if name.upper().startswith("LIST") or "%" in name or len(name.split()) > 1:
+        raise read_error(header, f"{field} {name!r}: LIST/pattern data files are not supported", "unsupported")
+    rel = Path(name)
+    folder = Path(header).resolve().parent
+    if rel.is_absolute() or rel.drive:
+        raise read_error(header, f"{field} {name!r} is an absolute path; only files beside the header are read",
+                         "path_traversal")  # fmt: skip
+    target = (folder / rel).resolve()
+    if not target.is_relative_to(folder):
+        raise read_error(header, f"{field} {name!r} points outside the header's folder", "path_traversal")
+    if not target.is_file():
+        raise read_error(header, f"{field} {name!r} not found beside the header", "not_found")
+    return target
+
+
 def check_file(path: os.PathLike | str) -> Path:
     """Resolve ``path`` and check it names a non-empty regular file."""
     try:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, read_error, to_grey_u8
+from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, file_beside, read_error, to_grey_u8
 from ._opened import OpenedFile, RawFrame
 
 EXTENSIONS = {".mha", ".mhd"}
@@ -149,24 +149,6 @@ def _floats(text: str) -> list[float] | None:
         return [float(v) for v in text.split()]
     except ValueError:
         return None
-
-
-def _data_path(p: Path, name: str) -> Path:
-    if "\x00" in name or not name.strip():
-        raise read_error(p, f"ElementDataFile {name!r} is not a file name", "bad_header")
-    if name.upper() == "LIST" or "%" in name or len(name.split()) > 1:
-        raise read_error(p, f"ElementDataFile {name!r}: LIST/pattern data files are not supported", "unsupported")
-    rel = Path(name)
-    folder = p.resolve().parent
-    if rel.is_absolute() or rel.drive:
-        raise read_error(p, f"ElementDataFile {name!r} is an absolute path; only files beside the header "
-                         "are read", "path_traversal")
-    target = (folder / rel).resolve()
-    if not target.is_relative_to(folder):
-        raise read_error(p, f"ElementDataFile {name!r} points outside the header's folder", "path_traversal")
-    if not target.is_file():
-        raise read_error(p, f"ElementDataFile {name!r} not found beside the header", "not_found")
-    return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +261,7 @@ def open_metaimage(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
         data_path, data_offset = p, header_end
         data_size = p.stat().st_size - header_end
     else:
-        data_path = _data_path(p, name)
+        data_path = file_beside(p, name, "ElementDataFile")
         fsize = data_path.stat().st_size
         hsize = _ints(p, fields, "HeaderSize", 1)[0] if "HeaderSize" in fields else 0
         if hsize == -1 and not compressed:

@@ -21,12 +21,15 @@ NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 
 series is never silently cut to its first volume).
 """
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 
 from mmstream.errors import InputError, ReadError
+from mmstream.io._common import file_beside
+from mmstream.io.metaimage import parse_header
 
 from .model import LoadedVolume
 
@@ -56,15 +59,30 @@ def _meta(reader, key: str) -> str | None:
     return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
 
 
-def _nrrd_space(path: Path) -> str | None:
-    """The ``space`` field of a NRRD header as written in the file (None when absent)."""
+def _nrrd_field(path: Path, pattern: str) -> str | None:
+    """A field of a NRRD header as written in the file (``pattern``: its name as a regex; None when
+    absent)."""
     try:
         with open(path, "rb") as f:
             head = f.read(65536).split(b"\n\n", 1)[0].decode("latin-1")
     except OSError:
         return None
-    m = re.search(r"^space\s*:\s*(.+?)\s*$", head, flags=re.M)
-    return m.group(1).lower() if m else None
+    m = re.search(rf"^{pattern}\s*:\s*(.+?)\s*$", head, flags=re.M | re.I)
+    return m.group(1) if m else None
+
+
+def _check_data_file(path: Path, fmt: str) -> None:
+    """A MetaImage ``ElementDataFile`` or NRRD ``data file`` must be one file beside the header
+    (ITK would read any path, or a LIST of them): ReadError ``path_traversal``, ``unsupported``,
+    ``not_found`` (:func:`mmstream.io._common.file_beside`)."""
+    if fmt == "metaimage":
+        name = parse_header(path)[0].get("ElementDataFile", "LOCAL")
+        if name.upper() != "LOCAL":
+            file_beside(path, name, "ElementDataFile")
+    elif fmt == "nrrd":
+        name = _nrrd_field(path, r"data ?file")
+        if name is not None:
+            file_beside(path, name, "data file")
 
 
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
@@ -81,7 +99,8 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
         text = f"NIfTI RAS+ {used} (qform_code {q}, sform_code {s}) -> LPS: x and y negated"
         return "nifti:ras2lps", text, True, meta
     if fmt == "nrrd":
-        space = _nrrd_space(Path(reader.GetFileName()))  # ITK's NRRD_space reports LPS after converting
+        space = _nrrd_field(Path(reader.GetFileName()), "space")  # ITK's NRRD_space reports LPS after converting
+        space = space.lower() if space else None
         meta = {"nrrd_space": space}
         if space in ("left-posterior-superior", "lps"):
             return "nrrd:lps", "NRRD space left-posterior-superior: used as is", True, meta
@@ -105,6 +124,7 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     fmt = file_format(path)
     if fmt not in ("nifti", "metaimage", "nrrd"):
         raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
+    _check_data_file(path, fmt)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -124,7 +144,7 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
         reader.SetExtractSize((size[0], size[1], size[2], 0))
     elif ndim != 3:
         raise ReadError(f"{path.name}: {ndim}-D image; volumes are 3-D", reason="not_3d")
-    if int(np.prod(size[:3], dtype=np.int64)) > max_voxels:
+    if math.prod(size[:3]) > max_voxels:  # Python ints: no int64 wrap-around
         raise ReadError(f"{path.name}: {size[:3]} voxels exceed the limit of {max_voxels}", reason="too_large")
     source, conversion, known, meta = _describe(fmt, reader)
     try:

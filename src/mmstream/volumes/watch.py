@@ -80,7 +80,14 @@ class FolderWatcher(threading.Thread):
         self.outlet.event("info", "volume_assembled", f"{vol.modality} volume {vid} from the watch folder")
 
     def _series_failed(self, series_uid: str, exc: MmstreamError) -> None:
-        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled: {exc}", reject=True)
+        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled: {self._scrub(str(exc))}", reject=True)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the paths below the watched folder: folder and file names often carry the
+        patient's name, and events leave the machine."""
+        for root in sorted({str(self.settings.folder), str(self.settings.folder.resolve())}, key=len, reverse=True):
+            text = re.sub(re.escape(root) + r"[^\s'\"]*", "<path>", text)
+        return text
 
     def _stable(self, path: Path) -> bool:
         try:
@@ -109,7 +116,7 @@ class FolderWatcher(threading.Thread):
         """Move the files to ``rejected/`` with a ``<name>.why.txt`` note. The event names the file by
         a hash only: exported file and folder names often carry the patient's name."""
         moved = [self._move(p, REJECTED) for p in paths if p.exists()]
-        why = str(exc).replace(paths[0].name, "<file>")
+        why = self._scrub(str(exc)).replace(paths[0].name, "<file>")
         if moved:
             moved[0].with_name(moved[0].name + ".why.txt").write_text(f"{exc.reason}: {exc}\n")
         tag = hashlib.sha256(paths[0].name.encode()).hexdigest()[:8]
@@ -134,15 +141,17 @@ class FolderWatcher(threading.Thread):
             if path in referenced or path.name.lower().endswith(COMPANION_SUFFIXES):
                 continue  # moved with its header
             data = companion(path)
-            if not stable[path] or (data is not None and not stable.get(data, False)):
-                continue
+            inside = data is not None and data.resolve().is_relative_to(path.parent.resolve())
+            if not stable[path] or (inside and not stable.get(data, False)):
+                continue  # a data file outside the folder is not waited for: the loader refuses it
             self._handle(path, data)
         due = self.collector.due()
         if due:
             self.collector.flush(due)
 
     def _handle(self, path: Path, data: Path | None) -> None:
-        group = [path] + ([data] if data is not None else [])
+        inside = data is not None and data.resolve().is_relative_to(self.settings.folder.resolve())
+        group = [path] + ([data] if inside and data.exists() else [])  # never move a file from outside the folder
         try:
             if path.stat().st_size > self.settings.max_file_bytes:
                 raise MmstreamError(f"{path.stat().st_size} bytes exceed {self.settings.max_file_bytes}", reason="too_large")
@@ -185,7 +194,7 @@ class FolderWatcher(threading.Thread):
             try:
                 self.poll_once()
             except Exception as exc:  # e.g. the folder vanished: report, keep polling
-                self.outlet.event("error", "watch_failed", f"{type(exc).__name__}: {exc}", reject=True)
+                self.outlet.event("error", "watch_failed", f"{type(exc).__name__}: {self._scrub(str(exc))}", reject=True)
             self._stop_evt.wait(self.settings.poll_s)
 
     def stop(self) -> None:
