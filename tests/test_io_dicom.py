@@ -281,6 +281,21 @@ def test_truncated_compressed_dicom(tmp_path):
         list(read_frames(p))
 
 
+def test_more_frames_declared_than_encapsulated_is_refused_at_once(tmp_path):
+    """A compressed file whose NumberOfFrames exceeds its fragments (a bogus count, possibly 2**31 - 1)
+    is refused before anything is allocated per declared frame."""
+    import pydicom
+
+    p = make_dicom(tmp_path / "a.dcm", _img(2, 8, 8), ts=RLELossless, extra={"FrameTime": 33.0})
+    ds = pydicom.dcmread(p)
+    for n in (3, 2**31 - 1):
+        ds.NumberOfFrames = n
+        ds.save_as(p)
+        with pytest.raises(ReadError) as ei:
+            read_frames(p)
+        assert ei.value.reason == "truncated" and "2 fragment(s)" in str(ei.value)
+
+
 def test_garbage_after_dicm_marker(tmp_path):
     p = tmp_path / "g.dcm"
     p.write_bytes(b"\0" * 128 + b"DICM" + np.random.default_rng(8).integers(0, 256, 3000, dtype=np.uint8).tobytes())

@@ -134,6 +134,19 @@ def test_dicom_series_sorted_by_position_with_rescale(tmp_path):
         np.testing.assert_allclose(_centre(vol, k, 0, 0), [float(v) for v in ds.ImagePositionPatient], atol=1e-6)
 
 
+def test_a_series_over_the_voxel_limit_is_refused_before_its_pixels_are_read(tmp_path):
+    from mmstream.volumes import dicom_series
+
+    truth = make_series(tmp_path, n=3, rows=800, cols=800)  # 1.2 MB of pixel data per slice
+    ds = dicom_series.read_dataset(truth["paths"][0])
+    assert ds.get_item("PixelData", keep_deferred=True).value is None  # still in the file
+    with pytest.raises(ReadError) as ei:
+        dicom_series.load_dicom_series(truth["paths"], max_voxels=1000)
+    assert ei.value.reason == "too_large"
+    vol = dicom_series.load_dicom_series(truth["paths"])  # read when used
+    np.testing.assert_allclose(vol.voxels, truth["voxels"])
+
+
 def test_enhanced_multiframe_uses_per_frame_groups(tmp_path):
     truth = make_enhanced(tmp_path / "e.dcm")
     vol = load_volume(tmp_path / "e.dcm")

@@ -41,7 +41,7 @@ Time: ``FrameTimeVector`` (ms increments, cumulated), else ``FrameTime`` (ms), e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ def _pd():
     global _pydicom
     if _pydicom is None:
         import pydicom
+        import pydicom.encaps
         import pydicom.pixels
 
         _pydicom = pydicom
@@ -190,7 +191,9 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
     return None, "unknown"
 
 
-def _frame_times_ms(ds, n: int, meta: dict) -> list[float] | None:
+def _frame_times_ms(ds, n: int, meta: dict) -> Callable[[int], float] | None:
+    """Frame ``i``'s time in ms from the first (computed per frame: a header's NumberOfFrames
+    allocates nothing), or None when the file gives no frame timing."""
     ftv = ds.get("FrameTimeVector", None)
     if ftv is not None:
         try:
@@ -199,19 +202,31 @@ def _frame_times_ms(ds, n: int, meta: dict) -> list[float] | None:
             inc = []
         if len(inc) == n and all(math.isfinite(v) and v >= 0 for v in inc):
             meta["frame_time_source"] = "FrameTimeVector"
-            return list(np.cumsum(inc).tolist())
+            cum = np.cumsum(inc)  # as long as the element the file holds
+            return lambda i: float(cum[i])
         meta["frame_time_problem"] = "FrameTimeVector length or values invalid; ignored"
     ft = _num(ds.get("FrameTime", None))
     if ft is not None and positive_finite(ft):
         meta["frame_time_ms"] = ft
         meta["frame_time_source"] = "FrameTime"
-        return [i * ft for i in range(n)]
+        return lambda i: i * ft
     rate = _num(ds.get("CineRate", None))
     if rate is not None and positive_finite(rate):
         meta["frame_time_ms"] = 1000.0 / rate
         meta["frame_time_source"] = "CineRate"
-        return [i * 1000.0 / rate for i in range(n)]
+        return lambda i: i * 1000.0 / rate
     return None
+
+
+def _n_fragments(p: Path, data: bytes) -> int:
+    """Fragments of encapsulated pixel data, after its Basic Offset Table item."""
+    if len(data) < 8:
+        raise read_error(p, "encapsulated pixel data shorter than its offset table item", "truncated")
+    start = 8 + int.from_bytes(data[4:8], "little")
+    try:
+        return _pd().encaps.parse_fragments(data[start:])[0] if start < len(data) else 0
+    except (ValueError, EOFError) as exc:
+        raise read_error(p, f"encapsulated pixel data is malformed ({exc})", "corrupt") from None
 
 
 def _int_attr(ds, path, name, default=None) -> int:
@@ -274,6 +289,10 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
     if not photometric:
         raise read_error(p, "PhotometricInterpretation is missing", "bad_header")
     ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    if ts is not None and ts.is_encapsulated:  # every frame has at least one fragment
+        n_fragments = _n_fragments(p, ds.PixelData)
+        if n > n_fragments:
+            raise read_error(p, f"NumberOfFrames = {n}, but the pixel data holds {n_fragments} fragment(s)", "truncated")
     if ts is not None and not ts.is_compressed:
         expected = rows * cols * spp * n * bits_alloc // 8 if bits_alloc != 1 else (rows * cols * n + 7) // 8
         got = len(ds.PixelData)
@@ -319,7 +338,7 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
                 raise
             except Exception as exc:  # malformed LUTs / attributes raise assorted types
                 raise read_error(p, f"cannot convert frame {i} ({type(exc).__name__}: {exc})", "corrupt") from exc
-            t_s = times_ms[i] / 1000.0 if times_ms is not None else None
+            t_s = times_ms(i) / 1000.0 if times_ms is not None else None
             yield RawFrame(index=i, image=grey, t_s=t_s)
 
     return OpenedFile(

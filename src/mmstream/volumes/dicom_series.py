@@ -31,6 +31,7 @@ from mmstream.errors import ReadError
 from .model import LoadedVolume
 
 DEFAULT_GAP_TOLERANCE = 0.01
+DEFER_BYTES = 2**20  # read_dataset: larger elements (pixel data) are read when used
 REQUIRED = ("SOPClassUID", "SeriesInstanceUID", "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "PixelData")
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -139,14 +140,16 @@ def check_instance(ds) -> tuple[str, str]:
 
 
 def read_dataset(path: Path, *, max_bytes: int | None = None):
-    """A pydicom dataset from ``path``; ReadError (``unreadable``, ``too_large``) when it cannot be."""
+    """A pydicom dataset from ``path``; ReadError (``unreadable``, ``too_large``) when it cannot be.
+    Elements over 1 MiB (the pixel data) stay in the file until used, so a series is checked
+    (geometry, ``max_voxels``) before its pixels are read."""
     import pydicom
 
     path = Path(path)
     if max_bytes is not None and path.stat().st_size > max_bytes:
         raise ReadError(f"{path.name}: {path.stat().st_size} bytes exceed {max_bytes}", reason="too_large")
     try:
-        return pydicom.dcmread(path, force=True)
+        return pydicom.dcmread(path, force=True, defer_size=DEFER_BYTES)
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise ReadError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from None
 
