@@ -109,6 +109,21 @@ def test_multipage_tiff_is_frames_and_lazy(tmp_path):
     assert all(f.meta["n_frames"] == 3 for f in frames)
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_tiff_page_sizes_are_checked_from_the_directories(tmp_path, big):
+    """A small, highly compressed TIFF or BigTIFF of a huge page is refused before decoding."""
+    import tifffile
+
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, np.stack([np.full((10, 12), v, np.uint8) for v in (5, 250)]), bigtiff=big, photometric="minisblack")
+    assert count_frames(p) == 2 and [int(f.image[0, 0]) for f in read_frames(p)] == [5, 250]
+    tifffile.imwrite(p, np.zeros((4096, 4096), np.uint8), bigtiff=big, compression="zlib")
+    assert p.stat().st_size < 100_000
+    with pytest.raises(ReadError) as ei:
+        read_frames(p, max_pixels=1000)
+    assert ei.value.reason == "too_large" and "4096" in str(ei.value)
+
+
 def test_caller_spacing_overrides(tmp_path):
     fr = _one(_write(tmp_path / "a.png", _grey()), spacing_mm=(0.1, 0.2))
     assert fr.spacing_mm == (0.1, 0.2) and fr.spacing_source == "config"

@@ -82,6 +82,40 @@ def test_ingest_rate_limit_is_per_stream():
     assert ports[:3] == ["frames"] * 3 and set(ports[3:]) == {"events"}
     assert ing.rejected["rate_limited"] == 7
     assert ing.process("in", frame_msg(0, img, stream="calm"))[0].port == "frames"
+    # a new session per frame does not refill the bucket
+    ports = [ing.process("in", frame_msg(0, img, stream="flood", session=f"s{i}"))[0].port for i in range(5)]
+    assert set(ports) == {"events"} and ing.rejected["rate_limited"] == 12
+
+
+def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypatch):
+    import mmstream.nodes.ingest as I
+
+    clock = [100.0]
+    monkeypatch.setattr(I.time, "monotonic", lambda: clock[0])
+    ing = Ingest(IngestLimits(max_streams=3, idle_s=60.0))
+    img = np.zeros((8, 8), np.uint8)
+    for k in range(3):
+        assert ing.process("in", frame_msg(0, img, stream=f"p{k}"))[0].port == "frames"
+    (ev,) = ing.process("in", frame_msg(0, img, stream="p3"))
+    assert ev.header.reason == "too_many_streams" and ing.rejected["too_many_streams"] == 1
+    clock[0] += 30.0
+    ing.process("in", frame_msg(1, img, stream="p1"))
+    ing.process("in", frame_msg(1, img, stream="p2"))
+    clock[0] += 31.0  # p0 idle for 61 s: forgotten for the new stream
+    assert ing.process("in", frame_msg(0, img, stream="p3"))[0].port == "frames"
+    assert ing.counters["streams_forgotten"] == 1 and sorted(ing.status()["streams"]) == ["p1", "p2", "p3"]
+
+
+def test_latest_queue_forgets_streams_without_waiting_messages():
+    q = PortQueue(Port("frames", capacity=1, policy="latest"))
+    img = np.zeros((4, 4), np.uint8)
+    for k in range(1000):
+        q.put(frame_msg(0, img, stream=f"s{k}"))
+        assert q.get().header.stream_id == f"s{k}"
+    assert len(q) == 0 and q.get() is None and not q._by_key  # nothing left per stream
+    for k in (0, 1, 0):  # round robin: s1 is not starved by s0
+        q.put(frame_msg(k, img, stream=f"s{k % 2}"))
+    assert [q.get().header.stream_id for _ in range(2)] == ["s0", "s1"]
 
 
 def test_ingest_forwards_volumes_to_accepted_only_and_refuses_other_types():

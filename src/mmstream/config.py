@@ -61,6 +61,8 @@ class IngestSection(_Section):
     max_frame_rows: Annotated[int, Field(ge=16, le=16384)] = 4096
     max_frame_cols: Annotated[int, Field(ge=16, le=16384)] = 4096
     queue_messages: Annotated[int, Field(ge=1, le=100000)] = 256
+    max_streams: Annotated[int, Field(ge=1, le=4096)] = 64
+    stream_idle_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class AnalyzerSection(_Section):

@@ -9,7 +9,7 @@ Rules
   Nothing is ever rescaled.
 * EXIF orientation is NOT applied (pixels are returned in stored order, as ``PIL`` does).
 * Frame size is checked against ``max_pixels`` from the file header before decoding
-  (PNG IHDR, BMP header, JPEG SOF, classic TIFF IFDs); BigTIFF is checked after decoding.
+  (PNG IHDR, BMP header, JPEG SOF, TIFF and BigTIFF IFDs).
 * These formats carry no trusted physical spacing: ``spacing_mm`` is ``None`` unless the caller
   passes one (TIFF resolution tags describe print DPI, not anatomy, and are ignored).
 """
@@ -94,28 +94,33 @@ def _jpeg_dims(path, buf: bytes) -> list[tuple[int, int]]:
     raise read_error(path, "truncated or malformed JPEG (no frame header)", "truncated")
 
 
-def _tiff_dims(path, buf: bytes) -> list[tuple[int, int]]:
-    """(rows, cols) of every page of a classic TIFF by walking the IFD chain."""
+def _tiff_dims(path, buf: bytes, big: bool = False) -> list[tuple[int, int]]:
+    """(rows, cols) of every page of a classic TIFF (or a BigTIFF: 8-byte counts and offsets, 20-byte
+    entries) by walking the IFD chain."""
     end = "<" if buf[:2] == b"II" else ">"
     n = len(buf)
-    (off,) = struct.unpack(end + "I", buf[4:8])
+    # (offset format, directory entry count format, entry size, entry value count format)
+    off_f, cnt_f, entry, val_f = ("Q", "Q", 20, "Q") if big else ("I", "H", 12, "I")
+    off_n, cnt_n = struct.calcsize(off_f), struct.calcsize(cnt_f)
+    (off,) = struct.unpack(end + off_f, buf[8:16] if big else buf[4:8])
     dims: list[tuple[int, int]] = []
     seen: set[int] = set()
-    types = {3: ("H", 2), 4: ("I", 4)}
+    types = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
     while off:
-        if off in seen or off + 2 > n or len(dims) > 100_000:
+        if off in seen or off + cnt_n > n or len(dims) > 100_000:
             raise read_error(path, "malformed TIFF directory chain", "corrupt")
         seen.add(off)
-        (count,) = struct.unpack(end + "H", buf[off : off + 2])
-        if off + 2 + 12 * count + 4 > n:
+        (count,) = struct.unpack(end + cnt_f, buf[off : off + cnt_n])
+        first, last = off + cnt_n, off + cnt_n + entry * count
+        if last + off_n > n:
             raise read_error(path, "truncated TIFF directory", "truncated")
         rows = cols = None
-        for k in range(count):
-            e = off + 2 + 12 * k
-            tag, typ, cnt = struct.unpack(end + "HHI", buf[e : e + 8])
+        for e in range(first, last, entry):
+            tag, typ, cnt = struct.unpack(end + "HH" + val_f, buf[e : e + 4 + struct.calcsize(val_f)])
             if tag in (256, 257) and typ in types and cnt == 1:
                 fmt, size = types[typ]
-                (val,) = struct.unpack(end + fmt, buf[e + 8 : e + 8 + size])
+                v = e + 4 + struct.calcsize(val_f)
+                (val,) = struct.unpack(end + fmt, buf[v : v + size])
                 if tag == 256:
                     cols = val
                 else:
@@ -123,7 +128,7 @@ def _tiff_dims(path, buf: bytes) -> list[tuple[int, int]]:
         if rows is None or cols is None:
             raise read_error(path, f"TIFF page {len(dims)} has no ImageWidth/ImageLength", "corrupt")
         dims.append((rows, cols))
-        (off,) = struct.unpack(end + "I", buf[off + 2 + 12 * count : off + 2 + 12 * count + 4])
+        (off,) = struct.unpack(end + off_f, buf[last : last + off_n])
     if not dims:
         raise read_error(path, "TIFF has no pages", "empty_image")
     return dims
@@ -140,8 +145,8 @@ def _load(path: Path) -> tuple[str, bytes]:
     return kind, buf
 
 
-def _page_dims(path, kind: str, buf: bytes) -> list[tuple[int, int]] | None:
-    """Per-page (rows, cols), or None where only the page count is known (BigTIFF)."""
+def _page_dims(path, kind: str, buf: bytes) -> list[tuple[int, int]]:
+    """Per-page (rows, cols) from the file's headers."""
     try:
         if kind == "png":
             return _png_dims(path, buf)
@@ -149,24 +154,16 @@ def _page_dims(path, kind: str, buf: bytes) -> list[tuple[int, int]] | None:
             return _bmp_dims(path, buf)
         if kind == "jpeg":
             return _jpeg_dims(path, buf)
-        if kind == "tiff":
-            return _tiff_dims(path, buf)
+        return _tiff_dims(path, buf, big=kind == "bigtiff")
     except struct.error as exc:
         raise read_error(path, f"truncated {kind.upper()} header", "truncated") from exc
-    return None
 
 
 def count_frames(path) -> int:
     """Number of frames (pages) in a raster image file: 1 except for multi-page TIFF."""
     p = check_file(path)
     kind, buf = _load(p)
-    dims = _page_dims(p, kind, buf)
-    if dims is not None:
-        return len(dims)
-    n = cv2.imcount(str(p), cv2.IMREAD_UNCHANGED)
-    if n <= 0:
-        raise read_error(p, "OpenCV cannot read this TIFF", "corrupt")
-    return int(n)
+    return len(_page_dims(p, kind, buf))
 
 
 def _decode_page(path, kind: str, arr: np.ndarray, index: int, multi: bool) -> np.ndarray:
@@ -188,13 +185,10 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     p = check_file(path)
     kind, buf = _load(p)
     dims = _page_dims(p, kind, buf)
-    if dims is not None:
-        for rows, cols in dims:
-            check_pixels(p, rows, cols, max_pixels)
-        n_pages = len(dims)
-    else:
-        n_pages = count_frames(p)
-    shape = dims[0] if dims is not None and len(set(dims)) == 1 else None
+    for rows, cols in dims:
+        check_pixels(p, rows, cols, max_pixels)
+    n_pages = len(dims)
+    shape = dims[0] if len(set(dims)) == 1 else None
     meta: dict[str, object] = {
         "source": str(p),
         "format": kind,

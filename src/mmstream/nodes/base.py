@@ -73,15 +73,19 @@ class PortQueue:
             self._fifo.append(msg)
 
     def get(self) -> Decoded | None:
-        """Next message: FIFO order, or round-robin over streams for ``latest``."""
+        """Next message: FIFO order, or round-robin over streams for ``latest`` (a stream whose queue
+        empties is forgotten: the cost stays with the streams that have messages waiting)."""
         if self._fifo:
             return self._fifo.popleft()
-        for key in list(self._by_key):
-            q = self._by_key[key]
-            if q:
-                self._by_key.move_to_end(key)
-                return q.popleft()
-        return None
+        if not self._by_key:
+            return None
+        key, q = next(iter(self._by_key.items()))
+        msg = q.popleft()
+        if q:
+            self._by_key.move_to_end(key)
+        else:
+            del self._by_key[key]
+        return msg
 
 
 @dataclass

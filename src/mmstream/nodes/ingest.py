@@ -18,20 +18,25 @@ from mmstream.nodes.base import Node, Out, Port
 
 @dataclass(frozen=True)
 class IngestLimits:
-    """Per-stream rate limit (token bucket: ``max_fps`` sustained, ``burst`` frames at once)."""
+    """Per-stream rate limit (token bucket: ``max_fps`` sustained, ``burst`` frames at once; the
+    bucket is the stream's, across its sources' sessions) and at most ``max_streams`` streams (a new
+    one beyond it takes the place of one idle for ``idle_s``, else is refused)."""
 
     max_fps: float = 1000.0
     burst: int = 60
+    max_streams: int = 64
+    idle_s: float = 60.0
 
 
 class _StreamState:
-    __slots__ = ("session_id", "last_seq", "tokens", "t_last", "accepted", "gaps")
+    __slots__ = ("session_id", "last_seq", "tokens", "t_last", "t_seen", "accepted", "gaps")
 
     def __init__(self, session_id: str, burst: int, now: float):
         self.session_id = session_id
         self.last_seq = -1
         self.tokens = float(burst)
-        self.t_last = now
+        self.t_last = now  # of the token bucket's last refill
+        self.t_seen = now  # of the stream's last frame
         self.accepted = 0
         self.gaps = 0
 
@@ -46,6 +51,17 @@ class Ingest(Node):
         self.limits = limits
         self._streams: dict[str, _StreamState] = {}
 
+    def _room_for_a_stream(self, now: float) -> bool:
+        """Whether a new stream fits, forgetting the longest-idle stream if that makes room."""
+        if len(self._streams) < self.limits.max_streams:
+            return True
+        sid, st = min(self._streams.items(), key=lambda kv: kv[1].t_seen)
+        if now - st.t_seen < self.limits.idle_s:
+            return False
+        del self._streams[sid]
+        self.count("streams_forgotten")
+        return True
+
     def process(self, port: str, msg: Decoded) -> list[Out]:
         h = msg.header
         if isinstance(h, Volume):  # the codec checked buffer sizes and limits; analyzers take frames only
@@ -55,8 +71,14 @@ class Ingest(Node):
             return [self.reject("unexpected_msg_type", f"ingest takes frames and volumes, got {h.msg_type}")]
         now = time.monotonic()
         st = self._streams.get(h.stream_id)
+        if st is None and not self._room_for_a_stream(now):
+            return [self.reject("too_many_streams", f"over {self.limits.max_streams} streams, none idle", h.stream_id, h.seq)]
         if st is None or st.session_id != h.session_id:  # new stream, or its source restarted
-            st = self._streams[h.stream_id] = _StreamState(h.session_id, self.limits.burst, now)
+            prev, st = st, _StreamState(h.session_id, self.limits.burst, now)
+            if prev is not None:  # a new session per frame must not refill the bucket
+                st.tokens, st.t_last = prev.tokens, prev.t_last
+            self._streams[h.stream_id] = st
+        st.t_seen = now
         if h.seq <= st.last_seq:
             return [self.reject("seq_not_increasing", f"seq {h.seq} after {st.last_seq}", h.stream_id, h.seq)]
         st.tokens = min(float(self.limits.burst), st.tokens + (now - st.t_last) * self.limits.max_fps)
