@@ -205,6 +205,37 @@ def test_cache_reloads_when_another_connection_commits(store):
     assert any(c.site == "biceps_brachii" for c in after.biopsy)
 
 
+def test_recordings_keep_the_biomarker_snapshots_fusion_uses(store, tmp_path):
+    """``/biomarkers``: each patient's stored records when the patient's metrics first reach a file,
+    and again after the store changed; no source file paths."""
+    from mmstream.codec import buffer_specs
+    from mmstream.config import RecorderSection
+    from mmstream.fusion.cache import PatientCache
+    from mmstream.messages import Frame
+    from mmstream.recording.reader import SessionReader
+    from mmstream.recording.recorder import Recorder
+
+    clock = [0.0]
+    cache = PatientCache(store, check_interval_s=0.5, clock=lambda: clock[0])
+    recorder = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess", expected_streams=("probe",), biomarkers=cache)
+    recorder.start_recording()
+    img = np.zeros((16, 16), np.uint8)
+    h = Frame(stream_id="probe", session_id="s", seq=0, buffers=buffer_specs(image=img))
+    recorder.process("frames", Decoded("frame.probe", h, {"image": img}))
+    for seq, patient in ((1, "P1"), (2, "P1"), (3, "NEW")):
+        recorder.process("bus", metrics(seq, patient=patient))
+    with BiomarkerStore(store) as s:
+        s.add([rec("biceps_brachii", "fat_fraction", 0.3, "1")])
+    clock[0] = 1.0
+    recorder.process("bus", metrics(4))
+    with SessionReader(recorder.stop_recording()["files"][0]) as r:
+        snaps = r.biomarkers()
+    assert [(x["patient_id"], len(x["records"])) for x in snaps] == [("P1", 7), ("NEW", 0), ("P1", 8)]
+    assert snaps[2]["store_generation"] > snaps[0]["store_generation"]
+    assert {x["biomarker"] for x in snaps[0]["records"]} == {"fat_fraction", "t2_water_ms"}
+    assert not any("source_file" in x for s in snaps for x in s["records"]) and recorder.counters["biomarker_snapshots"] == 3
+
+
 def test_fused_messages_reach_external_subscribers(store, sim_probe):
     cfg = load_config(None, endpoints=RANDOM_TCP, biomarkers={"store": store, "check_interval_s": 0.05})
     g = Graph(cfg)

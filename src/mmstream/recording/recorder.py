@@ -13,6 +13,10 @@ of a stream (or shape) that is not in the current file closes that part and open
 ``<recording_id>.part<k>.h5``, holding every stream seen. A write error (disk full, permission,
 directory gone) ends the recording with an error event and status; the live service is not
 affected and everything flushed before stays readable.
+
+With a biomarker store, ``/biomarkers`` holds the snapshot of each patient's stored records that
+fusion uses: written when the patient's first metrics reach a file part, and again after the store
+changed (read through the same :class:`~mmstream.fusion.cache.PatientCache` as the fusion node).
 """
 
 import errno
@@ -27,7 +31,8 @@ from pathlib import Path
 import mmstream
 from mmstream.codec import Decoded
 from mmstream.config import RecorderSection
-from mmstream.errors import InputError, RecordingError
+from mmstream.errors import InputError, RecordingError, StoreError
+from mmstream.fusion.cache import PatientCache
 from mmstream.messages import Event, Frame, Metrics
 from mmstream.nodes.base import Node, Out, Port
 from mmstream.recording.writer import SessionWriter
@@ -75,8 +80,12 @@ class Recorder(Node):
     outputs = (Port("events"),)
 
     def __init__(self, options: RecorderSection, session_id: str, config_json: str = "{}",
-                 expected_streams: tuple[str, ...] = (), name: str | None = None):  # fmt: skip
+                 expected_streams: tuple[str, ...] = (), name: str | None = None, biomarkers=None):  # fmt: skip
+        """``biomarkers``: a :class:`~mmstream.fusion.cache.PatientCache` of the biomarker store, or
+        None (no ``/biomarkers`` snapshots)."""
         super().__init__(name)
+        self._biomarkers = biomarkers
+        self._snapshots: set[tuple[str, int]] = set()  # (patient, store generation) in the current part
         self.options = options
         self.session_id = session_id
         self.config_json = config_json
@@ -182,6 +191,8 @@ class Recorder(Node):
 
     def close(self) -> None:
         self.stop_recording()
+        if self._biomarkers is not None:
+            self._biomarkers.close()
 
     # -- internals (under the lock) -------------------------------------------------------------
     def _take_out(self) -> list[Out]:
@@ -246,6 +257,7 @@ class Recorder(Node):
         }  # fmt: skip
         self._writer = SessionWriter(path, attrs, dict(self._shapes), self.options.compression, self.options.fsync,
                                      follows=self._last_keys)  # fmt: skip
+        self._snapshots = set()
         self._files.append(str(path))
         self._state, self._t_flush = "recording", time.monotonic()
         self._say("info", "recording_started", f"recording to {path.name} ({len(self._shapes)} streams)")
@@ -295,6 +307,8 @@ class Recorder(Node):
             elif isinstance(h, Metrics):
                 w.add_metrics(h, msg.arrays)
                 self.count("metrics")
+                if self._biomarkers is not None and h.clinical.patient_id:
+                    self._snapshot(w, h.clinical.patient_id)
             elif isinstance(h, Event):
                 w.add_event(h)
             else:
@@ -305,6 +319,24 @@ class Recorder(Node):
             failure = _failure(exc)
         if failure is not None:
             self._fail(*failure)
+
+    def _snapshot(self, w: SessionWriter, patient_id: str) -> None:
+        """Write the patient's stored records to ``/biomarkers`` unless this part holds them as they
+        are (source file paths left out: file names may carry the patient's name; their SHA-256 stays)."""
+        try:
+            records = self._biomarkers.records(patient_id)
+        except StoreError as exc:
+            self.count(f"biomarkers_{exc.reason}")
+            return
+        key = (patient_id, self._biomarkers.generation)
+        if key in self._snapshots:
+            return
+        self._snapshots.add(key)
+        w.add_biomarkers(json.dumps({
+            "patient_id": patient_id, "store_generation": key[1], "t_host_s": time.monotonic(),
+            "records": [r.model_dump(mode="json", exclude={"source_file"}) for r in records],
+        }))  # fmt: skip
+        self.count("biomarker_snapshots")
 
     def _open_next(self, stream_id: str) -> None:
         self._say("info", "recording_new_part", f"new stream or frame shape on {stream_id}: next file part")
@@ -325,7 +357,10 @@ def attach_recorder(graph) -> Recorder:
 
     cfg = graph.config
     expected = (*cfg.streams, *(s.stream_id for s in cfg.sources))
-    rec = Recorder(cfg.recorder, graph.session_id, recorder_config_json(cfg), expected_streams=expected)
+    bio = cfg.biomarkers
+    cache = None if bio.store is None else PatientCache(bio.store, check_interval_s=bio.check_interval_s,
+                                                        timeout_s=bio.store_timeout_s)  # fmt: skip
+    rec = Recorder(cfg.recorder, graph.session_id, recorder_config_json(cfg), expected_streams=expected, biomarkers=cache)
     inputs = {
         "frames": SocketSpec("sub", graph.internal["frames"], bind=False, hwm=TAP_HWM),
         "bus": SocketSpec("sub", graph.internal["bus"], bind=False, hwm=TAP_HWM),
