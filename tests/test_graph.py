@@ -144,6 +144,7 @@ def test_a_message_that_breaks_the_decoder_costs_the_node_nothing(monkeypatch):
         assert not rep.ok and rep.reason == "invalid_message"
         assert request(ep["control"], command="ping").ok
         assert g.ingest.counters["internal_error"] == 1 and g.control.counters["internal_error"] == 1
+        assert all(n["running"] for n in g.status()["nodes"].values())
     finally:
         g.stop()
 

@@ -361,6 +361,7 @@ class Graph:
         nodes = {}
         for r in list(self._runners):
             st = r.node.status()
+            st["running"] = r.is_alive()  # False: the node's thread ended (a bug): its messages are not handled
             st["send_drops"] = dict(r.send_drops)
             st["queue_drops"] = {p: q.dropped for p, q in r.queues.items()}
             nodes[r.node.name] = st
