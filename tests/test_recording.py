@@ -130,6 +130,17 @@ def _six_frames(path, flushes=(6,)):
     return w
 
 
+def test_a_new_file_is_made_durable_with_its_directory_entry(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    w = SessionWriter(tmp_path / "s.h5", {"session_id": "s", "config_json": "{}"}, {"p1": (8, 8)}, fsync=True)
+    w.close()
+    assert str(tmp_path) in synced and str(tmp_path / "s.h5") in synced
+
+
 def test_rows_past_the_commit_counts_are_not_counted_in_a_file_not_closed_cleanly(tmp_path):
     """A flush cut short can leave tables longer than the summaries' counts, their extra rows
     complete-looking or zero (HDF5 wrote the new extent, not the rows): such rows are not counted,

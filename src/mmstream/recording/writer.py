@@ -160,6 +160,14 @@ class SessionWriter:
             self.file.close()
             raise
         self._fsync = fsync
+        if fsync:  # the new file's directory entry too: a power loss must not lose the whole part
+            self.file.flush()
+            os.fsync(self.file.id.get_vfd_handle())
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self.streams = {sid: _Stream(self.file[f"streams/{sid}"], compression) for sid in streams}
         for sid, key in (follows or {}).items():
             if sid in self.streams:
