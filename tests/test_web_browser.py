@@ -265,11 +265,29 @@ def side_stream(svc, page, stream_id: str, image: Callable[[int], np.ndarray]):
         try:
             page.wait_for_function(f"[...document.getElementById('stream').options].some(o => o.value === '{stream_id}')", timeout=15000)
             page.select_option("#stream", stream_id)
-            page.wait_for_function(f"window.mmstreamView.meta.stream_id === '{stream_id}' && window.mmstreamView.metrics.stream_id === '{stream_id}'", timeout=10000)
+            page.wait_for_function(f"window.mmstreamView.meta?.stream_id === '{stream_id}' && window.mmstreamView.metrics?.stream_id === '{stream_id}'", timeout=10000)
             yield
         finally:
             stop.set()
             t.join(5)
+
+
+def test_a_stopped_stream_is_shown_as_not_live(svc, page):
+    """When the source stops, the last image and numbers are greyed and marked NOT LIVE (never
+    mistaken for the probe's live image); a live stream shows no such banner; a stream switch
+    clears the other stream's image."""
+    assert page.locator("#stale").is_hidden()
+    rng = np.random.default_rng(5)
+    with side_stream(svc, page, "stops", lambda i: rng.integers(0, 255, (128, 160), dtype=np.uint8)):
+        assert page.locator("#stale").is_hidden() and page.locator("#th-value").text_content() != "–"
+    playwright.expect(page.locator("#stale")).to_contain_text("NOT LIVE: no new image for", timeout=5000)
+    assert page.evaluate("document.body.classList.contains('stale')") and page.locator("#st-fps").text_content() == "–"
+    shot(page, "not-live")
+    page.select_option("#stream", "sim")
+    page.wait_for_function("window.mmstreamView.meta?.stream_id === 'sim'", timeout=10000)
+    playwright.expect(page.locator("#stale")).to_be_hidden(timeout=5000)
+    status = svc.graph.status()["streams"]
+    assert status["stops"]["idle_s"] > 1.0 and status["sim"]["idle_s"] < 1.0
 
 
 def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):

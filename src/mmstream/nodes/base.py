@@ -106,13 +106,17 @@ class Telemetry:
             self.latency_s.setdefault(stream_id, deque(maxlen=self.window)).append(latency_s)
 
     def summary(self) -> dict:
+        """Per stream: frames, mean fps, seconds since its last frame (``idle_s``: a stopped stream
+        keeps its fps) and latency percentiles (ms)."""
         out = {}
+        now = time.monotonic()
         for sid, n in self.frames.items():
             span = self.last_t[sid] - self.first_t[sid]
             lat = np.asarray(self.latency_s.get(sid, ()), dtype=np.float64)
             out[sid] = {
                 "frames": n,
                 "fps": (n - 1) / span if span > 0 else None,
+                "idle_s": now - self.last_t[sid],
                 "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else None,
                 "latency_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else None,
             }

@@ -136,7 +136,8 @@ class Recorder(Node):
                 self._close_part()
             if self._state in ("armed", "recording"):
                 self._state = "idle"
-                self._say("info", "recording_stopped", f"recording {self._recording_id} stopped: {self._files}")
+                self._say("info", "recording_stopped", f"recording {self._recording_id} stopped: "
+                          f"{', '.join(Path(f).name for f in self._files) or 'no file written'}")  # fmt: skip
             return self.recording_status()
 
     def recording_status(self) -> dict:

@@ -4,9 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("view"), ctx = canvas.getContext("2d");
+const STALE_MS = 1500;            // no new frame for this long: the image and numbers are not live
 const S = {                       // everything the page knows (exposed as window.mmstreamView for tests)
   ws: null, streamId: null, streams: [], clinical: {},
-  bitmap: null, meta: null, decoding: false, pending: null,
+  bitmap: null, meta: null, decoding: false, pending: null, lastFrameAt: null,
   metrics: null, status: null, captures: null, fused: null,
   painted: 0, lastPaintedSeq: null, latencies: [], displayMs: null,
   clock: { offsetMs: null, rttMs: Infinity, samples: [] },
@@ -70,6 +71,7 @@ function onClock(m) {             // NTP-style: keep the offset of the fastest r
 
 // ---------------------------------------------------------------- frames (latest wins)
 function onFrame(buf) {
+  S.lastFrameAt = performance.now();
   const dv = new DataView(buf);
   const n = dv.getUint32(4, true);
   const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, n)));
@@ -114,6 +116,31 @@ function draw() {
       ack(meta, lat === null ? null : Math.max(-1000, Math.min(600000, lat)));
     });
   }
+}
+
+function checkLive() {          // grey out and say so when the shown image is no longer live
+  const age = S.lastFrameAt === null ? Infinity : performance.now() - S.lastFrameAt;
+  const open = S.ws && S.ws.readyState === WebSocket.OPEN;
+  const stale = S.bitmap !== null && (age > STALE_MS || !open);
+  document.body.classList.toggle("stale", stale);
+  $("stale").hidden = !stale;
+  if (stale) {
+    const why = open ? `no new image for ${Math.floor(age / 1000)} s` : "disconnected";
+    $("stale").textContent = `NOT LIVE: ${why} (last image and values shown)`;
+    $("st-fps").textContent = "–";
+  }
+}
+setInterval(checkLive, 250);
+
+function clearView() {           // nothing of another stream or an earlier service run stays on screen
+  if (S.bitmap) S.bitmap.close();
+  S.bitmap = null; S.meta = null; S.metrics = null; S.pending = null; S.lastFrameAt = null;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  $("nosignal").hidden = false;
+  $("warnings").replaceChildren();
+  for (const k of ["csa", "th", "echo"]) blank(`${k}-value`, `${k}-unit`, `${k}-sub`, "");
+  $("echo-z").textContent = "";
+  checkLive();
 }
 
 function fit() {                 // scale the canvas to fill the stage, keeping the image's aspect ratio
@@ -172,13 +199,14 @@ function measure(el, unitEl, subEl, mm, px, mmUnit, pxUnit, conf) {
   }
 }
 
+function blank(el, unitEl, subEl, why) {
+  $(el).textContent = "–"; $(unitEl).textContent = ""; $(subEl).textContent = why; $(subEl).className = "sub";
+}
+
 function onMetrics(m) {
   if (m.stream_id !== S.streamId) return;
   S.metrics = m;
   const q = m.quality || {};
-  const blank = (el, unitEl, subEl, why) => {
-    $(el).textContent = "–"; $(unitEl).textContent = ""; $(subEl).textContent = why; $(subEl).className = "sub";
-  };
   if (m.csa) measure("csa-value", "csa-unit", "csa-sub", m.csa.area_mm2, m.csa.area_px, "mm²", "px²", m.csa.confidence);
   else blank("csa-value", "csa-unit", "csa-sub", q.no_contact ? "not measured: no probe contact" : "no seed: tap the nerve or muscle");
   if (m.thickness) {
@@ -216,7 +244,7 @@ function median(a) {
 function onStatus(st) {
   S.status = st;
   const s = st.stream || {}, d = st.display || {};
-  $("st-fps").textContent = fmt(s.fps, 1);
+  $("st-fps").textContent = document.body.classList.contains("stale") ? "–" : fmt(s.fps, 1);
   $("st-e2e").textContent = fmt(s.latency_p50_ms, 1);
   S.displayMs = median(S.latencies);
   $("st-display").textContent = fmt(d.latency_p50_ms ?? S.displayMs, 1);
@@ -246,6 +274,7 @@ function setStreams(streams, current) {
 }
 
 function onContext(m) {
+  if (m.stream_id && m.stream_id !== S.streamId) clearView();  // another stream: its own frames only
   S.clinical = m.clinical || {};
   if (m.stream_id) S.streamId = m.stream_id;
   $("patient").value = S.clinical.patient_id || "";
@@ -330,7 +359,9 @@ function note(text, error) {
 
 function onJson(m) {
   switch (m.type) {
-    case "hello": S.streamId = m.stream_id; setStreams(m.streams, m.stream_id); break;
+    case "hello":
+      if (!m.stream_id || m.stream_id !== S.streamId) clearView();
+      S.streamId = m.stream_id; setStreams(m.streams, m.stream_id); break;
     case "clock": onClock(m); break;
     case "metrics": onMetrics(m); break;
     case "status": onStatus(m); break;
