@@ -94,6 +94,9 @@ def test_keys(tmp_path, capsys):
         ("[analyzer\n", "cannot parse TOML"),
         ("[[sources]]\ndriver = \"sim\"\nstream_id = \"bad/id\"\n", "sources.0.stream_id"),
         ("[streams.p1]\nroi = [1, 2]\n", "streams.p1.roi"),
+        ("[ingest]\nstream_idle_s = inf\n", "ingest.stream_idle_s: Input should be a finite number"),
+        ("[web]\nhost = \"0.0.0.0\"\ntoken = \"                \"\n", "web.token must be at least 16"),
+        ("a = " + "[" * 100000 + "]" * 100000 + "\n", "cannot parse TOML: RecursionError"),
     ],
 )
 def test_config_validate_reports_bad_files(tmp_path, capsys, text, fragment):
@@ -112,6 +115,10 @@ def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "valid" in out and '"workers": 3' in out
     assert main(["config", "validate", str(tmp_path / "missing.toml")]) == 1
+    capsys.readouterr()
+    monkeypatch.setenv("MMSTREAM_STREAMS", "{bad json")
+    assert main(["config", "validate", str(f)]) == 1
+    assert "MMSTREAM_* environment: cannot parse a value" in capsys.readouterr().err
 
 
 def test_serve_with_bad_config_exits_1(tmp_path):

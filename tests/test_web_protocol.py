@@ -127,6 +127,29 @@ def test_frame_packet_layout_and_lazy_encoding():
     assert live.streams() == ["s1"] and "internal_error" not in live.status()["counters"]
 
 
+def test_idle_streams_are_forgotten_as_ingest_forgets_them(monkeypatch):
+    import mmstream.web.live as L
+
+    clock = [1000.0]
+    monkeypatch.setattr(L.time, "monotonic", lambda: clock[0])
+    live = LiveView(StreamSettings(), idle_s=60.0)
+    img = np.zeros((16, 16), np.uint8)
+
+    def frame(sid, seq):
+        h = Frame(stream_id=sid, session_id="s", seq=seq, buffers=buffer_specs(image=img))
+        live.process("frames", Decoded(f"frame.{sid}", h, {"image": img}))
+
+    frame("a", 0)
+    frame("b", 0)
+    clock[0] += 30.0
+    live.tick(clock[0])
+    frame("b", 1)
+    assert live.streams() == ["a", "b"]
+    clock[0] += 31.0
+    live.tick(clock[0])
+    assert live.streams() == ["b"] and live.frame("a") is None and live.counters["streams_forgotten"] == 1
+
+
 def test_overlay_carries_contour_lines_roi_and_units():
     settings = StreamSettings()
     settings.update("s1", roi=(10, 20, 200, 300))

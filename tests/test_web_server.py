@@ -2,6 +2,7 @@
 service (sim probe): page and headers, frames and overlays, latest-wins, commands reaching the
 service, hostile clients, token, origin, display latency in ``mmstream status``."""
 
+import contextlib
 import json
 import struct
 import urllib.error
@@ -265,6 +266,86 @@ def test_hostile_client_messages_are_refused_counted_and_closed(svc):
     assert exc.value.response.status_code == 403
 
 
+def _raw_http(svc, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", svc.web.server.port), timeout=5) as s:
+        s.sendall(request)
+        return s.recv(200).split(b"\r\n")[0]
+
+
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+
+def test_foreign_host_names_and_malformed_headers_are_refused(svc):
+    """Without a token the view answers only to loopback names (a DNS-rebinding page reaches
+    127.0.0.1 under its own name); malformed or repeated Host/Origin headers are a 400, counted."""
+    port = svc.web.server.port
+    rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        assert _raw_http(svc, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).endswith(b"200 OK")
+    for host in (f"attacker.example:{port}", "127.0.0.1:1", f"127.0.0.1.attacker.example:{port}"):
+        assert b"403" in _raw_http(svc, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    with pytest.raises(InvalidStatus) as exc:  # the websocket too, even with a matching Origin
+        import socket
+
+        sock = socket.create_connection(("127.0.0.1", port))
+        connect(f"ws://attacker.example:{port}/ws", sock=sock, origin=f"http://attacker.example:{port}")
+    assert exc.value.response.status_code == 403 and rejected()["bad_host"] >= 4
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    for extra in (b"Origin: http://[\r\n", b"Origin: http://a\r\nOrigin: http://b\r\n", host):
+        assert b"400" in _raw_http(svc, b"GET /ws HTTP/1.1\r\n" + host + extra + UPGRADE + b"\r\n")
+    assert rejected()["bad_header"] >= 3
+
+
+def test_connections_are_bounded_from_accept(monkeypatch):
+    """Idle TCP connections beyond max_clients + MAX_PENDING are closed at once; upgrades racing
+    past the page check still leave at most max_clients pages."""
+    import socket
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "max_clients": 2})
+    with Service(cfg) as svc:
+        port = svc.web.server.port
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2 + web_server.MAX_PENDING + 5)]
+        wait_for(lambda: svc.graph.status()["web"]["rejected"].get("too_many_connections", 0) >= 5, what="refusals")
+        for s in idle:
+            s.close()
+        with contextlib.ExitStack() as stack:
+            conns = [stack.enter_context(connect(ws_url(svc))) for _ in range(4)]  # all upgraded before any hello
+            for ws in conns:
+                ws.send(json.dumps({"cmd": "hello"}))
+            replies = [recv_until(ws, lambda m: isinstance(m, dict) and m.get("type") in ("hello", "error")) for ws in conns]
+            assert sorted(r["type"] for r in replies) == ["error", "error", "hello", "hello"]
+            assert svc.graph.status()["web"]["pages"] == 2
+
+
+def test_a_page_that_takes_nothing_is_dropped_without_holding_others(monkeypatch):
+    import asyncio
+
+    from mmstream.web.server import _Page
+
+    class Stalled:  # a websocket whose peer stopped reading: send never completes
+        aborted = False
+
+        async def send(self, data):
+            await asyncio.sleep(3600)
+
+        @property
+        def transport(self):
+            return self
+
+        def abort(self):
+            Stalled.aborted = True
+
+    monkeypatch.setattr(web_server, "SEND_TIMEOUT_S", 0.05)
+    srv = web_server.WebServer.__new__(web_server.WebServer)
+    srv.counters, srv.rejected, srv._lock = web_server.Counter(), web_server.Counter(), web_server.threading.Lock()
+    page = _Page(Stalled())
+    with pytest.raises(ConnectionClosed):
+        asyncio.run(srv._send_json(page, {"type": "clock"}))
+    assert Stalled.aborted and page.closing and srv.rejected["send_timeout"] == 1
+
+
 def test_token_is_required_and_checked(monkeypatch):
     monkeypatch.setattr(web_server, "HELLO_TIMEOUT_S", 0.5)
     token = "bedside-token-0123456789"
@@ -370,6 +451,9 @@ def test_curve_secured_control_needs_and_uses_the_web_client_key(tmp_path, sim_p
     security = {"server_secret_key_file": str(server_sec), "allowed_clients_dir": str(allowed)}
     with pytest.raises(ConfigError, match="control_client_secret_key_file"):
         Service(load_config(None, endpoints=RANDOM_TCP, security=security, web={"port": 0})).start()
+    missing = {"port": 0, "control_client_secret_key_file": str(tmp_path / "missing.key_secret")}
+    with pytest.raises(ConfigError, match="cannot load CURVE key"):  # at start, not as taps that go nowhere
+        Service(load_config(None, endpoints=RANDOM_TCP, security=security, web=missing)).start()
     cfg = load_config(None, endpoints=RANDOM_TCP, security=security,
                       web={"port": 0, "control_client_secret_key_file": str(secret["web"])})  # fmt: skip
     driver = Curve(secret_key_file=secret["driver"], server_key_file=server_sec)

@@ -186,6 +186,20 @@ def _format_status_line(st: dict, last: dict | None) -> str:
     return line
 
 
+def _service_process(cfg) -> None:
+    """Process settings of a running service: ``log_level`` for the libraries' and mmstream's
+    loggers (stderr), and the soft open-files limit raised to the hard one (at most 65536), since
+    every probe, page and recording holds descriptors."""
+    import logging
+    import resource
+
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def cmd_demo(args) -> int:
     from mmstream.codec import decode
     from mmstream.config import load_config
@@ -195,6 +209,7 @@ def cmd_demo(args) -> int:
 
     record = {"recorder": {"enabled": True, "directory": str(args.record)}} if args.record else {}
     cfg = load_config(args.config, sources=[{"driver": "sim", "stream_id": "sim", "fps": args.fps}], **record)
+    _service_process(cfg)
     seed = SimProbe(seed=0).frame(0).truth.nerve_center_rc  # the operator's click on the nerve
     svc = Service(cfg)
     svc.graph.settings.update("sim", seed_rc=seed)
@@ -240,6 +255,7 @@ def cmd_serve(args) -> int:
     from mmstream.service import Service
 
     cfg = load_config(args.config)
+    _service_process(cfg)
     stop = {"flag": False}
 
     def _stop(signum, frame):

@@ -29,7 +29,7 @@ def _loopback_host(host: str) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Endpoints(_Section):
@@ -141,8 +141,8 @@ class WebSection(_Section):
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self):
-        if self.token is not None and len(self.token.get_secret_value()) < 16:
-            raise ValueError("web.token must be at least 16 characters")
+        if self.token is not None and len(self.token.get_secret_value().strip()) < 16:
+            raise ValueError("web.token must be at least 16 characters (not counting surrounding blanks)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("web.tls_cert_file and web.tls_key_file go together")
         loopback = _loopback_host(self.host)
@@ -245,7 +245,7 @@ class ServiceConfig(BaseSettings):
     volumes: VolumesSection = VolumesSection()
     igtl_output: IgtlOutputSection = IgtlOutputSection()
     web: WebSection = WebSection()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # stderr logging of mmstream serve / demo
 
     @classmethod
     def settings_customise_sources(
@@ -268,6 +268,8 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         where = path or "configuration"
         lines = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"{where}: invalid configuration:\n  " + "\n  ".join(lines)) from None
-    except ValueError as exc:  # TOML syntax errors
-        raise ConfigError(f"{path}: cannot parse TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # TOML syntax (or nesting beyond the parser), a bad MMSTREAM_* value
+        if "EnvSettingsSource" in str(exc):
+            raise ConfigError(f"MMSTREAM_* environment: cannot parse a value: {exc}") from None
+        raise ConfigError(f"{path}: cannot parse TOML: {type(exc).__name__}: {str(exc)[:300]}") from None
     return ServiceConfig.model_validate(cfg.model_dump())

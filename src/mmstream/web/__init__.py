@@ -24,7 +24,8 @@ class WebView:
     def __init__(self, graph: Graph, fusion: bool = False):
         self.graph = graph
         self.cfg = graph.config.web
-        self.live = LiveView(graph.settings, self.cfg.jpeg_quality, fusion_attached=fusion)
+        self.live = LiveView(graph.settings, self.cfg.jpeg_quality, fusion_attached=fusion,
+                             idle_s=graph.config.ingest.stream_idle_s)  # fmt: skip
         self.server: WebServer | None = None
         taps = {"frames": SocketSpec("sub", graph.internal["frames"], bind=False),
                 "bus": SocketSpec("sub", graph.internal["bus"], bind=False)}  # fmt: skip

@@ -51,9 +51,11 @@ class PageCommands:
         elif cmd.cmd == "set_context":
             ok = await self._forward(page, cmd, command="set_context", stream_id=sid, clinical=cmd.clinical)
             if ok:
-                for p in self._pages:
-                    if p.stream_id == sid:
-                        await self._send_context(p)
+                await self._send_context(page)
+                for p in list(self._pages):  # the others by their own send loops: a stalled one holds nobody up
+                    if p is not page and p.stream_id == sid:
+                        p.context_due = True
+                        p.wake.set()
         else:  # record_start, record_stop, capture: the service's own commands
             await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
 

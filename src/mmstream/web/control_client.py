@@ -16,7 +16,8 @@ from mmstream.transport import Curve, Socket, TransportTimeout, make_socket
 
 
 class ControlClient:
-    """``control_endpoint``: the service's control endpoint; ``events``: the graph's events spec."""
+    """``control_endpoint``: the service's control endpoint; ``events``: the graph's events spec.
+    ConfigError at construction when the CURVE keys do not load (not a page whose taps go nowhere)."""
 
     def __init__(self, control_endpoint: str, events_endpoint: str, curve: Curve | None = None, timeout_ms: int = 3000):
         self._control = control_endpoint
@@ -26,10 +27,18 @@ class ControlClient:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmstream-web-control")
         self._req: Socket | None = None
         self._push: Socket | None = None
+        try:
+            self._pool.submit(self._open_req).result()
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+
+    def _open_req(self) -> None:
+        self._req = make_socket("req", self._control, bind=False, curve=self._curve)
 
     def _request(self, msg: Control) -> Reply:
         if self._req is None:
-            self._req = make_socket("req", self._control, bind=False, curve=self._curve)
+            self._open_req()
         try:
             self._req.send(encode(msg), timeout_ms=self._timeout_ms)
             return decode(self._req.recv(timeout_ms=self._timeout_ms)).header

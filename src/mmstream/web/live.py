@@ -10,6 +10,7 @@ command). The web server reads these snapshots from its own thread, woken by ``o
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ class FrameView:
     def __init__(self, meta: dict, image: np.ndarray, jpeg_quality: int, session_id: str):
         self.seq: int = meta["seq"]
         self.session_id = session_id
+        self.t_received = time.monotonic()
         self.shape: tuple[int, int] = tuple(image.shape)
         self._meta, self._image, self._quality = meta, image, jpeg_quality
         self._packet: bytes | None = None
@@ -95,8 +97,12 @@ class LiveView(Node):
     outputs = (Port("events"),)
 
     def __init__(self, settings: StreamSettings, jpeg_quality: int = 80, fusion_attached: bool = False,
-                 name: str | None = None):  # fmt: skip
+                 name: str | None = None, idle_s: float = 60.0):  # fmt: skip
+        """``idle_s``: a stream without frames for this long is forgotten (its frame, overlays, notes),
+        as ingest forgets it."""
         super().__init__(name)
+        self.idle_s = idle_s
+        self._next_sweep = 0.0
         self.settings = settings
         self.jpeg_quality = int(jpeg_quality)
         self.fusion_attached = fusion_attached
@@ -190,6 +196,20 @@ class LiveView(Node):
             self._fused[h.stream_id] = payload
         self.count("fused_seen")
         self.on_change(h.stream_id)
+
+    def tick(self, now: float) -> list[Out]:
+        """Forget streams idle for ``idle_s`` (checked a few times per ``idle_s``)."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(self.idle_s / 4, 5.0)
+            with self._state_lock:
+                idle = [sid for sid, fv in self._frames.items() if now - fv.t_received > self.idle_s]
+                for sid in idle:
+                    for table in (self._frames, self._overlays, self._recent, self._fused, self._notes, self._last_seq):
+                        table.pop(sid, None)
+            if idle:
+                self.count("streams_forgotten", len(idle))
+                self.on_change("")
+        return []
 
     # -- reader side (web server thread) --------------------------------------------------------
     def streams(self) -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
@@ -33,13 +34,16 @@ from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Telemetry
 from mmstream.web.commands import PageCommands
 from mmstream.web.control_client import ControlClient
-from mmstream.web.http import StaticPages, same_origin, tls_context
+from mmstream.web.http import StaticPages, loopback_host, same_origin, tls_context
 from mmstream.web.live import FrameView, LiveView
 from mmstream.web.protocol import Hello, WebInputError, parse_command
 
 WINDOW = 2  # frames sent to a page and not yet reported painted
 ACK_TIMEOUT_S = 1.0  # after this without a paint report, send again (a hidden tab paints nothing)
 HELLO_TIMEOUT_S = 5.0
+OPEN_TIMEOUT_S = 5.0  # the HTTP upgrade must complete within this
+SEND_TIMEOUT_S = 2.0  # a page that takes no data for this long is dropped (a stalled tablet holds nobody up)
+MAX_PENDING = 16  # connections not yet pages (handshake, hello) beyond max_clients: more are closed at once
 MAX_REJECTS = 20  # invalid messages tolerated per connection
 STATUS_PERIOD_S = 1.0
 @dataclass(eq=False)
@@ -59,6 +63,7 @@ class _Page:
     t_frame_sent: float = 0.0
     rejects: int = 0
     closing: bool = False
+    context_due: bool = False  # another page changed the stream's clinical context: send it
 
 
 class WebServer(PageCommands):
@@ -86,6 +91,7 @@ class WebServer(PageCommands):
         self._error: BaseException | None = None
         self._last_error: str | None = None  # last internal error (in status)
         self.port: int | None = None
+        self._connections = 0  # open TCP connections, pages or not (event loop thread only)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -119,13 +125,32 @@ class WebServer(PageCommands):
         self._encoder.shutdown(wait=True)
         self.control.close()
 
+    def _connection_class(self) -> type[ServerConnection]:
+        """Connections counted from accept: beyond ``max_clients`` + MAX_PENDING they are closed at
+        once (unauthenticated idle connects must not use up the process's file descriptors)."""
+        web = self
+
+        class Counted(ServerConnection):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                web._connections += 1
+                if web._connections > web.cfg.max_clients + MAX_PENDING:
+                    web._count("too_many_connections", rejected=True)
+                    transport.abort()
+
+            def connection_lost(self, exc):
+                web._connections -= 1
+                super().connection_lost(exc)
+
+        return Counted
+
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         try:
             server = await serve(
                 self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
                 max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None, close_timeout=2,
-                ssl=self._ssl,
+                ssl=self._ssl, open_timeout=OPEN_TIMEOUT_S, create_connection=self._connection_class(),
             )  # fmt: skip
         except OSError as exc:
             self._error = exc
@@ -166,15 +191,33 @@ class WebServer(PageCommands):
                 p.wake.set()
 
     def _http(self, connection: ServerConnection, request) -> Response | None:
-        if urlsplit(request.path).path == "/ws":
-            if not same_origin(request):  # another site's page in the same browser
-                self._count("bad_origin", rejected=True)
-                return connection.respond(403, "origin not allowed\n")
-            if len(self._pages) >= self.cfg.max_clients:
-                self._count("too_many_pages", rejected=True)
-                return connection.respond(503, "too many pages connected\n")
-            return None
+        try:
+            if self._token is None and not loopback_host(request, self.cfg.host, self.port):
+                self._count("bad_host", rejected=True)  # e.g. DNS rebinding: another site under its own name
+                return connection.respond(403, "host not allowed\n")
+            if urlsplit(request.path).path == "/ws":
+                if not same_origin(request):  # another site's page in the same browser
+                    self._count("bad_origin", rejected=True)
+                    return connection.respond(403, "origin not allowed\n")
+                if len(self._pages) >= self.cfg.max_clients:
+                    self._count("too_many_pages", rejected=True)
+                    return connection.respond(503, "too many pages connected\n")
+                return None
+        except (ValueError, MultipleValuesError):  # malformed or repeated Host / Origin
+            self._count("bad_header", rejected=True)
+            return connection.respond(400, "bad request headers\n")
         return self._static.response(request.path) or connection.respond(404, "not found\n")
+
+    async def _send(self, page: _Page, data) -> None:
+        """Send to one page; a page that does not take it within SEND_TIMEOUT_S is dropped (its
+        connection aborted) and ConnectionClosed raised, so nothing waits on a stalled peer."""
+        try:
+            await asyncio.wait_for(page.ws.send(data), SEND_TIMEOUT_S)
+        except TimeoutError:
+            self._count("send_timeout", rejected=True)
+            page.closing = True
+            page.ws.transport.abort()
+            raise ConnectionClosed(None, None) from None
 
     async def _send_json(self, page: _Page, obj: dict) -> None:
         try:
@@ -182,7 +225,7 @@ class WebServer(PageCommands):
         except (ValueError, TypeError):  # e.g. a NaN in some node's status: skip that message, counted
             self._count(f"unserialisable_{obj.get('type')}")
             return
-        await page.ws.send(text)
+        await self._send(page, text)
 
     async def _refuse(self, page: _Page, reason: str, message: str) -> None:
         page.rejects += 1
@@ -199,10 +242,6 @@ class WebServer(PageCommands):
         try:
             if not await self._hello(page):
                 return
-            if not self._pages:  # a new viewing: display fps and latency start afresh
-                with self._lock:
-                    self.display = Telemetry()
-            self._pages.add(page)
             sender = asyncio.create_task(self._send_loop(page))
             try:
                 async for raw in ws:
@@ -237,11 +276,17 @@ class WebServer(PageCommands):
             given = hashlib.sha256((cmd.token or "").encode()).digest()
             if not hmac.compare_digest(given, self._token):
                 cmd, reason = None, "unauthorized"
+        if cmd is not None and len(self._pages) >= self.cfg.max_clients:  # upgrades that raced past _http's check
+            cmd, reason = None, "too_many_pages"
         if cmd is None:
             self._count(reason, rejected=True)
             await self._send_json(page, {"type": "error", "reason": reason, "message": "connection refused"})
             await page.ws.close(1008, reason)
             return False
+        if not self._pages:  # a new viewing: display fps and latency start afresh
+            with self._lock:
+                self.display = Telemetry()
+        self._pages.add(page)  # before anything is awaited: the max_clients check above stays true
         streams = self.live.streams()
         wanted = cmd.stream_id if cmd.stream_id in streams else self.cfg.stream_id
         page.stream_id = wanted or (streams[0] if streams else None)
@@ -299,6 +344,9 @@ class WebServer(PageCommands):
 
     async def _send_once(self, page: _Page) -> None:
         """What changed for this page, then the newest frame if the paint window allows."""
+        if page.context_due:
+            page.context_due = False
+            await self._send_context(page)
         if page.stream_id is None:
             streams = self.live.streams()
             if not streams:
@@ -322,7 +370,7 @@ class WebServer(PageCommands):
         except InputError as exc:
             self._count(exc.reason)
             return
-        await page.ws.send(packet)
+        await self._send(page, packet)
         self._count("frames_sent")
 
     async def _status_loop(self) -> None:
