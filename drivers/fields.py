@@ -72,10 +72,11 @@ class FrameFields:
         self._add(self.metadata, MAX_METADATA, name, value[:MAX_TEXT])
 
 
-def sort_fields(raw: Mapping[str, object], *, prefix: str = "") -> FrameFields:
+def sort_fields(raw: Mapping[str, object], *, prefix: str = "", into: FrameFields | None = None) -> FrameFields:
     """Sort name -> value fields (text or numbers) as the module docstring says; ``prefix`` is put
-    before annotation and metadata keys (e.g. ``"igtl."``)."""
-    out = FrameFields()
+    before annotation and metadata keys (e.g. ``"igtl."``). ``into``: fields the driver set itself,
+    which count against the limits first."""
+    out = FrameFields() if into is None else into
     suffix = "TransformStatus"
     status = {k[: -len(suffix)]: str(v).strip().upper() for k, v in raw.items() if k.endswith(suffix)}
     for name, value in sorted(raw.items()):

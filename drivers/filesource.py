@@ -91,7 +91,7 @@ class FileSequenceSource:
         frames = self.open()
         while not self.stop_event.is_set():
             first = last = None
-            n_timed = 0
+            n_timed = n_out = 0
             try:
                 for fr in frames:
                     t = self.file_time(fr)
@@ -103,6 +103,7 @@ class FileSequenceSource:
                     out = self.convert(fr, None if t is None else t + offset_s)
                     if out is not None:
                         self.health.count("frames")
+                        n_out += 1
                         yield out
                     if self.stop_event.is_set():
                         return
@@ -111,6 +112,9 @@ class FileSequenceSource:
                                   f"frames: {exc}")
                 raise
             if not self.loop:
+                return
+            if n_out == 0:  # looping a file that gives nothing would spin: say so and end
+                self.health.error("no_frames", f"{self.path}: a whole pass gave no usable frame; not looping")
                 return
             self.health.count("loops")
             if first is not None:  # one more mean frame interval after the last frame

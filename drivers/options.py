@@ -11,7 +11,7 @@ def option_errors(driver: str):
     """Turn a wrongly typed option (``int("abc")``, ``"0" >= 0``) into ConfigError naming the driver."""
     try:
         yield
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf), int(1e400)
         raise ConfigError(f"{driver} source: invalid option ({exc})") from exc
 
 

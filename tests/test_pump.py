@@ -27,6 +27,24 @@ def _run(target, **kw):
     return t, out
 
 
+def test_a_frame_the_sender_refuses_is_skipped_and_counted(tmp_path):
+    """One bad frame (empty, 16-bit, too many metadata fields) never ends a live source."""
+    from mmstream.codec import decode
+
+    pull = make_socket("pull", f"ipc://{tmp_path}/in2", bind=True)
+    good = SourceFrame(image=np.full((8, 8), 7, np.uint8))
+    bad = [SourceFrame(image=np.zeros((0, 8), np.uint8)), SourceFrame(image=np.zeros((8, 8), np.uint16)),
+           SourceFrame(image=np.zeros((8, 8), np.uint8), metadata={f"k{i}": "v" for i in range(40)})]  # fmt: skip
+    try:
+        with FrameSender(f"ipc://{tmp_path}/in2", "s") as sender:
+            assert pump([good, *bad, good], sender, realtime=False) == 2
+            assert sender.invalid_frames == 3
+        got = [decode(pull.recv(timeout_ms=2000)).header.seq for _ in range(2)]
+    finally:
+        pull.close()
+    assert got == [0, 1]
+
+
 def test_patient_pump_waits_for_the_receiver_and_loses_nothing(stalled_receiver):
     stop = threading.Event()
     with FrameSender(stalled_receiver.last_endpoint, "s", hwm=1) as snd:

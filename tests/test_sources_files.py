@@ -215,6 +215,16 @@ def _write_mha(path, n, fields: dict[int, dict[str, str]], data: bytes | None = 
     path.write_bytes(("\n".join(head) + "\n").encode() + pixels)
 
 
+def test_looping_a_file_without_usable_frames_ends_instead_of_spinning(tmp_path):
+    from mmstream_drivers.mha import MetaImageSequenceSource
+
+    p = tmp_path / "allinvalid.igs.mha"
+    _write_mha(p, 3, {i: {"Timestamp": f"{10 + i / 10}", "ImageStatus": "INVALID"} for i in range(3)})
+    src = MetaImageSequenceSource(str(p), loop=True, realtime=False)
+    assert list(src.source_frames()) == []  # returns: no second pass
+    assert src.health.errors["no_frames"] == 1 and src.health.counters["loops"] == 0
+
+
 def test_invalid_images_and_transforms_are_left_out_and_counted(tmp_path):
     eye = "1 0 0 0 0 1 0 0 0 0 1 0 0 0 0 1"
     path = tmp_path / "seq.igs.mha"

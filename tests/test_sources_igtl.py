@@ -112,6 +112,23 @@ def test_ras_images_are_converted_to_lps_and_unit_spacing_is_unknown(server):
     assert run.frames[1].spacing_mm is None and src.health.counters["spacing_placeholder"] == 1
 
 
+def test_an_image_with_fields_up_to_the_frame_limits_still_goes(server):
+    """The driver's own ``igtl_device`` and ``ijk_to_lps`` count against the frame's limits: a peer
+    filling all 32 metadata fields loses one of them (counted), not the frame."""
+    src = IgtlSource(port=server.server_address[1])
+    full = image_message(2)
+    full.header_version = 2
+    full.metadata = {f"Note{i:02d}": "x" for i in range(32)}
+    with Running(src) as run:
+        server.send_message(full, wait=False)
+        server.send_message(pyigtl.TransformMessage(np.eye(4), device_name="X"), wait=False)
+        for k in range(3):
+            server.send_message(image_message(k), wait=False)
+        frames = run.wait_frames(4)
+    assert len(frames[0].metadata) == 32 and frames[0].metadata["igtl_device"] == "Image_Reference"
+    assert src.health.counters["fields_dropped"] == 1 and "ijk_to_lps" in frames[0].transforms
+
+
 def test_non_image_and_unusable_images_are_skipped_and_the_connection_stays(server):
     src = IgtlSource(port=server.server_address[1], device="Image_Reference")
     with Running(src) as run:

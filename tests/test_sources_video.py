@@ -111,6 +111,20 @@ def test_crop_larger_than_the_frame_skips_frames_with_an_error(tmp_path):
     assert src.health.errors["crop_outside_frame"] == 2
 
 
+def test_an_empty_crop_or_an_odd_capture_format_skips_the_frame_not_the_source(tmp_path, monkeypatch):
+    path = tmp_path / "small.avi"
+    write_video(path, n=2)
+    src = VideoSource(url=str(path), crop_row0=ROWS, crop_row1=0)  # from the last row to the end: nothing
+    assert list(src.source_frames()) == [] and src.health.errors["crop_outside_frame"] == 2
+    write_video(path, n=3)
+    odd = iter([np.zeros((8, 9, 2), np.uint8), np.full((8, 9), 1000, np.uint16), np.zeros((8, 9, 1), np.uint8)])
+    src = VideoSource(url=str(path))
+    monkeypatch.setattr(src, "_frame", lambda img, t, missed, real=src._frame: real(next(odd), t, missed))
+    frames = list(src.source_frames())  # a 2-channel frame and a 16-bit one beyond 8 bits: refused; (H, W, 1): grey
+    assert [f.image.shape for f in frames] == [(8, 9)]
+    assert src.health.errors["unsupported_layout"] == 1 and src.health.errors["unsupported_bit_depth"] == 1
+
+
 class FakeCapture:
     """A grabber that delivers the listed (frame counter, time ms) and then fails like an unplugged device."""
 

@@ -28,8 +28,13 @@ import numpy as np
 from mmstream.errors import ConfigError, MmstreamError, ProtocolError
 from mmstream.io import to_grey_u8
 from mmstream.source import SourceFrame
-from mmstream_drivers.fields import sort_fields
+from mmstream_drivers.fields import MAX_TEXT, FrameFields, sort_fields
 from mmstream_drivers.health import Backoff, SourceHealth
+
+IGTL_TYPES = frozenset({
+    "IMAGE", "TRANSFORM", "POSITION", "STATUS", "STRING", "POINT", "TRAJ", "CAPABILITY", "TDATA", "QTDATA",
+    "SENSOR", "NDARRAY", "POLYDATA", "BIND", "COLORT", "IMGMETA", "LBMETA", "COMMAND", "RTS_COMMAND",
+})  # OpenIGTLink v3 message types counted by name when skipped; any other name counts as skipped_other
 from mmstream_drivers.igtl.wire import MessageReader, parse_header, unpack
 from mmstream_drivers.options import config_spacing, option_errors
 
@@ -139,7 +144,8 @@ class IgtlSource:
             fields, body = got
             self.health.count("messages")
             if fields["message_type"] != "IMAGE" or (self.device and fields["device_name"] != self.device):
-                self.health.count(f"skipped_{fields['message_type'].lower()}"[:40])
+                kind = fields["message_type"]  # a peer's own type names must not grow the status without bound
+                self.health.count(f"skipped_{kind.lower() if kind in IGTL_TYPES else 'other'}")
                 continue
             try:
                 frame = self.to_frame(unpack(fields, body))
@@ -168,11 +174,11 @@ class IgtlSource:
         m = np.asarray(msg.ijk_to_world_matrix, dtype=np.float64)
         if msg.world_coordinate_system == "ras":
             m = _RAS_TO_LPS @ m
-        fields = sort_fields(msg.metadata or {}, prefix="igtl.")
-        transforms = dict(fields.transforms)
+        own = FrameFields(metadata={"igtl_device": msg.device_name[:MAX_TEXT]})  # within the frame's limits
         if np.all(np.isfinite(m)):
-            transforms["ijk_to_lps"] = tuple(float(v) for v in m.reshape(-1))
-        metadata = {"igtl_device": msg.device_name, **fields.metadata}
+            own.transforms["ijk_to_lps"] = tuple(float(v) for v in m.reshape(-1))
+        fields = sort_fields(msg.metadata or {}, prefix="igtl.", into=own)
+        transforms, metadata = fields.transforms, fields.metadata
         if fields.dropped:
             self.health.count("fields_dropped", fields.dropped)
         spacing, source = self._spacing(m)

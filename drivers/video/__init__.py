@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from mmstream.errors import ConfigError, ReadError
-from mmstream.io import rgb_to_grey
+from mmstream.io import to_grey_u8
 from mmstream.messages import ImagingSettings
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import Backoff, SourceHealth
@@ -229,12 +229,15 @@ class VideoSource:
         r0, c0, r1, c1 = self.crop
         rows, cols = img.shape[:2]
         r1, c1 = r1 or rows, c1 or cols
-        if r1 > rows or c1 > cols:
+        if r1 > rows or c1 > cols or r0 >= r1 or c0 >= c1:
             self.health.error("crop_outside_frame", f"video {self.target!r}: crop {self.crop} does not fit a "
                               f"{rows} x {cols} frame; frame skipped")
             return None
-        img = img[r0:r1, c0:c1]
-        grey = rgb_to_grey(img[..., 2::-1]) if img.ndim == 3 else np.ascontiguousarray(img)
+        try:
+            grey = to_grey_u8(f"video {self.target!r}", img[r0:r1, c0:c1], channel_order="BGR")
+        except ReadError as exc:  # e.g. a 2-channel or 16-bit capture format: this frame, not the source
+            self.health.error(exc.reason, f"{exc}; frame skipped", level="warning")
+            return None
         return SourceFrame(
             image=grey,
             t_device_s=t_device_s,

@@ -31,6 +31,10 @@ class Service:
         self.source_errors: dict[str, str] = {}
         self.graph.status_hooks.append(lambda: {"source_errors": dict(self.source_errors)})
         self._drivers: dict[str, object] = {}  # stream_id -> driver; their health shows in status
+        self._senders: dict[str, FrameSender] = {}  # stream_id -> its sender (frames it refused, in status)
+        self.graph.status_hooks.append(
+            lambda: {"source_invalid_frames": {sid: s.invalid_frames for sid, s in list(self._senders.items())}}
+        )
         self.graph.status_hooks.append(
             lambda: {"sources": {sid: d.health.status() for sid, d in list(self._drivers.items()) if hasattr(d, "health")}}
         )
@@ -54,6 +58,7 @@ class Service:
                 driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(update={"stream_id": section.stream_id})))
             try:
                 with FrameSender(endpoint, section.stream_id) as sender:
+                    self._senders[section.stream_id] = sender
                     realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
                     pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
                          patient=self.config.analyzer.every_frame)  # fmt: skip

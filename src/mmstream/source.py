@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import ValidationError
 
 from mmstream.codec import buffer_specs, encode
+from mmstream.errors import InputError
 from mmstream.messages import ClinicalContext, Frame, ImagingSettings
 from mmstream.transport import Curve, TransportTimeout, make_socket
 
@@ -59,15 +61,30 @@ class FrameSender:
         self.session_id = f"{stream_id}-{uuid.uuid4().hex[:12]}"
         self.clinical = clinical
         self.seq = 0
+        self.invalid_frames = 0  # frames :func:`pump` skipped because :meth:`send` refused them
         self._sock = make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve)
 
     def send(self, frame: SourceFrame, timeout_ms: int | None = 5000) -> int:
         """Send one frame; returns its ``seq``. Blocks while the service's queue is full
-        (TransportTimeout after ``timeout_ms``)."""
+        (TransportTimeout after ``timeout_ms``). InputError ``invalid_frame`` when the frame cannot
+        be a Frame message (e.g. an empty or 16-bit image, too many fields): nothing is sent."""
         image = np.ascontiguousarray(frame.image)
+        if image.dtype != np.uint8 or image.ndim != 2 or 0 in image.shape:
+            raise InputError(f"{self.stream_id}: frame image {image.dtype} {image.shape} is not a non-empty 2-D "
+                             "uint8 image", reason="invalid_frame")  # fmt: skip
+        try:
+            header = self._header(frame, image)
+        except ValidationError as exc:
+            raise InputError(f"{self.stream_id}: frame not sendable: {str(exc.errors()[0]['msg'])[:300]}",
+                             reason="invalid_frame") from None  # fmt: skip
+        self._sock.send(encode(header, [image]), timeout_ms=timeout_ms)
+        self.seq = header.seq + 1
+        return header.seq
+
+    def _header(self, frame: SourceFrame, image: np.ndarray) -> Frame:
         if frame.seq is not None and frame.seq < self.seq:
             self.session_id = f"{self.stream_id}-{uuid.uuid4().hex[:12]}"
-        header = Frame(
+        return Frame(
             stream_id=self.stream_id,
             session_id=self.session_id,
             seq=self.seq if frame.seq is None else frame.seq,
@@ -83,9 +100,6 @@ class FrameSender:
             stamps={"sent": time.monotonic()},
             buffers=buffer_specs(image=image),
         )
-        self._sock.send(encode(header, [image]), timeout_ms=timeout_ms)
-        self.seq = header.seq + 1
-        return header.seq
 
     def close(self, linger_ms: int = 2000) -> None:
         """Close, first letting frames still queued reach the service (up to ``linger_ms``)."""
@@ -117,7 +131,8 @@ def pump(
     the service's queue full raises TransportTimeout after the sender's timeout, unless ``patient``
     (with ``stop``): then it is retried until it goes, looking at ``stop`` every
     ``PATIENT_SLICE_MS`` (a service analysing every frame pushes back for as long as its analysis is
-    behind).
+    behind). A frame the sender refuses (``invalid_frame``) is skipped and counted in
+    ``sender.invalid_frames``: one bad frame never ends a live source.
     """
     n = 0
     t0_host = t0_dev = None
@@ -137,11 +152,14 @@ def pump(
         while True:
             try:
                 sender.send(fr, timeout_ms=PATIENT_SLICE_MS) if patient else sender.send(fr)
+                n += 1
                 break
             except TransportTimeout:
                 if not patient or stop is None:
                     raise
                 if stop.is_set():
                     return n
-        n += 1
+            except InputError:
+                sender.invalid_frames += 1
+                break
     return n
