@@ -146,7 +146,14 @@ def test_pet_suv_of_a_series_folder_and_files_that_disagree(tmp_path):
      (lambda d: delattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime"), "missing_tag"),
      (lambda d: delattr(d, "RadiopharmaceuticalInformationSequence"), "missing_tag"),
      (lambda d: setattr(d, "Units", "CNTS"), "unsupported_pet"), (lambda d: setattr(d, "DecayCorrection", "NONE"), "unsupported_pet"),
-     (lambda d: setattr(d, "CorrectedImage", ["ATTN"]), "unsupported_pet"), (lambda d: setattr(d, "PatientWeight", 0), "unsupported_pet"),
+     (lambda d: setattr(d, "CorrectedImage", ["ATTN"]), "unsupported_pet"), (lambda d: setattr(d, "PatientWeight", 0), "invalid_tag"),
+     # non-finite or malformed numbers, and times not given to the second: never a silently wrong SUV
+     (lambda d: setattr(d, "PatientWeight", "NaN"), "invalid_tag"), (lambda d: setattr(d, "PatientWeight", "inf"), "invalid_tag"),
+     (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose", "nan"), "invalid_tag"),
+     (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadionuclideHalfLife", "inf"), "invalid_tag"),
+     (lambda d: setattr(d, "SeriesTime", "10:00:00"), "invalid_tag"), (lambda d: setattr(d, "SeriesDate", "2026-03-04"), "invalid_tag"),
+     (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartDateTime", "20260304"), "invalid_tag"),
+     (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime", "09"), "invalid_tag"),
      (lambda d: setattr(d, "Modality", "CT"), "unsupported_pet"), (lambda d: setattr(d, "AcquisitionTime", "080000"), "unsupported_pet"),
      (lambda d: setattr(d.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartTime", "235959"), "unsupported_pet")],
 )  # fmt: skip
@@ -219,6 +226,17 @@ def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys)
                  *common]) == 0  # fmt: skip
     got = {r["site"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert got == {"tibialis_anterior": pytest.approx(0.1), "soleus": pytest.approx(0.6)}
+    # a label asked for but absent, a malformed --labels, a missing file: errors, never a shorter result
+    assert main(["biomarkers", "compute", "fat-fraction", fat, water, lab, "--labels", "1=tibialis_anterior,3=gastrocnemius",
+                 *common]) == 1  # fmt: skip
+    out = capsys.readouterr()
+    assert out.out == "" and "3=gastrocnemius (not in the label map)" in out.err
+    for labels_arg in ("1=tibialis_anterior,soleus", "x=soleus"):
+        assert main(["biomarkers", "compute", "fat-fraction", fat, water, lab, "--labels", labels_arg, *common]) == 2
+        assert "is not N=site" in capsys.readouterr().err
+    assert main(["biomarkers", "compute", "fat-fraction", str(tmp_path / "none.nrrd"), water, lab, "--labels", "1=soleus",
+                 *common]) == 1  # fmt: skip
+    assert "not_found" in capsys.readouterr().err
     t2 = write(np.full((3, 8, 8), 41.5, np.float32), "t2.nrrd")
     assert main(["biomarkers", "compute", "stats", t2, lab, "--label", "2", "--site", "soleus", "--biomarker",
                  "t2_water_ms", "--unit", "ms", *common]) == 0  # fmt: skip

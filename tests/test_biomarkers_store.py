@@ -140,6 +140,15 @@ def test_json_and_jsonl_bad_rows_are_reported_by_line(tmp_path):
     (tmp_path / "c.jsonl").write_text(good + "\n\n{not json\n" + json.dumps({**ROW, "side": None}) + "\n")
     res = read_records(tmp_path / "c.jsonl")
     assert [(e.line, e.reason) for e in res.errors] == [(3, "malformed_json")] and res.lines == [1, 4]
+    # the object form: the "records" key itself, however escaped, and a bad row costs only itself
+    old = json.dumps({**ROW, "patient_id": "P2"})
+    (tmp_path / "d.json").write_text('{"kind": "records", "superseded": [%s],\n "rec\\u006frds": [\n%s,\n{"x": oops},\n%s]}'
+                                     % (old, good, good.replace("0.3", "0.4")))  # fmt: skip
+    res = read_records(tmp_path / "d.json")
+    assert [r.patient_id for r in res.records] == [ROW["patient_id"]] * 2 and [e.reason for e in res.errors] == ["malformed_json"]
+    (tmp_path / "e.json").write_text("[" + good + ",\n" + "[" * 100000 + "]" * 100000 + ",\n" + good + "]")
+    res = read_records(tmp_path / "e.json")  # a row nested beyond the parser: that row only
+    assert len(res.records) == 2 and [e.reason for e in res.errors] == ["malformed_json"]
 
 
 @pytest.mark.parametrize(

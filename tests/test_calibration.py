@@ -112,6 +112,11 @@ def test_calibration_and_why_a_z_score_is_unknown():
         got = refs.assess(*args)
         assert got.unavailable == why and got.z is None
     assert EchoReferences(table()).assess(30.0, "roi", "biceps_brachii", 30, "female", OTHER).unavailable == "uncalibrated_device"
+    no_device = ReferenceTable.model_validate({**table().model_dump(), "grey_level_device": None})
+    cal = DeviceCalibration.model_validate({"source": "phantom", "reference_device": OTHER.model_dump(),
+                                            "devices": [{"device": DEV.model_dump(), "gain": 1.0, "offset": 0.0}]})  # fmt: skip
+    for device in (DEV, OTHER):  # a table measured on an unnamed device: no z-score for any device
+        assert EchoReferences(no_device, cal).assess(30.0, "roi", "biceps_brachii", 30, "female", device).z is None
 
 
 def test_three_image_protocol_mean():

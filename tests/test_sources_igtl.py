@@ -3,6 +3,8 @@
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -324,6 +326,44 @@ def test_crc64_matches_pyigtl(size, rng):
     body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
     assert crc64(body) == CRC64(body)
     assert crc64(memoryview(bytearray(body))[1:]) == CRC64(body[1:])  # unaligned view
+
+
+CHILD_EMFILE = """
+import os, resource, socket, sys, time
+from pyigtl.messages import StringMessage
+from mmstream_drivers.igtl.output import IgtlServer
+events, counts = [], []
+srv = IgtlServer("127.0.0.1", 0, max_clients=8, queue_len=4, on_event=lambda *a: events.append(a[1]), count=counts.append).start()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+hog = []
+try:
+    while True:
+        hog.append(open(os.devnull))
+except OSError:
+    pass
+hog.pop().close()
+c1 = socket.create_connection(srv.address)  # this process's last descriptor: the server's accept() gets EMFILE
+deadline = time.monotonic() + 5
+while "igtl_accept_failed" not in events and time.monotonic() < deadline:
+    time.sleep(0.05)
+for f in hog:
+    f.close()
+c2 = socket.create_connection(srv.address)
+deadline = time.monotonic() + 5
+while counts.count("clients_connected") < 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+srv.broadcast(StringMessage("x", device_name="d").pack())
+c2.settimeout(3)
+print(srv._thread.is_alive(), "igtl_accept_failed" in events, len(c2.recv(4096)) > 0)
+"""
+
+
+def test_output_server_survives_running_out_of_descriptors(tmp_path):
+    """accept() failing with EMFILE is announced and the server goes on serving (in a child process:
+    the descriptor limit is the process's)."""
+    (tmp_path / "child.py").write_text(CHILD_EMFILE)
+    out = subprocess.run([sys.executable, str(tmp_path / "child.py")], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr[-2000:]
 
 
 def test_output_config_refuses_remote_hosts_unless_allowed():

@@ -138,6 +138,11 @@ class IgtlServer:
             sock, addr = self._listen.accept()
         except BlockingIOError:
             return
+        except OSError as exc:  # e.g. EMFILE: out of descriptors. Say so, wait a little, keep serving
+            self._count("accept_failed")
+            self._on_event("error", "igtl_accept_failed", f"OpenIGTLink output cannot accept a client: {exc.strerror or exc}")
+            self._stop.wait(0.5)
+            return
         if self.n_clients >= self.max_clients:
             self._count("refused_clients")
             self._on_event("warning", "igtl_too_many_clients",

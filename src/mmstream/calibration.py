@@ -217,10 +217,10 @@ class EchoReferences:
             return EchoAssessment(unavailable="whole_frame")  # references describe a muscle region, not a frame
         if site is None:
             return EchoAssessment(unavailable="no_site")
-        ref_device = self.table.grey_level_device
+        ref_device = self.table.grey_level_device  # unknown: no frame's grey levels can be matched to the table's
         if ref_device is not None and device == ref_device:
             calibrated = mean
-        elif self.calibration is not None and (ref_device is None or self.calibration.reference_device == ref_device):
+        elif ref_device is not None and self.calibration is not None and self.calibration.reference_device == ref_device:
             calibrated = self.calibration.convert(mean, device)
         else:
             calibrated = None

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmstream.errors import MmstreamError
+from mmstream.errors import MmstreamError, ReadError
 
 
 def _store_path(args) -> Path:
@@ -120,10 +120,24 @@ def cmd_vocabulary(args) -> int:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.read_bytes())
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.read_bytes())
+    except OSError as exc:
+        raise ReadError(f"{path}: {exc.strerror or exc}", reason="not_found" if isinstance(exc, FileNotFoundError) else "unreadable") from None
     return h.hexdigest()
+
+
+def _label_sites(text: str) -> dict[int, str]:
+    """``--labels 1=tibialis_anterior,2=soleus`` as {label: site}; MmstreamError ``usage`` if malformed."""
+    out = {}
+    for item in text.split(","):
+        n, sep, site = item.strip().partition("=")
+        if not (sep and n.strip().isdigit() and site.strip()):
+            raise MmstreamError(f"--labels item {item!r} is not N=site (e.g. 1=tibialis_anterior)", reason="usage")
+        out[int(n)] = site.strip()
+    return out
 
 
 def _emit(args, raws: list[dict]) -> int:
@@ -168,11 +182,14 @@ def cmd_compute(args) -> int:
         fat, water, labels = (C.read_volume(p) for p in args.inputs)
         C.check_same_grid(fat, water, "water image")
         C.check_same_grid(fat, labels, "label map")
-        names = dict(item.split("=", 1) for item in args.labels.split(","))
+        names = _label_sites(args.labels)
         ff = C.dixon_fat_fraction(fat.voxels, water.voxels, labels.voxels)
-        raws = [{**base, "modality": "MRI", "site": site, "biomarker": "fat_fraction", "value": ff[int(n)].fat_fraction,
-                 "unit": "1", "method": f"Dixon mean F/(F+W) in label {n}"}
-                for n, site in names.items() if int(n) in ff and ff[int(n)].fat_fraction is not None]  # fmt: skip
+        missing = [f"{n}={site} ({'not in the label map' if n not in ff else 'no voxel with signal'})"
+                   for n, site in names.items() if n not in ff or ff[n].fat_fraction is None]  # fmt: skip
+        if missing:  # never a silently shorter result than asked for
+            raise MmstreamError(f"no fat fraction for label(s) {', '.join(missing)}", reason="empty_mask")
+        raws = [{**base, "modality": "MRI", "site": site, "biomarker": "fat_fraction", "value": ff[n].fat_fraction,
+                 "unit": "1", "method": f"Dixon mean F/(F+W) in label {n}"} for n, site in names.items()]  # fmt: skip
     else:  # suv
         if not args.tracer or not args.site:
             raise MmstreamError("suv needs --tracer (e.g. FDG) and --site", reason="usage")

@@ -11,6 +11,8 @@ tag is refused, never defaulted.
 """
 
 import datetime as dt
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,17 +120,38 @@ def dixon_fat_fraction(fat: np.ndarray, water: np.ndarray, labels: np.ndarray) -
 
 
 def _tag(ds, name: str, where: str = ""):
-    value = getattr(ds, name, None)
+    try:
+        value = getattr(ds, name, None)
+    except (TypeError, ValueError, OverflowError) as exc:  # pydicom converts DS/IS/DA values on access
+        raise InputError(f"PET SUV: DICOM tag {name}{where} is malformed ({exc})", reason="invalid_tag") from None
     if value is None or value == "":
         raise InputError(f"PET SUV needs DICOM tag {name}{where}; it is missing", reason="missing_tag")
     return value
 
 
+def _positive(value, name: str) -> float:
+    """A tag's value as a finite number > 0; InputError ``invalid_tag`` otherwise (NaN, inf, text)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise InputError(f"PET SUV: {name} = {value!r} is not a finite number > 0", reason="invalid_tag")
+    return x
+
+
 def _dicom_datetime(date: str, time: str) -> dt.datetime:
-    t = str(time).split(".")
-    frac = float("0." + t[1]) if len(t) > 1 and t[1] else 0.0
-    base = dt.datetime.strptime(f"{date}{t[0].ljust(6, '0')}", "%Y%m%d%H%M%S")
-    return base + dt.timedelta(seconds=frac)
+    """A DICOM DA (YYYYMMDD) and TM given to the second (HHMMSS[.ffffff]); InputError ``invalid_tag``
+    for anything less precise or malformed (a time read as HH:00:00 would shift the decay by hours)."""
+    date, time = str(date).strip(), str(time).strip()
+    hms, _, frac = time.partition(".")
+    if not (len(date) == 8 and date.isdigit() and len(hms) == 6 and hms.isdigit() and (frac == "" or frac.isdigit())):
+        raise InputError(f"PET SUV: date {date!r} / time {time!r} is not YYYYMMDD / HHMMSS[.ffffff]", reason="invalid_tag")
+    try:
+        base = dt.datetime.strptime(date + hms, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise InputError(f"PET SUV: date {date!r} / time {time!r} is not a valid date and time", reason="invalid_tag") from None
+    return base + dt.timedelta(seconds=float("0." + frac) if frac else 0.0)
 
 
 @dataclass(frozen=True)
@@ -146,8 +169,9 @@ class SuvFactor:
 def suv_bw_factor(ds) -> SuvFactor:
     """The body-weight SUV factor of a PET DICOM dataset (pydicom), with decay correction.
 
-    Raises InputError (reason ``missing_tag`` or ``unsupported_pet``) when any needed tag is
-    missing, or when units, corrections or times make the SUV undefined.
+    Raises InputError (reason ``missing_tag``, ``invalid_tag`` or ``unsupported_pet``) when any
+    needed tag is missing or malformed (non-finite or non-positive numbers, times not given to the
+    second), or when units, corrections or times make the SUV undefined.
     """
     if getattr(ds, "Modality", None) != "PT":
         raise InputError(f"not a PET image (Modality {getattr(ds, 'Modality', None)!r})", reason="unsupported_pet")
@@ -159,15 +183,13 @@ def suv_bw_factor(ds) -> SuvFactor:
     decay_mode = _tag(ds, "DecayCorrection")
     if decay_mode not in ("START", "ADMIN"):
         raise InputError(f"DecayCorrection {decay_mode!r} not supported (START or ADMIN)", reason="unsupported_pet")
-    weight_kg = float(_tag(ds, "PatientWeight"))
+    weight_kg = _positive(_tag(ds, "PatientWeight"), "PatientWeight")
     seq = _tag(ds, "RadiopharmaceuticalInformationSequence")
     if len(seq) != 1:
         raise InputError(f"{len(seq)} radiopharmaceutical items; SUV needs exactly one", reason="unsupported_pet")
     rp, where = seq[0], " (RadiopharmaceuticalInformationSequence)"
-    dose_bq = float(_tag(rp, "RadionuclideTotalDose", where))
-    half_life_s = float(_tag(rp, "RadionuclideHalfLife", where))
-    if weight_kg <= 0 or dose_bq <= 0 or half_life_s <= 0:
-        raise InputError("PatientWeight, RadionuclideTotalDose and RadionuclideHalfLife must be > 0", reason="unsupported_pet")
+    dose_bq = _positive(_tag(rp, "RadionuclideTotalDose", where), "RadionuclideTotalDose")
+    half_life_s = _positive(_tag(rp, "RadionuclideHalfLife", where), "RadionuclideHalfLife")
     delay_s = 0.0
     decay = 1.0
     if decay_mode == "START":
@@ -177,8 +199,8 @@ def suv_bw_factor(ds) -> SuvFactor:
             raise InputError("AcquisitionTime before SeriesTime: series time altered after acquisition; "
                              "the scan start is unknown", reason="unsupported_pet")  # fmt: skip
         start_dt = getattr(rp, "RadiopharmaceuticalStartDateTime", None)
-        if start_dt:
-            injection = _dicom_datetime(str(start_dt)[:8], str(start_dt)[8:].split("+")[0].split("-")[0])
+        if start_dt:  # DT: YYYYMMDDHHMMSS[.ffffff][&ZZXX]; the offset is the series' own, so it is dropped
+            injection = _dicom_datetime(str(start_dt)[:8], re.split(r"[+-]", str(start_dt)[8:])[0])
         else:
             injection = _dicom_datetime(ds.SeriesDate, _tag(rp, "RadiopharmaceuticalStartTime", where))
         delay_s = (series - injection).total_seconds()

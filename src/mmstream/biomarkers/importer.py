@@ -93,18 +93,47 @@ def _next_row_start(text: str, pos: int) -> int:
     return -1
 
 
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _records_array(text: str, i: int, dec: json.JSONDecoder) -> int:
+    """Index of the ``[`` of the top-level ``records`` array of the JSON object at ``text[i]``: its
+    keys are read in order (decoded, so an escaped key is the same key) and the values before it
+    skipped; ReadError ``malformed_json`` when the object has none or is malformed before it."""
+    i += 1
+    while True:
+        i = _skip_ws(text, i)
+        if text[i:i + 1] in ("}", ""):
+            raise ReadError("a JSON object file needs a 'records' array", reason="malformed_json")
+        try:
+            key, i = dec.raw_decode(text, i)
+            i = _skip_ws(text, i)
+            if not isinstance(key, str) or text[i:i + 1] != ":":
+                raise ReadError(f"JSON object malformed at line {_line_of(text, i)}", reason="malformed_json")
+            i = _skip_ws(text, i + 1)
+            if key == "records":
+                if text[i:i + 1] != "[":
+                    raise ReadError("'records' is not an array", reason="malformed_json")
+                return i
+            _, i = dec.raw_decode(text, i)  # another key's value
+        except (json.JSONDecodeError, RecursionError) as exc:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else _line_of(text, i)
+            raise ReadError(f"JSON syntax error before the records, at line {line}", reason="malformed_json") from None
+        i = _skip_ws(text, i)
+        if text[i:i + 1] == ",":
+            i += 1
+
+
 def _read_json(text: str, result: ReadResult, source: str) -> None:
-    """A JSON array of objects, or an object with a ``records`` array; each element is one row."""
+    """A JSON array of objects, or an object with a ``records`` array (the first such key); each
+    element is one row, and a malformed row is reported while reading resumes at the next one."""
     dec = json.JSONDecoder()
     i = len(text) - len(text.lstrip())
     if text[i:i + 1] == "{":
-        try:
-            doc, _ = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise ReadError(f"JSON syntax error at line {exc.lineno}: {exc.msg}", reason="malformed_json") from None
-        if not isinstance(doc.get("records"), list):
-            raise ReadError("a JSON object file needs a 'records' array", reason="malformed_json")
-        i = text.index("[", i + text[i:].index('"records"'))
+        i = _records_array(text, i, dec)
     elif text[i:i + 1] != "[":
         raise ReadError("JSON file must hold an array of records or an object with 'records'", reason="malformed_json")
     i += 1
@@ -117,7 +146,9 @@ def _read_json(text: str, result: ReadResult, source: str) -> None:
             return
         try:
             raw, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):  # nested beyond the parser: a row, not the file
+                exc = json.JSONDecodeError("row nested too deeply", text, i)
             nxt = _next_row_start(text, exc.pos)
             result.errors.append(RowError(_line_of(text, i), "malformed_json", f"{exc.msg} (line {exc.lineno})"
                                           + ("" if nxt >= 0 else "; rest of the file skipped")))  # fmt: skip
@@ -135,8 +166,8 @@ def _read_jsonl(text: str, result: ReadResult, source: str) -> None:
             continue
         try:
             raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            result.errors.append(RowError(n, "malformed_json", exc.msg))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            result.errors.append(RowError(n, "malformed_json", getattr(exc, "msg", "row nested too deeply")))
             continue
         _row(result, n, raw, source)
 
