@@ -106,6 +106,17 @@ def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypat
     assert ing.counters["streams_forgotten"] == 1 and sorted(ing.status()["streams"]) == ["p1", "p2", "p3"]
 
 
+def test_telemetry_keeps_a_bounded_number_of_streams():
+    from mmstream.nodes.base import Telemetry
+
+    t = Telemetry(max_streams=3)
+    for k in range(5):
+        t.add(f"s{k}", float(k), 0.01)
+    t.add("s2", 10.0, 0.01)
+    t.add("s9", 11.0, 0.01)  # forgets s3, seen longest ago now
+    assert sorted(t.summary()) == ["s2", "s4", "s9"] and t.summary()["s2"]["frames"] == 2
+
+
 def test_latest_queue_forgets_streams_without_waiting_messages():
     q = PortQueue(Port("frames", capacity=1, policy="latest"))
     img = np.zeros((4, 4), np.uint8)

@@ -90,7 +90,8 @@ class PortQueue:
 
 @dataclass
 class Telemetry:
-    """Rolling latency samples (seconds) and frame counts per stream."""
+    """Rolling latency samples (seconds) and frame counts per stream, for at most ``max_streams``
+    streams (a long-running service sees many stream ids come and go)."""
 
     window: int = 2048
     latency_s: dict[str, deque] = field(default_factory=dict)
@@ -98,7 +99,13 @@ class Telemetry:
     first_t: dict[str, float] = field(default_factory=dict)
     last_t: dict[str, float] = field(default_factory=dict)
 
+    max_streams: int = 256  # beyond this a new stream takes the place of the one seen longest ago
+
     def add(self, stream_id: str, t_now: float, latency_s: float | None) -> None:
+        if stream_id not in self.frames and len(self.frames) >= self.max_streams:
+            old = min(self.last_t, key=self.last_t.get)
+            for table in (self.frames, self.first_t, self.last_t, self.latency_s):
+                table.pop(old, None)
         self.frames[stream_id] += 1
         self.first_t.setdefault(stream_id, t_now)
         self.last_t[stream_id] = t_now
