@@ -38,6 +38,7 @@ def test_units_convert_exactly_to_the_canonical_unit(name, value, unit, expected
      ({"biomarker": "mood"}, "unknown_biomarker"),
      ({"value": 1.5}, "out_of_range"), ({"value": "nan"}, "out_of_range"), ({"value": "abc"}, "invalid_record"),
      ({"modality": "PET"}, "invalid_record"), ({"acquired_on": "yesterday"}, "invalid_record"),
+     ({"acquired_on": "2062-01-05"}, "future_date"),
      ({"patient_id": "../../etc"}, "invalid_record"), ({"site": "Tibialis Anterior"}, "invalid_record"),
      ({"extra": 1}, "invalid_record"), ({"biomarker": "pet_suv_mean", "modality": "PET", "unit": "g/mL"}, "invalid_record")],
 )  # fmt: skip

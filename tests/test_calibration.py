@@ -153,3 +153,8 @@ def test_pending_captures_take_the_first_frame_analysed_after_each_command():
     assert p.take("s", {"analysis_start": 10.0}) and p.waiting("s") == 1
     assert not p.take("s", {"analysis_start": 11.0})  # before the second command
     assert p.take("s", {}) and p.waiting("s") == 0  # no stamp (e.g. a replayed message): taken
+    p.ask("idle", 100.0)  # a command on a stream that then sends nothing for long lapses
+    assert not p.take("idle", {"analysis_start": 100.0 + 11.0}) and p.waiting("idle") == 0
+    for k in range(20):
+        p.ask("s", 200.0 + k)
+    assert p.waiting("s") == 8  # bounded

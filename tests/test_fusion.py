@@ -56,7 +56,7 @@ def store(tmp_path):
 def metrics(seq, site="tibialis_anterior", patient="P1", echo=None, region="roi", stream="probe", **ctx):
     e = None if echo is None else EchoSummary(region=region, mean=echo, std=1.0, n_px=100, calibrated_mean=echo,
                                                z_score=(echo - 50.0) / 10.0, abnormal=(echo - 50.0) / 10.0 >= 2)  # fmt: skip
-    clinical = ClinicalContext(patient_id=patient, site=site, side="left" if site else None, **ctx)
+    clinical = ClinicalContext(patient_id=patient, site=site, **{"side": "left" if site else None, **ctx})
     return Decoded(f"metrics.{stream}", Metrics(stream_id=stream, session_id="s", parent=(stream, seq), clinical=clinical,
                                                 echogenicity=e, stamps={"ingest": time.monotonic()}))  # fmt: skip
 
@@ -73,7 +73,10 @@ def test_stored_values_newest_with_age_staleness_and_z():
     assert ff.z == pytest.approx(7.5) and ff.abnormal
     rf = stored_values(PATIENT, "rectus_femoris", "left", RULES, 40, "female", TODAY)
     assert all(v.stale for v in rf)
-    assert stored_values(PATIENT, "tibialis_anterior", None, RULES, 40, None, TODAY)[0].value == 0.2  # side not given
+    assert stored_values(PATIENT, "tibialis_anterior", None, RULES, 40, None, TODAY) == ()  # side not given: never either leg's
+    both = [*PATIENT, rec("soleus", "fat_fraction", 0.4, "1", side="right"), rec("soleus", "fat_fraction", 0.5, "1", side=None)]
+    assert [v.value for v in stored_values(both, "soleus", None, RULES, 40, None, TODAY)] == [0.5]  # only side-less
+    assert [v.value for v in stored_values(both, "soleus", "right", RULES, 40, None, TODAY)] == [0.4]
     assert stored_values(PATIENT, "tibialis_anterior", "right", RULES, 40, None, TODAY) == ()  # never the other side
     assert stored_values(PATIENT, "tibialis_anterior", "left", FusionRules(), 40, None, TODAY)[0].z is None
 
@@ -133,6 +136,46 @@ def test_three_image_capture_becomes_the_site_value(store):
         saturated=False, no_contact=True)}))  # fmt: skip
     (ev,) = [o for o in node.process("bus", lifted) if o.port == "events"]
     assert ev.header.message.endswith("refused: no probe contact") and node.rejected["capture_refused"] == 2
+
+
+def test_a_capture_set_never_mixes_raw_and_calibrated_grey_levels(store):
+    node = FusionNode(store, RULES, today=lambda: TODAY)
+    cap = Decoded("event.control", Event(node="control", level="info", reason="capture", message="c", stream_id="probe",
+                                         t_host_s=0.0))  # fmt: skip
+
+    def raw(seq, echo):  # metrics of an uncalibrated device: no calibrated mean
+        m = metrics(seq, site="soleus", echo=echo)
+        e = m.header.echogenicity.model_copy(update={"calibrated_mean": None, "z_score": None, "abnormal": None})
+        return Decoded(m.topic, m.header.model_copy(update={"echogenicity": e}))
+
+    for m in (raw(0, 150.0), raw(1, 150.0)):
+        node.process("bus", cap)
+        node.process("bus", m)
+    node.process("bus", cap)
+    outs = node.process("bus", metrics(2, site="soleus", echo=50.0))  # calibrated now: a new set, announced
+    assert any(o.port == "events" and o.header.reason == "capture_set_restarted" for o in outs)
+    assert fused_of(outs).captures == 1 and not any(v.source == "captured" for v in fused_of(outs).values)
+
+
+def test_stored_echo_values_are_scored_only_in_reference_device_grey_levels():
+    recs = [rec("soleus", "us_echo_intensity", 90.0, "grey_level", modality="US"),
+            rec("soleus", "us_echo_calibrated", 70.0, "grey_level", modality="US")]  # fmt: skip
+    vals = {v.name: v for v in stored_values(recs, "soleus", "left", RULES, 40, "female", TODAY)}
+    assert vals["us_echo_intensity"].z is None  # raw grey levels of an unknown device
+    assert vals["us_echo_calibrated"].z == pytest.approx(2.0) and vals["us_echo_calibrated"].abnormal
+
+
+def test_a_site_without_side_and_a_ranking_longer_than_a_message(tmp_path):
+    path = tmp_path / "many.db"
+    sites = [f"m{k:03d}" for k in range(130)]
+    with BiomarkerStore(path) as s:
+        s.add([rec(site, "fat_fraction", 0.1, "1", side=side) for site in sites for side in ("left", "right")])
+    node = FusionNode(path, RULES, today=lambda: TODAY)
+    f = fused_of(node.process("bus", metrics(1, site="m001", side=None)))
+    assert len(f.biopsy) == 256 and "biopsy_ranking_cut" in f.flags  # 260 site/side pairs: the message still goes
+    assert "side_not_set" in f.flags and not any(v.source == "stored" for v in f.values)
+    with pytest.raises(ValueError, match="site"):  # a free-text site never reaches fusion
+        ClinicalContext(patient_id="P1", site="tibialis anterior")
 
 
 def test_biopsy_ranking_is_sent_when_changed_or_every_interval(store):
@@ -284,6 +327,9 @@ def test_cli_biopsy_prints_the_ranking(store, tmp_path, capsys):
     assert main(["biopsy", "P1", "--db", str(store), "--format", "json"]) == 0
     out, err = capsys.readouterr()
     assert {c["category"] for c in __import__("json").loads(out)} == {"unknown"} and "no reference table" in err
+    for bad in ("60", "nan", "-1", "0"):  # a percent typo, nan, a negative limit, zero: refused, never the rule silently off
+        assert main(["biopsy", "P1", "--db", str(store), "--end-stage-fat-fraction", bad]) == 2
+        assert "is not a fraction in (0, 1]" in capsys.readouterr().err
 
 
 def test_service_refuses_example_reference_files(store):

@@ -318,6 +318,28 @@ def test_curve_config_errors(tmp_path, keys):
                     curve=Curve(secret_key_file=keys["client"].server_key_file, server_key_file=keys["client"].server_key_file))  # fmt: skip
 
 
+def test_a_secret_key_readable_by_others_is_refused(keys):
+    sec = keys["client"].secret_key_file
+    sec.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        make_socket("push", "tcp://127.0.0.1:9", bind=False, curve=keys["client"])
+
+
+def test_a_client_key_removed_from_the_allowed_folder_is_refused_without_a_restart(keys, sockets):
+    from mmstream import transport
+
+    server = sockets("pull", "tcp://127.0.0.1:*", bind=True, curve=keys["server"])
+    first = sockets("push", server.last_endpoint, bind=False, curve=keys["client"])
+    first.send([b"t", b"before"], timeout_ms=2000)
+    assert bytes(server.recv(timeout_ms=5000)[1]) == b"before"
+    for key in keys["server"].allowed_clients_dir.iterdir():
+        key.unlink()  # revoked
+    time.sleep(transport.ALLOWED_RELOAD_S * 1.5)  # the reload period under test (a real wait)
+    later = sockets("push", server.last_endpoint, bind=False, curve=keys["client"])
+    later.try_send([b"t", b"after"])
+    assert_nothing_arrives(server, 500)
+
+
 def test_two_curve_servers_keep_their_own_allowed_clients(tmp_path, sockets):
     kd = tmp_path / "k"
     server_pub, server_sec = make_keys(kd, "server")

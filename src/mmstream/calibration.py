@@ -232,17 +232,23 @@ class EchoReferences:
         return EchoAssessment(calibrated_mean=calibrated, z=z_score(calibrated, entry, age_years, sex))
 
 
+CAPTURE_WAIT_S = 10.0  # a capture command lapses when its stream analyses no frame within this (s)
+CAPTURE_QUEUE = 8  # capture commands waiting per stream, at most
+
+
 class PendingCaptures:
     """``capture`` commands not yet served, per stream. A capture takes the stream's first frame
     whose analysis started after the command (metrics stamp ``analysis_start`` >= the event's
     ``t_host_s``, one monotonic clock in the service): a metrics message analysed earlier but
-    delivered after the command is not the frame the user asked for. Not thread-safe (one node)."""
+    delivered after the command is not the frame the user asked for. A command not served within
+    :data:`CAPTURE_WAIT_S` (e.g. on a stream that sends nothing) lapses: it never takes a frame of
+    whoever is imaged later. At most :data:`CAPTURE_QUEUE` wait per stream. Not thread-safe (one node)."""
 
     def __init__(self) -> None:
         self._asked: dict[str, deque] = {}
 
     def ask(self, stream_id: str, t_host_s: float) -> None:
-        self._asked.setdefault(stream_id, deque()).append(t_host_s)
+        self._asked.setdefault(stream_id, deque(maxlen=CAPTURE_QUEUE)).append(t_host_s)
 
     def waiting(self, stream_id: str) -> int:
         return len(self._asked.get(stream_id, ()))
@@ -250,7 +256,13 @@ class PendingCaptures:
     def take(self, stream_id: str, stamps: dict) -> bool:
         """True (and one capture served) if the frame of these metrics ``stamps`` is a capture."""
         asked = self._asked.get(stream_id)
-        if not asked or stamps.get("analysis_start", math.inf) < asked[0]:
+        start = stamps.get("analysis_start")  # None: no stamp (e.g. a replayed message): taken
+        while asked and start is not None and start - asked[0] > CAPTURE_WAIT_S:  # lapsed
+            asked.popleft()
+        if not asked:
+            self._asked.pop(stream_id, None)
+            return False
+        if start is not None and start < asked[0]:
             return False
         asked.popleft()
         return True

@@ -219,9 +219,12 @@ def cmd_biopsy(args) -> int:
 
         sec = load_config(args.config).biomarkers
     ref_path = args.reference or (sec and sec.echo_reference)
+    limit = args.end_stage_fat_fraction if args.end_stage_fat_fraction is not None else sec and sec.end_stage_fat_fraction
+    if limit is not None and not 0 < limit <= 1:  # as the configuration checks it (a percent typo, nan, -1)
+        raise MmstreamError(f"--end-stage-fat-fraction {limit} is not a fraction in (0, 1]", reason="usage")
     rules = FusionRules(
         references=None if ref_path is None else load_model(ref_path, ReferenceTable),
-        end_stage_fat_fraction=args.end_stage_fat_fraction or (sec and sec.end_stage_fat_fraction),
+        end_stage_fat_fraction=limit,
         stale_after_days=sec and sec.stale_after_days,
     )
     with BiomarkerStore(_store_path(args), create=False) as store:

@@ -57,7 +57,7 @@ class ClinicalContext(_Model):
     """What is being imaged. ``patient_id`` is a study pseudonym; it never appears in logs."""
 
     patient_id: Annotated[str, Field(max_length=64)] | None = None
-    site: Annotated[str, Field(max_length=64)] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
+    site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
     side: Literal["left", "right", "midline"] | None = None
     plane: Literal["transverse", "longitudinal", "oblique"] | None = None
     age_years: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None  # for reference lookups

@@ -11,7 +11,9 @@ no queue is unbounded.
 
 import hashlib
 import ipaddress
+import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +36,8 @@ _KINDS = {
 _ctx: zmq.Context | None = None
 _ctx_lock = threading.Lock()
 _auth: ThreadAuthenticator | None = None
+_domains: dict[str, str] = {}  # ZAP domain -> allowed clients directory, re-read every ALLOWED_RELOAD_S
+ALLOWED_RELOAD_S = 2.0  # a client key removed from (or added to) allowed_clients_dir takes effect within this
 
 
 class TransportTimeout(TimeoutError):
@@ -56,6 +60,7 @@ def close_context() -> None:
         if _auth is not None:
             _auth.stop()
             _auth = None
+        _domains.clear()
         if _ctx is not None:
             _ctx.term()
             _ctx = None
@@ -122,8 +127,22 @@ def _zap_domain(clients_dir: Path) -> str:
         if _auth is None:
             _auth = ThreadAuthenticator(_ctx)
             _auth.start()
+            threading.Thread(target=_reload_allowed_keys, args=(_auth,), name="mmstream-zap-reload", daemon=True).start()
         _auth.configure_curve(domain=domain, location=str(clients_dir))
+        _domains[domain] = str(clients_dir)
     return domain
+
+
+def _reload_allowed_keys(auth: ThreadAuthenticator) -> None:
+    """Re-read every allowed-clients directory every ALLOWED_RELOAD_S, so a revoked client key stops
+    working without a restart; ends when ``auth`` is stopped."""
+    while True:
+        time.sleep(ALLOWED_RELOAD_S)
+        with _ctx_lock:
+            if _auth is not auth:
+                return
+            for domain, location in list(_domains.items()):
+                auth.configure_curve(domain=domain, location=location)
 
 
 def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
@@ -133,6 +152,8 @@ def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
         raise ConfigError(f"cannot load CURVE key {curve.secret_key_file}: {exc}") from exc
     if secret is None:
         raise ConfigError(f"{curve.secret_key_file} holds no secret key")
+    if os.stat(curve.secret_key_file).st_mode & 0o077:
+        raise ConfigError(f"CURVE secret key {curve.secret_key_file} is readable by others: chmod 600 it")
     sock.curve_secretkey, sock.curve_publickey = secret, public
     if server:
         if curve.allowed_clients_dir is None:

@@ -89,7 +89,10 @@ def parse_record(raw: dict) -> BiomarkerRecord:
     data["value"] = to_canonical(b.name, value, str(data["unit"]).strip())
     data["unit"] = b.unit
     try:
-        return BiomarkerRecord.model_validate(data)
+        rec = BiomarkerRecord.model_validate(data)
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
         raise InputError(msgs, reason="invalid_record") from None
+    if rec.acquired_on > dt.date.today():  # a typo (2062 for 2026) would shadow every real value as the newest
+        raise InputError(f"acquired_on {rec.acquired_on} is in the future", reason="future_date")
+    return rec

@@ -39,19 +39,26 @@ def reference_z(name: str, value: float, site: str, rules: FusionRules, age_year
 
 def stored_values(records: Iterable[BiomarkerRecord], site: str, side: str | None, rules: FusionRules,
                   age_years: float | None, sex: Sex | None, today: dt.date) -> tuple[FusedValue, ...]:  # fmt: skip
-    """The newest stored value of each (biomarker, modality, tracer) at ``site`` (records of the
-    same side, or of no stated side), with its age, staleness and z-score."""
+    """The newest stored value of each (biomarker, modality, tracer) at ``site``, with its age,
+    staleness and z-score. With a ``side``: records of that side or of no stated side; without one:
+    records of no stated side only (never the newest of either leg). A stored raw
+    ``us_echo_intensity`` (grey levels of an unknown device) gets no z-score; a stored
+    ``us_echo_calibrated`` is scored against the ``us_echo_intensity`` references."""
     newest: dict[tuple, BiomarkerRecord] = {}
     for r in records:
-        if r.site != site or (r.side is not None and side is not None and r.side != side):
+        if r.site != site or r.side not in (side, None):
             continue
         k = (r.biomarker, r.modality, r.tracer)
-        if k not in newest or r.acquired_on > newest[k].acquired_on:
-            newest[k] = r
+        if k not in newest or (r.acquired_on, r.side is not None) > (newest[k].acquired_on, newest[k].side is not None):
+            newest[k] = r  # the newest; on one date, the record of the stated side
     out = []
     for r in sorted(newest.values(), key=lambda r: (r.biomarker, r.modality, r.tracer or "")):
         age_days = float((today - r.acquired_on).days)
-        z, abnormal = reference_z(r.biomarker, r.value, site, rules, age_years, sex)
+        if r.biomarker == "us_echo_intensity":
+            z, abnormal = None, None
+        else:
+            ref = "us_echo_intensity" if r.biomarker == "us_echo_calibrated" else r.biomarker
+            z, abnormal = reference_z(ref, r.value, site, rules, age_years, sex)
         out.append(FusedValue(
             name=r.biomarker, source="stored", modality=r.modality, value=r.value, unit=r.unit,
             acquired_on=r.acquired_on.isoformat(), age_days=age_days,
@@ -77,7 +84,17 @@ def _input_name(v: FusedValue) -> str:
     return v.name if v.source == "stored" else f"{v.source}:{v.name}"
 
 
-def _reason(category: str, any_values: bool, scored: list[FusedValue], ff, edema: bool, rules: FusionRules) -> str:
+def _reason(category: str, values: tuple[FusedValue, ...], scored: list[FusedValue], ff, edema: bool,
+            disagreements: tuple[str, ...], rules: FusionRules) -> str:  # fmt: skip
+    """Why the site has its category, with what weakens it: stale values, disagreements."""
+    notes = [f"stale: {', '.join(_input_name(v) for v in values if v.stale)}"] if any(v.stale for v in values) else []
+    if disagreements:
+        notes.append(f"{len(disagreements)} disagreement(s) between modalities")
+    text = _category_reason(category, bool(values), scored, ff, edema, rules)
+    return "; ".join([text, *notes])
+
+
+def _category_reason(category: str, any_values: bool, scored: list[FusedValue], ff, edema: bool, rules: FusionRules) -> str:
     zs = ", ".join(f"{_input_name(v)} z={v.z:.2f}" for v in scored if v.abnormal or category == "normal")
     if category == "end_stage":
         return f"fat fraction {ff:.2f} >= end-stage limit {rules.end_stage_fat_fraction:.2f} (configured): little muscle left"
@@ -88,7 +105,8 @@ def _reason(category: str, any_values: bool, scored: list[FusedValue], ff, edema
         return reason
     if category == "normal":
         return f"every value within 2 SD of its reference: {zs}"
-    return "no value with a reference entry for this site" if any_values else "no values"
+    return ("no value with a reference entry for this site (or age/sex needed by it unknown)" if any_values
+            else "no values")  # fmt: skip
 
 
 def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules: FusionRules,
@@ -114,7 +132,7 @@ def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules
         category = "end_stage"
     else:
         category = "affected" if abnormal else ("normal" if scored else "unknown")
-    reason = _reason(category, bool(values), scored, ff, edema, rules) if explain else ""
+    reason = _reason(category, values, scored, ff, edema, disagreements, rules) if explain else ""
     sort_key = (CATEGORY_ORDER[category], not edema, -len({v.modality for v in abnormal}), ff if ff is not None else 2.0,
                 -(score or 0.0), site, side or "")  # fmt: skip
     return SiteAssessment(site, side, score, tuple(_input_name(v) for v in scored), disagreements, category, reason,

@@ -24,6 +24,7 @@ from mmstream.messages import Event, Fused, FusedValue, Metrics
 from mmstream.nodes.base import Node, Out, Port
 
 SiteKey = tuple[str, str, str | None]  # (patient, site, side)
+MAX_RANKED = 256  # sites in one ranking message (Fused.biopsy); beyond: flagged biopsy_ranking_cut
 
 
 class FusionNode(Node):
@@ -41,7 +42,7 @@ class FusionNode(Node):
         self.cache = PatientCache(store_path, check_interval_s=check_interval_s, timeout_s=store_timeout_s)
         self._today = today
         self._pending = PendingCaptures()
-        self._captures: dict[SiteKey, list[float]] = {}
+        self._captures: dict[SiteKey, list[tuple[float, bool]]] = {}  # (grey level, calibrated) per image
         self._captured: dict[SiteKey, FusedValue] = {}  # completed three-image values
         self._views: dict[tuple, dict] = {}  # (patient, age, sex, generation, n captured) -> view
         self._last_seq: dict[str, tuple[str, int]] = {}  # stream -> (session, seq) of its last metrics
@@ -96,10 +97,14 @@ class FusionNode(Node):
         taken = self._captures.setdefault(key, [])
         if len(taken) == CAPTURE_FRAMES:  # a fourth capture starts a new set of three
             taken.clear()
-        taken.append(value)
+        if taken and taken[0][1] != calibrated:  # never a mean of raw and calibrated grey levels
+            taken.clear()
+            out.append(self.event("warning", "capture_set_restarted", f"capture set on {h.stream_id} restarted: "
+                                  "the device calibration changed between images", h.stream_id, h.parent[1]))  # fmt: skip
+        taken.append((value, calibrated))
         self.count("captures")
         if len(taken) == CAPTURE_FRAMES:
-            mean = capture_mean(taken)
+            mean = capture_mean([v for v, _ in taken])
             ctx = h.clinical
             # echo references are in reference-device grey levels: only a calibrated mean has a z-score
             z, ab = (None, None)
@@ -138,7 +143,8 @@ class FusionNode(Node):
                         self.rules)
             for site, side in sites
         ]  # fmt: skip
-        view = {"records": records, "stored": stored, "biopsy": rank_sites(assessments)}
+        ranking = rank_sites(assessments)
+        view = {"records": records, "stored": stored, "biopsy": ranking[:MAX_RANKED], "ranking_cut": len(ranking) > MAX_RANKED}
         if len(self._views) > 1024:
             self._views.clear()
         self._views[vkey] = view
@@ -164,6 +170,10 @@ class FusionNode(Node):
             biopsy = view["biopsy"]
             if not view["records"]:
                 flags.append("no_biomarkers")
+            if view["ranking_cut"]:
+                flags.append("biopsy_ranking_cut")
+            if ctx.side is None and any(r.site == ctx.site and r.side is not None for r in view["records"]):
+                flags.append("side_not_set")  # that site's sided values are not shown: set the side
         captured = self._captured.get(key)
         values = (*live, *((captured,) if captured else ()), *stored)
         a = assess_site(ctx.site, ctx.side, values, self.rules, explain=False)
