@@ -210,7 +210,8 @@ def frames(draw):
     h = draw(st.integers(1, 64))
     w = draw(st.integers(1, 64))
     image = np.frombuffer(draw(st.binary(min_size=h * w, max_size=h * w)), dtype=np.uint8).reshape(h, w)
-    spacing = draw(st.none() | st.tuples(positive, positive))
+    pixel = st.floats(min_value=1e-6, max_value=100.0, allow_nan=False, allow_infinity=False)  # messages.PixelMm
+    spacing = draw(st.none() | st.tuples(pixel, pixel))
     header = Frame(
         stream_id=draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}\Z")),
         session_id=draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}\Z")),
@@ -388,6 +389,7 @@ def _invalid_header_cases():
         "nan-spacing": (b'"spacing_mm": [NaN, 0.1]', None),
         "infinity-spacing": (b'"spacing_mm": [Infinity, 0.1]', None),
         "negative-spacing": ({"spacing_mm": [-0.1, 0.1]}, None),
+        "spacing-beyond-100-mm": ({"spacing_mm": [1e200, 0.1]}, None),
         "zero-spacing": ({"spacing_mm": [0.1, 0.0]}, None),
         "one-spacing-value": ({"spacing_mm": [0.1]}, None),
         "spacing-with-unknown-source": ({"spacing_source": "unknown"}, None),

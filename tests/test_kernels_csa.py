@@ -309,6 +309,19 @@ def test_bad_input_raises(image, seed):
         csa.segment_from_seed(image, seed)
 
 
+@pytest.mark.parametrize("seed", [(0.0, 0.0), (0.0, 64.0), (127.0, 127.0), (64.0, 0.0)])
+def test_a_contour_centred_on_the_image_border_is_tracked_next_frame(seed):
+    """The centroid is the outline's centre exactly (a polygon's moments gave -7e-15 or
+    127.00000000000006 for a border centre, and the next frame refused its own previous result)."""
+    rng = np.random.default_rng(0)
+    rr, cc = np.mgrid[0:128, 0:128]
+    img = np.clip(np.where(rr**2 + cc**2 < 20**2, 40, 170) + rng.normal(0, 15, (128, 128)), 0, 255).astype(np.uint8)
+    first = csa.segment_from_seed(img, seed)
+    assert first.centroid_rc == seed
+    second = csa.track(img, first)
+    assert 0 <= second.centroid_rc[0] <= 127 and 0 <= second.centroid_rc[1] <= 127
+
+
 def test_track_bad_input():
     img = phantom()
     res = csa.segment_from_seed(img, (110.0, 130.0))

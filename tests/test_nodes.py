@@ -262,6 +262,24 @@ def test_analyzer_failed_frame_ends_holds_with_a_warning(sim_frames):
     assert not m.header.thickness.tracked and m.header.thickness.deep_at_rc is None
 
 
+def test_analyzer_survives_an_unforeseen_failure_and_starts_the_stream_afresh(sim_frames, monkeypatch):
+    import mmstream.nodes.analyzer as A
+
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    f = sim_frames
+    settings.update("s1", seed_rc=f[0].truth.nerve_center_rc)
+    (m,) = an.process("frames", frame_msg(0, f[0].image))
+    assert m.header.csa is not None
+    real = A.analyze_frame
+    monkeypatch.setattr(A, "analyze_frame", lambda *a, **k: 1 / 0)  # a bug somewhere in the analysis
+    (ev,) = an.process("frames", frame_msg(1, f[1].image))
+    assert ev.header.level == "error" and ev.header.reason == "internal_error" and an.counters["internal_error"] == 1
+    monkeypatch.setattr(A, "analyze_frame", real)
+    (m,) = an.process("frames", frame_msg(2, f[2].image))  # measured again, nothing tracked from before the failure
+    assert m.header.csa is None and m.header.thickness is not None and not m.header.thickness.tracked
+
+
 def test_analyzer_refuses_only_the_failing_tap(sim_frames):
     """A seed and a line click in the same frame: the one that fails is refused, the other applies."""
     f = sim_frames

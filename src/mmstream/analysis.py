@@ -22,7 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from mmstream.errors import InputError, SpacingError
+from mmstream.errors import InputError
+from mmstream.io._common import validate_spacing as _validate_spacing
 from mmstream.kernels import csa as csa_k
 from mmstream.kernels import echogenicity as echo_k
 from mmstream.kernels import quality as quality_k
@@ -136,16 +137,9 @@ class FrameAnalysis(_Model):
 
 
 def validate_spacing(spacing_mm) -> tuple[float, float] | None:
-    """``(row_mm, col_mm)`` as floats, or None; SpacingError when not two finite values > 0."""
-    if spacing_mm is None:
-        return None
-    try:
-        sr, sc = (float(v) for v in spacing_mm)
-    except (TypeError, ValueError) as exc:
-        raise SpacingError(f"spacing_mm must be two numbers (row_mm, col_mm), got {spacing_mm!r}") from exc
-    if not (np.isfinite(sr) and np.isfinite(sc) and sr > 0 and sc > 0):
-        raise SpacingError(f"spacing_mm must be finite and > 0, got ({sr}, {sc})", reason="invalid_spacing")
-    return sr, sc
+    """``(row_mm, col_mm)`` as floats, or None; SpacingError when not two finite values in
+    (0, ``MAX_SPACING_MM`` = 100] mm (:mod:`mmstream.io._common`)."""
+    return None if spacing_mm is None else _validate_spacing(spacing_mm, what="spacing_mm")
 
 
 def _validate_roi(roi, shape) -> tuple[int, int, int, int] | None:

@@ -25,6 +25,7 @@ SpacingSource = Literal[
 Metric = Literal["echogenicity", "csa", "thickness", "quality"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PixelMm = Annotated[float, Field(gt=0, le=100.0, allow_inf_nan=False)]  # pixel spacing (mmstream.io._common.MAX_SPACING_MM)
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]  # sequence numbers: int64 in session files
 Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]  # array dimensions
 Pixel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # pixel indices (an ROI)
@@ -86,7 +87,7 @@ class Frame(_Header):
     t_device_s: FiniteFloat | None = None
     t_host_s: FiniteFloat | None = None
     t_wall: Annotated[str, Field(max_length=40)] | None = None
-    spacing_mm: tuple[PositiveMm, PositiveMm] | None = None
+    spacing_mm: tuple[PixelMm, PixelMm] | None = None
     spacing_source: SpacingSource = "unknown"
     imaging: ImagingSettings = ImagingSettings()
     clinical: ClinicalContext = ClinicalContext()

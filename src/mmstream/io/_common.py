@@ -155,16 +155,19 @@ def check_pixels(path, rows: int, cols: int, max_pixels: int, what: str = "frame
 # spacing
 
 
+MAX_SPACING_MM = 100.0  # mm per pixel: no imaging device comes near; beyond, *_mm results could overflow
+
+
 def validate_spacing(value, *, what: str) -> tuple[float, float]:
-    """Check a caller-given ``(row_mm, col_mm)`` pair; raise ``SpacingError("invalid_spacing")``."""
+    """Check a ``(row_mm, col_mm)`` pair: two finite numbers in (0, MAX_SPACING_MM]; raise
+    ``SpacingError("invalid_spacing")``."""
     try:
         row_mm, col_mm = (float(v) for v in value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SpacingError(f"{what}: expected (row_mm, col_mm), got {value!r}", reason="invalid_spacing") from exc
-    if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-        raise SpacingError(
-            f"{what}: spacing must be two finite positive numbers in mm, got {value!r}", reason="invalid_spacing"
-        )
+    if not all(math.isfinite(v) and 0 < v <= MAX_SPACING_MM for v in (row_mm, col_mm)):
+        raise SpacingError(f"{what}: spacing must be two numbers in (0, {MAX_SPACING_MM:g}] mm, got {value!r}",
+                           reason="invalid_spacing")  # fmt: skip
     return (row_mm, col_mm)
 
 

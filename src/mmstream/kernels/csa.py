@@ -215,11 +215,14 @@ def _confidence(scores: np.ndarray, radii: np.ndarray, best: int) -> float:
 
 
 def _make_contour(center_r, center_c, radii_best, confidence) -> CsaContour:
+    """The outline of radii ``radii_best`` (a centred ellipse: r(theta + pi) = r(theta)) around the
+    centre. Its centroid is the centre itself: the polygon's moments give it only to ~1e-14, which
+    put a centre on the image border (0 or H - 1) just outside, and the next frame refused it."""
     contour = np.empty((N_ANGLES, 2), np.float64)
     contour[:, 0] = center_r + radii_best * SIN_T
     contour[:, 1] = center_c + radii_best * COS_T
-    area, perim, centroid = _polygon_props(contour)
-    return CsaContour(contour, area, perim, centroid, confidence)
+    area, perim, _ = _polygon_props(contour)
+    return CsaContour(contour, area, perim, (float(center_r), float(center_c)), confidence)
 
 
 def _segment(image, seed_rc, weights, nets: tuple[csa_net.NetParams, ...]) -> CsaContour:

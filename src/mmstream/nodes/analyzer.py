@@ -126,6 +126,18 @@ class Analyzer(Node):
         self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
+        try:
+            return self._process(msg)
+        except Exception as exc:  # unforeseen (a bug): this frame is lost; the stream starts afresh, its taps used up
+            h = msg.header
+            cfg = self.settings.get(h.stream_id)
+            self._previous.pop(h.stream_id, None)
+            self._seed_version[h.stream_id], self._line_versions[h.stream_id] = cfg.seed_version, cfg.line_versions
+            self.count("internal_error")
+            return [self.event("error", "internal_error", f"analysis failed unexpectedly: {type(exc).__name__}: {exc}",
+                               h.stream_id, h.seq)]  # fmt: skip
+
+    def _process(self, msg: Decoded) -> list[Out]:
         h: Frame = msg.header
         cfg = self.settings.get(h.stream_id)
         t0 = time.monotonic()
@@ -164,12 +176,12 @@ class Analyzer(Node):
             self._line_versions[h.stream_id] = cfg.line_versions
         if "thickness" in cfg.metrics:  # a hold that ends without a release: say so (tap again)
             out += self._hold_lost(h, held_before - _held(res.tracking_state.thickness))
-        self._previous[h.stream_id] = res
-        self.count("analyzed")
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
         header, arrays = metrics_message(h.model_copy(update={"clinical": clinical}), res, stamps)
         if self.echo is not None and header.echogenicity is not None:
             header = header.model_copy(update={"echogenicity": self._assess(header.echogenicity, h, clinical)})
+        self._previous[h.stream_id] = res  # only a result that made a message is tracked from
+        self.count("analyzed")
         return [*out, Out("metrics", header, arrays)]
 
     def _new_session(self, h: Frame) -> list[Out]:
