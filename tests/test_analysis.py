@@ -209,11 +209,31 @@ def test_new_frame_size_starts_afresh(frames):
         ({"metrics": ["csa", "colour"]}, InputError),
         ({"echo_region": "roi"}, InputError),
         ({"echo_region": "csa", "metrics": ["echogenicity"]}, InputError),
+        ({"roi": (0, 0, float("inf"), 64)}, InputError),
+        ({"metrics": None}, InputError),
+        ({"echo_region": "bogus"}, InputError),
+        ({"previous": "x"}, InputError),
     ],
 )
 def test_bad_arguments(frames, kwargs, err):
     with pytest.raises(err):
         analyze_frame(frames[0].image, **kwargs)
+
+
+def test_a_small_roi_is_an_echogenicity_region_and_thickness_is_still_measured(frames):
+    """A 20x20 echo ROI (common practice) cannot hold two aponeuroses: thickness is found in the
+    automatic region instead of failing the whole frame; an echo_region="csa" contour is tracked
+    even when the CSA itself is not reported."""
+    img = frames[0].image
+    res = analyze_frame(img, roi=(100, 100, 120, 120))
+    assert res.echogenicity.region == "roi" and res.echogenicity.n_px == 400
+    auto = analyze_frame(img).thickness
+    assert res.thickness.thickness_px == auto.thickness_px and res.thickness.region_rc == auto.region_rc
+    seed = frames[0].truth.nerve_center_rc
+    first = analyze_frame(img, seed=seed, metrics=["echogenicity"], echo_region="csa")
+    assert first.csa is None and first.echogenicity.region == "csa"
+    second = analyze_frame(frames[1].image, previous=first, metrics=["echogenicity"], echo_region="csa")
+    assert second.echogenicity.region == "csa" and second.echogenicity.n_px > 0
 
 
 @pytest.mark.parametrize(

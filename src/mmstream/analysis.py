@@ -147,7 +147,7 @@ def _validate_roi(roi, shape) -> tuple[int, int, int, int] | None:
         return None
     try:
         r0, c0, r1, c1 = (int(v) for v in roi)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"roi must be four integers (r0, c0, r1, c1), got {roi!r}", reason="bad_roi") from exc
     h, w = shape
     if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
@@ -224,7 +224,8 @@ def analyze_frame(
         Pixel spacing; None leaves every ``*_mm`` field null.
     roi : (r0, c0, r1, c1), optional
         End-exclusive rectangle: the echogenicity region (``echo_region="auto"``) and the region
-        searched for the thickness boundaries (default: found automatically).
+        searched for the thickness boundaries (default: found automatically). An ROI under 32 px
+        in either direction is an echogenicity region only: thickness is then found automatically.
     seed : (row, col), optional
         A click inside the structure whose CSA is wanted. Without a seed the CSA is tracked from
         ``previous``; with neither, ``csa`` is null.
@@ -260,10 +261,17 @@ def analyze_frame(
             reason="bad_frame",
         )
     frame = np.ascontiguousarray(frame)
-    wanted = set(metrics)
+    try:
+        wanted = set(metrics)
+    except TypeError:
+        raise InputError(f"metrics must be a list of metric names, got {metrics!r}", reason="bad_metric") from None
     unknown = wanted - set(METRICS)
     if unknown:
         raise InputError(f"unknown metric(s) {sorted(unknown)}; known: {', '.join(METRICS)}", reason="bad_metric")
+    if echo_region not in ("auto", "roi", "csa", "frame"):
+        raise InputError(f"echo_region must be auto, roi, csa or frame, got {echo_region!r}", reason="bad_region")
+    if previous is not None and not isinstance(previous, FrameAnalysis):
+        raise InputError(f"previous must be a FrameAnalysis, got {type(previous).__name__}", reason="bad_previous")
     spacing = validate_spacing(spacing_mm)
     roi_t = _validate_roi(roi, frame.shape)
     if previous is not None and tuple(previous.shape) != frame.shape:
@@ -312,9 +320,10 @@ def analyze_frame(
     thick = None
     if "thickness" in wanted:
         prev_t = None if state is None else state.thickness
+        small = roi_t is not None and min(roi_t[2] - roi_t[0], roi_t[3] - roi_t[1]) < thickness_k.MIN_SIZE
         lines = thickness_k.measure_thickness(
             frame,
-            roi=roi_t,
+            roi=None if small else roi_t,  # an ROI too small to hold two aponeuroses is an echogenicity region only
             previous=None if prev_t is None else _previous_lines(prev_t),
             superficial_at_rc=superficial_at_rc,
             deep_at_rc=deep_at_rc,
@@ -342,6 +351,8 @@ def analyze_frame(
         quality=_quality_result(q) if "quality" in wanted else None,
     )
     result._signature = None if q is None else q.signature
+    if csa is not None and "csa" not in wanted:  # a contour only for echo_region="csa": tracked, not reported
+        result._carried = result.model_copy(update={"csa": csa})
     return result
 
 
