@@ -16,7 +16,7 @@ from mmstream.codec import Decoded, decode
 from mmstream.config import load_config
 from mmstream.fusion import FusionNode, FusionRules, assess_site, attach_fusion, rank_sites, stored_values
 from mmstream.graph import Graph
-from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, Metrics, QualitySummary
+from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, FusedValue, Metrics, QualitySummary
 from mmstream.source import FrameSender, SourceFrame
 from mmstream.transport import TransportTimeout, make_socket
 
@@ -157,6 +157,14 @@ def test_a_capture_set_never_mixes_raw_and_calibrated_grey_levels(store):
     assert fused_of(outs).captures == 1 and not any(v.source == "captured" for v in fused_of(outs).values)
 
 
+def test_a_captured_echo_replaces_only_the_live_echo_in_the_score():
+    live_echo = FusedValue(name="us_echo_calibrated", source="live", modality="US", value=90.0, unit="grey_level", z=4.0, abnormal=True)
+    th = FusedValue(name="thickness_mm", source="live", modality="US", value=10.0, unit="mm", z=3.0, abnormal=True)
+    cap = FusedValue(name="us_echo_calibrated", source="captured", modality="US", value=50.0, unit="grey_level", z=0.0, abnormal=False)
+    a = assess_site("tibialis_anterior", "left", [live_echo, th, cap], RULES)
+    assert a.score_inputs == ("live:thickness_mm", "captured:us_echo_calibrated")
+
+
 def test_stored_echo_values_are_scored_only_in_reference_device_grey_levels():
     recs = [rec("soleus", "us_echo_intensity", 90.0, "grey_level", modality="US"),
             rec("soleus", "us_echo_calibrated", 70.0, "grey_level", modality="US")]  # fmt: skip
@@ -230,6 +238,26 @@ def test_unusable_store_flags_and_recovers(tmp_path, store, damage):
     clock[0] = 2.0  # next check
     outs = node.process("bus", metrics(3, echo=55.0))
     assert fused_of(outs).flags == ("disagreement",) and [o.header.reason for o in outs if o.port == "events"] == ["store_ok"]
+
+
+def test_cache_notices_a_store_copied_over_in_place(tmp_path):
+    """A restore by copying over the file keeps its inode: size and modification time tell."""
+    import shutil
+
+    from mmstream.fusion.cache import PatientCache
+
+    for name, value in (("a.db", 0.1), ("b.db", 0.7)):
+        with BiomarkerStore(tmp_path / name) as s:
+            s.add([rec("soleus", "fat_fraction", value, "1"), *([rec("soleus", "t2_water_ms", 40.0, "ms")] if value > 0.5 else [])])
+        for ext in ("-wal", "-shm"):
+            (tmp_path / (name + ext)).unlink(missing_ok=True)
+    clock = [0.0]
+    cache = PatientCache(tmp_path / "a.db", check_interval_s=0.5, clock=lambda: clock[0])
+    assert [r.value for r in cache.records("P1")] == [0.1]
+    shutil.copyfile(tmp_path / "b.db", tmp_path / "a.db")  # same inode
+    clock[0] = 10.0
+    assert sorted(r.value for r in cache.records("P1")) == [0.7, 40.0] and cache.generation >= 1
+    cache.close()
 
 
 def test_cache_reloads_when_another_connection_commits(store):

@@ -118,7 +118,7 @@ def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules
     """
     values = tuple(values)
     has_capture = any(v.source == "captured" for v in values)
-    scored = [v for v in values if v.z is not None and not (v.source == "live" and has_capture)]
+    scored = [v for v in values if v.z is not None and not (v.source == "live" and has_capture and v.name.startswith("us_echo"))]
     score = sum(v.z for v in scored) / len(scored) if scored else None
     abnormal = [v for v in scored if v.abnormal]
     normal = [v for v in scored if not v.abnormal]

@@ -1,7 +1,7 @@
 """Per-patient cache of stored biomarkers, reloaded when the store changes.
 
 At most every ``check_interval_s`` the cache asks SQLite whether another connection committed
-(``PRAGMA data_version``) and whether the file was replaced (inode, size); if so it forgets what it
+(``PRAGMA data_version``) and whether the file was replaced (inode, size, modification time); if so it forgets what it
 holds. A store that cannot be read (locked, corrupt, missing) raises
 :class:`~mmstream.errors.StoreError` from :meth:`PatientCache.records`, and is tried again only after
 ``check_interval_s`` (the live path never waits on it more than ``timeout_s`` per interval); what was
@@ -41,7 +41,7 @@ class PatientCache:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_ino, st.st_dev)
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)  # size and mtime: a copy over it in place too
 
     def _drop(self) -> None:
         self._by_patient.clear()
