@@ -182,8 +182,7 @@ def test_a_site_without_side_and_a_ranking_longer_than_a_message(tmp_path):
     f = fused_of(node.process("bus", metrics(1, site="m001", side=None)))
     assert len(f.biopsy) == 256 and "biopsy_ranking_cut" in f.flags  # 260 site/side pairs: the message still goes
     assert "side_not_set" in f.flags and not any(v.source == "stored" for v in f.values)
-    with pytest.raises(ValueError, match="site"):  # a free-text site never reaches fusion
-        ClinicalContext(patient_id="P1", site="tibialis anterior")
+    assert ClinicalContext(site="M. Tibialis anterior").site == "m_tibialis_anterior"  # free text: the store's form
 
 
 def test_biopsy_ranking_is_sent_when_changed_or_every_interval(store):

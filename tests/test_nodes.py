@@ -351,6 +351,13 @@ def test_analyzer_line_clicks_hold_release_and_refuse():
     assert m.header.thickness.deep_at_rc[1] == c - 80 and not m.header.thickness.tracked
 
 
+def test_analyzer_takes_an_implausible_spacing_as_unknown(sim_frames):
+    an = Analyzer(StreamSettings())
+    (m,) = an.process("frames", frame_msg(0, sim_frames[0].image, spacing_mm=(1e200, 1e200), spacing_source="config"))
+    t = m.header.thickness
+    assert t.thickness_px > 0 and t.thickness_mm is None and an.counters["spacing_refused"] == 1
+
+
 def test_analyzer_metric_selection_and_context(sim_frames):
     settings = StreamSettings()
     settings.update("s1", metrics=("echogenicity",), clinical=ClinicalContext(site="tibialis_anterior", side="left"))

@@ -349,6 +349,13 @@ def test_recorder_holds_a_bounded_number_of_messages_before_the_first_frame(tmp_
     for k in range(25):  # e.g. rejection events of a client spamming bad frames
         rec.process("bus", decoded(Event(node="ingest", level="warning", reason=f"r{k}", message="m", t_host_s=1.0)))
     assert rec.counters["held_dropped"] == 15
+    seen = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess-2", expected_streams=("a",))
+    img0 = np.full((20, 30), 1, np.uint8)
+    seen.process("frames", decoded(frame("a", 0, img0), img0))  # a frame before recording: its shape is known
+    seen.start_recording()
+    for k in range(25):  # still bounded while no frame of this recording has come
+        seen.process("bus", decoded(Event(node="ingest", level="warning", reason=f"r{k}", message="m", t_host_s=1.0)))
+    assert seen.counters["held_dropped"] == 15 and seen.recording_status()["state"] == "armed"
     img = np.full((20, 30), 1, np.uint8)
     rec.process("frames", decoded(frame("a", 0, img), img))
     with SessionReader(rec.stop_recording()["files"][0]) as r:

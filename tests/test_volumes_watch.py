@@ -121,6 +121,15 @@ def test_headers_naming_data_outside_the_folder_are_refused(watcher, tmp_path):
     assert not any("DOE_JOHN" in e.message or str(tmp_path / "in") in e.message for e in sink.events)
 
 
+def test_data_file_names_with_spaces_or_starting_with_list_still_load(tmp_path):
+    from mmstream.volumes.files import load_image_file
+
+    for name in ("T1 dixon fat", "listeria"):
+        img = sitk.GetImageFromArray(np.ones((2, 3, 4), np.uint8))
+        sitk.WriteImage(img, str(tmp_path / f"{name}.mhd"))
+        assert load_image_file(tmp_path / f"{name}.mhd").voxels.shape == (2, 3, 4)
+
+
 def test_a_dimension_product_beyond_int64_is_too_large(tmp_path):
     from mmstream.errors import ReadError
     from mmstream.volumes.files import load_image_file

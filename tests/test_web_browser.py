@@ -214,7 +214,7 @@ def test_tap_modes_set_the_thickness_lines_and_clear_lines_resets_them(svc, page
 def test_context_capture_and_the_fusion_card(svc, page):
     svc.graph.settings.update("sim", roi=(60, 40, 400, 470))  # a muscle region: the fusion node refuses whole-frame captures
     page.fill("#patient", PATIENT)
-    page.fill("#site", "Tibialis anterior")  # as typed: the page sends the site name tibialis_anterior
+    page.fill("#site", "Tibialis anterior")  # as typed: the service keeps the store's form tibialis_anterior
     page.select_option("#side", "left")
     page.locator("#context button").click()
     wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "tibialis_anterior", what="context set")

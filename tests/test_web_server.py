@@ -282,9 +282,9 @@ def test_foreign_host_names_and_malformed_headers_are_refused(svc):
     127.0.0.1 under its own name); malformed or repeated Host/Origin headers are a 400, counted."""
     port = svc.web.server.port
     rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", "localhost:9000"):  # 9000: an SSH tunnel
         assert _raw_http(svc, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).endswith(b"200 OK")
-    for host in (f"attacker.example:{port}", "127.0.0.1:1", f"127.0.0.1.attacker.example:{port}"):
+    for host in (f"attacker.example:{port}", f"127.0.0.1.attacker.example:{port}", f"localhost.attacker.example:{port}"):
         assert b"403" in _raw_http(svc, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     with pytest.raises(InvalidStatus) as exc:  # the websocket too, even with a matching Origin
         import socket

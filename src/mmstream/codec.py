@@ -159,7 +159,10 @@ def decode(parts: Sequence, limits: Limits = Limits()) -> Decoded:
                 f"buffer {spec.name!r} has {view.nbytes} bytes; {spec.dtype} {tuple(spec.shape)} needs {n * dt.itemsize}",
                 reason="buffer_size",
             )
-        arr = np.frombuffer(view, dtype=dt).reshape(spec.shape)  # dims <= 2**31 - 1 (messages.Dim): cannot fail
+        try:
+            arr = np.frombuffer(view, dtype=dt).reshape(spec.shape)
+        except ValueError:  # e.g. [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]: beyond numpy's dimension limits
+            raise CodecError(f"buffer {spec.name!r} shape {tuple(spec.shape)} is too large", reason="too_large") from None
         arr.flags.writeable = False
         arrays[spec.name] = arr
     if isinstance(header, Frame):

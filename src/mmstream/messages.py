@@ -10,6 +10,7 @@ All times: ``t_device_s`` is the source's own clock (seconds, arbitrary origin);
 processes of one host only); ``t_wall`` is ISO 8601 UTC.
 """
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -25,7 +26,6 @@ SpacingSource = Literal[
 Metric = Literal["echogenicity", "csa", "thickness", "quality"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-PixelMm = Annotated[float, Field(gt=0, le=100.0, allow_inf_nan=False)]  # pixel spacing (mmstream.io._common.MAX_SPACING_MM)
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]  # sequence numbers: int64 in session files
 Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]  # array dimensions
 Pixel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # pixel indices (an ROI)
@@ -59,6 +59,12 @@ class ClinicalContext(_Model):
 
     patient_id: Annotated[str, Field(max_length=64)] | None = None
     site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
+
+    @field_validator("site", mode="before")
+    @classmethod
+    def _site_name(cls, v):
+        """Free text as the store's site name: "M. Tibialis (ant.)" -> "m_tibialis_ant"."""
+        return re.sub(r"[^a-z0-9]+", "_", v.lower()).strip("_")[:64] or None if isinstance(v, str) else v
     side: Literal["left", "right", "midline"] | None = None
     plane: Literal["transverse", "longitudinal", "oblique"] | None = None
     age_years: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None  # for reference lookups
@@ -87,7 +93,7 @@ class Frame(_Header):
     t_device_s: FiniteFloat | None = None
     t_host_s: FiniteFloat | None = None
     t_wall: Annotated[str, Field(max_length=40)] | None = None
-    spacing_mm: tuple[PixelMm, PixelMm] | None = None
+    spacing_mm: tuple[PositiveMm, PositiveMm] | None = None
     spacing_source: SpacingSource = "unknown"
     imaging: ImagingSettings = ImagingSettings()
     clinical: ClinicalContext = ClinicalContext()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def file_beside(header: Path, name: str, field: str) -> Path:
     folder), ``not_found``."""
     if "\x00" in name or not name.strip():
         raise read_error(header, f"{field} {name!r} is not a file name", "bad_header")
-    if name.upper().startswith("LIST") or "%" in name or len(name.split()) > 1:
+    if re.fullmatch(r"LIST(\s+\d+D)?", name.strip(), flags=re.I) or re.search(r"%\d*d", name):
         raise read_error(header, f"{field} {name!r}: LIST/pattern data files are not supported", "unsupported")
     rel = Path(name)
     folder = Path(header).resolve().parent

@@ -40,6 +40,7 @@ Time: ``FrameTimeVector`` (ms increments, cumulated), else ``FrameTime`` (ms), e
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,13 +219,20 @@ def _frame_times_ms(ds, n: int, meta: dict) -> Callable[[int], float] | None:
     return None
 
 
+def _at(data: bytes, start: int) -> io.BytesIO:
+    """``data`` from ``start`` on as a readable buffer, without copying the pixel data."""
+    buf = io.BytesIO(data)
+    buf.seek(start)
+    return buf
+
+
 def _n_fragments(p: Path, data: bytes) -> int:
     """Fragments of encapsulated pixel data, after its Basic Offset Table item."""
     if len(data) < 8:
         raise read_error(p, "encapsulated pixel data shorter than its offset table item", "truncated")
     start = 8 + int.from_bytes(data[4:8], "little")
     try:
-        return _pd().encaps.parse_fragments(data[start:])[0] if start < len(data) else 0
+        return _pd().encaps.parse_fragments(_at(data, start))[0] if start < len(data) else 0
     except (ValueError, EOFError) as exc:
         raise read_error(p, f"encapsulated pixel data is malformed ({exc})", "corrupt") from None
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame
+from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing
 from mmstream.calibration import Device, EchoReferences
 from mmstream.codec import Decoded, buffer_specs
-from mmstream.errors import MmstreamError
+from mmstream.errors import MmstreamError, SpacingError
 from mmstream.messages import (
     ClinicalContext, CsaSummary, EchoSummary, Frame, Metrics, QualitySummary, ThicknessSummary,
 )  # fmt: skip
@@ -227,9 +227,15 @@ class Analyzer(Node):
 
     def _analyze(self, msg: Decoded, cfg: StreamConfig, seed, clicks) -> FrameAnalysis:
         h = msg.header
+        spacing = h.spacing_mm
+        try:
+            validate_spacing(spacing)
+        except SpacingError:  # e.g. 1e200 mm: the mm results would overflow. Unknown: pixels only
+            self.count("spacing_refused")
+            spacing = None
         return analyze_frame(
             msg.arrays["image"],
-            spacing_mm=h.spacing_mm,
+            spacing_mm=spacing,
             roi=cfg.roi,
             seed=seed,
             previous=self._previous.get(h.stream_id),

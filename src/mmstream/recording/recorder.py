@@ -171,7 +171,7 @@ class Recorder(Node):
                 if self._state == "armed" and self._t_first_held is None:
                     self._t_first_held = now
             if self._state == "armed":
-                if not self._shapes and len(self._held) >= HELD_MAX:  # nothing to open a file with yet
+                if self._t_first_held is None and len(self._held) >= HELD_MAX:  # no frame yet to open a file with
                     self._held.pop(0)
                     self.count("held_dropped")
                 self._held.append(msg)
@@ -237,8 +237,8 @@ class Recorder(Node):
         return (m for m in self._held if isinstance(m.header, Frame))
 
     def _maybe_open(self, now: float) -> None:
-        if not self._shapes or self._t_first_held is None:
-            return  # nothing to create datasets from yet: keep holding
+        if self._t_first_held is None:
+            return  # no frame of this recording yet: keep holding (bounded in process)
         waited = now - self._t_first_held >= self.options.discover_s
         if self.expected <= set(self._shapes) or waited or len(self._held) >= HELD_MAX:
             self._guard(self._open)

@@ -8,6 +8,7 @@ any moment leaves every row committed by the last flush complete and no row of a
 and memory holds at most one flush interval of frames.
 """
 
+import errno
 import gc
 import os
 import resource
@@ -36,6 +37,21 @@ def room_bytes(path) -> int:
     if limit != resource.RLIM_INFINITY:
         room = min(room, limit - os.path.getsize(path))
     return room
+
+
+def _fsync_directory(path: str) -> None:
+    """fsync a directory where the file system allows it (some refuse: EINVAL, ENOTSUP, EACCES)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _wall() -> str:
@@ -161,13 +177,13 @@ class SessionWriter:
             raise
         self._fsync = fsync
         if fsync:  # the new file's directory entry too: a power loss must not lose the whole part
-            self.file.flush()
-            os.fsync(self.file.id.get_vfd_handle())
-            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                self.file.flush()
+                os.fsync(self.file.id.get_vfd_handle())
+            except BaseException:
+                self.file.close()
+                raise
+            _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         self.streams = {sid: _Stream(self.file[f"streams/{sid}"], compression) for sid in streams}
         for sid, key in (follows or {}).items():
             if sid in self.streams:

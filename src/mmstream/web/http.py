@@ -47,16 +47,14 @@ def same_origin(request: Request) -> bool:
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
-def loopback_host(request: Request, bind_host: str, port: int) -> bool:
-    """Whether the request's Host names this machine by a loopback name and the server's port. A
-    view without a token serves only such requests: a DNS-rebinding page reaches 127.0.0.1 under
-    its own name, which the browser puts in Host. Raises like :func:`same_origin`."""
+def loopback_host(request: Request, bind_host: str) -> bool:
+    """Whether the request's Host names this machine by a loopback name (any port: an SSH tunnel
+    forwards another one). A view without a token serves only such requests: a DNS-rebinding page
+    reaches 127.0.0.1 under its own name, which the browser puts in Host. Raises like
+    :func:`same_origin`."""
     host = request.headers.get("Host") or ""
-    name, sep, given = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-    if not sep:
-        name, given = host, ""
-    names = {*LOOPBACK_NAMES, f"[{bind_host}]" if ":" in bind_host else bind_host}
-    return name.lower() in names and given in (str(port), "")
+    name = host if host.endswith("]") or ":" not in host else host.rpartition(":")[0]
+    return name.lower() in {*LOOPBACK_NAMES, f"[{bind_host}]" if ":" in bind_host else bind_host}
 
 
 def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:

@@ -192,7 +192,7 @@ class WebServer(PageCommands):
 
     def _http(self, connection: ServerConnection, request) -> Response | None:
         try:
-            if self._token is None and not loopback_host(request, self.cfg.host, self.port):
+            if self._token is None and not loopback_host(request, self.cfg.host):
                 self._count("bad_host", rejected=True)  # e.g. DNS rebinding: another site under its own name
                 return connection.respond(403, "host not allowed\n")
             if urlsplit(request.path).path == "/ws":

@@ -418,8 +418,7 @@ $("stream").onchange = (ev) => command({ cmd: "select_stream", stream_id: ev.tar
 $("context").onsubmit = (ev) => {
   ev.preventDefault();
   const v = (id) => $(id).value.trim() || null;
-  const site = v("site") && v("site").toLowerCase().replace(/[\s-]+/g, "_");  // "Tibialis anterior" -> tibialis_anterior
-  command({ cmd: "set_context", clinical: { patient_id: v("patient"), site, side: v("side"), plane: S.clinical.plane || null } });
+  command({ cmd: "set_context", clinical: { patient_id: v("patient"), site: v("site"), side: v("side"), plane: S.clinical.plane || null } });
 };
 $("login-form").onsubmit = (ev) => {
   ev.preventDefault();
