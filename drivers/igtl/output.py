@@ -24,6 +24,7 @@ import json
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 
 from pyigtl.messages import PointMessage, StringMessage
@@ -34,6 +35,8 @@ from mmstream.nodes.base import Node, Out, Port
 from mmstream_drivers.igtl.wire import HEADER_BYTES, check_body, parse_header
 
 _MAX_CLIENT_BODY = 1 << 20  # clients have no business sending us more than 1 MiB at once
+
+ACCEPT_PAUSE_S = 1.0  # after a failed accept (out of descriptors): seconds before listening again
 
 
 class _Client:
@@ -66,6 +69,7 @@ class IgtlServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._listen, selectors.EVENT_READ, "listen")
+        self._accept_paused_until: float | None = None  # after a failed accept (EMFILE): not listening until then
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._clients: dict[int, _Client] = {}
         self._lock = threading.Lock()
@@ -118,6 +122,9 @@ class IgtlServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._accept_paused_until is not None and time.monotonic() >= self._accept_paused_until:
+                self._accept_paused_until = None
+                self._sel.register(self._listen, selectors.EVENT_READ, "listen")
             with self._lock:
                 for c in self._clients.values():
                     writing = c.out or c.current is not None
@@ -138,10 +145,11 @@ class IgtlServer:
             sock, addr = self._listen.accept()
         except BlockingIOError:
             return
-        except OSError as exc:  # e.g. EMFILE: out of descriptors. Say so, wait a little, keep serving
+        except OSError as exc:  # e.g. EMFILE: out of descriptors. Say so, stop listening for a second, keep serving
             self._count("accept_failed")
             self._on_event("error", "igtl_accept_failed", f"OpenIGTLink output cannot accept a client: {exc.strerror or exc}")
-            self._stop.wait(0.5)
+            self._sel.unregister(self._listen)  # the pending connection would make select() return at once
+            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
             return
         if self.n_clients >= self.max_clients:
             self._count("refused_clients")
