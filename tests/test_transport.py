@@ -334,6 +334,7 @@ def test_a_client_key_removed_from_the_allowed_folder_is_refused_without_a_resta
     assert bytes(server.recv(timeout_ms=5000)[1]) == b"before"
     for key in keys["server"].allowed_clients_dir.iterdir():
         key.unlink()  # revoked
+    (keys["server"].allowed_clients_dir / "broken.key").mkdir()  # unreadable as a key: must not keep the old set
     time.sleep(transport.ALLOWED_RELOAD_S * 1.5)  # the reload period under test (a real wait)
     later = sockets("push", server.last_endpoint, bind=False, curve=keys["client"])
     later.try_send([b"t", b"after"])

@@ -128,9 +128,25 @@ def _zap_domain(clients_dir: Path) -> str:
             _auth = ThreadAuthenticator(_ctx)
             _auth.start()
             threading.Thread(target=_reload_allowed_keys, args=(_auth,), name="mmstream-zap-reload", daemon=True).start()
-        _auth.configure_curve(domain=domain, location=str(clients_dir))
+        _auth.configure_curve(domain=domain, location=str(clients_dir))  # CURVE on, this domain known
+        _auth.certs[domain] = _allowed_keys(str(clients_dir))
         _domains[domain] = str(clients_dir)
     return domain
+
+
+def _allowed_keys(location: str) -> dict[bytes, bool]:
+    """The public keys of the ``*.key`` files in ``location`` (pyzmq's form), skipping unreadable or
+    malformed files, and none when the folder is gone: a removal always takes effect (pyzmq's own
+    loader keeps the previous set when any one file fails)."""
+    keys = {}
+    for f in sorted(Path(location).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(f))
+        except (OSError, ValueError):
+            continue
+        if public:
+            keys[public] = True
+    return keys
 
 
 def _reload_allowed_keys(auth: ThreadAuthenticator) -> None:
@@ -142,7 +158,7 @@ def _reload_allowed_keys(auth: ThreadAuthenticator) -> None:
             if _auth is not auth:
                 return
             for domain, location in list(_domains.items()):
-                auth.configure_curve(domain=domain, location=location)
+                auth.certs[domain] = _allowed_keys(location)
 
 
 def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
