@@ -17,7 +17,7 @@ contact carry over, so tracking resumes when the probe touches again.
 """
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -268,7 +268,7 @@ def analyze_frame(
     unknown = wanted - set(METRICS)
     if unknown:
         raise InputError(f"unknown metric(s) {sorted(unknown)}; known: {', '.join(METRICS)}", reason="bad_metric")
-    if echo_region not in ("auto", "roi", "csa", "frame"):
+    if echo_region not in get_args(EchoRegion):
         raise InputError(f"echo_region must be auto, roi, csa or frame, got {echo_region!r}", reason="bad_region")
     if previous is not None and not isinstance(previous, FrameAnalysis):
         raise InputError(f"previous must be a FrameAnalysis, got {type(previous).__name__}", reason="bad_previous")

@@ -26,6 +26,7 @@ SpacingSource = Literal[
 Metric = Literal["echogenicity", "csa", "thickness", "quality"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+SiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")]  # muscle or nerve, e.g. tibialis_anterior
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]  # sequence numbers: int64 in session files
 Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]  # array dimensions
 Pixel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # pixel indices (an ROI)
@@ -58,7 +59,7 @@ class ClinicalContext(_Model):
     """What is being imaged. ``patient_id`` is a study pseudonym; it never appears in logs."""
 
     patient_id: Annotated[str, Field(max_length=64)] | None = None
-    site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")] | None = None  # muscle or nerve, e.g. "tibialis_anterior"
+    site: SiteName | None = None  # as the biomarker store names it
 
     @field_validator("site", mode="before")
     @classmethod

@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mmstream.biomarkers.vocabulary import VOCABULARY, lookup, to_canonical
 from mmstream.errors import InputError
+from mmstream.messages import SiteName
 
 PatientId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-SiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")]  # e.g. tibialis_anterior
 Side = Literal["left", "right", "midline"]
 FIELDS = (
     "patient_id", "site", "side", "modality", "biomarker", "value", "unit", "acquired_on",

@@ -166,7 +166,8 @@ class Recorder(Node):
             h = msg.header
             now = time.monotonic()
             if isinstance(h, Frame):
-                if self._state != "armed" or not any(m.header.stream_id == h.stream_id for m in self._held_frames()):
+                if self._state != "armed" or not any(isinstance(m.header, Frame) and m.header.stream_id == h.stream_id
+                                                     for m in self._held):  # fmt: skip
                     self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)  # held frames: the first one's
                 if self._state == "armed" and self._t_first_held is None:
                     self._t_first_held = now
@@ -232,9 +233,6 @@ class Recorder(Node):
             failure = _failure(exc)
         if failure is not None:
             self._fail(*failure)
-
-    def _held_frames(self):
-        return (m for m in self._held if isinstance(m.header, Frame))
 
     def _maybe_open(self, now: float) -> None:
         if self._t_first_held is None:
