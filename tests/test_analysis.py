@@ -117,10 +117,26 @@ def test_a_tap_on_a_frame_without_contact_is_refused(frames, tap):
     assert exc.value.reason == "no_contact"
 
 
+def test_a_featureless_frame_is_not_measured_and_taps_on_it_are_refused(frames):
+    """A video grabber's uniform "no signal" screen: nothing is measured (a uniform frame gave a
+    confident CSA of the whole picture), quality says why, tracking resumes after it."""
+    f0, f1 = frames[0], frames[1]
+    a = analyze_frame(f0.image, seed=f0.truth.nerve_center_rc)
+    blank = np.full_like(f0.image, 29)
+    b = analyze_frame(blank, previous=a)
+    assert b.echogenicity is None and b.csa is None and b.thickness is None
+    assert b.quality.featureless and not b.quality.no_contact and b.tracking_state is a
+    assert analyze_frame(f1.image, previous=b).csa.tracked
+    for tap in ({"seed": (100.0, 100.0)}, {"deep_at_rc": (300.0, 100.0)}):
+        with pytest.raises(InputError, match="featureless frame") as exc:
+            analyze_frame(blank, **tap)
+        assert exc.value.reason == "featureless"
+
+
 @pytest.mark.shared_data
 def test_the_contact_check_measures_every_real_image(shared_data):
     """No real image of the shared data (nerves with dark surroundings, screen captures with the
-    scanner's interface) is taken for a lifted probe."""
+    scanner's interface) is taken for a lifted probe or a featureless frame."""
     from mmstream.io.reader import open_file
 
     paths = sorted((shared_data / "usgra-seg").rglob("images/*.png")) + sorted((shared_data / "timtrack").rglob("*.png"))
@@ -129,6 +145,7 @@ def test_the_contact_check_measures_every_real_image(shared_data):
         image = next(iter(open_file(p).frames())).image
         q = analyze_frame(image, metrics=["quality"]).quality
         assert not q.no_contact and q.dark_fraction < 0.85, p.name
+        assert not q.featureless and q.active_fraction > 0.1, p.name
 
 
 def test_unknown_spacing_gives_pixels_only(frames):

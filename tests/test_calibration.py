@@ -129,7 +129,8 @@ def test_analyzer_adds_live_z_score_to_metrics(tmp_path):
     ctx = ClinicalContext(patient_id="P1", site="biceps_brachii", age_years=30, sex="female")
     settings = StreamSettings(StreamConfig(roi=(10, 10, 50, 50), metrics=("echogenicity",), clinical=ctx))
     an = Analyzer(settings, echo=EchoReferences(table()))
-    img = np.full((64, 64), 70, np.uint8)
+    img = np.full((64, 64), 69, np.uint8)
+    img[1::2] = 71  # mean 70 in the ROI; a uniform frame would be featureless (not measured)
     im = ImagingSettings(scanner=DEV.scanner, probe=DEV.probe, preset=DEV.preset)
     h = Frame(stream_id="s", session_id="x", seq=0, imaging=im, buffers=buffer_specs(image=img))
     e = an.process("frames", Decoded("frame.s", h, {"image": img}))[0].header.echogenicity

@@ -91,15 +91,16 @@ def test_image_without_probe_contact_is_not_measured_and_a_seed_on_it_refused(ca
     assert code == 1 and len(records(out)) == 1 and str(lifted) in err and "seed never applied" in err
 
 
-def test_a_seed_applies_to_the_first_frame_with_probe_contact(capsys, tmp_path, sim_probe):
-    frames = [np.zeros((512, 512), np.uint8)] + [sim_probe.frame(i).image for i in range(2)]
+@pytest.mark.parametrize(("grey", "flag"), [(0, "no_contact"), (29, "featureless")])
+def test_a_seed_applies_to_the_first_frame_with_probe_contact(capsys, tmp_path, sim_probe, grey, flag):
+    frames = [np.full((512, 512), grey, np.uint8)] + [sim_probe.frame(i).image for i in range(2)]
     path = tmp_path / "cine.tif"
     assert cv2.imwritemulti(str(path), frames)
     seed = sim_probe.frame(0).truth.nerve_center_rc
     code, out, err = run(capsys, path, "--seed", *seed, "--metrics", "csa")
     assert code == 0, err
     recs = records(out)
-    assert recs[0]["csa"] is None and recs[0]["quality"]["no_contact"]
+    assert recs[0]["csa"] is None and recs[0]["quality"][flag]
     assert recs[1]["csa"]["tracked"] is False and recs[2]["csa"]["tracked"] is True
 
 
@@ -184,7 +185,8 @@ def test_module_entry_point():
 
 
 def test_large_batch_progress_does_not_pollute_stdout(tmp_path):
-    img = np.full((80, 80), 120, np.uint8)
+    img = np.full((80, 80), 119, np.uint8)
+    img[1::2] = 121  # mean 120; a uniform frame would be featureless (not measured)
     paths = []
     for i in range(5):
         p = tmp_path / f"f{i}.bmp"

@@ -136,6 +136,11 @@ def test_three_image_capture_becomes_the_site_value(store):
         saturated=False, no_contact=True)}))  # fmt: skip
     (ev,) = [o for o in node.process("bus", lifted) if o.port == "events"]
     assert ev.header.message.endswith("refused: no probe contact") and node.rejected["capture_refused"] == 2
+    node.process("bus", cap)  # and on a featureless frame (a grabber's "no signal" screen)
+    q = lifted.header.quality.model_copy(update={"dark_fraction": 0.0, "no_contact": False, "featureless": True})
+    blank = Decoded(m.topic, m.header.model_copy(update={"seq": 11, "parent": ("probe", 11), "quality": q}))
+    (ev,) = [o for o in node.process("bus", blank) if o.port == "events"]
+    assert ev.header.message.endswith("refused: featureless frame (no image)")
 
 
 def test_a_capture_set_never_mixes_raw_and_calibrated_grey_levels(store):

@@ -18,6 +18,7 @@ def test_matches_twin(image):
     sat, dark = twin.fractions(image)
     assert q.saturated_fraction == pytest.approx(sat)
     assert q.dark_fraction == pytest.approx(dark)
+    assert q.active_fraction == pytest.approx(twin.active_fraction(image), abs=1e-12)
     np.testing.assert_allclose(q.signature.thumb, twin.thumbnail(image), rtol=1e-12)
     assert q.thumb_mean_abs_diff is None and not q.frozen and not q.duplicate
 
@@ -54,6 +55,28 @@ def test_saturation_and_no_contact():
     q = frame_quality(black)
     assert q.no_contact and q.dark_fraction == pytest.approx(122 / 128)
     assert not frame_quality(black, limits=QualityLimits(dark_fraction_no_contact=0.99)).no_contact
+
+
+def test_featureless_frames(sim_probe, rng):
+    """A uniform screen, with or without a caption, is featureless; a B-mode frame, even mostly
+    dark, and a frame of +-1 grey level noise are not."""
+    grey = np.full((128, 160), 29, np.uint8)
+    q = frame_quality(grey)
+    assert q.featureless and q.active_fraction == 0.0 and not q.no_contact
+    grey[64, 40:120] = 235  # a caption's underline
+    q = frame_quality(grey)
+    assert q.featureless and 0.0 < q.active_fraction < 0.02
+    assert not frame_quality(grey, limits=QualityLimits(active_fraction_featureless=q.active_fraction)).featureless
+    image = sim_probe.frame(0).image
+    q = frame_quality(image)
+    assert not q.featureless and q.active_fraction > 0.9
+    mostly_dark = np.zeros_like(image)
+    mostly_dark[100:120] = image[100:120]  # 4% of the frame: no contact, but an image
+    q = frame_quality(mostly_dark)
+    assert q.no_contact and not q.featureless
+    noisy = (100 + rng.integers(-1, 2, image.shape)).astype(np.uint8)
+    assert not frame_quality(noisy).featureless
+    assert frame_quality(np.zeros_like(image)).featureless  # no non-dark pixel at all
 
 
 @pytest.mark.parametrize("image", [np.zeros((63, 20), np.uint8), np.zeros((64, 64), np.int16), np.zeros((64, 64, 3), np.uint8)])

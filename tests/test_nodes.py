@@ -6,7 +6,7 @@ import pytest
 from mmstream.codec import Decoded, buffer_specs, decode, encode
 from mmstream.errors import CodecError
 from mmstream.messages import ClinicalContext, Control, Event, Frame, Metrics, Reply, Volume
-from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Publisher, StreamSettings
+from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Publisher, StreamConfig, StreamSettings
 from mmstream.nodes.base import Port, PortQueue
 
 
@@ -177,10 +177,12 @@ def test_analyzer_bad_seed_becomes_event_then_recovers(sim_frames):
     assert isinstance(m.header, Metrics) and m.header.csa is None
 
 
-def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames):
-    """Frames without probe contact: no measurement, no lost hold; a release during the lift
-    applies, a tap waits for the next frame with contact; tracking resumes from the last frame with
-    contact; a new frame size during the lift ends the hold with a warning."""
+@pytest.mark.parametrize(("grey", "flag"), [(0, "no_contact"), (29, "featureless")])
+def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames, grey, flag):
+    """Frames without probe contact (or featureless: a grabber's "no signal" screen): no
+    measurement, no lost hold; a release during the lift applies, a tap waits for the next frame
+    with contact; tracking resumes from the last frame with contact; a new frame size during the
+    lift ends the hold with a warning."""
     settings = StreamSettings()
     an = Analyzer(settings)
     f = sim_frames
@@ -189,10 +191,10 @@ def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames)
                     superficial_at_rc=(float(f[0].truth.superficial_row[int(c)]), c))  # fmt: skip
     (m,) = an.process("frames", frame_msg(0, f[0].image))
     assert m.header.csa is not None and m.header.thickness.deep_at_rc[1] == c
-    lifted = np.zeros_like(f[0].image)
+    lifted = np.full_like(f[0].image, grey)
     (m,) = an.process("frames", frame_msg(1, lifted))
     h = m.header
-    assert h.echogenicity is None and h.csa is None and h.thickness is None and h.quality.no_contact
+    assert h.echogenicity is None and h.csa is None and h.thickness is None and getattr(h.quality, flag)
     assert [b.name for b in h.buffers] == []
     settings.update("s1", superficial_at_rc=None)  # a release while lifted applies to the carried lines
     (m,) = an.process("frames", frame_msg(2, lifted))
@@ -211,9 +213,9 @@ def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames)
     assert not h.csa.tracked and h.csa.seed_rc == pytest.approx(seed) and h.thickness.superficial_at_rc[1] == c - 50
     assert an.counters.get("line_hold_lost", 0) == 0 and not an.rejected
     # a new frame size while lifted: the hold ends, and a warning says so
-    *evs, m = an.process("frames", frame_msg(7, np.zeros((400, 500), np.uint8)))
+    *evs, m = an.process("frames", frame_msg(7, np.full((400, 500), grey, np.uint8)))
     assert [e.header.reason for e in evs] == ["line_hold_lost"] * 2 and an.counters["line_hold_lost"] == 2
-    assert m.header.quality.no_contact
+    assert getattr(m.header.quality, flag)
 
 
 def test_analyzer_new_session_starts_afresh_from_the_settings(sim_frames):
@@ -407,6 +409,42 @@ def test_control_answers_even_when_a_handler_or_the_status_fails():
     assert ctl.counters["internal_error"] == 2
     (rep,) = ctl.process("requests", control_msg(command="ping"))
     assert rep.header.ok
+
+
+def test_settings_for_invented_streams_are_bounded():
+    """A client inventing stream names cannot grow the settings without end: beyond the bound a
+    new stream's settings are refused (typed, counted, replied), known streams still change."""
+    settings = StreamSettings(initial={"configured": StreamConfig()}, max_streams=2)
+    ctl = ControlNode(settings, status=dict)
+    for sid in ("a", "b", "configured"):
+        (rep, _) = ctl.process("requests", control_msg(command="set_seed", stream_id=sid, seed_rc=(1.0, 2.0)))
+        assert rep.header.ok
+    rep, ev = ctl.process("requests", control_msg(command="set_seed", stream_id="c", seed_rc=(1.0, 2.0)))
+    assert not rep.header.ok and rep.header.reason == "too_many_streams" and "restart the service" in rep.header.message
+    assert ev.header.reason == "too_many_streams" and ctl.rejected["too_many_streams"] == 1
+    assert set(settings.snapshot()) == {"configured", "a", "b"} and settings.get("c") == StreamConfig()
+    (rep, _) = ctl.process("requests", control_msg(command="set_roi", stream_id="a", roi=(1, 2, 30, 40)))
+    assert rep.header.ok and settings.get("a").roi == (1, 2, 30, 40)
+
+
+def test_analyzer_forgets_the_stream_seen_longest_ago_beyond_its_bound(sim_frames):
+    """The tracking state of at most ``max_streams`` streams is kept; a forgotten stream that
+    comes back starts as a new one (its seed applies anew), the others keep tracking."""
+    settings = StreamSettings()
+    an = Analyzer(settings, max_streams=2)
+    f = sim_frames
+    for sid in ("s1", "s2", "s3"):
+        settings.update(sid, seed_rc=f[0].truth.nerve_center_rc)
+    for seq, sid in enumerate(("s1", "s2", "s1", "s3")):  # s3 arrives: s2, seen longest ago, is forgotten
+        (m,) = an.process("frames", frame_msg(seq, f[seq].image, stream=sid))
+        assert m.header.csa.tracked == (seq == 2)
+    assert an.counters["streams_forgotten"] == 1
+    (m,) = an.process("frames", frame_msg(4, f[4].image, stream="s2"))  # back: the seed applies anew; s1 goes
+    assert not m.header.csa.tracked and an.counters["streams_forgotten"] == 2
+    (m,) = an.process("frames", frame_msg(5, f[5].image, stream="s3"))
+    assert m.header.csa.tracked
+    (m,) = an.process("frames", frame_msg(6, f[5].image, stream="s1"))
+    assert not m.header.csa.tracked and an.counters["streams_forgotten"] == 3
 
 
 def test_control_answers_undecodable_requests():

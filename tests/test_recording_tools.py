@@ -22,6 +22,7 @@ from mmstream.cli import main
 from mmstream.errors import ReadError
 from mmstream.recording import export, inspect, report
 from mmstream.recording.reader import SessionReader
+from mmstream.recording.layout import LAYOUT_VERSION
 
 def _cli(capsys, *argv):
     rc = main(list(map(str, argv)))
@@ -34,7 +35,7 @@ def _cli(capsys, *argv):
 
 def test_inspect_summary_matches_the_recorded_rows(session):
     s = inspect.summarize(session)
-    assert s["closed"] and s["session_id"] == "test-session" and s["layout_version"] == 3
+    assert s["closed"] and s["session_id"] == "test-session" and s["layout_version"] == LAYOUT_VERSION
     assert s["events"] == {"warning:seq_not_increasing": 1}
     with SessionReader(session) as r:
         for sid in ("probe0", "probe1"):
@@ -399,30 +400,36 @@ def test_a_session_without_frames(tmp_path, capsys):
     assert "Stream probe0" in (tmp_path / "r.html").read_text()
 
 
-def test_a_layout_2_file_reads_exports_and_reports_without_the_columns_3_added(tmp_path):
-    """Layout 3 only added metrics columns (thickness_tracked, the thickness click points): a
-    layout-2 file, which lacks them, still inspects, exports and reports."""
-    path = tmp_path / "v2.h5"
+_LAYOUT_3_ADDED = ["thickness_tracked", *(f"thickness_{line}_at_{a}" for line in ("superficial", "deep") for a in "rc")]
+_LAYOUT_4_ADDED = ["active_fraction", "q_featureless"]
+
+
+@pytest.mark.parametrize(("version", "missing"), [(2, _LAYOUT_3_ADDED + _LAYOUT_4_ADDED), (3, _LAYOUT_4_ADDED)])
+def test_an_older_layout_reads_exports_and_reports_without_the_columns_added_since(tmp_path, version, missing):
+    """Layouts 3 and 4 only added metrics columns (3: thickness_tracked and the thickness click
+    points; 4: active_fraction and q_featureless): an older file, which lacks them, still
+    inspects, exports and reports."""
+    path = tmp_path / f"v{version}.h5"
     write_session(path, n_frames=6)
-    added = ["thickness_tracked", *(f"thickness_{line}_at_{a}" for line in ("superficial", "deep") for a in "rc")]
     with h5py.File(path, "r+") as f:
-        f["session"].attrs["layout_version"] = 2
+        f["session"].attrs["layout_version"] = version
         g = f["streams/probe0/metrics"]
         old, units = g["table"][...], json.loads(g["table"].attrs["units"])
-        assert set(added) <= set(old.dtype.names)
-        keep = [n for n in old.dtype.names if n not in added]
+        assert set(missing) <= set(old.dtype.names)
+        keep = [n for n in old.dtype.names if n not in missing]
         rows = np.zeros(len(old), np.dtype([(n, old.dtype[n]) for n in keep]))
         for n in keep:
             rows[n] = old[n]
         del g["table"]
         g.create_dataset("table", data=rows, maxshape=(None,), chunks=(256,))
-        g["table"].attrs["units"] = json.dumps({k: v for k, v in units.items() if k not in added})
-    assert inspect.summarize(path)["layout_version"] == 2
+        g["table"].attrs["units"] = json.dumps({k: v for k, v in units.items() if k not in missing})
+    summary = inspect.summarize(path)
+    assert summary["layout_version"] == version and summary["streams"]["probe0"]["quality_flags"]["featureless"] == 0
     with SessionReader(path) as r:
         table = r.stream("probe0").metrics_table()
-    assert len(table) == 6 and "thickness_tracked" not in table.dtype.names
+    assert len(table) == 6 and not set(missing) & set(table.dtype.names)
     export.export_session(path, tmp_path / "x", metrics_formats=("csv",))
     with open(tmp_path / "x" / "probe0_metrics.csv", newline="") as fh:
         header = next(csv.reader(fh))
-    assert "thickness_mm" in header and "thickness_tracked" not in header
+    assert "thickness_mm" in header and not set(missing) & set(header)
     assert report.build_report(path, tmp_path / "r.html").stat().st_size > 0

@@ -299,19 +299,27 @@ def test_stream_without_spacing_shows_pixels_and_says_so(svc, page):
         shot(page, "no-spacing")
 
 
-def test_lifted_probe_shows_no_measurement_and_says_why(svc, page):
-    lifted = np.zeros((128, 160), np.uint8)
-    lifted[:4] = 180  # the lens ring-down
-    with side_stream(svc, page, "lifted", lambda i: lifted):
-        playwright.expect(page.locator("#warnings")).to_contain_text("No probe contact", timeout=10000)
-        playwright.expect(page.locator("#warnings")).not_to_contain_text("Frozen")  # identical dark frames: not frozen
+_LIFTED = np.zeros((128, 160), np.uint8)
+_LIFTED[:4] = 180  # the lens ring-down
+_NO_SIGNAL = np.full((128, 160), 29, np.uint8)  # a video grabber's uniform "no signal" screen
+_NO_SIGNAL[60:68, 40:120] = 235  # with its caption
+
+
+@pytest.mark.parametrize(("name", "image", "warning", "why"), [
+    ("lifted", _LIFTED, "No probe contact", "not measured: no probe contact"),
+    ("nosignal", _NO_SIGNAL, "No image (featureless frame)", "not measured: featureless frame (no image)"),
+])  # fmt: skip
+def test_unmeasured_frame_shows_no_measurement_and_says_why(svc, page, name, image, warning, why):
+    with side_stream(svc, page, name, lambda i: image):
+        playwright.expect(page.locator("#warnings")).to_contain_text(warning, timeout=10000)
+        playwright.expect(page.locator("#warnings")).not_to_contain_text("Frozen")  # repeated frames: not frozen
         for card in ("#th-sub", "#csa-sub", "#echo-sub"):
-            playwright.expect(page.locator(card)).to_have_text("not measured: no probe contact")
+            playwright.expect(page.locator(card)).to_have_text(why)
         for value in ("#th-value", "#csa-value", "#echo-value"):
             playwright.expect(page.locator(value)).to_have_text("–")
         for unit in ("#th-unit", "#csa-unit", "#echo-unit"):  # no unit beside a missing value
             playwright.expect(page.locator(unit)).to_have_text("")
-        shot(page, "no-contact")
+        shot(page, "no-contact" if name == "lifted" else "featureless")
 
 
 def test_token_from_the_url_fragment_or_the_prompt(browser):

@@ -33,6 +33,7 @@ from mmstream.ndarray import Counts, Points
 
 __all__ = [
     "METRICS",
+    "NOT_MEASURED",
     "SCHEMA_VERSION",
     "FrameAnalysis",
     "EchoResult",
@@ -47,6 +48,9 @@ SCHEMA_VERSION = 1
 METRICS = ("echogenicity", "csa", "thickness", "quality")
 Metric = Literal["echogenicity", "csa", "thickness", "quality"]
 EchoRegion = Literal["auto", "roi", "csa", "frame"]
+NOT_MEASURED = ("no_contact", "featureless")
+"""Reasons of the InputError for a tap on a frame that is not measured at all (a tap waits for
+a measured frame)."""
 
 
 class _Model(BaseModel):
@@ -99,16 +103,18 @@ class QualityResult(_Model):
 
     saturated_fraction: float
     dark_fraction: float
+    active_fraction: float
     thumb_mean_abs_diff: float | None
     duplicate: bool
     frozen: bool
     saturated: bool
     no_contact: bool
+    featureless: bool
 
 
 class FrameAnalysis(_Model):
     """All metrics of one frame. Metrics not asked for, or not computable (CSA without a seed, a
-    frame without probe contact), are null."""
+    frame without probe contact or featureless), are null."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     shape: tuple[int, int]
@@ -231,7 +237,7 @@ def analyze_frame(
         ``previous``; with neither, ``csa`` is null.
     previous : FrameAnalysis, optional
         The result for the previous frame of the same stream (after frames without probe contact
-        it carries the last tracked contour and lines).
+        or featureless it carries the last tracked contour and lines).
     metrics : iterable of {"echogenicity", "csa", "thickness", "quality"}
     superficial_at_rc, deep_at_rc : (row, col), optional
         A click on the superficial or deep aponeurosis: the thickness line passes through it
@@ -250,7 +256,7 @@ def analyze_frame(
     ------
     InputError
         Bad frame, ROI, seed, line click, metric name or region; a seed or line click on a frame
-        without probe contact (reason ``no_contact``).
+        without probe contact (reason ``no_contact``) or featureless (reason ``featureless``).
     SpacingError
         Spacing given but not two finite values > 0.
     """
@@ -281,7 +287,7 @@ def analyze_frame(
     q = None
     if wanted:  # the quality pass also decides whether the frame is measured at all
         q = quality_k.frame_quality(frame, None if previous is None else previous._signature, quality_limits)
-    if q is not None and q.no_contact:
+    if q is not None and (q.no_contact or q.featureless):
         return _not_measured(frame, spacing, roi_t, q, state, seed, superficial_at_rc, deep_at_rc)
 
     csa = None
@@ -361,13 +367,20 @@ def _quality_result(q: quality_k.Quality) -> QualityResult:
 
 
 def _not_measured(frame, spacing, roi_t, q, state, seed, superficial_at_rc, deep_at_rc) -> FrameAnalysis:
-    """The result of a frame without probe contact: quality only, the tracking state carried."""
+    """The result of a frame without probe contact or featureless: quality only, the tracking
+    state carried."""
     clicked = [what for what, at in (("seed", seed), ("superficial line click", superficial_at_rc),
                                      ("deep line click", deep_at_rc)) if at is not None]  # fmt: skip
     if clicked:
+        if q.no_contact:
+            raise InputError(
+                f"{' and '.join(clicked)} on a frame without probe contact ({q.dark_fraction:.0%} of pixels dark)",
+                reason="no_contact",
+            )
         raise InputError(
-            f"{' and '.join(clicked)} on a frame without probe contact ({q.dark_fraction:.0%} of pixels dark)",
-            reason="no_contact",
+            f"{' and '.join(clicked)} on a featureless frame (only {q.active_fraction:.1%} of its pixels "
+            "differ from their neighbour: no image)",
+            reason="featureless",
         )
     result = FrameAnalysis(shape=frame.shape, spacing_mm=spacing, roi=roi_t, quality=_quality_result(q))
     result._signature = q.signature

@@ -27,7 +27,7 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
-from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
+from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
 from mmstream.errors import InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
@@ -36,7 +36,7 @@ CSV_COLUMNS = [
     "csa_area_px", "csa_area_mm2", "csa_perimeter_mm", "csa_centroid_row", "csa_centroid_col", "csa_confidence",
     "csa_tracked", "thickness_px", "thickness_mm", "thickness_confidence", "thickness_tracked",
     "thickness_superficial_at_row", "thickness_superficial_at_col", "thickness_deep_at_row", "thickness_deep_at_col",
-    "quality_saturated", "quality_no_contact", "quality_frozen", "quality_duplicate",
+    "quality_saturated", "quality_no_contact", "quality_featureless", "quality_frozen", "quality_duplicate",
 ]  # fmt: skip
 
 
@@ -77,6 +77,7 @@ def _csv_row(rec: dict) -> dict:
         "thickness_superficial_at_row": sup[0], "thickness_superficial_at_col": sup[1],
         "thickness_deep_at_row": deep[0], "thickness_deep_at_col": deep[1],
         "quality_saturated": q.get("saturated"), "quality_no_contact": q.get("no_contact"),
+        "quality_featureless": q.get("featureless"),
         "quality_frozen": q.get("frozen"), "quality_duplicate": q.get("duplicate"),
     }  # fmt: skip
 
@@ -108,15 +109,15 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
         )
         try:
             res = analyze_frame(frame.image, **kw, **taps)
-            taps = {}  # applied to the first frame with probe contact
+            taps = {}  # applied to the first measured frame
         except InputError as exc:
-            if exc.reason != "no_contact":
+            if exc.reason not in NOT_MEASURED:
                 raise
-            res = analyze_frame(frame.image, **kw)  # not measured; the taps wait for contact
+            res = analyze_frame(frame.image, **kw)  # not measured; the taps wait for a measured frame
         previous = res
         yield _record(str(path), frame, res)
     if taps:
-        raise InputError(f"{', '.join(taps)} never applied: no frame has probe contact", reason="no_contact")
+        raise InputError(f"{', '.join(taps)} never applied: no frame was measured (no probe contact, or featureless)", reason="not_measured")
 
 
 def cmd_analyze(args) -> int:

@@ -238,7 +238,8 @@ class Graph:
         self.ingest = Ingest(IngestLimits(max_fps=ing.max_fps_per_stream, burst=ing.burst_frames,
                                           max_streams=ing.max_streams, idle_s=ing.stream_idle_s))  # fmt: skip
         echo = load_echo_references(config.biomarkers)  # live echogenicity z-scores, when configured
-        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}", echo=echo, every_frame=config.analyzer.every_frame)
+        self.analyzers = [Analyzer(self.settings, name=f"analyzer-{i}", echo=echo, every_frame=config.analyzer.every_frame,
+                                   max_streams=ing.max_streams)
                           for i in range(config.analyzer.workers)]  # fmt: skip
         self.publisher = Publisher()
         self.control = ControlNode(self.settings, self.status)

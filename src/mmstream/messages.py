@@ -182,11 +182,13 @@ class ThicknessSummary(_Model):
 class QualitySummary(_Model):
     saturated_fraction: float
     dark_fraction: float
+    active_fraction: float | None = None  # null: recorded before it was computed
     thumb_mean_abs_diff: float | None
     duplicate: bool
     frozen: bool
     saturated: bool
     no_contact: bool
+    featureless: bool = False
 
 
 class Metrics(_Header):

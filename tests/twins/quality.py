@@ -23,3 +23,12 @@ def thumbnail(image):
 def fractions(image, saturated_level=250, dark_level=10):
     """(saturated fraction, dark fraction)."""
     return float((image >= saturated_level).mean()), float((image <= dark_level).mean())
+
+
+def active_fraction(image, dark_level=10):
+    """Fraction of the non-dark pixels of rows 0, 4, 8, ... (not the last row) that differ from the
+    pixel below; 0 without any."""
+    rows = np.arange(0, image.shape[0] - 1, ROW_STEP)
+    top, below = image[rows], image[rows + 1]
+    bright = top > dark_level
+    return float((bright & (top != below)).sum() / bright.sum()) if bright.any() else 0.0

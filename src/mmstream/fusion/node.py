@@ -90,6 +90,7 @@ class FusionNode(Node):
         e = h.echogenicity
         if key is None or e is None or e.mean is None or e.region == "frame":
             why = ("no patient/site context" if key is None else "no probe contact" if h.quality and h.quality.no_contact
+                   else "featureless frame (no image)" if h.quality and h.quality.featureless
                    else "no echogenicity of a muscle region (ROI or CSA) in this frame")  # fmt: skip
             out.append(self.reject("capture_refused", f"capture on {h.stream_id} refused: {why}", h.stream_id, h.parent[1]))
             return

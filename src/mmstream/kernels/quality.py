@@ -1,7 +1,11 @@
-"""Frame quality: frozen or duplicate frame, saturation, lost probe contact.
+"""Frame quality: frozen or duplicate frame, saturation, lost probe contact, featureless frame.
 
-One pass over the frame yields the counts of saturated and dark pixels, a 64-bit checksum and a
-coarse block-mean thumbnail (the frame's *signature*). Comparing the signature with the previous
+One pass over the frame yields the counts of saturated and dark pixels, a 64-bit checksum, a
+coarse block-mean thumbnail (the frame's *signature*) and, on every ``THUMB_ROW_STEP``-th row, the
+fraction of non-dark pixels that differ from the pixel below (*activity*). Speckle makes almost
+every pixel of a B-mode image differ from its neighbour; a frame whose non-dark pixels barely do
+is *featureless* (a uniform "no signal" screen of a video grabber, a blank test pattern): there is
+nothing to measure on it. Comparing the signature with the previous
 frame's tells a bit-identical repeat (``duplicate``: a digital source re-sending a frame) from a
 near-identical one (``frozen``: a frozen scanner seen through a noisy video grabber).
 
@@ -37,6 +41,7 @@ class QualityLimits:
     saturated_fraction_max: float = 0.05
     dark_fraction_no_contact: float = 0.90
     frozen_mean_abs_diff: float = 0.5
+    active_fraction_featureless: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -55,34 +60,43 @@ class Quality:
     ----------
     saturated_fraction, dark_fraction : float
         Fraction of pixels >= ``saturated_level`` and <= ``dark_level``.
+    active_fraction : float
+        Fraction of the non-dark pixels of every ``THUMB_ROW_STEP``-th row (but the last) that
+        differ from the pixel below; 0 without such pixels.
     thumb_mean_abs_diff : float or None
         Mean absolute difference (grey levels) of the block-mean thumbnails against the previous
         frame; None without a previous frame.
-    duplicate, frozen, saturated, no_contact : bool
-        Flags; ``duplicate`` implies ``frozen``.
+    duplicate, frozen, saturated, no_contact, featureless : bool
+        Flags; ``duplicate`` implies ``frozen``; ``featureless``: ``active_fraction`` below
+        ``active_fraction_featureless`` (also true of an all-dark frame).
     signature : FrameSignature
         This frame's signature, to pass as ``previous`` with the next frame.
     """
 
     saturated_fraction: float
     dark_fraction: float
+    active_fraction: float
     thumb_mean_abs_diff: float | None
     duplicate: bool
     frozen: bool
     saturated: bool
     no_contact: bool
+    featureless: bool
     signature: FrameSignature
 
 
 @kernel("void(uint8[:, ::1], uint8, uint8, int64[::1], uint64[::1], float64[:, ::1])")
 def _quality_pass(image, sat_level, dark_level, counts, checksum, thumb):
-    # counts[0] = saturated pixels, counts[1] = dark pixels; checksum[0] = FNV-1a over per-row
+    # counts[0] = saturated pixels, counts[1] = dark pixels, counts[2] = non-dark pixels of the
+    # thumbnail rows but the last, counts[3] = those of them differing from the pixel below; checksum[0] = FNV-1a over per-row
     # column-weighted sums (a vectorisable reduction); thumb = per-block sums over every
     # THUMB_ROW_STEP-th row (the caller divides by the number of summed pixels).
     h, w = image.shape
     tr, tc = thumb.shape
     n_sat = 0
     n_dark = 0
+    n_bright = 0
+    n_active = 0
     hsh = _FNV_OFFSET
     for r in range(h):
         row = image[r]
@@ -98,6 +112,16 @@ def _quality_pass(image, sat_level, dark_level, counts, checksum, thumb):
         n_dark += b
         hsh = (hsh ^ np.uint64(s_row)) * _FNV_PRIME
         if r % THUMB_ROW_STEP == 0:
+            if r + 1 < h:
+                below = image[r + 1]
+                nb = np.int32(0)
+                na = np.int32(0)
+                for c in range(w):  # branch-free, so that it vectorises
+                    lit = row[c] > dark_level
+                    nb += lit
+                    na += lit & (row[c] != below[c])
+                n_bright += nb
+                n_active += na
             br = (r * tr) // h
             for bc in range(tc):
                 seg = row[(bc * w + tc - 1) // tc : ((bc + 1) * w + tc - 1) // tc]
@@ -107,6 +131,8 @@ def _quality_pass(image, sat_level, dark_level, counts, checksum, thumb):
                 thumb[br, bc] += acc
     counts[0] = n_sat
     counts[1] = n_dark
+    counts[2] = n_bright
+    counts[3] = n_active
     checksum[0] = hsh
 
 
@@ -141,7 +167,7 @@ def frame_quality(
     if h < min_h or w < min_w:
         raise InputError(f"image {h}x{w} is smaller than {min_h}x{min_w}")
     image = np.ascontiguousarray(image)
-    counts = np.zeros(2, np.int64)
+    counts = np.zeros(4, np.int64)
     checksum = np.zeros(1, np.uint64)
     thumb = np.zeros(THUMB_SHAPE, np.float64)
     with np.errstate(over="ignore"):  # the FNV hash wraps on purpose (seen without JIT only)
@@ -152,6 +178,7 @@ def frame_quality(
     sig = FrameSignature(int(checksum[0]), thumb)
     n = float(h * w)
     sat_f, dark_f = counts[0] / n, counts[1] / n
+    active_f = counts[3] / counts[2] if counts[2] else 0.0
     diff = None
     duplicate = frozen = False
     if previous is not None and previous.thumb.shape == thumb.shape:
@@ -161,10 +188,12 @@ def frame_quality(
     return Quality(
         saturated_fraction=sat_f,
         dark_fraction=dark_f,
+        active_fraction=float(active_f),
         thumb_mean_abs_diff=diff,
         duplicate=duplicate,
         frozen=frozen,
         saturated=sat_f > limits.saturated_fraction_max,
         no_contact=dark_f >= limits.dark_fraction_no_contact,
+        featureless=active_f < limits.active_fraction_featureless,
         signature=sig,
     )

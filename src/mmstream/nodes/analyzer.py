@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mmstream.analysis import METRICS, FrameAnalysis, analyze_frame, validate_spacing
+from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing
 from mmstream.calibration import Device, EchoReferences
 from mmstream.codec import Decoded, buffer_specs
-from mmstream.errors import MmstreamError, SpacingError
+from mmstream.errors import InputError, MmstreamError, SpacingError
 from mmstream.messages import (
     ClinicalContext, CsaSummary, EchoSummary, Frame, Metrics, QualitySummary, ThicknessSummary,
 )  # fmt: skip
@@ -45,12 +45,16 @@ class StreamConfig:
 
 
 class StreamSettings:
-    """Thread-safe per-stream settings shared by the control endpoint and the analyzers."""
+    """Thread-safe per-stream settings shared by the control endpoint and the analyzers, for at
+    most ``max_streams`` streams besides the configured ones (a bound against a client inventing
+    stream names: settings are never forgotten, so beyond it a new stream's are refused)."""
 
-    def __init__(self, defaults: StreamConfig = StreamConfig(), initial: dict[str, StreamConfig] | None = None):
+    def __init__(self, defaults: StreamConfig = StreamConfig(), initial: dict[str, StreamConfig] | None = None,
+                 max_streams: int = 1024):  # fmt: skip
         self._lock = threading.Lock()
         self._defaults = defaults
         self._by_stream: dict[str, StreamConfig] = dict(initial or {})
+        self._max = len(self._by_stream) + max_streams
 
     def get(self, stream_id: str) -> StreamConfig:
         with self._lock:
@@ -58,8 +62,13 @@ class StreamSettings:
 
     def update(self, stream_id: str, **changes) -> StreamConfig:
         """Apply changes; a new ``seed_rc`` (or clearing it) bumps ``seed_version``, a new
-        ``superficial_at_rc`` or ``deep_at_rc`` that line's entry of ``line_versions``."""
+        ``superficial_at_rc`` or ``deep_at_rc`` that line's entry of ``line_versions``.
+
+        Raises InputError (reason ``too_many_streams``) for a new stream beyond the bound."""
         with self._lock:
+            if stream_id not in self._by_stream and len(self._by_stream) >= self._max:
+                raise InputError(f"settings are held for {self._max} streams already: restart the service to "
+                                 "configure more", reason="too_many_streams")  # fmt: skip
             cur = self._by_stream.get(stream_id, self._defaults)
             if "seed_rc" in changes:
                 changes["seed_version"] = cur.seed_version + 1
@@ -114,7 +123,10 @@ class Analyzer(Node):
     outputs = (Port("metrics"), Port("events"))
 
     def __init__(self, settings: StreamSettings, name: str | None = None, echo: EchoReferences | None = None,
-                 every_frame: bool = False):  # fmt: skip
+                 every_frame: bool = False, max_streams: int = 64):  # fmt: skip
+        """``max_streams``: the tracking state of at most this many streams is kept (ingest's
+        bound); beyond it the stream seen longest ago is forgotten and, if it comes back, starts as
+        a new stream (its seed and line clicks apply anew, count ``streams_forgotten``)."""
         super().__init__(name)
         if every_frame:  # lossless: stop reading when behind, so that ZeroMQ pushes back on ingest
             self.inputs = (Port("frames", capacity=4, policy="block"),)
@@ -124,6 +136,7 @@ class Analyzer(Node):
         self._session: dict[str, str] = {}  # stream -> session_id of its last frame
         self._seed_version: dict[str, int] = {}
         self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
+        self._max_streams = max_streams
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         try:
@@ -166,7 +179,7 @@ class Analyzer(Node):
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
                 return [*out, self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq), *lost]
-            if exc.reason == "no_contact":  # nothing to tap on: the taps wait for a frame with contact
+            if exc.reason in NOT_MEASURED:  # nothing to tap on: the taps wait for a measured frame
                 if seed is not None:
                     self._seed_version[h.stream_id] = seed_applied
                 lines_applied = False
@@ -189,8 +202,13 @@ class Analyzer(Node):
         nothing is tracked from the old session; the stream's seed (a setting the configuration can
         give too) applies to the new session's first frame with contact, line clicks (taps on the old
         session's image) do not. Returns the ``info`` event saying so."""
-        last = self._session.get(h.stream_id)
-        self._session[h.stream_id] = h.session_id
+        last = self._session.pop(h.stream_id, None)
+        self._session[h.stream_id] = h.session_id  # (re)inserted last: the dict is ordered by last frame
+        if last is None and len(self._session) > self._max_streams:
+            gone = next(iter(self._session))
+            for state in (self._session, self._previous, self._seed_version, self._line_versions):
+                state.pop(gone, None)
+            self.count("streams_forgotten")
         if last is None or last == h.session_id:
             return []
         self._previous.pop(h.stream_id, None)
@@ -211,9 +229,9 @@ class Analyzer(Node):
     def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, seed, clicks, exc: MmstreamError):
         """After analysis with the taps failed: (the frame analysed with the taps that work, or None
         when it fails without any, and which taps were refused). With a seed and line clicks,
-        each is tried alone first; without probe contact no tap can apply."""
+        each is tried alone first; on a frame not measured (no probe contact, featureless) no tap can apply."""
         tries = []
-        if seed is not None and clicks != (None, None) and exc.reason != "no_contact":
+        if seed is not None and clicks != (None, None) and exc.reason not in NOT_MEASURED:
             tries += [(seed, (None, None), "line click"), (None, clicks, "seed")]
         given = [what for what, tapped in (("seed", seed is not None), ("line click", clicks != (None, None))) if tapped]
         if given:

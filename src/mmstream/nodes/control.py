@@ -62,7 +62,11 @@ class ControlNode(Node):
             "set_metrics": lambda: {"metrics": tuple(h.metrics)},
             "set_context": lambda: {"clinical": h.clinical},
         }[h.command]()
-        cfg = self.settings.update(h.stream_id, **changes)
+        try:
+            cfg = self.settings.update(h.stream_id, **changes)
+        except MmstreamError as exc:
+            return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))),
+                    self.reject(exc.reason, str(exc), h.stream_id)]  # fmt: skip
         return [
             Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version,
                                                 "lines_version": cfg.lines_version})),  # fmt: skip

@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = (
     "echo_mean", "echo_std", "csa_area_mm2", "csa_area_px", "csa_perimeter_mm", "csa_confidence",
     "thickness_mm", "thickness_px", "thickness_confidence", "saturated_fraction", "dark_fraction",
 )  # fmt: skip
-FLAG_COLUMNS = ("q_duplicate", "q_frozen", "q_saturated", "q_no_contact")
+FLAG_COLUMNS = ("q_duplicate", "q_frozen", "q_saturated", "q_no_contact", "q_featureless")  # layouts < 4 lack q_featureless
 UNITS = {c.name: c.unit for c in METRICS_COLUMNS}
 READ_CHUNK_ROWS = 4096
 
@@ -131,7 +131,8 @@ class Summarizer:
             for c in SUMMARY_COLUMNS:
                 st.stats[c].add(rows[c])
             for c in FLAG_COLUMNS:
-                st.flags[c[2:]] += int(rows[c].sum())
+                if c in rows.dtype.names:
+                    st.flags[c[2:]] += int(rows[c].sum())
             st.metrics += len(rows)
 
     def _new_events(self) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-LAYOUT_VERSION = 3  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added); 3: thickness_tracked and the thickness click columns
+LAYOUT_VERSION = 4  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added); 3: thickness_tracked and the thickness click columns; 4: active_fraction, q_featureless
 HIST_BINS = 256
 CONTOUR_MAX_POINTS = 256  # the CSA kernel returns 64-vertex polygons
 HEAP_CHUNK_BYTES = 1 << 16
@@ -144,10 +144,12 @@ METRICS_COLUMNS = (
     Column("has_quality", "?", "", "quality flags computed", lambda h: h.quality is not None),
     Column("saturated_fraction", "f8", "", "fraction of saturated pixels", _sub("quality", "saturated_fraction")),
     Column("dark_fraction", "f8", "", "fraction of dark pixels", _sub("quality", "dark_fraction")),
+    Column("active_fraction", "f8", "", "fraction of non-dark pixels differing from the pixel below",
+           _sub("quality", "active_fraction")),
     Column("thumb_mean_abs_diff", "f8", "grey level", "thumbnail change from the previous frame",
            _sub("quality", "thumb_mean_abs_diff")),
     *(Column(f"q_{k}", "?", "", f"quality flag {k}", _sub("quality", k, *_BOOL))
-      for k in ("duplicate", "frozen", "saturated", "no_contact")),
+      for k in ("duplicate", "frozen", "saturated", "no_contact", "featureless")),
     Column("truncated", "?", "", "a contour or line was longer than its dataset and was cut"),
     *_HEAP,
 )  # fmt: skip

@@ -23,7 +23,7 @@ from mmstream.errors import ReadError
 from mmstream.messages import Event, Frame, Metrics, message_adapter
 from mmstream.recording.layout import LAYOUT_VERSION
 
-READS_VERSIONS = (1, 2, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 lacks columns 3 added
+READS_VERSIONS = (1, 2, 3, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 and 3 lack the columns later layouts added
 
 
 class _NotOnDisk(Exception):

@@ -207,13 +207,15 @@ function onMetrics(m) {
   if (m.stream_id !== S.streamId) return;
   S.metrics = m;
   const q = m.quality || {};
+  const unmeasured = q.no_contact ? "not measured: no probe contact"
+    : (q.featureless ? "not measured: featureless frame (no image)" : null);
   if (m.csa) measure("csa-value", "csa-unit", "csa-sub", m.csa.area_mm2, m.csa.area_px, "mm²", "px²", m.csa.confidence);
-  else blank("csa-value", "csa-unit", "csa-sub", q.no_contact ? "not measured: no probe contact" : "no seed: tap the nerve or muscle");
+  else blank("csa-value", "csa-unit", "csa-sub", unmeasured || "no seed: tap the nerve or muscle");
   if (m.thickness) {
     measure("th-value", "th-unit", "th-sub", m.thickness.thickness_mm, m.thickness.thickness_px, "mm", "px", m.thickness.confidence);
     const held = ["superficial", "deep"].filter((line) => m.thickness[`${line}_at_rc`]);
     if (held.length) $("th-sub").textContent += ` · ${held.join(" and ")} line held by a tap`;
-  } else blank("th-value", "th-unit", "th-sub", q.no_contact ? "not measured: no probe contact" : "not measured on this stream");
+  } else blank("th-value", "th-unit", "th-sub", unmeasured || "not measured on this stream");
   const e = m.echogenicity;
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
   $("echo-unit").textContent = e && e.mean !== null && e.mean !== undefined ? "grey level" : "";
@@ -223,9 +225,10 @@ function onMetrics(m) {
   $("echo-z").className = z && e.abnormal ? "sub unknown" : "sub";
   const region = { roi: "in ROI", csa: "inside CSA contour", frame: "whole frame" };
   $("echo-sub").textContent = e ? `0–255 · SD ${fmt(e.std, 1)} · ${region[e.region] || e.region}`
-    : (q.no_contact ? "not measured: no probe contact" : "");
-  const still = !q.no_contact;  // a lifted probe shows identical dark frames: not a frozen scanner
-  const warn = [[q.no_contact, "No probe contact", true], [still && q.frozen, "Frozen image", true],
+    : (unmeasured || "");
+  const still = !unmeasured;  // a lifted probe or a "no signal" screen repeats frames: not a frozen scanner
+  const warn = [[q.no_contact, "No probe contact", true], [!q.no_contact && q.featureless, "No image (featureless frame)", true],
+                [still && q.frozen, "Frozen image", true],
                 [q.saturated, "Saturated", false], [still && q.duplicate, "Duplicate frame", false]];
   $("warnings").replaceChildren(...warn.filter((w) => w[0]).map(([, text, bad]) => {
     const d = document.createElement("div"); d.className = "warn" + (bad ? " bad" : ""); d.textContent = text; return d;
