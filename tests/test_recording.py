@@ -286,6 +286,27 @@ def test_recorder_node_waits_for_configured_streams_then_rolls_parts(tmp_path):
     assert rec.recording_status()["frames"] == 4
 
 
+def test_recorder_stops_when_the_frame_shape_keeps_changing(tmp_path):
+    """Two sources on one stream id alternate shapes: each frame would open a file part. Beyond
+    ``max_parts`` the recording stops (error event, status); the parts written stay readable and
+    a new recording can start."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0, max_parts=3), "sess")
+    rec.start_recording()
+    out = []
+    for seq in range(6):
+        img = np.full((20 + 4 * (seq % 2), 30), seq, np.uint8)
+        out += rec.process("frames", decoded(frame("a", seq, img), img))
+    st = rec.recording_status()
+    assert st["state"] == "failed" and st["last_error"]["reason"] == "too_many_parts" and len(st["files"]) == 3
+    assert "recording_too_many_parts" in [o.header.reason for o in out] and rec.counters["error_too_many_parts"] == 1
+    for k, path in enumerate(st["files"]):
+        with SessionReader(path) as r:
+            assert r.stream("a").index()["seq"].tolist() == [k] and r.attrs["part"] == k + 1
+    assert len(list(tmp_path.glob("*.h5"))) == 3
+    rec.start_recording()
+    assert rec.recording_status()["state"] == "armed"
+
+
 def test_recorder_refuses_missing_directory_and_reports_it(tmp_path):
     rec = Recorder(RecorderSection(directory=tmp_path / "nope"), "s")
     with pytest.raises(RecordingError) as e:

@@ -10,7 +10,8 @@ metrics message, event and fused message the service publishes). States::
 configuration has sent a frame, so their datasets can be created before SWMR starts; messages
 meanwhile are held (at most ``HELD_MAX``; before any frame the oldest are dropped, counted). A frame
 of a stream (or shape) that is not in the current file closes that part and opens the next one,
-``<recording_id>.part<k>.h5``, holding every stream seen. A write error (disk full, permission,
+``<recording_id>.part<k>.h5``, holding every stream seen (at most ``max_parts`` parts: beyond, the
+recording stops with ``too_many_parts``). A write error (disk full, permission,
 directory gone) ends the recording with an error event and status; the live service is not
 affected and everything flushed before stays readable.
 
@@ -246,6 +247,9 @@ class Recorder(Node):
         return Path(self.options.directory) / f"{self._recording_id}{suffix}.h5"
 
     def _open(self) -> None:
+        if self._part >= self.options.max_parts:
+            raise RecordingError(f"{self._part} file parts already: the frame shape or the set of streams keeps "
+                                 "changing (two sources on one stream?)", reason="too_many_parts")  # fmt: skip
         self._part += 1
         path = self._path(self._part)
         attrs = {
