@@ -52,7 +52,7 @@ def test_fifo_drops_newest_and_block_reports_full():
 # -- ingest ------------------------------------------------------------------------------------
 def test_ingest_stamps_and_forwards():
     ing = Ingest()
-    img = np.full((8, 8), 7, np.uint8)
+    img = np.full((64, 16), 7, np.uint8)
     out, tap = ing.process("in", frame_msg(0, img, stamps={"sent": 1.0}))
     assert tap.port == "accepted" and tap.header is out.header  # the same frame for the recorder tap
     assert out.port == "frames" and out.header.t_host_s is not None and out.header.t_wall.endswith("+00:00")
@@ -62,7 +62,7 @@ def test_ingest_stamps_and_forwards():
 
 def test_ingest_rejects_repeated_and_backward_seq_but_not_new_session():
     ing = Ingest()
-    img = np.zeros((8, 8), np.uint8)
+    img = np.zeros((64, 16), np.uint8)
     assert ing.process("in", frame_msg(5, img))[0].port == "frames"
     for seq in (5, 3):
         (ev,) = ing.process("in", frame_msg(seq, img))
@@ -77,7 +77,7 @@ def test_ingest_rejects_repeated_and_backward_seq_but_not_new_session():
 
 def test_ingest_rate_limit_is_per_stream():
     ing = Ingest(IngestLimits(max_fps=1.0, burst=3))
-    img = np.zeros((8, 8), np.uint8)
+    img = np.zeros((64, 16), np.uint8)
     ports = [ing.process("in", frame_msg(i, img, stream="flood"))[0].port for i in range(10)]
     assert ports[:3] == ["frames"] * 3 and set(ports[3:]) == {"events"}
     assert ing.rejected["rate_limited"] == 7
@@ -93,7 +93,7 @@ def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypat
     clock = [100.0]
     monkeypatch.setattr(I.time, "monotonic", lambda: clock[0])
     ing = Ingest(IngestLimits(max_streams=3, idle_s=60.0))
-    img = np.zeros((8, 8), np.uint8)
+    img = np.zeros((64, 16), np.uint8)
     for k in range(3):
         assert ing.process("in", frame_msg(0, img, stream=f"p{k}"))[0].port == "frames"
     (ev,) = ing.process("in", frame_msg(0, img, stream="p3"))
@@ -104,6 +104,17 @@ def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypat
     clock[0] += 31.0  # p0 idle for 61 s: forgotten for the new stream
     assert ing.process("in", frame_msg(0, img, stream="p3"))[0].port == "frames"
     assert ing.counters["streams_forgotten"] == 1 and sorted(ing.status()["streams"]) == ["p1", "p2", "p3"]
+
+
+def test_ingest_refuses_frames_too_small_to_analyse():
+    """Under 64 x 16 nothing could be measured: refused at the door (counted, announced), without
+    taking a stream's place or its seq."""
+    ing = Ingest(IngestLimits(max_streams=1))
+    for shape in ((63, 16), (64, 15), (1, 1)):
+        (ev,) = ing.process("in", frame_msg(0, np.zeros(shape, np.uint8), stream="tiny"))
+        assert ev.header.reason == "frame_too_small" and "64x16" in ev.header.message
+    assert ing.rejected["frame_too_small"] == 3 and ing.status()["streams"] == {}
+    assert ing.process("in", frame_msg(0, np.zeros((64, 16), np.uint8), stream="tiny"))[0].port == "frames"
 
 
 def test_telemetry_keeps_a_bounded_number_of_streams():

@@ -169,6 +169,18 @@ def test_replay_cli_sends_the_file(session, capsys):
         pull.close()
 
 
+def test_replay_cli_without_a_receiver_says_so_in_one_line(tmp_path, capsys):
+    """More frames than the sender queues, and no service: one line after the send timeout (5 s)."""
+    from mmstream.cli import main
+
+    path = tmp_path / "long.h5"
+    write_session(path, n_frames=100)
+    to = f"ipc://{tmp_path}/nobody"
+    assert main(["replay", str(path), "--to", to, "--mode", "fast"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mmstream replay: error: {path}: no_receiver:") and "service running" in line
+
+
 def test_replay_cli_to_a_curve_secured_endpoint(session, tmp_path, capsys):
     from mmstream.cli import main
     from mmstream.transport import Curve, make_keys

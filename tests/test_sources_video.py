@@ -194,6 +194,26 @@ def test_device_that_goes_away_is_reopened_with_backoff_and_the_clock_keeps_runn
     assert t[2] - t[1] >= sum(gaps[:3]) * 0.9  # the outage shows as elapsed device time
 
 
+def test_a_good_frame_resets_the_backoff():
+    """A device that delivers frames between losses is retried after the initial delay each time,
+    not after ever longer ones; failed opens in a row still double it."""
+    sessions = [[(1, 0.0), (2, 40.0)], [(3, 80.0)], None, None, [(4, 120.0)], [(5, 160.0)]]
+    opened = []
+
+    def open_capture(target):
+        opened.append(target)
+        i = len(opened) - 1
+        return FakeCapture(sessions[i]) if i < len(sessions) and sessions[i] is not None else None
+
+    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.01, backoff_max_s=1.0)
+    delays = []
+    next_delay = src.backoff.next_delay
+    src.backoff.next_delay = lambda: delays.append(next_delay()) or delays[-1]
+    take(src, 5)
+    # lost after frames, lost after a frame, unavailable twice (doubling), lost after a frame (reset), ...
+    assert delays[:6] == pytest.approx([0.01, 0.01, 0.02, 0.04, 0.01, 0.01])  # without the reset: 0.01, 0.02, ...
+
+
 def test_file_that_disappears_and_reappears_is_picked_up_again_when_live(tmp_path):
     """A real capture of a file opened as a live stream: missing at first, then written, then gone."""
     path = tmp_path / "feed.avi"

@@ -209,6 +209,7 @@ class VideoSource:
             if frame is None:
                 continue
             last = (frame.t_device_s, host)
+            self.backoff.reset()  # a good frame: the next loss retries quickly again
             self.health.count("frames")
             yield frame
         return n, last

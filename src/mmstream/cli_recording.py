@@ -80,7 +80,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from mmstream.transport import Curve
+    from mmstream.transport import Curve, TransportTimeout
     from mmstream_drivers.replay import Replayer
 
     if (args.client_secret_key is None) != (args.server_key is None):
@@ -97,6 +97,11 @@ def cmd_replay(args) -> int:
                 n = rp.send(args.to, curve=curve)
     except MmstreamError as exc:
         return _fail("replay", args.file, exc)
+    except TransportTimeout as exc:
+        files = ", ".join(map(str, args.file))
+        print(f"mmstream replay: error: {files}: no_receiver: nothing took the frames at {args.to} ({exc}): "
+              "is the service running?", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         return 0
     print(f"mmstream replay: {n} frames sent to {args.to}", file=sys.stderr)

@@ -21,12 +21,14 @@ import numpy as np
 from mmstream.errors import InputError
 from mmstream.kernels._jit import kernel
 
-__all__ = ["QualityLimits", "FrameSignature", "Quality", "frame_quality", "THUMB_SHAPE"]
+__all__ = ["QualityLimits", "FrameSignature", "Quality", "frame_quality", "THUMB_SHAPE", "MIN_SHAPE"]
 
 THUMB_SHAPE = (16, 16)
 """Block-mean thumbnail shape (rows, cols) used to detect frozen frames."""
 THUMB_ROW_STEP = 4
 """The thumbnail averages every 4th row (a quarter of the memory traffic of a full pass)."""
+MIN_SHAPE = (THUMB_SHAPE[0] * THUMB_ROW_STEP, THUMB_SHAPE[1])
+"""Smallest frame (rows, cols) the quality pass, and so the analysis, takes."""
 
 _FNV_PRIME = np.uint64(1099511628211)
 _FNV_OFFSET = np.uint64(14695981039346656037)
@@ -155,7 +157,7 @@ def frame_quality(
 
     Parameters
     ----------
-    image : ndarray of shape (H, W), uint8, with H >= 64 and W >= 16
+    image : ndarray of shape (H, W), uint8, with (H, W) >= MIN_SHAPE (64, 16)
     previous : FrameSignature, optional
         ``Quality.signature`` of the previous frame of the same stream.
     limits : QualityLimits
@@ -163,7 +165,7 @@ def frame_quality(
     if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
         raise InputError("image must be a 2-D uint8 array")
     h, w = image.shape
-    min_h, min_w = THUMB_SHAPE[0] * THUMB_ROW_STEP, THUMB_SHAPE[1]
+    min_h, min_w = MIN_SHAPE
     if h < min_h or w < min_w:
         raise InputError(f"image {h}x{w} is smaller than {min_h}x{min_w}")
     image = np.ascontiguousarray(image)

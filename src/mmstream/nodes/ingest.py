@@ -1,6 +1,7 @@
 """Ingest: the service's front door for frames (and volumes) from drivers.
 
-Checks what the codec cannot (sequence numbers per stream, rate per stream), stamps the host time,
+Checks what the codec cannot (sequence numbers per stream, rate per stream, a frame too small to
+analyse: under 64 x 16, `frame_too_small`), stamps the host time,
 and forwards accepted frames on ``frames`` (to the analyzers) and ``accepted`` (to subscribers such
 as the recorder). Volumes (DICOM SCP, watch folder; ``mmstream.volumes``) go to ``accepted`` only,
 topic ``volume.<volume_id>``. Each rejection is counted by reason and announced as an
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mmstream.codec import Decoded
+from mmstream.kernels.quality import MIN_SHAPE
 from mmstream.messages import Frame, Volume
 from mmstream.nodes.base import Node, Out, Port
 
@@ -69,6 +71,10 @@ class Ingest(Node):
             return [Out("accepted", h, (msg.arrays["voxels"],))]
         if not isinstance(h, Frame):
             return [self.reject("unexpected_msg_type", f"ingest takes frames and volumes, got {h.msg_type}")]
+        shape = msg.arrays["image"].shape
+        if shape[0] < MIN_SHAPE[0] or shape[1] < MIN_SHAPE[1]:  # nothing could analyse it
+            return [self.reject("frame_too_small", f"frame {shape[0]}x{shape[1]} is smaller than the "
+                                f"{MIN_SHAPE[0]}x{MIN_SHAPE[1]} the analysis takes", h.stream_id, h.seq)]  # fmt: skip
         now = time.monotonic()
         st = self._streams.get(h.stream_id)
         if st is None and not self._room_for_a_stream(now):
