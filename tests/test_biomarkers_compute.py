@@ -190,6 +190,9 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
     db = tmp_path / "b.db"
     args = ["biomarkers", "compute", "stats", str(d / "brain1_image.nrrd"), str(d / "brain1_label.nrrd"), "--patient", "P9",
             "--site", "brain_lesion", "--date", "2026-01-05"]  # fmt: skip
+    assert main(args) == 2  # an NRRD does not say its modality: never stored as MRI by default
+    assert "give --modality" in capsys.readouterr().err
+    args.append("--modality=MRI")
     assert main(args) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {p["biomarker"]: round(p["value"], 3) for p in printed} == {"volume_mm3": 16412.659, "mask_mean": 825.235,
@@ -205,6 +208,29 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
                  "--tracer", "FLT", "--db", str(db)]) == 0  # fmt: skip
     suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
+
+
+@pytest.mark.shared_data
+def test_cli_compute_stats_takes_the_modality_from_dicom_and_refuses_a_contrary_one(shared_data, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from mmstream.biomarkers.compute import read_volume
+
+    mr = shared_data / "volumes" / "pydicom" / "MR_small.dcm"
+    v = read_volume(mr)
+    mask = np.zeros(v.voxels.shape, np.uint8)
+    mask[:, 2:10, 2:10] = 1
+    img = sitk.GetImageFromArray(mask)  # on the MR's grid, in LPS as ITK has it
+    img.SetSpacing([float(x) for x in v.spacing_mm[::-1]])
+    img.SetOrigin([float(x) for x in v.origin_lps_mm])
+    img.SetDirection([float(x) for x in np.ravel(v.direction_lps)])
+    sitk.WriteImage(img, str(tmp_path / "mask.nrrd"))
+    args = ["biomarkers", "compute", "stats", str(mr), str(tmp_path / "mask.nrrd"), "--patient", "P4", "--site",
+            "soleus", "--date", "2026-01-05"]  # fmt: skip
+    assert main(args) == 0
+    assert {json.loads(line)["modality"] for line in capsys.readouterr().out.splitlines()} == {"MRI"}
+    assert main([*args, "--modality", "CT"]) == 2
+    assert "--modality CT but MR_small.dcm is DICOM MR" in capsys.readouterr().err
 
 
 def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys):
@@ -240,9 +266,9 @@ def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys)
     assert "not_found" in capsys.readouterr().err
     t2 = write(np.full((3, 8, 8), 41.5, np.float32), "t2.nrrd")
     assert main(["biomarkers", "compute", "stats", t2, lab, "--label", "2", "--site", "soleus", "--biomarker",
-                 "t2_water_ms", "--unit", "ms", *common]) == 0  # fmt: skip
+                 "t2_water_ms", "--unit", "ms", "--modality", "MRI", *common]) == 0  # fmt: skip
     got = {r["biomarker"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert got == {"volume_mm3": pytest.approx(96 * 0.75), "t2_water_ms": pytest.approx(41.5)}
     other = write(np.zeros((3, 8, 9), np.uint8), "other.nrrd")
-    assert main(["biomarkers", "compute", "stats", t2, other, "--site", "soleus", *common]) == 1
+    assert main(["biomarkers", "compute", "stats", t2, other, "--site", "soleus", "--modality", "MRI", *common]) == 1
     assert "grid_mismatch" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_driver_example_frames_are_accepted_by_a_real_graph(tmp_path):
     graph = Graph(load_config(None, endpoints=RANDOM_TCP)).start()
     try:
         ep = graph.endpoints
-        env = {**os.environ, "MMSTREAM_INGEST": ep["ingest"], "MMSTREAM_CONTROL": ep["control"]}
+        env = {**os.environ, "MMSTREAM_ENDPOINTS__INGEST": ep["ingest"], "MMSTREAM_ENDPOINTS__CONTROL": ep["control"]}
         # a separate interpreter: the example really stands alone (its own zmq context, no shared state)
         run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from mmstream.errors import MmstreamError, ReadError
 
+DICOM_MODALITIES = {"MR": "MRI", "PT": "PET", "CT": "CT", "US": "US"}  # DICOM (0008,0060) -> store modality
+
 
 def _store_path(args) -> Path:
     if args.db is not None:
@@ -160,7 +162,7 @@ def _emit(args, raws: list[dict]) -> int:
 def cmd_compute(args) -> int:
     from mmstream.biomarkers import compute as C
 
-    base = {"patient_id": args.patient, "side": args.side, "modality": args.modality, "acquired_on": args.date}
+    base = {"patient_id": args.patient, "side": args.side, "acquired_on": args.date}
     first = Path(args.inputs[0])
     base |= {"source_file": first.name, "source_sha256": _sha256(first)}
     if args.kind == "stats":
@@ -168,6 +170,13 @@ def cmd_compute(args) -> int:
             raise MmstreamError("stats needs IMAGE MASK and --site", reason="usage")
         img, mask = (C.read_volume(p) for p in args.inputs)
         C.check_same_grid(img, mask)
+        modality = args.modality or DICOM_MODALITIES.get(img.modality)
+        if modality is None:  # never a CT or PET value stored as MRI by default
+            raise MmstreamError(f"{first.name} does not say its modality (DICOM Modality {img.modality!r}): give "
+                                "--modality MRI, PET, CT or US", reason="usage")  # fmt: skip
+        if args.modality and DICOM_MODALITIES.get(img.modality, args.modality) != args.modality:
+            raise MmstreamError(f"--modality {args.modality} but {first.name} is DICOM {img.modality}", reason="usage")
+        base["modality"] = modality
         st = C.mask_statistics(img.voxels, mask.voxels, img.spacing_mm, args.label)
         if st.n_voxels == 0:
             raise MmstreamError(f"mask has no voxel{'' if args.label is None else f' with label {args.label}'}", reason="empty_mask")
@@ -283,7 +292,8 @@ def register(sub) -> None:
     p.add_argument("--patient", required=True)
     p.add_argument("--site", help="site name (stats, suv)")
     p.add_argument("--side", choices=("left", "right", "midline"))
-    p.add_argument("--modality", choices=("MRI", "PET", "CT", "US"), default="MRI")
+    p.add_argument("--modality", choices=("MRI", "PET", "CT", "US"),
+                   help="stats: the image's modality (default: from its DICOM Modality; required for NIfTI, NRRD, MetaImage)")
     p.add_argument("--date", required=True, help="acquisition date YYYY-MM-DD")
     p.add_argument("--label", type=int, help="mask label (default: every non-zero voxel)")
     p.add_argument("--labels", help="fat-fraction: label=site pairs, e.g. 1=tibialis_anterior,2=soleus")

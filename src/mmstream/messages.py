@@ -60,16 +60,16 @@ class ClinicalContext(_Model):
 
     patient_id: Annotated[str, Field(max_length=64)] | None = None
     site: SiteName | None = None  # as the biomarker store names it
+    side: Literal["left", "right", "midline"] | None = None
+    plane: Literal["transverse", "longitudinal", "oblique"] | None = None
+    age_years: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None  # for reference lookups
+    sex: Literal["female", "male"] | None = None  # for reference lookups
 
     @field_validator("site", mode="before")
     @classmethod
     def _site_name(cls, v):
         """Free text as the store's site name: "M. Tibialis (ant.)" -> "m_tibialis_ant"."""
         return re.sub(r"[^a-z0-9]+", "_", v.lower()).strip("_")[:64] or None if isinstance(v, str) else v
-    side: Literal["left", "right", "midline"] | None = None
-    plane: Literal["transverse", "longitudinal", "oblique"] | None = None
-    age_years: Annotated[float, Field(ge=0, le=150, allow_inf_nan=False)] | None = None  # for reference lookups
-    sex: Literal["female", "male"] | None = None  # for reference lookups
 
 
 class _Header(_Model):
@@ -309,7 +309,8 @@ class Fused(_Header):
     """Live measurements of one (patient, site) beside the stored biomarkers, published by the fusion
     node for each metrics message. ``score`` = ``score_formula`` over the inputs named in
     ``score_inputs`` (null when none has a reference); ``flags``: ``no_context``, ``no_biomarkers``,
-    ``store_unavailable``, ``stale_biomarkers``, ``disagreement``; ``biopsy``: every site of the
+    ``store_unavailable``, ``stale_biomarkers``, ``disagreement``, ``side_not_set``,
+    ``biopsy_ranking_cut``; ``biopsy``: every site of the
     patient, best biopsy target first, sent when it changes and at least once a second per stream
     (null in the messages between: keep the last one received)."""
 

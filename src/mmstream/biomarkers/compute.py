@@ -13,24 +13,15 @@ tag is refused, never defaulted.
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mmstream.errors import InputError, ReadError
+from mmstream.volumes.model import LoadedVolume
 
 GEOMETRY_TOL_MM = 1e-3
-
-
-@dataclass(frozen=True)
-class LoadedVolume:
-    """A volume in LPS: ``voxels`` (K, J, I), ``spacing_mm`` (k, j, i), origin and 3x3 direction."""
-
-    voxels: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    origin_lps_mm: tuple[float, float, float]
-    direction_lps: tuple[float, ...]
 
 
 def read_volume(path: Path | str) -> LoadedVolume:
@@ -38,8 +29,7 @@ def read_volume(path: Path | str) -> LoadedVolume:
     rescaled to physical units) with the project's loaders, :func:`mmstream.volumes.load_volume`."""
     from mmstream.volumes import load_volume
 
-    v = load_volume(Path(path))
-    return LoadedVolume(v.voxels, tuple(v.spacing_mm), tuple(v.origin_lps_mm), tuple(np.ravel(v.direction_lps).tolist()))
+    return load_volume(Path(path))
 
 
 def check_same_grid(a: LoadedVolume, b: LoadedVolume, what: str = "mask") -> None:
@@ -235,5 +225,4 @@ def pet_suv_volume(path: Path | str) -> tuple[LoadedVolume, SuvFactor]:
         raise InputError(f"{path}: files disagree on weight, dose or times ({len(factors)} SUV factors)", reason="unsupported_pet")
     factor = factors.pop()
     vol = read_volume(path)  # activity concentration, rescaled to Bq/mL
-    return LoadedVolume(vol.voxels.astype(np.float64) * factor.factor_g_per_bq, vol.spacing_mm, vol.origin_lps_mm,
-                        vol.direction_lps), factor  # fmt: skip
+    return replace(vol, voxels=vol.voxels.astype(np.float64) * factor.factor_g_per_bq), factor
