@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the service with the simulated probe, console status once a second")
     d.add_argument("--config", type=Path, default=None, help="service TOML (default: embedded defaults)")
-    d.add_argument("--fps", type=float, default=30.0)
+    d.add_argument("--fps", type=float, default=30.0, help="frame rate of the simulated probe (default 30)")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     d.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record the session to an HDF5 file in DIR (must exist; docs/recording.md)")
@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="fps, latency, drops and rejects of a running service")
     st.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
-    st.add_argument("--timeout-ms", type=int, default=3000)
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--timeout-ms", type=int, default=3000, help="give up after this long without a reply (default 3000)")
+    st.add_argument("--json", action="store_true", help="the whole status as one JSON object")
     st.set_defaults(func=cmd_status)
 
     k = sub.add_parser("keys", help="make CURVE keys for a service bound beyond loopback")
