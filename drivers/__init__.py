@@ -4,6 +4,7 @@ Sources register under the ``mmstream.drivers`` entry-point group (see ``pyproje
 third-party packages can add their own; :func:`available` lists them and :func:`load` imports one.
 """
 
+import inspect
 from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "mmstream.drivers"
@@ -20,3 +21,24 @@ def load(name: str):
         if ep.name == name:
             return ep.load()
     raise KeyError(f"no mmstream source named {name!r}; installed: {', '.join(available())}")
+
+
+def check_source(name: str, stream_id: str, options: dict) -> None:
+    """ConfigError unless the source ``name`` is installed and takes ``fps`` and these option names
+    (their values are checked when the source starts)."""
+    from mmstream.errors import ConfigError
+
+    try:
+        cls = load(name)
+    except KeyError as exc:
+        raise ConfigError(f"source {stream_id!r}: {exc.args[0]}") from None
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            known = ", ".join(k for k in params if k != "fps")
+            raise ConfigError(f"source {stream_id!r} ({name}): unknown option(s) {', '.join(unknown)}; known: {known}")
+    try:
+        inspect.signature(cls).bind(fps=30.0, **options)
+    except TypeError as exc:
+        raise ConfigError(f"source {stream_id!r} ({name}): {exc}") from None

@@ -190,3 +190,9 @@ def test_cli_import_list_export_round_trip(tmp_path, capsys):
         assert s.query() == BiomarkerStore(db).query()
     assert main(["biomarkers", "list", "--db", str(tmp_path / "junk.db")]) == 2
     assert "unavailable" in capsys.readouterr().err
+    assert main(["biomarkers", "list", "--db", str(db), "--patient", "NOPE"]) == 0  # no record: the header only
+    assert capsys.readouterr().out.split() == ["patient_id", "site", "side", "modality", "biomarker", "value", "unit",
+                                               "acquired_on", "tracer", "source_file"]  # fmt: skip
+    for target in (tmp_path, tmp_path / "no" / "dir.csv"):  # a directory; a missing folder
+        assert main(["biomarkers", "export", "--db", str(db), "-o", str(target)]) == 1
+        assert capsys.readouterr().err.startswith(f"mmstream: error: unwritable: {target}: ")

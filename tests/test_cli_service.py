@@ -46,7 +46,9 @@ def test_demo_streams_and_matches_truth(tmp_path):
 
 def test_serve_status_and_sigterm(tmp_path):
     cfg = tmp_path / "serve.toml"
-    cfg.write_text(RANDOM_PORTS + '\n[[sources]]\ndriver = "sim"\nstream_id = "probe-a"\nfps = 20\n')
+    cfg.write_text(RANDOM_PORTS + '\n[[sources]]\ndriver = "sim"\nstream_id = "probe-a"\nfps = 20\n'
+                   f'[[sources]]\ndriver = "dicom"\nstream_id = "cine"\n[sources.options]\npath = "{tmp_path}/gone.dcm"\n'
+                   f'[recorder]\nenabled = true\ndirectory = "{tmp_path}/no-such-dir"\n')  # a source and the recorder fail
     proc = subprocess.Popen([mmstream_exe(), "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -63,6 +65,8 @@ def test_serve_status_and_sigterm(tmp_path):
             time.sleep(0.2)
         assert re.search(r"probe-a\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out
         assert "analyzer-0" in out and "ingest" in out
+        assert re.search(r"source cine: FAILED: ReadError: .*gone\.dcm", out), out  # also without --json
+        assert re.search(r"recording: idle  last error: no_directory: .*no-such-dir", out), out
         js = subprocess.run([mmstream_exe(), "status", "--control", control, "--json"], capture_output=True, text=True)
         assert '"probe-a"' in js.stdout
     finally:
@@ -70,6 +74,7 @@ def test_serve_status_and_sigterm(tmp_path):
         rest, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "mmstream serve: stopped" in rest
+    assert re.search(r"ERROR sources source_failed \[cine\]", err) and "recording_no_directory" in err, err  # on the console
 
 
 def test_status_without_service_fails_cleanly():
@@ -83,6 +88,18 @@ def test_keys(tmp_path, capsys):
     assert (tmp_path / "k" / "server" / "server.key_secret").is_file()
     assert (tmp_path / "k" / "allowed_clients" / "bedside.key").is_file()
     assert oct((tmp_path / "k" / "clients" / "bedside.key_secret").stat().st_mode)[-3:] == "600"
+    # adding a client keeps the server's keys (the clients given its public key stay admitted)
+    server = (tmp_path / "k" / "server" / "server.key").read_bytes()
+    capsys.readouterr()
+    assert main(["keys", str(tmp_path / "k"), "--client", "tablet"]) == 0
+    assert (tmp_path / "k" / "server" / "server.key").read_bytes() == server and "existing, kept" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "k" / "allowed_clients").iterdir()) == ["bedside.key", "tablet.key"]
+    (tmp_path / "k" / "clients" / "tablet.key_secret").unlink()  # half a pair: refused, not silently replaced
+    assert main(["keys", str(tmp_path / "k"), "--client", "tablet"]) == 1
+    assert "only half of the key pair 'tablet'" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["keys", str(tmp_path / "afile")]) == 1
+    assert capsys.readouterr().err.startswith(f"mmstream keys: error: {tmp_path / 'afile'}: ")
 
 
 @pytest.mark.parametrize(
@@ -97,6 +114,10 @@ def test_keys(tmp_path, capsys):
         ("[ingest]\nstream_idle_s = inf\n", "ingest.stream_idle_s: Input should be a finite number"),
         ("[web]\nhost = \"0.0.0.0\"\ntoken = \"                \"\n", "web.token must be at least 16"),
         ("a = " + "[" * 100000 + "]" * 100000 + "\n", "cannot parse TOML: RecursionError"),
+        ("[[sources]]\ndriver = \"nosuch\"\nstream_id = \"p\"\n", "source 'p': no mmstream source named 'nosuch'"),
+        ("[[sources]]\ndriver = \"dicom\"\nstream_id = \"p\"\n[sources.options]\npathh = \"x\"\n",
+         "unknown option(s) pathh; known: path, "),
+        ("[[sources]]\ndriver = \"replay\"\nstream_id = \"p\"\n", "missing a required argument: 'path'"),
     ],
 )
 def test_config_validate_reports_bad_files(tmp_path, capsys, text, fragment):
@@ -119,6 +140,13 @@ def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("MMSTREAM_STREAMS", "{bad json")
     assert main(["config", "validate", str(f)]) == 1
     assert "MMSTREAM_* environment: cannot parse a value" in capsys.readouterr().err
+
+
+def test_config_validate_warns_of_a_missing_recording_directory(tmp_path, capsys):
+    f = tmp_path / "c.toml"
+    f.write_text(f"[recorder]\nenabled = true\ndirectory = \"{tmp_path / 'nope'}\"\n")
+    assert main(["config", "validate", str(f)]) == 0  # the file is valid; this machine lacks the folder
+    assert "warning: recorder: recording directory" in capsys.readouterr().err
 
 
 def test_serve_with_bad_config_exits_1(tmp_path):

@@ -478,4 +478,5 @@ def test_demo_records_with_record_option(tmp_path):
         assert r.summary()["closed"] and r.stream("sim").n_frames > 10 and r.stream("sim").n_metrics > 0
     missing = subprocess.run([exe, "demo", "--config", str(cfg), "--duration", "1", "--record", str(tmp_path / "no")],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert missing.returncode == 0 and "does not exist" in missing.stdout  # the demo runs, recording reports why not
+    assert missing.returncode == 1 and missing.stdout == ""  # refused before it runs unrecorded
+    assert missing.stderr.startswith(f"mmstream demo: error: recording directory {tmp_path / 'no'} does not exist")

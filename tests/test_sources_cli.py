@@ -24,6 +24,26 @@ def test_probe_prints_frames_then_counters(tmp_path, capsys):
     assert lines[0]["spacing_source"] == "dicom_us_regions" and lines[1]["t_device_s"] == pytest.approx(0.025)
 
 
+def test_probe_of_every_kind_of_driver_ends_cleanly(tmp_path):
+    """A driver without close() (sim), one that must stop from another thread (replay, realtime),
+    and one holding a device (video: OpenCV aborted the process when its capture was still open at
+    exit): each probe prints its frames and exits 0, promptly, in a process of its own."""
+    import subprocess
+    import sys
+
+    from recorded_sessions import write_session
+    from test_sources_video import write_video
+
+    write_session(tmp_path / "s.h5", n_frames=50)
+    write_video(tmp_path / "v.avi", n=6)
+    for argv in (["sim"], ["replay", "-o", f"path={tmp_path / 's.h5'}"], ["video", "-o", f"url={tmp_path / 'v.avi'}"]):
+        proc = subprocess.run([sys.executable, "-m", "mmstream.cli", "sources", "probe", *argv, "--frames", "1"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr == "", (argv, proc.stderr)
+        frame, summary = map(json.loads, proc.stdout.splitlines())
+        assert frame["frame"] == 0 and summary["frames"] == 1
+
+
 @pytest.mark.parametrize(("argv", "reason"), [
     (["mha", "-o", "path=/nonexistent.mha"], "not_found"),
     (["video", "-o", "url=/nonexistent.avi", "-o", "live=true", "--timeout-s", "0.5"], "no_frames"),

@@ -190,7 +190,8 @@ class ReplaySource:
                  speed: float = 1.0):  # fmt: skip
         if mode == "step":
             raise ConfigError("replay source: step mode needs an interactive caller (mmstream replay --mode step)")
-        self._replayer = Replayer(path, [stream] if stream else None, mode=mode, speed=speed)
+        self._stop = threading.Event()
+        self._replayer = Replayer(path, [stream] if stream else None, mode=mode, speed=speed, stop=self._stop)
         if len(self._replayer.streams) != 1:
             self._replayer.close()
             raise ConfigError(f"replay source: {path} holds streams {', '.join(self._replayer.streams)}; "
@@ -202,6 +203,11 @@ class ReplaySource:
                 yield f.frame
         finally:
             self._replayer.close()
+
+    def close(self) -> None:
+        """Stop from another thread: the frames end at the next one (the file is closed by the
+        thread iterating, as the Replayer requires)."""
+        self._stop.set()
 
 
 __all__ = ["MODES", "ReplayFrame", "Replayer", "ReplaySource"]

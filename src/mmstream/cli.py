@@ -28,7 +28,8 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.errors import InputError, MmstreamError, SpacingError  # noqa: E402
+from mmstream.cli_args import positive_float, positive_int  # noqa: E402
+from mmstream.errors import ConfigError, InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
     "source", "frame", "t_s", "spacing_row_mm", "spacing_col_mm", "spacing_source",
@@ -208,6 +209,14 @@ def cmd_demo(args) -> int:
     from mmstream.transport import TransportTimeout, make_socket
     from mmstream_drivers.sim import SimProbe
 
+    if args.record:  # asked for on the command line: refused now, not after the demo has run unrecorded
+        from mmstream.recording.recorder import check_directory
+
+        try:
+            check_directory(args.record)
+        except MmstreamError as exc:
+            print(f"mmstream demo: error: {exc}", file=sys.stderr)
+            return 1
     record = {"recorder": {"enabled": True, "directory": str(args.record)}} if args.record else {}
     cfg = load_config(args.config, sources=[{"driver": "sim", "stream_id": "sim", "fps": args.fps}], **record)
     _service_process(cfg)
@@ -302,6 +311,13 @@ def cmd_status(args) -> int:
         rej = n.get("rejected", {})
         extra = ", ".join(f"{k}={v}" for k, v in sorted({**n.get("counters", {}), **rej}.items()))
         print(f"{name:<16}{drops:>8}{sum(rej.values()):>9}  {extra}")
+    for sid, error in sorted(st.get("source_errors", {}).items()):
+        print(f"source {sid}: FAILED: {error}")
+    rec = st.get("recording") or {}
+    if rec.get("state") not in (None, "idle") or rec.get("last_error"):
+        err = rec.get("last_error")
+        print(f"recording: {rec.get('state')}" + (f"  {rec.get('path')}" if rec.get("path") else "")
+              + (f"  last error: {err['reason']}: {err['message']}" if err else ""))  # fmt: skip
     if st.get("web"):  # the bedside live view (docs/webview.md)
         from mmstream.web import status_lines
 
@@ -310,29 +326,60 @@ def cmd_status(args) -> int:
 
 
 def cmd_keys(args) -> int:
+    """Server and client CURVE key pairs in a directory. An existing pair is kept, never replaced:
+    running it again to add a client must not lock out the clients given the old server key."""
     from mmstream.transport import make_keys
 
     out = Path(args.directory)
-    server_pub, server_sec = make_keys(out / "server", "server")
-    client_pub, client_sec = make_keys(out / "clients", args.client)
-    (out / "allowed_clients").mkdir(exist_ok=True)
-    allowed = out / "allowed_clients" / client_pub.name
-    allowed.write_bytes(client_pub.read_bytes())
-    print(f"server secret key: {server_sec}  (service: [security] server_secret_key_file)")
-    print(f"server public key: {server_pub}  (give to clients)")
-    print(f"client secret key: {client_sec}  (give to the client {args.client!r} only)")
+
+    def pair(directory: Path, name: str) -> tuple[Path, Path, str]:
+        public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+        if public.is_file() and secret.is_file():
+            return public, secret, " (existing, kept)"
+        if public.exists() or secret.exists():
+            raise ConfigError(f"{directory}: only half of the key pair {name!r} exists: remove it or use another name")
+        return *make_keys(directory, name), ""
+
+    try:
+        server_pub, server_sec, s_note = pair(out / "server", "server")
+        client_pub, client_sec, c_note = pair(out / "clients", args.client)
+        (out / "allowed_clients").mkdir(exist_ok=True)
+        allowed = out / "allowed_clients" / client_pub.name
+        allowed.write_bytes(client_pub.read_bytes())
+    except ConfigError as exc:
+        print(f"mmstream keys: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mmstream keys: error: {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"server secret key: {server_sec}{s_note}  (service: [security] server_secret_key_file)")
+    print(f"server public key: {server_pub}{s_note}  (give to clients)")
+    print(f"client secret key: {client_sec}{c_note}  (give to the client {args.client!r} only)")
     print(f"allowed clients:   {allowed.parent}  (service: [security] allowed_clients_dir)")
     return 0
 
 
 def cmd_config(args) -> int:
+    import mmstream_drivers
     from mmstream.config import load_config
+    from mmstream.recording.recorder import check_directory
 
     try:
         cfg = load_config(args.file)
     except MmstreamError as exc:
-        print(f"mmstream config: {exc}", file=sys.stderr)
+        print(f"mmstream config: error: {exc}", file=sys.stderr)
         return 1
+    try:
+        for section in cfg.sources:
+            mmstream_drivers.check_source(section.driver, section.stream_id, section.options)
+    except MmstreamError as exc:
+        print(f"mmstream config: error: {args.file or 'defaults'}: {exc}", file=sys.stderr)
+        return 1
+    if cfg.recorder.enabled:  # of this machine, not of the file: a warning
+        try:
+            check_directory(cfg.recorder.directory)
+        except MmstreamError as exc:
+            print(f"mmstream config: warning: recorder: {exc}", file=sys.stderr)
     print(f"{args.file}: valid" if args.file else "defaults: valid")
     if args.show:
         print(cfg.model_dump_json(indent=2))
@@ -376,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the service with the simulated probe, console status once a second")
     d.add_argument("--config", type=Path, default=None, help="service TOML (default: embedded defaults)")
-    d.add_argument("--fps", type=float, default=30.0, help="frame rate of the simulated probe (default 30)")
-    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    d.add_argument("--fps", type=positive_float, default=30.0, help="frame rate of the simulated probe (default 30)")
+    d.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     d.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record the session to an HDF5 file in DIR (must exist; docs/recording.md)")
     d.set_defaults(func=cmd_demo)
@@ -388,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="fps, latency, drops and rejects of a running service")
     st.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
-    st.add_argument("--timeout-ms", type=int, default=3000, help="give up after this long without a reply (default 3000)")
+    st.add_argument("--timeout-ms", type=positive_int, default=3000, help="give up after this long without a reply (default 3000)")
     st.add_argument("--json", action="store_true", help="the whole status as one JSON object")
     st.set_defaults(func=cmd_status)
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from mmstream.cli_args import age_years
 from mmstream.errors import MmstreamError, ReadError
 
 DICOM_MODALITIES = {"MR": "MRI", "PT": "PET", "CT": "CT", "US": "US"}  # DICOM (0008,0060) -> store modality
@@ -36,7 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, "") if r.get(c) is not None else "")) for r in rows)) for c in columns}
+    widths = {c: max([len(c), *(len(str(r.get(c, "") if r.get(c) is not None else "")) for r in rows)]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str("" if r.get(c) is None else r.get(c)).ljust(widths[c]) for c in columns))
@@ -263,6 +264,9 @@ def _run(fn):
         except MmstreamError as exc:
             print(f"mmstream: error: {exc.reason}: {exc}", file=sys.stderr)
             return 2 if exc.reason in ("usage", "locked", "corrupt", "unavailable", "newer_schema", "config") else 1
+        except OSError as exc:  # an output file that cannot be written (a directory, a missing folder)
+            print(f"mmstream: error: unwritable: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
 
     return wrapped
 
@@ -307,7 +311,7 @@ def register(sub) -> None:
     _common(p)
     p.add_argument("--reference", type=Path, help="reference table (TOML/JSON) for z-scores")
     p.add_argument("--end-stage-fat-fraction", type=float, help="fat fraction from which a muscle is end-stage")
-    p.add_argument("--age-years", type=float)
+    p.add_argument("--age-years", type=age_years)
     p.add_argument("--sex", choices=("female", "male"))
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_run(cmd_biopsy))

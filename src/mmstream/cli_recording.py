@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from mmstream.cli_args import non_negative_int, positive_float
 from mmstream.errors import MmstreamError
 
 
@@ -113,7 +114,7 @@ def register(sub) -> None:
     i.add_argument("file", type=Path)
     i.add_argument("--json", action="store_true", help="one JSON object (one per update with --follow)")
     i.add_argument("--follow", action="store_true", help="read a file still being written (SWMR) and print updates")
-    i.add_argument("--interval-s", type=float, default=1.0, help="--follow: seconds between updates")
+    i.add_argument("--interval-s", type=positive_float, default=1.0, help="--follow: seconds between updates")
     i.add_argument("--idle-timeout-s", type=float, default=None,
                    help="--follow: stop after this many seconds without new frames (default: when the writer closes the file, or Ctrl-C)")  # fmt: skip
     i.set_defaults(func=cmd_inspect)
@@ -129,7 +130,7 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="a self-contained HTML report: metrics over time and frame thumbnails")
     r.add_argument("file", type=Path)
     r.add_argument("-o", "--output", type=Path, default=None, help="HTML file (default: FILE with .html)")
-    r.add_argument("--thumbnails", type=int, default=12, help="thumbnails per stream")
+    r.add_argument("--thumbnails", type=non_negative_int, default=12, help="thumbnails per stream")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_report)
 
@@ -139,7 +140,7 @@ def register(sub) -> None:
     p.add_argument("--stream", action="append", help="stream to replay (repeatable; default: all)")
     p.add_argument("--mode", choices=("realtime", "fast", "step"), default="realtime",
                    help="original timing, as fast as the service takes frames, or one frame per Enter")  # fmt: skip
-    p.add_argument("--speed", type=float, default=1.0, help="realtime: time scale (2 = twice as fast)")
+    p.add_argument("--speed", type=positive_float, default=1.0, help="realtime: time scale (2 = twice as fast)")
     p.add_argument("--client-secret-key", type=Path, default=None, help="CURVE: this client's .key_secret (mmstream keys)")
     p.add_argument("--server-key", type=Path, default=None, help="CURVE: the service's public .key")
     p.set_defaults(func=cmd_replay)

@@ -8,11 +8,16 @@ region before serving. A source that cannot start prints ``mmstream sources: err
 and exits with status 1; so does a source that gave no frame within ``--timeout-s``.
 """
 
+import contextlib
 import json
 import queue
 import sys
 import threading
 import tomllib
+
+from mmstream.cli_args import positive_float, positive_int
+
+CLOSE_WAIT_S = 5.0  # after the last frame, how long the driver gets to release its device
 
 
 def option_value(text: str):
@@ -73,15 +78,17 @@ def cmd_probe(args) -> int:
 
     def run():
         try:
-            for i, f in enumerate(driver.source_frames(), 1):
-                frames.put(f)
-                if i >= args.frames:
-                    break
+            with contextlib.closing(driver.source_frames()) as it:  # closed on break: devices released here
+                for i, f in enumerate(it, 1):
+                    frames.put(f)
+                    if i >= args.frames:
+                        break
         except Exception as exc:  # reported below, after the frames that came first
             frames.put(exc)
         frames.put(None)
 
-    threading.Thread(target=run, daemon=True).start()
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
     n, error = 0, None
     while n < args.frames:
         try:
@@ -93,7 +100,9 @@ def cmd_probe(args) -> int:
             break
         print(json.dumps(_record(n, item)), flush=True)
         n += 1
-    driver.close()
+    if hasattr(driver, "close"):  # interrupts a driver waiting for its device (not every driver has one)
+        driver.close()
+    reader.join(CLOSE_WAIT_S)  # let it release its device before the interpreter exits
     health = driver.health.status() if hasattr(driver, "health") else {}
     print(json.dumps({"frames": n, **health}), flush=True)
     if error is not None:
@@ -114,6 +123,6 @@ def register(sub) -> None:
     p.add_argument("driver", help="driver name (see `mmstream sources list`)")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="a driver option, as in the [[sources]] options table (repeatable)")  # fmt: skip
-    p.add_argument("--frames", type=int, default=3, help="how many frames to print")
-    p.add_argument("--timeout-s", type=float, default=10.0, help="give up when no frame came for this long")
+    p.add_argument("--frames", type=positive_int, default=3, help="how many frames to print")
+    p.add_argument("--timeout-s", type=positive_float, default=10.0, help="give up when no frame came for this long")
     p.set_defaults(func=cmd_probe)

@@ -46,6 +46,7 @@ class SocketSpec:
     hwm: int = 1000
     curve: Curve | None = None
     wait: bool = False  # a full peer queue makes the sender wait (lossless edge) instead of dropping
+    subscribe: tuple[str, ...] = ("",)  # a "sub" input: the topic prefixes it takes
 
 
 class NodeRunner(threading.Thread):
@@ -83,7 +84,8 @@ class NodeRunner(threading.Thread):
         ins, outs = {}, {}
         try:
             for port, spec in self._in_specs.items():
-                ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve)
+                ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve,
+                                        subscribe=spec.subscribe)  # fmt: skip
                 self.bound[port] = ins[port].last_endpoint
                 if self._internal_pair(spec, "pull"):
                     self._handoff_inputs.add(id(ins[port]))

@@ -6,13 +6,15 @@ from its own thread.
 """
 
 import threading
+import time
 
 import mmstream_drivers
 from mmstream.codec import encode
 from mmstream.config import ServiceConfig
-from mmstream.errors import ConfigError
 from mmstream.fusion import attach_fusion
 from mmstream.graph import Graph
+from mmstream.messages import Event
+from mmstream.nodes.event_log import attach_event_log
 from mmstream.recording.recorder import attach_recorder
 from mmstream.source import FrameSender, pump
 from mmstream.transport import make_socket
@@ -24,6 +26,7 @@ class Service:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self.graph = Graph(config)
+        self.event_log = attach_event_log(self.graph)  # events on the console; first, so it hears the others' first
         self.fusion = attach_fusion(self.graph)  # None unless [biomarkers] store is set (docs/biomarkers.md)
         self.recorder = attach_recorder(self.graph)  # HDF5 sessions: [recorder], record_start (docs/recording.md)
         self._stop = threading.Event()
@@ -50,30 +53,29 @@ class Service:
             self.web = WebView(self.graph, fusion=self.fusion is not None)
 
     def _run_source(self, section, endpoint: str) -> None:
+        sid = section.stream_id
+        events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
         try:
             driver = mmstream_drivers.load(section.driver)(fps=section.fps, **section.options)
-            self._drivers[section.stream_id] = driver
-            events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
+            self._drivers[sid] = driver
             if hasattr(driver, "health"):  # the driver's events join the service's (same thread as pump)
-                driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(update={"stream_id": section.stream_id})))
-            try:
-                with FrameSender(endpoint, section.stream_id) as sender:
-                    self._senders[section.stream_id] = sender
-                    realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
-                    pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
-                         patient=self.config.analyzer.every_frame)  # fmt: skip
-            finally:
-                events.close()
-        except Exception as exc:  # a failing source is reported in status, the service stays up
-            self.source_errors[section.stream_id] = f"{type(exc).__name__}: {exc}"
+                driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(update={"stream_id": sid})))
+            with FrameSender(endpoint, sid) as sender:
+                self._senders[sid] = sender
+                realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
+                pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
+                     patient=self.config.analyzer.every_frame)  # fmt: skip
+        except Exception as exc:  # a failing source is reported in status and as an event; the service stays up
+            self.source_errors[sid] = f"{type(exc).__name__}: {exc}"
+            events.try_send(encode(Event(node="sources", level="error", reason="source_failed", stream_id=sid,
+                                         message=f"source {sid!r} ({section.driver}) stopped: {self.source_errors[sid]}",
+                                         t_host_s=time.monotonic())))  # fmt: skip
+        finally:
+            events.close()
 
     def start(self) -> "Service":
         for section in self.config.sources:
-            if section.driver not in mmstream_drivers.available():
-                raise ConfigError(
-                    f"source {section.stream_id!r}: no driver {section.driver!r} "
-                    f"(installed: {', '.join(mmstream_drivers.available())})"
-                )
+            mmstream_drivers.check_source(section.driver, section.stream_id, section.options)
         self.graph.start()
         if self.igtl_output is not None:
             try:

@@ -67,7 +67,8 @@ def check_directory(directory: Path) -> Path:
     """The recording directory, or RecordingError (``no_directory``, ``permission_denied``)."""
     d = Path(directory)
     if not d.is_dir():
-        raise RecordingError(f"recording directory {d} does not exist (create it first)", reason="no_directory")
+        what = "is not a directory" if d.exists() else "does not exist (create it first)"
+        raise RecordingError(f"recording directory {d} {what}", reason="no_directory")
     if not os.access(d, os.W_OK | os.X_OK):
         raise RecordingError(f"recording directory {d} is not writable", reason="permission_denied")
     return d

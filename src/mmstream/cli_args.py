@@ -1,0 +1,29 @@
+"""Argument types of the command line: numbers refused by argparse (usage error, status 2) when
+out of range, instead of failing later with a traceback or being silently used."""
+
+import argparse
+import math
+
+
+def _number(kind, low: float, low_ok: bool, high: float | None = None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}")
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, True)
+"""An integer >= 1."""
+non_negative_int = _number(int, 0, True)
+"""An integer >= 0."""
+positive_float = _number(float, 0.0, False)
+"""A finite number > 0."""
+age_years = _number(float, 0.0, True, 150.0)
+"""An age in years, 0 to 150 (as ClinicalContext takes it)."""
