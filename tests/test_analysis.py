@@ -175,11 +175,15 @@ def test_roi_region_and_metric_selection(frames):
     assert whole.echogenicity.region == "frame" and whole.echogenicity.n_px == img.size
 
 
-def test_duplicate_frame_flagged(frames):
+def test_duplicate_frame_flagged_and_a_run_of_them_frozen(frames):
+    """One repeated frame is a duplicate (exported cines hold some), five in a row a frozen image."""
     img = frames[0].image
-    a = analyze_frame(img, metrics=["quality"])
-    b = analyze_frame(img.copy(), metrics=["quality"], previous=a)
-    assert b.quality.duplicate and b.quality.frozen
+    res = analyze_frame(img, metrics=["quality"])
+    flags = []
+    for _ in range(6):
+        res = analyze_frame(img.copy(), metrics=["quality"], previous=res)
+        flags.append((res.quality.duplicate, res.quality.frozen))
+    assert flags == [(True, False)] * 4 + [(True, True)] * 2
 
 
 def test_result_round_trips_through_json(frames):

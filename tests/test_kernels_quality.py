@@ -27,14 +27,27 @@ def test_duplicate_and_frozen(sim_probe, rng):
     a = sim_probe.frame(0).image
     qa = frame_quality(a)
     same = frame_quality(a.copy(), qa.signature)
-    assert same.duplicate and same.frozen and same.thumb_mean_abs_diff == 0.0
-    # a frozen scanner seen through a noisy grabber: +-1 grey level noise
-    noisy = np.clip(a.astype(np.int16) + rng.integers(-1, 2, a.shape), 0, 255).astype(np.uint8)
-    qn = frame_quality(noisy, qa.signature)
-    assert qn.frozen and not qn.duplicate
-    # live tissue: the next simulated frame (probe moved, fresh noise) is neither
-    qb = frame_quality(sim_probe.frame(5).image, qa.signature)
-    assert not qb.frozen and not qb.duplicate
+    assert same.duplicate and not same.frozen and same.thumb_mean_abs_diff == 0.0  # one repeat: not a freeze
+    # a frozen scanner seen through a noisy grabber (+-1 grey level): frozen from the 5th near-identical frame on
+    sig, flags = qa.signature, []
+    for _ in range(7):
+        q = frame_quality(np.clip(a.astype(np.int16) + rng.integers(-1, 2, a.shape), 0, 255).astype(np.uint8), sig)
+        sig = q.signature
+        flags.append((q.duplicate, q.frozen))
+    assert flags == [(False, False)] * 4 + [(False, True)] * 3 and sig.still_frames == 7
+    # live tissue (the next simulated frames: probe moved, fresh noise) ends the run at once
+    qb = frame_quality(sim_probe.frame(5).image, sig)
+    assert not qb.frozen and not qb.duplicate and qb.signature.still_frames == 0
+    assert not frame_quality(a, sig, QualityLimits(frozen_frames=9)).frozen
+
+
+def test_consecutive_frames_of_the_simulated_probe_are_never_frozen(sim_probe):
+    sig, frozen = None, []
+    for i in range(120):
+        q = frame_quality(sim_probe.frame(i).image, sig)
+        sig = q.signature
+        frozen.append(q.frozen)
+    assert not any(frozen)
 
 
 def test_one_changed_pixel_is_not_duplicate(sim_probe):
@@ -42,7 +55,7 @@ def test_one_changed_pixel_is_not_duplicate(sim_probe):
     b = a.copy()
     b[100, 100] ^= 1
     q = frame_quality(b, frame_quality(a).signature)
-    assert not q.duplicate and q.frozen
+    assert not q.duplicate and q.thumb_mean_abs_diff < 0.01 and q.signature.still_frames == 1
 
 
 def test_saturation_and_no_contact():
@@ -83,3 +96,18 @@ def test_featureless_frames(sim_probe, rng):
 def test_bad_input(image):
     with pytest.raises(InputError):
         frame_quality(image)
+
+
+@pytest.mark.shared_data
+def test_real_cines_are_never_frozen(shared_data):
+    """A handheld SonoSite cine (120 frames, 7 exact repeats) and a PLUS tracked scan: no frozen
+    frame (the former one-pair check under 0.5 grey levels flagged 49 of the cine's 120)."""
+    from mmstream.io import read_frames
+
+    for path, duplicates in ((shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm", 7),
+                             (shared_data / "pluslibdata" / "BoneUltrasound_L14.igs.mha", 0)):  # fmt: skip
+        sig, frozen, dup = None, 0, 0
+        for f in read_frames(path):
+            q = frame_quality(f.image, sig)
+            sig, frozen, dup = q.signature, frozen + q.frozen, dup + q.duplicate
+        assert frozen == 0 and dup == duplicates, path.name

@@ -5,9 +5,15 @@ coarse block-mean thumbnail (the frame's *signature*) and, on every ``THUMB_ROW_
 fraction of non-dark pixels that differ from the pixel below (*activity*). Speckle makes almost
 every pixel of a B-mode image differ from its neighbour; a frame whose non-dark pixels barely do
 is *featureless* (a uniform "no signal" screen of a video grabber, a blank test pattern): there is
-nothing to measure on it. Comparing the signature with the previous
-frame's tells a bit-identical repeat (``duplicate``: a digital source re-sending a frame) from a
-near-identical one (``frozen``: a frozen scanner seen through a noisy video grabber).
+nothing to measure on it. Comparing the signature with the previous frame's tells a
+bit-identical repeat (``duplicate``: a digital source re-sending a frame, common in exported
+cines) and a run of near-identical frames (``frozen``: a frozen scanner, also seen through a noisy
+video grabber). One near-identical pair is not a freeze: consecutive frames of a handheld probe
+differ by 0.3-0.8 grey levels of the thumbnail (the SonoSite cine of ``../shared/data``: 10 %
+quantile 0.33), a frozen image through +-1 grey level grabber noise by 0.05, after JPEG at quality
+70 by 0.16; so ``frozen`` needs ``frozen_frames`` consecutive pairs under 0.2 (none of the real
+sequences of the shared data, nor the simulated probe, has such a run). A freeze seen through
+heavier noise (+-3 grey levels and JPEG at quality 50: 0.29) is not detected.
 
 The thresholds are technical defaults for detecting acquisition faults, not clinical values; every
 one is a parameter of :class:`QualityLimits`.
@@ -42,16 +48,19 @@ class QualityLimits:
     dark_level: int = 10
     saturated_fraction_max: float = 0.05
     dark_fraction_no_contact: float = 0.90
-    frozen_mean_abs_diff: float = 0.5
+    frozen_mean_abs_diff: float = 0.2
+    frozen_frames: int = 5
     active_fraction_featureless: float = 0.02
 
 
 @dataclass(frozen=True)
 class FrameSignature:
-    """Checksum and block-mean thumbnail of a frame, kept to compare with the next frame."""
+    """Checksum and block-mean thumbnail of a frame, kept to compare with the next frame, and how
+    many frames in a row, up to this one, were near-identical to their predecessor."""
 
     checksum: int
     thumb: np.ndarray  # (16, 16) float64 block means
+    still_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,8 @@ class Quality:
         Mean absolute difference (grey levels) of the block-mean thumbnails against the previous
         frame; None without a previous frame.
     duplicate, frozen, saturated, no_contact, featureless : bool
-        Flags; ``duplicate`` implies ``frozen``; ``featureless``: ``active_fraction`` below
+        Flags; ``frozen``: this frame ends a run of ``frozen_frames`` frames each within
+        ``frozen_mean_abs_diff`` of the one before; ``featureless``: ``active_fraction`` below
         ``active_fraction_featureless`` (also true of an all-dark frame).
     signature : FrameSignature
         This frame's signature, to pass as ``previous`` with the next frame.
@@ -177,23 +187,23 @@ def frame_quality(
             image, np.uint8(limits.saturated_level), np.uint8(limits.dark_level), counts, checksum, thumb
         )
     thumb /= _block_pixel_counts(h, w)
-    sig = FrameSignature(int(checksum[0]), thumb)
     n = float(h * w)
     sat_f, dark_f = counts[0] / n, counts[1] / n
     active_f = counts[3] / counts[2] if counts[2] else 0.0
     diff = None
-    duplicate = frozen = False
+    duplicate, still = False, 0
     if previous is not None and previous.thumb.shape == thumb.shape:
         diff = float(np.abs(thumb - previous.thumb).mean())
-        duplicate = previous.checksum == sig.checksum and diff == 0.0
-        frozen = duplicate or diff < limits.frozen_mean_abs_diff
+        duplicate = previous.checksum == int(checksum[0]) and diff == 0.0
+        still = previous.still_frames + 1 if diff < limits.frozen_mean_abs_diff else 0
+    sig = FrameSignature(int(checksum[0]), thumb, still)
     return Quality(
         saturated_fraction=sat_f,
         dark_fraction=dark_f,
         active_fraction=float(active_f),
         thumb_mean_abs_diff=diff,
         duplicate=duplicate,
-        frozen=frozen,
+        frozen=still >= limits.frozen_frames,
         saturated=sat_f > limits.saturated_fraction_max,
         no_contact=dark_f >= limits.dark_fraction_no_contact,
         featureless=active_f < limits.active_fraction_featureless,
