@@ -224,3 +224,10 @@ def test_out_of_range_numbers_are_usage_errors(argv, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"argument {argv[-2]}: " in err
     assert f"{argv[-1]} must be" in err or f"{argv[-1]!r} is not an integer" in err
+
+
+def test_csa_asked_for_without_a_seed_says_what_it_needs(capsys):
+    code, out, err = run(capsys, PHANTOM, "--metrics", "csa,thickness")
+    assert code == 0 and records(out)[0]["csa"] is None and "the CSA needs --seed ROW COL" in err
+    code, out, err = run(capsys, PHANTOM)  # every metric, by default: no note
+    assert code == 0 and err == ""

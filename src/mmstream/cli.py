@@ -125,6 +125,9 @@ def cmd_analyze(args) -> int:
     from mmstream.io import count_frames
 
     out = sys.stdout
+    if "csa" in args.metrics and args.seed is None and args.metrics != list(METRICS):  # asked for, cannot be given
+        print("mmstream analyze: note: the CSA needs --seed ROW COL (a point inside the nerve or muscle); "
+              "without it csa is null", file=sys.stderr)  # fmt: skip
     writer = None
     if args.format == "csv":
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")

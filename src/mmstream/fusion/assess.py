@@ -101,7 +101,7 @@ def _category_reason(category: str, any_values: bool, scored: list[FusedValue], 
     if category == "affected":
         reason = f"abnormal ({zs})" + ("; raised water T2 suggests active disease" if edema else "")
         if ff is not None and rules.end_stage_fat_fraction is None:
-            reason += "; end-stage rule off (set end_stage_fat_fraction)"
+            reason += "; end-stage rule off (set [biomarkers] end_stage_fat_fraction or --end-stage-fat-fraction)"
         return reason
     if category == "normal":
         return f"every value within 2 SD of its reference: {zs}"

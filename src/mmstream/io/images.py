@@ -194,7 +194,7 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
         "format": kind,
         "n_frames": n_pages,
         "spacing_error": "no_spacing",
-        "spacing_detail": f"{kind.upper()} files carry no pixel spacing; pass spacing_mm= or plus_config=",
+        "spacing_detail": f"{kind.upper()} files carry no pixel spacing; pass spacing_mm= or plus_config= (--spacing-mm, --plus-config)",
     }
     multi = kind in ("tiff", "bigtiff")
 

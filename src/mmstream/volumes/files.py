@@ -139,7 +139,9 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
         index_4d = 0
     if ndim == 4:
         if index_4d is None or not 0 <= index_4d < size[3]:
-            raise ReadError(f"{path.name}: 4-D file with {size[3]} volumes; choose one with index_4d", reason="not_3d")
+            given = "" if index_4d is None else f"index_4d {index_4d} is out of range: "
+            raise ReadError(f"{path.name}: {given}4-D file with {size[3]} volumes; choose one, 0 to {size[3] - 1}, with "
+                            "index_4d (--index-4d)", reason="not_3d")  # fmt: skip
         reader.SetExtractIndex((0, 0, 0, index_4d))
         reader.SetExtractSize((size[0], size[1], size[2], 0))
     elif ndim != 3:

@@ -37,7 +37,7 @@ def load_volume(path: Path, *, series_uid: str | None = None, index_4d: int | No
         if series_uid is not None:
             groups = {k: v for k, v in groups.items() if k == series_uid}
         if len(groups) != 1:
-            raise InputError(f"{path}: {len(groups)} DICOM series found; give exactly one (series_uid)",
+            raise InputError(f"{path}: {len(groups)} DICOM series found; give exactly one (series_uid, --series-uid)",
                              reason="series_count")  # fmt: skip
         return load_dicom_series(next(iter(groups.values())), max_voxels=max_voxels)
     if not path.is_file():
