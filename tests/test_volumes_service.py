@@ -31,6 +31,7 @@ def _config(tmp_path, **volumes):
 
 
 def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
+    (tmp_path / "in").mkdir()
     cfg = _config(tmp_path, scp={"enabled": True, "port": 0, "store_dir": str(tmp_path / "store")},
                   watch={"enabled": True, "folder": str(tmp_path / "in"), "poll_s": 0.05, "stable_polls": 1},
                   deid={"enabled": True, "mapping_db": str(tmp_path / "ids.sqlite")})  # fmt: skip
@@ -75,6 +76,16 @@ def test_volumes_config_refuses_bad_values(tmp_path, volumes, fragment):
 
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         _config(tmp_path, **volumes)
+
+
+def test_a_missing_watch_folder_is_refused_not_created(tmp_path):
+    """A share not mounted yet, or a typo: the service does not start watching a new local folder."""
+    from mmstream.errors import ConfigError
+
+    cfg = _config(tmp_path, watch={"enabled": True, "folder": str(tmp_path / "share" / "in")})
+    with pytest.raises(ConfigError, match="is not an existing directory"):
+        Service(cfg).start()
+    assert not (tmp_path / "share").exists()
 
 
 def test_volumes_config_accepts_an_open_scp_with_allow_list(tmp_path):

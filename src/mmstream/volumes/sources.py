@@ -6,6 +6,7 @@ configured ingest endpoint of a running service and events to the log.
 """
 
 from mmstream.config import VolumesSection
+from mmstream.errors import ConfigError
 
 from .deid import Pseudonymizer
 from .outlet import Outlet
@@ -47,7 +48,9 @@ class VolumeSources:
                 ), self.outlet, self.deid).start()  # fmt: skip
             if self.want_watch:
                 w = sec.watch
-                w.folder.mkdir(parents=True, exist_ok=True)
+                if not w.folder.is_dir():  # never a local folder created where a share should be mounted
+                    raise ConfigError(f"volumes.watch.folder {w.folder} is not an existing directory (create it, or "
+                                      "mount the share, first)")  # fmt: skip
                 self.watcher = FolderWatcher(WatchSettings(
                     folder=w.folder, poll_s=w.poll_s, stable_polls=w.stable_polls, idle_s=w.series_idle_s,
                     max_file_bytes=int(w.max_file_mb * _MB), max_voxels=sec.max_voxels,
