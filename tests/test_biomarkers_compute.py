@@ -270,5 +270,8 @@ def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys)
     got = {r["biomarker"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert got == {"volume_mm3": pytest.approx(96 * 0.75), "t2_water_ms": pytest.approx(41.5)}
     other = write(np.zeros((3, 8, 9), np.uint8), "other.nrrd")
+    assert main(["biomarkers", "compute", "stats", t2, lab, "--site", "soleus", "--biomarker", "t2_water_ms",
+                 "--modality", "MRI", *common]) == 2  # fmt: skip
+    assert "--biomarker and --unit go together" in capsys.readouterr().err
     assert main(["biomarkers", "compute", "stats", t2, other, "--site", "soleus", "--modality", "MRI", *common]) == 1
     assert "grid_mismatch" in capsys.readouterr().err

@@ -169,6 +169,9 @@ def cmd_compute(args) -> int:
     if args.kind == "stats":
         if len(args.inputs) != 2 or not args.site:
             raise MmstreamError("stats needs IMAGE MASK and --site", reason="usage")
+        if (args.biomarker is None) != (args.unit is None):
+            raise MmstreamError("--biomarker and --unit go together (the mean is recorded as that biomarker in "
+                                "that unit)", reason="usage")  # fmt: skip
         img, mask = (C.read_volume(p) for p in args.inputs)
         C.check_same_grid(img, mask)
         modality = args.modality or DICOM_MODALITIES.get(img.modality)

@@ -106,5 +106,7 @@ def to_canonical(name: str, value: float, unit: str) -> float:
         )
     v = float(value) * factor
     if not math.isfinite(v) or not (b.low <= v <= b.high):
-        raise InputError(f"{name} = {v} {b.unit} is outside its physical range [{b.low}, {b.high}]", reason="out_of_range")
+        given = "" if factor == 1.0 else f" ({float(value):g} {unit})"
+        raise InputError(f"{name} = {v:.6g} {b.unit}{given} is outside its physical range [{b.low:g}, {b.high:g}]",
+                         reason="out_of_range")  # fmt: skip
     return v
