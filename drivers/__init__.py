@@ -32,6 +32,8 @@ def check_source(name: str, stream_id: str, options: dict) -> None:
         cls = load(name)
     except KeyError as exc:
         raise ConfigError(f"source {stream_id!r}: {exc.args[0]}") from None
+    except Exception as exc:  # installed but broken, e.g. a dependency missing
+        raise ConfigError(f"source {stream_id!r}: driver {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))

@@ -24,25 +24,33 @@ def test_each_event_is_logged_at_its_level_and_floods_are_one_line_per_interval(
     with caplog.at_level(logging.INFO, logger="mmstream.events"):
         for _ in range(50):  # a flood of rejected frames
             log.process("bus", event())
+        log.process("bus", event(stream_id="q"))  # another stream: its own line
         log.process("bus", event("recording_disk_full", "error", "recorder", None, None))
+        log.tick(clock[0] + 1.0)  # within the interval: nothing yet
         clock[0] += 6.0
-        log.process("bus", event())
+        log.tick(clock[0])  # the interval is over: the held-back ones are counted
+        log.process("bus", event())  # after a quiet interval: logged at once
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert lines == [
         ("WARNING", "ingest rate_limited [p seq 3]: m"),
+        ("WARNING", "ingest rate_limited [q seq 3]: m"),
         ("ERROR", "recorder recording_disk_full: m"),
-        ("WARNING", "ingest rate_limited [p seq 3]: m (+49 more in the last 6 s)"),
+        ("WARNING", "ingest rate_limited [p seq 3]: m (49 like this in the last 6 s)"),
+        ("WARNING", "ingest rate_limited [p seq 3]: m"),
     ]
-    assert log.counters["held_back"] == 49 and log.counters["logged"] == 3
+    assert log.counters["held_back"] == 49 and log.counters["logged"] == 5
     h = Metrics.model_construct(msg_type="metrics")  # anything but an event is ignored
     assert log.process("bus", Decoded("metrics.p", h)) == []
 
 
-def test_a_failing_source_shows_on_the_console(tmp_path, caplog):
+def test_failing_sources_show_on_the_console(tmp_path, caplog):
+    """Two sources failing alike: each has its line."""
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
-                      sources=[{"driver": "dicom", "stream_id": "cine", "options": {"path": str(tmp_path / "gone.dcm")}}])  # fmt: skip
+                      sources=[{"driver": "dicom", "stream_id": sid, "options": {"path": str(tmp_path / f"{sid}.dcm")}}
+                               for sid in ("cineA", "cineB")])  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="mmstream.events"), Service(cfg) as svc:
-        wait_for(lambda: any("source_failed [cine]" in r.getMessage() for r in caplog.records), what="the log line")
-        assert "cine" in svc.source_errors
-    (line,) = [r for r in caplog.records if "source_failed" in r.getMessage()]
-    assert line.levelname == "ERROR" and "gone.dcm" in line.getMessage()
+        wait_for(lambda: sum("source_failed" in r.getMessage() for r in caplog.records) == 2, what="both log lines")
+        assert set(svc.source_errors) == {"cineA", "cineB"}
+    lines = sorted(r.getMessage() for r in caplog.records if "source_failed" in r.getMessage())
+    assert [("cineA.dcm" in lines[0], "cineB.dcm" in lines[1])] == [(True, True)]
+    assert all(r.levelname == "ERROR" for r in caplog.records if "source_failed" in r.getMessage())

@@ -86,10 +86,15 @@ def test_featureless_frames(sim_probe, rng):
     mostly_dark = np.zeros_like(image)
     mostly_dark[100:120] = image[100:120]  # 4% of the frame: no contact, but an image
     q = frame_quality(mostly_dark)
-    assert q.no_contact and not q.featureless
+    assert q.no_contact and not q.featureless and q.active_fraction > 0.9
     noisy = (100 + rng.integers(-1, 2, image.shape)).astype(np.uint8)
     assert not frame_quality(noisy).featureless
-    assert frame_quality(np.zeros_like(image)).featureless  # no non-dark pixel at all
+    black = frame_quality(np.zeros_like(image))  # no non-dark pixel at all: no contact (the flags exclude each other)
+    assert black.no_contact and not black.featureless and black.active_fraction == 0.0
+    # a line-doubling grabber or an upscaled frame: every sampled row equals the row below
+    for scaled in (np.repeat(image, 2, axis=0), np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)):
+        q = frame_quality(np.ascontiguousarray(scaled))
+        assert not q.featureless and q.active_fraction > 0.2, scaled.shape
 
 
 @pytest.mark.parametrize("image", [np.zeros((63, 20), np.uint8), np.zeros((64, 64), np.int16), np.zeros((64, 64, 3), np.uint8)])

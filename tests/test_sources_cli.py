@@ -60,3 +60,17 @@ def test_probe_failures_are_one_line_and_status_1(argv, reason, capsys):
 def test_option_values_read_as_toml():
     assert option_value("3") == 3 and option_value("0.5") == 0.5 and option_value("true") is True
     assert option_value('"a b"') == "a b" and option_value("/data/x.dcm") == "/data/x.dcm"
+
+
+def test_a_driver_that_cannot_be_imported_is_a_config_error(monkeypatch):
+    """A driver installed but broken (a dependency missing) is refused by name, not an ImportError
+    out of config validate or serve."""
+    import mmstream_drivers
+    from mmstream.errors import ConfigError
+
+    def broken(name):
+        raise ImportError("No module named 'cv2'")
+
+    monkeypatch.setattr(mmstream_drivers, "load", broken)
+    with pytest.raises(ConfigError, match="driver 'video' cannot be loaded: ImportError: No module named 'cv2'"):
+        mmstream_drivers.check_source("video", "grabber", {})

@@ -154,7 +154,8 @@ class Replayer:
                 if f is None:
                     break
                 if f.stream_id not in senders:
-                    senders[f.stream_id] = FrameSender(endpoint, f.stream_id, curve=curve)
+                    # immediate: no frame queued for a service that is not there (a timeout, not "sent")
+                    senders[f.stream_id] = FrameSender(endpoint, f.stream_id, curve=curve, immediate=True)
                 senders[f.stream_id].send(f.frame)
                 n += 1
                 if on_frame is not None:

@@ -103,13 +103,13 @@ class QualityResult(_Model):
 
     saturated_fraction: float
     dark_fraction: float
-    active_fraction: float
+    active_fraction: float | None = None  # null in results written before it existed
     thumb_mean_abs_diff: float | None
     duplicate: bool
     frozen: bool
     saturated: bool
     no_contact: bool
-    featureless: bool
+    featureless: bool = False
 
 
 class FrameAnalysis(_Model):

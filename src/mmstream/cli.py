@@ -37,8 +37,8 @@ CSV_COLUMNS = [
     "csa_area_px", "csa_area_mm2", "csa_perimeter_mm", "csa_centroid_row", "csa_centroid_col", "csa_confidence",
     "csa_tracked", "thickness_px", "thickness_mm", "thickness_confidence", "thickness_tracked",
     "thickness_superficial_at_row", "thickness_superficial_at_col", "thickness_deep_at_row", "thickness_deep_at_col",
-    "quality_saturated", "quality_no_contact", "quality_featureless", "quality_frozen", "quality_duplicate",
-]  # fmt: skip
+    "quality_saturated", "quality_no_contact", "quality_frozen", "quality_duplicate", "quality_featureless",
+]  # new columns go last: readers by position keep working  # fmt: skip
 
 
 def _record(source: str, frame, res: FrameAnalysis) -> dict:

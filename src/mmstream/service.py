@@ -54,8 +54,9 @@ class Service:
 
     def _run_source(self, section, endpoint: str) -> None:
         sid = section.stream_id
-        events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
+        events = None
         try:
+            events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
             driver = mmstream_drivers.load(section.driver)(fps=section.fps, **section.options)
             self._drivers[sid] = driver
             if hasattr(driver, "health"):  # the driver's events join the service's (same thread as pump)
@@ -67,11 +68,13 @@ class Service:
                      patient=self.config.analyzer.every_frame)  # fmt: skip
         except Exception as exc:  # a failing source is reported in status and as an event; the service stays up
             self.source_errors[sid] = f"{type(exc).__name__}: {exc}"
-            events.try_send(encode(Event(node="sources", level="error", reason="source_failed", stream_id=sid,
-                                         message=f"source {sid!r} ({section.driver}) stopped: {self.source_errors[sid]}",
-                                         t_host_s=time.monotonic())))  # fmt: skip
+            if events is not None:
+                events.try_send(encode(Event(node="sources", level="error", reason="source_failed", stream_id=sid,
+                                             message=f"source {sid!r} ({section.driver}) stopped: {self.source_errors[sid]}",
+                                             t_host_s=time.monotonic())))  # fmt: skip
         finally:
-            events.close()
+            if events is not None:
+                events.close()
 
     def start(self) -> "Service":
         for section in self.config.sources:

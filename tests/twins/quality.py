@@ -27,8 +27,9 @@ def fractions(image, saturated_level=250, dark_level=10):
 
 def active_fraction(image, dark_level=10):
     """Fraction of the non-dark pixels of rows 0, 4, 8, ... (not the last row) that differ from the
-    pixel below; 0 without any."""
+    pixel below or the one to the right (none right of the last column); 0 without any."""
     rows = np.arange(0, image.shape[0] - 1, ROW_STEP)
     top, below = image[rows], image[rows + 1]
+    right = np.concatenate([top[:, 1:], top[:, -1:]], axis=1)  # the last column compares with itself
     bright = top > dark_level
-    return float((bright & (top != below)).sum() / bright.sum()) if bright.any() else 0.0
+    return float((bright & ((top != below) | (top != right))).sum() / bright.sum()) if bright.any() else 0.0

@@ -2,10 +2,11 @@
 
 One pass over the frame yields the counts of saturated and dark pixels, a 64-bit checksum, a
 coarse block-mean thumbnail (the frame's *signature*) and, on every ``THUMB_ROW_STEP``-th row, the
-fraction of non-dark pixels that differ from the pixel below (*activity*). Speckle makes almost
-every pixel of a B-mode image differ from its neighbour; a frame whose non-dark pixels barely do
-is *featureless* (a uniform "no signal" screen of a video grabber, a blank test pattern): there is
-nothing to measure on it. Comparing the signature with the previous frame's tells a
+fraction of non-dark pixels that differ from the pixel below or the pixel to the right
+(*activity*; both, so that line-doubled or upscaled frames keep theirs). Speckle makes almost every
+pixel of a B-mode image differ from its neighbours; a frame with probe contact whose non-dark
+pixels barely do is *featureless* (a uniform "no signal" screen of a video grabber, a blank test
+pattern): there is nothing to measure on it. Comparing the signature with the previous frame's tells a
 bit-identical repeat (``duplicate``: a digital source re-sending a frame, common in exported
 cines) and a run of near-identical frames (``frozen``: a frozen scanner, also seen through a noisy
 video grabber). One near-identical pair is not a freeze: consecutive frames of a handheld probe
@@ -73,14 +74,14 @@ class Quality:
         Fraction of pixels >= ``saturated_level`` and <= ``dark_level``.
     active_fraction : float
         Fraction of the non-dark pixels of every ``THUMB_ROW_STEP``-th row (but the last) that
-        differ from the pixel below; 0 without such pixels.
+        differ from the pixel below or to the right (the last column: below); 0 without such pixels.
     thumb_mean_abs_diff : float or None
         Mean absolute difference (grey levels) of the block-mean thumbnails against the previous
         frame; None without a previous frame.
     duplicate, frozen, saturated, no_contact, featureless : bool
         Flags; ``frozen``: this frame ends a run of ``frozen_frames`` frames each within
-        ``frozen_mean_abs_diff`` of the one before; ``featureless``: ``active_fraction`` below
-        ``active_fraction_featureless`` (also true of an all-dark frame).
+        ``frozen_mean_abs_diff`` of the one before; ``featureless``: not ``no_contact``, and
+        ``active_fraction`` below ``active_fraction_featureless`` (the flags exclude each other).
     signature : FrameSignature
         This frame's signature, to pass as ``previous`` with the next frame.
     """
@@ -100,7 +101,8 @@ class Quality:
 @kernel("void(uint8[:, ::1], uint8, uint8, int64[::1], uint64[::1], float64[:, ::1])")
 def _quality_pass(image, sat_level, dark_level, counts, checksum, thumb):
     # counts[0] = saturated pixels, counts[1] = dark pixels, counts[2] = non-dark pixels of the
-    # thumbnail rows but the last, counts[3] = those of them differing from the pixel below; checksum[0] = FNV-1a over per-row
+    # thumbnail rows but the last, counts[3] = those of them differing from the pixel below or to the
+    # right; checksum[0] = FNV-1a over per-row
     # column-weighted sums (a vectorisable reduction); thumb = per-block sums over every
     # THUMB_ROW_STEP-th row (the caller divides by the number of summed pixels).
     h, w = image.shape
@@ -128,12 +130,13 @@ def _quality_pass(image, sat_level, dark_level, counts, checksum, thumb):
                 below = image[r + 1]
                 nb = np.int32(0)
                 na = np.int32(0)
-                for c in range(w):  # branch-free, so that it vectorises
+                for c in range(w - 1):  # branch-free, so that it vectorises
                     lit = row[c] > dark_level
                     nb += lit
-                    na += lit & (row[c] != below[c])
-                n_bright += nb
-                n_active += na
+                    na += lit & ((row[c] != below[c]) | (row[c] != row[c + 1]))
+                lit = row[w - 1] > dark_level  # the last column: the pixel below only
+                n_bright += nb + lit
+                n_active += na + (lit & (row[w - 1] != below[w - 1]))
             br = (r * tr) // h
             for bc in range(tc):
                 seg = row[(bc * w + tc - 1) // tc : ((bc + 1) * w + tc - 1) // tc]
@@ -206,6 +209,6 @@ def frame_quality(
         frozen=still >= limits.frozen_frames,
         saturated=sat_f > limits.saturated_fraction_max,
         no_contact=dark_f >= limits.dark_fraction_no_contact,
-        featureless=active_f < limits.active_fraction_featureless,
+        featureless=dark_f < limits.dark_fraction_no_contact and active_f < limits.active_fraction_featureless,
         signature=sig,
     )
