@@ -41,6 +41,7 @@ def test_duplicate_and_frozen(sim_probe, rng):
     assert not frame_quality(a, sig, QualityLimits(frozen_frames=9)).frozen
 
 
+@pytest.mark.jit_only
 def test_consecutive_frames_of_the_simulated_probe_are_never_frozen(sim_probe):
     sig, frozen = None, []
     for i in range(120):
@@ -104,6 +105,7 @@ def test_bad_input(image):
 
 
 @pytest.mark.shared_data
+@pytest.mark.jit_only
 def test_real_cines_are_never_frozen(shared_data):
     """A handheld SonoSite cine (120 frames, 7 exact repeats) and a PLUS tracked scan: no frozen
     frame (the former one-pair check under 0.5 grey levels flagged 49 of the cine's 120)."""

@@ -284,7 +284,7 @@ def test_service_streams_a_configured_source_and_publishes_metrics_over_openigtl
             {"driver": "dicom", "stream_id": "cine", "options": {
                 "path": str(shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"), "loop": True}},
             {"driver": "video", "stream_id": "grabber", "options": {"url": "/nonexistent/grabber.avi", "live": True}},
-            {"driver": "mha", "stream_id": "typo", "options": {"path": "x.mha", "spacing_rows_mm": 0.1}},
+            {"driver": "mha", "stream_id": "missing", "options": {"path": "x.mha"}},
         ],
     )  # fmt: skip
     with Service(cfg) as svc:
@@ -300,7 +300,7 @@ def test_service_streams_a_configured_source_and_publishes_metrics_over_openigtl
         status = svc.graph.status()
     assert ev.reason == "device_unavailable" and ev.stream_id == "grabber"
     assert status["sources"]["grabber"]["errors"]["device_unavailable"] >= 1
-    assert "spacing_rows_mm" in status["source_errors"]["typo"]  # a misspelt option: named, the rest runs
+    assert "x.mha" in status["source_errors"]["missing"]  # a source that fails running: named, the rest runs
     rec = json.loads(msg.string)
     assert rec["stream_id"] == "cine" and rec["spacing_mm"] == pytest.approx([0.5104970559, 0.5104970559])
     assert rec["echo_mean"] is not None
