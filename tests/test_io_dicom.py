@@ -324,3 +324,15 @@ def test_mutated_dicom_never_leaks_library_errors(tmp_path, data):
             assert fr.image.dtype == np.uint8
     except MmstreamError:
         pass
+
+
+@pytest.mark.shared_data
+def test_a_cut_cine_is_truncated_not_without_pixel_data(shared_data, tmp_path, recwarn):
+    """The real SonoSite cine cut at 3 MB (a copy interrupted): pydicom warns and reads an empty data
+    set; that is a truncated file (and no library warning reaches the user)."""
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm").read_bytes()[:3_000_000])
+    with pytest.raises(ReadError) as exc:
+        list(read_frames(cut))
+    assert exc.value.reason == "truncated" and "ends inside its data set" in str(exc.value)
+    assert not [w for w in recwarn if "pydicom" in str(w.filename)]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -262,11 +263,16 @@ def open_dicom(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     if not has_preamble and not sniff_no_preamble(head):
         raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
     try:
-        ds = pydicom.dcmread(p, force=not has_preamble)
+        with warnings.catch_warnings(record=True) as caught:  # pydicom warns of a cut file, and reads on
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(p, force=not has_preamble)
     except MmstreamError:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
+    cut = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    if cut:
+        raise read_error(p, f"the file ends inside its data set ({cut[0].split(' in file')[0]})", "truncated")
     try:
         return _open_dataset(p, ds, max_pixels)
     except MmstreamError:
