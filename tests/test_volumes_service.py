@@ -104,6 +104,14 @@ def test_cli_load_prints_geometry_and_fails_cleanly(tmp_path, capsys):
     (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ngarbage\n\n")
     assert main(["volumes", "load", str(tmp_path / "bad.nrrd")]) == 1
     assert re.search(r"mmstream volumes load: error: .*bad\.nrrd: unreadable:", capsys.readouterr().err)
+    (tmp_path / "notes.dcm").write_text("hello")  # a text file named .dcm; an empty one
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    for name, reason in (("notes.dcm", "unknown_format"), ("empty.dcm", "empty_file")):
+        assert main(["volumes", "load", str(tmp_path / name)]) == 1
+        assert f"{name}: {reason}:" in capsys.readouterr().err
+    make_series(tmp_path / "s", n=2)
+    assert main(["volumes", "load", str(tmp_path / "s"), "--series-uid", "1.2.3"]) == 1
+    assert "no DICOM series 1.2.3 (the folder holds 1: " in capsys.readouterr().err
 
 
 def test_cli_send_reaches_a_running_graph(tmp_path, capsys):

@@ -4,6 +4,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mmstream.errors import InputError, ReadError
+from mmstream.io.dicom import sniff, sniff_no_preamble
 
 from .dicom_series import load_dicom_series, read_dataset
 from .files import DEFAULT_MAX_VOXELS, file_format, load_image_file
@@ -35,7 +36,10 @@ def load_volume(path: Path, *, series_uid: str | None = None, index_4d: int | No
     if path.is_dir():
         groups = dicom_files_by_series(path)
         if series_uid is not None:
-            groups = {k: v for k, v in groups.items() if k == series_uid}
+            if series_uid not in groups:
+                raise InputError(f"{path}: no DICOM series {series_uid} (the folder holds {len(groups)}: "
+                                 f"{', '.join(sorted(groups)) or 'none'})", reason="series_count")  # fmt: skip
+            groups = {series_uid: groups[series_uid]}
         if len(groups) != 1:
             raise InputError(f"{path}: {len(groups)} DICOM series found; give exactly one (series_uid, --series-uid)",
                              reason="series_count")  # fmt: skip
@@ -44,6 +48,12 @@ def load_volume(path: Path, *, series_uid: str | None = None, index_4d: int | No
         raise InputError(f"{path}: no such file or folder", reason="not_found")
     fmt = file_format(path)
     if fmt == "dicom":
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if not head:
+            raise ReadError(f"{path.name}: empty file", reason="empty_file")
+        if not (sniff(head) or sniff_no_preamble(head)):  # e.g. a text file named .dcm
+            raise ReadError(f"{path.name}: not a DICOM file (no 'DICM' marker at byte 128)", reason="unknown_format")
         read_dataset(path)  # a clear error for an unreadable file before series logic
         return load_dicom_series([path], max_voxels=max_voxels)
     if fmt is None:
