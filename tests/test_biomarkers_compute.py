@@ -208,6 +208,9 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
                  "--tracer", "FLT", "--db", str(db)]) == 0  # fmt: skip
     suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
+    assert main(["biomarkers", "compute", "suv", str(pet.parent), "--patient", "P9", "--site", "breast", "--date",
+                 "2026-01-05", "--tracer", "FLT"]) == 1  # fmt: skip
+    assert "the folder holds 3 DICOM series" in capsys.readouterr().err
 
 
 @pytest.mark.shared_data

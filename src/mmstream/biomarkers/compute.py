@@ -209,6 +209,13 @@ def pet_suv_volume(path: Path | str) -> tuple[LoadedVolume, SuvFactor]:
     import pydicom
 
     path = Path(path)
+    if path.is_dir():
+        from mmstream.volumes.load import dicom_files_by_series
+
+        series = dicom_files_by_series(path)
+        if len(series) != 1:
+            raise InputError(f"{path}: the folder holds {len(series)} DICOM series; give a folder (or file) of one "
+                             "PET series", reason="series_count")  # fmt: skip
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     factors = set()
     for f in files:
