@@ -44,3 +44,11 @@ def check_source(name: str, stream_id: str, options: dict) -> None:
         inspect.signature(cls).bind(fps=30.0, **options)
     except TypeError as exc:
         raise ConfigError(f"source {stream_id!r} ({name}): {exc}") from None
+    for key, value in options.items():  # plain bool/int/float/str options: the value's type too
+        want = _PLAIN_TYPES.get(getattr(params[key].annotation, "__name__", params[key].annotation)) if key in params else None
+        ok = want is None or (type(value) is want) or (want is float and type(value) is int)
+        if not ok:
+            raise ConfigError(f"source {stream_id!r} ({name}): option {key} = {value!r} must be {want.__name__}")
+
+
+_PLAIN_TYPES = {"bool": bool, "int": int, "float": float, "str": str}

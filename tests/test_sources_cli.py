@@ -47,8 +47,9 @@ def test_probe_of_every_kind_of_driver_ends_cleanly(tmp_path):
 @pytest.mark.parametrize(("argv", "reason"), [
     (["mha", "-o", "path=/nonexistent.mha"], "not_found"),
     (["video", "-o", "url=/nonexistent.avi", "-o", "live=true", "--timeout-s", "0.5"], "no_frames"),
-    (["dicom", "-o", "pth=/x.dcm"], "invalid"),  # misspelt option
-    (["nosuchdriver"], "invalid"),
+    (["dicom", "-o", "pth=/x.dcm"], "config"),  # misspelt option
+    (["dicom", "-o", "path=/x.dcm", "-o", "realtime=maybe"], "config"),  # not a boolean
+    (["nosuchdriver"], "config"),
     (["video", "-o", "device"], "invalid"),  # not key=value
 ])  # fmt: skip
 def test_probe_failures_are_one_line_and_status_1(argv, reason, capsys):

@@ -67,6 +67,7 @@ def cmd_probe(args) -> int:
 
     try:
         options = _options(args.option or [])
+        mmstream_drivers.check_source(args.driver, "probe", {k: v for k, v in options.items() if k != "fps"})
         driver = mmstream_drivers.load(args.driver)(**options)
     except MmstreamError as exc:
         print(f"mmstream sources: error: {exc.reason}: {exc}", file=sys.stderr)
