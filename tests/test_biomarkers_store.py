@@ -195,4 +195,4 @@ def test_cli_import_list_export_round_trip(tmp_path, capsys):
                                                "acquired_on", "tracer", "source_file"]  # fmt: skip
     for target in (tmp_path, tmp_path / "no" / "dir.csv"):  # a directory; a missing folder
         assert main(["biomarkers", "export", "--db", str(db), "-o", str(target)]) == 1
-        assert capsys.readouterr().err.startswith(f"mmstream: error: unwritable: {target}: ")
+        assert capsys.readouterr().err.startswith(f"mmstream biomarkers export: error: unwritable: {target}: ")

@@ -262,13 +262,14 @@ def cmd_biopsy(args) -> int:
 
 def _run(fn):
     def wrapped(args) -> int:
+        cmd = f"biomarkers {args.biomarkers_command}" if getattr(args, "biomarkers_command", None) else "biopsy"
         try:
             return fn(args)
         except MmstreamError as exc:
-            print(f"mmstream: error: {exc.reason}: {exc}", file=sys.stderr)
+            print(f"mmstream {cmd}: error: {exc.reason}: {exc}", file=sys.stderr)
             return 2 if exc.reason in ("usage", "locked", "corrupt", "unavailable", "newer_schema", "config") else 1
         except OSError as exc:  # an output file that cannot be written (a directory, a missing folder)
-            print(f"mmstream: error: unwritable: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"mmstream {cmd}: error: unwritable: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
             return 1
 
     return wrapped
