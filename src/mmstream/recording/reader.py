@@ -240,7 +240,7 @@ class SessionReader:
         except OSError as exc:
             raise ReadError(f"{self.path}: cannot read: {exc.strerror}", reason="unreadable") from None
         if eof is not None and self.path.stat().st_size < eof:
-            raise ReadError(f"{self.path}: truncated: {self.path.stat().st_size} bytes, the file says {eof} (a "
+            raise ReadError(f"{self.path}: {self.path.stat().st_size} bytes, the file says {eof} (a "
                             "recorder that died or failed mid-write leaves this: `h5clear -s --increment=0` on a "
                             "copy makes its committed rows readable)", reason="truncated")  # fmt: skip
         try:  # a closed file: plain read, where damaged metadata fails at once (SWMR reads retry)
