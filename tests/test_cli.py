@@ -215,15 +215,16 @@ def test_cli_pins_one_blas_thread_unless_the_user_chose(tmp_path):
     ["status", "--timeout-ms", "-5"], ["report", "x.h5", "--thumbnails", "-3"], ["demo", "--duration", "-1"],
     ["demo", "--fps", "inf"], ["sources", "probe", "sim", "--frames", "0"], ["biopsy", "P", "--age-years", "-4"],
     ["inspect", "x.h5", "--interval-s", "nan"], ["volumes", "send", "x.nii", "--timeout-s", "0"],
-    ["replay", "x.h5", "--speed", "0"], ["status", "--timeout-ms", "1.5"],
+    ["replay", "x.h5", "--speed", "0"], ["status", "--timeout-ms", "1.5"], ["replay", "x.h5", "--to", "127.0.0.1:5555"],
+    ["status", "--control", "http://x"],
 ])  # fmt: skip
-def test_out_of_range_numbers_are_usage_errors(argv, capsys):
+def test_out_of_range_numbers_and_bad_endpoints_are_usage_errors(argv, capsys):
     """Refused by the parser, naming the option (they used to raise tracebacks or be used as given)."""
     with pytest.raises(SystemExit) as exc:
         main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"argument {argv[-2]}: " in err
-    assert f"{argv[-1]} must be" in err or f"{argv[-1]!r} is not an integer" in err
+    assert f"{argv[-1]} must be" in err or f"{argv[-1]!r} is not an integer" in err or f"bad endpoint {argv[-1]!r}" in err
 
 
 def test_csa_asked_for_without_a_seed_says_what_it_needs(capsys):

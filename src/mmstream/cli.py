@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.cli_args import positive_float, positive_int  # noqa: E402
+from mmstream.cli_args import endpoint, positive_float, positive_int  # noqa: E402
 from mmstream.errors import ConfigError, InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("status", help="fps, latency, drops and rejects of a running service")
-    st.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
+    st.add_argument("--control", type=endpoint, default="tcp://127.0.0.1:5557", help="the service's control endpoint")
     st.add_argument("--timeout-ms", type=positive_int, default=3000, help="give up after this long without a reply (default 3000)")
     st.add_argument("--json", action="store_true", help="the whole status as one JSON object")
     st.set_defaults(func=cmd_status)

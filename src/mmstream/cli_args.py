@@ -27,3 +27,14 @@ positive_float = _number(float, 0.0, False)
 """A finite number > 0."""
 age_years = _number(float, 0.0, True, 150.0)
 """An age in years, 0 to 150 (as ClinicalContext takes it)."""
+
+
+def endpoint(text: str) -> str:
+    """A ZeroMQ endpoint (tcp://HOST:PORT, ipc:///PATH, inproc://NAME)."""
+    from mmstream.errors import ConfigError
+    from mmstream.transport import check_endpoint
+
+    try:
+        return check_endpoint(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmstream.cli_args import non_negative_int, positive_float
+from mmstream.cli_args import endpoint, non_negative_int, positive_float
 from mmstream.errors import MmstreamError
 
 
@@ -136,7 +136,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("replay", help="stream a session file to a service's ingest endpoint, keeping seq and timestamps")
     p.add_argument("file", type=Path, nargs="+", help="a session file, or the parts of one recording")
-    p.add_argument("--to", default="tcp://127.0.0.1:5555", help="the service's ingest endpoint")
+    p.add_argument("--to", type=endpoint, default="tcp://127.0.0.1:5555", help="the service's ingest endpoint")
     p.add_argument("--stream", action="append", help="stream to replay (repeatable; default: all)")
     p.add_argument("--mode", choices=("realtime", "fast", "step"), default="realtime",
                    help="original timing, as fast as the service takes frames, or one frame per Enter")  # fmt: skip

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmstream.cli_args import positive_float
+from mmstream.cli_args import endpoint, positive_float
 from mmstream.errors import MmstreamError
 
 
@@ -97,7 +97,7 @@ def register(sub) -> None:
     se = vs.add_parser("send", help="load a volume and push it to a service's ingest endpoint")
     _source_args(se)
     se.add_argument("--config", type=Path, default=None, help="service TOML (its endpoints.ingest)")
-    se.add_argument("--endpoint", default=None, help="ingest endpoint (overrides the config)")
+    se.add_argument("--endpoint", type=endpoint, default=None, help="ingest endpoint (overrides the config)")
     se.add_argument("--volume-id", default=None, help="identifier on the wire (default: modality and a hash of the series UID)")
     se.add_argument("--timeout-s", type=positive_float, default=10.0, help="give up when the service has not taken it after this long")
     se.set_defaults(func=cmd_send)
