@@ -287,6 +287,27 @@ def test_record_replay_record_gives_identical_frames_and_metrics(tmp_path):
     assert a[3]["has_csa"].all() and np.isfinite(a[3]["thickness_mm"]).all()
 
 
+def test_a_fast_replay_from_its_own_process_delivers_every_frame(tmp_path):
+    """`mmstream replay` sends faster than a slow service takes the frames (50 ms each here): the
+    frames still queued when it has sent the last one reach the service before the command ends
+    (it used to exit with them undelivered, up to 64 per stream, and crash in libzmq's teardown)."""
+    path = tmp_path / "big.h5"
+    write_sparse_session(path, 100, shape=(512, 512))
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True, hwm=4)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "replay", str(path), "--to", pull.last_endpoint,
+                                 "--mode", "fast"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+        seqs = []
+        while len(seqs) < 100:
+            parts = pull.recv(timeout_ms=10000)  # a slow service: 50 ms per frame
+            seqs.append(decode(parts).header.seq)
+            time.sleep(0.05)
+        assert proc.wait(timeout=30) == 0 and "100 frames sent" in proc.stderr.read()
+        assert seqs == sorted(seqs) and len(set(seqs)) == 100
+    finally:
+        pull.close()
+
+
 # ---- memory on a large file ----------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
 from pydantic import ValidationError
 
 from mmstream.errors import ConfigError, InputError, ReadError
@@ -32,6 +33,7 @@ from mmstream.source import FrameSender, SourceFrame
 from mmstream.transport import Curve
 
 MODES = ("realtime", "fast", "step")
+DELIVER_S = 60.0  # after the last frame, how long send() waits for the service to take the queued ones
 READ_CHUNK_FRAMES = 16  # frames read from the file at once: memory ~ 16 frames, whatever the file size
 
 
@@ -144,6 +146,7 @@ class Replayer:
         if self.mode == "step" and advance is None:
             raise InputError("step mode needs an advance() callback (e.g. a key press)")
         senders: dict[str, FrameSender] = {}
+        ctx = zmq.Context()  # its own: term() below returns once every frame has left (or DELIVER_S passed)
         n = 0
         try:
             frames = iter(self.step, None) if self.mode == "step" else iter(self)
@@ -155,14 +158,15 @@ class Replayer:
                     break
                 if f.stream_id not in senders:
                     # immediate: no frame queued for a service that is not there (a timeout, not "sent")
-                    senders[f.stream_id] = FrameSender(endpoint, f.stream_id, curve=curve, immediate=True)
+                    senders[f.stream_id] = FrameSender(endpoint, f.stream_id, curve=curve, immediate=True, ctx=ctx)
                 senders[f.stream_id].send(f.frame)
                 n += 1
                 if on_frame is not None:
                     on_frame(f)
         finally:
             for s in senders.values():
-                s.close()
+                s.close(linger_ms=int(DELIVER_S * 1000))
+            ctx.term()  # the frames still queued are delivered before returning: none lost when the process ends
         return n
 
     def close(self) -> None:

@@ -46,7 +46,8 @@ class FrameSender:
     recognised as a new session rather than as sequence numbers going backwards. A frame that
     brings its own ``seq`` (a replayed one) not above the last one sent starts a new ``session_id``
     too: the recorded source restarted there. ``immediate``: queue frames only once connected, so
-    that a send with no service there times out instead of queueing ``hwm`` frames that are lost.
+    that a send with no service there times out instead of queueing ``hwm`` frames that are lost;
+    ``ctx``: a ZeroMQ context of the caller's (see :func:`mmstream.transport.make_socket`).
     """
 
     def __init__(
@@ -58,13 +59,14 @@ class FrameSender:
         curve: Curve | None = None,
         hwm: int = 64,
         immediate: bool = False,
+        ctx=None,
     ):
         self.stream_id = stream_id
         self.session_id = f"{stream_id}-{uuid.uuid4().hex[:12]}"
         self.clinical = clinical
         self.seq = 0
         self.invalid_frames = 0  # frames :func:`pump` skipped because :meth:`send` refused them
-        self._sock = make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve, immediate=immediate)
+        self._sock = make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve, immediate=immediate, ctx=ctx)
 
     def send(self, frame: SourceFrame, timeout_ms: int | None = 5000) -> int:
         """Send one frame; returns its ``seq``. Blocks while the service's queue is full

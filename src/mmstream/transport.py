@@ -265,6 +265,7 @@ def make_socket(
     curve: Curve | None = None,
     subscribe: tuple[str, ...] = ("",),
     immediate: bool = False,
+    ctx: zmq.Context | None = None,
 ) -> Socket:
     """Create, configure and bind or connect a socket.
 
@@ -282,6 +283,9 @@ def make_socket(
     immediate : bool
         Queue messages only to completed connections (ZMQ_IMMEDIATE): a send to a peer that is not
         there blocks (and times out) instead of waiting in a local queue that is lost on close.
+    ctx : zmq.Context, optional
+        A context of the caller's (default: the process-wide one), e.g. to wait with ``ctx.term()``
+        until the messages of its sockets have left (inproc endpoints need the shared one).
     """
     if kind not in _KINDS:
         raise ConfigError(f"unknown socket kind {kind!r}")
@@ -291,7 +295,7 @@ def make_socket(
             f"refusing to bind {endpoint} beyond loopback without CURVE authentication "
             "(make keys with `mmstream keys` and set security in the config)"
         )
-    sock = context().socket(_KINDS[kind])
+    sock = (ctx or context()).socket(_KINDS[kind])
     try:
         sock.linger = 0
         sock.sndhwm = hwm
