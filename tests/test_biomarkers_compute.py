@@ -5,6 +5,7 @@ synthetic DICOM of known answer and on real TCIA PET slices, refusal of every mi
 import copy
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -201,34 +202,44 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
     assert "0 added, 3 duplicate" in capsys.readouterr().out
     assert len(BiomarkerStore(db).query("P9")) == 3
     pet = shared_data / "volumes" / "tcia_via_suyashkumar_dicom" / "PET_ACRIN-FLT-Breast_1.dcm"
-    assert main(["biomarkers", "compute", "suv", str(pet), "--patient", "P9", "--site", "breast", "--date", "2026-01-05",
-                 "--modality", "PET"]) == 2  # fmt: skip
+    common = ["--patient", "P9", "--site", "breast", "--date", "2026-01-05"]
+    assert main(["biomarkers", "compute", "suv", str(pet), *common, "--modality", "PET"]) == 2
     assert "--tracer" in capsys.readouterr().err
-    assert main(["biomarkers", "compute", "suv", str(pet), "--patient", "P9", "--site", "breast", "--date", "2026-01-05",
-                 "--tracer", "FLT", "--db", str(db)]) == 0  # fmt: skip
+    # without a mask: refused (it used to store the whole field of view's SUV under --site)
+    assert main(["biomarkers", "compute", "suv", str(pet), *common, "--tracer", "FLT", "--db", str(db)]) == 2
+    assert "suv needs PET MASK" in capsys.readouterr().err and not BiomarkerStore(db).query("P9", site="breast")
+    whole = mask_on_grid(pet, tmp_path / "whole.nrrd", np.s_[:])  # the whole slice, stated as such
+    assert main(["biomarkers", "compute", "suv", str(pet), str(whole), *common, "--tracer", "FLT", "--db", str(db)]) == 0
     suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
-    assert main(["biomarkers", "compute", "suv", str(pet.parent), "--patient", "P9", "--site", "breast", "--date",
-                 "2026-01-05", "--tracer", "FLT"]) == 1  # fmt: skip
+    assert main(["biomarkers", "compute", "suv", str(pet.parent), str(whole), *common, "--tracer", "FLT"]) == 1
     assert "the folder holds 3 DICOM series" in capsys.readouterr().err
 
 
-@pytest.mark.shared_data
-def test_cli_compute_stats_takes_the_modality_from_dicom_and_refuses_a_contrary_one(shared_data, tmp_path, capsys):
+def mask_on_grid(volume_path, out, region) -> Path:
+    """A label mask (1 inside ``region`` of the (K, J, I) array) on the grid of the volume at
+    ``volume_path``, written as NRRD (ITK and mmstream share LPS)."""
     import SimpleITK as sitk
 
     from mmstream.biomarkers.compute import read_volume
 
-    mr = shared_data / "volumes" / "pydicom" / "MR_small.dcm"
-    v = read_volume(mr)
+    v = read_volume(volume_path)
     mask = np.zeros(v.voxels.shape, np.uint8)
-    mask[:, 2:10, 2:10] = 1
-    img = sitk.GetImageFromArray(mask)  # on the MR's grid, in LPS as ITK has it
+    mask[region] = 1
+    img = sitk.GetImageFromArray(mask)
     img.SetSpacing([float(x) for x in v.spacing_mm[::-1]])
     img.SetOrigin([float(x) for x in v.origin_lps_mm])
     img.SetDirection([float(x) for x in np.ravel(v.direction_lps)])
-    sitk.WriteImage(img, str(tmp_path / "mask.nrrd"))
-    args = ["biomarkers", "compute", "stats", str(mr), str(tmp_path / "mask.nrrd"), "--patient", "P4", "--site",
+    sitk.WriteImage(img, str(out))
+    return out
+
+
+@pytest.mark.shared_data
+def test_cli_compute_stats_takes_the_modality_from_dicom_and_refuses_a_contrary_one(shared_data, tmp_path, capsys):
+
+    mr = shared_data / "volumes" / "pydicom" / "MR_small.dcm"
+    mask = mask_on_grid(mr, tmp_path / "mask.nrrd", np.s_[:, 2:10, 2:10])
+    args = ["biomarkers", "compute", "stats", str(mr), str(mask), "--patient", "P4", "--site",
             "soleus", "--date", "2026-01-05"]  # fmt: skip
     assert main(args) == 0
     assert {json.loads(line)["modality"] for line in capsys.readouterr().out.splitlines()} == {"MRI"}

@@ -206,13 +206,12 @@ def cmd_compute(args) -> int:
     else:  # suv
         if not args.tracer or not args.site:
             raise MmstreamError("suv needs --tracer (e.g. FDG) and --site", reason="usage")
+        if len(args.inputs) != 2:  # a site's SUV is over its mask, never over the whole field of view
+            raise MmstreamError("suv needs PET MASK (the site's mask on the PET grid)", reason="usage")
         suv, factor = C.pet_suv_volume(first)
-        region = None
-        if len(args.inputs) == 2:
-            mask = C.read_volume(args.inputs[1])
-            C.check_same_grid(suv, mask)
-            region = mask.voxels != 0 if args.label is None else mask.voxels == args.label
-        vals = suv.voxels if region is None else suv.voxels[region]
+        mask = C.read_volume(args.inputs[1])
+        C.check_same_grid(suv, mask)
+        vals = suv.voxels[mask.voxels != 0 if args.label is None else mask.voxels == args.label]
         if vals.size == 0:
             raise MmstreamError("mask has no voxel in the PET grid", reason="empty_mask")
         how = f"SUVbw, decay {factor.decay_correction}, delay {factor.delay_s:.0f} s, weight {factor.weight_kg} kg"
@@ -294,7 +293,7 @@ def register(sub) -> None:
         p.set_defaults(func=_run(fn))
     p = bsub.add_parser("vocabulary", help="the controlled vocabulary: biomarkers and canonical units")
     p.set_defaults(func=_run(cmd_vocabulary))
-    p = bsub.add_parser("compute", help="biomarkers from volumes: stats IMAGE MASK | fat-fraction FAT WATER LABELS | suv PET [MASK]")
+    p = bsub.add_parser("compute", help="biomarkers from volumes: stats IMAGE MASK | fat-fraction FAT WATER LABELS | suv PET MASK")
     p.add_argument("kind", choices=("stats", "fat-fraction", "suv"))
     p.add_argument("inputs", nargs="+", type=Path)
     p.add_argument("--patient", required=True)
