@@ -409,6 +409,16 @@ def test_control_commands_update_settings():
     assert rep.header.data == {"ok": 1}
 
 
+def test_capture_without_a_fusion_node_is_refused():
+    """Nothing would take the frame: refused, not answered ok with nothing captured."""
+    ctl = ControlNode(StreamSettings(), status=dict)
+    (rep,) = ctl.process("requests", control_msg(command="capture", stream_id="p"))
+    assert not rep.header.ok and rep.header.reason == "unsupported_command" and "no live view" in rep.header.message
+    ctl.captures = True  # what attaching a fusion node or the live view does
+    rep, ev = ctl.process("requests", control_msg(command="capture", stream_id="p"))
+    assert rep.header.ok and ev.header.reason == "capture"
+
+
 def test_control_answers_even_when_a_handler_or_the_status_fails():
     """A bug behind a command must not leave the REQ client without its reply (REP would wedge)."""
     ctl = ControlNode(StreamSettings(), status=lambda: 1 / 0)

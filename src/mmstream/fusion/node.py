@@ -230,4 +230,5 @@ def attach_fusion(graph) -> FusionNode | None:
     node = FusionNode(sec.store, rules, check_interval_s=sec.check_interval_s, store_timeout_s=sec.store_timeout_s)
     graph.attach(node, {"bus": SocketSpec("sub", graph.internal["bus"], bind=False)},
                  {"fused": [graph.fused_spec()], "events": [graph.events_spec()]})  # fmt: skip
+    graph.control.captures = True
     return node

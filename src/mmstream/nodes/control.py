@@ -24,6 +24,7 @@ class ControlNode(Node):
         # command -> handler(Control) -> reply data, registered by attached nodes (recorder:
         # record_start, record_stop); a handler raising MmstreamError gets an error reply
         self.handlers: dict[str, Callable[[Control], dict]] = {}
+        self.captures = False  # set by what takes the captured frames: the fusion node, the live view
 
     def on_decode_error(self, exc: CodecError) -> list[Out]:
         """A request that could not be decoded still gets a reply (REQ/REP must alternate)."""
@@ -49,6 +50,9 @@ class ControlNode(Node):
         if h.command == "status":
             return [Out("replies", Reply(ok=True, data=self._status()))]
         if h.command == "capture":  # announced on the bus; the fusion node takes the stream's next frame
+            if not self.captures:
+                return [Out("replies", Reply(ok=False, reason="unsupported_command", message="capture: nothing in this "
+                                             "service takes captures (no live view, no [biomarkers] store)"))]  # fmt: skip
             return [
                 Out("replies", Reply(ok=True, data={"stream_id": h.stream_id})),
                 self.event("info", "capture", f"capture on {h.stream_id}", stream_id=h.stream_id),

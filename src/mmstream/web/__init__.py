@@ -30,6 +30,7 @@ class WebView:
         taps = {"frames": SocketSpec("sub", graph.internal["frames"], bind=False),
                 "bus": SocketSpec("sub", graph.internal["bus"], bind=False)}  # fmt: skip
         graph.attach(self.live, taps, {"events": [graph.events_spec()]})
+        graph.control.captures = True  # the page's three-image captures
         graph.status_hooks.append(self.status)
 
     def _control_curve(self) -> Curve | None:
