@@ -39,6 +39,11 @@ def test_each_event_is_logged_at_its_level_and_floods_are_one_line_per_interval(
         ("WARNING", "ingest rate_limited [p seq 3]: m"),
     ]
     assert log.counters["held_back"] == 49 and log.counters["logged"] == 5
+    log.process("bus", event())  # held back ...
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmstream.events"):
+        log.close()  # ... and reported when the service stops
+    assert [r.getMessage() for r in caplog.records] == ["ingest rate_limited [p seq 3]: m (1 like this in the last 0 s)"]
     h = Metrics.model_construct(msg_type="metrics")  # anything but an event is ignored
     assert log.process("bus", Decoded("metrics.p", h)) == []
 

@@ -44,13 +44,19 @@ class EventLog(Node):
         return []
 
     def tick(self, now: float) -> list:
+        self._report_held(now, final=False)
+        return []
+
+    def close(self) -> None:
+        self._report_held(time.monotonic(), final=True)  # the service stops: nothing held back is lost
+
+    def _report_held(self, now: float, final: bool) -> None:
         for key, entry in list(self._last.items()):
-            if now - entry[0] < self.interval_s:
+            if now - entry[0] < self.interval_s and not final:
                 continue
             if entry[1]:  # held back: say how many, with the last one's text
                 self._log(entry[2], f" ({entry[1]} like this in the last {now - entry[0]:.0f} s)")
             del self._last[key]  # quiet for a whole interval: forgotten (the table stays small)
-        return []
 
     def _log(self, h: Event, more: str) -> None:
         where = f" [{h.stream_id}{'' if h.seq is None else f' seq {h.seq}'}]" if h.stream_id else ""
