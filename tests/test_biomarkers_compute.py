@@ -214,6 +214,9 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
     assert main(["biomarkers", "compute", "suv", str(pet.parent), str(whole), *common, "--tracer", "FLT"]) == 1
     assert "the folder holds 3 DICOM series" in capsys.readouterr().err
+    # mask statistics of a PET image (its modality from the file): the region's volume is a PET record too
+    assert main(["biomarkers", "compute", "stats", str(pet), str(whole), *common]) == 0
+    assert {json.loads(line)["modality"] for line in capsys.readouterr().out.splitlines()} == {"PET"}
 
 
 def mask_on_grid(volume_path, out, region) -> Path:

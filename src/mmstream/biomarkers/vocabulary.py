@@ -33,7 +33,7 @@ VOCABULARY: dict[str, Biomarker] = {
     b.name: b
     for b in (
         Biomarker("csa_mm2", "mm2", _ANY, "cross-sectional area of a muscle or nerve", 0.0),
-        Biomarker("volume_mm3", "mm3", ("MRI", "CT", "US"), "muscle volume (segmented)", 0.0),
+        Biomarker("volume_mm3", "mm3", ("MRI", "PET", "CT", "US"), "volume of a segmented region (muscle; a PET mask)", 0.0),
         Biomarker("fat_fraction", "1", ("MRI",), "Dixon signal fat fraction F/(F+W) (PDFF only with T1 and T2* corrected Dixon)", 0.0, 1.0),
         Biomarker("t2_water_ms", "ms", ("MRI",), "water T2 relaxation time (fat-separated)", 0.0),
         Biomarker("dti_fa", "1", ("MRI",), "DTI fractional anisotropy (site = muscle or tract, e.g. corticospinal_tract)", 0.0, 1.0),
