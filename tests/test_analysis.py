@@ -263,3 +263,25 @@ def test_a_small_roi_is_an_echogenicity_region_and_thickness_is_still_measured(f
 def test_bad_frames(frame):
     with pytest.raises(InputError):
         analyze_frame(frame)
+
+
+def test_an_outline_leaving_the_image_counts_only_what_is_seen():
+    """A nerve cut by the image edge: the CSA is the outline's part inside the picture (the outline
+    used to count pixels beyond it), its confidence lowered by the share outside."""
+    from mmstream.analysis import _visible_area_px
+    from mmstream.kernels.csa import _polygon_props
+
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    circle = np.stack([30 * np.sin(t), 30 * np.cos(t)], axis=1)
+    full = _polygon_props(circle + 100)[0]
+    assert _visible_area_px(circle + 100, (200, 200)) == pytest.approx(full)  # inside: unchanged
+    assert _visible_area_px(circle - 0.5, (200, 200)) == pytest.approx(full / 4)  # centred on the corner
+    assert _visible_area_px(circle + [100, -0.5], (200, 200)) == pytest.approx(full / 2)  # on the left edge
+    assert _visible_area_px(circle + 500, (200, 200)) == 0.0
+    rng = np.random.default_rng(2)
+    img = rng.integers(60, 90, (128, 160), dtype=np.uint8)
+    img[40:90, :30] = 200  # a bright structure against the left edge
+    res = analyze_frame(img, seed=(64.0, 6.0), metrics=["csa"]).csa
+    inside = _visible_area_px(res.contour_rc, img.shape)
+    assert res.area_px == pytest.approx(inside) and res.contour_rc[:, 1].min() < -0.5  # the outline does leave
+    assert res.area_px < _polygon_props(res.contour_rc)[0] and 0 <= res.confidence < 1

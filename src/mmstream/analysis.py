@@ -170,17 +170,46 @@ def _polyline_length_mm(points_rc: np.ndarray, spacing_mm, closed: bool) -> floa
     return float(np.hypot(d[:, 0], d[:, 1]).sum())
 
 
-def _csa_result(c: csa_k.CsaContour, seed_rc, tracked: bool, spacing) -> CsaResult:
+def _visible_area_px(contour_rc: np.ndarray, shape: tuple[int, int]) -> float:
+    """Area (px²) of the polygon ``contour_rc`` (K, 2) inside the image: clipped to the pixels'
+    outer edges, rows -0.5 .. H - 0.5 and cols -0.5 .. W - 0.5 (Sutherland-Hodgman)."""
+    poly = [tuple(p) for p in np.asarray(contour_rc, np.float64)]
+    for axis, limit, keep_below in ((0, -0.5, False), (0, shape[0] - 0.5, True), (1, -0.5, False), (1, shape[1] - 0.5, True)):
+        inside = (lambda p: p[axis] <= limit) if keep_below else (lambda p: p[axis] >= limit)  # noqa: E731
+        out = []
+        for a, b in zip(poly, poly[1:] + poly[:1]):
+            if inside(b):
+                if not inside(a):
+                    out.append(_cross(a, b, axis, limit))
+                out.append(b)
+            elif inside(a):
+                out.append(_cross(a, b, axis, limit))
+        poly = out
+        if not poly:
+            return 0.0
+    r, c = np.array(poly).T
+    return float(0.5 * abs(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1))))
+
+
+def _cross(a, b, axis: int, limit: float) -> tuple[float, float]:
+    t = (limit - a[axis]) / (b[axis] - a[axis])
+    return (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+
+
+def _csa_result(c: csa_k.CsaContour, seed_rc, tracked: bool, spacing, shape: tuple[int, int]) -> CsaResult:
+    """The CSA of the outline's part inside the image: an outline leaving the picture (a structure
+    cut by its edge) counts only what is seen, and its confidence falls by the share left outside."""
+    area = _visible_area_px(c.contour_rc, shape) if c.area_px > 0 else 0.0
     return CsaResult(
         seed_rc=seed_rc,
         tracked=tracked,
-        area_px=c.area_px,
-        area_mm2=None if spacing is None else c.area_px * spacing[0] * spacing[1],
+        area_px=area,
+        area_mm2=None if spacing is None else area * spacing[0] * spacing[1],
         perimeter_px=c.perimeter_px,
         perimeter_mm=None if spacing is None else _polyline_length_mm(c.contour_rc, spacing, True),
         centroid_rc=c.centroid_rc,
         contour_rc=c.contour_rc,
-        confidence=c.confidence,
+        confidence=c.confidence * (min(area / c.area_px, 1.0) if c.area_px > 0 else 0.0),
     )
 
 
@@ -295,10 +324,10 @@ def analyze_frame(
         if seed is not None:
             sr_, sc_ = check_point(seed, "seed")
             contour = csa_k.segment_from_seed(frame, (sr_, sc_))
-            csa = _csa_result(contour, (sr_, sc_), False, spacing)
+            csa = _csa_result(contour, (sr_, sc_), False, spacing, frame.shape)
         elif state is not None and state.csa is not None:
             contour = csa_k.track(frame, _previous_contour(state.csa))
-            csa = _csa_result(contour, contour.centroid_rc, True, spacing)
+            csa = _csa_result(contour, contour.centroid_rc, True, spacing, frame.shape)
 
     echo = None
     if "echogenicity" in wanted:
