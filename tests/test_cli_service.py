@@ -142,11 +142,14 @@ def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatc
     assert "MMSTREAM_* environment: cannot parse a value" in capsys.readouterr().err
 
 
-def test_config_validate_warns_of_a_missing_recording_directory(tmp_path, capsys):
+def test_config_validate_warns_of_a_missing_recording_directory_or_source_file(tmp_path, capsys):
     f = tmp_path / "c.toml"
     f.write_text(f"[recorder]\nenabled = true\ndirectory = \"{tmp_path / 'nope'}\"\n")
     assert main(["config", "validate", str(f)]) == 0  # the file is valid; this machine lacks the folder
     assert "warning: recorder: recording directory" in capsys.readouterr().err
+    f.write_text(f'[[sources]]\ndriver = "dicom"\nstream_id = "cine"\n[sources.options]\npath = "{tmp_path}/gone.dcm"\n')
+    assert main(["config", "validate", str(f)]) == 0
+    assert f"warning: source 'cine': path {tmp_path}/gone.dcm does not exist here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("text", "fragment"), [

@@ -378,11 +378,17 @@ def cmd_config(args) -> int:
     except MmstreamError as exc:
         print(f"mmstream config: error: {args.file or 'defaults'}: {exc}", file=sys.stderr)
         return 1
-    if cfg.recorder.enabled:  # of this machine, not of the file: a warning
+    if cfg.recorder.enabled:  # of this machine, not of the file: warnings
         try:
             check_directory(cfg.recorder.directory)
         except MmstreamError as exc:
             print(f"mmstream config: warning: recorder: {exc}", file=sys.stderr)
+    for section in cfg.sources:
+        for key in ("path", "plus_config"):
+            value = section.options.get(key)
+            if isinstance(value, str) and not Path(value).exists():
+                print(f"mmstream config: warning: source {section.stream_id!r}: {key} {value} does not exist here",
+                      file=sys.stderr)  # fmt: skip
     print(f"{args.file}: valid" if args.file else "defaults: valid")
     if args.show:
         print(cfg.model_dump_json(indent=2))
