@@ -416,7 +416,8 @@ def test_record_stop_while_armed_in_a_vanished_directory_fails_cleanly(tmp_path)
 
 def test_service_records_on_command_and_reports_state(tmp_path):
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, recorder={"directory": str(tmp_path)},
-                      sources=[{"driver": "sim", "stream_id": "p1", "fps": 40}])
+                      sources=[{"driver": "sim", "stream_id": "p1", "fps": 40}],
+                      streams={"p1": {"clinical": {"site": "vastus_lateralis", "side": "right"}}})  # fmt: skip
     with Service(cfg) as svc:
         ep = svc.graph.endpoints["control"]
         wait_for(lambda: svc.graph.ingest.status()["streams"].get("p1", {}).get("accepted", 0) > 3, what="frames")
@@ -441,6 +442,11 @@ def test_service_records_on_command_and_reports_state(tmp_path):
             assert s.n_metrics > 0 and all(q in set(seq.tolist()) or q < seq[0] for q in m_seq)
             assert r.summary()["closed"] and json.loads(r.file["session"].attrs["config_json"])["recorder"]
             assert "recording_started" in [e.reason for e in r.events()]
+    # the context set on the service is the metrics' (the frames hold the source's, none): the report shows it
+    from mmstream.recording.report import build_report
+
+    page = build_report(files[0], tmp_path / "r.html").read_text()
+    assert "vastus_lateralis / right" in page
 
 
 def test_record_commands_without_recorder_and_enabled_recorder_with_bad_directory(tmp_path):

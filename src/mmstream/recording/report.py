@@ -252,8 +252,12 @@ def _stream_section(sr, st: dict, n_thumbs: int, tick) -> StreamSection:
         ("pixel spacing", ", ".join("unknown" if v is None else f"{v[0]:g} x {v[1]:g} mm" for v in st["spacing_mm"]) or "-"),
     ]
     if head:
-        c, im = head[0].clinical, head[0].imaging
-        facts += [("site", " / ".join(v for v in (c.site, c.side, c.plane) if v) or "-"),
+        # the context the metrics carry: the source's, or the one set on the service (config, set_context),
+        # which the recorded frames do not hold
+        sites = [h.clinical for h, _ in (sr.metrics_messages(0, 1) + sr.metrics_messages(n_metrics - 1, n_metrics))]
+        places = [" / ".join(v for v in (c.site, c.side, c.plane) if v) for c in sites or [head[0].clinical]]
+        im = head[0].imaging
+        facts += [("site", " -> ".join(dict.fromkeys(p for p in places if p)) or "-"),
                   ("probe, preset", ", ".join(v for v in (im.probe, im.preset) if v) or "-")]  # fmt: skip
     facts.append(("quality flags (frames)", ", ".join(f"{k} {v}" for k, v in st["quality_flags"].items() if v) or "none"))
     panels = []
