@@ -137,6 +137,7 @@ class Analyzer(Node):
         self._seed_version: dict[str, int] = {}
         self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
         self._max_streams = max_streams
+        self._failing: dict[str, tuple[str, str]] = {}  # stream -> (reason, message) of its failing frames
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         try:
@@ -178,13 +179,21 @@ class Analyzer(Node):
                     self._seed_version[h.stream_id] = seed_applied
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
-                return [*out, self.reject(exc.reason, f"analysis failed: {exc}", h.stream_id, h.seq), *lost]
+                key = (exc.reason, str(exc))
+                if self._failing.get(h.stream_id) == key:  # the same failure as the last frame's: counted only
+                    with self._lock:
+                        self.rejected[exc.reason] += 1
+                    return [*out, *lost]
+                self._failing[h.stream_id] = key
+                return [*out, self.reject(exc.reason, f"analysis failed: {exc} (announced once while it lasts)",
+                                          h.stream_id, h.seq), *lost]  # fmt: skip
             if exc.reason in NOT_MEASURED:  # nothing to tap on: the taps wait for a measured frame
                 if seed is not None:
                     self._seed_version[h.stream_id] = seed_applied
                 lines_applied = False
             else:
                 out.append(self.reject(exc.reason, f"{refused} refused: {exc}", h.stream_id, h.seq))
+        self._failing.pop(h.stream_id, None)  # analysed: a failure after this is announced again
         if lines_applied:
             self._line_versions[h.stream_id] = cfg.line_versions
         if "thickness" in cfg.metrics:  # a hold that ends without a release: say so (tap again)
@@ -206,7 +215,7 @@ class Analyzer(Node):
         self._session[h.stream_id] = h.session_id  # (re)inserted last: the dict is ordered by last frame
         if last is None and len(self._session) > self._max_streams:
             gone = next(iter(self._session))
-            for state in (self._session, self._previous, self._seed_version, self._line_versions):
+            for state in (self._session, self._previous, self._seed_version, self._line_versions, self._failing):
                 state.pop(gone, None)
             self.count("streams_forgotten")
         if last is None or last == h.session_id:
