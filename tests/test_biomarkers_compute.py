@@ -210,6 +210,7 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
     assert "suv needs PET MASK" in capsys.readouterr().err and not BiomarkerStore(db).query("P9", site="breast")
     whole = mask_on_grid(pet, tmp_path / "whole.nrrd", np.s_[:])  # the whole slice, stated as such
     assert main(["biomarkers", "compute", "suv", str(pet), str(whole), *common, "--tracer", "FLT", "--db", str(db)]) == 0
+    assert "--date 2026-01-05 differs from the file's acquisition date 1960-06-14" in capsys.readouterr().err
     suv = {r.biomarker: r for r in BiomarkerStore(db).query("P9", site="breast")}
     assert suv["pet_suv_max"].value == pytest.approx(7.19, abs=0.01) and suv["pet_suv_max"].tracer == "FLT"
     assert main(["biomarkers", "compute", "suv", str(pet.parent), str(whole), *common, "--tracer", "FLT"]) == 1

@@ -160,11 +160,21 @@ def _emit(args, raws: list[dict]) -> int:
     return 1 if report.conflicts else 0
 
 
+def _check_date(args, vol) -> None:
+    """Warn when --date differs from the DICOM file's own acquisition date (a typo, or the shifted
+    date of a de-identified file): the records carry --date."""
+    file_date = vol.meta.get("acquired_on")
+    if file_date is not None and file_date != args.date:
+        print(f"mmstream biomarkers compute: warning: --date {args.date} differs from the file's acquisition "
+              f"date {file_date}; the records say {args.date}", file=sys.stderr)  # fmt: skip
+
+
 def cmd_compute(args) -> int:
     from mmstream.biomarkers import compute as C
 
     base = {"patient_id": args.patient, "side": args.side, "acquired_on": args.date}
     first = Path(args.inputs[0])
+
     base |= {"source_file": first.name, "source_sha256": _sha256(first)}
     if args.kind == "stats":
         if len(args.inputs) != 2 or not args.site:
@@ -173,6 +183,7 @@ def cmd_compute(args) -> int:
             raise MmstreamError("--biomarker and --unit go together (the mean is recorded as that biomarker in "
                                 "that unit)", reason="usage")  # fmt: skip
         img, mask = (C.read_volume(p) for p in args.inputs)
+        _check_date(args, img)
         C.check_same_grid(img, mask)
         modality = args.modality or DICOM_MODALITIES.get(img.modality)
         if modality is None:  # never a CT or PET value stored as MRI by default
@@ -193,6 +204,7 @@ def cmd_compute(args) -> int:
         if len(args.inputs) != 3 or not args.labels:
             raise MmstreamError("fat-fraction needs FAT WATER LABELS and --labels N=site,...", reason="usage")
         fat, water, labels = (C.read_volume(p) for p in args.inputs)
+        _check_date(args, fat)
         C.check_same_grid(fat, water, "water image")
         C.check_same_grid(fat, labels, "label map")
         names = _label_sites(args.labels)
@@ -209,6 +221,7 @@ def cmd_compute(args) -> int:
         if len(args.inputs) != 2:  # a site's SUV is over its mask, never over the whole field of view
             raise MmstreamError("suv needs PET MASK (the site's mask on the PET grid)", reason="usage")
         suv, factor = C.pet_suv_volume(first)
+        _check_date(args, suv)
         mask = C.read_volume(args.inputs[1])
         C.check_same_grid(suv, mask)
         vals = suv.voxels[mask.voxels != 0 if args.label is None else mask.voxels == args.label]

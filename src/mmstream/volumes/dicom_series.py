@@ -139,6 +139,15 @@ def check_instance(ds) -> tuple[str, str]:
     return series, sop
 
 
+def _dicom_date(ds) -> str | None:
+    """The acquisition date (SeriesDate, else AcquisitionDate, else StudyDate) as YYYY-MM-DD, or None."""
+    for tag in ("SeriesDate", "AcquisitionDate", "StudyDate"):
+        v = str(ds.get(tag) or "").strip()
+        if len(v) == 8 and v.isdigit():
+            return f"{v[:4]}-{v[4:6]}-{v[6:]}"
+    return None
+
+
 def read_dataset(path: Path, *, max_bytes: int | None = None):
     """A pydicom dataset from ``path``; ReadError (``unreadable``, ``too_large``) when it cannot be.
     Elements over 1 MiB (the pixel data) stay in the file until used, so a series is checked
@@ -230,7 +239,8 @@ def assemble(datasets: Sequence, *, names: Sequence[str] | None = None, gap_tole
     ps_row, ps_col = slices[0].pixel_spacing
     meta = {"k_spacing_from": k_from, "n_instances": len({id(s.ds) for s in slices}),
             "units": str(first.get("Units") or first.get("RescaleType") or "") or None,
-            "sop_class_uid": str(first.SOPClassUID), "multiframe": slices[0].frame is not None}  # fmt: skip
+            "sop_class_uid": str(first.SOPClassUID), "multiframe": slices[0].frame is not None,
+            "acquired_on": _dicom_date(first)}  # fmt: skip
     return LoadedVolume(
         voxels=voxels, spacing_mm=(abs(s_k), float(ps_row), float(ps_col)),
         origin_lps_mm=tuple(float(v) for v in slices[0].position),
