@@ -167,6 +167,10 @@ def test_sonosite_cine_spacing(capsys, shared_data):
     # without --roi the B-mode region of the DICOM ultrasound region sequence is analysed
     assert recs[0]["echogenicity"]["n_px"] == (414 - 31 + 1) * (595 - 84 + 1)
     assert recs[0]["spacing_source"] == "dicom_us_regions"
+    # a spacing given by hand replaces the calibrated one: used, and said once on stderr
+    code, out, err = run(capsys, path, "--metrics", "quality", "--spacing-mm", 0.1, 0.1)
+    assert code == 0 and records(out)[5]["spacing_mm"] == [0.1, 0.1] and records(out)[5]["spacing_source"] == "config"
+    assert err.count("warning") == 1 and "replaces the file's own 0.510497 x 0.510497 mm (dicom_us_regions)" in err
 
 
 @pytest.mark.shared_data

@@ -101,6 +101,13 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
     taps = {k: v for k, v in (("seed", args.seed), ("superficial_at_rc", args.superficial_at),
                               ("deep_at_rc", args.deep_at)) if v is not None}  # fmt: skip
     for frame in frames:
+        own = frame.meta.get("file_spacing_mm")
+        if frame.index == 0 and own is not None and args.spacing_mm is not None and not all(
+            abs(a - b) <= 0.01 * b for a, b in zip(args.spacing_mm, own)
+        ):  # a calibrated spacing overridden by hand: say so (once per file)
+            print(f"mmstream analyze: warning: {path}: --spacing-mm {args.spacing_mm[0]:g} {args.spacing_mm[1]:g} "
+                  f"replaces the file's own {own[0]:g} x {own[1]:g} mm ({frame.meta.get('file_spacing_source')})",
+                  file=sys.stderr)  # fmt: skip
         region = frame.meta.get("region_rc")  # the file's B-mode region (DICOM US region), if known
         kw = dict(
             spacing_mm=frame.spacing_mm,
