@@ -16,7 +16,17 @@ from mmstream.codec import Decoded, decode
 from mmstream.config import load_config
 from mmstream.fusion import FusionNode, FusionRules, assess_site, attach_fusion, rank_sites, stored_values
 from mmstream.graph import Graph
-from mmstream.messages import ClinicalContext, EchoSummary, Event, Fused, FusedValue, Metrics, QualitySummary
+from mmstream.messages import (
+    ClinicalContext,
+    CsaSummary,
+    EchoSummary,
+    Event,
+    Fused,
+    FusedValue,
+    Metrics,
+    QualitySummary,
+    ThicknessSummary,
+)
 from mmstream.source import FrameSender, SourceFrame
 from mmstream.transport import TransportTimeout, make_socket
 
@@ -207,6 +217,13 @@ def test_no_context_and_no_biomarkers_still_publish_live_values(store):
     f = fused_of(node.process("bus", metrics(2, patient="NEW", echo=60.0)))
     assert f.flags == ("no_biomarkers",) and f.biopsy == () and f.score == pytest.approx(1.0)
     assert [o.header for o in node.process("bus", Decoded("fused.x", f))] == []  # own messages echoed on the bus: ignored
+    # a live CSA and thickness carry their measurement's confidence (a low one must not read as a plain number)
+    m = metrics(3, patient="NEW").header.model_copy(update={
+        "csa": CsaSummary(seed_rc=(1.0, 2.0), tracked=False, area_px=100.0, area_mm2=9.0, perimeter_px=40.0, perimeter_mm=4.0,
+                          centroid_rc=(1.0, 2.0), confidence=0.8),
+        "thickness": ThicknessSummary(region_rc=(0, 0, 64, 64), thickness_px=40.0, thickness_mm=12.0, confidence=0.13)})
+    live = {v.name: v for v in fused_of(node.process("bus", Decoded("metrics.probe", m))).values}
+    assert (live["csa_mm2"].confidence, live["thickness_mm"].confidence) == (0.8, 0.13)
     for seq in (10, 13):  # a restarted source may number from anywhere: the restart is no gap, later gaps count
         node.process("bus", Decoded("metrics.probe", metrics(seq, site=None).header.model_copy(update={"session_id": "s2"})))
     assert node.counters["frames_not_seen"] == 2

@@ -279,7 +279,8 @@ class Reply(_Header):
 class FusedValue(_Model):
     """One value beside the live image: ``live`` (this frame), ``captured`` (three-image protocol
     mean) or ``stored`` (biomarker store, with its date and age). ``z``: oriented z-score against
-    the configured reference (positive = abnormal direction), null without a reference."""
+    the configured reference (positive = abnormal direction), null without a reference.
+    ``confidence``: of a live CSA or thickness, the measurement's own (0..1; null otherwise)."""
 
     name: Identifier
     source: Literal["live", "captured", "stored"]
@@ -292,6 +293,7 @@ class FusedValue(_Model):
     tracer: Annotated[str, Field(max_length=32)] | None = None
     z: float | None = None
     abnormal: bool | None = None
+    confidence: float | None = None
 
 
 class BiopsyCandidate(_Model):

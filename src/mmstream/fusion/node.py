@@ -77,11 +77,12 @@ class FusionNode(Node):
             if e.calibrated_mean is not None:
                 vals.append(FusedValue(name="us_echo_calibrated", source="live", modality="US", value=e.calibrated_mean,
                                        unit="grey_level", z=e.z_score, abnormal=e.abnormal))  # fmt: skip
-        for name, value in (("csa_mm2", h.csa and h.csa.area_mm2), ("thickness_mm", h.thickness and h.thickness.thickness_mm)):
+        for name, m, value in (("csa_mm2", h.csa, h.csa and h.csa.area_mm2),
+                               ("thickness_mm", h.thickness, h.thickness and h.thickness.thickness_mm)):  # fmt: skip
             if value is not None:
                 z, ab = (None, None) if site is None else reference_z(name, value, site, self.rules, ctx.age_years, ctx.sex)
                 vals.append(FusedValue(name=name, source="live", modality="US", value=value,
-                                       unit=name.rsplit("_", 1)[1], z=z, abnormal=ab))  # fmt: skip
+                                       unit=name.rsplit("_", 1)[1], z=z, abnormal=ab, confidence=m.confidence))  # fmt: skip
         return vals
 
     def _capture(self, h: Metrics, key: SiteKey | None, out: list[Out]) -> None:

@@ -318,7 +318,8 @@ function renderFused() {         // the fusion node's summary of the current pat
   const unit = (u) => ({ "1": "", grey_level: "", mm2: "mm²" }[u] ?? u);
   for (const v of f.values) {
     const tr = document.createElement("tr");
-    const when = v.acquired_on ? `${v.acquired_on}${v.stale ? " stale" : ""}` : v.source;
+    const sure = v.confidence === null || v.confidence === undefined ? "" : ` (confidence ${fmt(v.confidence, 2)})`;
+    const when = (v.acquired_on ? `${v.acquired_on}${v.stale ? " stale" : ""}` : v.source) + sure;
     [`${v.modality} ${v.name.replace(/^us_/, "").replace(/_(mm2|mm|ms)$/, "").replace(/^csa$/, "CSA").replaceAll("_", " ")}`, when, `${fmt(v.value, 2)} ${unit(v.unit)}`,
      v.z === null ? "" : `z ${fmt(v.z, 1)}`].forEach((t, k) => {
       const td = document.createElement("td"); td.textContent = t;
