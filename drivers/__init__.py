@@ -44,11 +44,18 @@ def check_source(name: str, stream_id: str, options: dict) -> None:
         inspect.signature(cls).bind(fps=30.0, **options)
     except TypeError as exc:
         raise ConfigError(f"source {stream_id!r} ({name}): {exc}") from None
-    for key, value in options.items():  # plain bool/int/float/str options: the value's type too
-        want = _PLAIN_TYPES.get(getattr(params[key].annotation, "__name__", params[key].annotation)) if key in params else None
-        ok = want is None or (type(value) is want) or (want is float and type(value) is int)
+    for key, value in options.items():  # plain bool/int/float/str options (or None where allowed): the type too
+        want = _plain_type(params[key].annotation) if key in params else None
+        ok = want is None or type(value) is want or (want is float and type(value) is int)
         if not ok:
             raise ConfigError(f"source {stream_id!r} ({name}): option {key} = {value!r} must be {want.__name__}")
 
 
 _PLAIN_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _plain_type(annotation):
+    """bool, int, float or str when the annotation is one of them (``X | None`` too), else None."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None) or str(annotation)
+    parts = [t.strip() for t in text.split("|") if t.strip() not in ("None", "NoneType")]
+    return _PLAIN_TYPES.get(parts[0]) if len(parts) == 1 else None

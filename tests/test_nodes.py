@@ -450,20 +450,28 @@ def test_settings_for_invented_streams_are_bounded():
 
 def test_a_failure_that_lasts_is_announced_once_and_counted_every_frame(sim_frames):
     """An ROI larger than the frames: every frame fails (no metrics), one warning while it lasts (it
-    used to be one per frame, 30 a second), each frame counted; announced again after a good frame."""
+    used to be one per frame, 30 a second), each frame counted; announced again after a good frame,
+    with a new tap, and in a restarted session."""
     settings = StreamSettings()
     an = Analyzer(settings)
     img = sim_frames[0].image
-    settings.update("s1", roi=(0, 0, img.shape[0] + 50, img.shape[1]))
+    big = (0, 0, img.shape[0] + 50, img.shape[1])
+    settings.update("s1", roi=big)
     outs = [an.process("frames", frame_msg(i, img)) for i in range(5)]
     assert [len(o) for o in outs] == [1, 0, 0, 0, 0] and outs[0][0].header.reason == "bad_roi"
     assert an.rejected["bad_roi"] == 5
-    settings.update("s1", roi=None)
-    (m,) = an.process("frames", frame_msg(5, img))
-    assert m.port == "metrics"
-    settings.update("s1", roi=(0, 0, img.shape[0] + 50, img.shape[1]))
-    (ev,) = an.process("frames", frame_msg(6, img))
+    settings.update("s1", seed_rc=(50.0, 50.0))  # a new tap meanwhile gets its answer
+    (ev,) = an.process("frames", frame_msg(5, img))
     assert ev.header.reason == "bad_roi" and an.rejected["bad_roi"] == 6
+    assert an.process("frames", frame_msg(6, img)) == []
+    settings.update("s1", roi=None)
+    (m,) = an.process("frames", frame_msg(7, img))
+    assert m.port == "metrics"
+    settings.update("s1", roi=big)
+    (ev,) = an.process("frames", frame_msg(8, img))
+    assert ev.header.reason == "bad_roi" and an.rejected["bad_roi"] == 8
+    evs = an.process("frames", frame_msg(0, img, session="sess2"))  # a restarted source
+    assert [e.header.reason for e in evs] == ["session_restart", "bad_roi"]
 
 
 def test_analyzer_forgets_the_stream_seen_longest_ago_beyond_its_bound(sim_frames):

@@ -308,6 +308,33 @@ def test_a_fast_replay_from_its_own_process_delivers_every_frame(tmp_path):
         pull.close()
 
 
+def test_a_replay_that_fails_returns_at_once_and_inproc_endpoints_work(tmp_path):
+    """A service that stops taking frames: the send times out (5 s) and what is queued is dropped
+    at once, not after the 60 s given to a replay that finished; an inproc endpoint (same process)
+    gets every frame."""
+    from mmstream.transport import TransportTimeout
+
+    path = tmp_path / "big.h5"
+    write_sparse_session(path, 100, shape=(512, 512))
+    stuck = make_socket("pull", "tcp://127.0.0.1:*", bind=True, hwm=1)  # never reads
+    try:
+        t0 = time.monotonic()
+        with Replayer(path, mode="fast") as rp, pytest.raises(TransportTimeout):
+            rp.send(stuck.last_endpoint)
+        assert time.monotonic() - t0 < 30
+    finally:
+        stuck.close()
+    small = tmp_path / "small.h5"
+    write_session(small, n_frames=5)
+    pull = make_socket("pull", f"inproc://replay-{tmp_path.name}", bind=True)
+    try:
+        with Replayer(small, mode="fast") as rp:
+            assert rp.send(pull.last_endpoint) == 5
+        assert [decode(pull.recv(timeout_ms=2000)).header.seq for _ in range(5)] == list(range(5))
+    finally:
+        pull.close()
+
+
 # ---- memory on a large file ----------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ def test_probe_of_every_kind_of_driver_ends_cleanly(tmp_path):
     (["video", "-o", "url=/nonexistent.avi", "-o", "live=true", "--timeout-s", "0.5"], "no_frames"),
     (["dicom", "-o", "pth=/x.dcm"], "config"),  # misspelt option
     (["dicom", "-o", "path=/x.dcm", "-o", "realtime=maybe"], "config"),  # not a boolean
+    (["dicom", "-o", "path=/x.dcm", "-o", 'spacing_row_mm="0.1"'], "config"),  # text for a number (or None)
     (["nosuchdriver"], "config"),
     (["video", "-o", "device"], "invalid"),  # not key=value
 ])  # fmt: skip

@@ -146,8 +146,10 @@ class Replayer:
         if self.mode == "step" and advance is None:
             raise InputError("step mode needs an advance() callback (e.g. a key press)")
         senders: dict[str, FrameSender] = {}
-        ctx = zmq.Context()  # its own: term() below returns once every frame has left (or DELIVER_S passed)
-        n = 0
+        # a context of its own: term() below returns once every frame has left (or DELIVER_S passed);
+        # inproc endpoints live in the process-wide one, whose sockets stay with the process
+        ctx = None if endpoint.startswith("inproc://") else zmq.Context()
+        n, finished = 0, False
         try:
             frames = iter(self.step, None) if self.mode == "step" else iter(self)
             while True:
@@ -163,10 +165,12 @@ class Replayer:
                 n += 1
                 if on_frame is not None:
                     on_frame(f)
-        finally:
+            finished = True
+        finally:  # after an error or an interrupt, what is still queued is dropped at once
             for s in senders.values():
-                s.close(linger_ms=int(DELIVER_S * 1000))
-            ctx.term()  # the frames still queued are delivered before returning: none lost when the process ends
+                s.close(linger_ms=int(DELIVER_S * 1000) if finished else 0)
+            if ctx is not None:
+                ctx.term()  # the frames still queued are delivered before returning: none lost when the process ends
         return n
 
     def close(self) -> None:

@@ -41,8 +41,9 @@ Time: ``FrameTimeVector`` (ms increments, cumulated), else ``FrameTime`` (ms), e
 from __future__ import annotations
 
 import io
+import logging
 import math
-import warnings
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,6 +60,23 @@ EXTENSIONS = {".dcm", ".dicom", ".dic"}
 _pydicom = None
 
 
+class _EndOfFile(logging.Handler):
+    """pydicom's "End of file reached" messages, per thread, while a thread reads a file (the
+    warnings module's state is process-wide, so it cannot tell concurrent readers apart)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        seen = getattr(self.local, "seen", None)
+        if seen is not None and "End of file reached" in record.getMessage():
+            seen.append(record.getMessage())
+
+
+_CUT = _EndOfFile()
+
+
 def _pd():
     global _pydicom
     if _pydicom is None:
@@ -66,6 +84,7 @@ def _pd():
         import pydicom.encaps
         import pydicom.pixels
 
+        logging.getLogger("pydicom").addHandler(_CUT)
         _pydicom = pydicom
     return _pydicom
 
@@ -262,15 +281,15 @@ def open_dicom(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     has_preamble = sniff(head)
     if not has_preamble and not sniff_no_preamble(head):
         raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
+    _CUT.local.seen = []  # pydicom logs (and warns) that a file ended early, and reads on
     try:
-        with warnings.catch_warnings(record=True) as caught:  # pydicom warns of a cut file, and reads on
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(p, force=not has_preamble)
+        ds = pydicom.dcmread(p, force=not has_preamble)
     except MmstreamError:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
-    cut = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    finally:
+        cut, _CUT.local.seen = _CUT.local.seen, None
     if cut:
         raise read_error(p, f"the file ends inside its data set ({cut[0].split(' in file')[0]})", "truncated")
     try:

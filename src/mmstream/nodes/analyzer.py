@@ -137,7 +137,7 @@ class Analyzer(Node):
         self._seed_version: dict[str, int] = {}
         self._line_versions: dict[str, tuple[int, int]] = {}  # stream -> StreamConfig.line_versions applied
         self._max_streams = max_streams
-        self._failing: dict[str, tuple[str, str]] = {}  # stream -> (reason, message) of its failing frames
+        self._failing: dict[str, tuple] = {}  # stream -> (reason, message, tap versions) of its failing frames
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         try:
@@ -179,7 +179,7 @@ class Analyzer(Node):
                     self._seed_version[h.stream_id] = seed_applied
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
-                key = (exc.reason, str(exc))
+                key = (exc.reason, str(exc), cfg.seed_version, cfg.line_versions)  # a new tap gets its answer
                 if self._failing.get(h.stream_id) == key:  # the same failure as the last frame's: counted only
                     with self._lock:
                         self.rejected[exc.reason] += 1
@@ -222,6 +222,7 @@ class Analyzer(Node):
             return []
         self._previous.pop(h.stream_id, None)
         self._seed_version.pop(h.stream_id, None)
+        self._failing.pop(h.stream_id, None)
         self._line_versions[h.stream_id] = self.settings.get(h.stream_id).line_versions
         self.count("session_restarts")
         return [self.event("info", "session_restart", "new session: nothing tracked from the old one; the seed "
