@@ -159,3 +159,15 @@ def test_pending_captures_take_the_first_frame_analysed_after_each_command():
     for k in range(20):
         p.ask("s", 200.0 + k)
     assert p.waiting("s") == 8  # bounded
+
+
+def test_an_entry_may_give_the_abnormal_cut_off_of_its_own_source():
+    from mmstream.calibration import ReferenceEntry, z_score
+
+    default = ReferenceEntry(biomarker="fat_fraction", site="soleus", abnormal="high", mean=0.05, sd=0.02)
+    own = default.model_copy(update={"abnormal_z": 3.0})
+    assert z_score(0.10, default, None, None).abnormal  # z 2.5 >= 2
+    assert not z_score(0.10, own, None, None).abnormal  # z 2.5 < 3: that source's limit
+    assert z_score(0.12, own, None, None).abnormal
+    with pytest.raises(ValueError):
+        ReferenceEntry(biomarker="fat_fraction", site="soleus", abnormal="high", mean=0.05, sd=0.02, abnormal_z=0)

@@ -48,14 +48,36 @@ def test_each_event_is_logged_at_its_level_and_floods_are_one_line_per_interval(
     assert log.process("bus", Decoded("metrics.p", h)) == []
 
 
-def test_failing_sources_show_on_the_console(tmp_path, caplog):
-    """Two sources failing alike: each has its line."""
+def test_failing_sources_show_on_the_console_without_their_file_names(tmp_path, caplog):
+    """Two sources failing alike: each has its line. The files are named by a hash only, in the log,
+    the status and a recording's stored configuration (exported names often carry the patient's)."""
+    from mmstream.privacy import file_tag
+    from mmstream.recording.reader import SessionReader
+
+    folder = tmp_path / "Doe_Jane_1961"
+    (tmp_path / "rec").mkdir()
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
-                      sources=[{"driver": "dicom", "stream_id": sid, "options": {"path": str(tmp_path / f"{sid}.dcm")}}
+                      recorder={"enabled": True, "directory": str(tmp_path / "rec")},
+                      sources=[{"driver": "dicom", "stream_id": sid, "options": {"path": str(folder / f"Doe_{sid}.dcm")}}
                                for sid in ("cineA", "cineB")])  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="mmstream.events"), Service(cfg) as svc:
         wait_for(lambda: sum("source_failed" in r.getMessage() for r in caplog.records) == 2, what="both log lines")
         assert set(svc.source_errors) == {"cineA", "cineB"}
+        assert "Doe" not in str(svc.graph.status())
     lines = sorted(r.getMessage() for r in caplog.records if "source_failed" in r.getMessage())
-    assert [("cineA.dcm" in lines[0], "cineB.dcm" in lines[1])] == [(True, True)]
+    assert file_tag("Doe_cineA.dcm") in lines[0] and file_tag("Doe_cineB.dcm") in lines[1]
     assert all(r.levelname == "ERROR" for r in caplog.records if "source_failed" in r.getMessage())
+    assert not [r for r in caplog.records if "Doe" in r.getMessage()]
+    for path in (tmp_path / "rec").glob("*.h5"):  # armed: no frame came, so there may be no file
+        with SessionReader(path) as r:
+            assert "Doe" not in r.file["session"].attrs["config_json"]
+
+
+def test_a_recording_stores_the_configuration_without_source_file_names(tmp_path):
+    from mmstream.privacy import file_tag
+    from mmstream.recording.recorder import recorder_config_json
+
+    cfg = load_config(None, sources=[{"driver": "dicom", "stream_id": "cine",
+                                      "options": {"path": "/data/Doe_Jane_1961/cine.dcm", "loop": True}}])  # fmt: skip
+    text = recorder_config_json(cfg)
+    assert "Doe" not in text and file_tag("cine.dcm") in text and '"loop": true' in text

@@ -144,9 +144,15 @@ def test_image_to_probe_transform_and_bad_fields(tmp_path):
     assert f.t_s is None and sorted(f.meta["invalid_fields"]) == ["BadTransform", "Timestamp"]
 
 
-def test_non_plus_unit_spacing_is_kept(tmp_path):
+def test_unit_spacing_is_a_placeholder_in_any_metaimage(tmp_path):
+    """ITK writers put 1 1 in an image given no spacing: reported unknown (pixels only), not 1 mm/px
+    (a thickness of 116 mm was reported from such a file); other spacings are kept."""
     (f, *_) = list(read_frames(write_mha(tmp_path / "a.mha", _stack(), spacing="1 1 1")))
-    assert f.spacing_mm == (1.0, 1.0) and f.spacing_source == "metaimage"
+    assert f.spacing_mm is None and f.meta["spacing_error"] == "placeholder_spacing"
+    (f, *_) = list(read_frames(write_mha(tmp_path / "a.mha", _stack(), spacing="1 1 1"), spacing_mm=(1.0, 1.0)))
+    assert f.spacing_mm == (1.0, 1.0) and f.spacing_source == "config"  # a user who means it says so
+    (f, *_) = list(read_frames(write_mha(tmp_path / "b.mha", _stack(), spacing="0.2 0.1 1")))
+    assert f.spacing_mm == (0.1, 0.2) and f.spacing_source == "metaimage"
 
 
 def test_no_element_spacing(tmp_path):

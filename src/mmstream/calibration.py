@@ -55,7 +55,9 @@ class ReferenceEntry(_Model):
     """Reference of one biomarker at one site for an age range ``[age_min_years, age_max_years)``
     and sex (``any`` for both): ``mean`` and ``sd``, or ``regression``. ``abnormal`` says which
     direction of deviation indicates disease (``high`` for echo intensity or fat fraction, ``low``
-    for a muscle thickness, ``both``): the z-score is oriented so that positive means abnormal."""
+    for a muscle thickness, ``both``): the z-score is oriented so that positive means abnormal.
+    ``abnormal_z``: the cut-off of the entry's own source; without one, :data:`ABNORMAL_Z`, the
+    muscle-ultrasound convention (cited for echo intensity, not for the other modalities)."""
 
     biomarker: Annotated[str, Field(min_length=1, max_length=64)]
     site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")]
@@ -66,6 +68,7 @@ class ReferenceEntry(_Model):
     mean: Finite | None = None
     sd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     regression: Regression | None = None
+    abnormal_z: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -189,7 +192,7 @@ def z_score(value: float, entry: ReferenceEntry, age_years: float | None, sex: S
     expected, sd = entry.expected(age_years, sex)
     z = (value - expected) / sd
     oriented = {"high": z, "low": -z, "both": abs(z)}[entry.abnormal]
-    return ZScore(value, expected, sd, z, oriented, oriented >= ABNORMAL_Z)
+    return ZScore(value, expected, sd, z, oriented, oriented >= (entry.abnormal_z or ABNORMAL_Z))
 
 
 @dataclass(frozen=True)

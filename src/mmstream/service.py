@@ -15,6 +15,7 @@ from mmstream.fusion import attach_fusion
 from mmstream.graph import Graph
 from mmstream.messages import Event
 from mmstream.nodes.event_log import attach_event_log
+from mmstream.privacy import redact_paths, source_paths
 from mmstream.recording.recorder import attach_recorder
 from mmstream.source import FrameSender, pump
 from mmstream.transport import make_socket
@@ -54,20 +55,22 @@ class Service:
 
     def _run_source(self, section, endpoint: str) -> None:
         sid = section.stream_id
+        files = source_paths(section.options)  # named in events by a hash only (they may carry a name)
         events = None
         try:
             events = make_socket("push", self.graph.events_spec().endpoint, bind=False, hwm=256)
             driver = mmstream_drivers.load(section.driver)(fps=section.fps, **section.options)
             self._drivers[sid] = driver
             if hasattr(driver, "health"):  # the driver's events join the service's (same thread as pump)
-                driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(update={"stream_id": sid})))
+                driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(
+                    update={"stream_id": sid, "message": redact_paths(ev.message, files)})))  # fmt: skip
             with FrameSender(endpoint, sid) as sender:
                 self._senders[sid] = sender
                 realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
                 pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
                      patient=self.config.analyzer.every_frame)  # fmt: skip
         except Exception as exc:  # a failing source is reported in status and as an event; the service stays up
-            self.source_errors[sid] = f"{type(exc).__name__}: {exc}"
+            self.source_errors[sid] = redact_paths(f"{type(exc).__name__}: {exc}", files)
             if events is not None:
                 events.try_send(encode(Event(node="sources", level="error", reason="source_failed", stream_id=sid,
                                              message=f"source {sid!r} ({section.driver}) stopped: {self.source_errors[sid]}",

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mmstream.biomarkers.records import BiomarkerRecord
-from mmstream.calibration import ReferenceTable, Sex, z_score
+from mmstream.calibration import ABNORMAL_Z, ReferenceTable, Sex, z_score
 from mmstream.messages import BiopsyCandidate, FusedValue
 
 SCORE_FORMULA = "mean of the oriented z-scores (positive = abnormal direction) of score_inputs"
@@ -104,7 +104,7 @@ def _category_reason(category: str, any_values: bool, scored: list[FusedValue], 
             reason += "; end-stage rule off (set [biomarkers] end_stage_fat_fraction or --end-stage-fat-fraction)"
         return reason
     if category == "normal":
-        return f"every value within 2 SD of its reference: {zs}"
+        return f"no value beyond its abnormal limit (by default {ABNORMAL_Z:g} SD on the abnormal side): {zs}"
     return ("no value with a reference entry for this site (or age/sex needed by it unknown)" if any_values
             else "no values")  # fmt: skip
 

@@ -302,10 +302,11 @@ def open_metaimage(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
             raise read_error(p, f"{sp_key} = {fields[sp_key]!r} must be {ndims} finite positive numbers",
                              "invalid_spacing")
         meta["element_spacing"] = sp
-        if is_plus and sp[0] == 1.0 and sp[1] == 1.0:
+        if sp[0] == 1.0 and sp[1] == 1.0:  # 1 mm per pixel is no ultrasound image's: the writer's default
             meta["spacing_error"] = "placeholder_spacing"
-            meta["spacing_detail"] = ("PLUS sequence with ElementSpacing 1 1 (PLUS's default, not a physical "
-                                      "spacing); pass plus_config= or spacing_mm=")
+            meta["spacing_detail"] = (f"{'PLUS sequence' if is_plus else 'MetaImage'} with ElementSpacing 1 1 (the "
+                                      "default of PLUS and ITK writers, not a physical spacing); pass plus_config= "
+                                      "or spacing_mm= (--plus-config, --spacing-mm)")  # fmt: skip
         else:
             spacing, source = (sp[1], sp[0]), "metaimage"
     else:

@@ -36,6 +36,7 @@ from mmstream.errors import InputError, RecordingError, StoreError
 from mmstream.fusion.cache import PatientCache
 from mmstream.messages import Event, Frame, Metrics
 from mmstream.nodes.base import Node, Out, Port
+from mmstream.privacy import PATH_OPTIONS, file_tag
 from mmstream.recording.writer import SessionWriter
 
 HELD_MAX = 4096  # messages held while armed before the file is opened anyway
@@ -348,8 +349,14 @@ class Recorder(Node):
 
 
 def recorder_config_json(config) -> str:
-    """The service configuration as stored in ``/session`` (secrets masked by pydantic)."""
-    return json.dumps(json.loads(config.model_dump_json()), sort_keys=True)
+    """The service configuration as stored in ``/session``: secrets masked by pydantic, the sources'
+    file names by a hash (they may carry the patient's name)."""
+    cfg = json.loads(config.model_dump_json())
+    for src in cfg.get("sources", []):
+        for key in PATH_OPTIONS:
+            if isinstance(src["options"].get(key), str):
+                src["options"][key] = file_tag(src["options"][key])
+    return json.dumps(cfg, sort_keys=True)
 
 
 def attach_recorder(graph) -> Recorder:

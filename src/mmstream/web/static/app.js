@@ -289,10 +289,10 @@ function onContext(m) {
 
 function onCaptures(m) {
   S.captures = m;
-  const mm = (v, px, d, u) => (v !== null && v !== undefined ? `${fmt(v, d)} ${u}` : px !== null && px !== undefined ? `${fmt(px, 0)} px` : "–");
+  const mm = (v, px, d, u, pu) => (v !== null && v !== undefined ? `${fmt(v, d)} ${u}` : px !== null && px !== undefined ? `${fmt(px, 0)} ${pu}` : "–");
   const row = (label, c, cls) => {
     const tr = document.createElement("tr"); if (cls) tr.className = cls;
-    [label, fmt(c.echo_mean, 1), mm(c.csa_mm2, c.csa_px, 1, "mm²"), mm(c.thickness_mm, c.thickness_px, 2, "mm")].forEach((t) => {
+    [label, fmt(c.echo_mean, 1), mm(c.csa_mm2, c.csa_px, 1, "mm²", "px²"), mm(c.thickness_mm, c.thickness_px, 2, "mm", "px")].forEach((t) => {
       const td = document.createElement("td"); td.textContent = t; tr.appendChild(td);
     });
     return tr;
