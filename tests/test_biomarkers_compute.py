@@ -220,6 +220,24 @@ def test_cli_compute_stores_records(shared_data, tmp_path, capsys):
     assert {json.loads(line)["modality"] for line in capsys.readouterr().out.splitlines()} == {"PET"}
 
 
+def test_cli_compute_stats_records_no_volume_from_an_unknown_unit(tmp_path, capsys):
+    """A NIfTI whose header gives no spatial unit: ITK takes mm; no volume_mm3 is stored from that."""
+    from volume_makers import write_nifti1
+
+    sform = np.diag([2.0, 2.0, 3.0, 1.0])
+    for units, name in ((0, "unknown"), (2, "mm")):
+        write_nifti1(tmp_path / f"img_{name}.nii", np.full((4, 5, 6), 7, np.int16), sform, xyzt_units=units)
+        write_nifti1(tmp_path / f"mask_{name}.nii", np.ones((4, 5, 6), np.uint8), sform, xyzt_units=units)
+        assert main(["biomarkers", "compute", "stats", str(tmp_path / f"img_{name}.nii"), str(tmp_path / f"mask_{name}.nii"),
+                     "--patient", "P5", "--site", "soleus", "--date", "2026-01-05", "--modality", "MRI"]) == 0  # fmt: skip
+        out, err = capsys.readouterr()
+        got = {json.loads(line)["biomarker"] for line in out.splitlines()}
+        if name == "unknown":
+            assert "volume_mm3" not in got and "gives no spatial unit" in err
+        else:
+            assert "volume_mm3" in got and err == ""
+
+
 def mask_on_grid(volume_path, out, region) -> Path:
     """A label mask (1 inside ``region`` of the (K, J, I) array) on the grid of the volume at
     ``volume_path``, written as NRRD (ITK and mmstream share LPS)."""

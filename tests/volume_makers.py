@@ -111,7 +111,8 @@ def make_enhanced(path: Path, n: int = 4, rows: int = 5, cols: int = 6, *, spaci
             "spacing": spacing, "voxels": expected}  # fmt: skip
 
 
-def write_nifti1(path: Path, data_ijk: np.ndarray, sform: np.ndarray, *, qform_code=0, sform_code=1, slope=0.0, inter=0.0) -> None:
+def write_nifti1(path: Path, data_ijk: np.ndarray, sform: np.ndarray, *, qform_code=0, sform_code=1, slope=0.0, inter=0.0,
+                 xyzt_units=2) -> None:  # fmt: skip
     """A NIfTI-1 single file written by hand: ``data_ijk`` (I, J, K) int16, ``sform`` 4x4 RAS+ mm."""
     hdr = bytearray(352)
     struct.pack_into("<i", hdr, 0, 348)
@@ -120,7 +121,7 @@ def write_nifti1(path: Path, data_ijk: np.ndarray, sform: np.ndarray, *, qform_c
     pix = np.linalg.norm(sform[:3, :3], axis=0)
     struct.pack_into("<8f", hdr, 76, 1.0, *pix, 0, 0, 0, 0)
     struct.pack_into("<fff", hdr, 108, 352.0, slope, inter)
-    hdr[123] = 2  # xyzt_units: mm
+    hdr[123] = xyzt_units  # 2: mm; 0: unknown
     struct.pack_into("<hh", hdr, 252, qform_code, sform_code)
     for r in range(3):
         struct.pack_into("<4f", hdr, 280 + 16 * r, *sform[r])

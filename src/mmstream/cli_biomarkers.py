@@ -196,8 +196,12 @@ def cmd_compute(args) -> int:
         if st.n_voxels == 0:
             raise MmstreamError(f"mask has no voxel{'' if args.label is None else f' with label {args.label}'}", reason="empty_mask")
         mean_name, unit = args.biomarker or "mask_mean", args.unit or "au"
-        raws = [{**base, "site": args.site, "biomarker": "volume_mm3", "value": st.volume_mm3, "unit": "mm3"},
-                {**base, "site": args.site, "biomarker": mean_name, "value": st.mean, "unit": unit, "method": "mean in mask"}]  # fmt: skip
+        raws = [{**base, "site": args.site, "biomarker": mean_name, "value": st.mean, "unit": unit, "method": "mean in mask"}]
+        if img.meta.get("spatial_unit") == "unknown":  # never a volume in mm3 from a guessed unit
+            print(f"mmstream biomarkers compute: warning: {first.name} gives no spatial unit (NIfTI xyzt_units): "
+                  "no volume_mm3 recorded", file=sys.stderr)  # fmt: skip
+        else:
+            raws.insert(0, {**base, "site": args.site, "biomarker": "volume_mm3", "value": st.volume_mm3, "unit": "mm3"})
         if args.biomarker is None:
             raws.append({**base, "site": args.site, "biomarker": "mask_median", "value": st.median, "unit": "au"})
     elif args.kind == "fat-fraction":

@@ -93,6 +93,8 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
         for k in ("scl_slope", "scl_inter", "xyzt_units"):
             if _meta(reader, k) is not None:
                 meta[k] = _meta(reader, k)
+        # ITK takes an unknown spatial unit (xyzt_units & 7 == 0) as mm: say that it is not known
+        meta["spatial_unit"] = {1: "m", 2: "mm", 3: "um"}.get(int(meta.get("xyzt_units") or 0) & 7, "unknown")
         if q == "0" and s == "0":
             return "nifti:no_xform", "NIfTI without qform/sform: orientation unknown, identity assumed", False, meta
         used = "sform" if s != "0" else "qform"
