@@ -4,6 +4,7 @@ corrupt files) and CSV/JSON import with line-numbered errors, through the API an
 import datetime as dt
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,13 @@ def test_cli_import_list_export_round_trip(tmp_path, capsys):
     for target in (tmp_path, tmp_path / "no" / "dir.csv"):  # a directory; a missing folder
         assert main(["biomarkers", "export", "--db", str(db), "-o", str(target)]) == 1
         assert capsys.readouterr().err.startswith(f"mmstream biomarkers export: error: unwritable: {target}: ")
+
+
+def test_the_example_file_is_a_format_not_data(tmp_path, capsys):
+    """examples/biomarkers.example.csv parses (its format is right) but none of its placeholder rows
+    is imported into a store."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "biomarkers.example.csv"
+    r = read_records(example)
+    assert not r.records and r.errors and {e.reason for e in r.errors} == {"example_row"}
+    assert main(["biomarkers", "import", "--db", str(tmp_path / "b.db"), str(example)]) == 1
+    assert "0 added" in capsys.readouterr().out

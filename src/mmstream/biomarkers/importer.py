@@ -39,6 +39,10 @@ class ReadResult:
     sha256: str = ""
 
 
+EXAMPLE_MARK = "EXAMPLE ONLY"
+"""A row whose ``method`` starts so (the rows of ``examples/``) is refused."""
+
+
 def _row(result: ReadResult, line: int, raw, source: str) -> None:
     try:
         if isinstance(raw, dict):
@@ -50,6 +54,9 @@ def _row(result: ReadResult, line: int, raw, source: str) -> None:
         rec = parse_record(raw)
     except InputError as exc:
         result.errors.append(RowError(line, exc.reason, str(exc)))
+        return
+    if (rec.method or "").startswith(EXAMPLE_MARK):  # examples/ rows: a format, not a patient's values
+        result.errors.append(RowError(line, "example_row", f"method says {EXAMPLE_MARK!r}: placeholder, not imported"))
         return
     result.records.append(rec)
     result.lines.append(line)
