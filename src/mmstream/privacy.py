@@ -15,15 +15,20 @@ def file_tag(path) -> str:
 
 
 def redact_paths(text: str, paths: Iterable) -> str:
-    """``text`` with each of ``paths`` (as given, resolved, and its base name) replaced by its tag."""
+    """``text`` with each of ``paths`` (as given, resolved, and its base name when that looks like a
+    file name: a dot and at least 5 characters) replaced by its tag. A URL is replaced whole."""
     variants = {}
     for p in paths:
-        if not p:
+        p = str(p or "")
+        if len(p) < 2:
             continue
         tag = file_tag(p)
-        for v in (str(p), str(Path(str(p)).resolve()), Path(str(p)).name):
-            if v:
-                variants[v] = tag
+        variants[p] = tag
+        if "://" not in p:
+            variants[str(Path(p).resolve())] = tag
+            name = Path(p).name
+            if len(name) >= 5 and "." in name.strip("."):
+                variants[name] = tag
     for v in sorted(variants, key=len, reverse=True):
         text = text.replace(v, variants[v])
     return text

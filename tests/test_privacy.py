@@ -1,0 +1,16 @@
+"""File names out of events: what is replaced, and what is left alone."""
+
+from mmstream.privacy import file_tag, redact_paths, source_paths
+
+
+def test_paths_base_names_and_urls_are_replaced_by_a_hash_and_nothing_else():
+    path = "/data/Doe_Jane_1961/Doe_Jane_cine.dcm"
+    text = f"{path}: no pixel data; Doe_Jane_cine.dcm frame 3; the live stream stopped"
+    out = redact_paths(text, [path, "rtsp://camera/live"])
+    assert "Doe" not in out and out.count(file_tag(path)) == 2 and "the live stream stopped" in out
+    assert redact_paths("video rtsp://camera/live: device lost", ["rtsp://camera/live"]) == \
+        f"video {file_tag('rtsp://camera/live')}: device lost"  # a URL whole, not its last word
+    assert redact_paths("a stream named a", ["a", "", None]) == "a stream named a"  # too short to be a file name
+    assert file_tag("/x/Doe.dcm") == file_tag("Doe.dcm")  # the base name's hash only
+    assert source_paths({"path": "/x/a.dcm", "url": "rtsp://c/s", "plus_config": "c.xml", "device": 0, "loop": True}) == \
+        ["/x/a.dcm", "rtsp://c/s", "c.xml"]
