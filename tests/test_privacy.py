@@ -1,5 +1,7 @@
 """File names out of events: what is replaced, and what is left alone."""
 
+import os
+
 from mmstream.privacy import file_tag, redact_paths, source_paths
 
 
@@ -14,3 +16,14 @@ def test_paths_base_names_and_urls_are_replaced_by_a_hash_and_nothing_else():
     assert file_tag("/x/Doe.dcm") == file_tag("Doe.dcm")  # the base name's hash only
     assert source_paths({"path": "/x/a.dcm", "url": "rtsp://c/s", "plus_config": "c.xml", "device": 0, "loop": True}) == \
         ["/x/a.dcm", "rtsp://c/s", "c.xml"]
+
+
+def test_a_path_is_found_as_the_readers_print_it_and_a_link_loop_does_not_break_it(tmp_path):
+    written = "./Doe_Jane_1961//IM0001"  # as configured; readers print it normalised, or absolute
+    out = redact_paths("ReadError: Doe_Jane_1961/IM0001: unknown image format", [written])
+    assert "Doe" not in out and file_tag(written) in out
+    assert "Doe" not in redact_paths(f"{os.path.abspath(written)}: gone", [written])
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert redact_paths(f"{loop}: too many levels of symbolic links", [str(loop)]).startswith("<file ")
+    assert redact_paths("../x and ./y", ["..", "./"]) == "../x and ./y"  # not file names

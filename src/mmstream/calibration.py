@@ -8,8 +8,9 @@ measured on). mmstream ships no clinical values: a file marked ``example = true`
 ``allow_example=True`` (tests, demonstrations).
 
 A value is abnormal when its z-score, oriented by the table's ``abnormal`` direction, is at least
-:data:`ABNORMAL_Z` (2 SD), the convention of quantitative muscle ultrasound (Pillen et al., Muscle
-Nerve 2008;37:679-693; Arts et al., Muscle Nerve 2010;41:32-41).
+the entry's ``abnormal_z`` or, by default, :data:`ABNORMAL_Z` (2 SD), the convention of quantitative
+muscle ultrasound (Pillen et al., Muscle Nerve 2008;37:679-693; Arts et al., Muscle Nerve
+2010;41:32-41), which is not cited for the other modalities.
 """
 
 import json

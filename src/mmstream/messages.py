@@ -150,7 +150,7 @@ class EchoSummary(_Model):
     std: float | None
     n_px: int
     # with a configured reference (mmstream.calibration): reference-device grey level, oriented z-score
-    # (positive = abnormal direction), abnormal at z >= 2, or why they are unknown
+    # (positive = abnormal direction), abnormal at z >= 2 (or the reference entry's abnormal_z), or why they are unknown
     calibrated_mean: float | None = None
     z_score: float | None = None
     abnormal: bool | None = None

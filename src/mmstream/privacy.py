@@ -2,6 +2,7 @@
 patient's name (``Doe_Jane_1961/cine.dcm``), and events are logged, recorded and published."""
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,20 +16,27 @@ def file_tag(path) -> str:
 
 
 def redact_paths(text: str, paths: Iterable) -> str:
-    """``text`` with each of ``paths`` (as given, resolved, and its base name when that looks like a
-    file name: a dot and at least 5 characters) replaced by its tag. A URL is replaced whole."""
+    """``text`` with each of ``paths`` replaced by its tag: as given and as the readers print it
+    (normalised, absolute, resolved), and its base name when that looks like a file name (a dot and
+    at least 5 characters). A URL is replaced whole."""
     variants = {}
     for p in paths:
         p = str(p or "")
-        if len(p) < 2:
+        if len(p) < 2 or p.strip("./") == "":
             continue
         tag = file_tag(p)
         variants[p] = tag
-        if "://" not in p:
-            variants[str(Path(p).resolve())] = tag
-            name = Path(p).name
-            if len(name) >= 5 and "." in name.strip("."):
-                variants[name] = tag
+        if "://" in p:
+            continue
+        forms = {os.path.normpath(p), str(Path(p)), os.path.abspath(p)}
+        try:
+            forms.add(str(Path(p).resolve()))
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable link
+            pass
+        variants.update({f: tag for f in forms})
+        name = Path(p).name
+        if len(name) >= 5 and "." in name.strip("."):
+            variants[name] = tag
     for v in sorted(variants, key=len, reverse=True):
         text = text.replace(v, variants[v])
     return text
