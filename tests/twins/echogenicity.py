@@ -13,7 +13,8 @@ def inside_polygon(shape, polygon_rc):
         if ra == rb:
             continue  # a horizontal edge never satisfies the half-open row test
         spans = ((ra <= rr) & (rr < rb)) | ((rb <= rr) & (rr < ra))
-        x = ca + (rr - ra) * (cb - ca) / (rb - ra)
+        with np.errstate(over="ignore"):  # a nearly horizontal edge: x -> +-inf, still ordered right
+            x = ca + (rr - ra) * (cb - ca) / (rb - ra)
         inside ^= spans & (x > cc)
     return inside
 
