@@ -158,8 +158,9 @@ def test_region_max_one_past_end_is_clipped(tmp_path):
 def test_pixel_spacing_fallback_and_none(tmp_path):
     (fr,) = list(read_frames(make_dicom(tmp_path / "a.dcm", _img(), extra={"PixelSpacing": [0.25, 0.5]})))
     assert fr.spacing_mm == (0.25, 0.5) and fr.spacing_source == "dicom_pixel_spacing"
+    # the detector-plane spacing of a projection image is not a spacing in the patient: pixels only
     (fr,) = list(read_frames(make_dicom(tmp_path / "b.dcm", _img(), extra={"ImagerPixelSpacing": [0.1, 0.2]})))
-    assert fr.spacing_mm == (0.1, 0.2) and fr.meta["spacing_tag"] == "ImagerPixelSpacing"
+    assert fr.spacing_mm is None and fr.meta["spacing_error"] == "detector_spacing"
     (fr,) = list(read_frames(make_dicom(tmp_path / "c.dcm", _img())))
     assert fr.spacing_mm is None and fr.meta["spacing_error"] == "no_spacing"
 

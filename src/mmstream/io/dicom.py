@@ -26,7 +26,9 @@ Spacing (``spacing_mm = (row_mm, col_mm)``)
    ``spacing_mm=None`` and every region is listed in ``meta["us_regions"]``; ``strict_spacing=True``
    in :func:`mmstream.io.read_frames` (or :meth:`ImageFrame.require_spacing`) turns the reason into a
    :class:`~mmstream.errors.SpacingError`.
-2. Without B-mode regions: ``PixelSpacing`` then ``ImagerPixelSpacing`` (row, col) in mm.
+2. Without B-mode regions: ``PixelSpacing`` (row, col) in mm. ``ImagerPixelSpacing`` alone is not
+   used (``spacing_error = "detector_spacing"``): it is a projection image's spacing at the
+   detector, not in the patient.
 3. Otherwise unknown (``spacing_error = "no_spacing"``).
 
 ``region_rc`` values are half-open ``(r0, c0, r1, c1)`` so that ``image[r0:r1, c0:c1]`` is the
@@ -193,7 +195,12 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
         if len(bmode) == 1:
             meta["region_rc"] = bmode[0]["region_rc"]
         return (float(distinct[0][0]), float(distinct[0][1])), "dicom_us_regions"
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+    if ds.get("PixelSpacing", None) is None and ds.get("ImagerPixelSpacing", None) is not None:
+        meta["spacing_error"] = "detector_spacing"
+        meta["spacing_detail"] = ("only ImagerPixelSpacing: the detector-plane spacing of a projection image, "
+                                  "not a spacing in the patient; give the spacing (--spacing-mm)")  # fmt: skip
+        return None, "unknown"
+    for key in ("PixelSpacing",):
         val = ds.get(key, None)
         if val is None:
             continue
@@ -208,7 +215,7 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
         meta["spacing_detail"] = f"{key} = {val!r} is not two finite positive numbers"
         return None, "unknown"
     meta["spacing_error"] = "no_spacing"
-    meta["spacing_detail"] = "no B-mode SequenceOfUltrasoundRegions, PixelSpacing or ImagerPixelSpacing"
+    meta["spacing_detail"] = "no B-mode SequenceOfUltrasoundRegions or PixelSpacing"
     return None, "unknown"
 
 
