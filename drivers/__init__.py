@@ -24,8 +24,9 @@ def load(name: str):
 
 
 def check_source(name: str, stream_id: str, options: dict) -> None:
-    """ConfigError unless the source ``name`` is installed and takes ``fps`` and these option names
-    (their values are checked when the source starts)."""
+    """ConfigError unless the source ``name`` is installed and takes ``fps`` and these options: their
+    names, the required ones, and the type of plain bool/int/float/str ones (other values are
+    checked when the source starts)."""
     from mmstream.errors import ConfigError
 
     try:
@@ -34,14 +35,15 @@ def check_source(name: str, stream_id: str, options: dict) -> None:
         raise ConfigError(f"source {stream_id!r}: {exc.args[0]}") from None
     except Exception as exc:  # installed but broken, e.g. a dependency missing
         raise ConfigError(f"source {stream_id!r}: driver {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
-    params = inspect.signature(cls).parameters
+    signature = inspect.signature(cls)
+    params = signature.parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))
         if unknown:
             known = ", ".join(k for k in params if k != "fps")
             raise ConfigError(f"source {stream_id!r} ({name}): unknown option(s) {', '.join(unknown)}; known: {known}")
     try:
-        inspect.signature(cls).bind(fps=30.0, **options)
+        signature.bind(fps=30.0, **options)
     except TypeError as exc:
         raise ConfigError(f"source {stream_id!r} ({name}): {exc}") from None
     for key, value in options.items():  # plain bool/int/float/str options (or None where allowed): the type too

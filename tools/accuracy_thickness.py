@@ -127,6 +127,7 @@ def evaluate(root: Path, limit: int | None = None, timing: bool = True) -> dict:
                 "truth_px": rec["mean_px"],
                 "ours_px": ours,
                 "err_px": ours - rec["mean_px"],
+                "width_median_err_px": res.thickness_px - rec["mean_px"],  # what the API reports, vs the column
                 "naive_px": naive,
                 "naive_err_px": naive - rec["mean_px"],
                 "observer_dev_px": inter_observer(rec["observers_px"]),
@@ -141,6 +142,7 @@ def evaluate(root: Path, limit: int | None = None, timing: bool = True) -> dict:
         rr = [r for r in rows if r["dataset"] == ds]
         e = np.abs([r["err_px"] for r in rr])
         ne = np.abs([r["naive_err_px"] for r in rr])
+        we = np.abs([r["width_median_err_px"] for r in rr])
         od = np.concatenate([r["observer_dev_px"] for r in rr])
         summary[ds] = {
             "n": len(rr),
@@ -151,6 +153,8 @@ def evaluate(root: Path, limit: int | None = None, timing: bool = True) -> dict:
             "observer_mae_px": float(od.mean()),
             "naive_mae_px": float(ne.mean()),
             "naive_failures": int((ne > FAIL_PX).sum()),
+            "width_median_mae_px": float(we.mean()),
+            "width_median_failures": int((we > FAIL_PX).sum()),
             "t_first_ms_median": float(np.median([r["t_first_ms"] for r in rr])),
             "t_track_ms_median": float(np.median([r["t_track_ms"] for r in rr])),
         }
@@ -211,7 +215,7 @@ def main(argv=None) -> int:
     out = evaluate(root, args.limit)
     hdr = (
         f"{'dataset':<28}{'n':>4}{'MAE':>7}{'obs':>7}{'ratio':>7}{'med':>7}{'p90':>7}"
-        f"{'fail':>6}{'naive':>8}{'nfail':>6}{'first ms':>10}{'track ms':>10}"
+        f"{'fail':>6}{'naive':>8}{'nfail':>6}{'width':>7}{'wfail':>6}{'first ms':>10}{'track ms':>10}"
     )
     print(hdr)
     for ds, s in out["summary"].items():
@@ -219,9 +223,11 @@ def main(argv=None) -> int:
             f"{ds:<28}{s['n']:>4}{s['mae_px']:>7.2f}{s['observer_mae_px']:>7.2f}"
             f"{s['mae_px'] / s['observer_mae_px']:>7.2f}{s['median_px']:>7.2f}{s['p90_px']:>7.2f}"
             f"{s['failures']:>6}{s['naive_mae_px']:>8.2f}{s['naive_failures']:>6}"
+            f"{s['width_median_mae_px']:>7.2f}{s['width_median_failures']:>6}"
             f"{s['t_first_ms_median']:>10.2f}{s['t_track_ms_median']:>10.3f}"
         )
-    print(f"(MAE, obs = observer vs mean of the other two, med, p90 in px; fail = |err| > {FAIL_PX:g} px)")
+    print(f"(MAE, obs = observer vs mean of the other two, med, p90 in px; fail = |err| > {FAIL_PX:g} px; "
+          "width, wfail: the reported thickness_px, the median over the width, against the same observers)")
     if args.worst:
         for r in sorted(out["images"], key=lambda r: -abs(r["err_px"]))[: args.worst]:
             print(f"  {r['path']:<60} err {r['err_px']:+7.1f}  conf {r['confidence']:.2f}")

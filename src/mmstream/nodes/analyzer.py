@@ -179,14 +179,11 @@ class Analyzer(Node):
                     self._seed_version[h.stream_id] = seed_applied
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
+                ev = self.reject(exc.reason, f"analysis failed: {exc} (announced once while it lasts)", h.stream_id, h.seq)
                 key = (exc.reason, str(exc), cfg.seed_version, cfg.line_versions)  # a new tap gets its answer
-                if self._failing.get(h.stream_id) == key:  # the same failure as the last frame's: counted only
-                    with self._lock:
-                        self.rejected[exc.reason] += 1
-                    return [*out, *lost]
+                repeated = self._failing.get(h.stream_id) == key  # as the last frame's: counted, not announced
                 self._failing[h.stream_id] = key
-                return [*out, self.reject(exc.reason, f"analysis failed: {exc} (announced once while it lasts)",
-                                          h.stream_id, h.seq), *lost]  # fmt: skip
+                return [*out, *([] if repeated else [ev]), *lost]
             if exc.reason in NOT_MEASURED:  # nothing to tap on: the taps wait for a measured frame
                 if seed is not None:
                     self._seed_version[h.stream_id] = seed_applied

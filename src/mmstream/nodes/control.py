@@ -28,7 +28,11 @@ class ControlNode(Node):
 
     def on_decode_error(self, exc: CodecError) -> list[Out]:
         """A request that could not be decoded still gets a reply (REQ/REP must alternate)."""
-        return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))), self.reject(exc.reason, str(exc))]
+        return self._refused(exc)
+
+    def _refused(self, exc: MmstreamError, stream_id: str | None = None) -> list[Out]:
+        """The error reply and the counted rejection event of a refused request."""
+        return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))), self.reject(exc.reason, str(exc), stream_id)]
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         try:
@@ -69,8 +73,7 @@ class ControlNode(Node):
         try:
             cfg = self.settings.update(h.stream_id, **changes)
         except MmstreamError as exc:
-            return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))),
-                    self.reject(exc.reason, str(exc), h.stream_id)]  # fmt: skip
+            return self._refused(exc, h.stream_id)
         return [
             Out("replies", Reply(ok=True, data={"stream_id": h.stream_id, "seed_version": cfg.seed_version,
                                                 "lines_version": cfg.lines_version})),  # fmt: skip
