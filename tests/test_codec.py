@@ -607,3 +607,14 @@ def test_encode_metrics_array_order_matters():
     header, (hist, contour) = sample_metrics()
     with pytest.raises(CodecError):
         encode(header, [contour, hist])
+
+
+def test_wire_summaries_hold_every_result_field_but_the_polylines():
+    """The analyzer builds the wire summaries from the analysis results field by field
+    (``model_dump``): a field added to one model and not the other must fail here, not in the
+    service. The polylines travel as arrays beside the header."""
+    from mmstream.analysis import CsaResult, QualityResult, ThicknessResult
+
+    assert set(CsaResult.model_fields) - {"contour_rc"} == set(CsaSummary.model_fields)
+    assert set(ThicknessResult.model_fields) - {"superficial_rc", "deep_rc"} == set(ThicknessSummary.model_fields)
+    assert set(QualityResult.model_fields) == set(QualitySummary.model_fields)

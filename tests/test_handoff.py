@@ -62,6 +62,7 @@ def test_json_between_nodes_when_the_handoff_is_off(sim_probe):
         with FrameSender(g.endpoints["ingest"], "s") as snd:
             snd.send(SourceFrame(image=sim_probe.frame(0).image))
         wait_for(lambda: g.status()["streams"].get("s", {}).get("frames") == 1, what="the frame analysed and published")
+        assert g._handoff is None  # every message between the nodes went as encoded parts
 
 
 @pytest.mark.parametrize("forged", [[TAG + (10**9).to_bytes(8, "little")], [TAG + b"\xff" * 8]])

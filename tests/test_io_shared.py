@@ -128,7 +128,9 @@ def test_bone_ultrasound_pixels_match_simpleitk():
     sitk = pytest.importorskip("SimpleITK")
     path = need("pluslibdata") / "BoneUltrasound_L14.igs.mha"
     vol = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # (frames, rows, cols)
-    for f in read_frames(path):
+    frames = list(read_frames(path))
+    assert [f.index for f in frames] == list(range(vol.shape[0]))
+    for f in frames:
         np.testing.assert_array_equal(f.image, vol[f.index])
 
 

@@ -5,14 +5,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from test_graph import RANDOM_TCP, wait_for  # one polling helper for every test
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "protocol.md"
-RANDOM_TCP = {"ingest": "tcp://127.0.0.1:*", "metrics": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"}
 
 
 def python_blocks(text: str) -> list[str]:
@@ -22,15 +21,6 @@ def python_blocks(text: str) -> list[str]:
 def driver_example() -> str:
     section = DOC.read_text().split("## 10. A complete minimal driver", 1)[1]
     return python_blocks(section)[0]
-
-
-def wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while (value := predicate()) is None or value is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def test_driver_example_uses_only_pyzmq_and_the_standard_library():

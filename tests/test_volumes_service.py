@@ -112,6 +112,11 @@ def test_cli_load_prints_geometry_and_fails_cleanly(tmp_path, capsys):
     make_series(tmp_path / "s", n=2)
     assert main(["volumes", "load", str(tmp_path / "s"), "--series-uid", "1.2.3"]) == 1
     assert "no DICOM series 1.2.3 (the folder holds 1: " in capsys.readouterr().err
+    missing = tmp_path / "nonexist.nii"
+    for cmd in ("load", "send"):  # the path once, first
+        assert main(["volumes", cmd, str(missing)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmstream volumes {cmd}: error: {missing}: not_found: ") and err.count(str(missing)) == 1, err
 
 
 def test_cli_send_reaches_a_running_graph(tmp_path, capsys):

@@ -125,7 +125,7 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_rss(path, n_frames: int, shape=(64, 64), n_streams=1, flush_s=0.25) -> dict:
+def run_rss(path, n_frames: int, shape=(64, 64), flush_s=0.25) -> dict:
     """Resident memory while recording ``n_frames`` frames with metrics (small frames: it is the
     per-row bookkeeping that could grow, not the pixels)."""
     frames = [np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8) for i in range(16)]

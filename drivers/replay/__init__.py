@@ -3,7 +3,7 @@
 Each replayed frame carries its recorded ``seq``, ``t_device_s``, ``t_wall``, spacing and its source,
 imaging settings, clinical context, transforms and annotations, so that record -> replay -> record
 gives the same frames and metrics. The file is read a few frames at a time through
-:class:`mmstream.recording.layout` readers: memory stays flat whatever the session length.
+:class:`mmstream.recording.reader.SessionReader`: memory stays flat whatever the session length.
 
 Modes: ``realtime`` (the recorded timing: frame *k* leaves at ``t0 + (t_host_s[k] - t_host_s[0]) /
 speed``, ``t_host_s`` being the time the recording service received it, a clock common to all

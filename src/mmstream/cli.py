@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.cli_args import endpoint, positive_float, positive_int  # noqa: E402
+from mmstream.cli_args import endpoint, positive_float, positive_int, progress  # noqa: E402
 from mmstream.errors import ConfigError, InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
@@ -81,14 +81,6 @@ def _csv_row(rec: dict) -> dict:
         "quality_featureless": q.get("featureless"),
         "quality_frozen": q.get("frozen"), "quality_duplicate": q.get("duplicate"),
     }  # fmt: skip
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
 def _analyze_file(path: Path, args) -> Iterator[dict]:
@@ -148,7 +140,7 @@ def cmd_analyze(args) -> int:
                 total += count_frames(p)
             except MmstreamError:
                 total += 1
-    bar = _progress(total, show and total > 1)
+    bar = progress(total, show and total > 1, "frame")
     failed = 0
     for path in paths:
         try:

@@ -1,8 +1,31 @@
-"""Argument types of the command line: numbers refused by argparse (usage error, status 2) when
-out of range, instead of failing later with a traceback or being silently used."""
+"""Shared pieces of the command line: argument types (numbers refused by argparse, usage error
+status 2, when out of range, instead of failing later with a traceback or being silently used), the
+one-line error for a file a command cannot use, and the progress bar of long batches."""
 
 import argparse
 import math
+import sys
+
+from mmstream.errors import MmstreamError
+
+
+def file_error(cmd: str, path, exc: MmstreamError) -> int:
+    """Print ``mmstream CMD: error: PATH: REASON: message`` on stderr, the path once (``path``: a
+    file, or the files of one command), and return 1."""
+    if isinstance(path, (list, tuple)):
+        path = next((p for p in path if str(exc).startswith(f"{p}: ")), ", ".join(map(str, path)))
+    msg = str(exc).removeprefix(f"{path}: ")
+    print(f"mmstream {cmd}: error: {path}: {exc.reason}: {msg}", file=sys.stderr)
+    return 1
+
+
+def progress(total: int, enabled: bool, unit: str):
+    """A tqdm bar on stderr of ``total`` ``unit``s, cleared when done; None when not ``enabled``."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def _number(kind, low: float, low_ok: bool, high: float | None = None):

@@ -8,26 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from mmstream.cli_args import endpoint, non_negative_int, positive_float
+from mmstream.cli_args import endpoint, file_error, non_negative_int, positive_float, progress
 from mmstream.errors import MmstreamError
-
-
-def _fail(cmd: str, path, exc: MmstreamError) -> int:
-    """Print the one-line error (``path``: a file, or the files of one command) and return 1."""
-    if isinstance(path, (list, tuple)):
-        path = next((p for p in path if str(exc).startswith(f"{p}: ")), ", ".join(map(str, path)))
-    msg = str(exc).removeprefix(f"{path}: ")  # the path is printed once, first
-    print(f"mmstream {cmd}: error: {path}: {exc.reason}: {msg}", file=sys.stderr)
-    return 1
-
-
-def _progress(enabled: bool, total: int, what: str):
-    """A tqdm bar on stderr (None when disabled): the tools' progress for long files."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=what, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def cmd_inspect(args) -> int:
@@ -42,7 +24,7 @@ def cmd_inspect(args) -> int:
             return 0
         summary = insp.summarize(args.file)
     except MmstreamError as exc:
-        return _fail("inspect", args.file, exc)
+        return file_error("inspect", args.file, exc)
     except KeyboardInterrupt:
         return 0
     print(json.dumps(summary, indent=2) if args.json else insp.format_summary(summary))
@@ -56,10 +38,10 @@ def cmd_export(args) -> int:
         metrics = export.parse_formats(args.metrics_format, export.METRICS_FORMATS, "--metrics-format") if args.metrics_format else ()
         result = export.export_session(
             args.file, args.out, metrics_formats=metrics, frames=args.frames,
-            progress=lambda total: _progress(not args.no_progress and sys.stderr.isatty(), total, "row"),
+            progress=lambda total: progress(total, not args.no_progress and sys.stderr.isatty(), "row"),
         )  # fmt: skip
     except MmstreamError as exc:
-        return _fail("export", args.file, exc)
+        return file_error("export", args.file, exc)
     for f in result.files:
         print(f)
     return 0
@@ -72,10 +54,10 @@ def cmd_report(args) -> int:
     try:
         report.build_report(
             args.file, out, thumbnails=args.thumbnails,
-            progress=lambda total: _progress(not args.no_progress and sys.stderr.isatty(), total, "row"),
+            progress=lambda total: progress(total, not args.no_progress and sys.stderr.isatty(), "row"),
         )  # fmt: skip
     except MmstreamError as exc:
-        return _fail("report", args.file, exc)
+        return file_error("report", args.file, exc)
     print(out)
     return 0
 
@@ -97,7 +79,7 @@ def cmd_replay(args) -> int:
             else:
                 n = rp.send(args.to, curve=curve)
     except MmstreamError as exc:
-        return _fail("replay", args.file, exc)
+        return file_error("replay", args.file, exc)
     except TransportTimeout as exc:
         files = ", ".join(map(str, args.file))
         print(f"mmstream replay: error: {files}: no_receiver: nothing took the frames at {args.to} ({exc}): "

@@ -14,13 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from mmstream.cli_args import endpoint, positive_float
+from mmstream.cli_args import endpoint, file_error, positive_float
 from mmstream.errors import MmstreamError
-
-
-def _fail(cmd: str, path, exc: MmstreamError) -> int:
-    print(f"mmstream volumes {cmd}: error: {path}: {exc.reason}: {exc}", file=sys.stderr)
-    return 1
 
 
 def cmd_load(args) -> int:
@@ -29,7 +24,7 @@ def cmd_load(args) -> int:
     try:
         vol = load_volume(args.path, series_uid=args.series_uid, index_4d=args.index_4d)
     except MmstreamError as exc:
-        return _fail("load", args.path, exc)
+        return file_error("volumes load", args.path, exc)
     print(json.dumps({"path": str(args.path), **vol.geometry()}, indent=2))
     return 0
 
@@ -42,7 +37,7 @@ def cmd_send(args) -> int:
         endpoint = args.endpoint or load_config(args.config).endpoints.ingest
         vol = load_volume(args.path, series_uid=args.series_uid, index_4d=args.index_4d)
     except MmstreamError as exc:
-        return _fail("send", args.path, exc)
+        return file_error("volumes send", args.path, exc)
     outlet = Outlet(endpoint).start()
     vid = outlet.volume(vol, args.volume_id)
     outlet.stop(timeout_s=args.timeout_s)

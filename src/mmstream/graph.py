@@ -381,9 +381,4 @@ class Graph:
         return out
 
 
-def connect_driver(endpoint: str, curve: Curve | None = None, hwm: int = 64) -> Socket:
-    """A PUSH socket connected to a service's ingest endpoint (for drivers and tests)."""
-    return make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve)
-
-
-__all__ = ["Graph", "NodeRunner", "SocketSpec", "connect_driver", "TransportTimeout"]
+__all__ = ["Graph", "NodeRunner", "SocketSpec", "TransportTimeout"]

@@ -124,10 +124,9 @@ def pump(
     *,
     realtime: bool = True,
     stop: threading.Event | None = None,
-    max_frames: int | None = None,
     patient: bool = False,
 ) -> int:
-    """Send ``frames`` until exhausted, ``stop`` is set or ``max_frames`` were sent; returns the count.
+    """Send ``frames`` until exhausted or ``stop`` is set; returns the count.
 
     With ``realtime``, frame *k* leaves at ``t0 + (t_device_s[k] - t_device_s[0])`` on the host's
     monotonic clock (a late frame is sent at once; lateness does not accumulate). A send that finds
@@ -140,7 +139,7 @@ def pump(
     n = 0
     t0_host = t0_dev = None
     for fr in frames:
-        if (stop is not None and stop.is_set()) or (max_frames is not None and n >= max_frames):
+        if stop is not None and stop.is_set():
             break
         if realtime and fr.t_device_s is not None:
             if t0_host is None:

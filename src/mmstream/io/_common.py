@@ -172,6 +172,16 @@ def validate_spacing(value, *, what: str) -> tuple[float, float]:
     return (row_mm, col_mm)
 
 
+def floats(text: str | None) -> list[float] | None:
+    """The whitespace-separated numbers of a header field; None when absent or not all numbers."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split()]
+    except ValueError:
+        return None
+
+
 def positive_finite(x: float) -> bool:
     return math.isfinite(x) and x > 0
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, file_beside, read_error, to_grey_u8
+from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, file_beside, floats, read_error, to_grey_u8
 from ._opened import OpenedFile, RawFrame
 
 EXTENSIONS = {".mha", ".mhd"}
@@ -144,19 +144,23 @@ def _bool(p, fields, key, default: bool) -> bool:
     raise read_error(p, f"{key} = {raw!r} is not True/False", "bad_header")
 
 
-def _floats(text: str) -> list[float] | None:
-    try:
-        return [float(v) for v in text.split()]
-    except ValueError:
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # per-frame PLUS fields
 
 
+def _dims(p, fields) -> tuple[int, list[int]]:
+    """(NDims, DimSize) checked: 2 or 3 dimensions, each positive."""
+    ndims = _ints(p, fields, "NDims", 1)[0]
+    if ndims not in (2, 3):
+        raise read_error(p, f"NDims = {ndims}: only 2-D images and 3-D frame stacks are supported", "unsupported")
+    dims = _ints(p, fields, "DimSize", ndims)
+    if any(d <= 0 for d in dims):
+        raise read_error(p, f"DimSize = {fields['DimSize']!r} must be positive", "bad_header")
+    return ndims, dims
+
+
 def _matrix(text: str) -> list[list[float]] | None:
-    vals = _floats(text)
+    vals = floats(text)
     if vals is None or len(vals) != 16 or not all(math.isfinite(v) for v in vals):
         return None
     return [vals[0:4], vals[4:8], vals[8:12], vals[12:16]]
@@ -180,13 +184,13 @@ def _decode_frame_fields(raw: dict[str, str]) -> tuple[float | None, dict[str, o
     other: dict[str, str] = {}
     for name, value in sorted(raw.items()):
         if name == "Timestamp":
-            v = _floats(value)
+            v = floats(value)
             if v and len(v) == 1 and math.isfinite(v[0]):
                 t_s = v[0]
             else:
                 invalid.append(name)
         elif name == "UnfilteredTimestamp":
-            v = _floats(value)
+            v = floats(value)
             if v and len(v) == 1 and math.isfinite(v[0]):
                 meta["unfiltered_timestamp_s"] = v[0]
             else:
@@ -230,12 +234,7 @@ def open_metaimage(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     p = check_file(path)
     fields, header_end = parse_header(p)
 
-    ndims = _ints(p, fields, "NDims", 1)[0]
-    if ndims not in (2, 3):
-        raise read_error(p, f"NDims = {ndims}: only 2-D images and 3-D frame stacks are supported", "unsupported")
-    dims = _ints(p, fields, "DimSize", ndims)
-    if any(d <= 0 for d in dims):
-        raise read_error(p, f"DimSize = {fields['DimSize']!r} must be positive", "bad_header")
+    ndims, dims = _dims(p, fields)
     cols, rows = dims[0], dims[1]
     n_frames = dims[2] if ndims == 3 else 1
     check_pixels(p, rows, cols, max_pixels)
@@ -297,7 +296,7 @@ def open_metaimage(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     source = "unknown"
     sp_key = "ElementSpacing" if "ElementSpacing" in fields else ("ElementSize" if "ElementSize" in fields else None)
     if sp_key is not None:
-        sp = _floats(fields[sp_key])
+        sp = floats(fields[sp_key])
         if sp is None or len(sp) != ndims or not all(math.isfinite(v) and v > 0 for v in sp):
             raise read_error(p, f"{sp_key} = {fields[sp_key]!r} must be {ndims} finite positive numbers",
                              "invalid_spacing")
@@ -379,12 +378,7 @@ def count_frames(path) -> int:
     """Frames in a MetaImage file from its header alone (DimSize[2], or 1 for 2-D)."""
     p = check_file(path)
     fields, _ = parse_header(p)
-    ndims = _ints(p, fields, "NDims", 1)[0]
-    if ndims not in (2, 3):
-        raise read_error(p, f"NDims = {ndims}: only 2-D images and 3-D frame stacks are supported", "unsupported")
-    dims = _ints(p, fields, "DimSize", ndims)
-    if any(d <= 0 for d in dims):
-        raise read_error(p, f"DimSize = {fields['DimSize']!r} must be positive", "bad_header")
+    ndims, dims = _dims(p, fields)
     return dims[2] if ndims == 3 else 1
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmstream.errors import ReadError, SpacingError
+from mmstream.io._common import floats
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
@@ -30,15 +31,6 @@ class PlusConfig:
     spacing_mm: tuple[float, float]  # (row_mm, col_mm)
     output_size_rc: tuple[int, int] | None  # (rows, cols)
     image_to_probe: list[list[float]] | None
-
-
-def _floats(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split()]
-    except ValueError:
-        return None
 
 
 def load_plus_config(path) -> PlusConfig:
@@ -60,12 +52,12 @@ def load_plus_config(path) -> PlusConfig:
     found: list[tuple[list[float], list[float] | None]] = []
     for el in root.iter():
         if "OutputImageSpacingMmPerPixel" in el.attrib:
-            sp = _floats(el.attrib["OutputImageSpacingMmPerPixel"])
+            sp = floats(el.attrib["OutputImageSpacingMmPerPixel"])
             if sp is None or len(sp) < 2 or not all(math.isfinite(v) and v > 0 for v in sp[:2]):
                 raise SpacingError(
                     f"{p}: OutputImageSpacingMmPerPixel = {el.attrib['OutputImageSpacingMmPerPixel']!r} is not "
                     "two finite positive numbers", reason="invalid_spacing")
-            size = _floats(el.attrib.get("OutputImageSizePixel"))
+            size = floats(el.attrib.get("OutputImageSizePixel"))
             found.append((sp[:2], size[:2] if size and len(size) >= 2 else None))
     if not found:
         raise SpacingError(f"{p}: no OutputImageSpacingMmPerPixel in the PLUS config", reason="no_spacing")
@@ -83,7 +75,7 @@ def load_plus_config(path) -> PlusConfig:
     image_to_probe = None
     for el in root.iter("Transform"):
         if el.attrib.get("From") == "Image" and el.attrib.get("To") == "Probe":
-            vals = _floats(el.attrib.get("Matrix"))
+            vals = floats(el.attrib.get("Matrix"))
             if vals is None or len(vals) != 16 or not all(math.isfinite(v) for v in vals):
                 raise ReadError(f"{p}: Image-to-Probe Matrix is not 16 finite numbers", reason="bad_plus_config")
             image_to_probe = [vals[0:4], vals[4:8], vals[8:12], vals[12:16]]

@@ -29,8 +29,6 @@ def kernel(*signatures, readonly_args: tuple[int, ...] = (0,)):
     """Decorate a private kernel with eager signatures, e.g.
     ``@kernel("void(uint8[:, ::1], int64[:, ::1])")``; each signature is also compiled with the
     arrays at ``readonly_args`` read-only."""
-    if not signatures:
-        return numba.njit(**JIT_OPTIONS)
     sigs = []
     for s in signatures:
         sigs.append(s)

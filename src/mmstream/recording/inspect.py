@@ -194,11 +194,10 @@ def summarize(path) -> dict:
         return Summarizer(reader).update()
 
 
-def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_timeout_s: float | None = None,
-           stop: Callable[[], bool] = lambda: False) -> dict:  # fmt: skip
+def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_timeout_s: float | None = None) -> dict:
     """Summaries of a file being written, passed to ``emit`` every ``interval_s`` while anything
-    changed, until the writer closes the file cleanly, ``idle_timeout_s`` passes without new rows,
-    or ``stop()`` is true. Returns the last summary."""
+    changed, until the writer closes the file cleanly or ``idle_timeout_s`` passes without new
+    rows. Returns the last summary."""
     with open_session(path) as reader:
         s = Summarizer(reader)
         last_key, t_change = None, time.monotonic()
@@ -209,7 +208,7 @@ def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_tim
             if key != last_key:
                 emit(summary)
                 last_key, t_change = key, time.monotonic()
-            if summary["closed"] or stop():
+            if summary["closed"]:
                 return summary
             if idle_timeout_s is not None and time.monotonic() - t_change > idle_timeout_s:
                 return summary

@@ -190,10 +190,6 @@ SESSION_SUMMARY = (
     Column("n_fused", "i8", "message", "committed fused rows"),
     Column("n_biomarkers", "i8", "message", "committed biomarker snapshots"),
 )
-TABLES = {
-    "frame_index": FRAME_INDEX, "metrics": METRICS_COLUMNS, "events": EVENT_COLUMNS, "fused": FUSED_COLUMNS,
-    "biomarkers": JSON_LOG_COLUMNS, "stream_summary": STREAM_SUMMARY, "session_summary": SESSION_SUMMARY,
-}  # fmt: skip
 
 
 def dtype_of(columns: tuple[Column, ...]) -> np.dtype:

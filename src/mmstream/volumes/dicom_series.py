@@ -148,15 +148,14 @@ def _dicom_date(ds) -> str | None:
     return None
 
 
-def read_dataset(path: Path, *, max_bytes: int | None = None):
-    """A pydicom dataset from ``path``; ReadError (``unreadable``, ``too_large``) when it cannot be.
+def read_dataset(path: Path):
+    """A pydicom dataset from ``path``; ReadError (``unreadable``) when it cannot be (callers bound
+    the file size first: ``max_file_bytes``, ``max_object_bytes``).
     Elements over 1 MiB (the pixel data) stay in the file until used, so a series is checked
     (geometry, ``max_voxels``) before its pixels are read."""
     import pydicom
 
     path = Path(path)
-    if max_bytes is not None and path.stat().st_size > max_bytes:
-        raise ReadError(f"{path.name}: {path.stat().st_size} bytes exceed {max_bytes}", reason="too_large")
     try:
         return pydicom.dcmread(path, force=True, defer_size=DEFER_BYTES)
     except Exception as exc:  # pydicom raises many types on corrupt input
