@@ -159,11 +159,12 @@ def test_score_map_scores_equal_the_trainers_features_times_the_weights():
     img=_images(40),
     centre=st.tuples(st.floats(-2, 42, allow_nan=False), st.floats(-2, 42, allow_nan=False)),
     step=st.floats(0.5, 4.0),
+    move_cost=st.sampled_from([0.0, 0.2, 3.0]),
     radii=arrays(np.float64, (3, 8), elements=st.floats(1, 20)),
     w_dyn=arrays(np.float64, 4 * csa.N_FMAPS, elements=st.floats(-2, 2)),
     static_score=arrays(np.float64, 3, elements=st.floats(-2, 2)),
 )
-def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score):
+def test_track_search_matches_twin(img, centre, step, move_cost, radii, w_dyn, static_score):
     h, w = img.shape
     img = ((img.astype(np.int64) + 7 * np.arange(h)[:, None] + 3 * np.arange(w)[None, :] ** 2) % 256).astype(np.uint8)
     pr, pc = min(max(centre[0], 0.0), h - 1.0), min(max(centre[1], 0.0), w - 1.0)
@@ -177,10 +178,10 @@ def test_track_search_matches_twin(img, centre, step, radii, w_dyn, static_score
     sector = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.int64)
     polar, scratch, score_map = np.empty((8, n_r)), np.empty((n_out, csa.N_FMAPS)), np.empty((8, n_out))
     scores, best_scores, best_rc = np.empty(3), np.empty(3), np.empty(2)
-    j = kp._track_search(integ, roi[0], roi[1], pr, pc, step, h, w, radii, s, c, sector, np.full(8, 0.5),
+    j = kp._track_search(integ, roi[0], roi[1], pr, pc, step, move_cost, h, w, radii, s, c, sector, np.full(8, 0.5),
                           w_dyn.reshape(4, csa.N_FMAPS), static_score, polar, scratch, score_map, scores, best_scores,
                           best_rc)  # fmt: skip
-    tj, t_rc, t_scores, gap = twin.track_search(img, roi, pr, pc, step, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
+    tj, t_rc, t_scores, gap = twin.track_search(img, roi, pr, pc, step, move_cost, radii, s, c, sector, 4, csa.BOX_HALF, csa.N_NORM,
                                            n_r, n_out, w_dyn, static_score)  # fmt: skip
     top = np.sort(t_scores)
     assume(top[-1] - top[-2] > 1e-9 and gap > 1e-9)
@@ -264,6 +265,35 @@ def test_track_follows_moving_ellipse():
         res = csa.track(phantom(center=tuple(center), a=a, b=b, seed=10 + k), res)
         assert np.hypot(*(np.array(res.centroid_rc) - center)) <= 2.5
         assert res.area_px == pytest.approx(np.pi * a * b, rel=0.25)
+
+
+def test_track_keeps_the_outline_of_an_unchanged_image():
+    """The previous outline is a prior: on the same pixels frame after frame the outline stays where
+    the click put it (it used to drift towards the tracker's own optimum)."""
+    img = phantom(a=38.0, b=26.0, phi_deg=8.0, seed=3)
+    first = res = csa.segment_from_seed(img, (110.0, 130.0))
+    for _ in range(10):
+        res = csa.track(img, res)
+    np.testing.assert_allclose(res.contour_rc, first.contour_rc, atol=1e-9)
+
+
+def test_track_follows_a_growing_ellipse():
+    """The prior does not freeze the size: a nerve growing 8 % per axis per frame is followed."""
+    a, b = 30.0, 20.0
+    res = csa.segment_from_seed(phantom(a=a, b=b, seed=4), (110.0, 130.0))
+    for k in range(1, 5):
+        s = 1.08**k
+        res = csa.track(phantom(a=a * s, b=b * s, seed=20 + k), res)
+    assert res.area_px == pytest.approx(np.pi * a * b * s * s, rel=0.2)
+
+
+def test_track_shape_cost_is_zero_for_the_previous_ellipse_and_grows_with_the_change():
+    prev = (20.0, 1.45, 15.0)
+    cand = np.flatnonzero(np.isclose(kc.CAND_PARAMS[:, 1], 1.45) & np.isclose(kc.CAND_PARAMS[:, 2], 15.0))
+    b = kc.CAND_PARAMS[cand, 0]
+    cost = kc._track_shape_cost(prev, cand)
+    # same aspect and tilt: the mean |log radius ratio| is |log(b / 20)| on every ray
+    np.testing.assert_allclose(cost, kc.TRACK_SHAPE_COST * np.abs(np.log(b / 20.0)), atol=1e-12)
 
 
 def test_track_largest_candidates_in_a_large_frame():
@@ -367,3 +397,24 @@ def test_real_nerves_median_dice():
     assert len(comps) == 20
     d = [acc.metrics(csa.segment_from_seed(c["grey"], tuple(c["truth"]["seed_rc"])).contour_rc, c)["dice"] for c in comps]
     assert np.median(d) >= SUBSET_FLOOR
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(NO_JIT, reason="too slow without the JIT (runs in the JIT suite)")
+def test_real_nerves_tracked_on_identical_frames_keep_their_area():
+    """A still probe: 10 identical frames after the click. Before the tracking priors the area moved
+    by a median 20 % (up to 2.5x) on these images."""
+    if not (SHARED / "truth" / "nerve.json").is_file():
+        pytest.skip(f"shared data absent at {SHARED} (set MMSTREAM_SHARED_DATA)")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import accuracy_nerve as acc
+
+    change = []
+    for c in acc.load_components(SHARED, limit_images=None)[::14][:20]:
+        first = res = csa.segment_from_seed(c["grey"], tuple(c["truth"]["seed_rc"]))
+        for _ in range(10):
+            res = csa.track(c["grey"], res)
+        change.append(abs(res.area_px / first.area_px - 1.0))
+    assert np.median(change) <= 0.01 and np.percentile(change, 90) <= 0.15

@@ -275,6 +275,27 @@ def test_analyzer_failed_frame_ends_holds_with_a_warning(sim_frames):
     assert not m.header.thickness.tracked and m.header.thickness.deep_at_rc is None
 
 
+def test_analyzer_failed_frame_ending_the_csa_tracking_says_so(sim_frames):
+    """An ROI that does not fit stops the analysis; the contour's tracking ends with it, and a
+    warning says so (before, the CSA vanished silently once the ROI was cleared)."""
+    settings = StreamSettings()
+    an = Analyzer(settings)
+    f = sim_frames
+    settings.update("s1", seed_rc=f[0].truth.nerve_center_rc)
+    (m,) = an.process("frames", frame_msg(0, f[0].image))
+    (m,) = an.process("frames", frame_msg(1, f[1].image))
+    assert m.header.csa.tracked
+    settings.update("s1", roi=(0, 0, 5000, 400))
+    rej, lost = an.process("frames", frame_msg(2, f[2].image))
+    assert rej.header.reason == "bad_roi" and lost.header.reason == "csa_lost" and lost.header.level == "warning"
+    assert "tap the structure again" in lost.header.message and an.counters["csa_lost"] == 1
+    assert an.process("frames", frame_msg(3, f[3].image)) == []  # repeated: counted, not announced again
+    assert an.counters["csa_lost"] == 1 and an.rejected["bad_roi"] == 2
+    settings.update("s1", roi=None)
+    (m,) = an.process("frames", frame_msg(4, f[4].image))
+    assert m.header.csa is None and an.counters["csa_lost"] == 1
+
+
 def test_analyzer_survives_an_unforeseen_failure_and_starts_the_stream_afresh(sim_frames, monkeypatch):
     import mmstream.nodes.analyzer as A
 
@@ -468,8 +489,8 @@ def test_a_failure_that_lasts_is_announced_once_and_counted_every_frame(sim_fram
     (m,) = an.process("frames", frame_msg(7, img))
     assert m.port == "metrics"
     settings.update("s1", roi=big)
-    (ev,) = an.process("frames", frame_msg(8, img))
-    assert ev.header.reason == "bad_roi" and an.rejected["bad_roi"] == 8
+    ev, lost = an.process("frames", frame_msg(8, img))  # the seed of frame 5 was tracked since frame 7
+    assert ev.header.reason == "bad_roi" and an.rejected["bad_roi"] == 8 and lost.header.reason == "csa_lost"
     evs = an.process("frames", frame_msg(0, img, session="sess2"))  # a restarted source
     assert [e.header.reason for e in evs] == ["session_restart", "bad_roi"]
 

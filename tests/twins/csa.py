@@ -125,30 +125,33 @@ def polygon_moments(poly, o_r, o_c):
 
 
 
-def track_search(image, roi, pr, pc, step, radii, sin_t, cos_t, sector, n_sectors, half, n_norm, n_r, n_out,
-                 w_dyn, static_score):  # fmt: skip
+def track_search(image, roi, pr, pc, step, move_cost, radii, sin_t, cos_t, sector, n_sectors, half, n_norm, n_r,
+                 n_out, w_dyn, static_score):  # fmt: skip
     """Coordinate descent over centres: the centre; +-step along rows from it; +-step along cols from
-    the best so far; each clamped to the image; a strictly higher maximum score wins. Returns (best
-    candidate, (row, col), scores at the best centre, the smallest gap between two maxima compared:
+    the best so far; each clamped to the image; a centre is worth its maximum score less
+    ``move_cost`` per pixel from (pr, pc), and a strictly higher worth wins. Returns (best
+    candidate, (row, col), scores at the best centre, the smallest gap between two worths compared:
     below rounding, compiled and plain code may break the tie differently)."""
     h, w = image.shape
 
-    def scores_at(centre):
+    def worth(centre):
         polar = polar_sample(image, roi, centre[0], centre[1], sin_t, cos_t, half, n_r)
         feats = candidate_features(polar_features(polar, n_norm, n_out), radii, sector, n_sectors)
-        return feats @ w_dyn + static_score
+        s = feats @ w_dyn + static_score
+        return s, s.max() - move_cost * np.hypot(centre[0] - pr, centre[1] - pc)
 
-    best_centre, best_scores = (pr, pc), scores_at((pr, pc))
+    best_centre = (pr, pc)
+    best_scores, best = worth(best_centre)
     gap = np.inf
     for axis in (0, 1):
         base = best_centre
         for sign in (-1.0, 1.0):
             centre = list(base)
             centre[axis] = min(max(base[axis] + sign * step, 0.0), (h, w)[axis] - 1.0)
-            s = scores_at(tuple(centre))
-            gap = min(gap, abs(s.max() - best_scores.max()))
-            if s.max() > best_scores.max():
-                best_centre, best_scores = tuple(centre), s
+            s, v = worth(tuple(centre))
+            gap = min(gap, abs(v - best))
+            if v > best:
+                best_centre, best_scores, best = tuple(centre), s, v
     return int(np.argmax(best_scores)), best_centre, best_scores, gap
 
 

@@ -41,6 +41,14 @@ N_STATIC = 6  # shape-prior features per candidate
 
 TRACK_SIZE_TOL = 0.13  # track: minor semi-axis within +-13 % of the previous one
 TRACK_STEP_PX = 2.0  # track: centre offsets searched (0, +-step along rows and cols)
+# Tracking priors (score units; the score is a conditional logit): a candidate loses TRACK_SHAPE_COST
+# per unit of its mean |log radius ratio| to the previous outline over the rays, a centre
+# TRACK_MOVE_COST per pixel of offset from the previous centroid. Without them the outline drifted on
+# identical frames (area changed by a median 20 % over 10 frames of one image) towards the
+# tracker's own optimum, which lacks the click's network features. Chosen with tools/accuracy_nerve.py
+# --track-n (static, noisy, shifted and growing frames; README).
+TRACK_SHAPE_COST = 10.0
+TRACK_MOVE_COST = 0.2
 _TRACK_EXTRA_PX = int(np.ceil(TRACK_STEP_PX)) + 1  # track: ROI margin for the moved centres
 
 
@@ -164,6 +172,13 @@ def _score_at(image, center_r, center_c, weights, ws):
     scores = np.empty(len(CAND_RADII))
     _candidate_scores(score_map, CAND_RADII, static_score, scores)
     return scores
+
+
+def _track_shape_cost(prev: tuple[float, float, float], cand: np.ndarray) -> np.ndarray:
+    """(len(cand),) ``TRACK_SHAPE_COST`` x the mean over rays of ``|log(r_cand / r_prev)|``, where
+    ``r_prev`` are the radii of the previous ellipse ``prev = (b, aspect, phi_deg)``."""
+    log_prev = np.log(_ellipse_radii(np.array([prev[0]]), np.array([prev[1]]), np.array([prev[2]])))
+    return TRACK_SHAPE_COST * np.abs(np.log(CAND_RADII[cand]) - log_prev).mean(axis=1)
 
 
 def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:

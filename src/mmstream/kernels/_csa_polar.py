@@ -282,21 +282,22 @@ TRACK_MOVES = 5  # track: the centre, then +-step along rows, then +-step along 
 
 
 @kernel(
-    "int64(int64[:, ::1], int64, int64, float64, float64, float64, int64, int64, float64[:, ::1],"
+    "int64(int64[:, ::1], int64, int64, float64, float64, float64, float64, int64, int64, float64[:, ::1],"
     " float64[::1], float64[::1], int64[::1], float64[::1], float64[:, ::1], float64[::1], float64[:, ::1],"
     " float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1])",
     readonly_args=(),
 )
-def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_t, sector, ray_weight, w_sector,
-                  static_score, polar, scratch, score_map, scores, best_scores, best_rc):  # fmt: skip
+def _track_search(integ, r0, c0, pr, pc, step, move_cost, height, width, radii, sin_t, cos_t, sector, ray_weight,
+                  w_sector, static_score, polar, scratch, score_map, scores, best_scores, best_rc):  # fmt: skip
     """Coordinate-descent search of the best (centre, candidate) around ``(pr, pc)``.
 
     Moves, each scored by :func:`_polar_sample` -> :func:`_polar_score` ->
     :func:`_candidate_scores` (the score ``feats @ w_sector.ravel() + static_score`` of the sector
     features of :func:`_candidate_features`): the centre; then ``+-step`` along rows, both from
     the centre; then ``+-step`` along cols, both from the best centre so far; each moved centre is
-    clamped to ``[0, height-1] x [0, width-1]``. A move replaces the best only with a strictly
-    higher maximum score. ``integ`` (origin ``(r0, c0)``) must cover every box sample; ``polar``,
+    clamped to ``[0, height-1] x [0, width-1]``. A centre's value is its maximum score less
+    ``move_cost`` per pixel of its distance from ``(pr, pc)``; a move replaces the best only with
+    a strictly higher value. ``integ`` (origin ``(r0, c0)``) must cover every box sample; ``polar``,
     ``scratch``, ``score_map``, ``scores`` are scratch. Writes the best centre to ``best_rc``, its
     candidates' scores to ``best_scores``; returns the index of the best candidate.
     """
@@ -324,8 +325,9 @@ def _track_search(integ, r0, c0, pr, pc, step, height, width, radii, sin_t, cos_
         for j in range(n_c):
             if scores[j] > scores[j_max]:
                 j_max = j
-        if best_j < 0 or scores[j_max] > best:
-            best = scores[j_max]
+        value = scores[j_max] - move_cost * np.sqrt((cr - pr) ** 2 + (cc - pc) ** 2)
+        if best_j < 0 or value > best:
+            best = value
             best_j = j_max
             br = cr
             bc = cc

@@ -73,6 +73,7 @@ from mmstream.kernels._csa_candidates import (  # the constants not used here: r
     N_DYNAMIC,
     N_OUTLINE,
     R_MAX,
+    TRACK_MOVE_COST,
     TRACK_SIZE_TOL,
     TRACK_STEP_PX,
     _RAY_WEIGHT,
@@ -82,6 +83,7 @@ from mmstream.kernels._csa_candidates import (  # the constants not used here: r
     _score_at,
     _split_weights,
     _track_candidates,
+    _track_shape_cost,
     _workspace,
 )
 from mmstream.kernels._csa_polar import (  # the constants not used here: re-exported
@@ -295,7 +297,8 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
 
 def _track(image, previous: CsaContour, weights) -> CsaContour:
     ws = _workspace()
-    cand = _track_candidates(_ellipse_of(previous.contour_rc))
+    prev = _ellipse_of(previous.contour_rc)
+    cand = _track_candidates(prev)
     radii = CAND_RADII[cand]
     n_out, n_r = _n_radii(radii)
     pr, pc = previous.centroid_rc
@@ -306,9 +309,10 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     best_rc = np.empty(2)
     h, w = image.shape
     w_sector, static_score = _split_weights(weights, cand)
-    j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, h, w, radii, SIN_T, COS_T, SECTOR,
-                      _RAY_WEIGHT, w_sector, static_score, polar, scratch, score_map, scores, best_scores,
-                      best_rc)  # fmt: skip
+    static_score -= _track_shape_cost(prev, cand)
+    j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, TRACK_MOVE_COST, h, w, radii, SIN_T,
+                      COS_T, SECTOR, _RAY_WEIGHT, w_sector, static_score, polar, scratch, score_map, scores,
+                      best_scores, best_rc)  # fmt: skip
     conf = _confidence(best_scores, radii, j)
     return _make_contour(best_rc[0], best_rc[1], radii[j], conf)
 
@@ -321,7 +325,10 @@ def track(image: np.ndarray, previous: CsaContour) -> CsaContour:
     learned score is higher (5 centres per frame: motion up to ~2 px per axis per frame is followed
     at once, faster motion over several frames). Candidates are restricted to a minor semi-axis
     within ``TRACK_SIZE_TOL`` of the previous outline's and the neighbouring aspect ratios and tilts
-    (the previous ellipse comes from the polygon's second moments).
+    (the previous ellipse comes from the polygon's second moments). The previous outline is also a
+    prior: each candidate's score loses ``TRACK_SHAPE_COST`` per unit of its mean absolute log
+    radius ratio to the previous ellipse, each centre ``TRACK_MOVE_COST`` per pixel moved, so an
+    unchanged image keeps the outline, and size or position change only where the image does.
 
     Parameters
     ----------

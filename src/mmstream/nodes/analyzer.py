@@ -168,6 +168,7 @@ class Analyzer(Node):
         clicks = self._line_clicks(h.stream_id, cfg)
         prev = self._previous.get(h.stream_id)
         held_before = _held(None if prev is None else prev.tracking_state.thickness)
+        tracked_csa = prev is not None and prev.tracking_state.csa is not None
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         lines_applied = "thickness" in cfg.metrics  # until then clicks wait
         try:
@@ -179,6 +180,10 @@ class Analyzer(Node):
                     self._seed_version[h.stream_id] = seed_applied
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
+                if tracked_csa:  # the contour is gone with the tracking: say so (tap again)
+                    self.count("csa_lost")
+                    lost.append(self.event("warning", "csa_lost", "the CSA contour is no longer tracked (analysis "
+                                           "failed): tap the structure again", h.stream_id, h.seq))  # fmt: skip
                 ev = self.reject(exc.reason, f"analysis failed: {exc} (announced once while it lasts)", h.stream_id, h.seq)
                 key = (exc.reason, str(exc), cfg.seed_version, cfg.line_versions)  # a new tap gets its answer
                 repeated = self._failing.get(h.stream_id) == key  # as the last frame's: counted, not announced
