@@ -561,17 +561,28 @@ def test_non_finite_optional_float_is_refused_when_built():
 
 
 @pytest.mark.parametrize(
-    "spec", [[], [{"name": "voxels", "dtype": "float32", "shape": [4, 5]}], [{"name": "x", "dtype": "float32", "shape": [1, 1, 1]}]],
-    ids=["no-buffer", "2d", "misnamed"],
+    "spec", [[], [{"name": "voxels", "dtype": "float32", "shape": [4, 5]}], [{"name": "x", "dtype": "float32", "shape": [1, 1, 1]}],
+             [{"name": "voxels", "dtype": "float32", "shape": [0, 5, 5]}], [{"name": "voxels", "dtype": "int16", "shape": [0, 0, 0]}]],
+    ids=["no-buffer", "2d", "misnamed", "no-slice", "empty"],
 )  # fmt: skip
 def test_volume_needs_one_3d_voxels_buffer(spec):
     h = json.loads(sample_volume()[0].model_dump_json())
     h["buffers"] = spec
-    n = [math.prod(s["shape"]) * 4 for s in spec]
+    n = [math.prod(s["shape"]) * np.dtype(s["dtype"]).itemsize for s in spec]
     expect("invalid_header", [b"volume.mri-1", json.dumps(h).encode(), *(bytes(k) for k in n)])
 
 
 # --------------------------------------------------------------------------- encode errors
+
+
+def test_encode_and_decode_an_empty_array():
+    """A zero-size buffer (e.g. a polyline of no points) encodes; numpy's memoryview of an array
+    with a zero in its shape cannot be cast to bytes, which once ended ingest's thread."""
+    h = sample_metrics()[0]
+    empty = np.empty((0, 2), np.float32)
+    h = h.model_copy(update={"buffers": buffer_specs(superficial_rc=empty)})
+    d = decode(encode(h, [empty]))
+    assert d.arrays["superficial_rc"].shape == (0, 2)
 
 
 def test_encode_wrong_number_of_arrays():

@@ -354,3 +354,41 @@ def test_attached_node_sees_every_accepted_frame_and_every_published_message(sim
             g.attach(Collector(), {}, {})
     assert set(c.seen["frames"]) == {"frame.probe"}
     assert c.seen["bus"].count("metrics.probe") == 5
+
+
+def test_an_output_that_cannot_be_sent_is_counted_and_the_node_goes_on(sim_probe):
+    """A node whose output cannot be encoded (a bug: arrays that do not match the header) loses that
+    output, counted as ``internal_error``; its thread goes on (a zero-size volume once ended ingest's
+    thread this way: every later frame was lost)."""
+    from mmstream.graph import SocketSpec
+    from mmstream.messages import Event
+    from mmstream.nodes.base import Node, Out, Port
+
+    class Faulty(Node):
+        name = "faulty"
+        inputs = (Port("frames", capacity=64),)
+
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def process(self, port, msg):
+            self.n += 1
+            bad = Out("events", self.event("info", "bad", "mismatched arrays").header, (np.zeros(3),))
+            return [bad, self.event("info", "good", f"frame {self.n}")]
+
+    g = Graph(load_config(None, endpoints=RANDOM_TCP))
+    node = Faulty()
+    g.attach(node, {"frames": SocketSpec("sub", g.internal["frames"], bind=False)}, {"events": [g.events_spec()]})
+    with g:
+        sub = make_socket("sub", g.endpoints["metrics"], bind=False, subscribe=("event.faulty",))
+        time.sleep(0.2)  # slow-joiner of the subscription
+        with FrameSender(g.endpoints["ingest"], "probe") as sender:
+            for i in range(3):
+                sender.send(sim_probe.frame(i).to_source())
+                wait_for(lambda: node.n == i + 1, what=f"frame {i} processed")
+        got = [decode(sub.recv(timeout_ms=5000)).header for _ in range(3)]
+        assert [e.reason for e in got] == ["good"] * 3 and isinstance(got[0], Event)
+        st = g.status()["nodes"]["faulty"]
+        assert st["counters"]["internal_error"] == 3 and st["running"]
+        sub.close()

@@ -45,6 +45,12 @@ class Limits:
     max_elements: int = 64 * 1024 * 1024
     max_frame_shape: tuple[int, int] = (4096, 4096)
 
+    @property
+    def max_part_bytes(self) -> int:
+        """The largest part a valid message has (its header, or a buffer of ``max_elements`` 8-byte
+        values): the receiving sockets drop a peer that sends a larger one before holding it."""
+        return max(self.max_header_bytes, self.max_topic_bytes, 8 * self.max_elements)
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -84,7 +90,7 @@ def encode(header, arrays: Sequence[np.ndarray] = (), topic: str | None = None) 
                 f"array {spec.name!r} is {arr.dtype.name} {arr.shape}, header says {spec.dtype} {spec.shape}",
                 reason="buffer_size",
             )
-        bufs.append(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        bufs.append(memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B"))  # 1-D: an empty array casts too
     t = topic_for(header) if topic is None else topic
     return [t.encode(), header.model_dump_json().encode(), *bufs]
 

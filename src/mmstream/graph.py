@@ -85,7 +85,7 @@ class NodeRunner(threading.Thread):
         try:
             for port, spec in self._in_specs.items():
                 ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve,
-                                        subscribe=spec.subscribe)  # fmt: skip
+                                        subscribe=spec.subscribe, max_msg_bytes=self._limits.max_part_bytes)  # fmt: skip
                 self.bound[port] = ins[port].last_endpoint
                 if self._internal_pair(spec, "pull"):
                     self._handoff_inputs.add(id(ins[port]))
@@ -115,29 +115,39 @@ class NodeRunner(threading.Thread):
         return self._handoff is not None and spec.kind == kind and spec.endpoint.startswith(self._handoff_prefix)
 
     def _emit(self, outs: dict[str, list[Socket]], results) -> None:
+        """Send each output; one that cannot be encoded or sent (a bug) is dropped and counted as
+        ``internal_error``, never ending the node's thread."""
         encoded = {}  # one message sent on several ports (ingest: frames + accepted) is encoded once
         for out in results:
             socks = outs.get(out.port)
             if not socks:
                 continue  # a port nobody listens to (e.g. events of a node without a publisher)
-            sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
-            handoff = id(sock) in self._handoff_socks
-            if handoff:
-                parts = self._handoff.park(out.header, out.arrays)
-            else:
-                key = (id(out.header), *map(id, out.arrays))  # ids are stable: ``results`` holds every object
-                parts = encoded.get(key)
-                if parts is None:
-                    parts = encoded[key] = encode(out.header, out.arrays)
-            if id(sock) in self._reply_socks:
-                sock.send(parts, timeout_ms=1000)
-                continue
-            sent = self._send_waiting(sock, parts) if id(sock) in self._waiting_socks else sock.try_send(parts)
-            if not sent:
-                if handoff:
-                    self._handoff.cancel(parts)
+            try:
+                self._emit_one(out, socks, encoded)
+            except Exception:
+                self.node.count("internal_error")
                 self.send_drops[out.port] += 1
-                self.node.count(f"dropped_{out.port}")
+
+    def _emit_one(self, out, socks: list[Socket], encoded: dict) -> None:
+        """Encode (once per message, unless handed off) and send ``out`` on its socket."""
+        sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
+        handoff = id(sock) in self._handoff_socks
+        if handoff:
+            parts = self._handoff.park(out.header, out.arrays)
+        else:
+            key = (id(out.header), *map(id, out.arrays))  # ids are stable: ``results`` holds every object
+            parts = encoded.get(key)
+            if parts is None:
+                parts = encoded[key] = encode(out.header, out.arrays)
+        if id(sock) in self._reply_socks:
+            sock.send(parts, timeout_ms=1000)
+            return
+        sent = self._send_waiting(sock, parts) if id(sock) in self._waiting_socks else sock.try_send(parts)
+        if not sent:
+            if handoff:
+                self._handoff.cancel(parts)
+            self.send_drops[out.port] += 1
+            self.node.count(f"dropped_{out.port}")
 
     def _send_waiting(self, sock: Socket, parts: list) -> bool:
         """Send on a lossless edge: wait while the peer's queue is full; False only if the runner stops."""

@@ -141,6 +141,8 @@ class Volume(_Header):
     def _one_3d_voxels(self):
         if len(self.buffers) != 1 or self.buffers[0].name != "voxels" or len(self.buffers[0].shape) != 3:
             raise ValueError("a volume carries exactly one 3-D buffer named 'voxels'")
+        if 0 in self.buffers[0].shape:
+            raise ValueError("a volume needs at least one voxel along each axis")
         return self
 
 

@@ -266,6 +266,7 @@ def make_socket(
     subscribe: tuple[str, ...] = ("",),
     immediate: bool = False,
     ctx: zmq.Context | None = None,
+    max_msg_bytes: int | None = None,
 ) -> Socket:
     """Create, configure and bind or connect a socket.
 
@@ -286,6 +287,9 @@ def make_socket(
     ctx : zmq.Context, optional
         A context of the caller's (default: the process-wide one), e.g. to wait with ``ctx.term()``
         until the messages of its sockets have left (inproc endpoints need the shared one).
+    max_msg_bytes : int, optional
+        Largest message part received (ZMQ_MAXMSGSIZE): ZeroMQ disconnects a peer that sends a
+        larger one before it is held in memory (tcp/ipc; inproc passes messages without a limit).
     """
     if kind not in _KINDS:
         raise ConfigError(f"unknown socket kind {kind!r}")
@@ -307,6 +311,8 @@ def make_socket(
             _apply_curve(sock, curve, server=bind)
         if immediate:
             sock.immediate = 1
+        if max_msg_bytes is not None:
+            sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_bytes))
         if kind == "sub":
             for t in subscribe:
                 sock.setsockopt_string(zmq.SUBSCRIBE, t)
