@@ -214,6 +214,8 @@ def test_new_frame_size_starts_afresh(frames):
         ({"spacing_mm": (-0.1, 0.1)}, SpacingError),
         ({"spacing_mm": "abc"}, SpacingError),
         ({"spacing_mm": (1e200, 1e200)}, SpacingError),  # finite, but the mm results would be inf
+        ({"spacing_mm": (1e-30, 0.1)}, SpacingError),  # positive, but a corrupt value (an area of 0.0 mm2)
+        ({"spacing_mm": (5e-324, 5e-324)}, SpacingError),
         ({"spacing_mm": (10**400, 1)}, SpacingError),
         ({"roi": (10, 10, 5, 20)}, InputError),
         ({"roi": (0, 0, 600, 20)}, InputError),

@@ -385,9 +385,10 @@ def test_analyzer_line_clicks_hold_release_and_refuse():
     assert m.header.thickness.deep_at_rc[1] == c - 80 and not m.header.thickness.tracked
 
 
-def test_analyzer_takes_an_implausible_spacing_as_unknown(sim_frames):
+@pytest.mark.parametrize("spacing_mm", [(1e200, 1e200), (1e-30, 1e-30)])
+def test_analyzer_takes_an_implausible_spacing_as_unknown(sim_frames, spacing_mm):
     an = Analyzer(StreamSettings())
-    (m,) = an.process("frames", frame_msg(0, sim_frames[0].image, spacing_mm=(1e200, 1e200), spacing_source="config"))
+    (m,) = an.process("frames", frame_msg(0, sim_frames[0].image, spacing_mm=spacing_mm, spacing_source="config"))
     t = m.header.thickness
     assert t.thickness_px > 0 and t.thickness_mm is None and an.counters["spacing_refused"] == 1
 

@@ -144,7 +144,7 @@ class FrameAnalysis(_Model):
 
 def validate_spacing(spacing_mm) -> tuple[float, float] | None:
     """``(row_mm, col_mm)`` as floats, or None; SpacingError when not two finite values in
-    (0, ``MAX_SPACING_MM`` = 100] mm (:mod:`mmstream.io._common`)."""
+    [``MIN_SPACING_MM`` = 1e-4, ``MAX_SPACING_MM`` = 100] mm (:mod:`mmstream.io._common`)."""
     return None if spacing_mm is None else _validate_spacing(spacing_mm, what="spacing_mm")
 
 

@@ -157,17 +157,18 @@ def check_pixels(path, rows: int, cols: int, max_pixels: int, what: str = "frame
 
 
 MAX_SPACING_MM = 100.0  # mm per pixel: no imaging device comes near; beyond, *_mm results could overflow
+MIN_SPACING_MM = 1e-4  # mm per pixel (0.1 um): far finer than any medical imaging device; below, a corrupt value
 
 
 def validate_spacing(value, *, what: str) -> tuple[float, float]:
-    """Check a ``(row_mm, col_mm)`` pair: two finite numbers in (0, MAX_SPACING_MM]; raise
-    ``SpacingError("invalid_spacing")``."""
+    """Check a ``(row_mm, col_mm)`` pair: two finite numbers in [MIN_SPACING_MM, MAX_SPACING_MM];
+    raise ``SpacingError("invalid_spacing")``."""
     try:
         row_mm, col_mm = (float(v) for v in value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SpacingError(f"{what}: expected (row_mm, col_mm), got {value!r}", reason="invalid_spacing") from exc
-    if not all(math.isfinite(v) and 0 < v <= MAX_SPACING_MM for v in (row_mm, col_mm)):
-        raise SpacingError(f"{what}: spacing must be two numbers in (0, {MAX_SPACING_MM:g}] mm, got {value!r}",
+    if not all(math.isfinite(v) and MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in (row_mm, col_mm)):
+        raise SpacingError(f"{what}: spacing must be two numbers in [{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm, got {value!r}",
                            reason="invalid_spacing")  # fmt: skip
     return (row_mm, col_mm)
 
