@@ -290,7 +290,7 @@ def analyze_frame(
         Bad frame, ROI, seed, line click, metric name or region; a seed or line click on a frame
         without probe contact (reason ``no_contact``) or featureless (reason ``featureless``).
     SpacingError
-        Spacing given but not two finite values in (0, 100] mm.
+        Spacing given but not two finite values in [0.0001, 100] mm.
     """
     if not isinstance(frame, np.ndarray) or frame.ndim != 2 or frame.dtype != np.uint8:
         raise InputError(
