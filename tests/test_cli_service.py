@@ -64,7 +64,8 @@ def test_serve_status_and_sigterm(tmp_path):
             if st.returncode == 0 and re.search(r"probe-a\s+\d+\s+[\d.]+", out):
                 break
             time.sleep(0.2)
-        assert re.search(r"probe-a\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out
+        assert re.search(r"fps\s+idle s\s+e2e p50 ms", out), out
+        assert re.search(r"probe-a\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out), out  # frames fps idle p50 p99
         assert "analyzer-0" in out and "ingest" in out
         assert f"source cine: FAILED: ReadError: {file_tag('gone.dcm')}" in out and "gone.dcm" not in out  # a hash only
         assert re.search(r"recording: idle  last error: no_directory: .*no-such-dir", out), out

@@ -128,6 +128,22 @@ def test_telemetry_keeps_a_bounded_number_of_streams():
     assert sorted(t.summary()) == ["s2", "s4", "s9"] and t.summary()["s2"]["frames"] == 2
 
 
+def test_telemetry_fps_is_the_current_rate():
+    """The frame rate is over the last FPS_WINDOW_S seconds: after a pause it is the new rate, not
+    the average since the first frame; a stopped stream has none."""
+    from mmstream.nodes.base import FPS_WINDOW_S, Telemetry
+
+    t = Telemetry()
+    for k in range(60):  # 2 s at 30 fps, a pause of 6 s, then 2 s at 10 fps
+        t.add("s", k / 30.0, None)
+    for k in range(21):
+        t.add("s", 8.0 + k / 10.0, None)
+    s = t.summary(now=10.0)["s"]
+    assert s["frames"] == 81 and s["fps"] == pytest.approx(10.0) and s["idle_s"] == pytest.approx(0.0)
+    s = t.summary(now=10.0 + FPS_WINDOW_S + 0.1)["s"]
+    assert s["fps"] is None and s["idle_s"] == pytest.approx(FPS_WINDOW_S + 0.1)
+
+
 def test_latest_queue_forgets_streams_without_waiting_messages():
     q = PortQueue(Port("frames", capacity=1, policy="latest"))
     img = np.zeros((4, 4), np.uint8)

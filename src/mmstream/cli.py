@@ -303,10 +303,10 @@ def cmd_status(args) -> int:
         return 0
     st = reply.data
     print(f"session {st['session_id']}  up {st['uptime_s']:.0f} s")
-    print(f"{'stream':<16}{'frames':>8}{'fps':>8}{'e2e p50 ms':>12}{'e2e p99 ms':>12}")
+    print(f"{'stream':<16}{'frames':>8}{'fps':>8}{'idle s':>8}{'e2e p50 ms':>12}{'e2e p99 ms':>12}")
     for sid, s in sorted(st["streams"].items()):
-        row = [s["frames"], s["fps"], s["latency_p50_ms"], s["latency_p99_ms"]]
-        print(f"{sid:<16}{row[0]:>8}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(row[1:], (8, 12, 12))))
+        row = [s["frames"], s["fps"], s["idle_s"], s["latency_p50_ms"], s["latency_p99_ms"]]
+        print(f"{sid:<16}{row[0]:>8}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(row[1:], (8, 8, 12, 12))))
     print(f"{'node':<16}{'drops':>8}{'rejects':>9}  counters")
     for name, n in sorted(st["nodes"].items()):
         drops = sum(n.get("queue_drops", {}).values()) + sum(n.get("send_drops", {}).values())

@@ -88,15 +88,19 @@ class PortQueue:
         return msg
 
 
+FPS_WINDOW_S = 5.0  # the frame rate reported is over the frames of the last 5 s
+
+
 @dataclass
 class Telemetry:
-    """Rolling latency samples (seconds) and frame counts per stream, for at most ``max_streams``
-    streams (a long-running service sees many stream ids come and go)."""
+    """Rolling latency samples (seconds), arrival times (``time.monotonic()`` s) and frame counts
+    per stream, for at most ``max_streams`` streams (a long-running service sees many stream ids
+    come and go)."""
 
     window: int = 2048
     latency_s: dict[str, deque] = field(default_factory=dict)
     frames: Counter = field(default_factory=Counter)
-    first_t: dict[str, float] = field(default_factory=dict)
+    arrivals: dict[str, deque] = field(default_factory=dict)
     last_t: dict[str, float] = field(default_factory=dict)
 
     max_streams: int = 256  # beyond this a new stream takes the place of the one seen longest ago
@@ -104,25 +108,27 @@ class Telemetry:
     def add(self, stream_id: str, t_now: float, latency_s: float | None) -> None:
         if stream_id not in self.frames and len(self.frames) >= self.max_streams:
             old = min(self.last_t, key=self.last_t.get)
-            for table in (self.frames, self.first_t, self.last_t, self.latency_s):
+            for table in (self.frames, self.arrivals, self.last_t, self.latency_s):
                 table.pop(old, None)
         self.frames[stream_id] += 1
-        self.first_t.setdefault(stream_id, t_now)
+        self.arrivals.setdefault(stream_id, deque(maxlen=self.window)).append(t_now)
         self.last_t[stream_id] = t_now
         if latency_s is not None:
             self.latency_s.setdefault(stream_id, deque(maxlen=self.window)).append(latency_s)
 
-    def summary(self) -> dict:
-        """Per stream: frames, mean fps, seconds since its last frame (``idle_s``: a stopped stream
-        keeps its fps) and latency percentiles (ms)."""
+    def summary(self, now: float | None = None) -> dict:
+        """Per stream: frames, the current fps (over the frames of the last ``FPS_WINDOW_S``
+        seconds before ``now``, default ``time.monotonic()``: None for a stream stopped or paused
+        that long), seconds since its last frame (``idle_s``) and latency percentiles (ms)."""
         out = {}
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         for sid, n in self.frames.items():
-            span = self.last_t[sid] - self.first_t[sid]
+            recent = [t for t in self.arrivals[sid] if t >= now - FPS_WINDOW_S]
+            span = recent[-1] - recent[0] if len(recent) >= 2 else 0.0
             lat = np.asarray(self.latency_s.get(sid, ()), dtype=np.float64)
             out[sid] = {
                 "frames": n,
-                "fps": (n - 1) / span if span > 0 else None,
+                "fps": (len(recent) - 1) / span if span > 0 else None,
                 "idle_s": now - self.last_t[sid],
                 "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else None,
                 "latency_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else None,
