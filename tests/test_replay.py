@@ -235,7 +235,8 @@ def _recording_service(directory, sources=()):
     return Service(cfg)
 
 
-def _record(directory, n, feed) -> str:
+def _record(directory, n, feed) -> tuple[str, dict]:
+    """(the session file, the sources' health in the status) of a service recording ``n`` frames."""
     directory.mkdir()
     svc = _recording_service(directory, feed if isinstance(feed, list) else ())
     with svc:
@@ -244,9 +245,10 @@ def _record(directory, n, feed) -> str:
         wait_for(lambda: svc.recorder.recording_status()["frames"] >= n, 30, "frames recorded")
         wait_for(lambda: (svc.recorder.recording_status()["committed"] or {}).get("metrics", {}).get("probe0", 0) >= n,
                  30, "metrics recorded")  # fmt: skip
-        assert svc.graph.status()["nodes"]["analyzer-0"]["queue_drops"] == {"frames": 0}
+        status = svc.graph.status()
+        assert status["nodes"]["analyzer-0"]["queue_drops"] == {"frames": 0}
     (path,) = directory.glob("*.h5")
-    return str(path)
+    return str(path), status.get("sources", {})
 
 
 _TIMING = {"t_recorded_s", "json_offset", "json_n_bytes", *(f"stamp_{s}" for s in L.STAMP_NAMES)}
@@ -273,10 +275,11 @@ def test_record_replay_record_gives_identical_frames_and_metrics(tmp_path):
         with FrameSender(endpoint, "probe0", clinical=CLINICAL) as sender:
             pump(probe.source_frames(n), sender, realtime=True)
 
-    first = _record(tmp_path / "a", n, feed)
+    first, _ = _record(tmp_path / "a", n, feed)
     # the replay runs as a configured source of the second service (the `replay` entry point)
     assert mmstream_drivers.load("replay") is ReplaySource
-    second = _record(tmp_path / "b", n, [{"driver": "replay", "stream_id": "probe0", "options": {"path": first}}])
+    second, sources = _record(tmp_path / "b", n, [{"driver": "replay", "stream_id": "probe0", "options": {"path": first}}])
+    assert sources["probe0"]["counters"]["frames"] == n  # the replay source's health, as every driver's
     a, b = _content(first), _content(second)
     assert a[0].shape == (n, *SPEC.shape)
     np.testing.assert_array_equal(a[0], b[0])  # pixels

@@ -64,3 +64,11 @@ def test_custom_size_and_spacing():
     f = probe.frame(0)
     assert f.image.shape == (256, 320)
     assert f.truth.nerve_semi_axes_px == pytest.approx((2.6 / 0.2, 4.0 / 0.15))
+
+
+def test_sim_source_counts_its_frames_in_its_health():
+    """Like every driver, the simulated probe has a ``health`` (shown under ``sources`` in status)."""
+    probe = SimProbe(SceneSpec(shape=(64, 64)), seed=1)
+    assert len(list(probe.source_frames(3))) == 3
+    st = probe.health.status()
+    assert st["counters"]["frames"] == 3 and not st["errors"]

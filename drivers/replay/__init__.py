@@ -31,6 +31,7 @@ from mmstream.messages import Frame
 from mmstream.recording.reader import SessionReader
 from mmstream.source import FrameSender, SourceFrame
 from mmstream.transport import Curve
+from mmstream_drivers.health import SourceHealth
 
 MODES = ("realtime", "fast", "step")
 DELIVER_S = 60.0  # after the last frame, how long send() waits for the service to take the queued ones
@@ -200,6 +201,7 @@ class ReplaySource:
         if mode == "step":
             raise ConfigError("replay source: step mode needs an interactive caller (mmstream replay --mode step)")
         self._stop = threading.Event()
+        self.health = SourceHealth(f"source-{self.name}")
         self._replayer = Replayer(path, [stream] if stream else None, mode=mode, speed=speed, stop=self._stop)
         if len(self._replayer.streams) != 1:
             self._replayer.close()
@@ -209,7 +211,11 @@ class ReplaySource:
     def source_frames(self) -> Iterator[SourceFrame]:
         try:
             for f in self._replayer:
+                self.health.count("frames")
                 yield f.frame
+        except ReadError as exc:  # a damaged part of the file: said in the health, then the source stops
+            self.health.error(exc.reason, str(exc))
+            raise
         finally:
             self._replayer.close()
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from mmstream.messages import ImagingSettings
 from mmstream.source import SourceFrame
+from mmstream_drivers.health import SourceHealth
 from mmstream_drivers.sim.bmode import BModeScene, SceneSpec, SceneTruth
 
 __all__ = ["SimProbe", "SimFrame", "SceneSpec", "SceneTruth", "BModeScene"]
@@ -78,6 +79,7 @@ class SimProbe:
         self.fps = float(fps)
         self.scene = BModeScene(spec, seed=seed)
         self._motion = (sweep_mm, sweep_period_s, breathing_mm, breathing_period_s)
+        self.health = SourceHealth(f"source-{self.name}")
 
     def offset_mm(self, t_s: float) -> tuple[float, float]:
         """Probe offset (row, col) in mm relative to the tissue at device time ``t_s``."""
@@ -101,5 +103,8 @@ class SimProbe:
             i += 1
 
     def source_frames(self, count: int | None = None) -> Iterator[SourceFrame]:
-        """The driver interface: frames as :class:`~mmstream.source.SourceFrame`, truth annotated."""
-        return (f.to_source() for f in self.frames(count))
+        """The driver interface: frames as :class:`~mmstream.source.SourceFrame`, truth annotated
+        (counted as ``frames`` in :attr:`health`)."""
+        for f in self.frames(count):
+            self.health.count("frames")
+            yield f.to_source()
