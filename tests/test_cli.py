@@ -174,6 +174,27 @@ def test_sonosite_cine_spacing(capsys, shared_data):
 
 
 @pytest.mark.shared_data
+def test_offline_thickness_equals_the_live_sources_on_a_dicom_cine(capsys, shared_data):
+    """`mmstream analyze` passes the file's B-mode region as ROI; the live dicom source crops the
+    frame to it. Both search the picture found inside (the sector's black corners left out), so the
+    same frame gives the same lines (they once differed by 22 px, 11 mm, on this cine)."""
+    from mmstream.analysis import analyze_frame
+    from mmstream.io import read_frames
+
+    path = shared_data / "dicom-us" / "color3d_jpeg_baseline.dcm"
+    code, out, err = run(capsys, path, "--metrics", "thickness")
+    assert code == 0, err
+    offline = records(out)[0]["thickness"]
+    f = next(read_frames(path))
+    r0, c0, r1, c1 = f.meta["region_rc"]
+    live = analyze_frame(np.ascontiguousarray(f.image[r0:r1, c0:c1]), spacing_mm=f.spacing_mm, metrics=["thickness"]).thickness
+    assert offline["thickness_px"] == live.thickness_px and offline["thickness_mm"] == pytest.approx(live.thickness_mm)
+    lr0, lc0, lr1, lc1 = live.region_rc
+    assert offline["region_rc"] == [lr0 + r0, lc0 + c0, lr1 + r0, lc1 + c0]
+    assert lc1 - lc0 < c1 - c0  # the sector's black corners are not searched
+
+
+@pytest.mark.shared_data
 def test_plus_sequence(capsys, shared_data):
     path = shared_data / "pluslibdata" / "BoneUltrasound_L14.igs.mha"
     code, out, err = run(capsys, path, "--metrics", "echogenicity,thickness")

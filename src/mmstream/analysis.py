@@ -261,8 +261,9 @@ def analyze_frame(
     spacing_mm : (row_mm, col_mm), optional
         Pixel spacing; None leaves every ``*_mm`` field null.
     roi : (r0, c0, r1, c1), optional
-        End-exclusive rectangle: the echogenicity region (``echo_region="auto"``) and the region
-        searched for the thickness boundaries (default: found automatically). An ROI under 32 px
+        End-exclusive rectangle: the echogenicity region (``echo_region="auto"``) and where the
+        thickness boundaries are searched (in the B-mode picture found inside it; default: in the
+        whole frame). An ROI under 32 px
         in either direction is an echogenicity region only: thickness is then found automatically.
     seed : (row, col), optional
         A click inside the structure whose CSA is wanted. Without a seed the CSA is tracked from

@@ -216,25 +216,28 @@ def _longest_run(mask: np.ndarray) -> tuple[int, int]:
     return int(starts[i]), int(stops[i])
 
 
-def find_bmode_region(image: np.ndarray) -> tuple[int, int, int, int]:
-    """B-mode picture of a (possibly screen-captured) frame as ``(r0, c0, r1, c1)``."""
-    h, w = image.shape
+def find_bmode_region(image: np.ndarray, within: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """B-mode picture of a (possibly screen-captured) frame as ``(r0, c0, r1, c1)``, searched
+    inside ``within`` (end-exclusive, default the whole frame), which it returns when it finds no
+    picture there."""
+    wr0, wc0, wr1, wc1 = (0, 0, *image.shape) if within is None else within
+    h, w = wr1 - wr0, wc1 - wc0
     col = np.empty(w, np.int64)
     row = np.empty(h, np.int64)
-    _activity(image, 0, 0, h, w, col, row)
+    _activity(image, wr0, wc0, wr1, wc1, col, row)
     c0, c1 = _longest_run(col >= ACTIVE_FRACTION * (h - 1))
     if c1 - c0 < MIN_SIZE:
-        return 0, 0, h, w
-    _activity(image, 0, c0, h, c1, col[: c1 - c0], row)
+        return wr0, wc0, wr1, wc1
+    _activity(image, wr0, wc0 + c0, wr1, wc0 + c1, col[: c1 - c0], row)
     r0, r1 = _longest_run(row[: h - 1] >= ACTIVE_ROW_FRACTION * (c1 - c0))
     r1 = min(r1 + 1, h)
     if r1 - r0 < MIN_SIZE:
-        return 0, c0, h, c1
-    _activity(image, r0, c0, r1, c1, col[: c1 - c0], row[: r1 - r0])
+        return wr0, wc0 + c0, wr1, wc0 + c1
+    _activity(image, wr0 + r0, wc0 + c0, wr0 + r1, wc0 + c1, col[: c1 - c0], row[: r1 - r0])
     a, b = _longest_run(col[: c1 - c0] >= ACTIVE_FRACTION * (r1 - r0 - 1))
     if b - a >= MIN_SIZE:
         c0, c1 = c0 + a, c0 + b
-    return r0, c0, r1, c1
+    return wr0 + r0, wc0 + c0, wr0 + r1, wc0 + c1
 
 
 def _line_peaks(score, n, sep):

@@ -7,10 +7,12 @@ aponeuroses: the superficial one where its bright band falls to the darker muscl
 one where the darker muscle rises to the bright deep band. Both are long, nearly straight or
 smoothly curved edges spanning the picture, while fascicle striations are short and tilted. So:
 
-1. **B-mode region** (``roi=None``): screen captures carry flat UI areas (uniform grey or black,
-   sparse text). A pixel is *active* when it differs from the pixel below it (speckle almost always
-   does); the region is the longest run of columns, then of rows, whose active fraction is at least
-   one half (:func:`_activity`).
+1. **B-mode region** (in the ``roi``, or the whole frame): screen captures carry flat UI areas
+   (uniform grey or black, sparse text), sector images black margins. A pixel is *active* when it
+   differs from the pixel below it (speckle almost always does); the region is the longest run of
+   columns, then of rows, whose active fraction is at least one half (:func:`_activity`). So a
+   frame cropped to its B-mode region and the whole frame with that region as ROI are searched
+   alike (the live DICOM source crops, ``mmstream analyze`` passes the region as ROI).
 2. **Edge map**: the region is averaged over bins of ``BIN_COLS`` columns (:func:`_bin_columns`),
    then a vertical step filter gives ``G[r, j] = mean(rows r..r+k-1) - mean(rows r-k..r-1)``
    (:func:`_vertical_step`): positive on dark-above/bright-below edges (deep aponeurosis), negative
@@ -174,8 +176,9 @@ def measure_thickness(
     image : ndarray of shape (H, W), uint8, C-contiguous
         Grey B-mode frame or screen capture holding one (longitudinal muscle view).
     roi : (r0, c0, r1, c1), optional
-        End-exclusive region to search, image pixels. Default: the B-mode picture, found
-        automatically (UI borders of screen captures are excluded).
+        End-exclusive region to search in, image pixels (default the whole frame): the lines are
+        searched in the B-mode picture found inside it (UI borders of screen captures and black
+        margins beside a sector are excluded; an ROI inside the picture is kept as it is).
     previous : ThicknessLines, optional
         Result on the previous frame of the same stream: the lines are then tracked in a narrow
         band around it (fast, stable); if they are lost the frame is analysed from scratch.
@@ -230,7 +233,8 @@ def measure_thickness(
     if previous is not None and clicks == (None, None) and track:
         preg = tuple(int(v) for v in previous.region_rc)
         ok = (
-            (region is None or region == preg)
+            (region is None or (region[0] <= preg[0] and region[1] <= preg[1]
+                                and preg[2] <= region[2] and preg[3] <= region[3]))  # fmt: skip
             and 0 <= preg[0] < preg[2] <= h
             and 0 <= preg[1] < preg[3] <= w
             and preg[2] - preg[0] >= MIN_SIZE
@@ -243,10 +247,10 @@ def measure_thickness(
             if res is not None:
                 return res
 
-    if region is None:
-        region = find_bmode_region(image)
-        if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
-            region = (0, 0, h, w)
+    bounds = (0, 0, h, w) if region is None else region
+    region = find_bmode_region(image, bounds)
+    if region[2] - region[0] < MIN_SIZE or region[3] - region[1] < MIN_SIZE:
+        region = bounds
 
     def inside(at):
         return at is not None and region[0] <= at[0] < region[2] and region[1] <= at[1] < region[3]
