@@ -41,12 +41,24 @@ def test_units_convert_exactly_to_the_canonical_unit(name, value, unit, expected
      ({"modality": "PET"}, "invalid_record"), ({"acquired_on": "yesterday"}, "invalid_record"),
      ({"acquired_on": "2062-01-05"}, "future_date"),
      ({"patient_id": "../../etc"}, "invalid_record"), ({"site": "Tibialis Anterior"}, "invalid_record"),
-     ({"extra": 1}, "invalid_record"), ({"biomarker": "pet_suv_mean", "modality": "PET", "unit": "g/mL"}, "invalid_record")],
+     ({"extra": 1}, "invalid_record"), ({"biomarker": "pet_suv_mean", "modality": "PET", "unit": "g/mL"}, "invalid_record"),
+     # a value is a number or a decimal text, never a boolean (float(True) is 1) nor a Python-only literal
+     ({"value": True}, "invalid_record"), ({"value": False}, "invalid_record"), ({"value": "1_0"}, "invalid_record"),
+     ({"value": "0x1"}, "invalid_record"), ({"value": "0,5"}, "invalid_record"), ({"value": "\u0661"}, "invalid_record"),
+     ({"value": [0.3]}, "invalid_record"), ({"value": 10**400}, "out_of_range"),
+     # a date is ISO text, never a number (pydantic reads 86400 as 1970-01-02)
+     ({"acquired_on": 86400}, "invalid_record"), ({"acquired_on": "86400"}, "invalid_record"),
+     ({"acquired_on": True}, "invalid_record")],
 )  # fmt: skip
 def test_bad_records_are_refused_with_a_reason(raw, reason):
     with pytest.raises(InputError) as e:
         parse_record({**ROW, **raw})
     assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("value", ["30", " 30 ", "3e1", "+30.", 30, 30.0])
+def test_a_value_as_number_or_decimal_text_reads_the_same(value):
+    assert rec(value=value, unit="%").value == pytest.approx(0.3, rel=1e-15)
 
 
 def test_store_is_wal_versioned_and_never_overwrites(tmp_path):
@@ -151,6 +163,35 @@ def test_json_and_jsonl_bad_rows_are_reported_by_line(tmp_path):
     (tmp_path / "e.json").write_text("[" + good + ",\n" + "[" * 100000 + "]" * 100000 + ",\n" + good + "]")
     res = read_records(tmp_path / "e.json")  # a row nested beyond the parser: that row only
     assert len(res.records) == 2 and [e.reason for e in res.errors] == ["malformed_json"]
+
+
+def test_repeated_columns_and_keys_and_booleans_are_refused_not_guessed(tmp_path, capsys):
+    """A repeated CSV column refuses the file (which cell is the value?); a JSON row repeating a key,
+    or giving a boolean value, is refused with its line; other rows are kept."""
+    (tmp_path / "dup.csv").write_text("patient_id,site,side,modality,biomarker,value,value,unit,acquired_on\n"
+                                      "P1,soleus,left,MRI,fat_fraction,1,2,%,2000-01-01\n")  # fmt: skip
+    with pytest.raises(ReadError) as e:
+        read_records(tmp_path / "dup.csv")
+    assert e.value.reason == "bad_header" and "['value'] more than once" in str(e.value)
+    good = json.dumps(ROW)
+    rows = [good.replace('"P1"', '"P5", "patient_id": "P6"'), good.replace("0.3", "true"),
+            good.replace("0.3", '"0.31"'), good.replace("0.3", "1" * 5000)]  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "rows.json").write_text("[\n" + ",\n".join(rows) + "\n]")
+    for f in ("rows.jsonl", "rows.json"):
+        res = read_records(tmp_path / f)
+        assert [r.value for r in res.records] == [pytest.approx(0.31)]  # decimal text reads as a CSV cell does
+        assert [(x.line, x.reason) for x in res.errors] == [(1 + (f == "rows.json"), "invalid_record"),
+                                                            (2 + (f == "rows.json"), "invalid_record"),
+                                                            (4 + (f == "rows.json"), "out_of_range")]  # fmt: skip
+        assert "['patient_id'] given more than once" in res.errors[0].message and "True is not a number" in res.errors[1].message
+    db = tmp_path / "b.db"
+    assert main(["biomarkers", "import", "--db", str(db), str(tmp_path / "dup.csv"), str(tmp_path / "rows.jsonl")]) == 1
+    out, err = capsys.readouterr()
+    assert f"dup.csv: error: bad_header: CSV header names column(s) ['value'] more than once\n" in err
+    assert "rows.jsonl: 1 added, 0 duplicate, 0 conflict, 3 invalid" in out
+    with BiomarkerStore(db) as s:
+        assert [(r.patient_id, r.value) for r in s.query()] == [("P1", pytest.approx(0.31))]
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,11 @@ def test_keys(tmp_path, capsys):
         ("[analyzer\n", "cannot parse TOML"),
         ("[[sources]]\ndriver = \"sim\"\nstream_id = \"bad/id\"\n", "sources.0.stream_id"),
         ("[streams.p1]\nroi = [1, 2]\n", "streams.p1.roi"),
+        # as set_roi refuses them: an inverted or empty ROI would refuse every frame of the stream (bad_roi)
+        ("[streams.p1]\nroi = [10, 10, 5, 5]\n", "streams.p1.roi: Value error, roi must satisfy 0 <= r0 < r1 and 0 <= c0 < c1"),
+        ("[streams.p1]\nroi = [0, 4, 8, 4]\n", "streams.p1.roi: Value error, roi must satisfy 0 <= r0 < r1 and 0 <= c0 < c1"),
+        ("[streams.p1]\nroi = [-5, 0, 10, 10]\n", "streams.p1.roi.0: Input should be greater than or equal to 0"),
+        ("[streams.p1]\nroi = [0, 0, 8, 4294967296]\n", "streams.p1.roi.3"),
         ("[ingest]\nstream_idle_s = inf\n", "ingest.stream_idle_s: Input should be a finite number"),
         ("[web]\nhost = \"0.0.0.0\"\ntoken = \"                \"\n", "web.token must be at least 16"),
         ("a = " + "[" * 100000 + "]" * 100000 + "\n", "cannot parse TOML: RecursionError"),

@@ -388,6 +388,24 @@ def test_report_of_a_file_with_damaged_headers_is_a_read_error(session, tmp_path
     assert rc == 1 and f"{bad}: damaged: " in err and not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize("attr, value", [("streams_json", "{not json"), ("config_json", "{not json"), ("config_json", 7)])
+def test_session_attributes_that_are_not_json_are_damage(session, tmp_path, capsys, attr, value):
+    """inspect and report need the decoded attributes: one 'damaged' line naming the attribute;
+    export does not read them and still exports every row."""
+    bad = tmp_path / "bad.h5"
+    shutil.copy(session, bad)
+    with h5py.File(bad, "r+") as f:
+        f["session"].attrs[attr] = value
+    for command, extra in (("inspect", []), ("report", ["-o", tmp_path / "r.html"])):
+        rc, out, err = _cli(capsys, command, bad, *extra)
+        assert rc == 1 and out == "" and err.count("\n") == 1
+        assert err.startswith(f"mmstream {command}: error: {bad}: damaged: /session attribute {attr} is not JSON text: ")
+    assert not (tmp_path / "r.html").exists()
+    rc, _, err = _cli(capsys, "export", bad, "--out", tmp_path / "o")
+    with open(tmp_path / "o" / "probe0_metrics.csv", newline="") as fh:
+        assert rc == 0 and err == "" and len(list(csv.DictReader(fh))) == N
+
+
 def test_a_session_without_frames(tmp_path, capsys):
     path = tmp_path / "empty.h5"
     write_session(path, 0)

@@ -58,7 +58,7 @@ def cmd_import(args) -> int:
             try:
                 res = read_records(path)
             except MmstreamError as exc:
-                print(f"{path}: error: {exc.reason}: {exc}", file=sys.stderr)
+                print(f"{path}: error: {exc.reason}: {str(exc).removeprefix(f'{path}: ')}", file=sys.stderr)
                 status = 1
                 continue
             report = store.add(res.records, n_invalid=len(res.errors), source=(Path(path).name, res.sha256))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from mmstream.errors import ConfigError
-from mmstream.messages import ClinicalContext, Identifier, Metric
+from mmstream.messages import ClinicalContext, Identifier, Metric, Roi
 from mmstream.transport import check_endpoint
 
 _METRICS_ALL: tuple[Metric, ...] = ("echogenicity", "csa", "thickness", "quality")
@@ -81,7 +81,7 @@ class StreamSection(_Section):
     """Initial settings of one stream (the control endpoint changes them live)."""
 
     seed_rc: tuple[float, float] | None = None
-    roi: tuple[int, int, int, int] | None = None
+    roi: Roi | None = None  # checked as set_roi checks it (an inverted or empty ROI would refuse every frame)
     metrics: tuple[Metric, ...] | None = None
     clinical: ClinicalContext = ClinicalContext()
 

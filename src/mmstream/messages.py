@@ -13,7 +13,7 @@ processes of one host only); ``t_wall`` is ISO 8601 UTC.
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -29,7 +29,15 @@ PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 SiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")]  # muscle or nerve, e.g. tibialis_anterior
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]  # sequence numbers: int64 in session files
 Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]  # array dimensions
-Pixel = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # pixel indices (an ROI)
+
+
+def _ordered_roi(roi: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    if not (roi[0] < roi[2] and roi[1] < roi[3]):
+        raise ValueError("roi must satisfy 0 <= r0 < r1 and 0 <= c0 < c1")
+    return roi
+
+
+Roi = Annotated[tuple[Dim, Dim, Dim, Dim], AfterValidator(_ordered_roi)]  # (r0, c0, r1, c1), half-open, not empty
 
 
 class _Model(BaseModel):
@@ -246,7 +254,7 @@ class Control(_Header):
     seed_rc: tuple[FiniteFloat, FiniteFloat] | None = None
     line: Literal["superficial", "deep", "both"] | None = None
     at_rc: tuple[FiniteFloat, FiniteFloat] | None = None
-    roi: tuple[Pixel, Pixel, Pixel, Pixel] | None = None
+    roi: Roi | None = None
     metrics: tuple[Metric, ...] | None = None
     clinical: ClinicalContext | None = None
 
@@ -263,8 +271,6 @@ class Control(_Header):
             raise ValueError("set_metrics needs a non-empty metrics list")
         if self.command == "set_context" and self.clinical is None:
             raise ValueError("set_context needs clinical")
-        if self.roi is not None and not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
-            raise ValueError("roi must satisfy r0 < r1 and c0 < c1")
         return self
 
 

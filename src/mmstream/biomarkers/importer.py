@@ -1,14 +1,15 @@
 """Reading biomarker records from CSV, JSON and JSON Lines files, row by row.
 
 A bad row never costs the good ones: each is reported with its line number and reason, the valid
-rows are returned. Only a file that cannot be read at all (missing, not UTF-8, no header, a JSON
-syntax error outside any row) raises :class:`~mmstream.errors.ReadError`.
+rows are returned. Only a file that cannot be read at all (missing, not UTF-8, no header or one
+repeating a column, a JSON syntax error outside any row) raises :class:`~mmstream.errors.ReadError`.
 """
 
 import csv
 import hashlib
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,31 @@ EXAMPLE_MARK = "EXAMPLE ONLY"
 """A row whose ``method`` starts so (the rows of ``examples/``) is refused."""
 
 
+class _RepeatedKeys:
+    """A JSON object naming a key more than once (``json`` would keep the last value silently)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"<object repeating {self.keys}>"
+
+
+def _object(pairs: list[tuple[str, object]]):
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    return _RepeatedKeys(sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1))
+
+
+# integers are read as floats: no digit limit (json's int raises a bare ValueError past 4300 digits)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_int=float)
+
+
 def _row(result: ReadResult, line: int, raw, source: str) -> None:
+    if isinstance(raw, _RepeatedKeys):
+        result.errors.append(RowError(line, "invalid_record", f"key(s) {raw.keys} given more than once"))
+        return
     try:
         if isinstance(raw, dict):
             raw = {**raw}
@@ -68,6 +93,9 @@ def _read_csv(text: str, result: ReadResult, source: str) -> None:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ReadError(f"CSV header lacks column(s) {missing}; columns: {', '.join(FIELDS)}", reason="bad_header")
+    repeated = sorted(c for c, n in Counter(header).items() if n > 1)
+    if repeated:
+        raise ReadError(f"CSV header names column(s) {repeated} more than once", reason="bad_header")
     start = 2
     try:
         for raw in reader:
@@ -106,7 +134,7 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def _records_array(text: str, i: int, dec: json.JSONDecoder) -> int:
+def _records_array(text: str, i: int) -> int:
     """Index of the ``[`` of the top-level ``records`` array of the JSON object at ``text[i]``: its
     keys are read in order (decoded, so an escaped key is the same key) and the values before it
     skipped; ReadError ``malformed_json`` when the object has none or is malformed before it."""
@@ -116,7 +144,7 @@ def _records_array(text: str, i: int, dec: json.JSONDecoder) -> int:
         if text[i:i + 1] in ("}", ""):
             raise ReadError("a JSON object file needs a 'records' array", reason="malformed_json")
         try:
-            key, i = dec.raw_decode(text, i)
+            key, i = _DECODER.raw_decode(text, i)
             i = _skip_ws(text, i)
             if not isinstance(key, str) or text[i:i + 1] != ":":
                 raise ReadError(f"JSON object malformed at line {_line_of(text, i)}", reason="malformed_json")
@@ -125,7 +153,7 @@ def _records_array(text: str, i: int, dec: json.JSONDecoder) -> int:
                 if text[i:i + 1] != "[":
                     raise ReadError("'records' is not an array", reason="malformed_json")
                 return i
-            _, i = dec.raw_decode(text, i)  # another key's value
+            _, i = _DECODER.raw_decode(text, i)  # another key's value
         except (json.JSONDecodeError, RecursionError) as exc:
             line = exc.lineno if isinstance(exc, json.JSONDecodeError) else _line_of(text, i)
             raise ReadError(f"JSON syntax error before the records, at line {line}", reason="malformed_json") from None
@@ -137,10 +165,9 @@ def _records_array(text: str, i: int, dec: json.JSONDecoder) -> int:
 def _read_json(text: str, result: ReadResult, source: str) -> None:
     """A JSON array of objects, or an object with a ``records`` array (the first such key); each
     element is one row, and a malformed row is reported while reading resumes at the next one."""
-    dec = json.JSONDecoder()
     i = len(text) - len(text.lstrip())
     if text[i:i + 1] == "{":
-        i = _records_array(text, i, dec)
+        i = _records_array(text, i)
     elif text[i:i + 1] != "[":
         raise ReadError("JSON file must hold an array of records or an object with 'records'", reason="malformed_json")
     i += 1
@@ -152,7 +179,7 @@ def _read_json(text: str, result: ReadResult, source: str) -> None:
         if text[i] == "]":
             return
         try:
-            raw, end = dec.raw_decode(text, i)
+            raw, end = _DECODER.raw_decode(text, i)
         except (json.JSONDecodeError, RecursionError) as exc:
             if isinstance(exc, RecursionError):  # nested beyond the parser: a row, not the file
                 exc = json.JSONDecodeError("row nested too deeply", text, i)
@@ -172,7 +199,7 @@ def _read_jsonl(text: str, result: ReadResult, source: str) -> None:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            raw = _DECODER.decode(line)
         except (json.JSONDecodeError, RecursionError) as exc:
             result.errors.append(RowError(n, "malformed_json", getattr(exc, "msg", "row nested too deeply")))
             continue

@@ -2,6 +2,8 @@
 
 import datetime as dt
 import math
+import numbers
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +18,8 @@ FIELDS = (
     "patient_id", "site", "side", "modality", "biomarker", "value", "unit", "acquired_on",
     "tracer", "method", "source_file", "source_sha256",
 )  # fmt: skip
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.ASCII | re.IGNORECASE)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 class BiomarkerRecord(BaseModel):
@@ -63,9 +67,24 @@ class BiomarkerRecord(BaseModel):
                 self.tracer or "")  # fmt: skip
 
 
+def _number(v) -> float:
+    """``value`` given as a number (not a boolean) or as the text of a decimal number (ASCII digits,
+    point, optional exponent: a CSV cell; JSON text is read the same way)."""
+    if isinstance(v, str) and _DECIMAL.fullmatch(v.strip()):
+        return float(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:  # an integer beyond float
+            raise InputError("value is an integer too large for a float", reason="out_of_range") from None
+    raise InputError(f"value {repr(v)[:40]} is not a number", reason="invalid_record")
+
+
 def parse_record(raw: dict) -> BiomarkerRecord:
     """A record from loosely typed input (a CSV row, a JSON object): empty strings are missing
-    values, the value is converted to the canonical unit.
+    values, the value is converted to the canonical unit. ``value``: see :func:`_number`;
+    ``acquired_on``: a date or ISO date text (YYYY-MM-DD), never a number (pydantic would read
+    one as Unix seconds).
 
     Raises InputError with reason ``invalid_record``, ``unknown_biomarker``, ``unknown_unit`` or
     ``out_of_range``.
@@ -80,10 +99,10 @@ def parse_record(raw: dict) -> BiomarkerRecord:
         if data.get(name) is None:
             raise InputError(f"missing {name}", reason="invalid_record")
     b = lookup(str(data["biomarker"]))
-    try:
-        value = float(data["value"])
-    except (TypeError, ValueError):
-        raise InputError(f"value {data['value']!r} is not a number", reason="invalid_record") from None
+    value = _number(data["value"])
+    day = data.get("acquired_on")
+    if not (day is None or isinstance(day, dt.date) or isinstance(day, str) and _ISO_DATE.match(day)):
+        raise InputError(f"acquired_on {repr(day)[:40]} is not an ISO date (YYYY-MM-DD)", reason="invalid_record")
     if not math.isfinite(value):
         raise InputError(f"value {value} is not finite", reason="out_of_range")
     data["value"] = to_canonical(b.name, value, str(data["unit"]).strip())

@@ -300,10 +300,15 @@ class SessionReader:
 
     @property
     def attrs(self) -> dict:
-        """``/session`` attributes; ``config_json`` and ``streams_json`` decoded as ``config``, ``streams``."""
+        """``/session`` attributes; ``config_json`` and ``streams_json`` decoded as ``config``, ``streams``.
+        Raises :class:`ReadError` ``damaged`` if either is not JSON text."""
         a = dict(self.file["session"].attrs)
-        a["config"] = json.loads(a.pop("config_json", "null"))
-        a["streams"] = json.loads(a.pop("streams_json", "{}"))
+        for key, default in (("config", "null"), ("streams", "{}")):
+            try:
+                a[key] = json.loads(a.pop(f"{key}_json", default))
+            except (ValueError, TypeError) as exc:  # JSONDecodeError, undecodable bytes, a non-text attribute
+                raise ReadError(f"{self.path}: /session attribute {key}_json is not JSON text: {str(exc)[:300]}",
+                                reason="damaged") from None  # fmt: skip
         return a
 
     def _closed_cleanly(self) -> bool:
