@@ -181,7 +181,10 @@ def _track_shape_cost(prev: tuple[float, float, float], cand: np.ndarray) -> np.
     return TRACK_SHAPE_COST * np.abs(np.log(CAND_RADII[cand]) - log_prev).mean(axis=1)
 
 
-def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
+def _track_candidates(prev: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the candidates tracking searches, their :func:`_track_shape_cost`) for the
+    previous ellipse ``prev = (b, aspect, phi_deg)``, its aspect and tilt snapped to the grids (an
+    outline of the family is on them; cached: a tracked outline keeps its shape most frames)."""
     b, asp, phi = prev
     ia = int(np.argmin(np.abs(np.log(ASPECT_GRID / asp))))
     ip = int(np.argmin(np.abs(PHI_GRID_DEG - np.clip(phi, -90.0, 90.0))))
@@ -189,7 +192,7 @@ def _track_candidates(prev: tuple[float, float, float]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _track_candidates_cached(b: float, ia: int, ip: int) -> np.ndarray:
+def _track_candidates_cached(b: float, ia: int, ip: int) -> tuple[np.ndarray, np.ndarray]:
     asp = ASPECT_GRID[ia]
     keep = (
         (np.abs(np.log(CAND_PARAMS[:, 0] / b)) <= np.log1p(TRACK_SIZE_TOL))
@@ -200,5 +203,6 @@ def _track_candidates_cached(b: float, ia: int, ip: int) -> np.ndarray:
     if idx.size == 0:  # previous outline outside the searched family: nearest candidates
         d = np.abs(np.log(CAND_PARAMS[:, 0] / b)) + np.abs(np.log(CAND_PARAMS[:, 1] / asp))
         idx = np.argsort(d, kind="stable")[:9]
-    idx.flags.writeable = False
-    return idx
+    cost = _track_shape_cost((b, asp, PHI_GRID_DEG[ip]), idx)
+    idx.flags.writeable = cost.flags.writeable = False
+    return idx, cost

@@ -83,7 +83,6 @@ from mmstream.kernels._csa_candidates import (  # the constants not used here: r
     _score_at,
     _split_weights,
     _track_candidates,
-    _track_shape_cost,
     _workspace,
 )
 from mmstream.kernels._csa_polar import (  # the constants not used here: re-exported
@@ -298,7 +297,7 @@ def _ellipse_of(contour: np.ndarray) -> tuple[float, float, float]:
 def _track(image, previous: CsaContour, weights) -> CsaContour:
     ws = _workspace()
     prev = _ellipse_of(previous.contour_rc)
-    cand = _track_candidates(prev)
+    cand, shape_cost = _track_candidates(prev)
     radii = CAND_RADII[cand]
     n_out, n_r = _n_radii(radii)
     pr, pc = previous.centroid_rc
@@ -309,7 +308,7 @@ def _track(image, previous: CsaContour, weights) -> CsaContour:
     best_rc = np.empty(2)
     h, w = image.shape
     w_sector, static_score = _split_weights(weights, cand)
-    static_score -= _track_shape_cost(prev, cand)
+    static_score -= shape_cost
     j = _track_search(integ, r0, c0, float(pr), float(pc), TRACK_STEP_PX, TRACK_MOVE_COST, h, w, radii, SIN_T,
                       COS_T, SECTOR, _RAY_WEIGHT, w_sector, static_score, polar, scratch, score_map, scores,
                       best_scores, best_rc)  # fmt: skip
