@@ -39,14 +39,33 @@ def cmd_send(args) -> int:
     except MmstreamError as exc:
         return file_error("volumes send", args.path, exc)
     outlet = Outlet(endpoint).start()
-    vid = outlet.volume(vol, args.volume_id)
-    outlet.stop(timeout_s=args.timeout_s)
+    try:
+        vid = outlet.volume(vol, args.volume_id)
+    except MmstreamError as exc:  # e.g. a header value the volume message cannot carry
+        return file_error("volumes send", args.path, exc)
+    finally:
+        outlet.stop(timeout_s=args.timeout_s)
     if outlet.counters["volumes_sent"] != 1:
         print(f"mmstream volumes send: error: {endpoint}: no service took the volume within {args.timeout_s} s",
               file=sys.stderr)  # fmt: skip
         return 1
     print(json.dumps({"volume_id": vid, "endpoint": endpoint}))
     return 0
+
+
+def _identifier(text: str) -> str:
+    """A wire identifier (letters, digits, ``_.:-``, at most 64; argparse usage error otherwise)."""
+    import argparse
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from mmstream.messages import Identifier
+
+    try:
+        return TypeAdapter(Identifier).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an identifier: a letter or digit, then at most 63 letters, "
+                                         "digits, '_', '.', ':' or '-'") from None  # fmt: skip
 
 
 def _run_sources(args, scp: bool) -> int:
@@ -93,7 +112,8 @@ def register(sub) -> None:
     _source_args(se)
     se.add_argument("--config", type=Path, default=None, help="service TOML (its endpoints.ingest)")
     se.add_argument("--endpoint", type=endpoint, default=None, help="ingest endpoint (overrides the config)")
-    se.add_argument("--volume-id", default=None, help="identifier on the wire (default: modality and a hash of the series UID)")
+    se.add_argument("--volume-id", type=_identifier, default=None,
+                    help="identifier on the wire (default: modality and a hash of the series UID)")  # fmt: skip
     se.add_argument("--timeout-s", type=positive_float, default=10.0, help="give up when the service has not taken it after this long")
     se.set_defaults(func=cmd_send)
 

@@ -7,6 +7,7 @@ already published make it pending again; its next volume is assembled from every
 for ``retain_s`` seconds after its last instance (then the series is forgotten: memory stays bounded).
 """
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +18,14 @@ from mmstream.errors import MmstreamError
 from .dicom_series import load_dicom_series
 from .model import LoadedVolume
 
+log = logging.getLogger("mmstream.volumes")
+
 
 class SeriesCollector:
     """Collects instance files per series and hands each assembled volume to ``on_volume``.
 
-    ``on_error(series_uid, exc)`` is called when a series cannot be assembled (its files stay on disk).
+    ``on_error(series_uid, exc)`` is called when a series cannot be assembled or ``on_volume`` fails
+    for it (its files stay on disk); the other series are not affected.
     """
 
     def __init__(self, on_volume: Callable[[LoadedVolume], None], on_error: Callable[[str, MmstreamError], None], *,
@@ -66,15 +70,15 @@ class SeriesCollector:
             work = [(s, sorted(self._files[s].values()), self._patient.get(s)) for s in todo]
         done = 0
         for series_uid, paths, patient_id in work:
-            try:
+            try:  # building or publishing one series can fail: only that series is refused
                 vol = load_dicom_series(paths, max_voxels=self.max_voxels, gap_tolerance=self.gap_tolerance)
+                self.on_volume(vol.with_patient(patient_id))
             except MmstreamError as exc:
                 self.on_error(series_uid, exc)
                 continue
             except Exception as exc:  # a bug must not stop the flusher thread: reported like a bad series
                 self.on_error(series_uid, MmstreamError(f"{type(exc).__name__}: {exc}", reason="internal_error"))
                 continue
-            self.on_volume(vol.with_patient(patient_id))
             done += 1
         return done
 
@@ -89,9 +93,12 @@ class IdleFlusher(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_evt.wait(self.period_s):
-            due = self.collector.due()
-            if due:
-                self.collector.flush(due)
+            try:
+                due = self.collector.due()
+                if due:
+                    self.collector.flush(due)
+            except Exception:  # flush reports each series' failure; this is a last resort: keep flushing
+                log.exception("series flush failed")
 
     def stop(self) -> None:
         self._stop_evt.set()

@@ -19,16 +19,28 @@ source              meaning
 NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 1 / intercept not 0
 (``rescaled`` True). 4-D files: pick one volume with ``index_4d`` (default: refused, so that a time
 series is never silently cut to its first volume).
+
+A header whose origin, spacing or direction is not finite numbers is refused (ReadError
+``invalid_geometry``) before ITK reads it, because ITK would make one up: MetaImage ``Offset = nan 0 0``
+(or text) becomes 0, NRRD ``spacings: nan`` becomes 1 mm, NIfTI-1 non-finite ``pixdim`` becomes 1 mm
+and non-finite quaternion or ``qoffset`` values 0. Checked: MetaImage ``Offset``/``Origin``/``Position``,
+``ElementSpacing``/``ElementSize`` (also > 0), ``TransformMatrix``/``Rotation``/``Orientation``; NRRD
+``space origin``, ``space directions``, the first three ``spacings`` (also > 0); NIfTI-1 ``pixdim[1..3]``,
+the qform (``pixdim[0]``, quaternion, ``qoffset``) when ``qform_code`` > 0, ``srow_x/y/z`` when
+``sform_code`` > 0.
 """
 
+import gzip
 import math
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mmstream.errors import InputError, ReadError
-from mmstream.io._common import file_beside
+from mmstream.io._common import file_beside, floats
 from mmstream.io.metaimage import parse_header
 
 from .model import LoadedVolume
@@ -71,18 +83,89 @@ def _nrrd_field(path: Path, pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _check_data_file(path: Path, fmt: str) -> None:
-    """A MetaImage ``ElementDataFile`` or NRRD ``data file`` must be one file beside the header
-    (ITK would read any path, or a LIST of them): ReadError ``path_traversal``, ``unsupported``,
-    ``not_found`` (:func:`mmstream.io._common.file_beside`)."""
+def _check_header(path: Path, fmt: str) -> None:
+    """What ITK would take without complaint but mmstream refuses: a MetaImage ``ElementDataFile`` or
+    NRRD ``data file`` that is not one file beside the header (ITK would read any path, or a LIST of
+    them: ReadError ``path_traversal``, ``unsupported``, ``not_found``, see
+    :func:`mmstream.io._common.file_beside`), and non-finite geometry (``invalid_geometry``, see the
+    module docstring)."""
     if fmt == "metaimage":
-        name = parse_header(path)[0].get("ElementDataFile", "LOCAL")
+        fields = parse_header(path)[0]
+        name = fields.get("ElementDataFile", "LOCAL")
         if name.upper() != "LOCAL":
             file_beside(path, name, "ElementDataFile")
+        _check_metaimage_geometry(path, fields)
     elif fmt == "nrrd":
         name = _nrrd_field(path, r"data ?file")
         if name is not None:
             file_beside(path, name, "data file")
+        _check_nrrd_geometry(path)
+    else:
+        _check_nifti1_geometry(path)
+
+
+def _geometry_error(path: Path, what: str, raw) -> ReadError:
+    return ReadError(f"{path.name}: {what} = {str(raw)[:120]!r}: origin, spacing and direction must be finite numbers "
+                     "(spacing > 0)", reason="invalid_geometry")  # fmt: skip
+
+
+_MHA_GEOMETRY = {  # MetaIO keys (with synonyms) -> (values per dimension as a power of NDims, must be > 0)
+    "Offset": (1, False), "Origin": (1, False), "Position": (1, False), "ElementSpacing": (1, True),
+    "ElementSize": (1, True), "TransformMatrix": (2, False), "Rotation": (2, False), "Orientation": (2, False),
+}  # fmt: skip
+
+
+def _check_metaimage_geometry(path: Path, fields: dict[str, str]) -> None:
+    ndims = floats(fields.get("NDims"))
+    for key, (power, positive) in _MHA_GEOMETRY.items():
+        if key not in fields:
+            continue
+        vals = floats(fields[key])
+        if vals is None or not all(math.isfinite(v) and (v > 0 or not positive) for v in vals):
+            raise _geometry_error(path, key, fields[key])
+        if ndims is not None and len(ndims) == 1 and len(vals) != ndims[0] ** power:
+            raise ReadError(f"{path.name}: {key} has {len(vals)} values, {int(ndims[0] ** power)} expected for NDims "
+                            f"{ndims[0]:g}", reason="invalid_geometry")  # fmt: skip
+
+
+def _check_nrrd_geometry(path: Path) -> None:
+    for field in ("space origin", "space directions"):
+        raw = _nrrd_field(path, field)
+        if raw is None:
+            continue
+        vectors = re.findall(r"\(([^()]*)\)", raw)
+        outside = re.sub(r"\([^()]*\)", " ", raw).split()  # only 'none' (a non-spatial axis) may stand alone
+        values = [floats(v.replace(",", " ")) for v in vectors]
+        finite = all(v is not None and all(map(math.isfinite, v)) for v in values)
+        if not vectors or not finite or any(t.lower() != "none" for t in outside):
+            raise _geometry_error(path, field, raw)
+    raw = _nrrd_field(path, "spacings")
+    if raw is not None:
+        vals = floats(raw)  # NaN is NRRD's 'no spacing' for a non-spatial axis, after the three spatial ones
+        if vals is None or len(vals) < 3 or not all(math.isfinite(v) and v > 0 for v in vals[:3]):
+            raise _geometry_error(path, "spacings", raw)
+
+
+def _check_nifti1_geometry(path: Path) -> None:
+    """NIfTI-1 only (this ITK reads no NIfTI-2); a header that does not parse is left to ITK."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return
+    order = next((o for o in "<>" if len(head) == 348 and struct.unpack_from(o + "i", head)[0] == 348), None)
+    if order is None:
+        return
+    pixdim = struct.unpack_from(order + "8f", head, 76)
+    q_code, s_code = struct.unpack_from(order + "hh", head, 252)
+    checks = {"pixdim[1..3]": pixdim[1:4]}
+    if q_code > 0:
+        checks["qform (pixdim[0], quatern_b/c/d, qoffset_x/y/z)"] = (pixdim[0], *struct.unpack_from(order + "6f", head, 256))
+    if s_code > 0:
+        checks["sform (srow_x/y/z)"] = struct.unpack_from(order + "12f", head, 280)
+    for what, vals in checks.items():
+        if not all(map(math.isfinite, vals)):
+            raise _geometry_error(path, f"NIfTI {what}", " ".join(f"{v:g}" for v in vals))
 
 
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
@@ -118,7 +201,8 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
 def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int = DEFAULT_MAX_VOXELS) -> LoadedVolume:
     """Read a NIfTI, MetaImage or NRRD file into LPS (see the module docstring).
 
-    Raises ReadError (``unreadable``, ``not_3d``, ``too_large``, ``unsupported_pixel``) or InputError.
+    Raises ReadError (``unreadable``, ``not_3d``, ``too_large``, ``unsupported_pixel``,
+    ``invalid_geometry``, ...) or InputError.
     """
     import SimpleITK as sitk
 
@@ -126,7 +210,7 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     fmt = file_format(path)
     if fmt not in ("nifti", "metaimage", "nrrd"):
         raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
-    _check_data_file(path, fmt)
+    _check_header(path, fmt)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

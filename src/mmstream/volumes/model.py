@@ -6,9 +6,11 @@ centre is ``origin_lps_mm + direction_lps @ (i * s_i, j * s_j, k * s_k)``.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from pydantic import ValidationError
 
 from mmstream.codec import buffer_specs
 from mmstream.errors import InputError
@@ -57,21 +59,28 @@ class LoadedVolume:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        """Refuses (InputError ``invalid_geometry``) empty voxels, spacing not positive and finite,
+        an origin not three finite numbers, a direction not a finite orthonormal 3x3 matrix."""
         if self.voxels.ndim != 3 or 0 in self.voxels.shape:
             raise InputError(f"voxels must be a non-empty (K, J, I) array, got shape {self.voxels.shape}")
+        if len(self.spacing_mm) != 3 or not all(np.isfinite(s) and s > 0 for s in self.spacing_mm):
+            raise InputError(f"spacing_mm must be 3 positive finite numbers, got {self.spacing_mm}", reason="invalid_geometry")
+        if len(self.origin_lps_mm) != 3 or not np.all(np.isfinite(self.origin_lps_mm)):
+            raise InputError(f"origin_lps_mm must be 3 finite numbers, got {self.origin_lps_mm}", reason="invalid_geometry")
         d = np.asarray(self.direction_lps, dtype=np.float64)
-        if d.shape != (3, 3) or not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
-            raise InputError("direction_lps must be a 3x3 matrix with orthonormal columns")
-        if not all(np.isfinite(s) and s > 0 for s in self.spacing_mm):
-            raise InputError(f"spacing_mm must be positive and finite, got {self.spacing_mm}")
+        if d.shape != (3, 3) or not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+            raise InputError(f"direction_lps must be a finite 3x3 matrix with orthonormal columns, got {d.tolist()}",
+                             reason="invalid_geometry")  # fmt: skip
 
     def with_patient(self, patient_id: str | None) -> "LoadedVolume":
         return replace(self, patient_id=patient_id)
 
     def default_id(self) -> str:
-        """A stable identifier: modality plus a hash of the series UID (or of the files' names)."""
+        """A stable identifier: the modality's ASCII letters and digits (lower case, at most 8; ``vol``
+        when none, e.g. ``M R`` -> ``mr``) plus a hash of the series UID (or of the files' names)."""
         key = self.series_uid or "|".join(self.files) or str(id(self))
-        return f"{self.modality.lower()[:8] or 'vol'}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        prefix = re.sub(r"[^a-z0-9]", "", self.modality.lower())[:8] or "vol"
+        return f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     def geometry(self) -> dict:
         """Geometry as plain JSON-ready values (what ``mmstream volumes load`` prints)."""
@@ -99,16 +108,21 @@ class LoadedVolume:
                 raise InputError(f"voxel dtype {name} cannot travel as a volume message")
             vox = vox.astype(_WIDEN[name])
         vox = np.ascontiguousarray(vox.astype(vox.dtype.newbyteorder("="), copy=False))
-        header = Volume(
-            volume_id=volume_id or self.default_id(),
-            modality=self.modality[:16] or "OT",
-            spacing_mm=tuple(float(s) for s in self.spacing_mm),
-            origin_lps_mm=tuple(float(o) for o in self.origin_lps_mm),
-            direction_lps=tuple(float(v) for v in np.asarray(self.direction_lps).ravel()),
-            clinical=ClinicalContext(patient_id=self.patient_id),
-            series_uid=self.series_uid if self.series_uid and len(self.series_uid) <= 64 else None,
-            source=self.source[:32],
-            rescaled=self.rescaled,
-            buffers=buffer_specs(voxels=vox),
-        )
+        try:
+            header = Volume(
+                volume_id=volume_id or self.default_id(),
+                modality=self.modality[:16] or "OT",
+                spacing_mm=tuple(float(s) for s in self.spacing_mm),
+                origin_lps_mm=tuple(float(o) for o in self.origin_lps_mm),
+                direction_lps=tuple(float(v) for v in np.asarray(self.direction_lps).ravel()),
+                clinical=ClinicalContext(patient_id=self.patient_id),
+                series_uid=self.series_uid if self.series_uid and len(self.series_uid) <= 64 else None,
+                source=self.source[:32],
+                rescaled=self.rescaled,
+                buffers=buffer_specs(voxels=vox),
+            )
+        except ValidationError as exc:  # e.g. a volume_id given by the caller that is not an identifier
+            first = exc.errors()[0]
+            where = ".".join(str(v) for v in first["loc"]) or "volume"
+            raise InputError(f"not a valid volume message: {where}: {first['msg']}", reason="invalid_volume") from None
         return header, vox

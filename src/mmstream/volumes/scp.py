@@ -89,7 +89,7 @@ class StorageScp:
                           f"{vol.modality} volume {vid}: {vol.voxels.shape[0]} slices, spacing {vol.spacing_mm} mm")  # fmt: skip
 
     def _series_failed(self, series_uid: str, exc: MmstreamError) -> None:
-        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled: {exc}", reject=True)
+        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled or not sent: {exc}", reject=True)
 
     def _refuse(self, reason: str, status: int, message: str) -> int:
         self.outlet.event("warning", reason, message, reject=True)

@@ -7,8 +7,10 @@ complete when its size and modification time have not changed for ``stable_polls
   moved to ``processed/`` (a ``.mhd``/``.nhdr`` header with its data file, which must be complete too).
 * DICOM: checked, de-identified when configured, moved to ``processed/<SeriesInstanceUID>/`` and
   collected; the series is assembled once it has been idle for ``idle_s`` (as in the SCP).
-* Anything else, or a file that fails to load: moved to ``rejected/``, counted under
+* Anything else, or a file that fails to load or to be sent: moved to ``rejected/``, counted under
   ``rejected[reason]`` and announced as an event. Nothing is deleted.
+* Not a regular file (FIFO, device, socket, or a symlink to one): never opened (reading it could
+  block the watcher or never end), left in place, counted and announced once as ``not_regular_file``.
 
 Data files named by a header (``.raw``, ``.zraw``, ``.img``, ...) wait for their header.
 """
@@ -17,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +62,12 @@ def companion(header: Path) -> Path | None:
     return header.parent / m.group(1).strip()
 
 
-def _suffix(path: Path) -> str:
+def _tag(path: Path) -> str:
+    """How events name a file: a hash of its name and its suffix (``3fa2c1d0.nii``), since exported
+    file names often carry the patient's name."""
     name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    return hashlib.sha256(path.name.encode()).hexdigest()[:8] + suffix
 
 
 class FolderWatcher(threading.Thread):
@@ -73,6 +79,7 @@ class FolderWatcher(threading.Thread):
         self.collector = SeriesCollector(self._publish, self._series_failed, idle_s=settings.idle_s,
                                          max_voxels=settings.max_voxels)  # fmt: skip
         self._seen: dict[Path, tuple[int, int, int]] = {}  # path -> (size, mtime_ns, polls unchanged)
+        self._irregular: set[Path] = set()  # non-regular files already announced
         self._stop_evt = threading.Event()
 
     def _publish(self, vol) -> None:
@@ -80,7 +87,8 @@ class FolderWatcher(threading.Thread):
         self.outlet.event("info", "volume_assembled", f"{vol.modality} volume {vid} from the watch folder")
 
     def _series_failed(self, series_uid: str, exc: MmstreamError) -> None:
-        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled: {self._scrub(str(exc))}", reject=True)
+        why = self._scrub(str(exc))
+        self.outlet.event("error", f"series_{exc.reason}", f"series not assembled or not sent: {why}", reject=True)
 
     def _scrub(self, text: str) -> str:
         """``text`` without the paths below the watched folder: folder and file names often carry the
@@ -112,24 +120,39 @@ class FolderWatcher(threading.Thread):
         self._seen.pop(path, None)
         return dest
 
-    def _reject(self, paths: list[Path], exc: MmstreamError) -> None:
+    def _reject(self, paths: list[Path], exc: MmstreamError, data: Path | None = None) -> None:
         """Move the files to ``rejected/`` with a ``<name>.why.txt`` note. The event names the file by
-        a hash only: exported file and folder names often carry the patient's name."""
+        a hash only, and neither it nor its ``data`` file by name: exported file and folder names
+        often carry the patient's name."""
         moved = [self._move(p, REJECTED) for p in paths if p.exists()]
-        why = self._scrub(str(exc)).replace(paths[0].name, "<file>")
+        why = self._scrub(str(exc))
+        for name in [p.name for p in (paths[0], data) if p is not None]:
+            why = why.replace(name, "<file>")
         if moved:
             moved[0].with_name(moved[0].name + ".why.txt").write_text(f"{exc.reason}: {exc}\n")
-        tag = hashlib.sha256(paths[0].name.encode()).hexdigest()[:8]
-        self.outlet.event("warning", exc.reason, f"file {tag}{_suffix(paths[0])} moved to {REJECTED}/: {why}", reject=True)
+        self.outlet.event("warning", exc.reason, f"file {_tag(paths[0])} moved to {REJECTED}/: {why}", reject=True)
 
     def _candidates(self) -> list[Path]:
-        """Files below the folder, not descending into ``processed/``, ``rejected/`` or hidden folders."""
+        """Regular files (or symlinks to one) below the folder, not descending into ``processed/``,
+        ``rejected/`` or hidden folders. Other files are refused once each (``not_regular_file``)."""
         root = self.settings.folder
-        out = []
+        out, irregular = [], set()
         for dirpath, dirnames, filenames in os.walk(root):
             top = Path(dirpath) == root
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d in (PROCESSED, REJECTED)))
-            out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+            for path in (Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")):
+                try:
+                    regular = stat.S_ISREG(path.stat().st_mode)
+                except OSError:  # gone, or a dangling symlink: nothing to read (yet)
+                    continue
+                if regular:
+                    out.append(path)
+                else:
+                    irregular.add(path)
+        for path in sorted(irregular - self._irregular):
+            self.outlet.event("warning", "not_regular_file", f"file {_tag(path)} is not a regular file (FIFO, device, "
+                              "socket or a link to one): not read, left in place", reject=True)  # fmt: skip
+        self._irregular = irregular
         return out
 
     def poll_once(self) -> None:
@@ -142,8 +165,8 @@ class FolderWatcher(threading.Thread):
                 continue  # moved with its header
             data = companion(path)
             inside = data is not None and data.resolve().is_relative_to(path.parent.resolve())
-            if not stable[path] or (inside and not stable.get(data, False)):
-                continue  # a data file outside the folder is not waited for: the loader refuses it
+            if not stable[path] or (inside and not stable.get(data, data in self._irregular)):
+                continue  # a data file outside the folder, or not regular, is not waited for: the loader refuses it
             self._handle(path, data)
         due = self.collector.due()
         if due:
@@ -151,7 +174,7 @@ class FolderWatcher(threading.Thread):
 
     def _handle(self, path: Path, data: Path | None) -> None:
         inside = data is not None and data.resolve().is_relative_to(self.settings.folder.resolve())
-        group = [path] + ([data] if inside and data.exists() else [])  # never move a file from outside the folder
+        group = [path] + ([data] if inside and data.is_file() else [])  # only regular files inside the folder move
         try:
             if path.stat().st_size > self.settings.max_file_bytes:
                 raise MmstreamError(f"{path.stat().st_size} bytes exceed {self.settings.max_file_bytes}", reason="too_large")
@@ -161,14 +184,13 @@ class FolderWatcher(threading.Thread):
                 return
             if fmt is None:
                 raise MmstreamError("not a NIfTI, MetaImage, NRRD or DICOM file", reason="unknown_format")
-            vol = load_image_file(path, max_voxels=self.settings.max_voxels)
+            self.outlet.volume(load_image_file(path, max_voxels=self.settings.max_voxels))
         except MmstreamError as exc:
-            self._reject(group, exc)
+            self._reject(group, exc, data)
             return
         except Exception as exc:  # an unexpected failure on one file must not stop the watcher
-            self._reject(group, MmstreamError(f"{type(exc).__name__}: {exc}", reason="internal_error"))
+            self._reject(group, MmstreamError(f"{type(exc).__name__}: {exc}", reason="internal_error"), data)
             return
-        self.outlet.volume(vol)
         self.outlet.count("files_loaded")
         for p in group:
             self._move(p, PROCESSED)
