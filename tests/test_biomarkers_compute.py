@@ -238,6 +238,33 @@ def test_cli_compute_stats_records_no_volume_from_an_unknown_unit(tmp_path, caps
             assert "volume_mm3" in got and err == ""
 
 
+@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
+def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_path, capsys, fmt):
+    """A MetaImage without ElementSpacing, a NRRD without spacings or space directions, a NIfTI
+    with pixdim 0: ITK takes 1 mm, a guess; no volume_mm3 is stored from it."""
+    from volume_makers import write_nifti1
+
+    raw = np.full((6, 5, 4), 7, np.int16).tobytes()
+    img, mask = tmp_path / f"img.{fmt}", tmp_path / f"mask.{fmt}"
+    for path, data in ((img, raw), (mask, np.ones((6, 5, 4), np.uint8).tobytes())):
+        etype = "MET_SHORT" if path is img else "MET_UCHAR"
+        if fmt == "mha":
+            path.write_bytes(f"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = {etype}\n"
+                             "ElementDataFile = LOCAL\n".encode() + data)  # fmt: skip
+        elif fmt == "nrrd":
+            kind = "short" if path is img else "uchar"
+            path.write_bytes(f"NRRD0004\ntype: {kind}\ndimension: 3\nsizes: 4 5 6\nendian: little\n"
+                             "encoding: raw\n\n".encode() + data)  # fmt: skip
+        else:
+            arr = np.frombuffer(data, np.int16 if path is img else np.uint8).reshape(6, 5, 4).transpose(2, 1, 0)
+            write_nifti1(path, arr, np.diag([0.0, 0.0, 0.0, 1.0]), qform_code=0, sform_code=0)
+    assert main(["biomarkers", "compute", "stats", str(img), str(mask), "--patient", "P5", "--site", "soleus",
+                 "--date", "2026-01-05", "--modality", "MRI"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    got = {json.loads(line)["biomarker"] for line in out.splitlines()}
+    assert "volume_mm3" not in got and "mask_mean" in got and "no spatial unit or voxel spacing" in err
+
+
 def mask_on_grid(volume_path, out, region) -> Path:
     """A label mask (1 inside ``region`` of the (K, J, I) array) on the grid of the volume at
     ``volume_path``, written as NRRD (ITK and mmstream share LPS)."""

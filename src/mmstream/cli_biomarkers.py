@@ -198,7 +198,7 @@ def cmd_compute(args) -> int:
         mean_name, unit = args.biomarker or "mask_mean", args.unit or "au"
         raws = [{**base, "site": args.site, "biomarker": mean_name, "value": st.mean, "unit": unit, "method": "mean in mask"}]
         if img.meta.get("spatial_unit") == "unknown":  # never a volume in mm3 from a guessed unit
-            print(f"mmstream biomarkers compute: warning: {first.name} gives no spatial unit (NIfTI xyzt_units): "
+            print(f"mmstream biomarkers compute: warning: {first.name} gives no spatial unit or voxel spacing: "
                   "no volume_mm3 recorded", file=sys.stderr)  # fmt: skip
         else:
             raws.insert(0, {**base, "site": args.site, "biomarker": "volume_mm3", "value": st.volume_mm3, "unit": "mm3"})

@@ -83,25 +83,27 @@ def _nrrd_field(path: Path, pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _check_header(path: Path, fmt: str) -> None:
+def _check_header(path: Path, fmt: str) -> bool:
     """What ITK would take without complaint but mmstream refuses: a MetaImage ``ElementDataFile`` or
     NRRD ``data file`` that is not one file beside the header (ITK would read any path, or a LIST of
     them: ReadError ``path_traversal``, ``unsupported``, ``not_found``, see
     :func:`mmstream.io._common.file_beside`), and non-finite geometry (``invalid_geometry``, see the
-    module docstring)."""
+    module docstring). Returns whether the header gives the voxel spacing (ITK assumes 1 mm
+    where it does not)."""
     if fmt == "metaimage":
         fields = parse_header(path)[0]
         name = fields.get("ElementDataFile", "LOCAL")
         if name.upper() != "LOCAL":
             file_beside(path, name, "ElementDataFile")
         _check_metaimage_geometry(path, fields)
-    elif fmt == "nrrd":
+        return "ElementSpacing" in fields or "ElementSize" in fields
+    if fmt == "nrrd":
         name = _nrrd_field(path, r"data ?file")
         if name is not None:
             file_beside(path, name, "data file")
         _check_nrrd_geometry(path)
-    else:
-        _check_nifti1_geometry(path)
+        return _nrrd_field(path, "spacings") is not None or _nrrd_field(path, "space directions") is not None
+    return _check_nifti1_geometry(path)
 
 
 def _geometry_error(path: Path, what: str, raw) -> ReadError:
@@ -146,16 +148,18 @@ def _check_nrrd_geometry(path: Path) -> None:
             raise _geometry_error(path, "spacings", raw)
 
 
-def _check_nifti1_geometry(path: Path) -> None:
-    """NIfTI-1 only (this ITK reads no NIfTI-2); a header that does not parse is left to ITK."""
+def _check_nifti1_geometry(path: Path) -> bool:
+    """NIfTI-1 only (this ITK reads no NIfTI-2); a header that does not parse is left to ITK.
+    Returns whether the header gives a spacing: an sform, or ``pixdim[1..3]`` all > 0 (ITK
+    takes 0 as 1 mm)."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
             head = f.read(348)
     except (OSError, EOFError, zlib.error):
-        return
+        return True
     order = next((o for o in "<>" if len(head) == 348 and struct.unpack_from(o + "i", head)[0] == 348), None)
     if order is None:
-        return
+        return True
     pixdim = struct.unpack_from(order + "8f", head, 76)
     q_code, s_code = struct.unpack_from(order + "hh", head, 252)
     checks = {"pixdim[1..3]": pixdim[1:4]}
@@ -166,6 +170,7 @@ def _check_nifti1_geometry(path: Path) -> None:
     for what, vals in checks.items():
         if not all(map(math.isfinite, vals)):
             raise _geometry_error(path, f"NIfTI {what}", " ".join(f"{v:g}" for v in vals))
+    return s_code > 0 or all(v > 0 for v in pixdim[1:4])  # an sform carries the spacing too
 
 
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
@@ -210,7 +215,7 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     fmt = file_format(path)
     if fmt not in ("nifti", "metaimage", "nrrd"):
         raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
-    _check_header(path, fmt)
+    spacing_given = _check_header(path, fmt)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -235,6 +240,9 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     if math.prod(size[:3]) > max_voxels:  # Python ints: no int64 wrap-around
         raise ReadError(f"{path.name}: {size[:3]} voxels exceed the limit of {max_voxels}", reason="too_large")
     source, conversion, known, meta = _describe(fmt, reader)
+    if not spacing_given:  # ITK's 1 mm is a guess: no volume in mm3 from it (biomarkers compute)
+        meta["spatial_unit"] = "unknown"
+        conversion += "; the header gives no voxel spacing: 1 mm assumed, not measured"
     try:
         img = reader.Execute()
     except RuntimeError as exc:
