@@ -1,9 +1,9 @@
 """Checking driver options: they come from a TOML config as numbers, strings and booleans."""
 
-import math
 from contextlib import contextmanager
 
 from mmstream.errors import ConfigError, SpacingError
+from mmstream.io._common import validate_spacing  # the analysis's bounds: a source never sends what it refuses
 
 
 @contextmanager
@@ -21,8 +21,4 @@ def config_spacing(spacing_row_mm, spacing_col_mm) -> tuple[float, float] | None
         return None
     if spacing_row_mm is None or spacing_col_mm is None:
         raise SpacingError("give both spacing_row_mm and spacing_col_mm, or neither", reason="invalid_spacing")
-    row, col = float(spacing_row_mm), float(spacing_col_mm)
-    if not (0 < row < math.inf and 0 < col < math.inf):
-        raise SpacingError(f"spacing must be two finite positive numbers in mm, got ({row}, {col})",
-                           reason="invalid_spacing")
-    return (row, col)
+    return validate_spacing((spacing_row_mm, spacing_col_mm), what="spacing_row_mm, spacing_col_mm")

@@ -392,3 +392,37 @@ def test_an_output_that_cannot_be_sent_is_counted_and_the_node_goes_on(sim_probe
         st = g.status()["nodes"]["faulty"]
         assert st["counters"]["internal_error"] == 3 and st["running"]
         sub.close()
+
+
+def test_a_reply_that_cannot_be_encoded_is_answered_with_internal_error():
+    """The control endpoint's REP socket takes no request before it answers: a reply that cannot
+    be encoded (a bug: here a numpy integer in the status data) is replaced by an internal_error
+    reply, and the endpoint goes on answering (it used to hang for good)."""
+    g = Graph(load_config(None, endpoints=RANDOM_TCP))
+    real = g.control._status
+    g.control._status = lambda: {**real(), "bug": np.int64(1)}
+    with g:
+        ep = g.endpoints["control"]
+        with make_socket("req", ep, bind=False) as sock:
+            sock.send(encode(Control(command="status")), timeout_ms=2000)
+            rep = decode(sock.recv(timeout_ms=5000)).header
+        assert not rep.ok and rep.reason == "internal_error" and "could not be sent" in rep.message
+        g.control._status = real
+        assert request(ep, command="ping").ok and request(ep, command="status").ok
+        assert g.control.counters["internal_error"] == 1
+
+
+def test_the_service_sockets_drop_a_part_over_the_message_limit(monkeypatch):
+    """Every input socket of the graph gets the codec's part limit (ZMQ_MAXMSGSIZE): a frame over it
+    never reaches ingest, the next one does (scaled down here to 100 kB)."""
+    from mmstream.codec import Limits
+
+    monkeypatch.setattr(Limits, "max_part_bytes", property(lambda self: 100_000))
+    with Graph(load_config(None, endpoints=RANDOM_TCP)) as g:
+        with FrameSender(g.endpoints["ingest"], "big") as snd:
+            snd.send(SourceFrame(image=np.zeros((400, 500), np.uint8)))  # 200 kB
+        with FrameSender(g.endpoints["ingest"], "small") as snd:  # sent after it, on another connection
+            snd.send(SourceFrame(image=np.zeros((200, 200), np.uint8)))  # 40 kB
+        accepted = lambda: g.status()["nodes"]["ingest"]["streams"]  # noqa: E731
+        wait_for(lambda: "small" in accepted(), what="the small frame")
+        assert "big" not in accepted()

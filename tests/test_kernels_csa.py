@@ -364,6 +364,10 @@ def test_track_bad_input():
     bad = csa.CsaContour(np.full((5, 2), np.nan), 1.0, 1.0, (10.0, 10.0), 0.5)
     with pytest.raises(InputError):
         csa.track(img, bad)
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)  # a sliver (a contour edited by hand): tracked, finite
+    sliver = csa.CsaContour(np.stack([110 + 30 * np.cos(t), 130 + 1e-7 * np.sin(t)], 1), 1e-5, 60.0, (110.0, 130.0), 0.5)
+    res = csa.track(img, sliver)
+    assert res.area_px > 0 and np.isfinite(res.confidence) and 0.0 <= res.confidence <= 1.0
 
 
 def test_readonly_and_noncontiguous_images_accepted():

@@ -142,6 +142,10 @@ def test_telemetry_fps_is_the_current_rate():
     assert s["frames"] == 81 and s["fps"] == pytest.approx(10.0) and s["idle_s"] == pytest.approx(0.0)
     s = t.summary(now=10.0 + FPS_WINDOW_S + 0.1)["s"]
     assert s["fps"] is None and s["idle_s"] == pytest.approx(FPS_WINDOW_S + 0.1)
+    slow = Telemetry()
+    for k in range(3):  # one frame every 6 s: its rate, not nothing
+        slow.add("s", 6.0 * k, None)
+    assert slow.summary(now=12.5)["s"]["fps"] == pytest.approx(1 / 6.0)
 
 
 def test_latest_queue_forgets_streams_without_waiting_messages():
@@ -241,7 +245,7 @@ def test_analyzer_probe_lifted_measures_nothing_and_resumes_tracking(sim_frames,
     assert an.counters.get("line_hold_lost", 0) == 0 and not an.rejected
     # a new frame size while lifted: the hold ends, and a warning says so
     *evs, m = an.process("frames", frame_msg(7, np.full((400, 500), grey, np.uint8)))
-    assert [e.header.reason for e in evs] == ["line_hold_lost"] * 2 and an.counters["line_hold_lost"] == 2
+    assert [e.header.reason for e in evs] == ["line_hold_lost"] * 2 + ["csa_lost"] and an.counters["line_hold_lost"] == 2
     assert getattr(m.header.quality, flag)
 
 
@@ -310,6 +314,14 @@ def test_analyzer_failed_frame_ending_the_csa_tracking_says_so(sim_frames):
     settings.update("s1", roi=None)
     (m,) = an.process("frames", frame_msg(4, f[4].image))
     assert m.header.csa is None and an.counters["csa_lost"] == 1
+    # a new frame size ends the tracking too: the same warning
+    settings.update("s1", seed_rc=f[5].truth.nerve_center_rc)
+    (m,) = an.process("frames", frame_msg(5, f[5].image))
+    assert m.header.csa is not None
+    lost, m = an.process("frames", frame_msg(6, np.ascontiguousarray(f[0].image[:, :-40])))
+    assert lost.header.reason == "csa_lost" and m.header.csa is None and an.counters["csa_lost"] == 2
+    (m,) = an.process("frames", frame_msg(7, np.ascontiguousarray(f[1].image[:, :-40])))  # said once
+    assert an.counters["csa_lost"] == 2
 
 
 def test_analyzer_survives_an_unforeseen_failure_and_starts_the_stream_afresh(sim_frames, monkeypatch):
@@ -389,8 +401,8 @@ def test_analyzer_line_clicks_hold_release_and_refuse():
     # a new frame size ends the hold: a warning says so
     small = np.ascontiguousarray(f[6].image[:400])
     settings.update("s1", roi=None)
-    ev, m = an.process("frames", frame_msg(7, small))
-    assert ev.header.reason == "line_hold_lost" and "deep line" in ev.header.message
+    ev, lost, m = an.process("frames", frame_msg(7, small))  # the CSA contour cannot follow either
+    assert ev.header.reason == "line_hold_lost" and "deep line" in ev.header.message and lost.header.reason == "csa_lost"
     assert m.header.thickness.deep_at_rc is None and an.counters["line_hold_lost"] == 1
     # a click while thickness is not measured waits for it
     settings.update("s1", metrics=("echogenicity",), deep_at_rc=(row(f[7], "deep_row"), c - 80))

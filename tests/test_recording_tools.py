@@ -391,7 +391,7 @@ def test_report_of_a_file_with_damaged_headers_is_a_read_error(session, tmp_path
 @pytest.mark.parametrize("attr, value", [("streams_json", "{not json"), ("config_json", "{not json"), ("config_json", 7)])
 def test_session_attributes_that_are_not_json_are_damage(session, tmp_path, capsys, attr, value):
     """inspect and report need the decoded attributes: one 'damaged' line naming the attribute;
-    export does not read them and still exports every row."""
+    export and replay do not read them and still give every row and frame."""
     bad = tmp_path / "bad.h5"
     shutil.copy(session, bad)
     with h5py.File(bad, "r+") as f:
@@ -404,6 +404,10 @@ def test_session_attributes_that_are_not_json_are_damage(session, tmp_path, caps
     rc, _, err = _cli(capsys, "export", bad, "--out", tmp_path / "o")
     with open(tmp_path / "o" / "probe0_metrics.csv", newline="") as fh:
         assert rc == 0 and err == "" and len(list(csv.DictReader(fh))) == N
+    from mmstream_drivers.replay import Replayer
+
+    with Replayer(bad, ["probe0"], mode="fast") as rp:
+        assert len(list(rp)) == N
 
 
 def test_a_session_without_frames(tmp_path, capsys):

@@ -162,8 +162,9 @@ def test_spacing_options_must_come_in_pairs(tmp_path):
     write_cine(path, n=1)
     with pytest.raises(SpacingError):
         DicomCineSource(str(path), spacing_row_mm=0.1)
-    with pytest.raises(SpacingError):
-        DicomCineSource(str(path), spacing_row_mm=-1.0, spacing_col_mm=0.1)
+    for bad in ((-1.0, 0.1), (1e-30, 0.1), (0.1, 150.0)):  # the analysis would refuse them on every frame
+        with pytest.raises(SpacingError):
+            DicomCineSource(str(path), spacing_row_mm=bad[0], spacing_col_mm=bad[1])
 
 
 # --- MetaImage sequences ------------------------------------------------------------------------

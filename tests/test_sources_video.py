@@ -79,7 +79,10 @@ def test_depth_scale_calibration_gives_row_spacing_and_depth():
 @pytest.mark.parametrize("kw", [{}, {"device": 0, "url": "a.avi"}, {"url": "a.avi", "crop_row0": 10, "crop_row1": 5},
                                 {"url": "a.avi", "spacing_row_mm": 0.1}, {"url": "a.avi", "fps": 0},
                                 {"device": "zero"}, {"url": "a.avi", "crop_row1": "end"},
-                                {"url": "a.avi", "backoff_initial_s": 9.0, "backoff_max_s": 1.0}])
+                                {"url": "a.avi", "backoff_initial_s": 9.0, "backoff_max_s": 1.0},
+                                # spacings the analysis would refuse on every frame (outside 0.0001-100 mm)
+                                {"url": "a.avi", "spacing_row_mm": 5e-5, "square_pixels": True},
+                                {"url": "a.avi", "spacing_row_mm": 150.0, "spacing_col_mm": 0.1}])
 def test_bad_options_are_config_errors(kw):
     with pytest.raises(ConfigError):
         VideoSource(**kw)

@@ -81,8 +81,7 @@ def _parts_in_order(paths: list[Path]) -> tuple[list[Path], list[str]]:
     found = []
     for p in paths:
         with SessionReader(p) as r:
-            a = r.attrs
-            found.append((int(a.get("part", 0)), str(a.get("recording_id", "")), p, r.streams))
+            found.append((*r.part, p, r.streams))
     if len({rid for _, rid, _, _ in found}) > 1:
         raise InputError(f"{', '.join(map(str, paths))}: parts of different recordings", reason="mixed_recordings")
     found.sort(key=lambda x: x[0])

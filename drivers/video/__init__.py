@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-from mmstream.errors import ConfigError, ReadError
+from mmstream.errors import ConfigError, ReadError, SpacingError
 from mmstream.io import to_grey_u8
+from mmstream.io._common import validate_spacing
 from mmstream.messages import ImagingSettings
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import Backoff, SourceHealth
@@ -124,10 +125,11 @@ class VideoSource:
         if row_mm is None or col_mm is None:
             raise ConfigError("video source: the column spacing is unknown; give spacing_col_mm or state "
                               "square_pixels = true")
-        row_mm, col_mm = float(row_mm), float(col_mm)
-        if not (0 < row_mm < math.inf and 0 < col_mm < math.inf):
-            raise ConfigError(f"video source: spacing must be finite and positive, got ({row_mm}, {col_mm})")
-        return (row_mm, col_mm), (depth_mm if depth_mm is not None and depth_mm > 0 else None)
+        try:
+            spacing = validate_spacing((row_mm, col_mm), what="video source: spacing")
+        except SpacingError as exc:
+            raise ConfigError(str(exc)) from None
+        return spacing, (depth_mm if depth_mm is not None and depth_mm > 0 else None)
 
     def close(self) -> None:
         """Ask :meth:`source_frames` to end (also interrupts a reconnect wait)."""

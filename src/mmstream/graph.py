@@ -27,6 +27,7 @@ from mmstream.codec import Decoded, Limits, decode, encode
 from mmstream.config import ServiceConfig
 from mmstream.errors import CodecError, ConfigError
 from mmstream.handoff import Handoff
+from mmstream.messages import Reply
 from mmstream.nodes import Analyzer, ControlNode, Ingest, IngestLimits, Node, Publisher, StreamConfig, StreamSettings
 from mmstream.nodes.base import PortQueue
 from mmstream.transport import Curve, Poller, Socket, TransportTimeout, make_socket
@@ -116,7 +117,8 @@ class NodeRunner(threading.Thread):
 
     def _emit(self, outs: dict[str, list[Socket]], results) -> None:
         """Send each output; one that cannot be encoded or sent (a bug) is dropped and counted as
-        ``internal_error``, never ending the node's thread."""
+        ``internal_error``, never ending the node's thread; a reply that cannot be encoded is
+        replaced by an ``internal_error`` reply (a REP socket takes no request before it answers)."""
         encoded = {}  # one message sent on several ports (ingest: frames + accepted) is encoded once
         for out in results:
             socks = outs.get(out.port)
@@ -124,9 +126,12 @@ class NodeRunner(threading.Thread):
                 continue  # a port nobody listens to (e.g. events of a node without a publisher)
             try:
                 self._emit_one(out, socks, encoded)
-            except Exception:
+            except Exception as exc:
                 self.node.count("internal_error")
                 self.send_drops[out.port] += 1
+                if id(socks[0]) in self._reply_socks:
+                    msg = f"the reply could not be sent: {type(exc).__name__}: {exc}"[:2000]
+                    socks[0].send(encode(Reply(ok=False, reason="internal_error", message=msg)), timeout_ms=1000)
 
     def _emit_one(self, out, socks: list[Socket], encoded: dict) -> None:
         """Encode (once per message, unless handed off) and send ``out`` on its socket."""

@@ -188,7 +188,7 @@ def _track_candidates(prev: tuple[float, float, float]) -> tuple[np.ndarray, np.
     b, asp, phi = prev
     ia = int(np.argmin(np.abs(np.log(ASPECT_GRID / asp))))
     ip = int(np.argmin(np.abs(PHI_GRID_DEG - np.clip(phi, -90.0, 90.0))))
-    return _track_candidates_cached(round(float(b), 3), ia, ip)
+    return _track_candidates_cached(max(round(float(b), 3), 0.001), ia, ip)  # a sliver: finite costs
 
 
 @functools.lru_cache(maxsize=256)

@@ -181,9 +181,7 @@ class Analyzer(Node):
                 self._previous.pop(h.stream_id, None)
                 lost = self._hold_lost(h, held_before) if "thickness" in cfg.metrics else []
                 if tracked_csa:  # the contour is gone with the tracking: say so (tap again)
-                    self.count("csa_lost")
-                    lost.append(self.event("warning", "csa_lost", "the CSA contour is no longer tracked (analysis "
-                                           "failed): tap the structure again", h.stream_id, h.seq))  # fmt: skip
+                    lost.append(self._csa_lost(h))
                 ev = self.reject(exc.reason, f"analysis failed: {exc} (announced once while it lasts)", h.stream_id, h.seq)
                 key = (exc.reason, str(exc), cfg.seed_version, cfg.line_versions)  # a new tap gets its answer
                 repeated = self._failing.get(h.stream_id) == key  # as the last frame's: counted, not announced
@@ -200,6 +198,8 @@ class Analyzer(Node):
             self._line_versions[h.stream_id] = cfg.line_versions
         if "thickness" in cfg.metrics:  # a hold that ends without a release: say so (tap again)
             out += self._hold_lost(h, held_before - _held(res.tracking_state.thickness))
+        if tracked_csa and seed is None and "csa" in cfg.metrics and res.tracking_state.csa is None:
+            out.append(self._csa_lost(h))  # e.g. a new frame size: the contour cannot follow
         stamps = {**h.stamps, "analysis_start": t0, "analyzed": time.monotonic()}
         header, arrays = metrics_message(h.model_copy(update={"clinical": clinical}), res, stamps)
         if self.echo is not None and header.echogenicity is not None:
@@ -237,6 +237,12 @@ class Analyzer(Node):
         return [self.event("warning", "line_hold_lost", f"the {line} line is no longer held where it was tapped "
                            "(lines lost, analysis failed, new ROI or frame size): tap it again", h.stream_id, h.seq)
                 for line in sorted(lines)]  # fmt: skip
+
+    def _csa_lost(self, h: Frame) -> Out:
+        """The warning (counted) that the tracked CSA contour is gone."""
+        self.count("csa_lost")
+        return self.event("warning", "csa_lost", "the CSA contour is no longer tracked (analysis failed or the "
+                          "frame size changed): tap the structure again", h.stream_id, h.seq)  # fmt: skip
 
     def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, seed, clicks, exc: MmstreamError):
         """After analysis with the taps failed: (the frame analysed with the taps that work, or None

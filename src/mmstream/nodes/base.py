@@ -118,12 +118,16 @@ class Telemetry:
 
     def summary(self, now: float | None = None) -> dict:
         """Per stream: frames, the current fps (over the frames of the last ``FPS_WINDOW_S``
-        seconds before ``now``, default ``time.monotonic()``: None for a stream stopped or paused
-        that long), seconds since its last frame (``idle_s``) and latency percentiles (ms)."""
+        seconds before ``now``, default ``time.monotonic()``; from the last interval when only one
+        came in that time; None for a stream stopped or paused that long), seconds since its last
+        frame (``idle_s``) and latency percentiles (ms)."""
         out = {}
         now = time.monotonic() if now is None else now
         for sid, n in self.frames.items():
-            recent = [t for t in self.arrivals[sid] if t >= now - FPS_WINDOW_S]
+            times = self.arrivals[sid]
+            recent = [t for t in times if t >= now - FPS_WINDOW_S]
+            if len(recent) == 1 and len(times) >= 2:  # a stream slower than the window: its last interval
+                recent = [times[-2], times[-1]]
             span = recent[-1] - recent[0] if len(recent) >= 2 else 0.0
             lat = np.asarray(self.latency_s.get(sid, ()), dtype=np.float64)
             out[sid] = {

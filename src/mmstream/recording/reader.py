@@ -299,6 +299,14 @@ class SessionReader:
             ds.refresh()
 
     @property
+    def part(self) -> tuple[int, str]:
+        """(part number, recording id) of this file: what putting a recording's parts in order needs
+        (read without decoding the JSON attributes, so a file whose ``config_json`` is damaged
+        still replays)."""
+        a = self.file["session"].attrs
+        return int(a.get("part", 0)), str(a.get("recording_id", ""))
+
+    @property
     def attrs(self) -> dict:
         """``/session`` attributes; ``config_json`` and ``streams_json`` decoded as ``config``, ``streams``.
         Raises :class:`ReadError` ``damaged`` if either is not JSON text."""
