@@ -238,14 +238,50 @@ def test_cli_compute_stats_records_no_volume_from_an_unknown_unit(tmp_path, caps
             assert "volume_mm3" in got and err == ""
 
 
-@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
+def _compute_stats(tmp_path, img, mask, capsys) -> tuple[dict, str]:
+    assert main(["biomarkers", "compute", "stats", str(img), str(mask), "--patient", "P5", "--site", "soleus",
+                 "--date", "2026-01-05", "--modality", "MRI"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    return {json.loads(line)["biomarker"]: json.loads(line)["value"] for line in out.splitlines()}, err
+
+
+@pytest.mark.shared_data
+def test_cli_compute_stats_reads_the_nrrd_spacedirections_spelling(tmp_path, capsys, shared_data):
+    """teem reads 'spacedirections' as 'space directions': a spacing, and the volume is recorded."""
+    src = shared_data / "volumes" / "pyradiomics"
+    for n in ("breast1_image", "breast1_label"):
+        head, data = (src / f"{n}.nrrd").read_bytes().split(b"\n\n", 1)
+        (tmp_path / f"{n}.nrrd").write_bytes(head.replace(b"space directions:", b"spacedirections:") + b"\n\n" + data)
+    got, err = _compute_stats(tmp_path, tmp_path / "breast1_image.nrrd", tmp_path / "breast1_label.nrrd", capsys)
+    assert got["volume_mm3"] == pytest.approx(132.4258, rel=1e-4) and err == ""
+
+
+@pytest.mark.parametrize("case", ["negative_pixdim", "sform_and_pixdim"])
+def test_cli_compute_stats_records_a_volume_from_every_nifti_spacing_itk_reads(tmp_path, capsys, case):
+    """ITK's spacing is |pixdim| (a negative one flips the axis): a spacing, and the volume is
+    recorded."""
+    from volume_makers import write_nifti1
+
+    pixdim, sform, codes = {
+        "negative_pixdim": ((-2.0, 3.0, 4.0), np.diag([2.0, 3.0, 4.0, 1.0]), {"qform_code": 1, "sform_code": 0}),
+        "sform_and_pixdim": ((2.0, 3.0, 4.0), np.diag([2.0, 3.0, 4.0, 1.0]), {}),
+    }[case]
+    for name, value in (("img", 7), ("mask", 1)):
+        write_nifti1(tmp_path / f"{name}.nii", np.full((4, 5, 6), value, np.int16), sform, pixdim=pixdim, **codes)
+    got, err = _compute_stats(tmp_path, tmp_path / "img.nii", tmp_path / "mask.nii", capsys)
+    assert got["volume_mm3"] == pytest.approx(120 * 24.0) and "no volume_mm3" not in err
+
+
+@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii", "nii_sform"])
 def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_path, capsys, fmt):
     """A MetaImage without ElementSpacing, a NRRD without spacings or space directions, a NIfTI
-    with pixdim 0: ITK takes 1 mm, a guess; no volume_mm3 is stored from it."""
+    with pixdim 0 (with an sform too: ITK then takes 1 mm, not the sform's scales): ITK's 1 mm is
+    a guess; no volume_mm3 is stored from it."""
     from volume_makers import write_nifti1
 
     raw = np.full((6, 5, 4), 7, np.int16).tobytes()
-    img, mask = tmp_path / f"img.{fmt}", tmp_path / f"mask.{fmt}"
+    ext = "nii" if fmt.startswith("nii") else fmt
+    img, mask = tmp_path / f"img.{ext}", tmp_path / f"mask.{ext}"
     for path, data in ((img, raw), (mask, np.ones((6, 5, 4), np.uint8).tobytes())):
         etype = "MET_SHORT" if path is img else "MET_UCHAR"
         if fmt == "mha":
@@ -257,7 +293,8 @@ def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_p
                              "encoding: raw\n\n".encode() + data)  # fmt: skip
         else:
             arr = np.frombuffer(data, np.int16 if path is img else np.uint8).reshape(6, 5, 4).transpose(2, 1, 0)
-            write_nifti1(path, arr, np.diag([0.0, 0.0, 0.0, 1.0]), qform_code=0, sform_code=0)
+            codes = {"sform_code": 1} if fmt == "nii_sform" else {"qform_code": 0, "sform_code": 0}
+            write_nifti1(path, arr, np.diag([2.0, 3.0, 4.0, 1.0]), pixdim=(0.0, 0.0, 0.0), **codes)
     assert main(["biomarkers", "compute", "stats", str(img), str(mask), "--patient", "P5", "--site", "soleus",
                  "--date", "2026-01-05", "--modality", "MRI"]) == 0  # fmt: skip
     out, err = capsys.readouterr()

@@ -259,3 +259,43 @@ def test_volume_message_refuses_a_bad_id_with_a_typed_error(tmp_path):
     with pytest.raises(InputError) as exc:
         load_volume(tmp_path / "a.nii").to_message("bad id")
     assert exc.value.reason == "invalid_volume" and "volume_id" in str(exc.value)
+
+
+def test_watch_events_name_no_folder_a_header_gives_for_its_data(watcher, tmp_path):  # noqa: F811
+    """A header's data file named with folders ('../JANE_DOE/x.raw'): the refusal event shows no part
+    of that name (folder names often carry the patient's name)."""
+    w, sink = watcher()
+    inn = tmp_path / "in"
+    hdr = "ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementSpacing = 1 1 1\nElementType = MET_SHORT\nElementDataFile = {}\n"
+    (inn / "MARY_ROE").mkdir()  # a data file that is no regular file, in a named folder: not_found
+    os.mkfifo(inn / "MARY_ROE" / "d.raw")
+    (inn / "c.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nspacings: 1 1 1\nencoding: raw\n"
+                                "endian: little\ndata file: MARY_ROE/d.raw\n\n")  # fmt: skip
+    (inn / "sub").mkdir()
+    (inn / "JANE_DOE").mkdir()
+    (inn / "JANE_DOE" / "x.raw").write_bytes(np.zeros((2, 3, 4), "<i2").tobytes())
+    (inn / "sub" / "b.mhd").write_text(hdr.format("../JANE_DOE/x.raw"))  # path_traversal
+    for _ in range(2):
+        w.poll_once()
+    assert wait_for(lambda: {"not_found", "path_traversal"} <= set(sink.reasons()), 5, "both refusals announced")
+    text = " ".join(e.message for e in sink.events)
+    assert "ElementDataFile <file>" in text and "data file <file>" in text
+    assert not any(s in text for s in ("JANE", "DOE", "MARY", "ROE", "d.raw", "x.raw"))
+
+
+def test_watch_file_that_cannot_be_sent_is_rejected_once(watcher, tmp_path, monkeypatch):  # noqa: F811
+    """A loaded file whose volume message cannot be built or sent is moved to rejected/ and counted
+    once (it used to raise on every poll and stay in the folder)."""
+    from mmstream.volumes import Outlet
+
+    w, sink = watcher()
+    write_nifti1(tmp_path / "in" / "a.nii", np.zeros((4, 5, 6), np.int16), np.diag([1.0, 1.0, 1.0, 1.0]))
+
+    def broken(self, vol, volume_id=None):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(Outlet, "volume", broken)
+    for _ in range(3):
+        w.poll_once()
+    assert w.outlet.rejected["internal_error"] == 1 and not (tmp_path / "in" / "a.nii").exists()
+    assert (tmp_path / "in" / REJECTED / "a.nii").exists()

@@ -102,7 +102,7 @@ def _check_header(path: Path, fmt: str) -> bool:
         if name is not None:
             file_beside(path, name, "data file")
         _check_nrrd_geometry(path)
-        return _nrrd_field(path, "spacings") is not None or _nrrd_field(path, "space directions") is not None
+        return _nrrd_field(path, "spacings") is not None or _nrrd_field(path, "space ?directions") is not None
     return _check_nifti1_geometry(path)
 
 
@@ -131,8 +131,8 @@ def _check_metaimage_geometry(path: Path, fields: dict[str, str]) -> None:
 
 
 def _check_nrrd_geometry(path: Path) -> None:
-    for field in ("space origin", "space directions"):
-        raw = _nrrd_field(path, field)
+    for field in ("space origin", "space directions"):  # teem also reads 'spaceorigin', 'spacedirections'
+        raw = _nrrd_field(path, field.replace(" ", " ?"))
         if raw is None:
             continue
         vectors = re.findall(r"\(([^()]*)\)", raw)
@@ -150,8 +150,8 @@ def _check_nrrd_geometry(path: Path) -> None:
 
 def _check_nifti1_geometry(path: Path) -> bool:
     """NIfTI-1 only (this ITK reads no NIfTI-2); a header that does not parse is left to ITK.
-    Returns whether the header gives a spacing: an sform, or ``pixdim[1..3]`` all > 0 (ITK
-    takes 0 as 1 mm)."""
+    Returns whether the header gives a spacing: ``pixdim[1..3]`` all non-zero (ITK takes their
+    absolute values, and 0 as 1 mm, an sform or not)."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
             head = f.read(348)
@@ -170,7 +170,7 @@ def _check_nifti1_geometry(path: Path) -> bool:
     for what, vals in checks.items():
         if not all(map(math.isfinite, vals)):
             raise _geometry_error(path, f"NIfTI {what}", " ".join(f"{v:g}" for v in vals))
-    return s_code > 0 or all(v > 0 for v in pixdim[1:4])  # an sform carries the spacing too
+    return all(abs(v) > 0 for v in pixdim[1:4])  # ITK's spacing is |pixdim| (0: 1 mm), also beside an sform
 
 
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
