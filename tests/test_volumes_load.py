@@ -240,3 +240,17 @@ def test_real_nifti_and_dicom_files(shared_data):
         with pytest.raises(ReadError) as exc:
             load_volume(d / name)
         assert exc.value.reason == reason
+
+
+def test_a_metaimage_written_by_simpleitk_with_its_extra_keys_loads(tmp_path):
+    """SimpleITK copies a NIfTI's or NRRD's header into the MetaImage it writes, with keys such as
+    ``dim[0]`` and ``NRRD_kinds[0]``; those files were refused (bad_header)."""
+    img = sitk.GetImageFromArray(np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4))
+    img.SetSpacing((0.5, 0.6, 2.0))
+    for key, value in (("dim[0]", "3"), ("NRRD_kinds[0]", "domain"), ("ITK_original_spacing", "0.5 0.6 2")):
+        img.SetMetaData(key, value)
+    sitk.WriteImage(img, str(tmp_path / "a.mha"))
+    assert b"dim[0] = 3" in (tmp_path / "a.mha").read_bytes()
+    vol = load_volume(tmp_path / "a.mha")
+    assert vol.spacing_mm == pytest.approx((2.0, 0.6, 0.5)) and vol.voxels.shape == (2, 3, 4)
+    np.testing.assert_array_equal(vol.voxels, np.arange(24).reshape(2, 3, 4))

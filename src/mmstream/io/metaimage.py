@@ -63,7 +63,7 @@ _ELEMENT_TYPES = {
     "MET_UINT": np.dtype("u4"),
     "MET_INT": np.dtype("i4"),
 }
-_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_LINE = re.compile(r"^\s*([A-Za-z][^=\s]*)\s*=\s*(.*?)\s*$")  # keys as ITK writes them too: dim[0], NRRD_kinds[0]
 _FRAME_KEY = re.compile(r"^Seq_Frame(\d{1,9})_(\w+)$")
 _HEADER_START_KEYS = ("ObjectType", "NDims", "Comment", "ObjectSubType", "TransformType", "DimSize", "ID",
                       "ParentID", "Name", "FormTypeName")
