@@ -180,6 +180,40 @@ def test_a_captured_echo_replaces_only_the_live_echo_in_the_score():
     assert a.score_inputs == ("live:thickness_mm", "captured:us_echo_calibrated")
 
 
+def test_a_captured_echo_is_scored_for_the_context_now(store):
+    """Age and sex set or corrected after a capture re-score it, as they do the live value (the
+    capture kept the z-score of the age at capture time)."""
+    by_age = ReferenceTable.model_validate({"source": "test values", "entries": [
+        {"biomarker": "us_echo_intensity", "site": "soleus", "abnormal": "high", "mean": m, "sd": sd,
+         "age_min_years": lo, "age_max_years": hi} for lo, hi, m, sd in ((18, 60, 60.0, 10.0), (60, 150, 30.0, 5.0))
+    ]})  # fmt: skip
+    node = FusionNode(store, FusionRules(by_age), today=lambda: TODAY)
+    cap = Decoded("event.control", Event(node="control", level="info", reason="capture", message="c", stream_id="probe",
+                                         t_host_s=0.0))  # fmt: skip
+    for i in range(3):
+        node.process("bus", cap)
+        node.process("bus", metrics(i, site="soleus", echo=48.0, age_years=54))
+    f = fused_of(node.process("bus", metrics(3, site="soleus", echo=48.0, age_years=54)))
+    (c,) = [v for v in f.values if v.source == "captured"]
+    assert c.z == pytest.approx(-1.2) and not c.abnormal
+    f = fused_of(node.process("bus", metrics(4, site="soleus", echo=48.0, age_years=64)))
+    (c,) = [v for v in f.values if v.source == "captured"]
+    assert c.z == pytest.approx(3.6) and c.abnormal and f.score == pytest.approx(3.6)
+    so = next(s for s in f.biopsy if s.site == "soleus")
+    assert so.score == pytest.approx(3.6)  # the ranking uses the capture scored for age 64 too
+
+
+def test_a_raw_capture_does_not_hide_a_scored_live_echo():
+    """A capture from an uncalibrated device has no z-score: the calibrated live echo of another
+    probe on the same site still counts."""
+    live = FusedValue(name="us_echo_calibrated", source="live", modality="US", value=40.0, unit="grey_level", z=-1.0,
+                      abnormal=False)  # fmt: skip
+    raw = FusedValue(name="us_echo_intensity", source="captured", modality="US", value=150.0, unit="grey_level")
+    ff = FusedValue(name="fat_fraction", source="stored", modality="MRI", value=0.3, unit="1", z=12.5, abnormal=True)
+    a = assess_site("tibialis_anterior", "left", [live, raw, ff], RULES)
+    assert a.score_inputs == ("live:us_echo_calibrated", "fat_fraction") and a.disagreements
+
+
 def test_stored_echo_values_are_scored_only_in_reference_device_grey_levels():
     recs = [rec("soleus", "us_echo_intensity", 90.0, "grey_level", modality="US"),
             rec("soleus", "us_echo_calibrated", 70.0, "grey_level", modality="US")]  # fmt: skip

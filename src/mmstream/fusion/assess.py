@@ -114,10 +114,11 @@ def assess_site(site: str, side: str | None, values: Iterable[FusedValue], rules
     """Score, disagreements and biopsy category of one site from its values (``reason`` left empty
     unless ``explain``: the live path does not need it).
 
-    A live per-frame echo value is used only when no captured (three-image) value exists.
+    A live per-frame echo value is used only when no captured (three-image) value with a z-score
+    exists (a raw capture, from an uncalibrated device, has none and does not hide a live one).
     """
     values = tuple(values)
-    has_capture = any(v.source == "captured" for v in values)
+    has_capture = any(v.source == "captured" and v.z is not None for v in values)  # a raw capture has no score
     scored = [v for v in values if v.z is not None and not (v.source == "live" and has_capture and v.name.startswith("us_echo"))]
     score = sum(v.z for v in scored) / len(scored) if scored else None
     abnormal = [v for v in scored if v.abnormal]

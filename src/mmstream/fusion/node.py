@@ -107,16 +107,19 @@ class FusionNode(Node):
         self.count("captures")
         if len(taken) == CAPTURE_FRAMES:
             mean = capture_mean([v for v, _ in taken])
-            ctx = h.clinical
-            # echo references are in reference-device grey levels: only a calibrated mean has a z-score
-            z, ab = (None, None)
-            if calibrated:
-                z, ab = reference_z("us_echo_intensity", mean, key[1], self.rules, ctx.age_years, ctx.sex)
-            name = "us_echo_calibrated" if calibrated else "us_echo_intensity"
-            self._captured[key] = FusedValue(name=name, source="captured", modality="US", value=mean, unit="grey_level",
-                                             z=z, abnormal=ab)  # fmt: skip
+            name = "us_echo_calibrated" if calibrated else "us_echo_intensity"  # scored when used (_scored)
+            self._captured[key] = FusedValue(name=name, source="captured", modality="US", value=mean, unit="grey_level")
         out.append(self.event("info", "captured", f"capture {len(taken)}/{CAPTURE_FRAMES} on {h.stream_id}",
                               h.stream_id, h.parent[1]))  # fmt: skip
+
+    def _scored(self, v: FusedValue, site: str, age, sex) -> FusedValue:
+        """A captured echo with its z-score for the context now (age and sex may be given or
+        corrected after the capture). Echo references are in reference-device grey levels: only a
+        calibrated mean has one."""
+        if v.name != "us_echo_calibrated":
+            return v
+        z, ab = reference_z("us_echo_intensity", v.value, site, self.rules, age, sex)
+        return v.model_copy(update={"z": z, "abnormal": ab})
 
     def _view(self, patient: str, age, sex, out: list[Out]) -> dict | None:
         """Stored values per site and the biopsy ranking of ``patient`` (cached until the store or a
@@ -132,7 +135,7 @@ class FusionNode(Node):
         if self._store_failed:
             self._store_failed = False
             out.append(self.event("info", "store_ok", "biomarker store readable again"))
-        captured = {(k[1], k[2]): v for k, v in self._captured.items() if k[0] == patient}
+        captured = {(k[1], k[2]): self._scored(v, k[1], age, sex) for k, v in self._captured.items() if k[0] == patient}
         today = self._today()
         vkey = (patient, age, sex, today, self.cache.generation, tuple(sorted((k, v.value) for k, v in captured.items())))
         view = self._views.get(vkey)
@@ -177,6 +180,8 @@ class FusionNode(Node):
             if ctx.side is None and any(r.site == ctx.site and r.side is not None for r in view["records"]):
                 flags.append("side_not_set")  # that site's sided values are not shown: set the side
         captured = self._captured.get(key)
+        if captured is not None:
+            captured = self._scored(captured, ctx.site, ctx.age_years, ctx.sex)
         values = (*live, *((captured,) if captured else ()), *stored)
         a = assess_site(ctx.site, ctx.side, values, self.rules, explain=False)
         if any(v.stale for v in stored):
