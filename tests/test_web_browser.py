@@ -216,9 +216,20 @@ def test_context_capture_and_the_fusion_card(svc, page):
     page.fill("#patient", PATIENT)
     page.fill("#site", "Tibialis anterior")  # as typed: the service keeps the store's form tibialis_anterior
     page.select_option("#side", "left")
+    page.fill("#age", "54")
+    page.select_option("#sex", "female")
     page.locator("#context button").click()
     wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "tibialis_anterior", what="context set")
-    assert svc.graph.settings.get("sim").clinical.patient_id == PATIENT and PATIENT not in page.url
+    c = svc.graph.settings.get("sim").clinical
+    assert c.patient_id == PATIENT and PATIENT not in page.url and (c.age_years, c.sex) == (54.0, "female")
+    page.select_option("#side", "right")  # Set again, the rest of the form as shown: age and sex are kept
+    page.locator("#context button").click()
+    wait_for(lambda: svc.graph.settings.get("sim").clinical.side == "right", what="context set again")
+    c = svc.graph.settings.get("sim").clinical
+    assert (c.age_years, c.sex) == (54.0, "female")  # the page used to send neither, erasing them
+    page.select_option("#side", "left")
+    page.locator("#context button").click()
+    wait_for(lambda: svc.graph.settings.get("sim").clinical.side == "left", what="back to the left side")
     playwright.expect(page.locator("#capture-count")).to_have_text("0/3", timeout=10000)
     for i in range(1, 4):
         page.locator("#capture").click()

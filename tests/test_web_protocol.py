@@ -176,7 +176,7 @@ def test_three_image_captures_mirror_the_service_protocol():
 
     def metrics(seq, echo):
         h = Metrics(stream_id="s1", session_id="sess", parent=("s1", seq), clinical=settings.get("s1").clinical,
-                    echogenicity=EchoSummary(region="roi", mean=echo, std=1.0, n_px=100))  # fmt: skip
+                    echogenicity=EchoSummary(region="roi", mean=echo, std=1.0, n_px=100, calibrated_mean=1.25 * echo))  # fmt: skip
         return Decoded("metrics.s1", h, {})
 
     def event(node, reason, seq=None):
@@ -210,6 +210,7 @@ def test_three_image_captures_mirror_the_service_protocol():
         fused.process("bus", event("fusion", "captured", seq))
     summary = fused.captures.summary(key)
     assert summary["complete"] and summary["mean"]["echo_mean"] == pytest.approx(63.0)
+    assert summary["mean"]["echo_calibrated"] == pytest.approx(1.25 * 63.0)  # what the fusion node keeps
     assert summary["mean"]["csa_mm2"] is None
     assert fused.note("s1")["reason"] == "captured"
     assert CaptureBook().summary(("P-01", "tibialis_anterior", "right"))["captures"] == []

@@ -480,3 +480,37 @@ def test_serve_with_the_live_view_port_taken_fails_cleanly(svc, tmp_path):
                           timeout=60, env=env)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("mmstream serve: error: cannot start the web view on 127.0.0.1:")
+
+
+def test_a_new_page_shows_the_first_stream_seen_and_a_page_can_ask_for_its_own():
+    """``[web] stream_id`` unset: a new page shows the stream seen first, not the first by name (a
+    reloaded page jumped to another probe); a page that names its stream in ``hello`` (the page
+    keeps it across a reload) gets that one."""
+    from mmstream.source import FrameSender, SourceFrame
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0})
+    with Service(cfg) as s:
+        for sid in ("zeta", "alpha"):
+            with FrameSender(s.graph.endpoints["ingest"], sid) as snd:
+                snd.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
+            wait_for(lambda sid=sid: sid in s.web.live.streams(), what=f"a frame of {sid} in the live view")
+        assert s.web.live.streams() == ["zeta", "alpha"]
+        for asked, shown in ((None, "zeta"), ("alpha", "alpha"), ("gone", "zeta")):
+            with connect(ws_url(s)) as ws:
+                ws.send(json.dumps({"cmd": "hello", **({"stream_id": asked} if asked else {})}))
+                assert recv_until(ws, is_type("hello"))["stream_id"] == shown
+
+
+def test_debug_logging_keeps_the_websocket_and_dicom_libraries_quiet(tmp_path):
+    """``log_level = "debug"``: at debug, websockets logs message contents (a set_context with the
+    patient pseudonym) and pynetdicom DICOM details; those two libraries stay at info."""
+    import logging
+    import subprocess
+    import sys
+
+    code = ("import logging; from mmstream.cli import _service_process; from mmstream.config import load_config\n"
+            "_service_process(load_config(None, log_level='debug'))\n"
+            "print(logging.getLogger().getEffectiveLevel(), logging.getLogger('websockets.server').getEffectiveLevel(),"
+            " logging.getLogger('pynetdicom').getEffectiveLevel(), logging.getLogger('mmstream').getEffectiveLevel())")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(v) for v in out] == [logging.DEBUG, logging.INFO, logging.INFO, logging.DEBUG]

@@ -198,6 +198,8 @@ def _service_process(cfg) -> None:
     import resource
 
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for lib in ("websockets", "pynetdicom"):  # at debug they log message contents: the clinical context, DICOM tags
+        logging.getLogger(lib).setLevel(max(logging.INFO, logging.getLogger(lib).getEffectiveLevel()))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft != resource.RLIM_INFINITY and soft < want:

@@ -12,7 +12,7 @@ import threading
 
 from mmstream.calibration import CAPTURE_FRAMES
 
-FIELDS = ("echo_mean", "csa_mm2", "csa_px", "thickness_mm", "thickness_px")
+FIELDS = ("echo_mean", "echo_calibrated", "csa_mm2", "csa_px", "thickness_mm", "thickness_px")
 
 
 def capture_numbers(ov: dict) -> dict:
@@ -22,6 +22,7 @@ def capture_numbers(ov: dict) -> dict:
         "stream_id": ov["stream_id"],
         "seq": ov["seq"],
         "echo_mean": e.get("mean"),
+        "echo_calibrated": e.get("calibrated_mean"),  # in the reference device's grey levels, what fusion keeps
         "csa_mm2": c.get("area_mm2"),
         "csa_px": c.get("area_px"),
         "thickness_mm": t.get("thickness_mm"),

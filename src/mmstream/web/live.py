@@ -213,8 +213,8 @@ class LiveView(Node):
 
     # -- reader side (web server thread) --------------------------------------------------------
     def streams(self) -> list[str]:
-        with self._state_lock:
-            return sorted(set(self._frames) | set(self._overlays) | set(self._last_seq))
+        with self._state_lock:  # first seen first: a new page shows the first stream (docs/webview.md)
+            return list(dict.fromkeys([*self._frames, *self._overlays, *self._last_seq]))
 
     def _newest(self, table: dict, stream_id: str):
         with self._state_lock:

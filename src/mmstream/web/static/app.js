@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("view"), ctx = canvas.getContext("2d");
 const STALE_MS = 1500;            // no new frame for this long: the image and numbers are not live
 const S = {                       // everything the page knows (exposed as window.mmstreamView for tests)
-  ws: null, streamId: null, streams: [], clinical: {},
+  ws: null, streamId: sessionStorage.getItem("mmstream-stream"), streams: [], clinical: {},  // a reload keeps the stream
   bitmap: null, meta: null, decoding: false, pending: null, lastFrameAt: null,
   metrics: null, status: null, captures: null, fused: null,
   painted: 0, lastPaintedSeq: null, latencies: [], displayMs: null,
@@ -220,7 +220,9 @@ function onMetrics(m) {
   $("echo-value").textContent = e ? fmt(e.mean, 1) : "–";
   $("echo-unit").textContent = e && e.mean !== null && e.mean !== undefined ? "grey level" : "";
   const z = e && e.z_score !== null && e.z_score !== undefined;
-  $("echo-z").textContent = z ? `z-score ${fmt(e.z_score, 2)}${e.abnormal ? " · abnormal" : ""}`
+  const cal = e && e.calibrated_mean !== null && e.calibrated_mean !== undefined && e.calibrated_mean !== e.mean
+    ? ` of the calibrated ${fmt(e.calibrated_mean, 1)}` : "";  // the z-score is of the reference device's grey level
+  $("echo-z").textContent = z ? `z-score ${fmt(e.z_score, 2)}${cal}${e.abnormal ? " · abnormal" : ""}`
     : (e ? `z-score: – (${e.z_unavailable ? e.z_unavailable.replaceAll("_", " ") : "no reference configured"})` : "z-score: –");
   $("echo-z").className = z && e.abnormal ? "sub unknown" : "sub";
   const region = { roi: "in ROI", csa: "inside CSA contour", frame: "whole frame" };
@@ -279,10 +281,12 @@ function setStreams(streams, current) {
 function onContext(m) {
   if (m.stream_id && m.stream_id !== S.streamId) clearView();  // another stream: its own frames only
   S.clinical = m.clinical || {};
-  if (m.stream_id) S.streamId = m.stream_id;
+  if (m.stream_id) { S.streamId = m.stream_id; sessionStorage.setItem("mmstream-stream", m.stream_id); }
   $("patient").value = S.clinical.patient_id || "";
   $("site").value = S.clinical.site || "";
   $("side").value = S.clinical.side || "";
+  $("age").value = S.clinical.age_years ?? "";
+  $("sex").value = S.clinical.sex || "";
   S.fused = null;
   renderFused();
 }
@@ -292,7 +296,9 @@ function onCaptures(m) {
   const mm = (v, px, d, u, pu) => (v !== null && v !== undefined ? `${fmt(v, d)} ${u}` : px !== null && px !== undefined ? `${fmt(px, 0)} ${pu}` : "–");
   const row = (label, c, cls) => {
     const tr = document.createElement("tr"); if (cls) tr.className = cls;
-    [label, fmt(c.echo_mean, 1), mm(c.csa_mm2, c.csa_px, 1, "mm²", "px²"), mm(c.thickness_mm, c.thickness_px, 2, "mm", "px")].forEach((t) => {
+    const echo = fmt(c.echo_mean, 1) + (c.echo_calibrated !== null && c.echo_calibrated !== undefined
+      && c.echo_calibrated !== c.echo_mean ? ` (cal. ${fmt(c.echo_calibrated, 1)})` : "");
+    [label, echo, mm(c.csa_mm2, c.csa_px, 1, "mm²", "px²"), mm(c.thickness_mm, c.thickness_px, 2, "mm", "px")].forEach((t) => {
       const td = document.createElement("td"); td.textContent = t; tr.appendChild(td);
     });
     return tr;
@@ -422,7 +428,9 @@ $("stream").onchange = (ev) => command({ cmd: "select_stream", stream_id: ev.tar
 $("context").onsubmit = (ev) => {
   ev.preventDefault();
   const v = (id) => $(id).value.trim() || null;
-  command({ cmd: "set_context", clinical: { patient_id: v("patient"), site: v("site"), side: v("side"), plane: S.clinical.plane || null } });
+  const age = v("age") === null ? null : Number(v("age"));  // age and sex choose the reference entries (z-scores)
+  command({ cmd: "set_context", clinical: { patient_id: v("patient"), site: v("site"), side: v("side"),
+                                            plane: S.clinical.plane || null, age_years: age, sex: v("sex") } });
 };
 $("login-form").onsubmit = (ev) => {
   ev.preventDefault();
