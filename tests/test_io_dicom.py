@@ -203,6 +203,11 @@ def test_16bit_grey_rule(tmp_path):
         ({"FrameTimeVector": [0.0, 10.0, 30.0]}, [0.0, 0.01, 0.04]),
         ({"CineRate": 25}, [0.0, 0.04, 0.08]),
         ({}, [None, None, None]),
+        # beyond a minute per frame is no cine timing (1e12 ms paused a live source for years): ignored
+        ({"FrameTime": 1e12}, [None, None, None]),
+        ({"FrameTime": 1e12, "CineRate": 25}, [0.0, 0.04, 0.08]),
+        ({"FrameTimeVector": [0.0, 10.0, 1e9]}, [None, None, None]),
+        ({"CineRate": 0.001}, [None, None, None]),
     ],
 )
 def test_frame_times(tmp_path, extra, expected):

@@ -250,3 +250,20 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
     assert b.wait(stop) is True  # a set stop ends the wait at once
     with pytest.raises(ValueError):
         Backoff(1.0, 0.5)
+
+
+def test_a_looped_one_frame_file_goes_on_at_its_frame_rate():
+    """Each pass of a looped file continues the clock one frame period after the last frame (a
+    1-frame file used to loop at decode speed, 97 fps shown for a 30 fps file) and counts as a loop,
+    not a reconnect."""
+    src = VideoSource(url="one.avi", loop=True, open_capture=lambda target: FakeCapture([(1, 0.0)]))
+    frames = take(src, 5)
+    assert np.diff([f.t_device_s for f in frames]) == pytest.approx([1.0 / FPS] * 4)
+    assert src.health.counters["loops"] >= 4 and "reconnects" not in src.health.counters
+
+
+def test_a_looped_file_giving_no_usable_frame_ends_instead_of_spinning():
+    src = VideoSource(url="a.avi", loop=True, crop_row1=ROWS + 100,  # a crop beyond the frames: every frame refused
+                      open_capture=lambda target: FakeCapture([(1, 0.0), (2, 40.0)]))  # fmt: skip
+    assert list(src.source_frames()) == []
+    assert src.health.errors["no_frames"] == 1 and src.health.counters["connections"] == 1

@@ -133,9 +133,10 @@ def test_frames_and_overlays_arrive_latest_wins(svc, page):
 
 def test_seed_roi_and_context_reach_the_service(svc, page):
     recv_until(page, lambda m: isinstance(m, bytes))  # a frame is shown: its shape bounds the seed
-    page.send(json.dumps({"cmd": "set_seed", "seed_rc": [600, 20], "id": 1}))
-    rep = recv_until(page, is_type("reply"))
-    assert rep["ok"] is False and rep["reason"] == "outside_image" and rep["id"] == 1
+    for k, at in enumerate(([600, 20], [511.5, 256])):  # the sim frame is 512x512: centres 0..511
+        page.send(json.dumps({"cmd": "set_seed", "seed_rc": at, "id": 1 + 10 * k}))
+        rep = recv_until(page, is_type("reply"))
+        assert rep["ok"] is False and rep["reason"] == "outside_image" and rep["id"] == 1 + 10 * k
     truth = recv_until(page, is_type("metrics"))["annotations"]
     seed = [truth["truth_nerve_row"], truth["truth_nerve_col"]]
     page.send(json.dumps({"cmd": "set_seed", "seed_rc": seed, "id": 2}))
@@ -245,6 +246,14 @@ def test_hostile_client_messages_are_refused_counted_and_closed(svc):
         with pytest.raises(ConnectionClosed) as exc:
             recv_until(ws, lambda m: False)
         assert exc.value.rcvd.code == 1009
+    with connect(ws_url(svc)) as ws:  # text that is not UTF-8: the websocket layer closes (1007), counted
+        ws.send(json.dumps({"cmd": "hello"}))
+        recv_until(ws, is_type("hello"))
+        ws.send(b'{"cmd":"clock","t_page_ms":\xff}', text=True)
+        with pytest.raises(ConnectionClosed) as exc:
+            recv_until(ws, lambda m: False)
+        assert exc.value.rcvd.code == 1007
+    wait_for(lambda: rejected().get("invalid_utf8", 0) > before.get("invalid_utf8", 0), what="invalid_utf8 counted")
     with connect(ws_url(svc)) as ws:  # a flood of invalid messages ends the connection
         ws.send(json.dumps({"cmd": "hello"}))
         with pytest.raises(ConnectionClosed) as exc:

@@ -162,7 +162,8 @@ class VideoSource:
                 continue
             self.health.count("connections")
             if self.health.counters["connections"] > 1:
-                self.health.count("reconnects")
+                self.health.count("reconnects" if self.live else "loops")  # a file's next pass is no reconnect
+            sent = self.health.counters["frames"]
             try:
                 n_read, last = yield from self._read(cap, last)
                 expected = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -179,6 +180,9 @@ class VideoSource:
                 self.health.error("truncated", f"video {self.target!r} ended after {n_read} of the {int(expected)} "
                                   "frames its header announces", level="warning")
             if not self.loop:
+                return
+            if self.health.counters["frames"] == sent:  # looping a file that gives nothing would spin: end
+                self.health.error("no_frames", f"video {self.target!r}: a whole pass gave no usable frame; not looping")
                 return
 
     def _read(self, cap, last):
@@ -203,7 +207,12 @@ class VideoSource:
                 self.health.count("host_timestamps")  # the capture's clock stands still: use the host's
                 t_cap = 0.0 if prev_t is None else prev_t + max(host - prev_host, 1e-6)
             if offset_s is None:  # first frame of this connection: continue the stream's clock
-                offset_s = 0.0 if last is None else last[0] + (host - last[1]) - t_cap
+                if last is None:
+                    offset_s = 0.0
+                elif self.live:  # a device: the time it was away
+                    offset_s = last[0] + (host - last[1]) - t_cap
+                else:  # a file's next pass: one frame period after its last frame (a 1-frame file loops at fps)
+                    offset_s = last[0] + period_s - t_cap
             missed = self._missed(t_cap, prev_t, pos, prev_pos, period_s)
             prev_t, prev_pos, prev_host = t_cap, pos, host
             n += 1

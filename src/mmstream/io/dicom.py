@@ -219,27 +219,33 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
     return None, "unknown"
 
 
+MAX_FRAME_TIME_MS = 60_000.0  # a frame interval beyond a minute is no cine timing (FrameTime 1e12 paused a source for years)
+
+
 def _frame_times_ms(ds, n: int, meta: dict) -> Callable[[int], float] | None:
     """Frame ``i``'s time in ms from the first (computed per frame: a header's NumberOfFrames
-    allocates nothing), or None when the file gives no frame timing."""
+    allocates nothing), or None when the file gives no plausible frame timing (intervals of 0 to
+    ``MAX_FRAME_TIME_MS``)."""
     ftv = ds.get("FrameTimeVector", None)
     if ftv is not None:
         try:
             inc = [float(v) for v in (ftv if isinstance(ftv, (list, tuple)) or hasattr(ftv, "__len__") else [ftv])]
         except (TypeError, ValueError):
             inc = []
-        if len(inc) == n and all(math.isfinite(v) and v >= 0 for v in inc):
+        if len(inc) == n and all(math.isfinite(v) and 0 <= v <= MAX_FRAME_TIME_MS for v in inc):
             meta["frame_time_source"] = "FrameTimeVector"
             cum = np.cumsum(inc)  # as long as the element the file holds
             return lambda i: float(cum[i])
         meta["frame_time_problem"] = "FrameTimeVector length or values invalid; ignored"
     ft = _num(ds.get("FrameTime", None))
-    if ft is not None and positive_finite(ft):
+    if ft is not None and positive_finite(ft) and ft <= MAX_FRAME_TIME_MS:
         meta["frame_time_ms"] = ft
         meta["frame_time_source"] = "FrameTime"
         return lambda i: i * ft
+    if ft is not None:
+        meta["frame_time_problem"] = f"FrameTime {ft!r} ms is not a frame interval of 0 to {MAX_FRAME_TIME_MS:g} ms; ignored"
     rate = _num(ds.get("CineRate", None))
-    if rate is not None and positive_finite(rate):
+    if rate is not None and positive_finite(rate) and 1000.0 / rate <= MAX_FRAME_TIME_MS:
         meta["frame_time_ms"] = 1000.0 / rate
         meta["frame_time_source"] = "CineRate"
         return lambda i: i * 1000.0 / rate

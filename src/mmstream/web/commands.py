@@ -89,7 +89,7 @@ class PageCommands:
                 return
             rows, cols = fv.shape
             if cmd.cmd != "set_roi":  # a point
-                inside = value[0] < rows and value[1] < cols
+                inside = value[0] <= rows - 1 and value[1] <= cols - 1  # pixel centres, as the analysis takes them
             else:
                 inside = value[0] < value[2] <= rows and value[1] < value[3] <= cols
             if not inside:

@@ -45,6 +45,7 @@ OPEN_TIMEOUT_S = 5.0  # the HTTP upgrade must complete within this
 SEND_TIMEOUT_S = 2.0  # a page that takes no data for this long is dropped (a stalled tablet holds nobody up)
 MAX_PENDING = 16  # connections not yet pages (handshake, hello) beyond max_clients: more are closed at once
 MAX_REJECTS = 20  # invalid messages tolerated per connection
+CLOSE_REASONS = {1009: "too_large", 1007: "invalid_utf8", 1002: "protocol_error"}  # websocket close code -> reason
 STATUS_PERIOD_S = 1.0
 @dataclass(eq=False)
 class _Page:
@@ -256,9 +257,10 @@ class WebServer(PageCommands):
                         self._last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 sender.cancel()
-        except ConnectionClosed as exc:
-            if 1009 in (getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)):
-                self._count("too_large", rejected=True)
+        except ConnectionClosed as exc:  # closed by the websocket layer for what the peer sent: counted
+            codes = {getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)}
+            for reason in (r for code, r in CLOSE_REASONS.items() if code in codes):
+                self._count(reason, rejected=True)
         finally:
             self._pages.discard(page)
 
