@@ -75,3 +75,21 @@ def test_impatient_pump_raises_when_the_receiver_stays_full(stalled_receiver):
             while True:
                 snd.send(FRAMES[1], timeout_ms=100)
         snd.close(linger_ms=0)
+
+
+def test_a_jump_in_the_frame_times_is_not_waited_for(tmp_path):
+    """Realtime pacing by device time: a frame 1e9 s after the previous one (a file's absurd
+    timestamps) is sent at once, counted as a pace jump, and the pacing restarts from it."""
+    import time
+
+    pull = make_socket("pull", f"ipc://{tmp_path}/in3", bind=True)
+    img = np.full((8, 8), 7, np.uint8)
+    frames = [SourceFrame(image=img, t_device_s=t) for t in (0.0, 0.02, 1e9, 1e9 + 0.02)]
+    try:
+        with FrameSender(f"ipc://{tmp_path}/in3", "s") as sender:
+            t0 = time.monotonic()
+            assert pump(frames, sender, realtime=True) == 4
+            assert time.monotonic() - t0 < 5.0 and sender.pace_jumps == 1  # about 40 ms of pacing in all
+        assert len([pull.recv(timeout_ms=2000) for _ in range(4)]) == 4
+    finally:
+        pull.close()

@@ -37,7 +37,8 @@ class Service:
         self._drivers: dict[str, object] = {}  # stream_id -> driver; their health shows in status
         self._senders: dict[str, FrameSender] = {}  # stream_id -> its sender (frames it refused, in status)
         self.graph.status_hooks.append(
-            lambda: {"source_invalid_frames": {sid: s.invalid_frames for sid, s in list(self._senders.items())}}
+            lambda: {"source_invalid_frames": {sid: s.invalid_frames for sid, s in list(self._senders.items())},
+                     "source_pace_jumps": {sid: s.pace_jumps for sid, s in list(self._senders.items()) if s.pace_jumps}}
         )
         self.graph.status_hooks.append(
             lambda: {"sources": {sid: d.health.status() for sid, d in list(self._drivers.items()) if hasattr(d, "health")}}

@@ -5,6 +5,7 @@ yields :class:`SourceFrame` objects; :func:`pump` paces them by their device clo
 fast as the service takes them) through a :class:`FrameSender`.
 """
 
+import math
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ class FrameSender:
         self.clinical = clinical
         self.seq = 0
         self.invalid_frames = 0  # frames :func:`pump` skipped because :meth:`send` refused them
+        self.pace_jumps = 0  # times :func:`pump` did not wait for a frame time far ahead (MAX_PACE_WAIT_S)
         self._sock = make_socket("push", endpoint, bind=False, hwm=hwm, curve=curve, immediate=immediate, ctx=ctx)
 
     def send(self, frame: SourceFrame, timeout_ms: int | None = 5000) -> int:
@@ -116,6 +118,7 @@ class FrameSender:
 
 
 PATIENT_SLICE_MS = 200
+MAX_PACE_WAIT_S = 60.0  # a longer wait for the next frame's time is a jump in the file's timestamps, not pacing
 
 
 def pump(
@@ -129,7 +132,9 @@ def pump(
     """Send ``frames`` until exhausted or ``stop`` is set; returns the count.
 
     With ``realtime``, frame *k* leaves at ``t0 + (t_device_s[k] - t_device_s[0])`` on the host's
-    monotonic clock (a late frame is sent at once; lateness does not accumulate). A send that finds
+    monotonic clock (a late frame is sent at once; lateness does not accumulate). A wait of more
+    than ``MAX_PACE_WAIT_S`` (a file's timestamps jumping ahead) is not waited: the frame is sent
+    at once and the pacing starts again from it, counted in ``sender.pace_jumps``. A send that finds
     the service's queue full raises TransportTimeout after the sender's timeout, unless ``patient``
     (with ``stop``): then it is retried until it goes, looking at ``stop`` every
     ``PATIENT_SLICE_MS`` (a service analysing every frame pushes back for as long as its analysis is
@@ -145,6 +150,9 @@ def pump(
             if t0_host is None:
                 t0_host, t0_dev = time.monotonic(), fr.t_device_s
             delay = t0_host + (fr.t_device_s - t0_dev) - time.monotonic()
+            if delay > MAX_PACE_WAIT_S or not math.isfinite(delay):
+                t0_host, t0_dev, delay = time.monotonic(), fr.t_device_s, 0.0
+                sender.pace_jumps += 1
             if delay > 0:
                 if stop is not None:
                     if stop.wait(delay):
