@@ -275,12 +275,14 @@ def test_watch_events_name_no_folder_a_header_gives_for_its_data(watcher, tmp_pa
     (inn / "JANE_DOE").mkdir()
     (inn / "JANE_DOE" / "x.raw").write_bytes(np.zeros((2, 3, 4), "<i2").tobytes())
     (inn / "sub" / "b.mhd").write_text(hdr.format("../JANE_DOE/x.raw"))  # path_traversal
+    (inn / "O'BRIEN_\"J\"").mkdir()  # both quotes: the message's repr escapes one
+    (inn / "sub" / "c.mhd").write_text(hdr.format("../O'BRIEN_\"J\"/y.raw"))
     for _ in range(2):
         w.poll_once()
     assert wait_for(lambda: {"not_found", "path_traversal"} <= set(sink.reasons()), 5, "both refusals announced")
     text = " ".join(e.message for e in sink.events)
     assert "ElementDataFile <file>" in text and "data file <file>" in text
-    assert not any(s in text for s in ("JANE", "DOE", "MARY", "ROE", "d.raw", "x.raw"))
+    assert not any(s in text for s in ("JANE", "DOE", "MARY", "ROE", "BRIEN", "d.raw", "x.raw", "y.raw"))
 
 
 def test_watch_file_that_cannot_be_sent_is_rejected_once(watcher, tmp_path, monkeypatch):  # noqa: F811
@@ -299,3 +301,20 @@ def test_watch_file_that_cannot_be_sent_is_rejected_once(watcher, tmp_path, monk
         w.poll_once()
     assert w.outlet.rejected["internal_error"] == 1 and not (tmp_path / "in" / "a.nii").exists()
     assert (tmp_path / "in" / REJECTED / "a.nii").exists()
+
+
+@pytest.mark.parametrize("line", ["ElementDataFile:= ../JANE_DOE/x.raw", "ElementDataFile\x00 = ../JANE_DOE/x.raw",
+                                  "Offset: = nan nan nan"])  # fmt: skip
+def test_metaimage_keys_itk_would_read_differently_are_refused(tmp_path, line):
+    """ITK ends a key at ':' or NUL: such a line is refused, never read as an unknown key while ITK
+    takes it as ElementDataFile (a data file outside the folder) or Offset (a NaN origin); the
+    message does not quote the value (it may name a patient's folder)."""
+    (tmp_path / "JANE_DOE").mkdir()
+    (tmp_path / "JANE_DOE" / "x.raw").write_bytes(np.ones((2, 3, 4), "<i2").tobytes())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "local.raw").write_bytes(np.zeros((2, 3, 4), "<i2").tobytes())
+    (tmp_path / "in" / "a.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementSpacing = 1 1 1\n"
+                                           f"ElementType = MET_SHORT\n{line}\nElementDataFile = local.raw\n")  # fmt: skip
+    with pytest.raises(ReadError) as exc:
+        load_volume(tmp_path / "in" / "a.mhd")
+    assert exc.value.reason == "bad_header" and "JANE" not in str(exc.value) and "nan" not in str(exc.value)

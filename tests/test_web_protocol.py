@@ -224,6 +224,21 @@ def test_three_image_captures_mirror_the_service_protocol():
     assert [c["echo_mean"] for c in restarted.captures.summary(key)["captures"]] == [99.0]
 
 
+def test_the_capture_table_restarts_a_set_when_the_calibration_changes_as_the_fusion_does():
+    """Capture 1 uncalibrated, 2-4 calibrated: the fusion node restarts its set at capture 2 and keeps
+    the mean of 2-4; the table shows the same set, not a 'complete' 1-3."""
+    book, key = CaptureBook(), ("P-01", "soleus", "left")
+    raw = {"echo_mean": 70.0, "echo_calibrated": None}
+    book.add(key, raw)
+    for echo in (80.0, 90.0):
+        book.add(key, {"echo_mean": echo / 1.25, "echo_calibrated": echo})
+    s = book.summary(key)
+    assert len(s["captures"]) == 2 and not s["complete"]
+    book.add(key, {"echo_mean": 56.0, "echo_calibrated": 70.0})
+    s = book.summary(key)
+    assert s["complete"] and s["mean"]["echo_calibrated"] == pytest.approx(80.0)
+
+
 def test_web_config_section():
     cfg = load_config(None, web={"port": 0})
     assert cfg.web.host == "127.0.0.1" and cfg.web.token is None

@@ -491,23 +491,39 @@ def test_serve_with_the_live_view_port_taken_fails_cleanly(svc, tmp_path):
     assert proc.stderr.startswith("mmstream serve: error: cannot start the web view on 127.0.0.1:")
 
 
-def test_a_new_page_shows_the_first_stream_seen_and_a_page_can_ask_for_its_own():
+def test_a_new_page_shows_the_first_stream_seen_and_a_page_can_ask_for_its_own(monkeypatch):
     """``[web] stream_id`` unset: a new page shows the stream seen first, not the first by name (a
     reloaded page jumped to another probe); a page that names its stream in ``hello`` (the page
-    keeps it across a reload) gets that one."""
+    keeps it across a reload) gets that one, also when it comes only later (a restarted service),
+    and another only after ``WANTED_WAIT_S`` without it."""
     from mmstream.source import FrameSender, SourceFrame
 
+    monkeypatch.setattr(web_server, "WANTED_WAIT_S", 1.0)
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0})
+
+    def send(s, sid):
+        with FrameSender(s.graph.endpoints["ingest"], sid) as snd:
+            snd.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
+        wait_for(lambda: sid in s.web.live.streams(), what=f"a frame of {sid} in the live view")
+
+    def shown(ws):  # the stream of the first context message naming one
+        return recv_until(ws, lambda m: is_type("context")(m) and m["stream_id"] is not None)["stream_id"]
+
     with Service(cfg) as s:
         for sid in ("zeta", "alpha"):
-            with FrameSender(s.graph.endpoints["ingest"], sid) as snd:
-                snd.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
-            wait_for(lambda sid=sid: sid in s.web.live.streams(), what=f"a frame of {sid} in the live view")
+            send(s, sid)
         assert s.web.live.streams() == ["zeta", "alpha"]
-        for asked, shown in ((None, "zeta"), ("alpha", "alpha"), ("gone", "zeta")):
+        for asked, want in ((None, "zeta"), ("alpha", "alpha")):
             with connect(ws_url(s)) as ws:
                 ws.send(json.dumps({"cmd": "hello", **({"stream_id": asked} if asked else {})}))
-                assert recv_until(ws, is_type("hello"))["stream_id"] == shown
+                assert recv_until(ws, is_type("hello"))["stream_id"] == want
+        with connect(ws_url(s)) as late, connect(ws_url(s)) as gone:
+            for ws, sid in ((late, "late"), (gone, "gone")):
+                ws.send(json.dumps({"cmd": "hello", "stream_id": sid}))
+                assert recv_until(ws, is_type("hello"))["stream_id"] is None  # not there yet: waits for it
+            send(s, "late")
+            assert shown(late) == "late"  # not zeta, which was there first
+            assert shown(gone) == "zeta"  # after WANTED_WAIT_S without it: the first stream seen
 
 
 def test_debug_logging_keeps_the_websocket_and_dicom_libraries_quiet(tmp_path):

@@ -243,12 +243,14 @@ def _frame_times_ms(ds, n: int, meta: dict) -> Callable[[int], float] | None:
         meta["frame_time_source"] = "FrameTime"
         return lambda i: i * ft
     if ft is not None:
-        meta["frame_time_problem"] = f"FrameTime {ft!r} ms is not a frame interval of 0 to {MAX_FRAME_TIME_MS:g} ms; ignored"
+        meta["frame_time_problem"] = f"FrameTime {ft!r} ms is not a frame interval over 0, up to {MAX_FRAME_TIME_MS:g} ms; ignored"
     rate = _num(ds.get("CineRate", None))
     if rate is not None and positive_finite(rate) and 1000.0 / rate <= MAX_FRAME_TIME_MS:
         meta["frame_time_ms"] = 1000.0 / rate
         meta["frame_time_source"] = "CineRate"
         return lambda i: i * 1000.0 / rate
+    if rate is not None:
+        meta["frame_time_problem"] = f"CineRate {rate!r} per s is not a cine rate of at least one frame a minute; ignored"
     return None
 
 

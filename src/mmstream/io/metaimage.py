@@ -63,7 +63,8 @@ _ELEMENT_TYPES = {
     "MET_UINT": np.dtype("u4"),
     "MET_INT": np.dtype("i4"),
 }
-_LINE = re.compile(r"^\s*([A-Za-z][^=\s]*)\s*=\s*(.*?)\s*$")  # keys as ITK writes them too: dim[0], NRRD_kinds[0]
+# keys as ITK writes them too (dim[0], NRRD_kinds[0]); nothing ITK would end a key at (':', NUL), so both read one header
+_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\[\]]*)\s*=\s*(.*?)\s*$")
 _FRAME_KEY = re.compile(r"^Seq_Frame(\d{1,9})_(\w+)$")
 _HEADER_START_KEYS = ("ObjectType", "NDims", "Comment", "ObjectSubType", "TransformType", "DimSize", "ID",
                       "ParentID", "Name", "FormTypeName")
@@ -91,9 +92,10 @@ def parse_header(path) -> tuple[dict[str, str], int]:
     except OSError as exc:
         raise read_error(p, f"cannot open file ({exc.strerror or exc})", "unreadable") from exc
     with fh:
-        offset = 0
+        offset = lineno = 0
         while True:
             line = fh.readline(MAX_LINE_BYTES + 1)
+            lineno += 1
             if not line:
                 raise read_error(p, "MetaImage header has no ElementDataFile line (truncated?)", "bad_header")
             if len(line) > MAX_LINE_BYTES:
@@ -110,7 +112,9 @@ def parse_header(path) -> tuple[dict[str, str], int]:
                 continue
             m = _LINE.match(text)
             if m is None:
-                raise read_error(p, f"malformed MetaImage header line {text.strip()[:80]!r}", "bad_header")
+                key = re.match(r"[A-Za-z0-9_\[\]]*", text.strip()).group(0)[:40]  # nothing more: a value may name a folder
+                raise read_error(p, f"malformed MetaImage header line {lineno} (key {key!r}: keys are letters, digits, "
+                                 "'_' and '[]', then '=')", "bad_header")  # fmt: skip
             key, value = m.group(1), m.group(2)
             if key in fields and fields[key] != value:
                 raise read_error(p, f"MetaImage header gives {key} twice with different values", "bad_header")

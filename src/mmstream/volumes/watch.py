@@ -129,7 +129,7 @@ class FolderWatcher(threading.Thread):
         for name in [p.name for p in (paths[0], data) if p is not None]:
             why = why.replace(name, "<file>")
         # the data file's name as the header gives it, folders included ('../JANE_DOE/x.raw')
-        why = re.sub(r"""(ElementDataFile|data file) (?:'[^']*'|"[^"]*")""", r"\1 <file>", why)
+        why = re.sub(r"""(ElementDataFile|data file) (?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", r"\1 <file>", why)  # a repr
         if moved:
             moved[0].with_name(moved[0].name + ".why.txt").write_text(f"{exc.reason}: {exc}\n")
         self.outlet.event("warning", exc.reason, f"file {_tag(paths[0])} moved to {REJECTED}/: {why}", reject=True)

@@ -40,10 +40,12 @@ class CaptureBook:
         self._by_key: dict[tuple, list[dict]] = {}
 
     def add(self, key: tuple, numbers: dict) -> None:
-        """Add a capture (a full set is started anew)."""
+        """Add a capture (a full set is started anew, and so is a set whose device calibration
+        changed, as the fusion node does: never a mean of raw and calibrated grey levels)."""
         with self._lock:
             caps = self._by_key.setdefault(key, [])
-            if len(caps) >= self.per_site:
+            calibrated = numbers.get("echo_calibrated") is not None
+            if len(caps) >= self.per_site or (caps and (caps[0].get("echo_calibrated") is not None) != calibrated):
                 caps.clear()
             caps.append(numbers)
             self.version += 1

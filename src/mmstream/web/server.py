@@ -45,6 +45,7 @@ OPEN_TIMEOUT_S = 5.0  # the HTTP upgrade must complete within this
 SEND_TIMEOUT_S = 2.0  # a page that takes no data for this long is dropped (a stalled tablet holds nobody up)
 MAX_PENDING = 16  # connections not yet pages (handshake, hello) beyond max_clients: more are closed at once
 MAX_REJECTS = 20  # invalid messages tolerated per connection
+WANTED_WAIT_S = 5.0  # a reloaded page waits this long for its stream (a restarted service sees it again) before another
 CLOSE_REASONS = {1009: "too_large", 1007: "invalid_utf8", 1002: "protocol_error"}  # websocket close code -> reason
 STATUS_PERIOD_S = 1.0
 @dataclass(eq=False)
@@ -65,6 +66,8 @@ class _Page:
     rejects: int = 0
     closing: bool = False
     context_due: bool = False  # another page changed the stream's clinical context: send it
+    wanted: str | None = None  # the stream the page asked for at hello (kept across a reload), if not there yet
+    t_hello: float = 0.0  # time.monotonic() of the hello
 
 
 class WebServer(PageCommands):
@@ -290,8 +293,9 @@ class WebServer(PageCommands):
                 self.display = Telemetry()
         self._pages.add(page)  # before anything is awaited: the max_clients check above stays true
         streams = self.live.streams()
+        page.wanted, page.t_hello = cmd.stream_id, time.monotonic()
         wanted = cmd.stream_id if cmd.stream_id in streams else self.cfg.stream_id
-        page.stream_id = wanted or (streams[0] if streams else None)
+        page.stream_id = wanted or (streams[0] if streams and cmd.stream_id is None else None)
         await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
                                      "token_required": self._token is not None})  # fmt: skip
         await self._send_context(page)
@@ -349,11 +353,14 @@ class WebServer(PageCommands):
         if page.context_due:
             page.context_due = False
             await self._send_context(page)
-        if page.stream_id is None:
+        if page.stream_id is None:  # nothing shown yet: the stream asked for, once it comes (for a while), else the first
             streams = self.live.streams()
-            if not streams:
+            if page.wanted in streams:
+                page.stream_id = page.wanted
+            elif streams and (page.wanted is None or time.monotonic() - page.t_hello > WANTED_WAIT_S):
+                page.stream_id = streams[0]
+            else:
                 return
-            page.stream_id = streams[0]
             await self._send_context(page)
         await self._send_changes(page)
         fv = self.live.frame(page.stream_id)
