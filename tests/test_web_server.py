@@ -539,3 +539,28 @@ def test_debug_logging_keeps_the_websocket_and_dicom_libraries_quiet(tmp_path):
             " logging.getLogger('pynetdicom').getEffectiveLevel(), logging.getLogger('mmstream').getEffectiveLevel())")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert [int(v) for v in out] == [logging.DEBUG, logging.INFO, logging.INFO, logging.DEBUG]
+
+
+def test_a_page_asking_for_its_stream_waits_for_it_over_the_configured_one(monkeypatch):
+    """With ``[web] stream_id`` set, a (reloaded) page that asks for its own stream still waits for
+    it; the configured stream is the fallback after ``WANTED_WAIT_S``, not an answer at once."""
+    from mmstream.source import FrameSender, SourceFrame
+
+    monkeypatch.setattr(web_server, "WANTED_WAIT_S", 1.0)
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "stream_id": "zeta"})
+    with Service(cfg) as s:
+        for sid in ("zeta", "alpha"):
+            with FrameSender(s.graph.endpoints["ingest"], sid) as snd:
+                snd.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
+            wait_for(lambda sid=sid: sid in s.web.live.streams(), what=f"a frame of {sid}")
+        with connect(ws_url(s)) as plain, connect(ws_url(s)) as late, connect(ws_url(s)) as gone:
+            plain.send(json.dumps({"cmd": "hello"}))
+            assert recv_until(plain, is_type("hello"))["stream_id"] == "zeta"  # the configured one
+            for ws, sid in ((late, "late"), (gone, "gone")):
+                ws.send(json.dumps({"cmd": "hello", "stream_id": sid}))
+                assert recv_until(ws, is_type("hello"))["stream_id"] is None
+            with FrameSender(s.graph.endpoints["ingest"], "late") as snd:
+                snd.send(SourceFrame(image=np.full((64, 64), 90, np.uint8)))
+            named = lambda m: is_type("context")(m) and m["stream_id"] is not None  # noqa: E731
+            assert recv_until(late, named)["stream_id"] == "late"
+            assert recv_until(gone, named)["stream_id"] == "zeta"  # the configured one after the wait, not alpha

@@ -294,8 +294,12 @@ class WebServer(PageCommands):
         self._pages.add(page)  # before anything is awaited: the max_clients check above stays true
         streams = self.live.streams()
         page.wanted, page.t_hello = cmd.stream_id, time.monotonic()
-        wanted = cmd.stream_id if cmd.stream_id in streams else self.cfg.stream_id
-        page.stream_id = wanted or (streams[0] if streams and cmd.stream_id is None else None)
+        if cmd.stream_id in streams:
+            page.stream_id = cmd.stream_id
+        elif cmd.stream_id is None:
+            page.stream_id = self.cfg.stream_id or (streams[0] if streams else None)
+        else:
+            page.stream_id = None  # not there yet: _send_once waits for it a while
         await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
                                      "token_required": self._token is not None})  # fmt: skip
         await self._send_context(page)
@@ -358,7 +362,7 @@ class WebServer(PageCommands):
             if page.wanted in streams:
                 page.stream_id = page.wanted
             elif streams and (page.wanted is None or time.monotonic() - page.t_hello > WANTED_WAIT_S):
-                page.stream_id = streams[0]
+                page.stream_id = self.cfg.stream_id or streams[0]
             else:
                 return
             await self._send_context(page)
