@@ -293,6 +293,22 @@ def test_make_keys_writes_a_loadable_pair(tmp_path):
     assert "secret-key" not in pub.read_text() and "secret-key" in sec.read_text()
 
 
+def test_make_keys_creates_everything_private_whatever_the_umask(tmp_path):
+    """Under umask 000 too, the folders and both files are the user's only from the moment they
+    exist (a secret key chmod-ed after pyzmq wrote it could be opened by another user meanwhile;
+    an allowed-clients folder writable by others would let them add their own key)."""
+    import stat
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.umask(0); from mmstream.cli import main\n"
+            f"sys.exit(main(['keys', {str(tmp_path / 'k')!r}, '--client', 'tablet']))")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for path in (tmp_path / "k" / "server", tmp_path / "k" / "clients", tmp_path / "k" / "allowed_clients",
+                 *(tmp_path / "k").rglob("*.key*")):  # fmt: skip
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path, oct(path.stat().st_mode))
+
+
 def test_curve_push_pull(keys, sockets):
     server = sockets("pull", "tcp://127.0.0.1:*", bind=True, curve=keys["server"])
     ep = server.last_endpoint

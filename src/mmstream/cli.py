@@ -347,9 +347,12 @@ def cmd_keys(args) -> int:
     try:
         server_pub, server_sec, s_note = pair(out / "server", "server")
         client_pub, client_sec, c_note = pair(out / "clients", args.client)
-        (out / "allowed_clients").mkdir(exist_ok=True)
+        (out / "allowed_clients").mkdir(mode=0o700, exist_ok=True)  # who may connect: the user's only
         allowed = out / "allowed_clients" / client_pub.name
-        allowed.write_bytes(client_pub.read_bytes())
+        fd = os.open(allowed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # nobody else may swap the key
+        os.fchmod(fd, 0o600)  # also a file that was there before
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(client_pub.read_bytes())
     except ConfigError as exc:
         print(f"mmstream keys: error: {exc}", file=sys.stderr)
         return 1

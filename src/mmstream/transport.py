@@ -107,11 +107,17 @@ class Curve:
 
 
 def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write a CURVE key pair ``NAME.key`` (public) and ``NAME.key_secret``; returns both paths."""
+    """Write a CURVE key pair ``NAME.key`` (public) and ``NAME.key_secret``; returns both paths.
+    Folders and files are created private to the user (umask 077: pyzmq writes the secret key with
+    a plain open, and a chmod afterwards would leave a moment in which another user can open it)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), name)
-    Path(secret).chmod(0o600)
+    old = os.umask(0o077)  # a command-line tool's process: no other thread creates files meanwhile
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(str(directory), name)
+    finally:
+        os.umask(old)
+    Path(secret).chmod(0o600)  # also when the folder already existed with laxer rights
     return Path(public), Path(secret)
 
 
