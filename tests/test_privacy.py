@@ -27,3 +27,22 @@ def test_a_path_is_found_as_the_readers_print_it_and_a_link_loop_does_not_break_
     loop.symlink_to(loop)
     assert redact_paths(f"{loop}: too many levels of symbolic links", [str(loop)]).startswith("<file ")
     assert redact_paths("../x and ./y", ["..", "./"]) == "../x and ./y"  # not file names
+
+
+def test_the_data_file_a_header_names_is_hidden_whatever_its_quotes(tmp_path):
+    """A MetaImage source whose header names a missing data file: the reader's message quotes that
+    name (often the patient's); it leaves the process as <file>, in the service's source_failed too."""
+    from mmstream.io import read_frames
+
+    hdr = tmp_path / "Roe_Rick_1944" / "seq.mhd"
+    hdr.parent.mkdir()
+    hdr.write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8 2\nElementType = MET_UCHAR\n"
+                   "ElementDataFile = Roe_Rick_1944_frames.raw\n")  # fmt: skip
+    try:
+        list(read_frames(hdr))
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        message = f"{type(exc).__name__}: {exc}"
+    out = redact_paths(message, [str(hdr)])
+    assert "Roe" not in out and "ElementDataFile <file>" in out, out
+    for name in ("../O'BRIEN_\"J\"/y.raw", "a'b/x.raw"):
+        assert redact_paths(f"data file {name!r} not found", []) == "data file <file> not found"

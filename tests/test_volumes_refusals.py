@@ -318,3 +318,23 @@ def test_metaimage_keys_itk_would_read_differently_are_refused(tmp_path, line):
     with pytest.raises(ReadError) as exc:
         load_volume(tmp_path / "in" / "a.mhd")
     assert exc.value.reason == "bad_header" and "JANE" not in str(exc.value) and "nan" not in str(exc.value)
+
+
+def test_a_refused_series_names_its_files_by_a_hash(tmp_path, monkeypatch):
+    """Exported file names carry the patient's, received ones their SOP instance UID: a series that
+    cannot be assembled is reported with its files as <file HASH> (SCP and watch folder alike)."""
+    from mmstream.privacy import file_tag
+    from mmstream.volumes import collector as collector_module
+
+    def refuse(paths, **kw):
+        raise ReadError(f"{paths[1].name}: 3 samples per pixel; scalar images only", reason="unsupported_pixel")
+
+    monkeypatch.setattr(collector_module, "load_dicom_series", refuse)
+    got = []
+    col = collector_module.SeriesCollector(lambda vol: None, lambda uid, exc: got.append(exc), idle_s=0.0)
+    for k in range(2):
+        col.add("1.2.3", f"1.2.3.{k}", tmp_path / f"Doe_Jane_1961_{k}.dcm")
+    assert col.flush() == 0
+    (exc,) = got
+    assert exc.reason == "unsupported_pixel" and "Doe" not in str(exc)
+    assert str(exc).startswith(file_tag("Doe_Jane_1961_1.dcm"))

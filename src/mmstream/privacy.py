@@ -3,11 +3,15 @@ patient's name (``Doe_Jane_1961/cine.dcm``), and events are logged, recorded and
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 PATH_OPTIONS = ("path", "url", "plus_config")
 """Source options that name a file."""
+
+# the data file a MetaImage/NRRD header names, as the readers quote it (a Python repr, either quote)
+_DATA_FILE = re.compile(r"""(ElementDataFile|data file) (?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 def file_tag(path) -> str:
@@ -18,7 +22,8 @@ def file_tag(path) -> str:
 def redact_paths(text: str, paths: Iterable) -> str:
     """``text`` with each of ``paths`` replaced by its tag: as given and as the readers print it
     (normalised, absolute, resolved), and its base name when that looks like a file name (a dot and
-    at least 5 characters). A URL is replaced whole."""
+    at least 5 characters). A URL is replaced whole. The data file a header names (``ElementDataFile
+    '../Doe_Jane/x.raw'``) is replaced by ``<file>`` whatever it is."""
     variants = {}
     for p in paths:
         p = str(p or "")
@@ -39,7 +44,7 @@ def redact_paths(text: str, paths: Iterable) -> str:
             variants[name] = tag
     for v in sorted(variants, key=len, reverse=True):
         text = text.replace(v, variants[v])
-    return text
+    return _DATA_FILE.sub(r"\1 <file>", text)
 
 
 def source_paths(options: dict) -> list[str]:

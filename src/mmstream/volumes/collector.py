@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmstream.errors import MmstreamError
+from mmstream.privacy import redact_paths
 
 from .dicom_series import load_dicom_series
 from .model import LoadedVolume
@@ -25,7 +26,8 @@ class SeriesCollector:
     """Collects instance files per series and hands each assembled volume to ``on_volume``.
 
     ``on_error(series_uid, exc)`` is called when a series cannot be assembled or ``on_volume`` fails
-    for it (its files stay on disk); the other series are not affected.
+    for it (its files stay on disk; the message names them by :func:`mmstream.privacy.file_tag`);
+    the other series are not affected.
     """
 
     def __init__(self, on_volume: Callable[[LoadedVolume], None], on_error: Callable[[str, MmstreamError], None], *,
@@ -73,11 +75,11 @@ class SeriesCollector:
             try:  # building or publishing one series can fail: only that series is refused
                 vol = load_dicom_series(paths, max_voxels=self.max_voxels, gap_tolerance=self.gap_tolerance)
                 self.on_volume(vol.with_patient(patient_id))
-            except MmstreamError as exc:
-                self.on_error(series_uid, exc)
-                continue
-            except Exception as exc:  # a bug must not stop the flusher thread: reported like a bad series
-                self.on_error(series_uid, MmstreamError(f"{type(exc).__name__}: {exc}", reason="internal_error"))
+            except Exception as exc:  # a bug must not stop the flusher thread either: reported like a bad series
+                why = str(exc) if isinstance(exc, MmstreamError) else f"{type(exc).__name__}: {exc}"
+                reason = exc.reason if isinstance(exc, MmstreamError) else "internal_error"
+                # the files by a hash: exported names carry the patient's, a received one its SOP instance UID
+                self.on_error(series_uid, MmstreamError(redact_paths(why, map(str, paths)), reason=reason))
                 continue
             done += 1
         return done

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmstream.errors import MmstreamError
+from mmstream.privacy import redact_paths
 
 from .collector import SeriesCollector
 from .deid import Pseudonymizer
@@ -128,8 +129,7 @@ class FolderWatcher(threading.Thread):
         why = self._scrub(str(exc))
         for name in [p.name for p in (paths[0], data) if p is not None]:
             why = why.replace(name, "<file>")
-        # the data file's name as the header gives it, folders included ('../JANE_DOE/x.raw')
-        why = re.sub(r"""(ElementDataFile|data file) (?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", r"\1 <file>", why)  # a repr
+        why = redact_paths(why, ())  # the data file's name as the header gives it, folders included
         if moved:
             moved[0].with_name(moved[0].name + ".why.txt").write_text(f"{exc.reason}: {exc}\n")
         self.outlet.event("warning", exc.reason, f"file {_tag(paths[0])} moved to {REJECTED}/: {why}", reject=True)
