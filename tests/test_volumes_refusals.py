@@ -338,3 +338,17 @@ def test_a_refused_series_names_its_files_by_a_hash(tmp_path, monkeypatch):
     (exc,) = got
     assert exc.reason == "unsupported_pixel" and "Doe" not in str(exc)
     assert str(exc).startswith(file_tag("Doe_Jane_1961_1.dcm"))
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["nii", "nii.gz"])
+def test_a_truncated_nifti_is_refused_not_filled_with_zeros(tmp_path, gz):
+    """ITK reads a cut single-file NIfTI and fills the missing voxels with zeros: refused."""
+    path = tmp_path / "whole.nii"
+    write_nifti1(path, np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), _sform())
+    data = path.read_bytes()
+    cut = tmp_path / ("cut.nii.gz" if gz else "cut.nii")
+    (gzip.open if gz else open)(cut, "wb").write(data[: len(data) - 100])
+    with pytest.raises(ReadError) as exc:
+        load_volume(cut)
+    assert exc.value.reason == "truncated" and "need 592" in str(exc.value)
+    assert load_volume(path).voxels.size == 120  # the whole file loads

@@ -170,7 +170,33 @@ def _check_nifti1_geometry(path: Path) -> bool:
     for what, vals in checks.items():
         if not all(map(math.isfinite, vals)):
             raise _geometry_error(path, f"NIfTI {what}", " ".join(f"{v:g}" for v in vals))
+    if head[344:348] == b"n+1\x00":  # one file: its voxels follow the header (ITK fills a short file with zeros)
+        _check_nifti1_size(path, order, head)
     return all(abs(v) > 0 for v in pixdim[1:4])  # ITK's spacing is |pixdim| (0: 1 mm), also beside an sform
+
+
+def _check_nifti1_size(path: Path, order: str, head: bytes) -> None:
+    """ReadError ``truncated`` when a single-file NIfTI-1 (``.nii``, ``.nii.gz``) holds fewer bytes
+    than ``vox_offset`` + its voxels (``dim``, ``bitpix``) need."""
+    dim = struct.unpack_from(order + "8h", head, 40)
+    bitpix = struct.unpack_from(order + "h", head, 72)[0]
+    vox_offset = struct.unpack_from(order + "f", head, 108)[0]
+    if not (1 <= dim[0] <= 7 and bitpix > 0 and math.isfinite(vox_offset)) or any(d < 1 for d in dim[1 : dim[0] + 1]):
+        return  # a header ITK refuses anyway
+    need = int(vox_offset) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
+    if path.name.lower().endswith(".gz"):
+        have = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while have < need and (chunk := f.read(1 << 20)):
+                    have += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            pass  # a cut compressed stream: counted as far as it reads
+    else:
+        have = path.stat().st_size
+    if have < need:
+        raise ReadError(f"{path.name}: {have} bytes where the header's dimensions and vox_offset need {need}",
+                        reason="truncated")
 
 
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
