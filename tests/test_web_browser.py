@@ -222,11 +222,13 @@ def test_context_capture_and_the_fusion_card(svc, page):
     wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "tibialis_anterior", what="context set")
     c = svc.graph.settings.get("sim").clinical
     assert c.patient_id == PATIENT and PATIENT not in page.url and (c.age_years, c.sex) == (54.0, "female")
+    wait_for(lambda: page.evaluate("window.mmstreamView.clinical.sex") == "female", what="the context back on the page")
     page.select_option("#side", "right")  # Set again, the rest of the form as shown: age and sex are kept
     page.locator("#context button").click()
     wait_for(lambda: svc.graph.settings.get("sim").clinical.side == "right", what="context set again")
     c = svc.graph.settings.get("sim").clinical
     assert (c.age_years, c.sex) == (54.0, "female")  # the page used to send neither, erasing them
+    wait_for(lambda: page.evaluate("window.mmstreamView.clinical.side") == "right", what="the right side on the page")
     page.select_option("#side", "left")
     page.locator("#context button").click()
     wait_for(lambda: svc.graph.settings.get("sim").clinical.side == "left", what="back to the left side")
