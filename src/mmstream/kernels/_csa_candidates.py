@@ -44,7 +44,7 @@ TRACK_STEP_PX = 2.0  # track: centre offsets searched (0, +-step along rows and 
 # Tracking priors (score units; the score is a conditional logit): a candidate loses TRACK_SHAPE_COST
 # per unit of its mean |log radius ratio| to the previous outline over the rays, a centre
 # TRACK_MOVE_COST per pixel of offset from the previous centroid. Without them the outline drifted on
-# identical frames (area changed by a median 20 % over 10 frames of one image) towards the
+# identical frames (area changed by a median 17 % over 10 frames of one image) towards the
 # tracker's own optimum, which lacks the click's network features. Chosen with tools/accuracy_nerve.py
 # --track-n (static, noisy, shifted and growing frames; README).
 TRACK_SHAPE_COST = 10.0

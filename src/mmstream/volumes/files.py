@@ -71,14 +71,18 @@ def _meta(reader, key: str) -> str | None:
     return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
 
 
-def _nrrd_field(path: Path, pattern: str) -> str | None:
-    """A field of a NRRD header as written in the file (``pattern``: its name as a regex; None when
-    absent)."""
+def _nrrd_header(path: Path) -> str:
+    """The text of a NRRD header (up to its blank line; empty when the file cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(65536).split(b"\n\n", 1)[0].decode("latin-1")
+            return f.read(65536).split(b"\n\n", 1)[0].decode("latin-1")
     except OSError:
-        return None
+        return ""
+
+
+def _nrrd_field(head: str, pattern: str) -> str | None:
+    """A field of the NRRD header text ``head`` as written (``pattern``: its name as a regex; None
+    when absent)."""
     m = re.search(rf"^{pattern}\s*:\s*(.+?)\s*$", head, flags=re.M | re.I)
     return m.group(1) if m else None
 
@@ -98,11 +102,11 @@ def _check_header(path: Path, fmt: str) -> bool:
         _check_metaimage_geometry(path, fields)
         return "ElementSpacing" in fields or "ElementSize" in fields
     if fmt == "nrrd":
-        name = _nrrd_field(path, r"data ?file")
+        head = _nrrd_header(path)
+        name = _nrrd_field(head, r"data ?file")
         if name is not None:
             file_beside(path, name, "data file")
-        _check_nrrd_geometry(path)
-        return _nrrd_field(path, "spacings") is not None or _nrrd_field(path, "space ?directions") is not None
+        return _check_nrrd_geometry(path, head)
     return _check_nifti1_geometry(path)
 
 
@@ -130,9 +134,12 @@ def _check_metaimage_geometry(path: Path, fields: dict[str, str]) -> None:
                             f"{ndims[0]:g}", reason="invalid_geometry")  # fmt: skip
 
 
-def _check_nrrd_geometry(path: Path) -> None:
+def _check_nrrd_geometry(path: Path, head: str) -> bool:
+    """Refuses non-finite geometry in the header text ``head``; returns whether it gives a spacing
+    (``spacings`` or ``space directions``)."""
+    given = False
     for field in ("space origin", "space directions"):  # teem also reads 'spaceorigin', 'spacedirections'
-        raw = _nrrd_field(path, field.replace(" ", " ?"))
+        raw = _nrrd_field(head, field.replace(" ", " ?"))
         if raw is None:
             continue
         vectors = re.findall(r"\(([^()]*)\)", raw)
@@ -141,11 +148,13 @@ def _check_nrrd_geometry(path: Path) -> None:
         finite = all(v is not None and all(map(math.isfinite, v)) for v in values)
         if not vectors or not finite or any(t.lower() != "none" for t in outside):
             raise _geometry_error(path, field, raw)
-    raw = _nrrd_field(path, "spacings")
+        given |= field == "space directions"
+    raw = _nrrd_field(head, "spacings")
     if raw is not None:
         vals = floats(raw)  # NaN is NRRD's 'no spacing' for a non-spatial axis, after the three spatial ones
         if vals is None or len(vals) < 3 or not all(math.isfinite(v) and v > 0 for v in vals[:3]):
             raise _geometry_error(path, "spacings", raw)
+    return given or raw is not None
 
 
 def _check_nifti1_geometry(path: Path) -> bool:
@@ -215,7 +224,7 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
         text = f"NIfTI RAS+ {used} (qform_code {q}, sform_code {s}) -> LPS: x and y negated"
         return "nifti:ras2lps", text, True, meta
     if fmt == "nrrd":
-        space = _nrrd_field(Path(reader.GetFileName()), "space")  # ITK's NRRD_space reports LPS after converting
+        space = _nrrd_field(_nrrd_header(Path(reader.GetFileName())), "space")  # ITK's NRRD_space reports LPS after converting
         space = space.lower() if space else None
         meta = {"nrrd_space": space}
         if space in ("left-posterior-superior", "lps"):

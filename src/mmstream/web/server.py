@@ -294,12 +294,7 @@ class WebServer(PageCommands):
         self._pages.add(page)  # before anything is awaited: the max_clients check above stays true
         streams = self.live.streams()
         page.wanted, page.t_hello = cmd.stream_id, time.monotonic()
-        if cmd.stream_id in streams:
-            page.stream_id = cmd.stream_id
-        elif cmd.stream_id is None:
-            page.stream_id = self.cfg.stream_id or (streams[0] if streams else None)
-        else:
-            page.stream_id = None  # not there yet: _send_once waits for it a while
+        page.stream_id = self._choose_stream(page, streams)  # None: _send_once chooses again
         await self._send_json(page, {"type": "hello", "stream_id": page.stream_id, "streams": streams,
                                      "token_required": self._token is not None})  # fmt: skip
         await self._send_context(page)
@@ -352,18 +347,23 @@ class WebServer(PageCommands):
                 self._count("internal_error")
                 self._last_error = f"{type(exc).__name__}: {exc}"
 
+    def _choose_stream(self, page: _Page, streams: list[str]) -> str | None:
+        """The stream a page shows: the one it asked for at hello when there; else, once it has
+        waited ``WANTED_WAIT_S`` for it (or asked for none), ``[web] stream_id`` or the first seen."""
+        if page.wanted in streams:
+            return page.wanted
+        if page.wanted is None or time.monotonic() - page.t_hello > WANTED_WAIT_S:
+            return self.cfg.stream_id or (streams[0] if streams else None)
+        return None
+
     async def _send_once(self, page: _Page) -> None:
         """What changed for this page, then the newest frame if the paint window allows."""
         if page.context_due:
             page.context_due = False
             await self._send_context(page)
-        if page.stream_id is None:  # nothing shown yet: the stream asked for, once it comes (for a while), else the first
-            streams = self.live.streams()
-            if page.wanted in streams:
-                page.stream_id = page.wanted
-            elif streams and (page.wanted is None or time.monotonic() - page.t_hello > WANTED_WAIT_S):
-                page.stream_id = self.cfg.stream_id or streams[0]
-            else:
+        if page.stream_id is None:  # nothing shown yet
+            page.stream_id = self._choose_stream(page, self.live.streams())
+            if page.stream_id is None:
                 return
             await self._send_context(page)
         await self._send_changes(page)
