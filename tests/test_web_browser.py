@@ -251,6 +251,32 @@ def test_context_capture_and_the_fusion_card(svc, page):
     page.set_viewport_size({"width": 1280, "height": 800})
 
 
+def test_a_context_from_another_page_keeps_what_is_being_typed(svc, browser, page):
+    """Another page's Set updates this page's context, but not the fields being typed in (the form
+    used to be rewritten under the user's fingers); Set sends what was typed."""
+    before = svc.graph.settings.get("sim").clinical
+    other = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True).new_page()
+    try:
+        other.goto(svc.web.url)
+        other.wait_for_function("window.mmstreamView.streamId === 'sim'", timeout=20000)
+        page.fill("#site", "Soleus")  # typed, not Set
+        other.fill("#patient", PATIENT)
+        other.fill("#site", "rectus_femoris")
+        other.select_option("#side", "right")
+        other.locator("#context button").click()
+        wait_for(lambda: page.evaluate("window.mmstreamView.clinical.site") == "rectus_femoris", what="the context on this page")
+        assert page.input_value("#site") == "Soleus" and page.input_value("#side") == before.side  # as the user left them
+        playwright.expect(other.locator("#side")).to_have_value("right")  # the page that Set shows it
+        page.locator("#context button").click()
+        wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "soleus", what="this page's Set")
+        assert svc.graph.settings.get("sim").clinical.side == before.side  # what this page showed, not the other's
+        playwright.expect(other.locator("#site")).to_have_value("soleus", timeout=10000)  # not edited: follows
+        playwright.expect(page.locator("#site")).to_have_value("soleus", timeout=10000)  # the service's form after Set
+    finally:
+        other.context.close()
+        svc.graph.settings.update("sim", clinical=before)
+
+
 def test_record_button_writes_a_session_file(svc, page):
     from mmstream.recording.reader import SessionReader
 
