@@ -272,11 +272,11 @@ def test_cli_compute_stats_records_a_volume_from_every_nifti_spacing_itk_reads(t
     assert got["volume_mm3"] == pytest.approx(120 * 24.0) and "no volume_mm3" not in err
 
 
-@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii", "nii_sform"])
+@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
 def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_path, capsys, fmt):
     """A MetaImage without ElementSpacing, a NRRD without spacings or space directions, a NIfTI
-    with pixdim 0 (with an sform too: ITK then takes 1 mm, not the sform's scales): ITK's 1 mm is
-    a guess; no volume_mm3 is stored from it."""
+    with pixdim 0 and no sform (with an sform, its scales are the spacing: test_volumes_nifti.py):
+    ITK's 1 mm is a guess; no volume_mm3 is stored from it."""
     from volume_makers import write_nifti1
 
     raw = np.full((6, 5, 4), 7, np.int16).tobytes()
@@ -293,8 +293,7 @@ def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_p
                              "encoding: raw\n\n".encode() + data)  # fmt: skip
         else:
             arr = np.frombuffer(data, np.int16 if path is img else np.uint8).reshape(6, 5, 4).transpose(2, 1, 0)
-            codes = {"sform_code": 1} if fmt == "nii_sform" else {"qform_code": 0, "sform_code": 0}
-            write_nifti1(path, arr, np.diag([2.0, 3.0, 4.0, 1.0]), pixdim=(0.0, 0.0, 0.0), **codes)
+            write_nifti1(path, arr, np.diag([2.0, 3.0, 4.0, 1.0]), pixdim=(0.0, 0.0, 0.0), qform_code=0, sform_code=0)
     assert main(["biomarkers", "compute", "stats", str(img), str(mask), "--patient", "P5", "--site", "soleus",
                  "--date", "2026-01-05", "--modality", "MRI"]) == 0  # fmt: skip
     out, err = capsys.readouterr()

@@ -112,22 +112,25 @@ def make_enhanced(path: Path, n: int = 4, rows: int = 5, cols: int = 6, *, spaci
 
 
 def write_nifti1(path: Path, data_ijk: np.ndarray, sform: np.ndarray, *, qform_code=0, sform_code=1, slope=0.0, inter=0.0,
-                 xyzt_units=2, pixdim=None) -> None:  # fmt: skip
-    """A NIfTI-1 single file written by hand: ``data_ijk`` (I, J, K) int16, ``sform`` 4x4 RAS+ mm;
-    ``pixdim[1..3]`` the sform's column norms unless given."""
+                 xyzt_units=2, pixdim=None, quatern=(0.0,) * 6, qfac=1.0) -> None:  # fmt: skip
+    """A NIfTI-1 single file written by hand: ``data_ijk`` (I, J, K) int16 (float32 if given so),
+    ``sform`` 4x4 RAS+ mm; ``pixdim[1..3]`` the sform's column norms unless given; the qform's
+    ``quatern`` (b, c, d, qoffset x, y, z) and ``qfac`` (pixdim[0])."""
+    dtype, code = ("<f4", 16) if data_ijk.dtype == np.float32 else ("<i2", 4)
     hdr = bytearray(352)
     struct.pack_into("<i", hdr, 0, 348)
     struct.pack_into("<8h", hdr, 40, 3, *data_ijk.shape, 1, 1, 1, 1)
-    struct.pack_into("<hh", hdr, 70, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<hh", hdr, 70, code, 8 * np.dtype(dtype).itemsize)  # datatype, bitpix
     pix = np.linalg.norm(sform[:3, :3], axis=0) if pixdim is None else pixdim
-    struct.pack_into("<8f", hdr, 76, 1.0, *pix, 0, 0, 0, 0)
+    struct.pack_into("<8f", hdr, 76, qfac, *pix, 0, 0, 0, 0)
     struct.pack_into("<fff", hdr, 108, 352.0, slope, inter)
     hdr[123] = xyzt_units  # 2: mm; 0: unknown
     struct.pack_into("<hh", hdr, 252, qform_code, sform_code)
+    struct.pack_into("<6f", hdr, 256, *quatern)
     for r in range(3):
         struct.pack_into("<4f", hdr, 280 + 16 * r, *sform[r])
     hdr[344:348] = b"n+1\x00"
-    Path(path).write_bytes(bytes(hdr) + np.asarray(data_ijk, "<i2").tobytes(order="F"))
+    Path(path).write_bytes(bytes(hdr) + np.asarray(data_ijk, dtype).tobytes(order="F"))
 
 
 def read_back(path: Path) -> Dataset:

@@ -1,24 +1,29 @@
 """NIfTI, MetaImage and NRRD volumes read with SimpleITK, brought to LPS millimetres.
 
 ITK holds every image in LPS: its NIfTI reader negates the first two rows of the file's RAS+
-transform (``qform``/``sform``), its NRRD reader converts ``right-anterior-superior`` and
-``left-posterior-superior`` spaces, and MetaImage is LPS by ITK's own convention. What each file
+transform (``qform``/``sform``), its NRRD reader converts the ``right-anterior-superior`` and
+``left-anterior-superior`` spaces, and MetaImage is LPS by ITK's own convention. What each file
 said, and what was done, is recorded in ``LoadedVolume.conversion`` and the short ``source`` code:
 
 ==================  ============================================================================
 source              meaning
 ==================  ============================================================================
-``nifti:ras2lps``   NIfTI RAS+ transform (sform or qform; codes in ``meta``) converted to LPS
+``nifti:ras2lps``   NIfTI RAS+ transform (the sform when sform_code > 0, else the qform; codes in
+                    ``meta``) converted to LPS; the sform's geometry is mmstream's own (:mod:`.nifti1`)
 ``nifti:no_xform``  qform_code = sform_code = 0: orientation unknown (``orientation_known`` False)
 ``nrrd:lps``        NRRD ``space: left-posterior-superior`` (used as is)
 ``nrrd:ras2lps``    NRRD ``space: right-anterior-superior`` converted to LPS
+``nrrd:las2lps``    NRRD ``space: left-anterior-superior`` converted to LPS
 ``nrrd:no_space``   no ``space`` field: orientation unknown
 ``metaimage:lps``   MetaImage (ITK convention: LPS); ``AnatomicalOrientation`` kept in ``meta``
 ==================  ============================================================================
 
 NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 1 / intercept not 0
-(``rescaled`` True). 4-D files: pick one volume with ``index_4d`` (default: refused, so that a time
-series is never silently cut to its first volume).
+(``rescaled`` True); a slope of 0 means no scaling (raw values, ``rescaled`` False). 4-D files: pick
+one volume with ``index_4d`` (default: refused, so that a time series is never silently cut to its
+first volume). A non-spatial axis among the first three (MetaImage ``Kinds`` other than ``domain``/
+``space`` or PLUS ``Seq_Frame`` fields; NRRD ``kinds`` ``time``/``list`` or a ``none`` space direction)
+is refused (``not_3d``): ITK would make 1 mm slices of a sequence of 2-D frames.
 
 A header whose origin, spacing or direction is not finite numbers is refused (ReadError
 ``invalid_geometry``) before ITK reads it, because ITK would make one up: MetaImage ``Offset = nan 0 0``
@@ -30,11 +35,8 @@ the qform (``pixdim[0]``, quaternion, ``qoffset``) when ``qform_code`` > 0, ``sr
 ``sform_code`` > 0.
 """
 
-import gzip
 import math
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ from mmstream.io._common import file_beside, floats
 from mmstream.io.metaimage import parse_header
 
 from .model import LoadedVolume
+from .nifti1 import read_nifti1, unscaled
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
@@ -88,26 +91,49 @@ def _nrrd_field(head: str, pattern: str) -> str | None:
 
 
 def _check_header(path: Path, fmt: str) -> bool:
-    """What ITK would take without complaint but mmstream refuses: a MetaImage ``ElementDataFile`` or
-    NRRD ``data file`` that is not one file beside the header (ITK would read any path, or a LIST of
-    them: ReadError ``path_traversal``, ``unsupported``, ``not_found``, see
-    :func:`mmstream.io._common.file_beside`), and non-finite geometry (``invalid_geometry``, see the
-    module docstring). Returns whether the header gives the voxel spacing (ITK assumes 1 mm
-    where it does not)."""
+    """What ITK would take without complaint but mmstream refuses, in a MetaImage or NRRD header: an
+    ``ElementDataFile`` or ``data file`` that is not one file beside the header (ITK would read any
+    path, or a LIST of them: ReadError ``path_traversal``, ``unsupported``, ``not_found``, see
+    :func:`mmstream.io._common.file_beside`), non-finite geometry (``invalid_geometry``, see the
+    module docstring), a non-spatial axis among the first three (``not_3d``). Returns whether the
+    header gives the voxel spacing (ITK assumes 1 mm where it does not)."""
     if fmt == "metaimage":
         fields = parse_header(path)[0]
         name = fields.get("ElementDataFile", "LOCAL")
         if name.upper() != "LOCAL":
             file_beside(path, name, "ElementDataFile")
         _check_metaimage_geometry(path, fields)
+        kinds = fields.get("Kinds", "").split()[:3]  # PLUS: 'domain domain list', a sequence of 2-D frames
+        seq = any(k.startswith("Seq_Frame") for k in fields)
+        if seq or any(k.lower() not in ("domain", "space") for k in kinds):
+            why = f"Kinds = {' '.join(kinds)}" if kinds else "PLUS Seq_Frame fields"
+            raise ReadError(f"{path.name}: a sequence of 2-D frames ({why}), not a volume: the 'mha' source and "
+                            "'mmstream analyze' read those", reason="not_3d")  # fmt: skip
         return "ElementSpacing" in fields or "ElementSize" in fields
-    if fmt == "nrrd":
-        head = _nrrd_header(path)
-        name = _nrrd_field(head, r"data ?file")
-        if name is not None:
-            file_beside(path, name, "data file")
-        return _check_nrrd_geometry(path, head)
-    return _check_nifti1_geometry(path)
+    head = _nrrd_header(path)
+    name = _nrrd_field(head, r"data ?file")
+    if name is not None:
+        file_beside(path, name, "data file")
+    given = _check_nrrd_geometry(path, head)
+    _check_nrrd_axes(path, head)
+    return given
+
+
+_NRRD_AXIS_KINDS = ("domain", "space", "time", "list", "???", "none")  # other kinds (vector, RGB-color, ...): components
+
+
+def _check_nrrd_axes(path: Path, head: str) -> None:
+    """ReadError ``not_3d`` when one of the first three image axes (``kinds`` not a component kind)
+    is ``time`` or ``list``, or has ``none`` for its space direction: ITK would make it 1 mm slices."""
+    dims = floats(_nrrd_field(head, "dimension")) or [0]
+    kinds = (_nrrd_field(head, "kinds") or "").lower().split() or ["???"] * int(dims[0])
+    dirs = re.findall(r"\([^()]*\)|none", (_nrrd_field(head, "space ?directions") or "").lower())
+    axes = [n for n, k in enumerate(kinds) if k in _NRRD_AXIS_KINDS][:3]
+    for n in axes:
+        if kinds[n] in ("time", "list") or (n < len(dirs) and dirs[n] == "none"):
+            why = f"kind '{kinds[n]}'" if kinds[n] in ("time", "list") else "space direction 'none'"
+            raise ReadError(f"{path.name}: axis {n} is not spatial ({why}): a sequence of 2-D frames, not a volume",
+                            reason="not_3d")
 
 
 def _geometry_error(path: Path, what: str, raw) -> ReadError:
@@ -157,57 +183,6 @@ def _check_nrrd_geometry(path: Path, head: str) -> bool:
     return given or raw is not None
 
 
-def _check_nifti1_geometry(path: Path) -> bool:
-    """NIfTI-1 only (this ITK reads no NIfTI-2); a header that does not parse is left to ITK.
-    Returns whether the header gives a spacing: ``pixdim[1..3]`` all non-zero (ITK takes their
-    absolute values, and 0 as 1 mm, an sform or not)."""
-    try:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            head = f.read(348)
-    except (OSError, EOFError, zlib.error):
-        return True
-    order = next((o for o in "<>" if len(head) == 348 and struct.unpack_from(o + "i", head)[0] == 348), None)
-    if order is None:
-        return True
-    pixdim = struct.unpack_from(order + "8f", head, 76)
-    q_code, s_code = struct.unpack_from(order + "hh", head, 252)
-    checks = {"pixdim[1..3]": pixdim[1:4]}
-    if q_code > 0:
-        checks["qform (pixdim[0], quatern_b/c/d, qoffset_x/y/z)"] = (pixdim[0], *struct.unpack_from(order + "6f", head, 256))
-    if s_code > 0:
-        checks["sform (srow_x/y/z)"] = struct.unpack_from(order + "12f", head, 280)
-    for what, vals in checks.items():
-        if not all(map(math.isfinite, vals)):
-            raise _geometry_error(path, f"NIfTI {what}", " ".join(f"{v:g}" for v in vals))
-    if head[344:348] == b"n+1\x00":  # one file: its voxels follow the header (ITK fills a short file with zeros)
-        _check_nifti1_size(path, order, head)
-    return all(abs(v) > 0 for v in pixdim[1:4])  # ITK's spacing is |pixdim| (0: 1 mm), also beside an sform
-
-
-def _check_nifti1_size(path: Path, order: str, head: bytes) -> None:
-    """ReadError ``truncated`` when a single-file NIfTI-1 (``.nii``, ``.nii.gz``) holds fewer bytes
-    than ``vox_offset`` + its voxels (``dim``, ``bitpix``) need."""
-    dim = struct.unpack_from(order + "8h", head, 40)
-    bitpix = struct.unpack_from(order + "h", head, 72)[0]
-    vox_offset = struct.unpack_from(order + "f", head, 108)[0]
-    if not (1 <= dim[0] <= 7 and bitpix > 0 and math.isfinite(vox_offset)) or any(d < 1 for d in dim[1 : dim[0] + 1]):
-        return  # a header ITK refuses anyway
-    need = int(vox_offset) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
-    if path.name.lower().endswith(".gz"):
-        have = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while have < need and (chunk := f.read(1 << 20)):
-                    have += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            pass  # a cut compressed stream: counted as far as it reads
-    else:
-        have = path.stat().st_size
-    if have < need:
-        raise ReadError(f"{path.name}: {have} bytes where the header's dimensions and vox_offset need {need}",
-                        reason="truncated")
-
-
 def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
     """(source code, conversion text, orientation_known, meta) of what the reader saw."""
     if fmt == "nifti":
@@ -231,9 +206,12 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
             return "nrrd:lps", "NRRD space left-posterior-superior: used as is", True, meta
         if space in ("right-anterior-superior", "ras"):
             return "nrrd:ras2lps", "NRRD space right-anterior-superior -> LPS: x and y negated", True, meta
+        if space in ("left-anterior-superior", "las"):
+            return "nrrd:las2lps", "NRRD space left-anterior-superior -> LPS: y negated", True, meta
         if space is None:
             return "nrrd:no_space", "NRRD without space field: orientation unknown, identity assumed", False, meta
-        raise ReadError(f"NRRD space {space!r} is not a patient space (LPS/RAS)", reason="unsupported_space")
+        raise ReadError(f"NRRD space {space!r} is not a patient space mmstream reads (LPS, RAS, LAS; ITK does not convert "
+                        "the '-time' ones)", reason="unsupported_space")  # fmt: skip
     orient = _meta(reader, "AnatomicalOrientation")
     return "metaimage:lps", "MetaImage TransformMatrix/Offset are LPS by ITK convention", True, {"anatomical_orientation": orient}
 
@@ -250,7 +228,8 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     fmt = file_format(path)
     if fmt not in ("nifti", "metaimage", "nrrd"):
         raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
-    spacing_given = _check_header(path, fmt)
+    nifti = read_nifti1(path) if fmt == "nifti" else None  # None: not NIfTI-1, left to ITK
+    spacing_given = (nifti is None or nifti.spacing_given) if fmt == "nifti" else _check_header(path, fmt)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -283,14 +262,19 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     except RuntimeError as exc:
         raise ReadError(f"{path.name}: cannot read {fmt} voxels: {str(exc).strip().splitlines()[-1][:300]}") from None
     voxels = sitk.GetArrayFromImage(img)  # (K, J, I)
-    sx, sy, sz = img.GetSpacing()
+    spacing, origin = img.GetSpacing()[::-1], tuple(float(v) for v in img.GetOrigin())
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
     slope, inter = float(meta.get("scl_slope", 0) or 0), float(meta.get("scl_inter", 0) or 0)
+    if nifti is not None and nifti.sform_code > 0:  # NIfTI-1's transform, not ITK's reading (nifti1.py)
+        spacing, origin, direction, note = nifti.sform_geometry(path.name)
+        conversion += f"; {note}" if note else ""
+    if nifti is not None and slope == 0.0 and inter != 0.0:  # nifti1.h: slope 0 = no scaling; ITK added scl_inter
+        voxels = unscaled(voxels, nifti, path.name)
     rescaled = fmt == "nifti" and ((slope not in (0.0, 1.0)) or (slope != 0.0 and inter != 0.0))
     if index_4d is not None:
         meta["index_4d"] = index_4d
     return LoadedVolume(
-        voxels=voxels, spacing_mm=(sz, sy, sx), origin_lps_mm=tuple(float(v) for v in img.GetOrigin()), direction_lps=direction,
+        voxels=voxels, spacing_mm=spacing, origin_lps_mm=origin, direction_lps=direction,
         modality="OT", source=source, conversion=conversion, orientation_known=known, rescaled=rescaled,
         files=(str(path),), meta=meta,
     )  # fmt: skip
