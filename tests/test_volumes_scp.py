@@ -127,6 +127,24 @@ def test_unknown_calling_ae_is_rejected_and_counted(scp_factory, tmp_path):
     _assert_serves(scp, sink, tmp_path)
 
 
+def test_associations_over_the_limit_are_counted_as_such_not_as_unknown_calling_ae(scp_factory, tmp_path):
+    """pynetdicom's 'local limit exceeded' rejections were counted as unknown_calling_ae."""
+    scp, sink = scp_factory(max_associations=1)
+    first = scu(scp.port, aet="FIRST")
+    assert first.is_established
+    second = scu(scp.port, aet="SECOND")
+    assert second.is_rejected
+    rj = second.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, presentation, local limit
+    assert wait_for(lambda: "too_many_associations" in sink.reasons(), 5, "event")
+    assert scp.outlet.rejected == {"too_many_associations": 1}
+    msg = next(e.message for e in sink.events if e.reason == "too_many_associations")
+    assert "Local limit exceeded" in msg and "max_associations is 1" in msg
+    first.release()
+    assert wait_for(lambda: not [a for a in scp._server.active_associations], 5, "first released")
+    _assert_serves(scp, sink, tmp_path)
+
+
 def test_contexts_refused_for_wrong_sop_class_and_unsupported_transfer_syntax(scp_factory, tmp_path):
     scp, sink = scp_factory()
     jpeg_ls = "1.2.840.10008.1.2.4.80"  # no decoder installed: not offered

@@ -32,7 +32,7 @@ def _config(tmp_path, **volumes):
 
 def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
     (tmp_path / "in").mkdir()
-    cfg = _config(tmp_path, scp={"enabled": True, "port": 0, "store_dir": str(tmp_path / "store")},
+    cfg = _config(tmp_path, scp={"enabled": True, "port": 0, "store_dir": str(tmp_path / "store"), "max_associations": 3},
                   watch={"enabled": True, "folder": str(tmp_path / "in"), "poll_s": 0.05, "stable_polls": 1},
                   deid={"enabled": True, "mapping_db": str(tmp_path / "ids.sqlite")})  # fmt: skip
     with Service(cfg) as svc:
@@ -54,6 +54,7 @@ def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
             assert st["nodes"]["ingest"]["counters"]["volumes_accepted"] == 2
             assert wait_for(lambda: svc.graph.status()["volumes"]["counters"]["volumes_sent"] == 2, 5, "counted")
             assert st["volumes"]["scp"]["port"] == svc.volumes.scp.port
+            assert svc.volumes.scp.settings.max_associations == 3  # [volumes.scp] max_associations reaches the SCP
         finally:
             tap.close()
             events.close()
@@ -66,6 +67,8 @@ def test_service_scp_and_watch_publish_volumes_on_the_tap(tmp_path):
     ({"scp": {"port": 70000}}, "volumes.scp.port"),
     ({"scp": {"allowed_calling_aets": ["OK", ""]}}, "volumes.scp.allowed_calling_aets"),
     ({"scp": {"max_object_mb": -1}}, "volumes.scp.max_object_mb"),
+    ({"scp": {"max_associations": 0}}, "volumes.scp.max_associations"),
+    ({"scp": {"max_associations": 65}}, "volumes.scp.max_associations"),
     ({"watch": {"stable_polls": 0}}, "volumes.watch.stable_polls"),
     ({"deid": {"prefix": "1; DROP TABLE"}}, "volumes.deid.prefix"),
     ({"max_voxels": 2**40}, "volumes.max_voxels"),

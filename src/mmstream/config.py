@@ -163,6 +163,7 @@ class _VolumeScp(_Section):
     max_object_mb: Annotated[float, Field(gt=0)] = 512.0
     series_idle_s: Annotated[float, Field(gt=0)] = 5.0
     assemble_on_release: bool = True
+    max_associations: Annotated[int, Field(ge=1, le=64)] = 10  # open at once; each a thread holding one object
 
     @model_validator(mode="after")
     def _allow_list_beyond_loopback(self):

@@ -12,6 +12,10 @@ reason                      DICOM answer
 ==========================  =================================================================
 ``unknown_calling_ae``      association rejected (A-ASSOCIATE-RJ, permanent, calling AE title
                             not recognised) when an allow-list is configured
+``too_many_associations``   association rejected (A-ASSOCIATE-RJ, transient, local limit
+                            exceeded): ``max_associations`` associations are already open
+``association_rejected``    association rejected for another reason pynetdicom gives (the
+                            event says its result, source and reason)
 ``sop_class_not_supported`` presentation context rejected (abstract syntax not supported)
 ``transfer_syntax_rejected`` presentation context rejected (transfer syntaxes not supported)
 ``too_large``               C-STORE status 0xA700 (Refused: out of resources)
@@ -51,6 +55,8 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5",
 )  # fmt: skip
 VERIFICATION = "1.2.840.10008.1.1"
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4, -> the reason counted
+_REJECTIONS = {(0x01, 0x01, 0x03): "unknown_calling_ae", (0x02, 0x03, 0x02): "too_many_associations"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class ScpSettings:
     idle_s: float = 5.0
     assemble_on_release: bool = True
     max_voxels: int = 64 * 1024 * 1024
+    max_associations: int = 10  # open at once (pynetdicom's default); one thread, and one object in memory, each
 
 
 class StorageScp:
@@ -154,8 +161,13 @@ class StorageScp:
                               f"{len(storage)} storage context(s) accepted", reject=True)  # fmt: skip
 
     def _on_rejected(self, event) -> None:
-        calling = event.assoc.requestor.ae_title
-        self.outlet.event("warning", "unknown_calling_ae", f"association from calling AE {calling!r} rejected", reject=True)
+        """Count an A-ASSOCIATE-RJ by its (result, source, diagnostic), as pynetdicom sent it."""
+        rj = event.assoc.acceptor.primitive
+        rsd = (rj.result, rj.result_source, rj.diagnostic)
+        reason = _REJECTIONS.get(rsd, "association_rejected")
+        limit = f"; max_associations is {self.settings.max_associations}" if reason == "too_many_associations" else ""
+        self.outlet.event("warning", reason, f"association from calling AE {event.assoc.requestor.ae_title!r} rejected "
+                          f"({rj.result_str}, {rj.source_str}: {rj.reason_str}{limit})", reject=True)  # fmt: skip
 
     def _on_ended(self, event) -> None:
         with self._lock:
@@ -175,6 +187,7 @@ class StorageScp:
         ae.add_supported_context(VERIFICATION)
         if s.allowed_calling_aets:
             ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.maximum_associations = s.max_associations
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
                     (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_ended),

@@ -45,6 +45,7 @@ class VolumeSources:
                     store_dir=s.store_dir, ae_title=s.ae_title, host=s.host, port=s.port,
                     allowed_calling_aets=tuple(s.allowed_calling_aets), max_object_bytes=int(s.max_object_mb * _MB),
                     idle_s=s.series_idle_s, assemble_on_release=s.assemble_on_release, max_voxels=sec.max_voxels,
+                    max_associations=s.max_associations,
                 ), self.outlet, self.deid).start()  # fmt: skip
             if self.want_watch:
                 w = sec.watch
