@@ -1,13 +1,14 @@
 """Where ITK's reading is not the file's: NIfTI-1 sform versus qform and pixdim, scl_slope 0,
-sequences of 2-D frames taken for volumes, NRRD left-anterior-superior space. Files are written
-byte by byte (or come from /work/shared/data); the expected geometry is computed from the header."""
+sequences of 2-D frames taken for volumes, NRRD left-anterior-superior space; and two DICOM cases
+(a single enhanced frame, several images per position). Files are written byte by byte (or come
+from /work/shared/data); the expected geometry is computed from the header."""
 
 import json
 
 import numpy as np
 import pytest
 from test_volumes_watch import watcher  # noqa: F401 - a fixture
-from volume_makers import write_nifti1
+from volume_makers import make_enhanced, make_series, write_nifti1
 
 from mmstream.cli import main
 from mmstream.errors import ReadError
@@ -172,3 +173,20 @@ def test_nrrd_left_anterior_superior_is_converted(tmp_path):
     with pytest.raises(ReadError) as exc:  # ITK leaves the -time spaces unconverted
         load_volume(tmp_path / "t.nrrd")
     assert exc.value.reason in ("unsupported_space", "unreadable")
+
+
+# -- DICOM --------------------------------------------------------------------------------------------
+def test_single_enhanced_frame_takes_its_slice_spacing_from_the_functional_groups(tmp_path):
+    """SliceThickness in SharedFunctionalGroupsSequence > PixelMeasuresSequence (where the Enhanced
+    MR IOD puts it), none at the top level: was refused as missing_tags."""
+    truth = make_enhanced(tmp_path / "e.dcm", n=1)
+    vol = load_volume(tmp_path / "e.dcm")
+    assert vol.spacing_mm == pytest.approx(truth["spacing"]) and vol.meta["k_spacing_from"] == "SliceThickness"
+
+
+def test_several_images_per_position_are_named_as_such(tmp_path):
+    """4 positions x 2 echoes was '5 slices share a position'."""
+    make_series(tmp_path, n=8, gaps=[0.0, 2.5, 0.0, 2.5, 0.0, 2.5, 0.0])
+    with pytest.raises(ReadError) as exc:
+        load_volume(tmp_path)
+    assert exc.value.reason == "duplicate_positions" and "8 images at 4 positions" in str(exc.value)

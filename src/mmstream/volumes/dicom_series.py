@@ -8,7 +8,8 @@ DICOM's patient coordinate system is LPS, so no flip is needed (``source = "dico
   ``s_k`` is the median gap between projected positions. Gaps that differ from it by more than
   ``gap_tolerance`` (relative, default 1 %, at least 1 um) are refused (``nonuniform_spacing``),
   as are duplicate positions (``duplicate_positions``: several echoes or time points in one series).
-  A single slice takes ``s_k`` from ``SpacingBetweenSlices``, else ``SliceThickness``.
+  A single slice takes ``s_k`` from ``SpacingBetweenSlices``, else ``SliceThickness`` (top level, or
+  the frame's or shared ``PixelMeasuresSequence`` of an enhanced object).
 * Enhanced multi-frame objects (``PerFrameFunctionalGroupsSequence``): position, orientation,
   pixel spacing and rescale per frame, from the per-frame or the shared functional groups.
 * ``RescaleSlope``/``RescaleIntercept`` (or ``PixelValueTransformationSequence``) are applied; the
@@ -119,6 +120,22 @@ def _slices_of(ds, name: str) -> list[_Slice]:
                    _opt_float(ds.get("RescaleSlope")), _opt_float(ds.get("RescaleIntercept")))]  # fmt: skip
 
 
+def _single_slice_spacing(s: _Slice) -> tuple[float, str]:
+    """``(s_k, attribute)`` of one slice: ``SpacingBetweenSlices``, else ``SliceThickness``, at the top
+    level or (enhanced objects) in the frame's or the shared ``PixelMeasuresSequence``."""
+    groups = s.ds.get("PerFrameFunctionalGroupsSequence")
+    group = groups[s.frame] if groups is not None and s.frame is not None else None
+    shared = (s.ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    for attr in ("SpacingBetweenSlices", "SliceThickness"):
+        value = s.ds.get(attr) or _frame_attr(group, shared, "PixelMeasuresSequence", attr)
+        if value:
+            if not float(value) > 0:
+                break
+            return float(value), attr
+    raise ReadError("a single slice without a positive SpacingBetweenSlices or SliceThickness (top level or "
+                    "PixelMeasuresSequence)", reason="missing_tags")  # fmt: skip
+
+
 def check_instance(ds) -> tuple[str, str]:
     """``(SeriesInstanceUID, SOPInstanceUID)`` of one received instance after the checks an SCP or
     watch folder makes before storing it: mandatory attributes present, UIDs well formed
@@ -208,8 +225,8 @@ def assemble(datasets: Sequence, *, names: Sequence[str] | None = None, gap_tole
         s_k = float(np.median(gaps))
         tol = max(1e-3, gap_tolerance * abs(s_k))
         if np.any(gaps < tol):
-            raise ReadError(f"{int(np.sum(gaps < tol)) + 1} slices share a position (several echoes or time points?)",
-                            reason="duplicate_positions")  # fmt: skip
+            raise ReadError(f"{len(slices)} images at {int(np.sum(gaps >= tol)) + 1} positions: several images per position "
+                            "(e.g. echoes or time points), not one volume", reason="duplicate_positions")  # fmt: skip
         bad = np.flatnonzero(np.abs(gaps - s_k) > tol)
         if bad.size:
             raise ReadError(f"non-uniform slice spacing: median {s_k:.4g} mm, gaps {np.round(gaps[bad], 4).tolist()[:8]} mm "
@@ -219,10 +236,7 @@ def assemble(datasets: Sequence, *, names: Sequence[str] | None = None, gap_tole
             raise ReadError("slice positions are not along the slice normal (sheared stack)", reason="inconsistent_series")
         k_from = "ImagePositionPatient"
     else:
-        thick = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
-        if thick is None or not float(thick) > 0:
-            raise ReadError("a single slice without SpacingBetweenSlices or SliceThickness", reason="missing_tags")
-        s_k, k_from = float(thick), "SpacingBetweenSlices" if first.get("SpacingBetweenSlices") else "SliceThickness"
+        s_k, k_from = _single_slice_spacing(slices[0])
     raws = [_pixels(s, names[0]) for s in slices]
     if any(r.shape != raws[0].shape or r.ndim != 2 for r in raws):
         raise ReadError("decoded slices are not all (rows, columns) grey images", reason="unsupported_pixel")
