@@ -129,23 +129,45 @@ def test_telemetry_keeps_a_bounded_number_of_streams():
 
 
 def test_telemetry_fps_is_the_current_rate():
-    """The frame rate is over the last FPS_WINDOW_S seconds: after a pause it is the new rate, not
-    the average since the first frame; a stopped stream has none."""
-    from mmstream.nodes.base import FPS_WINDOW_S, Telemetry
+    """The frame rate is the frames of the last FPS_WINDOW_S seconds over that time: after a pause
+    it is the new rate once a window has passed, not the average since the first frame; a stopped
+    stream has none; a burst of two frames is not its instantaneous rate (it read 50-5305 fps)."""
+    from mmstream.nodes.base import FPS_MIN_SPAN_S, FPS_WINDOW_S, Telemetry
 
     t = Telemetry()
-    for k in range(60):  # 2 s at 30 fps, a pause of 6 s, then 2 s at 10 fps
+    for k in range(60):  # 2 s at 30 fps, a pause of 6 s, then 5 s at 10 fps
         t.add("s", k / 30.0, None)
-    for k in range(21):
+    assert t.summary(now=59 / 30.0)["s"]["fps"] == pytest.approx(59 / (59 / 30.0))  # since the first frame
+    for k in range(51):
         t.add("s", 8.0 + k / 10.0, None)
-    s = t.summary(now=10.0)["s"]
-    assert s["frames"] == 81 and s["fps"] == pytest.approx(10.0) and s["idle_s"] == pytest.approx(0.0)
-    s = t.summary(now=10.0 + FPS_WINDOW_S + 0.1)["s"]
+        if k == 20:  # 21 frames of the last 5 s: the window holds 3 s of the pause
+            assert t.summary(now=10.0)["s"]["fps"] == pytest.approx(21 / FPS_WINDOW_S)
+    s = t.summary(now=13.0)["s"]
+    assert s["frames"] == 111 and s["fps"] == pytest.approx(10.0) and s["idle_s"] == pytest.approx(0.0)
+    s = t.summary(now=13.0 + FPS_WINDOW_S + 0.1)["s"]
     assert s["fps"] is None and s["idle_s"] == pytest.approx(FPS_WINDOW_S + 0.1)
     slow = Telemetry()
     for k in range(3):  # one frame every 6 s: its rate, not nothing
         slow.add("s", 6.0 * k, None)
     assert slow.summary(now=12.5)["s"]["fps"] == pytest.approx(1 / 6.0)
+    pairs = Telemetry()
+    for k in range(4):  # two frames 20 ms apart every 7 s
+        pairs.add("p", 7.0 * k, None)
+        pairs.add("p", 7.0 * k + 0.02, None)
+    assert pairs.summary(now=21.03)["p"]["fps"] == pytest.approx(2 / FPS_WINDOW_S)
+    assert pairs.summary(now=21.02 + FPS_WINDOW_S - 0.01)["p"]["fps"] == pytest.approx(1 / FPS_WINDOW_S)  # one of the two left
+    new = Telemetry()
+    new.add("n", 0.0, None)
+    new.add("n", 0.02, None)
+    assert new.summary(now=0.03)["n"]["fps"] is None  # too early to say
+    assert new.summary(now=FPS_MIN_SPAN_S)["n"]["fps"] == pytest.approx(1 / FPS_MIN_SPAN_S)
+    single = Telemetry()
+    single.add("one", 0.0, None)
+    assert single.summary(now=2.0)["one"]["fps"] is None
+    fast = Telemetry()  # 1000 fps: the window holds more frames than the telemetry keeps
+    for k in range(6000):
+        fast.add("f", k / 1000.0, None)
+    assert fast.summary(now=5.999)["f"]["fps"] == pytest.approx(1000.0, rel=1e-3)
 
 
 def test_latest_queue_forgets_streams_without_waiting_messages():

@@ -89,6 +89,7 @@ class PortQueue:
 
 
 FPS_WINDOW_S = 5.0  # the frame rate reported is over the frames of the last 5 s
+FPS_MIN_SPAN_S = 1.0  # ... and over at least 1 s (two frames 20 ms apart are not 50 fps)
 
 
 @dataclass
@@ -117,22 +118,29 @@ class Telemetry:
             self.latency_s.setdefault(stream_id, deque(maxlen=self.window)).append(latency_s)
 
     def summary(self, now: float | None = None) -> dict:
-        """Per stream: frames, the current fps (over the frames of the last ``FPS_WINDOW_S``
-        seconds before ``now``, default ``time.monotonic()``; from the last interval when only one
-        came in that time; None for a stream stopped or paused that long), seconds since its last
-        frame (``idle_s``) and latency percentiles (ms)."""
+        """Per stream: frames, the current fps, seconds since its last frame (``idle_s``) and
+        latency percentiles (ms). The fps counts the frames of the last ``FPS_WINDOW_S`` seconds
+        before ``now`` (default ``time.monotonic()``) over that time, or over the time since the
+        oldest arrival held when that is shorter (a new stream; a stream faster than ``window``
+        frames per window); None for the first ``FPS_MIN_SPAN_S`` of a stream, for a single frame
+        and for a stream stopped or paused a whole window. A stream slower than one frame per
+        window: its last interval."""
         out = {}
         now = time.monotonic() if now is None else now
         for sid, n in self.frames.items():
             times = self.arrivals[sid]
-            recent = [t for t in times if t >= now - FPS_WINDOW_S]
-            if len(recent) == 1 and len(times) >= 2:  # a stream slower than the window: its last interval
-                recent = [times[-2], times[-1]]
-            span = recent[-1] - recent[0] if len(recent) >= 2 else 0.0
+            start = max(now - FPS_WINDOW_S, times[0])
+            in_window = sum(1 for t in times if t > start)  # intervals ending in (start, now]
+            if now - start < FPS_MIN_SPAN_S or times[-1] < now - FPS_WINDOW_S or not in_window:
+                fps = None
+            elif len(times) >= 2 and times[-1] - times[-2] >= FPS_WINDOW_S:
+                fps = 1.0 / (times[-1] - times[-2])
+            else:
+                fps = in_window / (now - start)
             lat = np.asarray(self.latency_s.get(sid, ()), dtype=np.float64)
             out[sid] = {
                 "frames": n,
-                "fps": (len(recent) - 1) / span if span > 0 else None,
+                "fps": fps,
                 "idle_s": now - self.last_t[sid],
                 "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else None,
                 "latency_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else None,
