@@ -361,6 +361,28 @@ def test_recorder_waits_for_the_configured_streams_from_the_first_frame(tmp_path
         assert r.streams == ["a"]
 
 
+def test_a_new_recording_holds_the_streams_sending_now_with_their_shapes_now(tmp_path):
+    """A long-running service: a stream gone since the last recording gets no empty group in the
+    next one (every file used to carry every stream ever seen), and a depth changed between
+    recordings does not open a second part at once."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess")
+    small, deep = np.full((20, 30), 1, np.uint8), np.full((40, 30), 2, np.uint8)
+    rec.start_recording()
+    for seq, sid in enumerate(("a", "gone")):
+        rec.process("frames", decoded(frame(sid, seq, small), small))
+    first = rec.stop_recording()["files"]
+    rec.process("frames", decoded(frame("a", 5, deep), deep))  # not recording: the operator changes depth
+    rec.start_recording()
+    for seq in (6, 7):
+        rec.process("frames", decoded(frame("a", seq, deep), deep))
+    st = rec.stop_recording()
+    assert len(st["files"]) == 1 and st["frames"] == 2
+    with SessionReader(first[-1]) as r:
+        assert sorted(r.streams) == ["a", "gone"]
+    with SessionReader(st["files"][0]) as r:
+        assert r.streams == ["a"] and r.stream("a").shape == (40, 30) and r.stream("a").n_frames == 2
+
+
 def test_recorder_holds_a_bounded_number_of_messages_before_the_first_frame(tmp_path, monkeypatch):
     import mmstream.recording.recorder as R
 

@@ -127,6 +127,7 @@ class Recorder(Node):
                 rid = f"{self.session_id}_{stamp}_{k}"
             self._recording_id, self._part, self._files, self._flushed_frames, self._flushed_dropped = rid, 0, [], 0, 0
             self._state, self._held, self._t_first_held, self._last_keys, self._last_error = "armed", [], None, {}, None
+            self._shapes = {}  # streams (and their frame shapes) as they come in now, not those gone since
             self._say("info", "recording_armed", f"recording {rid} armed in {directory}")
             return self.recording_status()
 
