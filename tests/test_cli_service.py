@@ -79,6 +79,30 @@ def test_serve_status_and_sigterm(tmp_path):
     assert re.search(r"ERROR sources source_failed \[cine\]", err) and "recording_no_directory" in err, err  # on the console
 
 
+def test_demo_closes_its_recording_on_sigterm(tmp_path):
+    """What ``timeout``, systemd and ``docker stop`` send: the demo stops like on Ctrl-C, its file
+    closed cleanly (it used to die of the signal, the file left open)."""
+    from mmstream.recording.reader import SessionReader
+
+    cfg = tmp_path / "demo.toml"
+    cfg.write_text(RANDOM_PORTS + "[web]\nenabled = false\n")
+    proc = subprocess.Popen([mmstream_exe(), "demo", "--config", str(cfg), "--record", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the file
+        assert list(tmp_path.glob("*.h5")), "no recording file"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "mmstream demo: recorded" in out and out.rstrip().endswith("mmstream demo: stopped")
+    (path,) = tmp_path.glob("*.h5")
+    with SessionReader(path) as r:
+        assert r.summary()["closed"]
+
+
 def test_status_without_service_fails_cleanly():
     proc = subprocess.run([mmstream_exe(), "status", "--control", "tcp://127.0.0.1:9", "--timeout-ms", "300"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip

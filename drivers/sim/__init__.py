@@ -54,7 +54,8 @@ class SimProbe:
     fps : float
         Frame rate of the device clock ``t_device_s = index / fps``.
     seed : int
-        Same seed, same frames.
+        Same seed, same frames, rendered in the same order: each render draws the next frame's
+        electronic noise, so ``frame(0)`` after ``frame(5)`` is not a fresh probe's ``frame(0)``.
     sweep_mm, sweep_period_s : float
         Lateral probe sweep amplitude (mm) and period (s).
     breathing_mm, breathing_period_s : float

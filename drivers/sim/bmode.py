@@ -71,7 +71,8 @@ class BModeScene:
     ----------
     spec : SceneSpec
     seed : int
-        Seed of the speckle and noise generators (same seed, same frames).
+        Seed of the speckle and noise generators (same seed, same frames in the same order of
+        renders: each render draws its noise from the generator).
     """
 
     def __init__(self, spec: SceneSpec = SceneSpec(), seed: int = 0):

@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.cli_args import endpoint, positive_float, positive_int, progress  # noqa: E402
+from mmstream.cli_args import endpoint, positive_float, positive_int, progress, stop_on_signals  # noqa: E402
 from mmstream.errors import ConfigError, InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
@@ -239,8 +239,9 @@ def cmd_demo(args) -> int:
     sub = make_socket("sub", ep["metrics"], bind=False, subscribe=("metrics.",))
     t_end = None if args.duration is None else time.monotonic() + args.duration
     last, t_print = None, time.monotonic()
+    stop = stop_on_signals()
     try:
-        while t_end is None or time.monotonic() < t_end:
+        while not stop.is_set() and (t_end is None or time.monotonic() < t_end):
             try:
                 msg = decode(sub.recv(timeout_ms=200))
                 last = msg.header.model_dump(include={"csa", "thickness", "annotations"})
@@ -249,8 +250,6 @@ def cmd_demo(args) -> int:
             if time.monotonic() - t_print >= 1.0:
                 t_print = time.monotonic()
                 print(_format_status_line(svc.graph.status(), last), flush=True)
-    except KeyboardInterrupt:
-        pass
     finally:
         sub.close()
         print(_format_status_line(svc.graph.status(), last), flush=True)
@@ -263,27 +262,19 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import signal
-
     from mmstream.config import load_config
     from mmstream.service import Service
 
     cfg = load_config(args.config)
     _service_process(cfg)
-    stop = {"flag": False}
-
-    def _stop(signum, frame):
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     with Service(cfg) as svc:
         ep = svc.graph.endpoints
         print(f"mmstream serve: ingest {ep['ingest']}  metrics {ep['metrics']}  control {ep['control']}", flush=True)
         if svc.web is not None:
             print(f"mmstream serve: live view {svc.web.url}", flush=True)
-        while not stop["flag"]:
-            time.sleep(0.1)
+        while not stop.wait(0.1):
+            pass
     print("mmstream serve: stopped", flush=True)
     return 0
 

@@ -1,10 +1,13 @@
 """Shared pieces of the command line: argument types (numbers refused by argparse, usage error
 status 2, when out of range, instead of failing later with a traceback or being silently used), the
-one-line error for a file a command cannot use, and the progress bar of long batches."""
+one-line error for a file a command cannot use, the progress bar of long batches, and the stop
+signals of long-running commands."""
 
 import argparse
 import math
+import signal
 import sys
+import threading
 
 from mmstream.errors import MmstreamError
 
@@ -26,6 +29,15 @@ def progress(total: int, enabled: bool, unit: str):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (what ``timeout``, systemd, ``docker stop`` and Ctrl-C
+    send): a long-running command checks it and shuts down cleanly (closing its recording)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _number(kind, low: float, low_ok: bool, high: float | None = None):

@@ -11,10 +11,9 @@ and exits with status 1.
 
 import json
 import sys
-import time
 from pathlib import Path
 
-from mmstream.cli_args import endpoint, file_error, positive_float
+from mmstream.cli_args import endpoint, file_error, positive_float, stop_on_signals
 from mmstream.errors import MmstreamError
 
 
@@ -69,8 +68,6 @@ def _identifier(text: str) -> str:
 
 
 def _run_sources(args, scp: bool) -> int:
-    import signal
-
     from mmstream.config import load_config
     from mmstream.volumes.sources import VolumeSources
 
@@ -80,15 +77,13 @@ def _run_sources(args, scp: bool) -> int:
     except MmstreamError as exc:
         print(f"mmstream volumes {'scp' if scp else 'watch'}: error: {exc}", file=sys.stderr)
         return 1
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    stop = stop_on_signals()
     where = f"DICOM {cfg.volumes.scp.ae_title}@{cfg.volumes.scp.host}:{sources.scp.port}" if scp else \
         f"folder {cfg.volumes.watch.folder}"  # fmt: skip
     print(f"mmstream volumes: {where} -> {cfg.endpoints.ingest}", flush=True)
     try:
-        while not stop["flag"]:
-            time.sleep(0.1)
+        while not stop.wait(0.1):
+            pass
     finally:
         sources.stop()
         print(json.dumps(sources.status()), flush=True)
