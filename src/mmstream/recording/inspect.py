@@ -7,6 +7,10 @@ be still being written) only reads the rows appended since the previous update.
 Durations and frame rates use the source clock ``t_device_s`` where the source gave one, else the
 recording host's ``t_host_s`` (which is reported as ``clock``). Drops are the frames missing from
 ``seq`` gaps (``gap_before`` in the index) plus what the recorder counted as lost or rejected.
+Rows the file's commit record counts but that cannot be read (a cut copy, a file cleared with
+``h5clear`` after rows were lost) are reported as such (``frames_committed`` > ``frames``).
+Volumes are listed by id, version, modality, shape, dtype and spacing (never the patient context
+or the series UID their headers carry).
 """
 
 import math
@@ -82,7 +86,7 @@ class _Stats:
 
 class _StreamState:
     def __init__(self):
-        self.frames = self.metrics = self.dropped = 0
+        self.frames = self.metrics = self.dropped = self.frames_committed = self.metrics_committed = 0
         self.first_seq = self.last_seq = None
         self.t_first = {"t_device_s": None, "t_host_s": None}
         self.t_last = {"t_device_s": None, "t_host_s": None}
@@ -124,6 +128,7 @@ class Summarizer:
             sp = np.stack([rows["spacing_row_mm"], rows["spacing_col_mm"]], axis=1)
             st.spacing.update(tuple(None if math.isnan(v) else float(v) for v in r) for r in np.unique(sp, axis=0))
         st.frames = n
+        st.frames_committed = sr.committed_frames
 
     def _metrics(self, sid: str, st: _StreamState) -> None:
         sr = self.reader.stream(sid)
@@ -134,6 +139,7 @@ class Summarizer:
                 if c in rows.dtype.names:
                     st.flags[c[2:]] += int(rows[c].sum())
             st.metrics += len(rows)
+        st.metrics_committed = sr.committed_metrics
 
     def _new_events(self) -> None:
         rows = self.reader.event_table(self._events_seen)
@@ -150,6 +156,12 @@ class Summarizer:
         self._new_events()
         return self._result()
 
+    def _volumes(self) -> list[dict]:
+        return [{"volume_id": r["volume_id"].decode(), "version": int(r["version"]), "modality": r["modality"].decode(),
+                 "shape_kji": [int(r[f"shape_{a}"]) for a in "kji"], "dtype": np.dtype(r["dtype"].decode()).name,
+                 "spacing_mm": [float(r[f"spacing_{a}_mm"]) for a in "kji"], "n_bytes": int(r["voxels_n_bytes"])}
+                for r in self.reader.volume_table()]  # fmt: skip
+
     def _result(self) -> dict:
         attrs = self.reader.attrs
         summ = self.reader.summary()
@@ -160,6 +172,7 @@ class Summarizer:
             duration = None if t0 is None else t1 - t0
             streams[sid] = {
                 "frames": st.frames,
+                "frames_committed": st.frames_committed,
                 "shape_rc": list(self.reader.stream(sid).shape),
                 "first_seq": st.first_seq,
                 "last_seq": st.last_seq,
@@ -170,6 +183,7 @@ class Summarizer:
                 "dropped_frames": st.dropped,
                 "spacing_mm": [list(s) if s[0] is not None else None for s in sorted(st.spacing, key=str)],
                 "metrics_rows": st.metrics,
+                "metrics_committed": st.metrics_committed,
                 "metrics": {c: {"unit": UNITS[c], **st.stats[c].result()} for c in SUMMARY_COLUMNS},
                 "quality_flags": {k: st.flags[k] for k in (c[2:] for c in FLAG_COLUMNS)},
             }
@@ -184,6 +198,8 @@ class Summarizer:
             "lost_frames": int(summ["lost_frames"]),
             "rejected_messages": int(summ["rejected_messages"]),
             "events": dict(sorted(self._events.items())),
+            "volumes": self._volumes(),
+            "volumes_committed": self.reader.committed("volumes"),
             "streams": streams,
         }
 
@@ -215,6 +231,17 @@ def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_tim
             time.sleep(interval_s)
 
 
+def damage(s: dict) -> list[str]:
+    """What a summary says the file lost: committed rows that cannot be read."""
+    out = [f"stream {sid}: {st[k + '_committed']} {what} committed, {st[n]} readable (file damaged: the rest "
+           "is not in the file)" for sid, st in s["streams"].items()
+           for k, n, what in (("frames", "frames", "frames"), ("metrics", "metrics_rows", "metrics rows"))
+           if st[k + "_committed"] > st[n]]  # fmt: skip
+    if s["volumes_committed"] > len(s["volumes"]):
+        out.append(f"{s['volumes_committed']} volumes committed, {len(s['volumes'])} readable (file damaged)")
+    return out
+
+
 def _num(v, fmt="{:.2f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -229,6 +256,12 @@ def format_summary(s: dict) -> str:
     ]
     if s["events"]:
         lines.append("  events: " + ", ".join(f"{k} x{v}" for k, v in s["events"].items()))
+    lines += [f"  WARNING: {w}" for w in damage(s)]
+    for v in s["volumes"]:
+        k, j, i = v["shape_kji"]
+        sp = " x ".join(f"{x:g}" for x in v["spacing_mm"])
+        lines.append(f"volume {v['volume_id']} v{v['version']}: {v['modality']} {k}x{j}x{i} (k, j, i) {v['dtype']}"
+                     f"  spacing {sp} mm  {v['n_bytes'] / 1e6:.1f} MB")  # fmt: skip
     for sid, st in s["streams"].items():
         sp = ", ".join("unknown" if v is None else f"{v[0]:g} x {v[1]:g} mm" for v in st["spacing_mm"]) or "-"
         seqs = "-" if st["first_seq"] is None else f"{st['first_seq']}..{st['last_seq']}"
@@ -249,4 +282,4 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Summarizer", "summarize", "follow", "format_summary", "open_session"]
+__all__ = ["Summarizer", "summarize", "follow", "format_summary", "open_session", "damage"]

@@ -18,9 +18,12 @@ One HDF5 file per recording part (see ``docs/recording.md``). Every group and da
         metrics/deep_rc           (K, cols, 2) float32
         metrics/json              (B,) uint8: UTF-8 JSON of each metrics header
     /events, /fused, /biomarkers  table (JSON_LOG_COLUMNS + extra) and json (B,) uint8 heap
+    /volumes                      (layout 5) table (V,) VOLUME_COLUMNS, json heap of the Volume headers,
+        voxels                    (X,) uint8: each volume's voxel bytes (C order, K x J x I, dtype in
+                                  its row), starting at a multiple of VOXEL_CHUNK_BYTES
 
 Committed rows: the counts in the summaries (``n_frames``, ``n_metrics`` per stream; ``n_events``,
-``n_fused``, ``n_biomarkers`` per session). The writer writes pixels, arrays, JSON bytes and rows,
+``n_fused``, ``n_biomarkers``, ``n_volumes`` per session). The writer writes pixels, arrays, JSON bytes and rows,
 makes them durable, and only then writes the counts, so a table can be longer than its count (a
 flush cut short) but never a counted row incomplete. Readers of a cleanly closed file count
 ``len(index)`` (equal to the counts); of any other file, rows up to the counts that can be read. Absent numbers are NaN,
@@ -37,11 +40,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-LAYOUT_VERSION = 4  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added); 3: thickness_tracked and the thickness click columns; 4: active_fraction, q_featureless
+LAYOUT_VERSION = 5  # 2: the summaries' counts are the commit record (n_fused, n_biomarkers added); 3: thickness_tracked and the thickness click columns; 4: active_fraction, q_featureless; 5: /volumes, n_volumes
 HIST_BINS = 256
 CONTOUR_MAX_POINTS = 256  # the CSA kernel returns 64-vertex polygons
 HEAP_CHUNK_BYTES = 1 << 16
 TABLE_CHUNK_ROWS = 256
+VOXEL_CHUNK_BYTES = 1 << 20  # a volume starts at a chunk boundary (tools/bench_record_volume.py)
 LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; newer formats are unreadable by the HDF5 1.10 tools (Debian)
 COMPRESSIONS = ("none", "gzip", "lzf", "blosc-lz4")
 STAMP_NAMES = ("sent", "ingest", "analysis_start", "analyzed", "published")  # monotonic host clock, s
@@ -171,6 +175,27 @@ FUSED_COLUMNS = (
     Column("stream_id", "S64", "", "stream concerned (empty: none)", lambda h: getattr(h, "stream_id", None) or ""),
     *_HEAP,
 )
+def _shape(i):
+    return lambda h: int(h.buffers[0].shape[i])
+
+
+VOLUME_COLUMNS = (
+    _RECORDED,
+    Column("volume_id", "S64", "", "volume id (a series sent again keeps its id)", lambda h: h.volume_id),
+    Column("version", "i4", "", "1: first content recorded under this id in this file part; 2: the next different one..."),
+    Column("modality", "S16", "", "modality as sent (DICOM Modality)", lambda h: h.modality),
+    Column("dtype", "S8", "", "numpy dtype of the voxels with byte order, e.g. <i2", lambda h: np.dtype(h.buffers[0].dtype).str),
+    *(Column(f"shape_{a}", "i8", "voxel", f"voxels along {a} ({name})", _shape(i))
+      for i, (a, name) in enumerate((("k", "slices"), ("j", "rows"), ("i", "columns")))),
+    *(Column(f"spacing_{a}_mm", "f8", "mm", f"voxel spacing along {a}", lambda h, i=i: float(h.spacing_mm[i]))
+      for i, a in enumerate("kji")),
+    *(Column(f"origin_{a}_mm", "f8", "mm", f"centre of voxel (0, 0, 0), LPS {a.upper()}", lambda h, i=i: float(h.origin_lps_mm[i]))
+      for i, a in enumerate("lps")),
+    Column("voxels_offset", "u8", "byte", "offset of the voxel bytes in /volumes/voxels"),
+    Column("voxels_n_bytes", "u8", "byte", "length of the voxel bytes"),
+    Column("voxels_sha256", "S64", "", "SHA-256 (hex) of the voxel bytes"),
+    *_HEAP,
+)  # fmt: skip
 STREAM_SUMMARY = (
     Column("n_frames", "i8", "frame", "committed frames"),
     Column("n_metrics", "i8", "message", "committed metrics rows"),
@@ -189,6 +214,7 @@ SESSION_SUMMARY = (
     Column("n_events", "i8", "message", "committed events"),
     Column("n_fused", "i8", "message", "committed fused rows"),
     Column("n_biomarkers", "i8", "message", "committed biomarker snapshots"),
+    Column("n_volumes", "i8", "volume", "committed volumes (layout 5)"),
 )
 
 
@@ -293,6 +319,12 @@ def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], 
             g = f.create_group(name)
             _table(g, "table", cols_)
             _heap(g)
+        g = f.create_group("volumes")
+        _table(g, "table", VOLUME_COLUMNS)
+        _heap(g)
+        # uncompressed whatever ``compression`` says: gzip held the recorder 5.9 s per 64 Mi-voxel volume
+        vx = g.create_dataset("voxels", (0,), maxshape=(None,), dtype="u1", chunks=(VOXEL_CHUNK_BYTES,))
+        vx.attrs["units"] = "bytes of each volume's voxels (dtype, shape: its table row)"
     except BaseException:
         f.close()
         raise
@@ -310,7 +342,7 @@ def describe() -> dict:
         "layout_version": LAYOUT_VERSION,
         "doc": __doc__.strip().splitlines()[0],
         "committed_rows": ("the summaries' counts (streams/<id>/summary n_frames, n_metrics; session/summary "
-                           "n_events, n_fused, n_biomarkers), written after the rows are durable; a table may "
+                           "n_events, n_fused, n_biomarkers, n_volumes), written after the rows are durable; a table may "
                            "be longer than its count in a file not closed cleanly"),
         "session": {
             "attrs": ["layout_version", "session_id", "recording_id", "part", "software_version", "config_json",
@@ -334,4 +366,8 @@ def describe() -> dict:
         "events": {"table": {"shape": ["E"], "columns": cols(EVENT_COLUMNS)}, "json": heap},
         "fused": {"table": {"shape": ["F"], "columns": cols(FUSED_COLUMNS)}, "json": heap},
         "biomarkers": {"table": {"shape": ["S"], "columns": cols(JSON_LOG_COLUMNS)}, "json": heap},
+        "volumes": {"table": {"shape": ["V"], "columns": cols(VOLUME_COLUMNS)}, "json": heap,
+                    "voxels": {"dtype": "uint8", "shape": ["X"], "chunks": [VOXEL_CHUNK_BYTES],
+                               "doc": "voxel bytes of each volume (C order, shape and dtype in its row), "
+                                      "starting at a multiple of the chunk size; uncompressed"}},
     }

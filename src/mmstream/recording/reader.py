@@ -20,10 +20,11 @@ import h5py
 import numpy as np
 
 from mmstream.errors import ReadError
-from mmstream.messages import Event, Frame, Metrics, message_adapter
-from mmstream.recording.layout import LAYOUT_VERSION
+from mmstream.messages import Event, Frame, Metrics, Volume, message_adapter
+from mmstream.recording.layout import LAYOUT_VERSION, VOLUME_COLUMNS, dtype_of
+from mmstream.recording.volumes import read_voxels
 
-READS_VERSIONS = (1, 2, 3, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 and 3 lack the columns later layouts added
+READS_VERSIONS = (1, 2, 3, 4, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 to 4 lack what later layouts added (4: /volumes)
 
 
 class _NotOnDisk(Exception):
@@ -139,6 +140,21 @@ class StreamReader:
         return _readable_prefix(n, row_ok)
 
     @property
+    def committed_frames(self) -> int:
+        """Frames the file's commit record counts (the summary's ``n_frames``; a layout 1 file or
+        a cleanly closed one: ``len(index)``). More than :attr:`n_frames`: the file is damaged
+        (cut, or cleared with ``h5clear`` after rows were lost) and rows past ``n_frames`` cannot be read."""
+        return self._committed("n_frames", min(len(self.group["index"]), len(self.group["frames"])))
+
+    @property
+    def committed_metrics(self) -> int:
+        """Metrics rows the commit record counts (see :attr:`committed_frames`)."""
+        return self._committed("n_metrics", len(self.group["metrics/table"]))
+
+    def _committed(self, key: str, n_rows: int) -> int:
+        return n_rows if not (self._check and self._counted) else int(self.summary()[key])
+
+    @property
     def dropped_frames(self) -> int:
         """Frames missing from seq gaps, over the committed index."""
         return int(sum(int(rows["gap_before"].sum()) for rows in self._chunks(self.group["index"], self.n_frames, 4096)))
@@ -240,9 +256,10 @@ class SessionReader:
         except OSError as exc:
             raise ReadError(f"{self.path}: cannot read: {exc.strerror}", reason="unreadable") from None
         if eof is not None and self.path.stat().st_size < eof:
-            raise ReadError(f"{self.path}: {self.path.stat().st_size} bytes, the file says {eof} (a "
-                            "recorder that died or failed mid-write leaves this: `h5clear -s --increment=0` on a "
-                            "copy makes its committed rows readable)", reason="truncated")  # fmt: skip
+            raise ReadError(f"{self.path}: {self.path.stat().st_size} bytes, the file says {eof}: a cut or "
+                            "incomplete copy (what was past the cut is lost), or a recorder that died or failed "
+                            "mid-write. `h5clear -s --increment=0` on a copy makes it open; then the tools say "
+                            "how many committed rows could be read", reason="truncated")  # fmt: skip
         try:  # a closed file: plain read, where damaged metadata fails at once (SWMR reads retry)
             self.file = h5py.File(self.path, "r", libver="latest")
         except (OSError, ValueError):
@@ -274,7 +291,10 @@ class SessionReader:
         self._counted = version >= 2
         self._streams = {g.attrs["stream_id"]: StreamReader(g, self._check_rows, self._counted)
                          for g in self.file["streams"].values()}  # fmt: skip
-        self._logs = [self.file[f"{n}/{k}"] for n in ("events", "fused", "biomarkers") for k in ("table", "json")]
+        self._log_names = ("events", "fused", "biomarkers", *(("volumes",) if version >= 5 else ()))
+        self._logs = [self.file[f"{n}/{k}"] for n in self._log_names for k in ("table", "json")]
+        if version >= 5:
+            self._logs.append(self.file["volumes/voxels"])
         if any(x is None for x in self._logs):
             raise KeyError("a log dataset is missing")
 
@@ -341,8 +361,11 @@ class SessionReader:
             raise ReadError(f"{self.path}: no stream {stream_id!r} (has {self.streams})", reason="no_stream") from None
 
     def _log_rows(self, name: str) -> int:
-        """Rows of log ``name`` (events, fused, biomarkers): unless the file was closed cleanly, at
-        most the committed count, and of those the readable prefix."""
+        """Rows of log ``name`` (events, fused, biomarkers, volumes; 0 for a log the file's layout
+        lacks): unless the file was closed cleanly, at most the committed count, and of those the
+        readable prefix (for volumes, with the last byte of their voxels)."""
+        if name not in self._log_names:
+            return 0
         t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
         if not self._check_rows:
             return len(t)
@@ -352,12 +375,23 @@ class SessionReader:
             def read():
                 row = t[i]
                 _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
+                if name == "volumes" and row["voxels_n_bytes"]:
+                    _row(self.file["volumes/voxels"], int(row["voxels_offset"] + row["voxels_n_bytes"]) - 1)
 
             return _reads(read)
 
         return _readable_prefix(n, row_ok)
 
+    def committed(self, name: str) -> int:
+        """Rows of log ``name`` the commit record counts (see :attr:`StreamReader.committed_frames`)."""
+        if name not in self._log_names:
+            return 0
+        n = len(self.file[f"{name}/table"])
+        return int(self.summary()[f"n_{name}"]) if self._check_rows and self._counted else n
+
     def _log(self, name: str, start: int = 0, stop: int | None = None) -> list[str]:
+        if name not in self._log_names:
+            return []
         t = self.file[f"{name}/table"]
         return _headers(t[slice(*slice(start, stop).indices(self._log_rows(name)))], self.file[f"{name}/json"])
 
@@ -381,3 +415,21 @@ class SessionReader:
     def biomarkers(self) -> list:
         """Biomarker snapshots as recorded (decoded JSON), oldest first."""
         return [json.loads(t) for t in self._log("biomarkers")]
+
+    def volume_table(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Volume rows ``start:stop`` (structured array, VOLUME_COLUMNS; empty before layout 5)."""
+        if "volumes" not in self._log_names:
+            return np.zeros(0, dtype_of(VOLUME_COLUMNS))
+        return self.file["volumes/table"][slice(*slice(start, stop).indices(self._log_rows("volumes")))]
+
+    def volumes(self, start: int = 0, stop: int | None = None) -> list[Volume]:
+        """The recorded :class:`Volume` headers of volumes ``start:stop``, in the order received."""
+        return [Volume.model_validate_json(t) for t in self._log("volumes", start, stop)]
+
+    def voxels(self, i: int) -> np.ndarray:
+        """The (K, J, I) voxels of volume ``i`` (read whole; checked against the recorded SHA-256:
+        ReadError ``damaged`` if they differ)."""
+        n = self._log_rows("volumes")
+        if not 0 <= i < n:
+            raise ReadError(f"{self.path}: no volume {i} (holds {n})", reason="no_volume")
+        return read_voxels(self.file["volumes/voxels"], self.file["volumes/table"][i])

@@ -1,7 +1,9 @@
-"""Recorder node: writes frames, metrics, events and fusion results of the service to session files.
+"""Recorder node: writes frames, volumes, metrics, events and fusion results of the service to session files.
 
-Attached to the graph on the lossless taps (``frames``: every accepted frame; ``bus``: every
-metrics message, event and fused message the service publishes). States::
+Attached to the graph on the lossless taps (``frames``: every accepted frame and volume; ``bus``:
+every metrics message, event and fused message the service publishes). A volume already in the
+current file part (same id, header and voxels) is counted (``volumes_duplicate``), not written again;
+a message of any other type is counted (``unrecorded_<msg_type>``), not recorded. States::
 
     idle --start_recording()--> armed --first frames known--> recording --stop_recording()--> idle
                                                                   \\--write error--> failed
@@ -34,13 +36,13 @@ from mmstream.codec import Decoded
 from mmstream.config import RecorderSection
 from mmstream.errors import InputError, RecordingError, StoreError
 from mmstream.fusion.cache import PatientCache
-from mmstream.messages import Event, Frame, Metrics
+from mmstream.messages import Event, Frame, Fused, Metrics, Volume
 from mmstream.nodes.base import Node, Out, Port
 from mmstream.privacy import PATH_OPTIONS, file_tag
 from mmstream.recording.writer import SessionWriter
 
 HELD_MAX = 4096  # messages held while armed before the file is opened anyway
-PENDING_MAX_BYTES = 64 * 2**20  # flush early when this many pixel bytes wait (bursts, many probes)
+PENDING_MAX_BYTES = 64 * 2**20  # flush early when this many pixel or voxel bytes wait (bursts, many probes, a volume)
 _ERRNO_REASON = {
     errno.ENOSPC: "disk_full", errno.EFBIG: "disk_full", errno.EDQUOT: "disk_full",
     errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.EROFS: "permission_denied",
@@ -308,8 +310,8 @@ class Recorder(Node):
                     w = self._writer
                 w.add_frame(h, image)
                 self.count("frames")
-                if w.pending_bytes >= PENDING_MAX_BYTES:
-                    self._flush()
+            elif isinstance(h, Volume):
+                self.count("volumes" if w.add_volume(h, msg.arrays["voxels"]) else "volumes_duplicate")
             elif isinstance(h, Metrics):
                 w.add_metrics(h, msg.arrays)
                 self.count("metrics")
@@ -317,8 +319,12 @@ class Recorder(Node):
                     self._snapshot(w, h.clinical.patient_id)
             elif isinstance(h, Event):
                 w.add_event(h)
-            else:
+            elif isinstance(h, Fused):
                 w.add_fused(h)
+            else:
+                self.count(f"unrecorded_{h.msg_type}")
+            if w.pending_bytes >= PENDING_MAX_BYTES:
+                self._flush()
         except InputError as exc:  # metrics of a stream without frames: counted, not recorded
             self.count(exc.reason)
         except (OSError, RuntimeError, RecordingError) as exc:

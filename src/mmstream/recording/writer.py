@@ -1,11 +1,11 @@
 """SWMR writer of one session file part (layout: :mod:`mmstream.recording.layout`).
 
-Frames (by reference), table rows and their JSON wait in memory until :meth:`SessionWriter.flush`
+Frames and volumes (by reference), table rows and their JSON wait in memory until :meth:`SessionWriter.flush`
 (the recorder calls it every ``flush_interval_s``), which writes, per table, the JSON bytes and the
 pixels or arrays first and the rows last, flushes HDF5 and fsyncs, and only then writes the row
 counts into the summaries (flushed and fsynced again). So a writer killed, or failing a write, at
 any moment leaves every row committed by the last flush complete and no row of a later one counted,
-and memory holds at most one flush interval of frames.
+and memory holds at most one flush interval of frames (and the volumes received in it).
 """
 
 import errno
@@ -21,8 +21,9 @@ import h5py
 import numpy as np
 
 from mmstream.errors import InputError, RecordingError
-from mmstream.messages import Event, Frame, Metrics
+from mmstream.messages import Event, Frame, Metrics, Volume
 from mmstream.recording import layout as L
+from mmstream.recording.volumes import VolumeLog
 
 
 RESERVE_BYTES = 16 * 2**20  # room kept free for the metadata of a flush and a clean close
@@ -192,11 +193,13 @@ class SessionWriter:
             name: _Table(self.file[f"{name}/table"], self.file[f"{name}/json"], cols)
             for name, cols in (("events", L.EVENT_COLUMNS), ("fused", L.FUSED_COLUMNS), ("biomarkers", L.JSON_LOG_COLUMNS))
         }  # fmt: skip
+        g = self.file["volumes"]
+        self.volumes = VolumeLog(_Table(g["table"], g["json"], L.VOLUME_COLUMNS), g["voxels"])
         self.rejected_messages = 0
         self.lost_frames = 0
         self.pending_bytes = 0  # pixels waiting for the next flush
         self.committed: dict = {"frames": {s: 0 for s in streams}, "metrics": {s: 0 for s in streams},
-                                "events": 0, "fused": 0, "biomarkers": 0}  # fmt: skip
+                                "events": 0, "fused": 0, "biomarkers": 0, "volumes": 0}  # fmt: skip
         self._lost_recorded = 0  # lost_frames as the summary holds it
         self.closed = False
 
@@ -247,8 +250,16 @@ class SessionWriter:
         self.logs["events"].add(header, t_recorded_s=time.monotonic())
 
     def add_fused(self, header) -> None:
-        """Any other message of the service bus (fusion results), kept as its JSON."""
+        """A fusion result, kept as its JSON."""
         self.logs["fused"].add(header, t_recorded_s=time.monotonic())
+
+    def add_volume(self, header: Volume, voxels: np.ndarray) -> bool:
+        """Queue a volume (a reference, no copy) for the next flush; False, nothing queued, when
+        this part already holds it (same id, header and voxels): a changed one is a new version."""
+        if not self.volumes.add(header, voxels):
+            return False
+        self.pending_bytes += voxels.nbytes
+        return True
 
     def add_biomarkers(self, snapshot_json: str) -> None:
         """The biomarker snapshot (JSON text) fusion works with."""
@@ -263,7 +274,8 @@ class SessionWriter:
         now = stop_wall or _wall()
         self.file["session/summary"][0] = (now.encode(), stop_wall.encode(), bool(stop_wall), n_frames, dropped,
                                            self.rejected_messages, self.lost_frames,
-                                           *(self.logs[k].n for k in ("events", "fused", "biomarkers")))  # fmt: skip
+                                           *(self.logs[k].n for k in ("events", "fused", "biomarkers")),
+                                           self.volumes.table.n)  # fmt: skip
 
     def discard_pending(self) -> int:
         """Drop everything not yet flushed (counted in ``lost_frames``); returns the frames dropped."""
@@ -276,6 +288,7 @@ class SessionWriter:
                 v.clear()
         for t in self.logs.values():
             t.discard()
+        self.volumes.discard()
         self.lost_frames += lost
         self.pending_bytes = 0
         return lost
@@ -288,7 +301,7 @@ class SessionWriter:
         ``stop_wall`` marks the part closed. Nothing to commit and no ``stop_wall``: nothing is
         written. RecordingError ``disk_full``, before anything is written, when the disk (or the
         process's file size limit) has no room for the pending frames plus RESERVE_BYTES."""
-        tables = [t for st in self.streams.values() for t in (st.index, st.metrics)] + list(self.logs.values())
+        tables = [t for st in self.streams.values() for t in (st.index, st.metrics)] + [*self.logs.values(), self.volumes.table]
         if not stop_wall and self.lost_frames == self._lost_recorded and not any(t.pending for t in tables):
             return self.committed
         room = room_bytes(self.path)
@@ -300,6 +313,7 @@ class SessionWriter:
             st.metrics.commit(st.write_arrays)
         for t in self.logs.values():
             t.commit()
+        self.volumes.table.commit(self.volumes.write_voxels)
         self.pending_bytes = 0
         self._sync()
         self._write_summaries(stop_wall)
@@ -310,6 +324,7 @@ class SessionWriter:
             self.committed["metrics"][sid] = st.metrics.n
         for name, t in self.logs.items():
             self.committed[name] = t.n
+        self.committed["volumes"] = self.volumes.table.n
         return self.committed
 
     def _sync(self) -> None:
@@ -345,7 +360,7 @@ class SessionWriter:
             pass
         hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None  # handles failing to close, by design
         try:
-            self.streams, self.logs = {}, {}  # drop every dataset handle before the file
+            self.streams, self.logs, self.volumes = {}, {}, None  # drop every dataset handle before the file
             gc.collect()
             self.file.close()
         except Exception:  # the writes HDF5 attempts on close fail by design

@@ -1,0 +1,179 @@
+"""Volumes in session files (layout 5), messages the recorder does not record, and files whose
+committed rows cannot all be read (a cut copy cleared with h5clear)."""
+
+import shutil
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+from recorded_sessions import SPEC, frame_header, write_session
+from test_graph import RANDOM_TCP, request, wait_for
+
+from mmstream.codec import Decoded
+from mmstream.config import RecorderSection, load_config
+from mmstream.errors import ReadError
+from mmstream.messages import Reply
+from mmstream.recording import inspect, report
+from mmstream.recording import layout as L
+from mmstream.recording.reader import SessionReader
+from mmstream.recording.recorder import Recorder
+from mmstream.service import Service
+from mmstream.volumes.model import LoadedVolume
+from mmstream.volumes.outlet import Outlet
+from mmstream_drivers.sim import SimProbe
+
+PSEUDONYM = "STUDY-PSEUDO-77"
+
+
+def volume(seed=0, shape=(5, 12, 9), dtype=np.int16):
+    voxels = np.random.default_rng(seed).integers(0, 4000, shape).astype(dtype)
+    return LoadedVolume(voxels, (3.0, 0.8, 0.7), (-10.0, 5.0, 2.5), np.eye(3), modality="MR", source="nifti:ras2lps",
+                        series_uid="1.2.3.4.5", patient_id=PSEUDONYM)  # fmt: skip
+
+
+def test_service_records_each_volume_content_once_and_tools_list_it(tmp_path):
+    """A volume sent to a recording service lands in /volumes with its voxels, geometry and header;
+    the same volume again is counted, not written; changed voxels under the same id are version 2;
+    nothing lands in /fused; inspect and report list the volumes without the patient context."""
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, sources=[{"driver": "sim", "stream_id": "p1", "fps": 30}],
+                      recorder={"enabled": True, "directory": str(tmp_path)})  # fmt: skip
+    v1, v2 = volume(0), volume(1)
+    with Service(cfg) as svc:
+        wait_for(lambda: svc.recorder.recording_status()["frames"] >= 5, what="recorded frames")
+        out = Outlet(svc.graph.endpoints["ingest"]).start()
+        try:
+            for v in (v1, v1, v2):
+                out.volume(v, "mr-test")
+            wait_for(lambda: svc.recorder.status()["counters"].get("volumes_duplicate") == 1
+                     and svc.recorder.recording_status()["committed"]["volumes"] == 2, what="volumes committed")  # fmt: skip
+        finally:
+            out.stop()
+        files = request(svc.graph.endpoints["control"], command="record_stop").data["files"]
+    with SessionReader(files[0]) as r:
+        assert r.summary()["n_volumes"] == 2 and r.fused() == []
+        t = r.volume_table()
+        assert t["volume_id"].tolist() == [b"mr-test"] * 2 and t["version"].tolist() == [1, 2]
+        assert t["dtype"].tolist() == [b"<i2"] * 2 and (t["shape_k"][0], t["shape_j"][0], t["shape_i"][0]) == (5, 12, 9)
+        assert (t["spacing_k_mm"][0], t["origin_l_mm"][0]) == (3.0, -10.0) and t["voxels_offset"][1] % L.VOXEL_CHUNK_BYTES == 0
+        assert np.array_equal(r.voxels(0), v1.voxels) and np.array_equal(r.voxels(1), v2.voxels)
+        h = r.volumes()[0]
+        assert h.volume_id == "mr-test" and h.series_uid == "1.2.3.4.5" and h.clinical.patient_id == PSEUDONYM
+        assert r.stream("p1").n_frames >= 5
+    text = inspect.format_summary(inspect.summarize(files[0]))
+    assert "volume mr-test v1: MR 5x12x9 (k, j, i) int16  spacing 3 x 0.8 x 0.7 mm" in text and "mr-test v2" in text
+    page = report.build_report(files[0], tmp_path / "r.html").read_text()
+    assert "mr-test v2 MR 5x12x9 voxels" in page
+    assert PSEUDONYM not in text + page and "1.2.3.4.5" not in text + page
+
+
+def _recording(tmp_path) -> Recorder:
+    """A recorder whose file is open (one frame of stream probe0 recorded)."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0), "s1")
+    rec.start_recording()
+    src = SimProbe(SPEC).frame(0).to_source()
+    rec.process("frames", Decoded("frame.probe0", frame_header("probe0", src, 0, time.monotonic()), {"image": src.image}))
+    rec.tick(time.monotonic())
+    return rec
+
+
+def test_messages_the_recorder_does_not_record_are_counted_not_filed_as_fused(tmp_path):
+    """A message on the bus that is neither metrics, event nor fused (here a reply) is counted
+    (it was recorded as a /fused row)."""
+    rec = _recording(tmp_path)
+    rec.process("bus", Decoded("reply", Reply(ok=True)))
+    files = rec.stop_recording()["files"]
+    assert rec.status()["counters"]["unrecorded_reply"] == 1
+    with SessionReader(files[0]) as r:
+        assert r.fused() == [] and r.summary()["n_fused"] == 0 and r.stream("probe0").n_frames == 1
+
+
+def test_volumes_are_committed_like_the_other_tables_and_checked_when_read(tmp_path):
+    """A volume not yet flushed is not counted in a file whose writer died (its row and voxels may
+    be in the file); changed voxel bytes are refused as damaged, not returned."""
+    path = tmp_path / "s.h5"
+    w = write_session(path, n_frames=3, close=False)
+    h1, a1 = volume(0).to_message("mr-a")
+    h2, a2 = volume(1, shape=(2, 700, 800), dtype=np.float32).to_message("mr-b")  # 4.5 MB: several chunks
+    w.add_volume(h1, a1)
+    w.flush()
+    w.add_volume(h2, a2)
+    w.volumes.table.commit(w.volumes.write_voxels)  # rows and voxels written, the commit record not: a kill here
+    w.file.flush()
+    with SessionReader(path) as r:
+        assert len(r.volume_table()) == 1 and r.committed("volumes") == 1 and np.array_equal(r.voxels(0), a1)
+        with pytest.raises(ReadError) as e:
+            r.voxels(1)
+        assert e.value.reason == "no_volume"
+    w.close()
+    with SessionReader(path) as r:
+        assert np.array_equal(r.voxels(1), a2) and r.volumes()[1].buffers[0].shape == (2, 700, 800)
+    with h5py.File(path, "r+") as f:
+        f["volumes/voxels"][L.VOXEL_CHUNK_BYTES + 5] ^= 0xFF
+    with SessionReader(path) as r, pytest.raises(ReadError) as e:
+        r.voxels(1)
+    assert e.value.reason == "damaged" and "SHA-256" in str(e.value)
+
+
+def test_a_layout_4_file_without_volumes_still_reads_and_inspects(tmp_path):
+    path = tmp_path / "v4.h5"
+    write_session(path, n_frames=4)
+    with h5py.File(path, "r+") as f:  # as layout 4 wrote it: no /volumes, no n_volumes
+        f["session"].attrs["layout_version"] = 4
+        del f["volumes"]
+        old = f["session/summary"][...]
+        names = [n for n in old.dtype.names if n != "n_volumes"]
+        new = np.zeros(1, np.dtype([(n, old.dtype[n]) for n in names]))
+        for n in names:
+            new[n] = old[n]
+        del f["session/summary"]
+        f["session"].create_dataset("summary", data=new)
+    with SessionReader(path) as r:
+        assert r.volumes() == [] and len(r.volume_table()) == 0 and r.committed("volumes") == 0
+        assert r.stream("probe0").n_frames == 4
+    s = inspect.summarize(path)
+    assert s["volumes"] == [] and s["layout_version"] == 4 and "volume " not in inspect.format_summary(s)
+
+
+@pytest.mark.skipif(shutil.which("h5clear") is None, reason="h5clear (Debian hdf5-tools) not installed")
+def test_a_cut_copy_cleared_with_h5clear_says_committed_rows_are_missing(tmp_path):
+    """A copy cut in half (partial download) is refused as truncated without promising that h5clear
+    recovers it; after h5clear, inspect and report say how many committed rows cannot be read
+    (they said "0 frames", as if none had been recorded)."""
+    path = tmp_path / "s.h5"
+    w = write_session(path, n_frames=60, close=False)
+    cut = tmp_path / "cut.h5"
+    shutil.copy(path, cut)
+    w.close()
+    with open(cut, "r+b") as fh:
+        fh.truncate(cut.stat().st_size // 2)
+    with pytest.raises(ReadError) as e:
+        SessionReader(cut)
+    assert e.value.reason == "truncated" and "cut or incomplete copy" in str(e.value) and "lost" in str(e.value)
+    subprocess.run(["h5clear", "-s", "--increment=0", str(cut)], check=True, capture_output=True)
+    s = inspect.summarize(cut)
+    st = s["streams"]["probe0"]
+    assert st["frames_committed"] == 60 and st["frames"] < 60
+    text = inspect.format_summary(s)
+    assert f"WARNING: stream probe0: 60 frames committed, {st['frames']} readable (file damaged" in text
+    page = report.build_report(cut, tmp_path / "r.html").read_text()
+    assert f"60 frames committed, {st['frames']} readable" in page
+    with SessionReader(cut) as r:  # every frame reported reads, with its header
+        sr = r.stream("probe0")
+        assert sr.committed_frames == 60 and len(list(sr.iter_frame_messages())) == sr.n_frames
+    assert inspect.summarize(path)["streams"]["probe0"]["frames_committed"] == 60  # the original: all readable
+    assert "WARNING" not in inspect.format_summary(inspect.summarize(path))
+
+
+def test_a_volume_held_while_armed_is_written_when_the_file_opens(tmp_path):
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0), "s1")
+    rec.start_recording()
+    h, a = volume(2).to_message("ct-1")
+    rec.process("frames", Decoded("volume.ct-1", h, {"voxels": a}))  # before any frame: held
+    src = SimProbe(SPEC).frame(0).to_source()
+    rec.process("frames", Decoded("frame.probe0", frame_header("probe0", src, 0, time.monotonic()), {"image": src.image}))
+    rec.tick(time.monotonic())
+    files = rec.stop_recording()["files"]
+    with SessionReader(files[0]) as r:
+        assert [v.volume_id for v in r.volumes()] == ["ct-1"] and np.array_equal(r.voxels(0), a)
