@@ -252,24 +252,26 @@ def test_context_capture_and_the_fusion_card(svc, page):
 
 
 def test_a_context_from_another_page_keeps_what_is_being_typed(svc, browser, page):
-    """Another page's Set updates this page's context, but not the fields being typed in (the form
-    used to be rewritten under the user's fingers); Set sends what was typed."""
+    """Another page's Set shows on this page, except in the fields being typed in (the form used to
+    be rewritten under the user's fingers); Set then sends the typed field with the other page's
+    values in the rest (not the stale ones this page showed before)."""
     before = svc.graph.settings.get("sim").clinical
     other = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True).new_page()
     try:
         other.goto(svc.web.url)
         other.wait_for_function("window.mmstreamView.streamId === 'sim'", timeout=20000)
         page.fill("#site", "Soleus")  # typed, not Set
-        other.fill("#patient", PATIENT)
+        other.fill("#patient", "NEXT-PATIENT-99")
         other.fill("#site", "rectus_femoris")
         other.select_option("#side", "right")
         other.locator("#context button").click()
         wait_for(lambda: page.evaluate("window.mmstreamView.clinical.site") == "rectus_femoris", what="the context on this page")
-        assert page.input_value("#site") == "Soleus" and page.input_value("#side") == before.side  # as the user left them
-        playwright.expect(other.locator("#side")).to_have_value("right")  # the page that Set shows it
+        assert page.input_value("#site") == "Soleus"  # as the user left it
+        assert page.input_value("#patient") == "NEXT-PATIENT-99" and page.input_value("#side") == "right"  # not edited: follow
         page.locator("#context button").click()
         wait_for(lambda: svc.graph.settings.get("sim").clinical.site == "soleus", what="this page's Set")
-        assert svc.graph.settings.get("sim").clinical.side == before.side  # what this page showed, not the other's
+        c = svc.graph.settings.get("sim").clinical
+        assert (c.patient_id, c.side) == ("NEXT-PATIENT-99", "right")  # the other page's patient is kept
         playwright.expect(other.locator("#site")).to_have_value("soleus", timeout=10000)  # not edited: follows
         playwright.expect(page.locator("#site")).to_have_value("soleus", timeout=10000)  # the service's form after Set
     finally:

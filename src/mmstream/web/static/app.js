@@ -12,7 +12,7 @@ const S = {                       // everything the page knows (exposed as windo
   painted: 0, lastPaintedSeq: null, latencies: [], displayMs: null,
   clock: { offsetMs: null, rttMs: Infinity, samples: [] },
   drag: null, recording: false, nextId: 1,
-  formEdited: false,              // the context form has edits not yet Set: a context message keeps them
+  edited: new Set(),              // context form fields changed and not yet Set: a context message keeps them
 };
 window.mmstreamView = S;
 
@@ -280,17 +280,14 @@ function setStreams(streams, current) {
 }
 
 function onContext(m) {
-  if (m.stream_id && m.stream_id !== S.streamId) { clearView(); S.formEdited = false; }  // another stream: its own frames and context
+  if (m.stream_id && m.stream_id !== S.streamId) { clearView(); S.edited.clear(); }  // another stream: its own frames and context
   S.clinical = m.clinical || {};
   if (m.stream_id) { S.streamId = m.stream_id; sessionStorage.setItem("mmstream-stream", m.stream_id); }
   S.fused = null;
   renderFused();
-  if (S.formEdited) return;       // edits not yet Set stay as typed
-  $("patient").value = S.clinical.patient_id || "";
-  $("site").value = S.clinical.site || "";
-  $("side").value = S.clinical.side || "";
-  $("age").value = S.clinical.age_years ?? "";
-  $("sex").value = S.clinical.sex || "";
+  const shown = { patient: S.clinical.patient_id || "", site: S.clinical.site || "", side: S.clinical.side || "",
+                  age: S.clinical.age_years ?? "", sex: S.clinical.sex || "" };
+  for (const [id, value] of Object.entries(shown)) if (!S.edited.has(id)) $(id).value = value;  // edits stay as typed
 }
 
 function onCaptures(m) {
@@ -427,10 +424,10 @@ $("clear-roi").onclick = () => command({ cmd: "set_roi", roi: null });
 $("capture").onclick = () => command({ cmd: "capture" });
 $("record").onclick = () => command({ cmd: S.recording ? "record_stop" : "record_start" });
 $("stream").onchange = (ev) => command({ cmd: "select_stream", stream_id: ev.target.value });
-$("context").oninput = () => { S.formEdited = true; };
+$("context").oninput = (ev) => { S.edited.add(ev.target.id); };
 $("context").onsubmit = (ev) => {
   ev.preventDefault();
-  S.formEdited = false;           // the answer's context fills the form with the service's values
+  S.edited.clear();               // the answer's context fills the form with the service's values
   const v = (id) => $(id).value.trim() || null;
   const age = v("age") === null ? null : Number(v("age"));  // age and sex choose the reference entries (z-scores)
   command({ cmd: "set_context", clinical: { patient_id: v("patient"), site: v("site"), side: v("side"),
