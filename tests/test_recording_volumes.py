@@ -14,7 +14,7 @@ from test_graph import RANDOM_TCP, request, wait_for
 from mmstream.codec import Decoded
 from mmstream.config import RecorderSection, load_config
 from mmstream.errors import ReadError
-from mmstream.messages import Reply
+from mmstream.messages import Event, Reply
 from mmstream.recording import inspect, report
 from mmstream.recording import layout as L
 from mmstream.recording.reader import SessionReader
@@ -177,3 +177,62 @@ def test_a_volume_held_while_armed_is_written_when_the_file_opens(tmp_path):
     files = rec.stop_recording()["files"]
     with SessionReader(files[0]) as r:
         assert [v.volume_id for v in r.volumes()] == ["ct-1"] and np.array_equal(r.voxels(0), a)
+
+
+def _frame_msg(seq: int, stream: str = "probe0") -> Decoded:
+    src = SimProbe(SPEC).frame(seq).to_source()
+    return Decoded(f"frame.{stream}", frame_header(stream, src, seq, time.monotonic()), {"image": src.image})
+
+
+def test_volumes_before_any_frame_open_the_file_and_later_frames_go_to_the_next_part(tmp_path):
+    """A volume starts the discover clock like a frame: discover_s after it the file opens with no
+    stream (the volume was held, unrecorded, for ever: no file, nothing counted); a probe that
+    starts later records in part 2."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.5), "s1", expected_streams=("probe0",))
+    rec.start_recording()
+    h, a = volume(3).to_message("ct-1")
+    rec.process("frames", Decoded("volume.ct-1", h, {"voxels": a}))
+    assert rec.recording_status()["state"] == "armed"  # waits for probe0 up to discover_s
+    rec.tick(time.monotonic() + 1.0)
+    st = rec.recording_status()
+    assert st["state"] == "recording" and len(st["files"]) == 1
+    rec.process("frames", _frame_msg(0))
+    files = rec.stop_recording()["files"]
+    assert len(files) == 2 and rec.status()["counters"]["volumes"] == 1
+    with SessionReader(files[0]) as r:
+        assert r.streams == [] and np.array_equal(r.voxels(0), a) and r.summary()["closed"]
+    with SessionReader(files[1]) as r:
+        assert r.streams == ["probe0"] and r.stream("probe0").n_frames == 1 and r.volumes() == []
+
+
+def test_stop_while_armed_writes_held_volumes_and_counts_what_it_cannot_write(tmp_path):
+    """record_stop before discover_s ran out writes the held volume (it answered 'no file
+    written'); events held with no frame or volume are counted, not silently gone."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=10), "s1", expected_streams=("probe0",))
+    rec.start_recording()
+    h, a = volume(4).to_message("ct-2")
+    rec.process("frames", Decoded("volume.ct-2", h, {"voxels": a}))
+    files = rec.stop_recording()["files"]
+    with SessionReader(files[0]) as r:
+        assert [v.volume_id for v in r.volumes()] == ["ct-2"] and np.array_equal(r.voxels(0), a)
+    rec.start_recording()
+    rec.process("bus", Decoded("event.x", Event(node="ingest", level="info", reason="x", message="m", t_host_s=1.0)))
+    st = rec.stop_recording()
+    assert st["files"] == [] and rec.status()["counters"]["held_not_written"] == 1
+
+
+def test_a_service_receiving_only_volumes_records_them(tmp_path):
+    """A recording service without a probe (volumes from a DICOM SCP or watch folder): the volume
+    is in the file record_stop names."""
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, recorder={"enabled": True, "directory": str(tmp_path)})
+    v = volume(5)
+    with Service(cfg) as svc:
+        out = Outlet(svc.graph.endpoints["ingest"]).start()
+        try:
+            out.volume(v, "ct-svc")
+            wait_for(lambda: (svc.recorder.recording_status()["committed"] or {}).get("volumes") == 1, what="volume committed")
+        finally:
+            out.stop()
+        files = request(svc.graph.endpoints["control"], command="record_stop").data["files"]
+    with SessionReader(files[0]) as r:
+        assert r.streams == [] and np.array_equal(r.voxels(0), v.voxels)

@@ -299,6 +299,7 @@ def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], 
             s.attrs[k] = v
         _single(s, "summary", SESSION_SUMMARY)
         filters = frame_filters(compression)
+        f.create_group("streams")  # also with no stream (a recording of volumes only)
         for sid, (rows, cols) in streams.items():
             g = f.create_group(f"streams/{sid}")
             g.attrs.update({"stream_id": sid, "rows": rows, "cols": cols})

@@ -8,9 +8,11 @@ a message of any other type is counted (``unrecorded_<msg_type>``), not recorded
     idle --start_recording()--> armed --first frames known--> recording --stop_recording()--> idle
                                                                   \\--write error--> failed
 
-``armed`` waits (at most ``discover_s`` after the first frame) until every stream named in the
-configuration has sent a frame, so their datasets can be created before SWMR starts; messages
-meanwhile are held (at most ``HELD_MAX``; before any frame the oldest are dropped, counted). A frame
+``armed`` waits (at most ``discover_s`` after the first frame or volume) until every stream named
+in the configuration has sent a frame, so their datasets can be created before SWMR starts, then
+opens the file with the streams seen so far (none for volumes only); messages meanwhile are held (at
+most ``HELD_MAX``; before any frame or volume the oldest are dropped, and on a stop the events and
+metrics held without one are not written: both counted). A frame
 of a stream (or shape) that is not in the current file closes that part and opens the next one,
 ``<recording_id>.part<k>.h5``, holding every stream seen (at most ``max_parts`` parts: beyond, the
 recording stops with ``too_many_parts``). A write error (disk full, permission,
@@ -99,7 +101,7 @@ class Recorder(Node):
         self._state = "idle"
         self._shapes: dict[str, tuple[int, int]] = {}  # stream -> frame shape the next part is created with
         self._held: list[Decoded] = []
-        self._t_first_held: float | None = None  # first frame held while armed (the discover_s clock)
+        self._t_first_held: float | None = None  # first frame or volume held while armed (the discover_s clock)
         self._last_keys: dict[str, tuple[str, int]] = {}  # stream -> (session, seq) of its last frame in a closed part
         self._writer: SessionWriter | None = None
         self._recording_id: str | None = None
@@ -136,8 +138,11 @@ class Recorder(Node):
     def stop_recording(self) -> dict:
         """Close the current file (writing what is held); returns the recording status."""
         with self._rlock:
-            if self._state == "armed" and self._shapes and self._held:
-                self._guard(self._open)
+            if self._state == "armed" and self._t_first_held is not None:
+                self._guard(self._open)  # with the streams seen so far (none if only volumes came)
+            elif self._state == "armed" and self._held:  # events, metrics: no frame or volume to open a file for
+                self.count("held_not_written", len(self._held))
+                self._held = []
             if self._writer is not None:
                 self._close_part()
             if self._state in ("armed", "recording"):
@@ -175,10 +180,10 @@ class Recorder(Node):
                 if self._state != "armed" or not any(isinstance(m.header, Frame) and m.header.stream_id == h.stream_id
                                                      for m in self._held):  # fmt: skip
                     self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)  # held frames: the first one's
-                if self._state == "armed" and self._t_first_held is None:
-                    self._t_first_held = now
+            if self._state == "armed" and self._t_first_held is None and isinstance(h, (Frame, Volume)):
+                self._t_first_held = now
             if self._state == "armed":
-                if self._t_first_held is None and len(self._held) >= HELD_MAX:  # no frame yet to open a file with
+                if self._t_first_held is None and len(self._held) >= HELD_MAX:  # no frame or volume yet to open a file with
                     self._held.pop(0)
                     self.count("held_dropped")
                 self._held.append(msg)
@@ -242,7 +247,7 @@ class Recorder(Node):
 
     def _maybe_open(self, now: float) -> None:
         if self._t_first_held is None:
-            return  # no frame of this recording yet: keep holding (bounded in process)
+            return  # no frame or volume of this recording yet: keep holding (bounded in process)
         waited = now - self._t_first_held >= self.options.discover_s
         if self.expected <= set(self._shapes) or waited or len(self._held) >= HELD_MAX:
             self._guard(self._open)
