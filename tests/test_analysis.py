@@ -160,13 +160,14 @@ def test_unknown_spacing_gives_pixels_only(frames):
     assert res.thickness.thickness_mm is None and res.thickness.thickness_px > 0
 
 
-def test_anisotropic_spacing_perimeter(frames):
+def test_anisotropic_spacing_perimeter_area_and_thickness(frames):
     f = frames[0]
-    a = analyze_frame(f.image, spacing_mm=(0.1, 0.2), seed=f.truth.nerve_center_rc, metrics=["csa"])
+    a = analyze_frame(f.image, spacing_mm=(0.1, 0.2), seed=f.truth.nerve_center_rc, metrics=["csa", "thickness"])
     c = a.csa.contour_rc
     d = np.diff(np.vstack([c, c[:1]]), axis=0) * (0.1, 0.2)
     assert a.csa.perimeter_mm == pytest.approx(np.hypot(d[:, 0], d[:, 1]).sum())
     assert a.csa.area_mm2 == pytest.approx(a.csa.area_px * 0.02)
+    assert a.thickness.thickness_mm == pytest.approx(a.thickness.thickness_px * 0.1)  # a vertical length: row spacing
 
 
 def test_roi_region_and_metric_selection(frames):
@@ -177,6 +178,11 @@ def test_roi_region_and_metric_selection(frames):
     assert res.echogenicity.mean == pytest.approx(img[100:200, 50:300].mean())
     whole = analyze_frame(img, metrics=["echogenicity"])
     assert whole.echogenicity.region == "frame" and whole.echogenicity.n_px == img.size
+    # "auto" with both an ROI and a CSA seed: the ROI, not the CSA contour
+    both = analyze_frame(img, roi=(100, 50, 200, 300), seed=frames[0].truth.nerve_center_rc,
+                         metrics=["echogenicity", "csa"])  # fmt: skip
+    assert both.csa is not None and both.echogenicity.region == "roi" and both.echogenicity.n_px == 100 * 250
+    assert both.echogenicity.mean == pytest.approx(img[100:200, 50:300].mean())
 
 
 def test_duplicate_frame_flagged_and_a_run_of_them_frozen(frames):
@@ -275,6 +281,7 @@ def test_an_outline_leaving_the_image_counts_only_what_is_seen():
     """A nerve cut by the image edge: the CSA is the outline's part inside the picture (the outline
     used to count pixels beyond it), its confidence lowered by the share outside."""
     from mmstream.analysis import _visible_area_px
+    from mmstream.kernels import csa as csa_k
     from mmstream.kernels.csa import _polygon_props
 
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
@@ -291,3 +298,7 @@ def test_an_outline_leaving_the_image_counts_only_what_is_seen():
     inside = _visible_area_px(res.contour_rc, img.shape)
     assert res.area_px == pytest.approx(inside) and res.contour_rc[:, 1].min() < -0.5  # the outline does leave
     assert res.area_px < _polygon_props(res.contour_rc)[0] and 0 <= res.confidence < 1
+    whole = csa_k.segment_from_seed(img, (64.0, 6.0))  # the kernel's outline and confidence, edge ignored
+    share = res.area_px / whole.area_px
+    assert 0.3 < share < 0.95 and whole.confidence > 0
+    assert res.confidence == pytest.approx(whole.confidence * share)  # lowered by the share left outside

@@ -25,16 +25,22 @@ def phantom(
     seed=0,
     band=10,
     fascicles=True,
+    deep_bend=0.0,
 ):
     """Speckled longitudinal muscle: bright superficial band ending (inner edge) at row
     ``sup[0]`` on the left and ``sup[1]`` on the right, a bright deep band starting (inner edge) at
-    ``deep[0] .. deep[1]``, tilted fascicle striations between them. Returns (image, sup_row(c),
-    deep_row(c)) with the edge rows as functions of the column."""
+    ``deep[0] .. deep[1]``, tilted fascicle striations between them. ``deep_bend``: rows the deep
+    edge slopes down by over the right third (a kink). Returns (image, sup_row(c), deep_row(c))
+    with the edge rows as functions of the column."""
     rng = np.random.default_rng(seed)
     h, w = shape
     rr, cc = np.mgrid[0:h, 0:w].astype(np.float64)
+
+    def deep_row(c):
+        return deep[0] + (deep[1] - deep[0]) * c / (w - 1) + deep_bend * np.clip(3 * c / (w - 1) - 2, 0, 1)
+
     s_row = sup[0] + (sup[1] - sup[0]) * cc / (w - 1)
-    d_row = deep[0] + (deep[1] - deep[0]) * cc / (w - 1)
+    d_row = deep_row(cc)
     img = np.full(shape, 70.0)
     img[rr < s_row - band] = 90.0  # subcutaneous layer
     img[(rr >= s_row - band) & (rr < s_row)] = 190.0  # superficial aponeurosis
@@ -46,9 +52,7 @@ def phantom(
         img[inside & stripes] += 45.0
     img *= rng.rayleigh(1.0, shape) / np.sqrt(np.pi / 2)  # multiplicative speckle, mean 1
     img = np.clip(img, 0, 255).astype(np.uint8)
-    return img, (lambda c: sup[0] + (sup[1] - sup[0]) * c / (w - 1)), (
-        lambda c: deep[0] + (deep[1] - deep[0]) * c / (w - 1)
-    )
+    return img, (lambda c: sup[0] + (sup[1] - sup[0]) * c / (w - 1)), deep_row
 
 
 def screen_capture(img, seed=1):
@@ -186,6 +190,20 @@ def test_tilted_phantom_lines_followed():
     for col in (20.0, 240.0, 460.0):
         assert row_at(res.superficial_rc, col) == pytest.approx(s(col), abs=2.0)
         assert row_at(res.deep_rc, col) == pytest.approx(d(col), abs=2.0)
+
+
+def test_thickness_is_the_median_over_columns_of_a_curved_muscle():
+    """The deep aponeurosis slopes down by 15 rows over the right third: ``thickness_px`` is the
+    median of the per-column gaps between the lines (240 rows over two thirds of the columns), not
+    their mean, which the slope pulls up."""
+    img, s, d = phantom(deep_bend=15.0, seed=11)
+    res = tk.measure_thickness(img)
+    for col in np.arange(4.0, 476.0, 8.0):
+        assert row_at(res.deep_rc, col) == pytest.approx(d(col), abs=2.0)  # the bend is followed
+    gaps = res.deep_rc[:, 0] - res.superficial_rc[:, 0]
+    assert gaps.mean() - np.median(gaps) > 2.0  # the case tells a median from a mean
+    assert res.thickness_px == pytest.approx(np.median(gaps), abs=1e-9)
+    assert res.thickness_px == pytest.approx(240.0, abs=1.0)
 
 
 def test_screen_capture_phantom_roi_none():
