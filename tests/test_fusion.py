@@ -87,6 +87,8 @@ def test_stored_values_newest_with_age_staleness_and_z():
     both = [*PATIENT, rec("soleus", "fat_fraction", 0.4, "1", side="right"), rec("soleus", "fat_fraction", 0.5, "1", side=None)]
     assert [v.value for v in stored_values(both, "soleus", None, RULES, 40, None, TODAY)] == [0.5]  # only side-less
     assert [v.value for v in stored_values(both, "soleus", "right", RULES, 40, None, TODAY)] == [0.4]
+    # on one date the stated side's record wins, whichever the store gives first
+    assert [v.value for v in stored_values(both[::-1], "soleus", "right", RULES, 40, None, TODAY)] == [0.4]
     assert stored_values(PATIENT, "tibialis_anterior", "right", RULES, 40, None, TODAY) == ()  # never the other side
     assert stored_values(PATIENT, "tibialis_anterior", "left", FusionRules(), 40, None, TODAY)[0].z is None
 
@@ -103,6 +105,34 @@ def test_biopsy_ranking_moderate_first_end_stage_and_normal_last():
     off = FusionRules(REF)  # end-stage rule not configured: the fat-replaced muscle is merely 'affected'
     soleus = assess_site("soleus", "left", stored_values(PATIENT, "soleus", "left", off, 40, None, TODAY), off)
     assert soleus.category == "affected" and "end-stage rule off" in soleus.reason
+
+
+def test_stale_means_older_than_stale_after_days():
+    """``stale_after_days = 365``: a value exactly 365 days old is not stale, one 366 days old is."""
+    for days, stale in ((364, False), (365, False), (366, True)):
+        when = (TODAY - dt.timedelta(days=days)).isoformat()
+        (v,) = stored_values([rec("soleus", "fat_fraction", 0.1, "1", when=when)], "soleus", "left", RULES, 40, None,
+                             TODAY)  # fmt: skip
+        assert (v.age_days, v.stale) == (float(days), stale)
+
+
+def test_biopsy_order_among_affected_sites_modalities_then_known_fat_fraction():
+    """Without raised water T2: more modalities abnormal ranks first, then a known (lower) fat
+    fraction before an unknown one; each time the other site has the higher score and the earlier
+    name, so only that rule can put the first one first."""
+
+    def v(name, modality, value, z):
+        return FusedValue(name=name, source="stored", modality=modality, value=value, unit="1", z=z, abnormal=z >= 2)
+
+    ff = v("fat_fraction", "MRI", 0.3, 12.5)
+    two = assess_site("tibialis_anterior", "left", [ff, v("us_echo_calibrated", "US", 75.0, 2.5)], RULES)  # MRI + US
+    one = assess_site("biceps_brachii", "left", [ff, v("dti_fa", "MRI", 0.2, 14.0)], RULES)  # MRI only
+    assert two.score < one.score and two.category == one.category == "affected"
+    assert [c.site for c in rank_sites([one, two])] == ["tibialis_anterior", "biceps_brachii"]
+    known = assess_site("tibialis_anterior", "left", [ff], RULES)
+    unknown = assess_site("biceps_brachii", "left", [v("dti_fa", "MRI", 0.2, 14.0)], RULES)  # no fat fraction stored
+    assert known.score < unknown.score and known.category == unknown.category == "affected"
+    assert [c.site for c in rank_sites([unknown, known])] == ["tibialis_anterior", "biceps_brachii"]
 
 
 def test_score_formula_inputs_and_disagreement(store):
@@ -151,6 +181,20 @@ def test_three_image_capture_becomes_the_site_value(store):
     blank = Decoded(m.topic, m.header.model_copy(update={"seq": 11, "parent": ("probe", 11), "quality": q}))
     (ev,) = [o for o in node.process("bus", blank) if o.port == "events"]
     assert ev.header.message.endswith("refused: featureless frame (no image)")
+
+
+def test_a_fourth_capture_starts_a_new_set_of_three(store):
+    node = FusionNode(store, RULES, today=lambda: TODAY)
+    cap = Decoded("event.control", Event(node="control", level="info", reason="capture", message="c", stream_id="probe",
+                                         t_host_s=0.0))  # fmt: skip
+    counts = []
+    for i, echo in enumerate((70.0, 75.0, 80.0, 40.0, 45.0, 50.0)):
+        node.process("bus", cap)
+        f = fused_of(node.process("bus", metrics(i, site="gastrocnemius_medialis", echo=echo, age_years=40)))
+        counts.append(f.captures)
+    assert counts == [1, 2, 3, 1, 2, 3]
+    (captured,) = [v for v in f.values if v.source == "captured"]
+    assert captured.value == 45.0 and captured.z == pytest.approx(-0.5)  # the mean of the second set only
 
 
 def test_a_capture_set_never_mixes_raw_and_calibrated_grey_levels(store):
