@@ -441,8 +441,11 @@ def test_invalid_header(case):
         lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [5, 0, 1, 1]},
         lambda: Control(command="ping").model_dump() | {"seed_rc": [float("nan"), 0]},
         lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [0, 0, 1, 2**40]},
+        lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [5, 0, 5, 9]},
+        lambda: Control(command="set_roi", stream_id="s", roi=(0, 0, 1, 1)).model_dump() | {"roi": [0, 7, 9, 7]},
     ],
-    ids=["unknown-command", "missing-stream-id", "inverted-roi", "nan-seed", "roi-beyond-int32"],
+    ids=["unknown-command", "missing-stream-id", "inverted-roi", "nan-seed", "roi-beyond-int32", "empty-roi-rows",
+         "empty-roi-cols"],
 )
 def test_invalid_control(make):
     h = make()

@@ -243,8 +243,10 @@ def test_web_config_section():
     cfg = load_config(None, web={"port": 0})
     assert cfg.web.host == "127.0.0.1" and cfg.web.token is None
     with pytest.raises(ConfigError, match="beyond loopback"):
-        load_config(None, web={"host": "0.0.0.0"})
-    with pytest.raises(ConfigError, match="16 characters"):
-        load_config(None, web={"token": "short"})
+        load_config(None, web={"host": "0.0.0.0"})  # every host: tests/test_config_loopback.py
+    for token in ("short", "t" * 10, "t" * 15, " " + "t" * 15 + " "):  # surrounding blanks do not count
+        with pytest.raises(ConfigError, match="16 characters"):
+            load_config(None, web={"host": "0.0.0.0", "token": token})
+    assert load_config(None, web={"host": "0.0.0.0", "token": "t" * 16}).web.token.get_secret_value() == "t" * 16
     cfg = load_config(None, web={"host": "0.0.0.0", "token": "s" * 24})
     assert "s" * 24 not in cfg.model_dump_json()  # the token never appears in dumps or logs

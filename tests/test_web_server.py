@@ -200,6 +200,29 @@ def test_point_commands_before_any_frame_are_refused():
         assert (rep["ok"], rep["reason"], rep["id"]) == (False, "no_stream", 5)
 
 
+def test_an_roi_is_bounded_by_the_rows_and_the_columns_of_a_wide_frame():
+    """A 64 x 128 frame (rows x columns): an ROI as wide as the frame goes to the service; one column
+    more, or one row more, is refused before it."""
+    from mmstream.source import FrameSender, SourceFrame
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0})
+    with Service(cfg) as svc:
+        with FrameSender(svc.graph.endpoints["ingest"], "wide") as snd:
+            snd.send(SourceFrame(image=np.full((64, 128), 90, np.uint8)))
+        wait_for(lambda: svc.web.live.frame("wide") is not None, what="the wide frame in the live view")
+        with connect(ws_url(svc)) as ws:
+            ws.send(json.dumps({"cmd": "hello", "stream_id": "wide"}))
+            assert recv_until(ws, is_type("hello"))["stream_id"] == "wide"
+            for k, roi in enumerate(([0, 0, 64, 129], [0, 0, 65, 128])):
+                ws.send(json.dumps({"cmd": "set_roi", "roi": roi, "id": k}))
+                rep = recv_until(ws, is_type("reply"))
+                assert (rep["ok"], rep["reason"], rep["id"]) == (False, "outside_image", k)
+            assert svc.graph.settings.get("wide").roi is None  # nothing reached the service
+            ws.send(json.dumps({"cmd": "set_roi", "roi": [0, 10, 64, 128], "id": 5}))
+            rep = recv_until(ws, is_type("reply"))
+            assert (rep["ok"], rep["id"]) == (True, 5) and svc.graph.settings.get("wide").roi == (0, 10, 64, 128)
+
+
 def test_capture_goes_to_the_service_and_the_page_sees_the_captured_frames(svc, page):
     from mmstream.codec import decode
     from mmstream.transport import make_socket
