@@ -20,7 +20,7 @@ CATEGORY_ORDER = {"affected": 0, "unknown": 1, "normal": 2, "end_stage": 3}
 @dataclass(frozen=True)
 class FusionRules:
     """``end_stage_fat_fraction``: fat fraction from which a muscle counts as end-stage (no default:
-    the rule is off until the user sets it); ``stale_after_days``: age from which a stored value is
+    the rule is off until the user sets it); ``stale_after_days``: a stored value older than this is
     flagged stale (off when None)."""
 
     references: ReferenceTable | None = None
