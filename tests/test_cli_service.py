@@ -159,6 +159,21 @@ def test_config_validate_reports_bad_files(tmp_path, capsys, text, fragment):
     assert str(f) in err and fragment in err
 
 
+def test_a_compressor_that_is_not_installed_is_refused_by_the_configuration(tmp_path, capsys, monkeypatch):
+    """blosc-lz4 without its optional package: one clear error up front (the recorder used to open
+    and lose 1000 file parts, then blame two sources on one stream)."""
+    import sys
+
+    f = tmp_path / "c.toml"
+    f.write_text('[recorder]\ncompression = "blosc-lz4"\n')
+    monkeypatch.setitem(sys.modules, "hdf5plugin", None)  # as on a default install
+    assert main(["config", "validate", str(f)]) == 1
+    assert "recorder.compression: Value error, blosc-lz4 needs the hdf5plugin package: pip install 'mmstream[blosc]'" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "hdf5plugin")
+    pytest.importorskip("hdf5plugin", reason="the blosc extra is not installed")
+    assert main(["config", "validate", str(f)]) == 0
+
+
 def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatch):
     f = tmp_path / "c.toml"
     f.write_text(RANDOM_PORTS + "[analyzer]\nworkers = 2\n")

@@ -231,6 +231,16 @@ class RecorderSection(_Section):
     discover_s: Annotated[float, Field(ge=0, le=10)] = 0.5
     max_parts: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
+    @field_validator("compression")
+    @classmethod
+    def _compressor_installed(cls, v: str) -> str:
+        if v == "blosc-lz4":  # refused here, not by every file part the recorder would open and lose
+            try:
+                import hdf5plugin  # noqa: F401
+            except ImportError:
+                raise ValueError("blosc-lz4 needs the hdf5plugin package: pip install 'mmstream[blosc]'") from None
+        return v
+
 
 class ServiceConfig(BaseSettings):
     """The whole service configuration."""
