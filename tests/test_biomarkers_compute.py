@@ -275,7 +275,7 @@ def test_cli_compute_stats_records_a_volume_from_every_nifti_spacing_itk_reads(t
 @pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
 def test_cli_compute_stats_records_no_volume_from_a_header_without_spacing(tmp_path, capsys, fmt):
     """A MetaImage without ElementSpacing, a NRRD without spacings or space directions, a NIfTI
-    with pixdim 0 and no sform (with an sform, its scales are the spacing: test_volumes_nifti.py):
+    with pixdim 0 and no sform (with an sform, its scales are the spacing: test_volumes_geometry.py):
     ITK's 1 mm is a guess; no volume_mm3 is stored from it."""
     from volume_makers import write_nifti1
 

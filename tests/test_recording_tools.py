@@ -22,6 +22,7 @@ from mmstream.cli import main
 from mmstream.errors import ReadError
 from mmstream.recording import export, inspect, report
 from mmstream.recording.reader import SessionReader
+from mmstream.recording import layout as L
 from mmstream.recording.layout import LAYOUT_VERSION
 
 def _cli(capsys, *argv):
@@ -99,19 +100,90 @@ def test_inspect_follow_reads_a_file_while_it_is_written(tmp_path):
         writer.wait()
 
 
+def _command(writer, line: str) -> str:
+    writer.stdin.write(line + "\n")
+    writer.stdin.flush()
+    return writer.stdout.readline().strip()
+
+
+def _live_writer(path):
+    writer = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(__file__))  # fmt: skip
+    assert writer.stdout.readline().strip() == "ready"
+    return writer
+
+
+def test_a_flush_between_the_counts_of_one_update_is_not_reported_as_damage(tmp_path):
+    """The writer commits right after the reader's refresh (`--follow` said "file damaged" in 165
+    of 783 updates of a healthy live file): the readable and the committed counts of one update
+    come from one snapshot of the commit record; the next update shows the new rows."""
+    writer = _live_writer(tmp_path / "live.h5")
+    try:
+        with inspect.open_session(tmp_path / "live.h5") as r:
+            s = inspect.Summarizer(r)
+            refresh = r.refresh
+
+            def refresh_then_the_writer_commits():
+                refresh()
+                assert _command(writer, "more") == "flushed 10" and _command(writer, "volume") == "volumes 1"
+
+            r.refresh = refresh_then_the_writer_commits
+            first = s.update()
+            assert inspect.damage(first) == [] and first["streams"]["probe0"]["frames"] == 5 and first["volumes"] == []
+            assert first["streams"]["probe0"]["frames_committed"] == 5 and first["volumes_committed"] == 0
+            r.refresh = refresh
+            second = s.update()
+            assert inspect.damage(second) == [] and second["streams"]["probe0"]["frames"] == 10 and len(second["volumes"]) == 1
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_inspect_follow_reports_new_volumes(tmp_path):
+    """Frames paused, volumes committed: each shows in an update (they were ignored, and
+    --idle-timeout-s ended following while volumes kept coming)."""
+    writer = _live_writer(tmp_path / "live.h5")
+    seen = []
+
+    def emit(summary):
+        seen.append(len(summary["volumes"]))
+        if seen[-1] < 3:
+            assert _command(writer, "volume") == f"volumes {seen[-1] + 1}"
+        elif not summary["closed"]:
+            writer.stdin.write("close\n")
+            writer.stdin.flush()
+
+    try:
+        last = inspect.follow(tmp_path / "live.h5", emit, interval_s=0.05, idle_timeout_s=10)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert seen[:4] == [0, 1, 2, 3] and last["closed"] and len(last["volumes"]) == 3
+    assert "volume v2 v1: CT 2x4x4 (k, j, i) int16  spacing 1 x 1 x 1 mm  64 bytes" in inspect.format_summary(last)
+
+
 _LIVE_WRITER = """
 import sys
 from pathlib import Path
+import numpy as np
 from recorded_sessions import write_session, SPEC, frame_header
+from mmstream.volumes.model import LoadedVolume
 from mmstream_drivers.sim import SimProbe
 w = write_session(Path(sys.argv[1]), 5, close=False)
 probe = SimProbe(SPEC, fps=20.0, seed=3)
 print("ready", flush=True)
-seq = 5
+seq, n_volumes = 5, 0
 for line in sys.stdin:
     if line.strip() == "close":
         w.close()
         break
+    if line.strip() == "volume":  # frames paused, a volume (2 x 4 x 4 int16, 64 bytes) committed
+        v = LoadedVolume(np.full((2, 4, 4), n_volumes, np.int16), (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3), modality="CT")
+        w.add_volume(*v.to_message(f"v{n_volumes}"))
+        n_volumes += 1
+        w.flush()
+        print(f"volumes {n_volumes}", flush=True)
+        continue
     for _ in range(5):
         src = probe.frame(seq).to_source()
         w.add_frame(frame_header("probe0", src, seq, 100.0 + seq / 20.0), src.image)
@@ -363,18 +435,29 @@ time.sleep(60)
 """
 
 
-def test_damaged_chunks_are_a_read_error(session, tmp_path):
-    """A file whose frame chunks were overwritten with junk: the tools fail with a ReadError."""
+def _junk_index_chunk(path, k: int) -> None:
+    with h5py.File(path, "r") as f:
+        off = f["streams/probe0/index"].id.get_chunk_info(k).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(off)
+        fh.write(os.urandom(512))
+
+
+def test_damaged_chunks_are_a_read_error_or_counted_as_unreadable(session, tmp_path):
+    """A closed file whose index chunk holding the last rows was overwritten with junk: inspect says
+    the committed frames cannot be read (the file's rows are checked whatever its summary says);
+    junk in an earlier chunk, met while reading: a ReadError ``damaged``."""
     bad = tmp_path / "damaged.h5"
     shutil.copy(session, bad)
-    with h5py.File(bad, "r") as f:
-        offsets = [f["streams/probe0/index"].id.get_chunk_info(0).byte_offset]
-    with open(bad, "r+b") as fh:
-        for off in offsets:
-            fh.seek(off)
-            fh.write(os.urandom(512))
+    _junk_index_chunk(bad, 0)
+    s = inspect.summarize(bad)
+    assert s["closed"] and (s["streams"]["probe0"]["frames"], s["streams"]["probe0"]["frames_committed"]) == (0, N)
+    assert f"{N} frames committed, 0 readable (file damaged" in inspect.format_summary(s)
+    long = tmp_path / "long.h5"
+    write_session(long, n_frames=L.TABLE_CHUNK_ROWS + 4)  # two index chunks
+    _junk_index_chunk(long, 0)
     with pytest.raises(ReadError) as ei:
-        inspect.summarize(bad)
+        inspect.summarize(long)
     assert ei.value.reason == "damaged"
 
 

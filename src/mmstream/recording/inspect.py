@@ -8,7 +8,9 @@ Durations and frame rates use the source clock ``t_device_s`` where the source g
 recording host's ``t_host_s`` (which is reported as ``clock``). Drops are the frames missing from
 ``seq`` gaps (``gap_before`` in the index) plus what the recorder counted as lost or rejected.
 Rows the file's commit record counts but that cannot be read (a cut copy, a file cleared with
-``h5clear`` after rows were lost) are reported as such (``frames_committed`` > ``frames``).
+``h5clear`` after rows were lost) are reported as such (``frames_committed`` > ``frames``); both
+counts of one update come from one snapshot of the commit record (taken by the reader's refresh),
+so a flush between them is never mistaken for damage.
 Volumes are listed by id, version, modality, shape, dtype and spacing (never the patient context
 or the series UID their headers carry).
 """
@@ -198,6 +200,7 @@ class Summarizer:
             "lost_frames": int(summ["lost_frames"]),
             "rejected_messages": int(summ["rejected_messages"]),
             "events": dict(sorted(self._events.items())),
+            "events_committed": self.reader.committed("events"),
             "volumes": self._volumes(),
             "volumes_committed": self.reader.committed("volumes"),
             "streams": streams,
@@ -212,15 +215,15 @@ def summarize(path) -> dict:
 
 def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_timeout_s: float | None = None) -> dict:
     """Summaries of a file being written, passed to ``emit`` every ``interval_s`` while anything
-    changed, until the writer closes the file cleanly or ``idle_timeout_s`` passes without new
-    rows. Returns the last summary."""
+    changed (frames, metrics, events, volumes), until the writer closes the file cleanly or
+    ``idle_timeout_s`` passes without new rows. Returns the last summary."""
     with open_session(path) as reader:
         s = Summarizer(reader)
         last_key, t_change = None, time.monotonic()
         while True:
             summary = s.update()
             key = (tuple((k, v["frames"], v["metrics_rows"]) for k, v in summary["streams"].items()),
-                   summary["closed"], sum(summary["events"].values()))  # fmt: skip
+                   summary["closed"], sum(summary["events"].values()), len(summary["volumes"]))  # fmt: skip
             if key != last_key:
                 emit(summary)
                 last_key, t_change = key, time.monotonic()
@@ -237,9 +240,19 @@ def damage(s: dict) -> list[str]:
            "is not in the file)" for sid, st in s["streams"].items()
            for k, n, what in (("frames", "frames", "frames"), ("metrics", "metrics_rows", "metrics rows"))
            if st[k + "_committed"] > st[n]]  # fmt: skip
-    if s["volumes_committed"] > len(s["volumes"]):
-        out.append(f"{s['volumes_committed']} volumes committed, {len(s['volumes'])} readable (file damaged)")
+    for what, committed, readable in (("volumes", s["volumes_committed"], len(s["volumes"])),
+                                      ("events", s["events_committed"], sum(s["events"].values()))):  # fmt: skip
+        if committed > readable:
+            out.append(f"{committed} {what} committed, {readable} readable (file damaged)")
     return out
+
+
+def _size(n_bytes: int) -> str:
+    """``n_bytes`` in MB, kB or bytes, with at least two significant digits."""
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{1 if n_bytes >= 10 * scale else 2}f} {unit}"
+    return f"{n_bytes} bytes"
 
 
 def _num(v, fmt="{:.2f}") -> str:
@@ -261,7 +274,7 @@ def format_summary(s: dict) -> str:
         k, j, i = v["shape_kji"]
         sp = " x ".join(f"{x:g}" for x in v["spacing_mm"])
         lines.append(f"volume {v['volume_id']} v{v['version']}: {v['modality']} {k}x{j}x{i} (k, j, i) {v['dtype']}"
-                     f"  spacing {sp} mm  {v['n_bytes'] / 1e6:.1f} MB")  # fmt: skip
+                     f"  spacing {sp} mm  {_size(v['n_bytes'])}")  # fmt: skip
     for sid, st in s["streams"].items():
         sp = ", ".join("unknown" if v is None else f"{v[0]:g} x {v[1]:g} mm" for v in st["spacing_mm"]) or "-"
         seqs = "-" if st["first_seq"] is None else f"{st['first_seq']}..{st['last_seq']}"

@@ -25,8 +25,8 @@ One HDF5 file per recording part (see ``docs/recording.md``). Every group and da
 Committed rows: the counts in the summaries (``n_frames``, ``n_metrics`` per stream; ``n_events``,
 ``n_fused``, ``n_biomarkers``, ``n_volumes`` per session). The writer writes pixels, arrays, JSON bytes and rows,
 makes them durable, and only then writes the counts, so a table can be longer than its count (a
-flush cut short) but never a counted row incomplete. Readers of a cleanly closed file count
-``len(index)`` (equal to the counts); of any other file, rows up to the counts that can be read. Absent numbers are NaN,
+flush cut short) but never a counted row incomplete. Readers count the rows up to the counts
+that can be read (in a cleanly closed file, all of them, unless it is a cut copy). Absent numbers are NaN,
 absent integers -1, absent strings empty. Units per column are in each table's ``attrs["units"]``
 (JSON object column -> unit). No variable-length types anywhere (not SWMR-safe): texts go to the
 ``json`` byte heaps.

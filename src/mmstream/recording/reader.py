@@ -9,11 +9,14 @@
 
 Nothing is loaded whole: every accessor reads the rows it is asked for. Files are opened in SWMR
 read mode; :meth:`SessionReader.refresh` picks up rows a live writer appended since. Only committed
-rows are visible (see the layout's "Committed rows").
+rows that can be read are visible (see the layout's "Committed rows"), in every file: a cleanly
+closed one may be a cut copy cleared with ``h5clear``. Counts come from one snapshot of the
+summaries, taken at opening and at each refresh.
 """
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -82,35 +85,46 @@ def _reads(*reads) -> bool:
 class StreamReader:
     """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing.
 
-    With ``check_rows`` (files not closed cleanly: live, crashed, failed, or crashed and then
-    cleared with ``h5clear``) a table counts at most the rows its summary committed (a write
-    failing inside a flush leaves that flush's new extents, not its rows), and of those the
-    readable prefix (a killed writer can leave the superblock's end of allocation short of rows it
-    wrote; ``h5clear -s`` then cuts them): every row reported can be read, with its pixels and
-    JSON header. ``counted``: the summary holds commit counts (layout 2; layout 1 files are read
-    by the readable prefix alone)."""
+    A table counts at most the rows its summary committed (a write failing inside a flush leaves
+    that flush's new extents, not its rows), and of those the readable prefix (a killed writer can
+    leave the superblock's end of allocation short of rows it wrote, ``h5clear -s`` then cuts them;
+    a cut copy lacks what was past the cut): every row reported can be read, with its pixels and
+    JSON header. Both counts come from the summary snapshot of the last :meth:`refresh` (or the
+    opening) and are computed once per snapshot. ``counted``: the summary holds commit counts
+    (layout 2; layout 1 files are read by the readable prefix alone)."""
 
-    def __init__(self, group: h5py.Group, check_rows: bool = False, counted: bool = True):
+    def __init__(self, group: h5py.Group, counted: bool = True):
         self.group = group
-        self._check = check_rows
         self._counted = counted
         self.stream_id: str = group.attrs["stream_id"]
         self.shape: tuple[int, int] = (int(group.attrs["rows"]), int(group.attrs["cols"]))
         m = group["metrics"]
-        self._ds = [group["summary"], group["index"], group["json"], group["frames"], m["table"], m["json"],
+        self._ds = [group["index"], group["json"], group["frames"], m["table"], m["json"],
                     m["histogram"], m["contour_rc"], m["superficial_rc"], m["deep_rc"]]  # fmt: skip
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        row = self.group["summary"][0]
+        self._summary = {k: int(row[k]) for k in row.dtype.names}
+        self._n: dict[str, int] = {}  # readable rows per table, of this snapshot
 
     def refresh(self) -> None:
-        for ds in self._ds:  # the commit counts first, then the tables they count
+        """The commit counts first (one snapshot), then the tables they count."""
+        self.group["summary"].refresh()
+        self._snapshot()
+        for ds in self._ds:
             ds.refresh()
 
     @property
     def n_frames(self) -> int:
+        if "frames" not in self._n:
+            self._n["frames"] = self._readable_frames()
+        return self._n["frames"]
+
+    def _readable_frames(self) -> int:
         index, frames, heap = self.group["index"], self.group["frames"], self.group["json"]
         n = min(len(index), len(frames))
-        if not self._check:
-            return n
-        n = min(n, self.summary()["n_frames"]) if self._counted else n
+        n = min(n, self._summary["n_frames"]) if self._counted else n
 
         def row_ok(i):
             def header():
@@ -123,12 +137,14 @@ class StreamReader:
 
     @property
     def n_metrics(self) -> int:
+        if "metrics" not in self._n:
+            self._n["metrics"] = self._readable_metrics()
+        return self._n["metrics"]
+
+    def _readable_metrics(self) -> int:
         m = self.group["metrics"]
         table = m["table"]
-        n = len(table)
-        if not self._check:
-            return n
-        n = min(n, self.summary()["n_metrics"]) if self._counted else n
+        n = min(len(table), self._summary["n_metrics"]) if self._counted else len(table)
 
         def row_ok(i):
             def header():
@@ -141,18 +157,15 @@ class StreamReader:
 
     @property
     def committed_frames(self) -> int:
-        """Frames the file's commit record counts (the summary's ``n_frames``; a layout 1 file or
-        a cleanly closed one: ``len(index)``). More than :attr:`n_frames`: the file is damaged
-        (cut, or cleared with ``h5clear`` after rows were lost) and rows past ``n_frames`` cannot be read."""
-        return self._committed("n_frames", min(len(self.group["index"]), len(self.group["frames"])))
+        """Frames the file's commit record counts (the snapshot's ``n_frames``; a layout 1 file:
+        :attr:`n_frames`). More than :attr:`n_frames`: the file is damaged (cut, or cleared with
+        ``h5clear`` after rows were lost) and rows past ``n_frames`` cannot be read."""
+        return self._summary["n_frames"] if self._counted else self.n_frames
 
     @property
     def committed_metrics(self) -> int:
         """Metrics rows the commit record counts (see :attr:`committed_frames`)."""
-        return self._committed("n_metrics", len(self.group["metrics/table"]))
-
-    def _committed(self, key: str, n_rows: int) -> int:
-        return n_rows if not (self._check and self._counted) else int(self.summary()[key])
+        return self._summary["n_metrics"] if self._counted else self.n_metrics
 
     @property
     def dropped_frames(self) -> int:
@@ -160,9 +173,8 @@ class StreamReader:
         return int(sum(int(rows["gap_before"].sum()) for rows in self._chunks(self.group["index"], self.n_frames, 4096)))
 
     def summary(self) -> dict:
-        """The ``summary`` row as written at the last flush."""
-        row = self.group["summary"][0]
-        return {k: int(row[k]) for k in row.dtype.names}
+        """The ``summary`` row as of the opening or the last :meth:`refresh`."""
+        return dict(self._summary)
 
     def index(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Index rows (structured array, FRAME_INDEX columns)."""
@@ -258,8 +270,9 @@ class SessionReader:
         if eof is not None and self.path.stat().st_size < eof:
             raise ReadError(f"{self.path}: {self.path.stat().st_size} bytes, the file says {eof}: a cut or "
                             "incomplete copy (what was past the cut is lost), or a recorder that died or failed "
-                            "mid-write. `h5clear -s --increment=0` on a copy makes it open; then the tools say "
-                            "how many committed rows could be read", reason="truncated")  # fmt: skip
+                            "mid-write. `h5clear -s --increment=0` on a copy makes it open (it recovers nothing "
+                            "past a cut); then the tools say, per table, how many committed rows can still be read",
+                            reason="truncated")  # fmt: skip
         try:  # a closed file: plain read, where damaged metadata fails at once (SWMR reads retry)
             self.file = h5py.File(self.path, "r", libver="latest")
         except (OSError, ValueError):
@@ -285,12 +298,12 @@ class SessionReader:
                             reason="damaged") from None  # fmt: skip
 
     def _open_layout(self, version: int) -> None:
-        # rows are checked in a file opened for writing or whose writer died, also after `h5clear -s`
-        # (its plain open can then meet rows past a stale end of allocation: OSError on reading)
-        self._check_rows = self.file.swmr_mode or not self._closed_cleanly()
+        # rows are checked in every file: one being written, one whose writer died (also after
+        # `h5clear -s`: rows past a stale end of allocation), and a cut copy of a closed one
+        # cleared with `h5clear` (its summary says closed, its tables end at the cut)
         self._counted = version >= 2
-        self._streams = {g.attrs["stream_id"]: StreamReader(g, self._check_rows, self._counted)
-                         for g in self.file["streams"].values()}  # fmt: skip
+        self._snapshot()
+        self._streams = {g.attrs["stream_id"]: StreamReader(g, self._counted) for g in self.file["streams"].values()}
         self._log_names = ("events", "fused", "biomarkers", *(("volumes",) if version >= 5 else ()))
         self._logs = [self.file[f"{n}/{k}"] for n in self._log_names for k in ("table", "json")]
         if version >= 5:
@@ -313,6 +326,7 @@ class SessionReader:
         if not self.file.swmr_mode:
             return
         self.file["session/summary"].refresh()
+        self._snapshot()  # before the tables: they then hold at least the rows it counts
         for st in self._streams.values():
             st.refresh()
         for ds in self._logs:
@@ -339,16 +353,15 @@ class SessionReader:
                                 reason="damaged") from None  # fmt: skip
         return a
 
-    def _closed_cleanly(self) -> bool:
-        try:
-            return bool(self.summary()["closed"])
-        except (KeyError, OSError, ValueError, IndexError):
-            return False
+    def _snapshot(self) -> None:
+        row = self.file["session/summary"][0]
+        self._summary = {k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item()) for k in row.dtype.names}
+        self._n: dict[str, int] = {}  # readable rows per log, of this snapshot
 
     def summary(self) -> dict:
-        """The session summary as of the last flush; ``closed`` False means still open or crashed."""
-        row = self.file["session/summary"][0]
-        return {k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item()) for k in row.dtype.names}
+        """The session summary as of the last flush before the opening or the last :meth:`refresh`;
+        ``closed`` False means still open or crashed."""
+        return dict(self._summary)
 
     @property
     def streams(self) -> list[str]:
@@ -362,14 +375,17 @@ class SessionReader:
 
     def _log_rows(self, name: str) -> int:
         """Rows of log ``name`` (events, fused, biomarkers, volumes; 0 for a log the file's layout
-        lacks): unless the file was closed cleanly, at most the committed count, and of those the
-        readable prefix (for volumes, with the last byte of their voxels)."""
+        lacks): at most the committed count, and of those the readable prefix (for volumes, with
+        the last byte of their voxels)."""
         if name not in self._log_names:
             return 0
+        if name not in self._n:
+            self._n[name] = self._readable_log(name)
+        return self._n[name]
+
+    def _readable_log(self, name: str) -> int:
         t, heap = self.file[f"{name}/table"], self.file[f"{name}/json"]
-        if not self._check_rows:
-            return len(t)
-        n = min(len(t), self.summary()[f"n_{name}"]) if self._counted else len(t)
+        n = min(len(t), self._summary[f"n_{name}"]) if self._counted else len(t)
 
         def row_ok(i):
             def read():
@@ -386,8 +402,7 @@ class SessionReader:
         """Rows of log ``name`` the commit record counts (see :attr:`StreamReader.committed_frames`)."""
         if name not in self._log_names:
             return 0
-        n = len(self.file[f"{name}/table"])
-        return int(self.summary()[f"n_{name}"]) if self._check_rows and self._counted else n
+        return int(self._summary[f"n_{name}"]) if self._counted else self._log_rows(name)
 
     def _log(self, name: str, start: int = 0, stop: int | None = None) -> list[str]:
         if name not in self._log_names:
@@ -420,16 +435,28 @@ class SessionReader:
         """Volume rows ``start:stop`` (structured array, VOLUME_COLUMNS; empty before layout 5)."""
         if "volumes" not in self._log_names:
             return np.zeros(0, dtype_of(VOLUME_COLUMNS))
-        return self.file["volumes/table"][slice(*slice(start, stop).indices(self._log_rows("volumes")))]
+        with self._reading("volume table"):
+            return self.file["volumes/table"][slice(*slice(start, stop).indices(self._log_rows("volumes")))]
 
     def volumes(self, start: int = 0, stop: int | None = None) -> list[Volume]:
         """The recorded :class:`Volume` headers of volumes ``start:stop``, in the order received."""
-        return [Volume.model_validate_json(t) for t in self._log("volumes", start, stop)]
+        with self._reading("volume headers"):
+            return [Volume.model_validate_json(t) for t in self._log("volumes", start, stop)]
 
     def voxels(self, i: int) -> np.ndarray:
         """The (K, J, I) voxels of volume ``i`` (read whole; checked against the recorded SHA-256:
-        ReadError ``damaged`` if they differ)."""
-        n = self._log_rows("volumes")
-        if not 0 <= i < n:
-            raise ReadError(f"{self.path}: no volume {i} (holds {n})", reason="no_volume")
-        return read_voxels(self.file["volumes/voxels"], self.file["volumes/table"][i])
+        ReadError ``damaged`` if they differ or cannot be read)."""
+        with self._reading(f"volume {i}"):
+            n = self._log_rows("volumes")
+            if not 0 <= i < n:
+                raise ReadError(f"{self.path}: no volume {i} (holds {n})", reason="no_volume")
+            return read_voxels(self.file["volumes/voxels"], self.file["volumes/table"][i])
+
+    @contextmanager
+    def _reading(self, what: str):
+        """HDF5 failing to read (OSError) becomes ReadError ``damaged``; so does an invalid header."""
+        try:
+            yield
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise ReadError(f"{self.path}: cannot read the {what}: {type(exc).__name__}: {str(exc)[:300]}",
+                            reason="damaged") from None  # fmt: skip
