@@ -25,61 +25,10 @@ import numpy as np
 from mmstream.errors import ReadError
 from mmstream.messages import Event, Frame, Metrics, Volume, message_adapter
 from mmstream.recording.layout import LAYOUT_VERSION, VOLUME_COLUMNS, dtype_of
+from mmstream.recording.rows import headers, readable_prefix, reads, row_at, text_at
 from mmstream.recording.volumes import read_voxels
 
 READS_VERSIONS = (1, 2, 3, 4, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 to 4 lack what later layouts added (4: /volumes)
-
-
-class _NotOnDisk(Exception):
-    """A row points past the end of a dataset (a writer killed before that data was flushed)."""
-
-
-def _text(heap: h5py.Dataset, offset: int, n: int) -> str:
-    if offset + n > heap.shape[0]:
-        raise _NotOnDisk(f"JSON text at {offset} needs {n} bytes, the heap holds {heap.shape[0]}")
-    return bytes(heap[offset : offset + n]).decode()
-
-
-def _row(ds: h5py.Dataset, i: int):
-    if i >= ds.shape[0]:
-        raise _NotOnDisk(f"row {i} of {ds.name}, which holds {ds.shape[0]}")
-    return ds[i]
-
-
-def _headers(table_rows: np.ndarray, heap: h5py.Dataset) -> list[str]:
-    """The JSON texts of ``table_rows`` with one heap read covering them all."""
-    if len(table_rows) == 0:
-        return []
-    lo = int(table_rows["json_offset"].min())
-    hi = int((table_rows["json_offset"] + table_rows["json_n_bytes"]).max())
-    blob = bytes(heap[lo:hi])
-    return [blob[o - lo : o - lo + n].decode() for o, n in zip(table_rows["json_offset"].tolist(), table_rows["json_n_bytes"].tolist())]
-
-
-def _readable_prefix(n: int, row_ok) -> int:
-    """The largest k <= n with ``row_ok(k - 1)`` (0 if none), assuming readable rows form a prefix."""
-    if n == 0 or row_ok(n - 1):
-        return n
-    lo, hi = 0, n - 1  # row_ok(hi) is False; rows below lo are readable
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if row_ok(mid):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _reads(*reads) -> bool:
-    """True if every read succeeds; False if one fails as reads of a killed writer's file do: the
-    chunk is not on disk (OSError), or a dataset or the JSON heap ends before the row (_NotOnDisk).
-    Anything else (corrupt text, a layout bug) is raised."""
-    try:
-        for read in reads:
-            read()
-    except (OSError, _NotOnDisk):
-        return False
-    return True
 
 
 class StreamReader:
@@ -129,11 +78,11 @@ class StreamReader:
         def row_ok(i):
             def header():
                 row = index[i]
-                _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
+                text_at(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
 
-            return _reads(header, lambda: _row(frames, i))
+            return reads(header, lambda: row_at(frames, i))
 
-        return _readable_prefix(n, row_ok)
+        return readable_prefix(n, row_ok)
 
     @property
     def n_metrics(self) -> int:
@@ -149,11 +98,11 @@ class StreamReader:
         def row_ok(i):
             def header():
                 row = table[i]
-                _text(m["json"], int(row["json_offset"]), int(row["json_n_bytes"]))
+                text_at(m["json"], int(row["json_offset"]), int(row["json_n_bytes"]))
 
-            return _reads(header, *(lambda k=k: _row(m[k], i) for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")))
+            return reads(header, *(lambda k=k: row_at(m[k], i) for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc")))
 
-        return _readable_prefix(n, row_ok)
+        return readable_prefix(n, row_ok)
 
     @property
     def committed_frames(self) -> int:
@@ -200,12 +149,12 @@ class StreamReader:
     def frame_headers(self, start: int = 0, stop: int | None = None) -> list[Frame]:
         """The recorded wire headers (:class:`Frame`) of frames ``start:stop``."""
         rows = self.index(start, stop)
-        return [Frame.model_validate_json(t) for t in _headers(rows, self.group["json"])]
+        return [Frame.model_validate_json(t) for t in headers(rows, self.group["json"])]
 
     def iter_frame_messages(self, chunk: int = 32, start: int = 0) -> Iterator[tuple[Frame, np.ndarray]]:
         """(Frame header, (rows, cols) uint8 image) per frame, exactly as recorded (for replay)."""
         for rows, frames in self.iter_frames(chunk, start):
-            for text, image in zip(_headers(rows, self.group["json"]), frames):
+            for text, image in zip(headers(rows, self.group["json"]), frames):
                 yield Frame.model_validate_json(text), image
 
     def metrics_table(self, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -224,7 +173,7 @@ class StreamReader:
         m = self.group["metrics"]
         hist, contour, sup, deep = (m[k][sl] for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc"))
         out = []
-        for i, text in enumerate(_headers(rows, m["json"])):
+        for i, text in enumerate(headers(rows, m["json"])):
             h = Metrics.model_validate_json(text)
             names = [b.name for b in h.buffers]
             arrays = {}
@@ -390,13 +339,13 @@ class SessionReader:
         def row_ok(i):
             def read():
                 row = t[i]
-                _text(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
+                text_at(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
                 if name == "volumes" and row["voxels_n_bytes"]:
-                    _row(self.file["volumes/voxels"], int(row["voxels_offset"] + row["voxels_n_bytes"]) - 1)
+                    row_at(self.file["volumes/voxels"], int(row["voxels_offset"] + row["voxels_n_bytes"]) - 1)
 
-            return _reads(read)
+            return reads(read)
 
-        return _readable_prefix(n, row_ok)
+        return readable_prefix(n, row_ok)
 
     def committed(self, name: str) -> int:
         """Rows of log ``name`` the commit record counts (see :attr:`StreamReader.committed_frames`)."""
@@ -408,7 +357,7 @@ class SessionReader:
         if name not in self._log_names:
             return []
         t = self.file[f"{name}/table"]
-        return _headers(t[slice(*slice(start, stop).indices(self._log_rows(name)))], self.file[f"{name}/json"])
+        return headers(t[slice(*slice(start, stop).indices(self._log_rows(name)))], self.file[f"{name}/json"])
 
     def events(self, start: int = 0, stop: int | None = None) -> list[Event]:
         return [Event.model_validate_json(t) for t in self._log("events", start, stop)]
