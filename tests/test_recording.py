@@ -307,6 +307,29 @@ def test_recorder_stops_when_the_frame_shape_keeps_changing(tmp_path):
     assert rec.recording_status()["state"] == "armed"
 
 
+def test_an_unforeseen_error_creating_the_file_ends_the_recording_once(tmp_path, monkeypatch):
+    """Any error while a file part is created (here the compressor's module failing to import)
+    ends the recording with an event; it used to escape, leave a damaged part and retry with a new
+    part for every frame (1000 damaged files in 4 s, then 'two sources on one stream?')."""
+    from mmstream.recording import layout
+
+    def broken(compression):
+        raise ImportError("No module named 'hdf5plugin'")
+
+    monkeypatch.setattr(layout, "frame_filters", broken)
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess")
+    rec.start_recording()
+    out = []
+    img = np.zeros((20, 30), np.uint8)
+    for seq in range(5):
+        out += rec.process("frames", decoded(frame("a", seq, img), img))
+    st = rec.recording_status()
+    assert st["state"] == "failed" and "ImportError: No module named 'hdf5plugin'" in st["last_error"]["message"]
+    assert [o.header.reason for o in out].count(f"recording_{st['last_error']['reason']}") == 1
+    assert list(tmp_path.iterdir()) == []  # no damaged part left behind
+    assert rec.counters["not_recording"] == 4
+
+
 def test_recorder_refuses_missing_directory_and_reports_it(tmp_path):
     rec = Recorder(RecorderSection(directory=tmp_path / "nope"), "s")
     with pytest.raises(RecordingError) as e:

@@ -35,6 +35,7 @@ absent integers -1, absent strings empty. Units per column are in each table's `
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -328,6 +329,7 @@ def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], 
         vx.attrs["units"] = "bytes of each volume's voxels (dtype, shape: its table row)"
     except BaseException:
         f.close()
+        Path(path).unlink(missing_ok=True)  # created here, holds nothing: no damaged file left behind
         raise
     return f
 

@@ -240,7 +240,7 @@ class Recorder(Node):
         failure = None
         try:
             fn(*args)
-        except (OSError, RuntimeError, RecordingError) as exc:  # h5py raises OSError/RuntimeError
+        except Exception as exc:  # noqa: BLE001  h5py raises OSError/RuntimeError; anything else also ends the recording (never a part per frame)
             failure = _failure(exc)
         if failure is not None:
             self._fail(*failure)
