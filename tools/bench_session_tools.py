@@ -53,10 +53,15 @@ def _make(path: Path) -> None:
     rows["csa_area_mm2"] = rows["csa_area_px"] * 0.01
     rows["thickness_px"] = 160 + rng.normal(0, 2, N_ROWS)
     rows["thickness_mm"] = rows["thickness_px"] * 0.1
+    header = _metrics_header()  # one real header that every row points at (report reads the first and last)
+    rows["json_offset"], rows["json_n_bytes"] = 0, len(header)
     with h5py.File(path, "r+", libver=L.LIBVER) as f:
         t = f["streams/big/metrics/table"]
         t.resize((N_ROWS,))
         t[:] = rows
+        heap = f["streams/big/metrics/json"]
+        heap.resize((len(header),))
+        heap[:] = np.frombuffer(header, np.uint8)
         for k in ("histogram", "contour_rc", "superficial_rc", "deep_rc"):
             f[f"streams/big/metrics/{k}"].resize(N_ROWS, axis=0)  # sparse: zeros
         summ = f["streams/big/summary"][0]
@@ -65,6 +70,20 @@ def _make(path: Path) -> None:
         summ = f["session/summary"][0]
         summ["closed"], summ["n_frames"] = True, N_ROWS  # a finished recording, as the writer closes it
         f["session/summary"][0] = summ
+
+
+def _metrics_header() -> bytes:
+    """The JSON of a real metrics header (a sim frame analysed as the service does)."""
+    from recorded_sessions import SPEC, frame_header
+
+    from mmstream.analysis import analyze_frame
+    from mmstream.nodes.analyzer import metrics_message
+    from mmstream_drivers.sim import SimProbe
+
+    src = SimProbe(SPEC, fps=60.0, seed=1).frame(0).to_source()
+    h = frame_header("big", src, 0, 10.0)
+    res = analyze_frame(src.image, h.spacing_mm, seed=None)
+    return metrics_message(h, res, {"ingest": 10.0, "analyzed": 10.001})[0].model_dump_json().encode()
 
 
 def _whole_tables(path: str):
