@@ -4,6 +4,7 @@ service (record_start/stop, status, parts), hostile files and control requests."
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -328,6 +329,49 @@ def test_an_unforeseen_error_creating_the_file_ends_the_recording_once(tmp_path,
     assert [o.header.reason for o in out].count(f"recording_{st['last_error']['reason']}") == 1
     assert list(tmp_path.iterdir()) == []  # no damaged part left behind
     assert rec.counters["not_recording"] == 4
+
+
+def test_an_unforeseen_error_creating_a_later_part_ends_the_recording_once(tmp_path, monkeypatch):
+    """The same for the next part (a new stream): it escaped every frame's processing and the
+    recording ended later with a wrong cause."""
+    from mmstream.recording import layout
+
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess")
+    rec.start_recording()
+    img = np.zeros((20, 30), np.uint8)
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    monkeypatch.setattr(layout, "frame_filters", lambda compression: (_ for _ in ()).throw(ImportError("gone")))
+    out = []
+    for seq in range(1, 4):
+        out += rec.process("frames", decoded(frame("b", seq, img), img))  # a new stream: the next part
+    st = rec.recording_status()
+    assert st["state"] == "failed" and "ImportError: gone" in st["last_error"]["message"] and st["frames"] == 1
+    assert len(st["files"]) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [Path(st["files"][0]).name]
+    with SessionReader(st["files"][0]) as r:
+        assert r.stream("a").n_frames == 1
+
+
+def test_blosc_frames_are_read_in_a_fresh_process(tmp_path):
+    """The readers register the blosc filter themselves (only the writer imported hdf5plugin: a
+    clean blosc recording read as '10 frames committed, 0 readable (file damaged)'); without the
+    package the file is refused as missing_plugin, not called damaged."""
+    import sys
+
+    pytest.importorskip("hdf5plugin", reason="the blosc extra is not installed")
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0, compression="blosc-lz4"), "sess")
+    rec.start_recording()
+    img = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    for seq in range(10):
+        rec.process("frames", decoded(frame("a", seq, img), img))
+    (path,) = rec.stop_recording()["files"]
+    read = "import sys, json; from mmstream.recording.inspect import summarize; print(json.dumps(summarize(sys.argv[1])))"
+    out = subprocess.run([sys.executable, "-c", read, path], capture_output=True, text=True, timeout=120)
+    summary = json.loads(out.stdout)
+    assert summary["streams"]["a"]["frames"] == 10 and summary["streams"]["a"]["frames_committed"] == 10, out.stderr
+    blocked = ("import sys; sys.modules['hdf5plugin'] = None; from mmstream.cli import main; "
+               "sys.exit(main(['inspect', sys.argv[1]]))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", blocked, path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "missing_plugin" in out.stderr and "mmstream[blosc]" in out.stderr, out.stderr
 
 
 def test_recorder_refuses_missing_directory_and_reports_it(tmp_path):

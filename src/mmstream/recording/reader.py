@@ -239,12 +239,29 @@ class SessionReader:
             self.file.close()
             raise ReadError(f"{self.path}: session layout version {version}, this mmstream reads {READS_VERSIONS}",
                             reason="layout_version")  # fmt: skip
+        self._load_filters()
         try:
             self._open_layout(version)
         except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:  # damaged metadata, missing groups
             self.file.close()
             raise ReadError(f"{self.path}: damaged session layout: {type(exc).__name__}: {str(exc)[:300]}",
                             reason="damaged") from None  # fmt: skip
+
+    def _load_filters(self) -> None:
+        """Register the blosc filter (hdf5plugin) when a stream's frames use it: without it their
+        rows cannot be decompressed and would read as lost. ReadError ``missing_plugin`` when the
+        optional package is not installed."""
+        try:
+            blosc = any(g["frames"].attrs.get("compression") == "blosc-lz4" for g in self.file["streams"].values())
+        except (OSError, KeyError, ValueError, TypeError, AttributeError):
+            return  # damaged: said by _open_layout
+        if blosc:
+            try:
+                import hdf5plugin  # noqa: F401  (importing it registers the filters with HDF5)
+            except ImportError:
+                self.file.close()
+                raise ReadError(f"{self.path}: its frames are compressed with blosc-lz4: pip install "
+                                "'mmstream[blosc]' to read them", reason="missing_plugin") from None
 
     def _open_layout(self, version: int) -> None:
         # rows are checked in every file: one being written, one whose writer died (also after

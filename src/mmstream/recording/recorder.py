@@ -309,9 +309,10 @@ class Recorder(Node):
                 if not w.accepts(h.stream_id, image.shape):
                     self._shapes[h.stream_id] = tuple(image.shape)  # (a held frame may differ from the latest)
                     self._close_part()
+                    if self._state == "recording":
+                        self._guard(self._open_next, h.stream_id)  # any error creating the part ends the recording
                     if self._state != "recording":
                         return
-                    self._open_next(h.stream_id)
                     w = self._writer
                 w.add_frame(h, image)
                 self.count("frames")

@@ -171,19 +171,20 @@ class SessionWriter:
         seq gap across the part boundary is counted here."""
         self.path = os.fspath(path)
         self.file = L.create_session_file(self.path, attrs, streams, compression)
+        self._fsync = fsync
         try:
             self.file.swmr_mode = True
-        except BaseException:
-            self.file.close()
-            raise
-        self._fsync = fsync
-        if fsync:  # the new file's directory entry too: a power loss must not lose the whole part
-            try:
+            if fsync:  # the new file's directory entry too: a power loss must not lose the whole part
                 self.file.flush()
                 os.fsync(self.file.id.get_vfd_handle())
-            except BaseException:
+        except BaseException:
+            try:
                 self.file.close()
-                raise
+            except Exception:  # noqa: BLE001  a failed file may fail to close too: removed all the same
+                pass
+            os.unlink(self.path)  # created here, holds nothing: no damaged part left behind
+            raise
+        if fsync:
             _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         self.streams = {sid: _Stream(self.file[f"streams/{sid}"], compression) for sid in streams}
         for sid, key in (follows or {}).items():
