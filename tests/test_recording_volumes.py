@@ -288,3 +288,83 @@ def test_volume_reads_that_hdf5_cannot_do_are_a_read_error(tmp_path, monkeypatch
             with pytest.raises(ReadError) as e:
                 read()
             assert e.value.reason == "damaged" and "cannot read the volume" in str(e.value)
+
+
+def _set_row(f, table, i, **fields):
+    row = f[table][i]
+    for k, v in fields.items():
+        row[k] = v
+    f[table][i] = row
+
+
+def _heap_header(f, i, text: bytes):
+    """Point volume row ``i`` at ``text`` appended to the JSON heap."""
+    heap = f["volumes/json"]
+    n = heap.shape[0]
+    heap.resize((n + len(text),))
+    heap[n:] = np.frombuffer(text, np.uint8)
+    _set_row(f, "volumes/table", i, json_offset=n, json_n_bytes=len(text))
+
+
+HOSTILE = {  # crafted copies of a good file: each must be a one-line ReadError, never a traceback or GBs of memory
+    "unknown dtype": lambda f: _set_row(f, "volumes/table", 0, dtype=b"zz"),
+    "negative volume count": lambda f: _set_row(f, "session/summary", 0, n_volumes=-5),
+    "negative frame count": lambda f: _set_row(f, "streams/probe0/summary", 0, n_frames=-3),
+    "empty session summary": lambda f: f.create_dataset("session/summary2", data=f["session/summary"][:0]) and (
+        f.__delitem__("session/summary"), f.move("session/summary2", "session/summary")),
+    "table of plain bytes": lambda f: (f.__delitem__("volumes/table"), f.create_dataset("volumes/table", data=np.zeros(8, np.uint8))),
+    "voxels as a group": lambda f: (f.__delitem__("volumes/voxels"), f.create_group("volumes/voxels")),
+    "summary without n_volumes": lambda f: (
+        f.__delitem__("session/summary"),
+        f.create_dataset("session/summary", data=np.zeros(1, [("closed", "?"), ("n_frames", "<i8"), ("n_events", "<i8"),
+                                                              ("n_fused", "<i8"), ("n_biomarkers", "<i8")]))),  # fmt: skip
+    "negative shape": lambda f: _set_row(f, "volumes/table", 1, shape_k=-1),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_crafted_session_file_is_a_one_line_error(tmp_path, case):
+    path = tmp_path / "s.h5"
+    w = write_session(path, n_frames=3, close=False)
+    for seed in (0, 1):
+        w.add_volume(*volume(seed).to_message(f"mr-{seed}"))
+    w.close()
+    with h5py.File(path, "r+") as f:
+        HOSTILE[case](f)
+    with pytest.raises(ReadError) as e:
+        with inspect.open_session(path) as r:
+            inspect.summarize(path)
+            [r.voxels(i) for i in range(len(r.volume_table()))]
+    assert e.value.reason == "damaged", str(e.value)
+    proc = subprocess.run([shutil.which("mmstream"), "inspect", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "damaged" in proc.stderr, proc.stderr
+
+
+def test_a_huge_recorded_header_is_not_read(tmp_path):
+    """A row pointing at a 64 MiB header (a real one is about 0.4 kB; a crafted 8.6 MB file asked
+    for 1 GB and took inspect to 2.4 GB of memory): refused as damaged without reading it."""
+    path = tmp_path / "s.h5"
+    w = write_session(path, n_frames=3, close=False)
+    for seed in (0, 1):
+        w.add_volume(*volume(seed).to_message(f"mr-{seed}"))
+    w.close()
+    with h5py.File(path, "r+") as f:
+        _heap_header(f, 1, b'{"x": "' + b"x" * (64 << 20) + b'"}')
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", shutil.which("mmstream"), "inspect", str(path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "damaged" in proc.stderr and "a recorded header of 67108873 bytes" in proc.stderr
+    assert int(proc.stderr.split()[-1]) < 400_000  # max RSS, kB
+
+
+def test_inspect_json_stays_strict_json_with_a_non_finite_spacing(tmp_path):
+    import json
+
+    path = tmp_path / "s.h5"
+    w = write_session(path, n_frames=3, close=False)
+    w.add_volume(*volume(0).to_message("mr-0"))
+    w.close()
+    with h5py.File(path, "r+") as f:
+        _set_row(f, "volumes/table", 0, spacing_k_mm=np.nan)
+    proc = subprocess.run([shutil.which("mmstream"), "inspect", "--json", str(path)], capture_output=True, text=True, timeout=120)
+    summary = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert summary["volumes"][0]["spacing_mm"][0] is None

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
 
 from mmstream.errors import ReadError
 from mmstream.recording.layout import METRICS_COLUMNS
@@ -54,7 +53,7 @@ def open_session(path):
             yield reader
     except BrokenPipeError:  # our output closed early (`| head`): not the file's fault
         raise
-    except (OSError, KeyError, RuntimeError, ValidationError, UnicodeDecodeError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:  # ValidationError, UnicodeDecodeError are ValueErrors
         raise ReadError(f"{path}: damaged session file: {type(exc).__name__}: {str(exc)[:300]}", reason="damaged") from None
 
 
@@ -161,7 +160,7 @@ class Summarizer:
     def _volumes(self) -> list[dict]:
         return [{"volume_id": r["volume_id"].decode(), "version": int(r["version"]), "modality": r["modality"].decode(),
                  "shape_kji": [int(r[f"shape_{a}"]) for a in "kji"], "dtype": np.dtype(r["dtype"].decode()).name,
-                 "spacing_mm": [float(r[f"spacing_{a}_mm"]) for a in "kji"], "n_bytes": int(r["voxels_n_bytes"])}
+                 "spacing_mm": [_finite(r[f"spacing_{a}_mm"]) for a in "kji"], "n_bytes": int(r["voxels_n_bytes"])}
                 for r in self.reader.volume_table()]  # fmt: skip
 
     def _result(self) -> dict:
@@ -247,6 +246,12 @@ def damage(s: dict) -> list[str]:
     return out
 
 
+def _finite(v) -> float | None:
+    """A recorded number for JSON output: None for NaN or infinity (strict JSON has neither)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def _size(n_bytes: int) -> str:
     """``n_bytes`` in MB, kB or bytes, with at least two significant digits."""
     for unit, scale in (("MB", 1e6), ("kB", 1e3)):
@@ -272,7 +277,7 @@ def format_summary(s: dict) -> str:
     lines += [f"  WARNING: {w}" for w in damage(s)]
     for v in s["volumes"]:
         k, j, i = v["shape_kji"]
-        sp = " x ".join(f"{x:g}" for x in v["spacing_mm"])
+        sp = " x ".join("?" if x is None else f"{x:g}" for x in v["spacing_mm"])
         lines.append(f"volume {v['volume_id']} v{v['version']}: {v['modality']} {k}x{j}x{i} (k, j, i) {v['dtype']}"
                      f"  spacing {sp} mm  {_size(v['n_bytes'])}")  # fmt: skip
     for sid, st in s["streams"].items():

@@ -15,6 +15,7 @@ summaries, taken at opening and at each refresh.
 """
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,8 @@ class StreamReader:
     def _snapshot(self) -> None:
         row = self.group["summary"][0]
         self._summary = {k: int(row[k]) for k in row.dtype.names}
+        if any(v < 0 for k, v in self._summary.items() if k.startswith("n_")):
+            raise ValueError(f"negative count in {self.group.name}/summary: {self._summary}")
         self._n: dict[str, int] = {}  # readable rows per table, of this snapshot
 
     def refresh(self) -> None:
@@ -242,7 +245,7 @@ class SessionReader:
         self._load_filters()
         try:
             self._open_layout(version)
-        except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:  # damaged metadata, missing groups
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:  # damaged metadata, missing groups
             self.file.close()
             raise ReadError(f"{self.path}: damaged session layout: {type(exc).__name__}: {str(exc)[:300]}",
                             reason="damaged") from None  # fmt: skip
@@ -274,6 +277,9 @@ class SessionReader:
         self._logs = [self.file[f"{n}/{k}"] for n in self._log_names for k in ("table", "json")]
         if version >= 5:
             self._logs.append(self.file["volumes/voxels"])
+        missing = {f"n_{n}" for n in self._log_names} - set(self._summary)
+        if missing:
+            raise KeyError(f"/session/summary lacks {sorted(missing)}")
         if any(x is None for x in self._logs):
             raise KeyError("a log dataset is missing")
 
@@ -322,6 +328,8 @@ class SessionReader:
     def _snapshot(self) -> None:
         row = self.file["session/summary"][0]
         self._summary = {k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item()) for k in row.dtype.names}
+        if any(isinstance(v, int) and v < 0 for k, v in self._summary.items() if k.startswith("n_")):
+            raise ValueError(f"negative count in /session/summary: {self._summary}")
         self._n: dict[str, int] = {}  # readable rows per log, of this snapshot
 
     def summary(self) -> dict:
@@ -358,7 +366,7 @@ class SessionReader:
                 row = t[i]
                 text_at(heap, int(row["json_offset"]), int(row["json_n_bytes"]))
                 if name == "volumes" and row["voxels_n_bytes"]:
-                    row_at(self.file["volumes/voxels"], int(row["voxels_offset"] + row["voxels_n_bytes"]) - 1)
+                    row_at(self.file["volumes/voxels"], int(row["voxels_offset"]) + int(row["voxels_n_bytes"]) - 1)
 
             return reads(read)
 
@@ -402,7 +410,13 @@ class SessionReader:
         if "volumes" not in self._log_names:
             return np.zeros(0, dtype_of(VOLUME_COLUMNS))
         with self._reading("volume table"):
-            return self.file["volumes/table"][slice(*slice(start, stop).indices(self._log_rows("volumes")))]
+            rows = self.file["volumes/table"][slice(*slice(start, stop).indices(self._log_rows("volumes")))]
+            for r in rows:  # what a row says of its voxels must hold together (a crafted file: numpy infers a -1)
+                shape = [int(r[f"shape_{a}"]) for a in "kji"]
+                if min(shape) < 0 or math.prod(shape) * np.dtype(r["dtype"].decode()).itemsize != int(r["voxels_n_bytes"]):
+                    raise ValueError(f"volume row {r['volume_id']!r}: shape {shape}, dtype {r['dtype']!r} and "
+                                     f"{int(r['voxels_n_bytes'])} bytes disagree")  # fmt: skip
+            return rows
 
     def volumes(self, start: int = 0, stop: int | None = None) -> list[Volume]:
         """The recorded :class:`Volume` headers of volumes ``start:stop``, in the order received."""
@@ -423,6 +437,6 @@ class SessionReader:
         """HDF5 failing to read (OSError) becomes ReadError ``damaged``; so does an invalid header."""
         try:
             yield
-        except (OSError, ValueError, UnicodeDecodeError) as exc:  # pydantic's ValidationError is a ValueError
+        except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:  # ValidationError, UnicodeDecodeError are ValueErrors; the others: crafted tables
             raise ReadError(f"{self.path}: cannot read the {what}: {type(exc).__name__}: {str(exc)[:300]}",
                             reason="damaged") from None  # fmt: skip

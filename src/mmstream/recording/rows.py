@@ -9,7 +9,12 @@ class NotOnDisk(Exception):
     """A row points past the end of a dataset (a writer killed before that data was flushed)."""
 
 
+MAX_HEADER_BYTES = 16 << 20  # a recorded header is about 0.4-40 kB; a crafted length must not take GBs of memory
+
+
 def text_at(heap: h5py.Dataset, offset: int, n: int) -> str:
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"a recorded header of {n} bytes (at most {MAX_HEADER_BYTES})")
     if offset + n > heap.shape[0]:
         raise NotOnDisk(f"JSON text at {offset} needs {n} bytes, the heap holds {heap.shape[0]}")
     return bytes(heap[offset : offset + n]).decode()

@@ -95,4 +95,6 @@ def read_voxels(voxels: h5py.Dataset, row) -> np.ndarray:
         raise ReadError(f"volume {row['volume_id'].decode()!r}: voxel bytes differ from their recorded SHA-256",
                         reason="damaged")  # fmt: skip
     shape = (int(row["shape_k"]), int(row["shape_j"]), int(row["shape_i"]))
+    if min(shape) < 0:
+        raise ReadError(f"volume {row['volume_id'].decode()!r}: shape {shape}", reason="damaged")
     return data.view(np.dtype(row["dtype"].decode())).reshape(shape)
