@@ -252,6 +252,11 @@ def _finite(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def spacing_text(volume: dict) -> str:
+    """A summary volume's spacing as ``3 x 0.8 x 0.7`` (``?`` where the file gives no finite one)."""
+    return " x ".join("?" if x is None else f"{x:g}" for x in volume["spacing_mm"])
+
+
 def _size(n_bytes: int) -> str:
     """``n_bytes`` in MB, kB or bytes, with at least two significant digits."""
     for unit, scale in (("MB", 1e6), ("kB", 1e3)):
@@ -277,7 +282,7 @@ def format_summary(s: dict) -> str:
     lines += [f"  WARNING: {w}" for w in damage(s)]
     for v in s["volumes"]:
         k, j, i = v["shape_kji"]
-        sp = " x ".join("?" if x is None else f"{x:g}" for x in v["spacing_mm"])
+        sp = spacing_text(v)
         lines.append(f"volume {v['volume_id']} v{v['version']}: {v['modality']} {k}x{j}x{i} (k, j, i) {v['dtype']}"
                      f"  spacing {sp} mm  {_size(v['n_bytes'])}")  # fmt: skip
     for sid, st in s["streams"].items():
@@ -300,4 +305,4 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Summarizer", "summarize", "follow", "format_summary", "open_session", "damage"]
+__all__ = ["Summarizer", "summarize", "follow", "format_summary", "open_session", "damage", "spacing_text"]

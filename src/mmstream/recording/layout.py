@@ -176,6 +176,8 @@ FUSED_COLUMNS = (
     Column("stream_id", "S64", "", "stream concerned (empty: none)", lambda h: getattr(h, "stream_id", None) or ""),
     *_HEAP,
 )
+
+
 def _shape(i):
     return lambda h: int(h.buffers[0].shape[i])
 

@@ -32,6 +32,14 @@ from mmstream.recording.volumes import read_voxels
 READS_VERSIONS = (1, 2, 3, 4, LAYOUT_VERSION)  # layout 1 (before 2026-11-27): rows counted by the readable prefix; 2 to 4 lack what later layouts added (4: /volumes)
 
 
+def _counts_checked(summary: dict, where: str) -> dict:
+    """``summary`` (a summary row as a dict), or ValueError for a negative ``n_*`` count (a damaged
+    or crafted file)."""
+    if any(isinstance(v, int) and v < 0 for k, v in summary.items() if k.startswith("n_")):
+        raise ValueError(f"negative count in {where}/summary: {summary}")
+    return summary
+
+
 class StreamReader:
     """One stream of a session file: frames, index, metrics. Row ranges follow Python slicing.
 
@@ -55,9 +63,7 @@ class StreamReader:
 
     def _snapshot(self) -> None:
         row = self.group["summary"][0]
-        self._summary = {k: int(row[k]) for k in row.dtype.names}
-        if any(v < 0 for k, v in self._summary.items() if k.startswith("n_")):
-            raise ValueError(f"negative count in {self.group.name}/summary: {self._summary}")
+        self._summary = _counts_checked({k: int(row[k]) for k in row.dtype.names}, self.group.name)
         self._n: dict[str, int] = {}  # readable rows per table, of this snapshot
 
     def refresh(self) -> None:
@@ -327,9 +333,8 @@ class SessionReader:
 
     def _snapshot(self) -> None:
         row = self.file["session/summary"][0]
-        self._summary = {k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item()) for k in row.dtype.names}
-        if any(isinstance(v, int) and v < 0 for k, v in self._summary.items() if k.startswith("n_")):
-            raise ValueError(f"negative count in /session/summary: {self._summary}")
+        self._summary = _counts_checked({k: (row[k].decode() if isinstance(row[k], bytes) else row[k].item())
+                                         for k in row.dtype.names}, "/session")  # fmt: skip
         self._n: dict[str, int] = {}  # readable rows per log, of this snapshot
 
     def summary(self) -> dict:
@@ -430,7 +435,8 @@ class SessionReader:
             n = self._log_rows("volumes")
             if not 0 <= i < n:
                 raise ReadError(f"{self.path}: no volume {i} (holds {n})", reason="no_volume")
-            return read_voxels(self.file["volumes/voxels"], self.file["volumes/table"][i])
+            (row,) = self.volume_table(i, i + 1)  # its shape, dtype and length checked
+            return read_voxels(self.file["volumes/voxels"], row)
 
     @contextmanager
     def _reading(self, what: str):

@@ -316,7 +316,7 @@ def _gap_times(sr, st: dict) -> tuple[float, ...]:
 def build_report(path, out, *, thumbnails: int = THUMB_COUNT, progress: Callable[[int], object] | None = None) -> Path:
     """Write the HTML report of the session file ``path`` to ``out``; returns ``out``.
     ``progress(total)`` may return a tqdm-like bar (``update(n)``, ``close()``)."""
-    from mmstream.recording.inspect import Summarizer, damage, open_session
+    from mmstream.recording.inspect import Summarizer, damage, open_session, spacing_text
 
     path, out = Path(path), Path(out)
     with open_session(path) as reader:
@@ -343,7 +343,7 @@ def build_report(path, out, *, thumbnails: int = THUMB_COUNT, progress: Callable
         ("messages rejected by the service", str(summary["rejected_messages"])),
         ("events", ", ".join(f"{k.partition(':')[2]} ({k.partition(':')[0]}) ×{v}" for k, v in events.items()) or "none"),
         ("volumes", "; ".join(f"{v['volume_id']} v{v['version']} {v['modality']} {'x'.join(map(str, v['shape_kji']))}"
-                              f" voxels, spacing {' x '.join(f'{x:g}' for x in v['spacing_mm'])} mm"
+                              f" voxels, spacing {spacing_text(v)} mm"
                               for v in summary["volumes"]) or "none"),
     ]
     notes = [f"{w}." for w in damage(summary)]

@@ -84,8 +84,9 @@ def _volume_columns(header: Volume) -> dict:
 
 
 def read_voxels(voxels: h5py.Dataset, row) -> np.ndarray:
-    """The (K, J, I) voxels of one ``/volumes/table`` row, checked against its SHA-256
-    (ReadError ``damaged`` on a mismatch or bytes past the end of the dataset)."""
+    """The (K, J, I) voxels of one ``/volumes/table`` row (its shape, dtype and length checked by the
+    reader), checked against its SHA-256 (ReadError ``damaged`` on a mismatch or bytes past the end
+    of the dataset)."""
     off, n = int(row["voxels_offset"]), int(row["voxels_n_bytes"])
     if off + n > voxels.shape[0]:
         raise ReadError(f"volume {row['volume_id'].decode()!r}: voxels end at byte {off + n}, the dataset holds "
@@ -95,6 +96,4 @@ def read_voxels(voxels: h5py.Dataset, row) -> np.ndarray:
         raise ReadError(f"volume {row['volume_id'].decode()!r}: voxel bytes differ from their recorded SHA-256",
                         reason="damaged")  # fmt: skip
     shape = (int(row["shape_k"]), int(row["shape_j"]), int(row["shape_i"]))
-    if min(shape) < 0:
-        raise ReadError(f"volume {row['volume_id'].decode()!r}: shape {shape}", reason="damaged")
     return data.view(np.dtype(row["dtype"].decode())).reshape(shape)

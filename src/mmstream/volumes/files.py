@@ -90,13 +90,13 @@ def _nrrd_field(head: str, pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _check_header(path: Path, fmt: str) -> bool:
+def _check_header(path: Path, fmt: str, head: str) -> bool:
     """What ITK would take without complaint but mmstream refuses, in a MetaImage or NRRD header: an
     ``ElementDataFile`` or ``data file`` that is not one file beside the header (ITK would read any
     path, or a LIST of them: ReadError ``path_traversal``, ``unsupported``, ``not_found``, see
     :func:`mmstream.io._common.file_beside`), non-finite geometry (``invalid_geometry``, see the
-    module docstring), a non-spatial axis among the first three (``not_3d``). Returns whether the
-    header gives the voxel spacing (ITK assumes 1 mm where it does not)."""
+    module docstring), a non-spatial axis among the first three (``not_3d``); ``head``: a NRRD's header
+    text. Returns whether the header gives the voxel spacing (ITK assumes 1 mm where it does not)."""
     if fmt == "metaimage":
         fields = parse_header(path)[0]
         name = fields.get("ElementDataFile", "LOCAL")
@@ -110,7 +110,6 @@ def _check_header(path: Path, fmt: str) -> bool:
             raise ReadError(f"{path.name}: a sequence of 2-D frames ({why}), not a volume: the 'mha' source and "
                             "'mmstream analyze' read those", reason="not_3d")  # fmt: skip
         return "ElementSpacing" in fields or "ElementSize" in fields
-    head = _nrrd_header(path)
     name = _nrrd_field(head, r"data ?file")
     if name is not None:
         file_beside(path, name, "data file")
@@ -183,8 +182,9 @@ def _check_nrrd_geometry(path: Path, head: str) -> bool:
     return given or raw is not None
 
 
-def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
-    """(source code, conversion text, orientation_known, meta) of what the reader saw."""
+def _describe(fmt: str, reader, head: str) -> tuple[str, str, bool, dict]:
+    """(source code, conversion text, orientation_known, meta) of what the reader saw (``head``: a
+    NRRD's header text)."""
     if fmt == "nifti":
         q, s = _meta(reader, "qform_code") or "0", _meta(reader, "sform_code") or "0"
         meta = {"qform_code": int(q), "sform_code": int(s)}
@@ -199,7 +199,7 @@ def _describe(fmt: str, reader) -> tuple[str, str, bool, dict]:
         text = f"NIfTI RAS+ {used} (qform_code {q}, sform_code {s}) -> LPS: x and y negated"
         return "nifti:ras2lps", text, True, meta
     if fmt == "nrrd":
-        space = _nrrd_field(_nrrd_header(Path(reader.GetFileName())), "space")  # ITK's NRRD_space reports LPS after converting
+        space = _nrrd_field(head, "space")  # as written: ITK's NRRD_space reports LPS after converting
         space = space.lower() if space else None
         meta = {"nrrd_space": space}
         if space in ("left-posterior-superior", "lps"):
@@ -229,7 +229,8 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
     if fmt not in ("nifti", "metaimage", "nrrd"):
         raise InputError(f"{path.name}: not a NIfTI, MetaImage or NRRD file name", reason="unknown_format")
     nifti = read_nifti1(path) if fmt == "nifti" else None  # None: not NIfTI-1, left to ITK
-    spacing_given = (nifti is None or nifti.spacing_given) if fmt == "nifti" else _check_header(path, fmt)
+    head = _nrrd_header(path) if fmt == "nrrd" else ""  # read once, for the checks and the orientation
+    spacing_given = (nifti is None or nifti.spacing_given) if fmt == "nifti" else _check_header(path, fmt, head)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -253,7 +254,7 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
         raise ReadError(f"{path.name}: {ndim}-D image; volumes are 3-D", reason="not_3d")
     if math.prod(size[:3]) > max_voxels:  # Python ints: no int64 wrap-around
         raise ReadError(f"{path.name}: {size[:3]} voxels exceed the limit of {max_voxels}", reason="too_large")
-    source, conversion, known, meta = _describe(fmt, reader)
+    source, conversion, known, meta = _describe(fmt, reader, head)
     if not spacing_given:  # ITK's 1 mm is a guess: no volume in mm3 from it (biomarkers compute)
         meta["spatial_unit"] = "unknown"
         conversion += "; the header gives no voxel spacing: 1 mm assumed, not measured"
