@@ -538,3 +538,16 @@ def test_an_older_layout_reads_exports_and_reports_without_the_columns_added_sin
         header = next(csv.reader(fh))
     assert "thickness_mm" in header and not set(missing) & set(header)
     assert report.build_report(path, tmp_path / "r.html").stat().st_size > 0
+
+
+def test_sizes_and_counts_read_as_a_person_writes_them():
+    """999,999 bytes is 1.00 MB (it printed '1000.0 kB'); one lost volume is '1 volume' (it printed
+    '1 volumes')."""
+    assert [inspect._size(n) for n in (512, 1500, 99_949, 999_999, 12_345_678)] == [
+        "512 bytes", "1.50 kB", "99.9 kB", "1.00 MB", "12.3 MB"]  # fmt: skip
+    lost = {"streams": {"p": {"frames_committed": 1, "frames": 0, "metrics_committed": 2, "metrics_rows": 0}},
+            "volumes_committed": 1, "volumes": [], "events_committed": 2, "events": {}}  # fmt: skip
+    assert inspect.damage(lost) == [
+        "stream p: 1 frame committed, 0 readable (file damaged: the rest is not in the file)",
+        "stream p: 2 metrics rows committed, 0 readable (file damaged: the rest is not in the file)",
+        "1 volume committed, 0 readable (file damaged)", "2 events committed, 0 readable (file damaged)"]  # fmt: skip

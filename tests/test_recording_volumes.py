@@ -260,10 +260,10 @@ def test_a_cut_copy_of_a_closed_file_says_how_many_committed_rows_can_be_read(tm
         assert s["closed"] and (st["frames_committed"], st["metrics_committed"], s["volumes_committed"]) == (60, 60, 1)
         lost = inspect.damage(s)
         assert (st["frames"] < 60) == any("frames committed" in x for x in lost) and len(s["volumes"]) == 0
-        assert "1 volumes committed, 0 readable (file damaged)" in lost
+        assert "1 volume committed, 0 readable (file damaged)" in lost
         if frac >= 0.3:
             assert st["frames"] == 60
-        assert "1 volumes committed, 0 readable" in report.build_report(cut, tmp_path / "r.html").read_text()
+        assert "1 volume committed, 0 readable" in report.build_report(cut, tmp_path / "r.html").read_text()
         with SessionReader(cut) as r:
             sr = r.stream("probe0")
             assert len(list(sr.iter_frame_messages())) == sr.n_frames and len(sr.metrics_messages()) == sr.n_metrics

@@ -235,15 +235,20 @@ def follow(path, emit: Callable[[dict], None], interval_s: float = 1.0, idle_tim
 
 def damage(s: dict) -> list[str]:
     """What a summary says the file lost: committed rows that cannot be read."""
-    out = [f"stream {sid}: {st[k + '_committed']} {what} committed, {st[n]} readable (file damaged: the rest "
-           "is not in the file)" for sid, st in s["streams"].items()
-           for k, n, what in (("frames", "frames", "frames"), ("metrics", "metrics_rows", "metrics rows"))
+    out = [f"stream {sid}: {_count(st[k + '_committed'], what)} committed, {st[n]} readable (file damaged: the "
+           "rest is not in the file)" for sid, st in s["streams"].items()
+           for k, n, what in (("frames", "frames", "frame"), ("metrics", "metrics_rows", "metrics row"))
            if st[k + "_committed"] > st[n]]  # fmt: skip
-    for what, committed, readable in (("volumes", s["volumes_committed"], len(s["volumes"])),
-                                      ("events", s["events_committed"], sum(s["events"].values()))):  # fmt: skip
+    for what, committed, readable in (("volume", s["volumes_committed"], len(s["volumes"])),
+                                      ("event", s["events_committed"], sum(s["events"].values()))):  # fmt: skip
         if committed > readable:
-            out.append(f"{committed} {what} committed, {readable} readable (file damaged)")
+            out.append(f"{_count(committed, what)} committed, {readable} readable (file damaged)")
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 volume``, ``2 volumes``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _finite(v) -> float | None:
@@ -258,10 +263,12 @@ def spacing_text(volume: dict) -> str:
 
 
 def _size(n_bytes: int) -> str:
-    """``n_bytes`` in MB, kB or bytes, with at least two significant digits."""
+    """``n_bytes`` in MB, kB or bytes, with at least two significant digits (999,999 bytes is
+    ``1.00 MB``, not ``1000.0 kB``)."""
     for unit, scale in (("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.{1 if n_bytes >= 10 * scale else 2}f} {unit}"
+        digits = 1 if n_bytes >= 10 * scale else 2
+        if round(n_bytes / scale, digits) >= 1:
+            return f"{n_bytes / scale:.{digits}f} {unit}"
     return f"{n_bytes} bytes"
 
 
