@@ -89,7 +89,7 @@ def test_rows_whose_data_did_not_reach_the_disk_are_not_counted(tmp_path, damage
     dataset, the JSON heap, the pixels). In row-checking mode (SWMR: live or crashed files) the
     counts stop at the last row whose data can all be read. Data that is there but corrupt is an
     error, not a shorter count."""
-    from mmstream.recording.reader import StreamReader
+    from mmstream.recording.stream_reader import StreamReader
 
     path = tmp_path / "s.h5"
     _six_frames(path).close()
