@@ -7,6 +7,9 @@
         The recorder alone, its room check defeated: an HDF5 write fails (EFBIG) mid-flush.
     python recording_fault_child.py close_error DIRECTORY LIMIT_BYTES
         The same, the failing write inside ``stop_recording()``.
+    python recording_fault_child.py create_error DIRECTORY
+        The recorder alone, its room check defeated, under file size limits below the size of a
+        new file part: creating the part fails; then a recording with the limit lifted.
     python recording_fault_child.py permission DIR_NOT_MINE DIR_MINE
         Runs as user nobody: arming in a directory it cannot write, then a directory that becomes
         unwritable before the file is created.
@@ -60,7 +63,7 @@ def _recorder_past_its_room_check(directory: str, limit_bytes: str, name: str):
     from mmstream.recording.recorder import Recorder
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), int(limit_bytes)))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit_bytes), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     writer.room_bytes = lambda path: 2**62
     rec = Recorder(RecorderSection(directory=directory, discover_s=5.0), name, expected_streams=("a", "b"))
     rec.start_recording()
@@ -116,6 +119,30 @@ def close_error(directory: str, limit_bytes: str) -> dict:
     return _outcome(st, committed, events)
 
 
+def create_error(directory: str) -> dict:
+    """Recordings whose first file part (streams a and b, 26 kB) cannot be written, each limit
+    failing at another write of it, then one recording with the limit lifted (the process used to
+    die of SIGSEGV at exit, or when it closed a file later)."""
+    from recording_crash_child import messages
+
+    def record(rec) -> tuple[dict, list]:
+        events = []
+        for seq in range(10):
+            for port, msg in messages(seq):
+                events += rec.process(port, msg)
+            events += rec.tick(time.monotonic() + 3600)  # flush now
+        st = rec.stop_recording()
+        return st, events + rec.process(*next(messages(10)))  # also the events stop_recording queued
+
+    failed = []
+    for limit in (1_000, 4_000, 6_000, 12_000, 20_000):
+        st, events = record(_recorder_past_its_room_check(directory, str(limit), f"create{limit}"))
+        failed.append(_outcome(st, {}, events))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    st, events = record(_recorder_past_its_room_check(directory, str(hard), "lifted"))
+    return {"failed": failed, "after": _outcome(st, {}, events)}
+
+
 def permission(not_mine: str, mine: str) -> dict:
     from mmstream.codec import Decoded, buffer_specs, topic_for
     from mmstream.config import RecorderSection
@@ -144,5 +171,6 @@ def permission(not_mine: str, mine: str) -> dict:
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    modes = {"disk_full": disk_full, "write_error": write_error, "close_error": close_error, "permission": permission}
+    modes = {"disk_full": disk_full, "write_error": write_error, "close_error": close_error,
+             "create_error": create_error, "permission": permission}  # fmt: skip
     print(json.dumps(modes[mode](*args)), flush=True)

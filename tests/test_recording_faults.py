@@ -86,6 +86,24 @@ def test_write_error_mid_flush_fences_the_file_and_keeps_what_was_committed(tmp_
     assert subprocess.run(["h5dump", "-H", path], capture_output=True).returncode == 0
 
 
+def test_a_file_part_that_cannot_be_written_ends_the_recording_and_the_process_lives_on(tmp_path):
+    """Creating a part fails on a write (file size limits below its size, room check defeated):
+    each recording ends once with disk_full and leaves no file, a recording afterwards is written
+    whole, and the process exits cleanly. Written by HDF5, a failed write left dataset handles HDF5
+    could not free, and the process died of SIGSEGV when HDF5 freed them (at exit)."""
+    out = run_child("create_error", tmp_path, timeout=60)  # returncode 0: no crash at exit
+    for failed in out["failed"]:
+        st = failed["status"]
+        assert st["state"] == "failed" and st["last_error"]["reason"] == "disk_full" and st["files"] == []
+        assert [e for e in failed["events"] if e[0] == "error"] == [["error", "recording_disk_full"]]
+    st = out["after"]["status"]
+    assert st["state"] == "idle" and st["last_error"] is None and st["frames"] == 20
+    (path,) = st["files"]
+    assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]  # the failed parts were removed
+    with SessionReader(path) as r:
+        assert r.summary()["closed"] and r.stream("a").n_frames == r.stream("b").n_frames == 10
+
+
 def test_no_room_for_the_final_flush_closes_the_file_cleanly_and_counts_the_loss(tmp_path, monkeypatch):
     """Foreseen disk full at stop_recording: the recording ends ``failed`` with the file closed
     cleanly and the unflushed frames counted as lost; later messages are not errors."""

@@ -33,6 +33,7 @@ absent integers -1, absent strings empty. Units per column are in each table's `
 """
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,8 +295,28 @@ def _array(group, name, shape, dtype, unit):
 def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], compression: str = "none") -> h5py.File:
     """Create the whole layout in a new file (fails if ``path`` exists) and return it open for
     writing, SWMR not yet started. ``attrs`` go to ``/session`` (strings or numbers);
-    ``streams`` maps stream id -> frame shape (rows, cols)."""
-    f = h5py.File(path, "w-", libver=LIBVER)
+    ``streams`` maps stream id -> frame shape (rows, cols).
+
+    The layout is built in memory and its bytes written to ``path`` by Python, so a write that
+    fails (disk full, file size limit) is an OSError raised outside HDF5, and the file is removed;
+    HDF5 then opens a complete file. (Built on disk, a write failing inside HDF5 left dataset
+    handles HDF5 could not free, and the process died of SIGSEGV when HDF5 freed them at exit.)"""
+    image = memoryview(_layout_image(os.fspath(path), attrs, streams, compression))
+    fh = open(path, "xb", buffering=0)  # fails if ``path`` exists: nothing created, nothing removed
+    try:
+        with fh:
+            while image:
+                image = image[fh.write(image) :]
+        return h5py.File(path, "r+", libver=LIBVER)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)  # created here: no damaged file left behind
+        raise
+
+
+def _layout_image(name: str, attrs: dict, streams: dict[str, tuple[int, int]], compression: str) -> bytes:
+    """The bytes of a new file holding the whole layout, built in memory (HDF5 core driver, no
+    backing store: ``name`` only identifies it while it is open)."""
+    f = h5py.File(name, "w", driver="core", backing_store=False, libver=LIBVER)
     try:
         s = f.create_group("session")
         for k, v in {**attrs, "layout_version": LAYOUT_VERSION, "streams_json": json.dumps(streams)}.items():
@@ -329,11 +350,10 @@ def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], 
         # uncompressed whatever ``compression`` says: gzip held the recorder 5.9 s per 64 Mi-voxel volume
         vx = g.create_dataset("voxels", (0,), maxshape=(None,), dtype="u1", chunks=(VOXEL_CHUNK_BYTES,))
         vx.attrs["units"] = "bytes of each volume's voxels (dtype, shape: its table row)"
-    except BaseException:
+        f.flush()
+        return f.id.get_file_image()
+    finally:
         f.close()
-        Path(path).unlink(missing_ok=True)  # created here, holds nothing: no damaged file left behind
-        raise
-    return f
 
 
 def describe() -> dict:
