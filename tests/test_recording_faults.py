@@ -95,6 +95,7 @@ def test_a_file_part_that_cannot_be_written_ends_the_recording_and_the_process_l
     for failed in out["failed"]:
         st = failed["status"]
         assert st["state"] == "failed" and st["last_error"]["reason"] == "disk_full" and st["files"] == []
+        assert ".h5'" in st["last_error"]["message"]  # names the file (a failed write names none)
         assert [e for e in failed["events"] if e[0] == "error"] == [["error", "recording_disk_full"]]
     st = out["after"]["status"]
     assert st["state"] == "idle" and st["last_error"] is None and st["frames"] == 20

@@ -308,8 +308,13 @@ def create_session_file(path, attrs: dict, streams: dict[str, tuple[int, int]], 
             while image:
                 image = image[fh.write(image) :]
         return h5py.File(path, "r+", libver=LIBVER)
-    except BaseException:
+    except OSError as exc:
         Path(path).unlink(missing_ok=True)  # created here: no damaged file left behind
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: name it
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+        raise
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
         raise
 
 
