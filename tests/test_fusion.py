@@ -493,3 +493,65 @@ def test_service_with_a_corrupt_store_keeps_publishing(tmp_path, sim_probe):
     assert seen["metrics"] and seen["fused"][-1].flags == ("store_unavailable",)
     assert seen["event"][0].reason == "store_corrupt" and "P1" not in seen["event"][0].message
     assert node.status()["store_error"] == "corrupt" and node.counters["store_corrupt"] >= 1
+
+
+SIDELESS = [  # an end-stage left vastus lateralis, one of its records without a side; a moderate left soleus
+    rec("vastus_lateralis", "fat_fraction", 0.8, "1"),
+    rec("vastus_lateralis", "t2_water_ms", 40.0, "ms", side=None),
+    rec("soleus", "fat_fraction", 0.2, "1"),
+    rec("rectus_femoris", "fat_fraction", 0.3, "1", side=None),  # a site known only without a side
+]
+VL_REF = ReferenceTable.model_validate({"source": "test values", "entries": [
+    *REF.model_dump()["entries"],
+    *({"biomarker": b, "site": "vastus_lateralis", "abnormal": "high", "mean": m, "sd": sd}
+      for b, m, sd in (("fat_fraction", 0.05, 0.02), ("t2_water_ms", 30.0, 2.0)))]})  # fmt: skip
+
+
+def test_a_side_less_record_joins_the_sided_sites_it_is_never_ranked_alone(tmp_path, capsys):
+    """The end-stage left vastus lateralis used to be ranked first through its side-less T2 copy,
+    and listed twice. A site without a side is ranked only when it has no sided record; the CLI and
+    the fusion node rank with the same function."""
+    from mmstream.cli import main
+
+    db = tmp_path / "bio.db"
+    with BiomarkerStore(db) as s:
+        s.add(SIDELESS)
+    ref = tmp_path / "ref.json"
+    ref.write_text(VL_REF.model_dump_json())
+    assert main(["biopsy", "P1", "--db", str(db), "--reference", str(ref), "--end-stage-fat-fraction", "0.6"]) == 0
+    rows = [ln.split()[:4] for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert rows == [["1", "soleus", "left", "affected"], ["2", "rectus_femoris", "affected", "12.5"],
+                    ["3", "vastus_lateralis", "left", "end_stage"]]  # fmt: skip
+    from mmstream.fusion import rank_patient
+
+    rules = FusionRules(VL_REF, end_stage_fat_fraction=0.6)
+    ranked = rank_patient(SIDELESS, rules, None, None, TODAY)
+    assert [(c.site, c.side, c.category) for c in ranked] == [
+        ("soleus", "left", "affected"), ("rectus_femoris", None, "affected"), ("vastus_lateralis", "left", "end_stage")]
+    vl_values = stored_values(SIDELESS, "vastus_lateralis", "left", rules, None, None, TODAY)
+    vl = assess_site("vastus_lateralis", "left", vl_values, rules)
+    assert vl.score_inputs == ("fat_fraction", "t2_water_ms")  # the side-less T2 is in the left leg's assessment
+    node = FusionNode(db, rules, today=lambda: TODAY)
+    f = fused_of(node.process("bus", metrics(1, site="soleus")))
+    assert f.biopsy == ranked
+
+
+def test_a_capture_without_a_side_joins_the_sided_site_as_a_record_would(tmp_path):
+    """Three images captured with no side set, at a site with left records: the left site's
+    ranking and fused message use them (as a side-less record), unless the left has its own."""
+    db = tmp_path / "bio.db"
+    with BiomarkerStore(db) as s:
+        s.add([rec("gastrocnemius_medialis", "fat_fraction", 0.06, "1")])  # normal from MRI alone
+    node = FusionNode(db, RULES, biopsy_every_s=0.0, today=lambda: TODAY)
+    cap = Decoded("event.control", Event(node="control", level="info", reason="capture", message="c", stream_id="probe",
+                                         t_host_s=0.0))  # fmt: skip
+    for i in range(3):
+        node.process("bus", cap)
+        node.process("bus", metrics(i, site="gastrocnemius_medialis", side=None, echo=75.0, age_years=40))
+    f = fused_of(node.process("bus", metrics(3, site="gastrocnemius_medialis", echo=50.0, age_years=40)))  # side left
+    assert [(c.site, c.side, c.category) for c in f.biopsy] == [("gastrocnemius_medialis", "left", "affected")]
+    assert [v.value for v in f.values if v.source == "captured"] == [75.0]
+    for i in range(4, 7):  # the left leg's own capture takes its place
+        node.process("bus", cap)
+        f = fused_of(node.process("bus", metrics(i, site="gastrocnemius_medialis", echo=50.0, age_years=40)))
+    assert [v.value for v in f.values if v.source == "captured"] == [50.0] and f.biopsy[0].category == "normal"

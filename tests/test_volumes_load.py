@@ -2,6 +2,8 @@
 DICOM, checked against geometry known by construction and against PyRadiomics' reference values."""
 
 import csv
+import gzip
+import struct
 
 import numpy as np
 import pydicom
@@ -72,6 +74,66 @@ def test_four_d_needs_a_volume_index(tmp_path):
     assert exc.value.reason == "not_3d"
     vol = load_volume(tmp_path / "t.nii.gz", index_4d=1)
     np.testing.assert_array_equal(vol.voxels, vols[1])
+
+
+def _big_endian(path):
+    """A little-endian NIfTI-1 file of ``write_nifti1`` (float32 voxels) rewritten big-endian."""
+    raw = bytearray(path.read_bytes())
+    for fmt, offset in (("i", 0), ("8h", 40), ("hh", 70), ("8f", 76), ("fff", 108), ("hh", 252), ("6f", 256), ("12f", 280)):
+        struct.pack_into(">" + fmt, raw, offset, *struct.unpack_from("<" + fmt, raw, offset))
+    raw[352:] = np.frombuffer(bytes(raw[352:]), "<f4").astype(">f4").tobytes()
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("case", ["nii", "nii.gz", "big_endian", "scaled"])
+def test_nifti_nan_and_inf_voxels_are_read_as_the_file_holds_them(tmp_path, case):
+    """ITK's NIfTI reader (nifti1_io) gives 0 for NaN and inf: a T2 map's failed fits were averaged
+    in as 0 ms (30.0 instead of 40.0), where NRRD and MetaImage give NaN."""
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # (I, J, K)
+    data[1, 2, 3], data[3, 0, 5], data[0, 4, 0] = np.nan, np.inf, -np.inf
+    slope, inter = (-2.0, 1.0) if case == "scaled" else (0.0, 0.0)
+    write_nifti1(tmp_path / "a.nii", data, np.diag([2.0, 3.0, 4.0, 1.0]), slope=slope, inter=inter)
+    path = tmp_path / "a.nii"
+    if case == "nii.gz":
+        path = tmp_path / "a.nii.gz"
+        path.write_bytes(gzip.compress((tmp_path / "a.nii").read_bytes()))
+    elif case == "big_endian":
+        _big_endian(path)
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.voxels, data.transpose(2, 1, 0) * (slope or 1.0) + inter)  # NaN == NaN here
+    assert vol.voxels[3, 2, 1] != vol.voxels[3, 2, 1] and vol.voxels[0, 4, 0] == (np.inf if case == "scaled" else -np.inf)
+    assert vol.meta["non_finite_voxels"] == 3 and "3 NaN/inf voxel(s) kept as the file holds them" in vol.conversion
+
+
+def test_a_4d_float_nifti_with_nan_reads_as_its_nrrd_twin(tmp_path):
+    vols = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)  # (t, K, J, I)
+    vols[1, 2, 3, 4], vols[0, 0, 0, 0], vols[1, 0, 1, 2] = np.nan, np.inf, -np.inf
+    img = sitk.JoinSeries([sitk.GetImageFromArray(v) for v in vols])
+    for name in ("t.nii", "t.nii.gz", "t.nrrd"):
+        sitk.WriteImage(img, str(tmp_path / name))
+    for index in (0, 1):
+        twin = load_volume(tmp_path / "t.nrrd", index_4d=index).voxels
+        np.testing.assert_array_equal(twin, vols[index])
+        for name in ("t.nii", "t.nii.gz"):
+            np.testing.assert_array_equal(load_volume(tmp_path / name, index_4d=index).voxels, twin)
+
+
+def test_a_nifti_gz_of_finite_floats_is_decompressed_once_by_mmstream(tmp_path, monkeypatch):
+    """Its size check (which reads it to the end) also looks for NaN and inf: no second pass when
+    there is none; one more, for the volume's block only, when there is."""
+    import mmstream.volumes.nifti1 as nifti1
+
+    opened = []
+    real_open = nifti1.gzip.open
+    monkeypatch.setattr(nifti1.gzip, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    data = np.ones((4, 5, 6), np.float32)
+    for nan, passes in ((False, 2), (True, 3)):  # its header, the size check (+ the restore, with a NaN)
+        data[0, 0, 0] = np.nan if nan else 1.0
+        write_nifti1(tmp_path / "a.nii", data, np.eye(4))
+        (tmp_path / "a.nii.gz").write_bytes(gzip.compress((tmp_path / "a.nii").read_bytes()))
+        opened.clear()
+        assert np.isnan(load_volume(tmp_path / "a.nii.gz").voxels[0, 0, 0]) == nan
+        assert len(opened) == passes
 
 
 # -- NRRD and MetaImage ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmstream.cli_args import age_years
 from mmstream.errors import MmstreamError, ReadError
+from mmstream.privacy import file_tag
 
 DICOM_MODALITIES = {"MR": "MRI", "PT": "PET", "CT": "CT", "US": "US"}  # DICOM (0008,0060) -> store modality
 
@@ -61,7 +62,7 @@ def cmd_import(args) -> int:
                 print(f"{path}: error: {exc.reason}: {str(exc).removeprefix(f'{path}: ')}", file=sys.stderr)
                 status = 1
                 continue
-            report = store.add(res.records, n_invalid=len(res.errors), source=(Path(path).name, res.sha256))
+            report = store.add(res.records, n_invalid=len(res.errors), source=(file_tag(path), res.sha256))
             line_of = {id(r): n for r, n in zip(res.records, res.lines)}
             for e in res.errors:
                 print(f"{path}: {e}", file=sys.stderr)
@@ -92,6 +93,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from mmstream.biomarkers.importer import csv_text_out
     from mmstream.biomarkers.records import FIELDS
 
     recs = [r.model_dump(mode="json") for r in _records(args)]
@@ -100,7 +102,7 @@ def cmd_export(args) -> int:
         if args.format == "csv":
             w = csv.DictWriter(out, fieldnames=list(FIELDS))
             w.writeheader()
-            w.writerows(recs)
+            w.writerows({k: csv_text_out(v) for k, v in r.items()} for r in recs)  # no formula runs in a spreadsheet
         elif args.format == "json":
             json.dump(recs, out, indent=1)
             out.write("\n")
@@ -175,14 +177,14 @@ def cmd_compute(args) -> int:
     base = {"patient_id": args.patient, "side": args.side, "acquired_on": args.date}
     first = Path(args.inputs[0])
 
-    base |= {"source_file": first.name, "source_sha256": _sha256(first)}
+    base |= {"source_file": file_tag(first), "source_sha256": _sha256(first)}  # never the name: it may be the patient's
     if args.kind == "stats":
         if len(args.inputs) != 2 or not args.site:
             raise MmstreamError("stats needs IMAGE MASK and --site", reason="usage")
         if (args.biomarker is None) != (args.unit is None):
             raise MmstreamError("--biomarker and --unit go together (the mean is recorded as that biomarker in "
                                 "that unit)", reason="usage")  # fmt: skip
-        img, mask = (C.read_volume(p) for p in args.inputs)
+        img, mask = (C.read_volume(p, args.index_4d) for p in args.inputs)
         _check_date(args, img)
         C.check_same_grid(img, mask)
         modality = args.modality or DICOM_MODALITIES.get(img.modality)
@@ -207,7 +209,7 @@ def cmd_compute(args) -> int:
     elif args.kind == "fat-fraction":
         if len(args.inputs) != 3 or not args.labels:
             raise MmstreamError("fat-fraction needs FAT WATER LABELS and --labels N=site,...", reason="usage")
-        fat, water, labels = (C.read_volume(p) for p in args.inputs)
+        fat, water, labels = (C.read_volume(p, args.index_4d) for p in args.inputs)
         _check_date(args, fat)
         C.check_same_grid(fat, water, "water image")
         C.check_same_grid(fat, labels, "label map")
@@ -218,7 +220,8 @@ def cmd_compute(args) -> int:
         if missing:  # never a silently shorter result than asked for
             raise MmstreamError(f"no fat fraction for label(s) {', '.join(missing)}", reason="empty_mask")
         raws = [{**base, "modality": "MRI", "site": site, "biomarker": "fat_fraction", "value": ff[n].fat_fraction,
-                 "unit": "1", "method": f"Dixon mean F/(F+W) in label {n}"} for n, site in names.items()]  # fmt: skip
+                 "unit": "1", "method": f"Dixon mean F/(F+W) in label {n}: {ff[n].n_voxels} voxels, {ff[n].n_excluded} "
+                 "without signal (F+W = 0) excluded"} for n, site in names.items()]  # fmt: skip
     else:  # suv
         if not args.tracer or not args.site:
             raise MmstreamError("suv needs --tracer (e.g. FDG) and --site", reason="usage")
@@ -226,9 +229,9 @@ def cmd_compute(args) -> int:
             raise MmstreamError("suv needs PET MASK (the site's mask on the PET grid)", reason="usage")
         suv, factor = C.pet_suv_volume(first)
         _check_date(args, suv)
-        mask = C.read_volume(args.inputs[1])
+        mask = C.read_volume(args.inputs[1], args.index_4d)
         C.check_same_grid(suv, mask)
-        vals = suv.voxels[mask.voxels != 0 if args.label is None else mask.voxels == args.label]
+        vals = C.values_in(suv.voxels, C.label_region(mask.voxels, args.label), "PET image")
         if vals.size == 0:
             raise MmstreamError("mask has no voxel in the PET grid", reason="empty_mask")
         how = f"SUVbw, decay {factor.decay_correction}, delay {factor.delay_s:.0f} s, weight {factor.weight_kg} kg"
@@ -240,7 +243,7 @@ def cmd_compute(args) -> int:
 def cmd_biopsy(args) -> int:
     from mmstream.biomarkers import BiomarkerStore
     from mmstream.calibration import ReferenceTable, load_model
-    from mmstream.fusion import FusionRules, assess_site, rank_sites, stored_values
+    from mmstream.fusion import FusionRules, rank_patient
 
     sec = None
     if args.config is not None:
@@ -261,11 +264,7 @@ def cmd_biopsy(args) -> int:
     if not recs:
         print(f"no biomarkers stored for patient {args.patient}", file=sys.stderr)
         return 1
-    today = dt.date.today()
-    sites = {(r.site, r.side) for r in recs}
-    ranked = rank_sites(
-        assess_site(s, side, stored_values(recs, s, side, rules, args.age_years, args.sex, today), rules) for s, side in sites
-    )
+    ranked = rank_patient(recs, rules, args.age_years, args.sex, dt.date.today())
     if args.format == "json":
         print(json.dumps([c.model_dump(mode="json") for c in ranked], indent=1))
     else:
@@ -320,6 +319,7 @@ def register(sub) -> None:
                    help="stats: the image's modality (default: from its DICOM Modality; required for NIfTI, NRRD, MetaImage)")
     p.add_argument("--date", required=True, help="acquisition date YYYY-MM-DD")
     p.add_argument("--label", type=int, help="mask label (default: every non-zero voxel)")
+    p.add_argument("--index-4d", type=int, help="the volume to take from a 4-D NIfTI/NRRD input (3-D inputs are read whole)")
     p.add_argument("--labels", help="fat-fraction: label=site pairs, e.g. 1=tibialis_anterior,2=soleus")
     p.add_argument("--biomarker", help="stats: record the mean as this biomarker (e.g. t2_water_ms) ...")
     p.add_argument("--unit", help="... in this unit (e.g. ms)")

@@ -24,12 +24,13 @@ from mmstream.volumes.model import LoadedVolume
 GEOMETRY_TOL_MM = 1e-3
 
 
-def read_volume(path: Path | str) -> LoadedVolume:
+def read_volume(path: Path | str, index_4d: int | None = None) -> LoadedVolume:
     """Read a NIfTI, NRRD, MetaImage or DICOM volume (file or one-series folder; DICOM values
-    rescaled to physical units) with the project's loaders, :func:`mmstream.volumes.load_volume`."""
+    rescaled to physical units) with the project's loaders, :func:`mmstream.volumes.load_volume`
+    (``index_4d``: the volume to take from a 4-D file; a 3-D one is read whole)."""
     from mmstream.volumes import load_volume
 
-    return load_volume(Path(path))
+    return load_volume(Path(path), index_4d=index_4d)
 
 
 def check_same_grid(a: LoadedVolume, b: LoadedVolume, what: str = "mask") -> None:
@@ -55,21 +56,49 @@ class MaskStats:
     median: float | None
 
 
-def _region(mask: np.ndarray, label: int | None) -> np.ndarray:
+def label_region(mask: np.ndarray, label: int | None = None, what: str = "mask") -> np.ndarray:
+    """The voxels of ``mask`` that are non-zero (or ``== label``), after checking that ``mask`` is a
+    label map: every voxel a finite whole number. InputError ``invalid_labels`` otherwise: a NaN
+    (e.g. the background of a float mask) would count as inside (``NaN != 0``), and a fractional
+    value (a label map resampled with linear interpolation) is no label (1.5 is neither 1 nor 2)."""
+    if mask.dtype.kind not in "biuf":
+        raise InputError(f"{what}: voxel type {mask.dtype} is not a label map", reason="invalid_labels")
+    if mask.dtype.kind == "f":
+        n_bad = mask.size - int(np.count_nonzero(np.isfinite(mask)))
+        if n_bad:
+            raise InputError(f"{what} holds {n_bad} NaN or inf voxel(s); a mask or label map holds whole numbers "
+                             "(0 outside)", reason="invalid_labels")  # fmt: skip
+        frac = mask[mask != np.round(mask)]
+        if frac.size:
+            raise InputError(f"{what} holds {frac.size} voxel(s) that are not whole numbers (e.g. {frac.flat[0]:g}): "
+                             "a label map resampled with linear interpolation? Resample it with nearest neighbour",
+                             reason="invalid_labels")  # fmt: skip
     return mask != 0 if label is None else mask == label
+
+
+def values_in(image: np.ndarray, region: np.ndarray, what: str = "image") -> np.ndarray:
+    """The values of ``image`` in ``region`` as float64; InputError ``non_finite_voxels`` when one is
+    NaN or inf (e.g. a failed fit): never averaged in, never silently left out."""
+    vals = image[region].astype(np.float64)
+    n_bad = vals.size - int(np.count_nonzero(np.isfinite(vals)))
+    if n_bad:
+        raise InputError(f"{what}: {n_bad} of the {vals.size} voxels in the mask are NaN or inf (e.g. failed fits); "
+                         "take them out of the mask to measure the rest", reason="non_finite_voxels")  # fmt: skip
+    return vals
 
 
 def mask_statistics(image: np.ndarray, mask: np.ndarray, spacing_mm, label: int | None = None) -> MaskStats:
     """Mean, median and volume of ``image`` inside ``mask`` (non-zero voxels, or ``== label``).
 
     image, mask : arrays of one shape (K, J, I); spacing_mm : (k, j, i) in mm.
-    An empty region gives ``n_voxels = 0`` and null mean/median.
+    An empty region gives ``n_voxels = 0`` and null mean/median. InputError ``invalid_labels`` when
+    ``mask`` is not a label map (:func:`label_region`), ``non_finite_voxels`` when ``image`` is NaN
+    or inf inside the region (:func:`values_in`).
     """
     if image.shape != mask.shape:
         raise InputError(f"image {image.shape} and mask {mask.shape} differ", reason="grid_mismatch")
-    region = _region(mask, label)
-    n = int(np.count_nonzero(region))
-    vals = image[region].astype(np.float64)
+    vals = values_in(image, label_region(mask, label))
+    n = int(vals.size)
     return MaskStats(
         n_voxels=n,
         volume_mm3=n * float(np.prod(np.asarray(spacing_mm, np.float64))),
@@ -89,13 +118,18 @@ class FatFraction:
 def dixon_fat_fraction(fat: np.ndarray, water: np.ndarray, labels: np.ndarray) -> dict[int, FatFraction]:
     """Fat fraction per label: the mean over the label's voxels of ``F / (F + W)``.
 
-    fat, water : Dixon magnitude images (K, J, I), >= 0; labels : integer label map, 0 = background.
-    Voxels without signal (F + W == 0) are excluded and counted. Negative magnitudes are refused.
+    fat, water : Dixon magnitude images (K, J, I), >= 0; labels : label map (whole numbers, 0 =
+    background; InputError ``invalid_labels`` otherwise, see :func:`label_region`). Voxels without
+    signal (F + W == 0) are excluded and counted. Negative magnitudes are refused
+    (``negative_magnitude``), and so are NaN or inf inside the labels (``non_finite_voxels``: never
+    counted as "no signal").
     """
     if not (fat.shape == water.shape == labels.shape):
         raise InputError(f"fat {fat.shape}, water {water.shape} and labels {labels.shape} differ", reason="grid_mismatch")
+    inside = label_region(labels, None, "label map")
+    values_in(fat, inside, "fat image")
+    values_in(water, inside, "water image")
     f, w = fat.astype(np.float64), water.astype(np.float64)
-    inside = labels != 0
     if np.any(f[inside] < 0) or np.any(w[inside] < 0):
         raise InputError("Dixon fat and water magnitude images must be >= 0 inside the labels", reason="negative_magnitude")
     out = {}

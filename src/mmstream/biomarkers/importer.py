@@ -3,21 +3,42 @@
 A bad row never costs the good ones: each is reported with its line number and reason, the valid
 rows are returned. Only a file that cannot be read at all (missing, not UTF-8, no header or one
 repeating a column, a JSON syntax error outside any row) raises :class:`~mmstream.errors.ReadError`.
+
+Source files are named by their tag (:func:`mmstream.privacy.file_tag`), never by their name, which
+often carries the patient's. CSV text cells a spreadsheet would run as formulas are written with a
+leading ``'`` (:func:`csv_text_out`) and read back without it (:func:`csv_text_in`).
 """
 
 import csv
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmstream.biomarkers.records import FIELDS, BiomarkerRecord, parse_record
 from mmstream.errors import InputError, ReadError
+from mmstream.privacy import file_tag
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 REQUIRED = ("patient_id", "site", "modality", "biomarker", "value", "unit", "acquired_on")
+MAX_CELL_CHARS = 4096  # a longer cell (or JSON string) refuses its row; no field comes near it
+_TAG = re.compile(r"<file [0-9a-f]{8}>")
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")  # OWASP CSV injection: what a spreadsheet runs, behind any quotes
+
+
+def csv_text_out(value):
+    """A CSV cell for export: text a spreadsheet would run as a formula (starting with ``=``, ``+``,
+    ``-``, ``@``, tab or CR; OWASP "CSV injection") with a leading ``'``, which spreadsheets show
+    as text; numbers and other text as they are. :func:`csv_text_in` undoes it exactly."""
+    return "'" + value if isinstance(value, str) and _FORMULA.match(value) else value
+
+
+def csv_text_in(value: str) -> str:
+    """A CSV cell as imported: the ``'`` :func:`csv_text_out` put before a formula-like text removed."""
+    return value[1:] if value.startswith("'") and _FORMULA.match(value) else value
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,19 @@ def _row(result: ReadResult, line: int, raw, source: str) -> None:
     if isinstance(raw, _RepeatedKeys):
         result.errors.append(RowError(line, "invalid_record", f"key(s) {raw.keys} given more than once"))
         return
+    if isinstance(raw, dict):
+        long = [str(k)[:40] for k, v in raw.items() if isinstance(v, str) and len(v) > MAX_CELL_CHARS]
+        if long:
+            result.errors.append(RowError(line, "invalid_record", f"{', '.join(long)}: over {MAX_CELL_CHARS} characters"))
+            return
     try:
         if isinstance(raw, dict):
             raw = {**raw}
-            if not raw.get("source_file"):
+            given = raw.get("source_file")
+            if not given:
                 raw["source_file"] = source
+            elif isinstance(given, str) and not _TAG.fullmatch(given):
+                raw["source_file"] = file_tag(given)  # a name given in the file: its tag too
             if not raw.get("source_sha256"):
                 raw["source_sha256"] = result.sha256
         rec = parse_record(raw)
@@ -97,6 +126,7 @@ def _read_csv(text: str, result: ReadResult, source: str) -> None:
     if repeated:
         raise ReadError(f"CSV header names column(s) {repeated} more than once", reason="bad_header")
     start = 2
+    limit = csv.field_size_limit(MAX_FILE_BYTES)  # a long cell refuses its row (MAX_CELL_CHARS), not the rest
     try:
         for raw in reader:
             if None in raw:  # more cells than header columns
@@ -104,10 +134,12 @@ def _read_csv(text: str, result: ReadResult, source: str) -> None:
             elif any(v is None for v in raw.values()):
                 result.errors.append(RowError(start, "invalid_record", "fewer cells than header columns"))
             else:
-                _row(result, start, raw, source)
+                _row(result, start, {k: csv_text_in(v) for k, v in raw.items()}, source)
             start = reader.line_num + 1
     except csv.Error as exc:
         result.errors.append(RowError(start, "invalid_record", f"CSV syntax: {exc}; rest of the file skipped"))
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _line_of(text: str, index: int) -> int:
@@ -208,7 +240,8 @@ def _read_jsonl(text: str, result: ReadResult, source: str) -> None:
 
 def read_records(path: Path | str) -> ReadResult:
     """Records of a ``.csv``, ``.json`` or ``.jsonl`` file (columns/keys: ``records.FIELDS``;
-    ``source_file`` and ``source_sha256`` default to the file's name and hash)."""
+    ``source_file`` and ``source_sha256`` default to the file's tag (:func:`~mmstream.privacy.file_tag`)
+    and hash; a ``source_file`` given by name is stored as its tag)."""
     path = Path(path)
     readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
     if path.suffix.lower() not in readers:
@@ -225,7 +258,7 @@ def read_records(path: Path | str) -> ReadResult:
         raise ReadError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", reason="not_utf8") from None
     result = ReadResult(sha256=hashlib.sha256(data).hexdigest())
     try:
-        readers[path.suffix.lower()](text, result, path.name)
+        readers[path.suffix.lower()](text, result, file_tag(path))
     except ReadError as exc:
         raise ReadError(f"{path}: {exc}", reason=exc.reason) from None
     return result

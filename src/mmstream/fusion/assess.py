@@ -6,7 +6,7 @@ configuration, none is built in except the 2-SD convention (:data:`mmstream.cali
 """
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from mmstream.biomarkers.records import BiomarkerRecord
@@ -149,3 +149,35 @@ def rank_sites(assessments: Iterable[SiteAssessment]) -> tuple[BiopsyCandidate, 
                         score=None if a.score is None else round(a.score, 4), reason=a.reason[:500])
         for i, a in enumerate(ordered, start=1)
     )  # fmt: skip
+
+
+def biopsy_sites(keys: Iterable[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The (site, side) pairs ranked for biopsy among ``keys`` (those of a patient's records and
+    captures): a site with a side is ranked per side, and its values without a side belong to each
+    of those (:func:`stored_values`); a (site, no side) is ranked only for a site with no side at all
+    (else one muscle would be ranked twice, once through its side-less copy)."""
+    keys = set(keys)
+    sided = {site for site, side in keys if side is not None}
+    return sorted((k for k in keys if k[1] is not None or k[0] not in sided), key=lambda k: (k[0], k[1] or ""))
+
+
+def own_or_sideless(values: Mapping[tuple[str, str | None], FusedValue], site: str, side: str | None) -> FusedValue | None:
+    """The value of (``site``, ``side``); for a side without one of its own, the site's value without
+    a side (the rule of :func:`stored_values`, for captures); None when neither exists."""
+    got = values.get((site, side))
+    return values.get((site, None)) if got is None and side is not None else got
+
+
+def rank_patient(records: Iterable[BiomarkerRecord], rules: FusionRules, age_years: float | None, sex: Sex | None,
+                 today: dt.date, captured: Mapping[tuple[str, str | None], FusedValue] | None = None,
+                 ) -> tuple[BiopsyCandidate, ...]:  # fmt: skip
+    """The biopsy ranking of one patient: each site of :func:`biopsy_sites` assessed from its stored
+    values and its three-image capture (``captured``, by (site, side), already scored), in the order
+    of :func:`rank_sites`. ``mmstream biopsy`` and the fusion node both rank with this."""
+    records, captured = tuple(records), captured or {}
+    assessments = []
+    for site, side in biopsy_sites({(r.site, r.side) for r in records} | set(captured)):
+        capture = own_or_sideless(captured, site, side)
+        values = (*stored_values(records, site, side, rules, age_years, sex, today), *((capture,) if capture else ()))
+        assessments.append(assess_site(site, side, values, rules))
+    return rank_sites(assessments)

@@ -18,7 +18,15 @@ from pathlib import Path
 from mmstream.calibration import CAPTURE_FRAMES, PendingCaptures, capture_mean
 from mmstream.codec import Decoded
 from mmstream.errors import StoreError
-from mmstream.fusion.assess import SCORE_FORMULA, FusionRules, assess_site, reference_z, rank_sites, stored_values
+from mmstream.fusion.assess import (
+    SCORE_FORMULA,
+    FusionRules,
+    assess_site,
+    own_or_sideless,
+    rank_patient,
+    reference_z,
+    stored_values,
+)
 from mmstream.fusion.cache import PatientCache
 from mmstream.messages import Event, Fused, FusedValue, Metrics
 from mmstream.nodes.base import Node, Out, Port
@@ -43,7 +51,7 @@ class FusionNode(Node):
         self._today = today
         self._pending = PendingCaptures()
         self._captures: dict[SiteKey, list[tuple[float, bool]]] = {}  # (grey level, calibrated) per image
-        self._captured: dict[SiteKey, FusedValue] = {}  # completed three-image values
+        self._captured: dict[str, dict[tuple[str, str | None], FusedValue]] = {}  # patient -> (site, side) -> 3-image value
         self._views: dict[tuple, dict] = {}  # (patient, age, sex, generation, n captured) -> view
         self._last_seq: dict[str, tuple[str, int]] = {}  # stream -> (session, seq) of its last metrics
         self._store_failed = False
@@ -108,7 +116,8 @@ class FusionNode(Node):
         if len(taken) == CAPTURE_FRAMES:
             mean = capture_mean([v for v, _ in taken])
             name = "us_echo_calibrated" if calibrated else "us_echo_intensity"  # scored when used (_scored)
-            self._captured[key] = FusedValue(name=name, source="captured", modality="US", value=mean, unit="grey_level")
+            self._captured.setdefault(key[0], {})[key[1:]] = FusedValue(name=name, source="captured", modality="US",
+                                                                        value=mean, unit="grey_level")  # fmt: skip
         out.append(self.event("info", "captured", f"capture {len(taken)}/{CAPTURE_FRAMES} on {h.stream_id}",
                               h.stream_id, h.parent[1]))  # fmt: skip
 
@@ -135,21 +144,15 @@ class FusionNode(Node):
         if self._store_failed:
             self._store_failed = False
             out.append(self.event("info", "store_ok", "biomarker store readable again"))
-        captured = {(k[1], k[2]): self._scored(v, k[1], age, sex) for k, v in self._captured.items() if k[0] == patient}
+        captured = {k: self._scored(v, k[0], age, sex) for k, v in self._captured.get(patient, {}).items()}
         today = self._today()
-        vkey = (patient, age, sex, today, self.cache.generation, tuple(sorted((k, v.value) for k, v in captured.items())))
+        captures = tuple(sorted((site, side or "", v.value) for (site, side), v in captured.items()))  # None < str fails
+        vkey = (patient, age, sex, today, self.cache.generation, captures)
         view = self._views.get(vkey)
         if view is not None:
             return view
-        sites = {(r.site, r.side) for r in records} | set(captured)
-        stored = {s: stored_values(records, s[0], s[1], self.rules, age, sex, today) for s in sites}
-        assessments = [
-            assess_site(site, side, (*stored[(site, side)], *((captured[site, side],) if (site, side) in captured else ())),
-                        self.rules)
-            for site, side in sites
-        ]  # fmt: skip
-        ranking = rank_sites(assessments)
-        view = {"records": records, "stored": stored, "biopsy": ranking[:MAX_RANKED], "ranking_cut": len(ranking) > MAX_RANKED}
+        ranking = rank_patient(records, self.rules, age, sex, today, captured)
+        view = {"records": records, "stored": {}, "biopsy": ranking[:MAX_RANKED], "ranking_cut": len(ranking) > MAX_RANKED}
         if len(self._views) > 1024:
             self._views.clear()
         self._views[vkey] = view
@@ -179,7 +182,7 @@ class FusionNode(Node):
                 flags.append("biopsy_ranking_cut")
             if ctx.side is None and any(r.site == ctx.site and r.side is not None for r in view["records"]):
                 flags.append("side_not_set")  # that site's sided values are not shown: set the side
-        captured = self._captured.get(key)
+        captured = own_or_sideless(self._captured.get(ctx.patient_id, {}), ctx.site, ctx.side)  # a side-less one: as records
         if captured is not None:
             captured = self._scored(captured, ctx.site, ctx.age_years, ctx.sex)
         values = (*live, *((captured,) if captured else ()), *stored)

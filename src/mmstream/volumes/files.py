@@ -19,7 +19,9 @@ source              meaning
 ==================  ============================================================================
 
 NIfTI ``scl_slope``/``scl_inter`` are applied by ITK when the slope is not 0 or 1 / intercept not 0
-(``rescaled`` True); a slope of 0 means no scaling (raw values, ``rescaled`` False). 4-D files: pick
+(``rescaled`` True); a slope of 0 means no scaling (raw values, ``rescaled`` False). NaN and inf
+voxels of a float NIfTI-1 file, which ITK's NIfTI reader gives as 0, are put back as the file holds
+them (``meta["non_finite_voxels"]``), as they come from NRRD and MetaImage. 4-D files: pick
 one volume with ``index_4d`` (default: refused, so that a time series is never silently cut to its
 first volume). A non-spatial axis among the first three (MetaImage ``Kinds`` other than ``domain``/
 ``space`` or PLUS ``Seq_Frame`` fields; NRRD ``kinds`` ``time``/``list`` or a ``none`` space direction)
@@ -46,7 +48,7 @@ from mmstream.io._common import file_beside, floats
 from mmstream.io.metaimage import parse_header
 
 from .model import LoadedVolume
-from .nifti1 import read_nifti1, unscaled
+from .nifti1 import read_nifti1, restore_non_finite, unscaled
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
@@ -271,6 +273,11 @@ def load_image_file(path: Path, *, index_4d: int | None = None, max_voxels: int 
         conversion += f"; {note}" if note else ""
     if nifti is not None and slope == 0.0 and inter != 0.0:  # nifti1.h: slope 0 = no scaling; ITK added scl_inter
         voxels = unscaled(voxels, nifti, path.name)
+    if nifti is not None:  # ITK's NIfTI reader gives 0 for NaN and inf: the file's values back (nifti1.py)
+        voxels, n_non_finite = restore_non_finite(voxels, nifti, path, index_4d if ndim == 4 else None)
+        if n_non_finite:
+            meta["non_finite_voxels"] = n_non_finite
+            conversion += f"; {n_non_finite} NaN/inf voxel(s) kept as the file holds them (ITK's NIfTI reader gives 0)"
     rescaled = fmt == "nifti" and ((slope not in (0.0, 1.0)) or (slope != 0.0 and inter != 0.0))
     if index_4d is not None:
         meta["index_4d"] = index_4d

@@ -14,6 +14,9 @@ or its scaling as they come:
   differ (direction and origin from the sform): the spacing is the sform's, as it says.
 * **scl_slope 0.** nifti1.h: "If the scl_slope field is nonzero, then each voxel value ... should be
   scaled"; ITK adds ``scl_inter`` anyway. The raw values are given back (``rescaled`` False).
+* **NaN and inf.** ITK's reader (nifti1_io) writes 0 for every non-finite float voxel, so that a
+  failed fit of a T2 map would count as 0 ms. They are put back as the file holds them
+  (:func:`restore_non_finite`), as ITK reads them from NRRD and MetaImage.
 
 A sform whose axes are not orthogonal (sheared: cosine of an angle between two axes over
 :data:`MAX_AXIS_COSINE`) or whose columns are zero cannot be a volume in LPS without resampling:
@@ -36,6 +39,8 @@ MAX_AXIS_COSINE = 1e-3  # |cos| between two sform axes (0.06 deg off a right ang
 DISAGREE_MM = 0.01  # qform and sform further apart than this (at a corner of the volume) are reported
 _UNIT_MM = {1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7: metre, mm, micron; 0 (unknown) taken as mm
 _RAW_DTYPES = {2: "uint8", 4: "int16", 8: "int32", 256: "int8", 512: "uint16", 768: "uint32"}  # integer datatypes
+_FLOAT_DTYPES = {16: "f4", 64: "f8"}  # FLOAT32, FLOAT64: nifti1_io writes 0 for their NaN and inf
+_CHUNK_BYTES = 1 << 20  # voxel bytes checked at a time
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -54,6 +59,10 @@ class Nifti1Header:
     sform_code: int
     quatern: tuple[float, ...]
     srow: np.ndarray
+    vox_offset: float
+    byte_order: str  # "<" or ">"
+    single_file: bool  # "n+1": the voxels follow the header in the same file
+    non_finite: bool | None  # float voxels holding NaN or inf (None: not looked at yet)
 
     @property
     def unit_mm(self) -> float:
@@ -150,30 +159,46 @@ def read_nifti1(path: Path) -> Nifti1Header | None:
         if not all(map(math.isfinite, vals)):
             raise ReadError(f"{path.name}: NIfTI {what} = {' '.join(f'{v:g}' for v in vals)[:120]!r}: origin, spacing "
                             "and direction must be finite numbers (spacing > 0)", reason="invalid_geometry")  # fmt: skip
-    if head[344:348] == b"n+1\x00":  # one file: its voxels follow the header (ITK fills a short file with zeros)
-        _check_nifti1_size(path, order, head)
+    single = head[344:348] == b"n+1\x00"
+    datatype = struct.unpack_from(order + "h", head, 70)[0]
+    non_finite = None
+    if single:  # one file: its voxels follow the header (ITK fills a short file with zeros)
+        non_finite = _check_nifti1_size(path, order, head, _FLOAT_DTYPES.get(datatype))
     return Nifti1Header(
-        dim=struct.unpack_from(order + "8h", head, 40), datatype=struct.unpack_from(order + "h", head, 70)[0],
+        dim=struct.unpack_from(order + "8h", head, 40), datatype=datatype,
         pixdim=pixdim, scl_slope=struct.unpack_from(order + "f", head, 112)[0],
         scl_inter=struct.unpack_from(order + "f", head, 116)[0], xyzt_units=head[123], qform_code=q_code,
         sform_code=s_code, quatern=quatern, srow=np.asarray(srow, dtype=np.float64).reshape(3, 4),
+        vox_offset=struct.unpack_from(order + "f", head, 108)[0], byte_order=order, single_file=single,
+        non_finite=non_finite if datatype in _FLOAT_DTYPES else False,
     )  # fmt: skip
 
 
-def _check_nifti1_size(path: Path, order: str, head: bytes) -> None:
+def _check_nifti1_size(path: Path, order: str, head: bytes, float_code: str | None) -> bool | None:
     """ReadError ``truncated`` when a single-file NIfTI-1 (``.nii``, ``.nii.gz``) holds fewer bytes
-    than ``vox_offset`` + its voxels (``dim``, ``bitpix``) need."""
+    than ``vox_offset`` + its voxels (``dim``, ``bitpix``) need. A ``.nii.gz`` is read to its end for
+    that, and its float voxels (``float_code``: their numpy type) are looked at on the way: returns
+    whether one is NaN or inf (None when not looked at: a ``.nii``, whose length is its size)."""
     dim = struct.unpack_from(order + "8h", head, 40)
     bitpix = struct.unpack_from(order + "h", head, 72)[0]
     vox_offset = struct.unpack_from(order + "f", head, 108)[0]
     if not (1 <= dim[0] <= 7 and bitpix > 0 and math.isfinite(vox_offset)) or any(d < 1 for d in dim[1 : dim[0] + 1]):
-        return  # a header ITK refuses anyway
-    need = int(vox_offset) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
+        return None  # a header ITK refuses anyway
+    start = int(vox_offset)
+    need = start + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
+    non_finite = None
     if path.name.lower().endswith(".gz"):
-        have = 0
+        have, tail = 0, b""
+        dtype = None if float_code is None else np.dtype(order + float_code)
+        non_finite = False if dtype is not None else None
         try:
             with gzip.open(path, "rb") as f:
-                while have < need and (chunk := f.read(1 << 20)):
+                while have < need and (chunk := f.read(_CHUNK_BYTES)):
+                    if dtype is not None and not non_finite and have + len(chunk) > start:
+                        data = tail + chunk[max(0, start - have) : need - have]
+                        usable = len(data) - len(data) % dtype.itemsize
+                        non_finite = not np.isfinite(np.frombuffer(data, dtype, usable // dtype.itemsize)).all()
+                        tail = data[usable:]
                     have += len(chunk)
         except (OSError, EOFError, zlib.error):
             pass  # a cut compressed stream: counted as far as it reads
@@ -182,6 +207,42 @@ def _check_nifti1_size(path: Path, order: str, head: bytes) -> None:
     if have < need:
         raise ReadError(f"{path.name}: {have} bytes where the header's dimensions and vox_offset need {need}",
                         reason="truncated")
+    return non_finite
+
+
+def restore_non_finite(voxels: np.ndarray, hdr: Nifti1Header, path: Path, index_4d: int | None) -> tuple[np.ndarray, int]:
+    """``voxels`` (ITK's reading of volume ``index_4d`` of a float NIfTI-1 single file, (K, J, I))
+    with the NaN and inf the file holds where ITK's reader wrote 0, scaled as ITK scaled the rest;
+    and how many there are. Reads that volume's voxel block once, a chunk at a time (not at all for
+    integer data, or a ``.nii.gz`` whose size check saw no such value); ITK's voxel order is the
+    file's (i fastest)."""
+    code = _FLOAT_DTYPES.get(hdr.datatype)
+    if code is None or not hdr.single_file or hdr.non_finite is False:
+        return voxels, 0
+    dtype = np.dtype(hdr.byte_order + code)
+    out = np.ascontiguousarray(voxels)
+    flat = out.reshape(-1)  # a view: writing it writes ``out``
+    slope = hdr.scl_slope if hdr.scl_slope != 0 else 1.0  # ITK's scaling (slope 0: none; float data then has no intercept)
+    count, done, per_chunk = 0, 0, max(1, _CHUNK_BYTES // dtype.itemsize)
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            f.seek(int(hdr.vox_offset) + (index_4d or 0) * flat.size * dtype.itemsize)
+            while done < flat.size:
+                buf = f.read(min(per_chunk, flat.size - done) * dtype.itemsize)
+                raw = np.frombuffer(buf, dtype, len(buf) // dtype.itemsize)
+                if raw.size == 0:  # shorter than its size check saw: changed since
+                    raise ReadError(f"{path.name}: the file got shorter while it was read", reason="truncated")
+                bad = np.flatnonzero(~np.isfinite(raw))
+                if bad.size:
+                    if count == 0 and not out.flags.writeable:
+                        out = out.copy()
+                        flat = out.reshape(-1)
+                    flat[done + bad] = raw[bad].astype(np.float64) * slope + hdr.scl_inter
+                    count += int(bad.size)
+                done += raw.size
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ReadError(f"{path.name}: cannot read the NIfTI voxels again for their NaN and inf: {exc}") from None
+    return out, count
 
 
 def unscaled(voxels: np.ndarray, hdr: Nifti1Header, name: str) -> np.ndarray:
