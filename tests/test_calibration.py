@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mmstream.calibration import (
-    ABNORMAL_Z, Device, DeviceCalibration, EchoReferences, ReferenceTable, capture_mean, load_echo_references, load_model,
-    z_score,
+    ABNORMAL_Z, Device, DeviceCalibration, EchoReferences, ReferenceEntry, ReferenceTable, capture_mean,
+    load_echo_references, load_model, z_score,
 )  # fmt: skip
 from mmstream.codec import Decoded, buffer_specs
 from mmstream.config import BiomarkersSection
@@ -94,6 +94,24 @@ def test_lookup_and_z_scores():
     assert ABNORMAL_Z == 2.0
 
 
+@pytest.mark.parametrize("value, z", [(20.0, -3.0), (80.0, 3.0)], ids=["below", "above"])
+def test_both_direction_is_abnormal_on_either_side(value, z):
+    """With the 'both' direction taken one-sided, a value 3 SD below the mean passed as normal."""
+    both = ReferenceEntry(biomarker="b", site="x", abnormal="both", mean=50.0, sd=10.0)
+    got = z_score(value, both, None, None)
+    assert (got.z, got.oriented, got.abnormal) == (z, 3.0, True)
+
+
+def test_adjacent_age_ranges_are_accepted_and_the_boundary_age_takes_the_upper_one():
+    """Age ranges are [min, max): adjacent ones were refused as overlapping, or age 60 given the 18-60 entry."""
+    entry = {"biomarker": "us_echo_intensity", "site": "biceps_brachii", "abnormal": "high", "sd": 10.0}
+    t = table(entries=[{**entry, "mean": 50.0, "age_min_years": 18, "age_max_years": 60},
+                       {**entry, "mean": 60.0, "age_min_years": 60, "age_max_years": 80}])  # fmt: skip
+    assert [t.lookup("us_echo_intensity", "biceps_brachii", age, "female").mean for age in (18, 59.9, 60, 79.9)] == \
+        [50.0, 50.0, 60.0, 60.0]
+    assert t.lookup("us_echo_intensity", "biceps_brachii", 80, "female") is None
+
+
 def test_calibration_and_why_a_z_score_is_unknown():
     cal = DeviceCalibration(source="phantom", reference_device=DEV, devices=[{"device": OTHER.model_dump(), "gain": 2.0, "offset": -10}])
     refs = EchoReferences(table(), cal)
@@ -107,11 +125,16 @@ def test_calibration_and_why_a_z_score_is_unknown():
              ((30.0, "frame", "biceps_brachii", 30, "female", DEV), "whole_frame"),
              ((30.0, "roi", None, 30, "female", DEV), "no_site"),
              ((30.0, "roi", "soleus", 30, "female", DEV), "no_reference"),
-             ((None, "roi", "soleus", 30, "female", DEV), "no_value")]  # fmt: skip
+             ((None, "roi", "soleus", 30, "female", DEV), "no_value"),
+             ((float("nan"), "roi", "biceps_brachii", 30, "female", DEV), "no_value")]  # fmt: skip
     for args, why in cases:
         got = refs.assess(*args)
         assert got.unavailable == why and got.z is None
     assert EchoReferences(table()).assess(30.0, "roi", "biceps_brachii", 30, "female", OTHER).unavailable == "uncalibrated_device"
+    elsewhere = EchoReferences(table(), DeviceCalibration(source="phantom", reference_device=OTHER,  # not the table's
+                                                          devices=[{"device": unknown.model_dump(), "gain": 2.0}]))
+    for device in (unknown, OTHER):  # their grey levels converted to another device's are not the table's
+        assert elsewhere.assess(30.0, "roi", "biceps_brachii", 30, "female", device).unavailable == "uncalibrated_device"
     no_device = ReferenceTable.model_validate({**table().model_dump(), "grey_level_device": None})
     cal = DeviceCalibration.model_validate({"source": "phantom", "reference_device": OTHER.model_dump(),
                                             "devices": [{"device": DEV.model_dump(), "gain": 1.0, "offset": 0.0}]})  # fmt: skip
@@ -125,8 +148,10 @@ def test_three_image_protocol_mean():
         capture_mean([10.0, 11.0])
 
 
-def test_analyzer_adds_live_z_score_to_metrics(tmp_path):
-    ctx = ClinicalContext(patient_id="P1", site="biceps_brachii", age_years=30, sex="female")
+@pytest.mark.parametrize("sex, z", [("female", 2.0), ("male", 6.0)])
+def test_analyzer_adds_live_z_score_to_metrics(tmp_path, sex, z):
+    """A man is scored against the male entry (40 +- 5), not the 'any' one (50 +- 10) a woman gets."""
+    ctx = ClinicalContext(patient_id="P1", site="biceps_brachii", age_years=30, sex=sex)
     settings = StreamSettings(StreamConfig(roi=(10, 10, 50, 50), metrics=("echogenicity",), clinical=ctx))
     an = Analyzer(settings, echo=EchoReferences(table()))
     img = np.full((64, 64), 69, np.uint8)
@@ -134,7 +159,7 @@ def test_analyzer_adds_live_z_score_to_metrics(tmp_path):
     im = ImagingSettings(scanner=DEV.scanner, probe=DEV.probe, preset=DEV.preset)
     h = Frame(stream_id="s", session_id="x", seq=0, imaging=im, buffers=buffer_specs(image=img))
     e = an.process("frames", Decoded("frame.s", h, {"image": img}))[0].header.echogenicity
-    assert (e.mean, e.calibrated_mean, e.z_score, e.abnormal, e.z_unavailable) == (70.0, 70.0, 2.0, True, None)
+    assert (e.mean, e.calibrated_mean, e.z_score, e.abnormal, e.z_unavailable) == (70.0, 70.0, z, True, None)
     h2 = h.model_copy(update={"seq": 1, "imaging": ImagingSettings()})
     e2 = an.process("frames", Decoded("frame.s", h2, {"image": img}))[0].header.echogenicity
     assert e2.z_score is None and e2.z_unavailable == "uncalibrated_device"

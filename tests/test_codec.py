@@ -186,6 +186,21 @@ def test_decoded_array_outlives_the_frame_reference(pair):
     np.testing.assert_array_equal(decoded.arrays["image"], image)
 
 
+def test_a_volume_of_max_elements_8_byte_values_passes_the_socket_part_limit():
+    """The receiving sockets' part limit counted one byte per element: ZeroMQ dropped a float64 volume the codec allows."""
+    limits = Limits(max_elements=100_000)
+    voxels = np.linspace(-1.0, 1.0, limits.max_elements).reshape(10, 100, 100)  # float64, 800 kB
+    header = sample_volume()[0].model_copy(update={"buffers": buffer_specs(voxels=voxels)})
+    pull = make_socket("pull", "tcp://127.0.0.1:*", bind=True, max_msg_bytes=limits.max_part_bytes)
+    push = make_socket("push", pull.last_endpoint, bind=False)
+    try:
+        push.send(encode(header, [voxels]), timeout_ms=2000)
+        np.testing.assert_array_equal(decode(pull.recv(timeout_ms=5000), limits).arrays["voxels"], voxels)
+    finally:
+        push.close()
+        pull.close()
+
+
 def test_topic_may_extend_the_canonical_topic():
     header, arrays = sample_frame()
     parts = encode(header, arrays, topic=topic_for(header) + ".sub")
@@ -341,7 +356,7 @@ def test_too_few_parts(parts):
 
 @pytest.mark.parametrize(
     "topic",
-    [b"\xff\xfeframe", b"frame." + b"a" * 300, b"frame.other", b"frame", b"frame.probe-10", b"metrics.probe-1", b""],
+    [b"\xff\xfeframe", b"frame.probe-1." + b"a" * 300, b"frame.other", b"frame", b"frame.probe-10", b"metrics.probe-1", b""],
     ids=["not-utf8", "too-long", "other-stream", "no-stream", "prefix-of-other", "other-type", "empty"],
 )
 def test_bad_topic(topic):
@@ -495,6 +510,23 @@ def test_too_large_claim_fails_fast_without_allocating():
 def test_too_large_frame_shape(shape):
     h = frame_json(buffers=[{"name": "image", "dtype": "uint8", "shape": shape}])
     expect("too_large", frame_parts(h, buffers=[bytes(shape[0] * shape[1])]))
+
+
+def test_a_header_and_a_frame_exactly_at_the_limits_decode():
+    """Limits are inclusive: with >= for >, a header of exactly max_header_bytes or a frame of max_frame_shape was refused."""
+    parts = frame_parts()  # a 48 x 64 frame
+    n = len(parts[1])
+    assert decode(parts, Limits(max_header_bytes=n, max_frame_shape=(48, 64))).header.seq == 7
+    expect("header_too_large", parts, Limits(max_header_bytes=n - 1))
+    expect("too_large", parts, Limits(max_frame_shape=(47, 64)))
+    expect("too_large", parts, Limits(max_frame_shape=(48, 63)))
+
+
+def test_the_frame_shape_limit_is_rows_then_cols():
+    """A (rows, cols) limit read as (cols, rows) refused wide frames within it and let tall ones past it."""
+    wide = frame_parts()  # 48 rows x 64 cols
+    assert decode(wide, Limits(max_frame_shape=(50, 70))).arrays["image"].shape == (48, 64)
+    expect("too_large", wide, Limits(max_frame_shape=(70, 50)))
 
 
 def test_too_large_respects_configured_limits():

@@ -115,8 +115,10 @@ def test_two_bmode_regions_same_spacing_ok(tmp_path):
     assert "region_rc" not in fr.meta
 
 
-def test_conflicting_bmode_regions(tmp_path):
-    regs = [region(0, 0, 24, 39, 0.03, 0.03), region(25, 0, 49, 39, 0.05, 0.05)]
+@pytest.mark.parametrize("dx_cm", [(0.03, 0.05), (0.0100, 0.0102)], ids=["far-apart", "2-percent-apart"])
+def test_conflicting_bmode_regions(tmp_path, dx_cm):
+    """B-mode spacings 2 % apart are ambiguous: a looser tolerance took them for one, a 2 % error in every length."""
+    regs = [region(0, 0, 24, 39, dx_cm[0], dx_cm[0]), region(25, 0, 49, 39, dx_cm[1], dx_cm[1])]
     p = make_dicom(tmp_path / "a.dcm", _img(), regions=regs)
     # pixels are still readable
     (fr,) = list(read_frames(p))
@@ -139,6 +141,8 @@ def test_conflicting_bmode_regions(tmp_path):
     [
         (region(0, 0, 80, 39, 0.03, 0.03), "region_outside_image"),
         (region(0, 0, 49, 39, 0.03, 0.03, ux=4, uy=4), "region_units"),
+        (region(0, 0, 49, 39, 0.03, 0.03, uy=0), "region_units"),  # cm across, no unit down
+        (region(0, 0, 49, 39, 0.03, 0.03, ux=0), "region_units"),
         (region(0, 0, 49, 39, -0.03, 0.03), "invalid_spacing"),
         (region(0, 0, 49, 39, float("nan"), 0.03), "invalid_spacing"),
         (region(0, 0, 49, 39, 0.0, 0.03), "invalid_spacing"),
@@ -165,10 +169,13 @@ def test_pixel_spacing_fallback_and_none(tmp_path):
     assert fr.spacing_mm is None and fr.meta["spacing_error"] == "no_spacing"
 
 
-def test_monochrome1_inverted(tmp_path):
-    img = _img()
-    (fr,) = list(read_frames(make_dicom(tmp_path / "a.dcm", img, photometric="MONOCHROME1")))
-    np.testing.assert_array_equal(fr.image, 255 - img[0])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_monochrome1_inverted(tmp_path, bits):
+    """Inverted against 255 instead of 2**BitsStored - 1, a 16-bit MONOCHROME1 file was refused or read wrong."""
+    grey = _img()
+    stored = ((1 << bits) - 1) - grey.astype(np.uint16)  # 16 bits: 65280..65535, white is 0
+    (fr,) = list(read_frames(make_dicom(tmp_path / "a.dcm", stored, photometric="MONOCHROME1", bits=bits)))
+    np.testing.assert_array_equal(fr.image, grey[0])
 
 
 def test_rgb_to_grey(tmp_path):
@@ -181,7 +188,9 @@ def test_rgb_to_grey(tmp_path):
 def test_palette_color(tmp_path, lut_bits):
     rng = np.random.default_rng(6)
     lut8 = rng.integers(0, 256, (256, 3), dtype=np.uint16)
-    lut = lut8 * 257 if lut_bits == 16 else lut8
+    # 16 bits: up to half a step either side of each 8-bit level, rounded to it (200 is level 1, not 200 >> 8 = 0)
+    near = np.clip(lut8 * 257 + rng.integers(-128, 129, lut8.shape), 0, 65535).astype(np.uint16)
+    lut = near if lut_bits == 16 else lut8
     idx = _img()
     (fr,) = list(read_frames(make_dicom(tmp_path / "a.dcm", idx, photometric="PALETTE COLOR", palette=(lut, lut_bits))))
     np.testing.assert_array_equal(fr.image, rgb_to_grey(lut8[idx[0]].astype(np.uint8)))

@@ -114,6 +114,19 @@ def test_16bit_elements_rule(tmp_path):
     with pytest.raises(ReadError) as ei:
         next(read_frames(p))
     assert ei.value.reason == "unsupported_bit_depth"
+    p.write_bytes(header((6, 5), etype="MET_SHORT", spacing="0.2 0.3") + np.full((5, 6), -1, "<i2").tobytes())
+    with pytest.raises(ReadError) as ei:  # a negative sample is refused too, not wrapped to 255
+        next(read_frames(p))
+    assert ei.value.reason == "unsupported_bit_depth"
+
+
+def test_big_endian_elements_are_read_in_their_byte_order(tmp_path):
+    """BinaryDataByteOrderMSB = True ignored: each 16-bit sample was read byte-swapped (and refused as over 8 bits)."""
+    img = _stack(1, 5, 6)[0].astype(">u2")
+    p = tmp_path / "msb.mha"
+    p.write_bytes(header((6, 5), etype="MET_USHORT", spacing="0.2 0.3").replace(
+        b"BinaryDataByteOrderMSB = False", b"BinaryDataByteOrderMSB = True") + img.tobytes())
+    np.testing.assert_array_equal(next(read_frames(p)).image, img)
 
 
 def test_plus_per_frame_fields(tmp_path):
@@ -153,6 +166,8 @@ def test_unit_spacing_is_a_placeholder_in_any_metaimage(tmp_path):
     assert f.spacing_mm == (1.0, 1.0) and f.spacing_source == "config"  # a user who means it says so
     (f, *_) = list(read_frames(write_mha(tmp_path / "b.mha", _stack(), spacing="0.2 0.1 1")))
     assert f.spacing_mm == (0.1, 0.2) and f.spacing_source == "metaimage"
+    (f, *_) = list(read_frames(write_mha(tmp_path / "c.mha", _stack(), spacing="0.5 1 1")))
+    assert f.spacing_mm == (1.0, 0.5) and f.spacing_source == "metaimage"  # 1 mm on one axis only: a real spacing
 
 
 def test_no_element_spacing(tmp_path):

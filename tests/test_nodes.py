@@ -72,7 +72,7 @@ def test_ingest_rejects_repeated_and_backward_seq_but_not_new_session():
     assert ing.rejected["seq_not_increasing"] == 2
     # a gap is counted, not rejected
     assert ing.process("in", frame_msg(4, img, session="sess2"))[0].port == "frames"
-    assert ing.counters["seq_gap_frames"] == 3
+    assert ing.counters["seq_gap_frames"] == 3 and ing.status()["streams"]["s1"]["seq_gap_frames"] == 3  # and per stream
 
 
 def test_ingest_rate_limit_is_per_stream():
@@ -88,6 +88,7 @@ def test_ingest_rate_limit_is_per_stream():
 
 
 def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypatch):
+    """The idle stream makes room, not the one seen first: else a stream still sending is dropped for a newcomer."""
     import mmstream.nodes.ingest as I
 
     clock = [100.0]
@@ -99,11 +100,11 @@ def test_ingest_keeps_a_bounded_number_of_streams_forgetting_idle_ones(monkeypat
     (ev,) = ing.process("in", frame_msg(0, img, stream="p3"))
     assert ev.header.reason == "too_many_streams" and ing.rejected["too_many_streams"] == 1
     clock[0] += 30.0
-    ing.process("in", frame_msg(1, img, stream="p1"))
+    ing.process("in", frame_msg(1, img, stream="p0"))  # the first stream seen keeps sending
     ing.process("in", frame_msg(1, img, stream="p2"))
-    clock[0] += 31.0  # p0 idle for 61 s: forgotten for the new stream
+    clock[0] += 31.0  # p1 idle for 61 s: forgotten for the new stream
     assert ing.process("in", frame_msg(0, img, stream="p3"))[0].port == "frames"
-    assert ing.counters["streams_forgotten"] == 1 and sorted(ing.status()["streams"]) == ["p1", "p2", "p3"]
+    assert ing.counters["streams_forgotten"] == 1 and sorted(ing.status()["streams"]) == ["p0", "p2", "p3"]
 
 
 def test_ingest_refuses_frames_too_small_to_analyse():

@@ -23,6 +23,12 @@ def test_a_path_is_found_as_the_readers_print_it_and_a_link_loop_does_not_break_
     out = redact_paths("ReadError: Doe_Jane_1961/IM0001: unknown image format", [written])
     assert "Doe" not in out and file_tag(written) in out
     assert "Doe" not in redact_paths(f"{os.path.abspath(written)}: gone", [written])
+    real = tmp_path / "export" / "Doe_Jane_1961"  # configured through a link, printed with the link followed
+    real.mkdir(parents=True)
+    (real / "cine.dcm").write_bytes(b"")
+    (tmp_path / "today").symlink_to(real)
+    linked = tmp_path / "today" / "cine.dcm"
+    assert "Doe" not in redact_paths(f"{real / 'cine.dcm'}: no pixel data", [str(linked)])
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     assert redact_paths(f"{loop}: too many levels of symbolic links", [str(loop)]).startswith("<file ")

@@ -5,11 +5,13 @@ rejection, counted and announced, and the SCP keeps serving."""
 import logging
 import os
 import sqlite3
+import stat
 import subprocess
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage, UltrasoundImageStorage
 from test_graph import wait_for
@@ -264,6 +266,39 @@ def test_deidentification_replaces_name_and_id_and_keeps_them_out_of_logs(scp_fa
     assert rows == {"PID-0001": ids[0], "PID-0002": ids[2]}
     text = caplog.text + " ".join(e.message for e in sink.events) + " ".join(sink.reasons())
     assert "Doe" not in text and "PID-000" not in text and "Roe" not in text
+
+
+def test_deidentification_removes_the_other_identifiers_of_the_patient(scp_factory, tmp_path):
+    """Stored files kept the patient's other IDs, address, phone or mother's birth name when one was left off the list."""
+    earlier = Dataset()
+    earlier.PatientID = "OLD-0077"
+    extra = {"OtherPatientIDs": "OLD-0001", "OtherPatientNames": "Doe^J", "OtherPatientIDsSequence": [earlier],
+             "PatientAddress": "1 Main St", "PatientTelephoneNumbers": "555-0100", "PatientMotherBirthName": "Roe^Mary"}
+    scp, sink = scp_factory(deid=Pseudonymizer(tmp_path / "map.sqlite"))
+    assert storescu(scp.port, make_series(tmp_path / "a", n=2, extra=extra)["paths"]).returncode == 0
+    sink.volume()
+    stored = [pydicom.dcmread(f) for f in (tmp_path / "store").rglob("*.dcm")]
+    assert len(stored) == 2
+    for ds in stored:
+        assert [kw for kw in extra if kw in ds] == []
+        text = str(ds)
+        assert not [v for v in ("Doe", "OLD-00", "Main St", "555-", "Roe") if v in text], text
+
+
+def test_a_pseudonym_follows_the_patient_id_not_the_name(tmp_path):
+    """Two patients sharing a name got one pseudonym, or one patient's name spelled anew a second one."""
+    deid = Pseudonymizer(tmp_path / "map.sqlite")
+    jane = deid.pseudonym("PID-0001", "Doe^Jane")
+    assert deid.pseudonym("PID-0001", "DOE^JANE") == jane  # the same patient, her name written another way
+    assert deid.pseudonym("PID-0002", "Doe^Jane") != jane  # another patient of the same name
+
+
+def test_the_pseudonym_table_is_readable_by_its_owner_only(tmp_path):
+    """The table linking pseudonyms to patient names and IDs was readable by other users of the machine."""
+    deid = Pseudonymizer(tmp_path / "map.sqlite")
+    deid.pseudonym("PID-0001", "Doe^Jane")
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in tmp_path.glob("map.sqlite*")}  # the table and its log
+    assert "map.sqlite" in modes and {name: oct(m) for name, m in modes.items() if m & 0o077} == {}
 
 
 @pytest.mark.shared_data

@@ -50,8 +50,9 @@ def truth_voxels(n: int, rows: int, cols: int) -> np.ndarray:
 
 def make_series(folder: Path, n: int = 5, rows: int = 6, cols: int = 7, *, spacing=(2.5, 0.8, 0.6),
                 origin=(-10.0, 20.0, 30.0), slopes=None, gaps=None, shuffle=True, patient=("Doe^Jane", "PID-0001"),
-                modality="MR") -> dict:  # fmt: skip
-    """Write ``n`` single-frame slices of one oblique series; returns the truth (geometry, voxels)."""
+                modality="MR", extra=None) -> dict:  # fmt: skip
+    """Write ``n`` single-frame slices of one oblique series (``extra``: more attributes, by keyword);
+    returns the truth (geometry, voxels)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     row, col, normal = oblique_geometry()
@@ -71,6 +72,8 @@ def make_series(folder: Path, n: int = 5, rows: int = 6, cols: int = 7, *, spaci
         ds.RescaleSlope, ds.RescaleIntercept = slopes[k], -100.0
         ds.InstanceNumber = int(k) + 1
         ds.PixelData = stored[k].tobytes()
+        for kw, value in (extra or {}).items():
+            setattr(ds, kw, value)
         _finish(ds, MR)
         p = folder / f"slice_{k:03d}.dcm"
         ds.save_as(p, enforce_file_format=True)
