@@ -63,6 +63,13 @@ MAX = 4096
         ('{"cmd": "set_roi", "roi": [0, 0, 1e9, 10]}', "invalid_command"),
         ('{"cmd": "set_roi", "roi": "0,0,10,10"}', "invalid_command"),
         ('{"cmd": "set_context", "clinical": {"side": "up"}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"age_years": "40"}}', "invalid_command"),  # the nested model is strict too
+        ('{"cmd": "set_context", "clinical": {"age_years": true}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"age_years": "1e1"}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"age_years": [40]}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"patient_id": 123}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"site": 5}}', "invalid_command"),
+        ('{"cmd": "set_context", "clinical": {"sex": 1}}', "invalid_command"),
         ('{"cmd": "set_context", "clinical": {"patient_id": "' + "p" * 65 + '"}}', "invalid_command"),
         ('{"cmd": "select_stream", "stream_id": "../../etc"}', "invalid_command"),
         ('{"cmd": "painted", "stream_id": "s", "seq": -1}', "invalid_command"),
@@ -92,7 +99,38 @@ def test_valid_commands_parse_to_typed_models():
     assert parse_command('{"cmd": "set_roi", "roi": [1, 2, 30, 40]}', MAX).roi == (1, 2, 30, 40)
     ctx = parse_command('{"cmd": "set_context", "clinical": {"patient_id": "P-01", "site": "tibialis_anterior", "side": "left"}}', MAX)
     assert ctx.clinical.side == "left"
+    raw = '{"cmd": "set_context", "clinical": {"site": "M. Tibialis (ant.)", "age_years": 40, "sex": "female"}}'
+    ctx = parse_command(raw, MAX)
+    assert (ctx.clinical.site, ctx.clinical.age_years, ctx.clinical.sex) == ("m_tibialis_ant", 40.0, "female")
+    assert parse_command('{"cmd": "set_context", "clinical": {"age_years": 40.5}}', MAX).clinical.age_years == 40.5
     assert parse_command('{"cmd": "record_start"}', MAX).cmd == "record_start"
+
+
+def test_paint_reports_are_matched_to_the_frames_sent_once():
+    """The paint window: at most WINDOW unreported frames until ACK_TIMEOUT_S, then a new window;
+    each frame sent is accepted once; a tab hidden for longer than SENT_MEMORY frames reports its
+    queued paints when shown again without one refused."""
+    from mmstream.web.paint import SENT_MEMORY, PaintWindow
+
+    WINDOW, ACK_TIMEOUT_S = 2, 1.0
+    pw = PaintWindow(WINDOW, ACK_TIMEOUT_S)
+    for seq in range(WINDOW):
+        assert pw.may_send(0.0)
+        pw.sent(("s", seq), 0.0)
+    assert not pw.may_send(0.5) and pw.may_send(ACK_TIMEOUT_S)
+    assert pw.report(("s", 0)) == "window" and pw.may_send(0.5)
+    assert pw.report(("s", 0)) == "unknown"  # reported already
+    assert pw.report(("s", 99)) == "unknown" and pw.report(("other", 1)) == "unknown"  # never sent
+    pw.sent(("s", 5), 0.5)
+    pw.sent(("s", 6), ACK_TIMEOUT_S + 0.5)  # the ack timeout: a new window; 1 and 5 stay reportable
+    assert pw.window == {("s", 6)} and pw.report(("s", 5)) == "late" and pw.report(("s", 1)) == "late"
+    pw.restart()  # another stream shown: its frames' reports still match
+    assert pw.report(("s", 6)) == "late" and pw.window == set()
+    hidden = PaintWindow(WINDOW, ACK_TIMEOUT_S)  # a hidden tab: one frame per ack timeout, none reported
+    for seq in range(SENT_MEMORY + 10):
+        hidden.sent(("s", seq), seq * ACK_TIMEOUT_S)
+    answers = [hidden.report(("s", seq)) for seq in range(SENT_MEMORY + 10)]  # shown again: all of them
+    assert answers.count("forgotten") == 10 and "unknown" not in answers and answers[-1] == "window"
 
 
 def test_frame_packet_layout_and_lazy_encoding():

@@ -18,6 +18,7 @@ from mmstream.cli import main
 from mmstream.config import load_config
 from mmstream.errors import ConfigError
 from mmstream.service import Service
+from mmstream.web import admission
 from mmstream.web import server as web_server
 from test_graph import RANDOM_TCP, wait_for
 
@@ -330,16 +331,78 @@ def test_foreign_host_names_and_malformed_headers_are_refused(svc):
     assert rejected()["bad_header"] >= 3
 
 
+def _hold(port, n, source="127.0.0.1", request=b"GET /ws HTTP/1.1\r\n"):
+    """``n`` TCP connections from address ``source`` that send ``request`` (by default the start of
+    an HTTP request whose headers never end, as a slowloris does) and then nothing."""
+    import socket
+
+    held = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=5)
+        if request:
+            s.sendall(request)
+        held.append(s)
+    return held
+
+
+def _closed_by_server(s) -> bool:
+    """Whether the server has closed (or reset) TCP connection ``s`` (within its timeout)."""
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _raw_page(port, hello=b'{"cmd":"hello"}'):
+    """A websocket page on a plain socket (it reads only the 101 answer): upgrade, then ``hello``."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode() + UPGRADE + b"\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    s.sendall(_ws_frame(0x1, hello))
+    return s
+
+
+def _ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A masked client frame (payloads under 126 bytes)."""
+    import os
+
+    mask = os.urandom(4)
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def _tls_files(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command missing")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
 def test_connections_are_bounded_from_accept(monkeypatch):
     """Idle TCP connections beyond max_clients + MAX_PENDING are closed at once; upgrades racing
     past the page check still leave at most max_clients pages."""
-    import socket
-
+    monkeypatch.setattr(admission, "PENDING_GRACE_S", 60.0)  # none of the idle ones is old enough to make room
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "max_clients": 2})
     with Service(cfg) as svc:
-        port = svc.web.server.port
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2 + web_server.MAX_PENDING + 5)]
-        wait_for(lambda: svc.graph.status()["web"]["rejected"].get("too_many_connections", 0) >= 5, what="refusals")
+        rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+        peers = [f"127.0.0.{k}" for k in range(2, 6)]  # within the per-peer bound each, beyond the total together
+        idle = [s for p in peers for s in _hold(svc.web.server.port, 6, p, request=b"")]
+        wait_for(lambda: rejected().get("too_many_connections", 0) >= 24 - 18, what="refusals")
         for s in idle:
             s.close()
         with contextlib.ExitStack() as stack:
@@ -351,31 +414,236 @@ def test_connections_are_bounded_from_accept(monkeypatch):
             assert svc.graph.status()["web"]["pages"] == 2
 
 
-def test_a_page_that_takes_nothing_is_dropped_without_holding_others(monkeypatch):
-    import asyncio
+def test_tls_connections_are_counted_and_bounded_at_accept(tmp_path, monkeypatch, caplog):
+    """With TLS, idle connects that never start the handshake are counted and bounded from
+    accept like plain ones (before, only once past the TLS handshake: unbounded). One address
+    holds at most MAX_PENDING_PER_PEER pending connections (a new one closes its oldest, in its
+    handshake: no error logged); all of them, max_clients + MAX_PENDING (beyond, with none pending
+    long, the new one is reset at once). Once the idle ones are gone, a page connects."""
+    import gc
+    import logging
+    import ssl
 
-    from mmstream.web.server import _Page
+    monkeypatch.setattr(admission, "PENDING_GRACE_S", 60.0)  # none of the idle ones is old enough to make room
+    cert, key = _tls_files(tmp_path)
+    token = "tls-token-0123456789abcdef"
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "max_clients": 2, "token": token,
+                                                       "tls_cert_file": str(cert), "tls_key_file": str(key)})  # fmt: skip
+    with Service(cfg) as svc:
+        server, port = svc.web.server, svc.web.server.port
+        rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+        one_peer = _hold(port, admission.MAX_PENDING_PER_PEER + 4, "127.0.0.2", request=b"")
+        wait_for(lambda: rejected().get("too_many_from_peer", 0) == 4, what="the address's oldest closed")
+        for s in one_peer[:4]:
+            s.settimeout(1.0)  # closed at once, not after the 5 s handshake timeout
+        assert sum(_closed_by_server(s) for s in one_peer[:4]) == 4
+        others = [s for p in ("127.0.0.3", "127.0.0.4") for s in _hold(port, 7, p, request=b"")]
+        wait_for(lambda: rejected().get("too_many_connections", 0) == 8 + 14 - 18, what="refusals beyond the total")
+        for s in others[-4:]:
+            s.settimeout(1.0)
+        assert sum(_closed_by_server(s) for s in others[-4:]) == 4
+        assert server._admission.connections == 2 + admission.MAX_PENDING
+        for s in one_peer + others:
+            s.close()
+        wait_for(lambda: server._admission.connections == 0, what="the idle connections uncounted")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with connect(svc.web.url.replace("https://", "wss://") + "ws", ssl=trust) as ws:
+            ws.send(json.dumps({"cmd": "hello", "token": token}))
+            assert recv_until(ws, is_type("hello"))["token_required"] is True
+    gc.collect()  # a failed handshake task would report its exception when collected
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
-    class Stalled:  # a websocket whose peer stopped reading: send never completes
-        aborted = False
 
-        async def send(self, data):
-            await asyncio.sleep(3600)
+def test_slow_connections_do_not_lock_pages_out():
+    """Slowloris: connections holding half-sent headers. One address holds at most
+    MAX_PENDING_PER_PEER of them; a new connection from that address (even the same machine's
+    browser) closes its oldest one and gets its page. Before, 20 of them took every slot and a new
+    page was reset (too_many_connections)."""
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "max_clients": 2}, sources=SIM)
+    with Service(cfg) as svc:
+        rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+        slow = _hold(svc.web.server.port, 20)
+        for _ in range(4):
+            with connect(ws_url(svc), open_timeout=5) as ws:
+                ws.send(json.dumps({"cmd": "hello"}))
+                assert recv_until(ws, is_type("hello"))["stream_id"] in (None, "sim")
+                recv_until(ws, lambda m: isinstance(m, bytes))  # and frames come
+        # 12 closed as the 20 came, 1 for the first page (the others found a place: 7 slow ones pending)
+        assert rejected().get("too_many_from_peer", 0) == 12 + 1 and rejected().get("too_many_connections", 0) == 0
+        assert sum(_closed_by_server(s) for s in slow[:13]) == 13
+        for s in slow:
+            s.close()
 
-        @property
-        def transport(self):
-            return self
 
-        def abort(self):
-            Stalled.aborted = True
+def test_a_page_that_takes_no_data_is_dropped_and_a_slow_one_is_not(svc, monkeypatch):
+    """A page that says hello and then reads nothing (a frozen tab, a tablet asleep) does not answer
+    pings: it is dropped within PING_INTERVAL_S + PONG_TIMEOUT_S (before: once the kernel's socket
+    buffers had filled, after about 20 s). A page that reads but never reports a paint (a hidden
+    tab) and pauses its reading for less than PONG_TIMEOUT_S stays, and other pages stream on."""
+    import threading
+    import time
 
-    monkeypatch.setattr(web_server, "SEND_TIMEOUT_S", 0.05)
-    srv = web_server.WebServer.__new__(web_server.WebServer)
-    srv.counters, srv.rejected, srv._lock = web_server.Counter(), web_server.Counter(), web_server.threading.Lock()
-    page = _Page(Stalled())
-    with pytest.raises(ConnectionClosed):
-        asyncio.run(srv._send_json(page, {"type": "clock"}))
-    assert Stalled.aborted and page.closing and srv.rejected["send_timeout"] == 1
+    monkeypatch.setattr(web_server, "PING_INTERVAL_S", 0.2, raising=False)
+    monkeypatch.setattr(web_server, "PONG_TIMEOUT_S", 1.0, raising=False)
+    status = lambda: svc.graph.status()["web"]  # noqa: E731
+    before = status()["rejected"].get("stalled", 0)
+    with connect(ws_url(svc), max_size=2**24) as live:
+        live.send(json.dumps({"cmd": "hello"}))
+        recv_until(live, is_type("hello"))
+        stop, frames = threading.Event(), []
+
+        def read_with_pauses():  # never reports painted; stops reading for 0.5 s every 0.5 s
+            while not stop.is_set():
+                t_end = time.monotonic() + 0.5
+                while time.monotonic() < t_end:
+                    with contextlib.suppress(TimeoutError):
+                        if isinstance(live.recv(timeout=0.1), bytes):
+                            frames.append(time.monotonic())
+                stop.wait(0.5)
+
+        reader = threading.Thread(target=read_with_pauses)
+        reader.start()
+        try:
+            stalled = _raw_page(svc.web.server.port)
+            wait_for(lambda: status()["pages"] == 2, what="the stalled page connected")
+            t0 = time.monotonic()
+            wait_for(lambda: status()["pages"] == 1, timeout_s=4.0, what="the stalled page dropped")
+            assert time.monotonic() - t0 < 0.2 + 1.0 + 1.0
+            assert status()["rejected"].get("stalled", 0) == before + 1
+            stalled.settimeout(5)
+            assert _closed_by_server(stalled)
+            t1 = time.monotonic()
+            wait_for(lambda: frames and frames[-1] - t1 > 3.0, timeout_s=6.0, what="a frame 3 s later")
+        finally:
+            stop.set()
+            reader.join()
+        assert status()["rejected"].get("stalled", 0) == before + 1  # the slow page stayed
+        live.send(json.dumps({"cmd": "clock", "t_page_ms": 7.0}))
+        assert recv_until(live, is_type("clock"))["t_page_ms"] == 7.0
+
+
+def test_the_real_close_reason_is_counted_while_a_send_waits(svc):
+    """Pages that send a message over max_message_bytes (in 120-byte fragments) right after hello
+    and then neither read nor close: the server fails each connection with 1009 while its sends to
+    the page are under way, and counts ``too_large`` for each (before, a send's own 2 s timeout
+    often expired first: counted ``send_timeout``, and the 1009 was lost)."""
+    rejected = lambda: svc.graph.status()["web"]["rejected"]  # noqa: E731
+    before = dict(rejected())
+    oversized = b"".join(_ws_frame(0x1 if i == 0 else 0x0, b" " * 120, fin=i == 39) for i in range(40))
+    pages = [_raw_page(svc.web.server.port) for _ in range(5)]
+    for s in pages:
+        s.sendall(oversized)
+    for s in pages:
+        assert _closed_by_server(s)
+    delta = lambda key: rejected().get(key, 0) - before.get(key, 0)  # noqa: E731
+    wait_for(lambda: delta("too_large") == 5, what="5 too_large")
+    assert delta("send_timeout") == 0 and delta("stalled") == 0
+    for s in pages:
+        s.close()
+
+
+def test_paint_reports_count_once_for_frames_sent_to_the_page(svc, page):
+    """A ``painted`` report counts once, for a frame sent to that page: the display figures of
+    ``mmstream status`` are the page's paints, not what it claims; a report of a frame never sent
+    to the page, or reported already, is refused (and a flood of them closes the page, 1008)."""
+    status = lambda: svc.graph.status()["web"]  # noqa: E731
+    painted = lambda: status()["display"].get("sim", {}).get("frames", 0)  # noqa: E731
+    meta = parse_packet(recv_until(page, lambda m: isinstance(m, bytes)))[0]
+    report = {"cmd": "painted", "stream_id": "sim", "seq": meta["seq"], "latency_ms": 30.0}
+    frames0 = painted()
+    page.send(json.dumps(report))
+    wait_for(lambda: painted() == frames0 + 1, what="the paint counted")
+    page.send(json.dumps(report))  # the same frame again
+    err = recv_until(page, is_type("error"))
+    assert err["reason"] == "unknown_frame"
+    page.send(json.dumps({**report, "seq": meta["seq"] + 10**6}))  # a frame never sent
+    assert recv_until(page, is_type("error"))["reason"] == "unknown_frame"
+    assert painted() == frames0 + 1
+    with connect(ws_url(svc), max_size=2**24) as flood:  # a flood of forged reports: refused, closed
+        flood.send(json.dumps({"cmd": "hello"}))
+        recv_until(flood, is_type("hello"))
+        with pytest.raises(ConnectionClosed) as exc:
+            for _ in range(web_server.MAX_REJECTS + 5):
+                flood.send(json.dumps({**report, "seq": meta["seq"] + 10**6}))
+            recv_until(flood, lambda m: False)
+        assert exc.value.rcvd.code == 1008
+    assert painted() == frames0 + 1
+
+
+def test_a_page_flooding_messages_is_throttled_and_others_stream_on(svc, page):
+    """A page's messages are handled at most MAX_MESSAGES_PER_S a second (as many at once): valid,
+    answered ``clock`` messages sent as fast as possible take their time, and meanwhile another
+    page gets its frames (before, a flood was read as fast as it came, starving the others)."""
+    import time
+
+    status = lambda: svc.graph.status()["web"]  # noqa: E731
+    n = 2 * web_server.MAX_MESSAGES_PER_S + 100  # one burst, then the rate
+    throttled = status()["counters"].get("throttled", 0)
+    with connect(ws_url(svc), max_size=2**24) as busy:
+        busy.send(json.dumps({"cmd": "hello"}))
+        recv_until(busy, is_type("hello"))
+        t0 = time.monotonic()
+        for k in range(n):
+            busy.send(json.dumps({"cmd": "clock", "t_page_ms": float(k)}))
+        seen = []  # the good page's frames meanwhile, reported painted
+        while True:
+            m = recv_until(busy, lambda m: is_type("clock")(m) or isinstance(m, bytes), timeout_s=20)
+            if isinstance(m, dict) and m["t_page_ms"] == n - 1:
+                break
+            try:
+                raw = page.recv(timeout=0)
+            except TimeoutError:
+                continue
+            if isinstance(raw, bytes):
+                seen.append(time.monotonic())
+                m = parse_packet(raw)[0]
+                page.send(json.dumps({"cmd": "painted", "stream_id": "sim", "seq": m["seq"], "latency_ms": None}))
+        elapsed = time.monotonic() - t0
+    assert elapsed >= (n - web_server.MAX_MESSAGES_PER_S) / web_server.MAX_MESSAGES_PER_S * 0.9
+    assert status()["counters"].get("throttled", 0) > throttled
+    assert len(seen) >= 10 * elapsed  # the good page: >= 10 fps of a 30 fps source meanwhile
+
+
+def test_taps_outside_the_image_never_close_the_connection(svc, page):
+    """A misplaced tap is answered (``outside_image``, counted in ``rejected``) but does not count
+    toward the MAX_REJECTS that close a connection: a bedside user keeps the view."""
+    recv_until(page, lambda m: isinstance(m, bytes))
+    for k in range(web_server.MAX_REJECTS + 5):
+        page.send(json.dumps({"cmd": "set_seed", "seed_rc": [9000, 9000], "id": k}))
+        rep = recv_until(page, lambda m: is_type("reply")(m) and m["id"] == k)
+        assert rep["reason"] == "outside_image"
+    page.send(json.dumps({"cmd": "clock", "t_page_ms": 3.0}))
+    assert recv_until(page, is_type("clock"))["t_page_ms"] == 3.0
+
+
+def test_only_get_and_head_are_served(svc):
+    """GET serves a file; HEAD answers its headers (Content-Length included) without the body;
+    any other method is a 405 with Allow (``/ws``: GET only), counted ``bad_method``."""
+    import socket
+
+    def ask(method, path):
+        with socket.create_connection(("127.0.0.1", svc.web.server.port), timeout=5) as s:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{svc.web.server.port}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        return lines[0], dict(line.split(": ", 1) for line in lines[1:]), body
+
+    before = svc.graph.status()["web"]["rejected"].get("bad_method", 0)
+    status, headers, body = ask("GET", "/app.js")
+    assert status == "HTTP/1.1 200 OK" and int(headers["Content-Length"]) == len(body) > 500
+    status, head_headers, head_body = ask("HEAD", "/app.js")
+    assert status == "HTTP/1.1 200 OK" and head_body == b"" and head_headers == headers
+    for method in ("POST", "PUT", "DELETE", "PATCH", "TRACE", "OPTIONS", "FOO"):
+        status, headers, body = ask(method, "/app.js")
+        assert status == "HTTP/1.1 405 Method Not Allowed" and headers["Allow"] == "GET, HEAD", method
+        assert b"mmstream" not in body and headers["X-Frame-Options"] == "DENY"
+    for method in ("POST", "HEAD"):
+        status, headers, _ = ask(method, "/ws")
+        assert status == "HTTP/1.1 405 Method Not Allowed" and headers["Allow"] == "GET"
+    assert svc.graph.status()["web"]["rejected"]["bad_method"] == before + 9
 
 
 def test_token_is_required_and_checked(monkeypatch):
@@ -399,8 +667,9 @@ def test_token_is_required_and_checked(monkeypatch):
 
 
 def test_display_latency_reaches_mmstream_status(svc, page, capsys):
-    for seq in range(5):
-        page.send(json.dumps({"cmd": "painted", "stream_id": "sim", "seq": seq, "latency_ms": 20.0 + seq}))
+    for k in range(5):  # each frame received, reported painted
+        meta = parse_packet(recv_until(page, lambda m: isinstance(m, bytes)))[0]
+        page.send(json.dumps({"cmd": "painted", "stream_id": "sim", "seq": meta["seq"], "latency_ms": 20.0 + k}))
     wait_for(lambda: svc.graph.status()["web"]["display"].get("sim", {}).get("frames", 0) >= 5, what="paint reports")
     assert main(["status", "--control", svc.graph.endpoints["control"]]) == 0
     out = capsys.readouterr().out

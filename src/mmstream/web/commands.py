@@ -32,19 +32,13 @@ class PageCommands:
         elif cmd.cmd == "clock":
             await self._send_json(page, {"type": "clock", "t_page_ms": cmd.t_page_ms, "t_server_s": time.monotonic()})
         elif cmd.cmd == "painted":
-            if cmd.stream_id != sid:  # late, from the stream shown before: ignored (and never a new telemetry key)
-                self._count("painted_other_stream")
-                return
-            page.in_flight = max(0, page.in_flight - 1)
-            if cmd.latency_ms is not None:
-                with self._lock:
-                    self.display.add(cmd.stream_id, time.monotonic(), cmd.latency_ms / 1e3)
-            page.wake.set()
+            await self._painted(page, cmd)
         elif cmd.cmd == "select_stream":
             if cmd.stream_id not in self.live.streams():
                 await self._refuse(page, "unknown_stream", f"no stream {cmd.stream_id!r}")
                 return
-            page.stream_id, page.frame_sent, page.overlay_sent, page.in_flight = cmd.stream_id, None, None, 0
+            page.stream_id, page.frame_sent, page.overlay_sent = cmd.stream_id, None, None
+            page.paint.restart()
             await self._send_context(page)
         elif cmd.cmd in _GEOMETRY:
             await self._set_geometry(page, cmd)
@@ -58,6 +52,24 @@ class PageCommands:
                         p.wake.set()
         else:  # record_start, record_stop, capture: the service's own commands
             await self._forward(page, cmd, command=cmd.cmd, stream_id=sid)
+
+    async def _painted(self, page, cmd) -> None:
+        """A paint report, matched to a frame sent to this page, once (:mod:`mmstream.web.paint`):
+        only those count in the display latency and fps; a report of a frame not sent to the page,
+        or reported already, is refused."""
+        match = page.paint.report((cmd.stream_id, cmd.seq))
+        if match == "unknown":
+            await self._refuse(page, "unknown_frame", f"frame {cmd.seq} of {cmd.stream_id!r} was not sent to this page "
+                                                      "or was reported already")  # fmt: skip
+            return
+        if match == "forgotten" or cmd.stream_id != page.stream_id:  # late, from the stream shown before: ignored
+            self._count(f"painted_{'forgotten' if match == 'forgotten' else 'other_stream'}")
+            return
+        if cmd.latency_ms is not None:
+            with self._lock:
+                self.display.add(cmd.stream_id, time.monotonic(), cmd.latency_ms / 1e3)
+        if match == "window":
+            page.wake.set()
 
     async def _reply(self, page, cmd, ok: bool, reason: str | None = None, message: str | None = None,
                      data: dict | None = None) -> None:  # fmt: skip

@@ -1,6 +1,8 @@
 """The plain-HTTP side of the live view: the page's three static files with strict security
-headers, the same-origin check of websocket upgrades, and the optional TLS context."""
+headers (GET and HEAD only), the same-origin check of websocket upgrades, and the optional TLS
+context."""
 
+import dataclasses
 import ssl
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +37,23 @@ class StaticPages:
             return None
         body, ctype = found
         return Response(200, "OK", Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), *SECURITY_HEADERS]), body)
+
+
+def refuse_method(method: str, path: str) -> Response | None:
+    """405 (with ``Allow``) for a method that URL ``path`` does not serve: GET and HEAD for the
+    page's files (and the 404 of any other path), GET only for the websocket ``/ws``."""
+    allowed = ("GET",) if urlsplit(path).path == "/ws" else ("GET", "HEAD")
+    if method in allowed:
+        return None
+    body = b"method not allowed\n"
+    headers = [("Allow", ", ".join(allowed)), ("Content-Type", "text/plain; charset=utf-8"),
+               ("Content-Length", str(len(body))), *SECURITY_HEADERS]  # fmt: skip
+    return Response(405, "Method Not Allowed", Headers(headers), body)
+
+
+def head_only(response: Response) -> Response:
+    """The answer to HEAD: the headers of the GET answer (its Content-Length too), no body."""
+    return dataclasses.replace(response, body=b"")
 
 
 def same_origin(request: Request) -> bool:

@@ -1,8 +1,9 @@
 """What the page and the server say to each other over the websocket (see ``docs/webview.md``).
 
 Page -> server: small JSON text messages, one :data:`Command` each, tagged by ``cmd``; validated
-strictly (unknown fields, wrong types, non-finite numbers and oversized strings are refused) by
-:func:`parse_command`, which raises :class:`WebInputError` with a ``reason`` used as counter key.
+strictly, nested models too (unknown fields, wrong types, non-finite numbers and oversized strings
+are refused: no string or boolean becomes a number) by :func:`parse_command`, which raises
+:class:`WebInputError` with a ``reason`` used as counter key.
 
 Server -> page: JSON text messages tagged by ``type`` (``hello``, ``metrics``, ``fused``,
 ``status``, ``reply``, ``clock``, ``context``, ``captures``, ``note``, ``error``) and binary frame packets built by
@@ -102,7 +103,8 @@ class SetRoi(_Cmd):
 
 
 class SetContext(_Cmd):
-    """Patient pseudonym, site and side of the current stream."""
+    """Patient pseudonym, site and side of the current stream (age and sex choose the z-score
+    references). The service's ClinicalContext, validated strictly here (see :func:`parse_command`)."""
 
     cmd: Literal["set_context"]
     clinical: ClinicalContext
@@ -136,8 +138,8 @@ def parse_command(raw: str | bytes, max_bytes: int) -> BaseModel:
         raise WebInputError("a command is a JSON object", reason="malformed_json")
     if not isinstance(obj.get("cmd"), str) or obj["cmd"] not in _COMMAND_NAMES:
         raise WebInputError(f"unknown command {str(obj.get('cmd'))[:40]!r}", reason="unknown_command")
-    try:
-        return command_adapter.validate_json(raw)
+    try:  # strict: also in the nested ClinicalContext, which is lax for the service's own messages
+        return command_adapter.validate_json(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "(message)"

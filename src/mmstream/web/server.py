@@ -1,13 +1,15 @@
 """HTTP and websocket server of the bedside view, in its own thread with its own asyncio loop.
 
 ``GET /`` (and the page's ``app.js``, ``style.css``) serves the page; ``/ws`` is the websocket.
-A connection starts with a ``hello`` (carrying the token when one is configured, compared in
-constant time); then the server pushes, per page, the newest frame of the selected stream (at
-most :data:`WINDOW` frames not yet reported painted: latest-wins end to end), its overlay, the
-fused summaries of the current patient and a status message each second, and answers commands
-(:mod:`mmstream.web.commands`).
+Connections are admitted at accept (:mod:`mmstream.web.admission`). A connection starts with a
+``hello`` (carrying the token when one is configured, compared in constant time); then the server
+pushes, per page, the newest frame of the selected stream (at most :data:`WINDOW` frames not yet
+reported painted, :mod:`mmstream.web.paint`: latest-wins end to end), its overlay, the fused summaries of the current
+patient and a status message each second, and answers commands (:mod:`mmstream.web.commands`).
 Bad client messages are refused with an ``error`` message and counted; the connection is closed
-after :data:`MAX_REJECTS` of them, or at once for a message over ``max_message_bytes``.
+after :data:`MAX_REJECTS` of them, or at once for a message over ``max_message_bytes``. A page's
+messages are handled at most :data:`MAX_MESSAGES_PER_S` a second, and a page that does not answer
+a ping within :data:`PONG_TIMEOUT_S` (it takes no data) is dropped.
 """
 
 import asyncio
@@ -26,24 +28,29 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
+from websockets.protocol import State
 
 from mmstream.config import WebSection
 from mmstream.errors import ConfigError, InputError
 from mmstream.messages import ClinicalContext
 from mmstream.nodes.analyzer import StreamSettings
 from mmstream.nodes.base import Telemetry
+from mmstream.web.admission import Admission
 from mmstream.web.commands import PageCommands
 from mmstream.web.control_client import ControlClient
-from mmstream.web.http import StaticPages, loopback_host, same_origin, tls_context
+from mmstream.web.http import StaticPages, head_only, loopback_host, refuse_method, same_origin, tls_context
 from mmstream.web.live import FrameView, LiveView
+from mmstream.web.paint import PaintWindow
 from mmstream.web.protocol import Hello, WebInputError, parse_command
 
 WINDOW = 2  # frames sent to a page and not yet reported painted
 ACK_TIMEOUT_S = 1.0  # after this without a paint report, send again (a hidden tab paints nothing)
 HELLO_TIMEOUT_S = 5.0
-OPEN_TIMEOUT_S = 5.0  # the HTTP upgrade must complete within this
-SEND_TIMEOUT_S = 2.0  # a page that takes no data for this long is dropped (a stalled tablet holds nobody up)
-MAX_PENDING = 16  # connections not yet pages (handshake, hello) beyond max_clients: more are closed at once
+OPEN_TIMEOUT_S = 5.0  # the TLS handshake, and then the HTTP upgrade, must each complete within this
+CLOSE_TIMEOUT_S = 2.0  # a closing connection (websocket close, TLS shutdown) is aborted after this
+PING_INTERVAL_S = 1.0  # a page is pinged this long after its last pong
+PONG_TIMEOUT_S = 5.0  # a page whose pong does not come within this takes no data: dropped (its slot freed)
+MAX_MESSAGES_PER_S = 200  # a page's messages handled per second (and in a burst); beyond, its reading waits
 MAX_REJECTS = 20  # invalid messages tolerated per connection
 WANTED_WAIT_S = 5.0  # a reloaded page waits this long for its stream (a restarted service sees it again) before another
 CLOSE_REASONS = {1009: "too_large", 1007: "invalid_utf8", 1002: "protocol_error"}  # websocket close code -> reason
@@ -61,9 +68,10 @@ class _Page:
     notes_sent: dict = field(default_factory=dict)
     captures_sent: tuple | None = None
     status: dict | None = None
-    in_flight: int = 0
-    t_frame_sent: float = 0.0
+    paint: PaintWindow = field(default_factory=lambda: PaintWindow(WINDOW, ACK_TIMEOUT_S))
     rejects: int = 0
+    budget: float = MAX_MESSAGES_PER_S  # messages the page may send now (see WebServer._throttle)
+    t_budget: float = field(default_factory=time.monotonic)
     closing: bool = False
     context_due: bool = False  # another page changed the stream's clinical context: send it
     wanted: str | None = None  # the stream the page asked for at hello (kept across a reload), if not there yet
@@ -95,7 +103,7 @@ class WebServer(PageCommands):
         self._error: BaseException | None = None
         self._last_error: str | None = None  # last internal error (in status)
         self.port: int | None = None
-        self._connections = 0  # open TCP connections, pages or not (event loop thread only)
+        self._admission: Admission | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -129,32 +137,15 @@ class WebServer(PageCommands):
         self._encoder.shutdown(wait=True)
         self.control.close()
 
-    def _connection_class(self) -> type[ServerConnection]:
-        """Connections counted from accept: beyond ``max_clients`` + MAX_PENDING they are closed at
-        once (unauthenticated idle connects must not use up the process's file descriptors)."""
-        web = self
-
-        class Counted(ServerConnection):
-            def connection_made(self, transport):
-                super().connection_made(transport)
-                web._connections += 1
-                if web._connections > web.cfg.max_clients + MAX_PENDING:
-                    web._count("too_many_connections", rejected=True)
-                    transport.abort()
-
-            def connection_lost(self, exc):
-                web._connections -= 1
-                super().connection_lost(exc)
-
-        return Counted
-
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
+        refuse = lambda reason: self._count(reason, rejected=True)  # noqa: E731
+        self._admission = Admission(self.cfg.max_clients, refuse, self._ssl, OPEN_TIMEOUT_S, CLOSE_TIMEOUT_S)
+        try:  # TLS (when configured) is run by the admission, after a connection is counted
             server = await serve(
                 self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
-                max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None, close_timeout=2,
-                ssl=self._ssl, open_timeout=OPEN_TIMEOUT_S, create_connection=self._connection_class(),
+                max_size=self.cfg.max_message_bytes, max_queue=16, compression=None, server_header=None, close_timeout=CLOSE_TIMEOUT_S,
+                open_timeout=OPEN_TIMEOUT_S, ping_interval=None, create_connection=self._admission.connection,
             )  # fmt: skip
         except OSError as exc:
             self._error = exc
@@ -165,6 +156,7 @@ class WebServer(PageCommands):
         ticker = asyncio.create_task(self._status_loop())
         await self._stop.wait()
         ticker.cancel()
+        self._admission.abort_pending()
         server.close()
         await server.wait_closed()
 
@@ -195,10 +187,20 @@ class WebServer(PageCommands):
                 p.wake.set()
 
     def _http(self, connection: ServerConnection, request) -> Response | None:
+        """The answer to an HTTP request (None: go on with the websocket upgrade); HEAD gets the
+        headers of GET without the body."""
+        response = self._http_response(connection, request)
+        return head_only(response) if request.method == "HEAD" and response is not None else response
+
+    def _http_response(self, connection: ServerConnection, request) -> Response | None:
         try:
             if self._token is None and not loopback_host(request, self.cfg.host):
                 self._count("bad_host", rejected=True)  # e.g. DNS rebinding: another site under its own name
                 return connection.respond(403, "host not allowed\n")
+            refused = refuse_method(request.method, request.path)
+            if refused is not None:
+                self._count("bad_method", rejected=True)
+                return refused
             if urlsplit(request.path).path == "/ws":
                 if not same_origin(request):  # another site's page in the same browser
                     self._count("bad_origin", rejected=True)
@@ -213,15 +215,9 @@ class WebServer(PageCommands):
         return self._static.response(request.path) or connection.respond(404, "not found\n")
 
     async def _send(self, page: _Page, data) -> None:
-        """Send to one page; a page that does not take it within SEND_TIMEOUT_S is dropped (its
-        connection aborted) and ConnectionClosed raised, so nothing waits on a stalled peer."""
-        try:
-            await asyncio.wait_for(page.ws.send(data), SEND_TIMEOUT_S)
-        except TimeoutError:
-            self._count("send_timeout", rejected=True)
-            page.closing = True
-            page.ws.transport.abort()
-            raise ConnectionClosed(None, None) from None
+        """Send to one page (ConnectionClosed, with the close codes, when it is closed). Only this
+        page's own task waits here; a page that takes no data is dropped by :meth:`_watch`."""
+        await page.ws.send(data)
 
     async def _send_json(self, page: _Page, obj: dict) -> None:
         try:
@@ -246,11 +242,12 @@ class WebServer(PageCommands):
         try:
             if not await self._hello(page):
                 return
-            sender = asyncio.create_task(self._send_loop(page))
+            tasks = (asyncio.create_task(self._send_loop(page)), asyncio.create_task(self._watch(page)))
             try:
                 async for raw in ws:
                     if page.closing:
                         continue
+                    await self._throttle(page)
                     try:
                         await self._on_message(page, raw)
                     except ConnectionClosed:
@@ -259,7 +256,8 @@ class WebServer(PageCommands):
                         self._count("internal_error")
                         self._last_error = f"{type(exc).__name__}: {exc}"
             finally:
-                sender.cancel()
+                for task in tasks:
+                    task.cancel()
         except ConnectionClosed as exc:  # closed by the websocket layer for what the peer sent: counted
             codes = {getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)}
             for reason in (r for code, r in CLOSE_REASONS.items() if code in codes):
@@ -292,6 +290,7 @@ class WebServer(PageCommands):
             with self._lock:
                 self.display = Telemetry()
         self._pages.add(page)  # before anything is awaited: the max_clients check above stays true
+        self._admission.promote(page.ws)
         streams = self.live.streams()
         page.wanted, page.t_hello = cmd.stream_id, time.monotonic()
         page.stream_id = self._choose_stream(page, streams)  # None: _send_once chooses again
@@ -334,6 +333,38 @@ class WebServer(PageCommands):
             st, page.status = page.status, None
             await self._send_json(page, st)
 
+    async def _throttle(self, page: _Page) -> None:
+        """Take one message of the page's budget (MAX_MESSAGES_PER_S a second, as many in a burst);
+        when it is spent, wait: the page's messages queue up and TCP slows it down, and the event
+        loop serves the other pages meanwhile."""
+        now = time.monotonic()
+        page.budget = min(MAX_MESSAGES_PER_S, page.budget + (now - page.t_budget) * MAX_MESSAGES_PER_S)
+        page.t_budget = now
+        if page.budget < 1:
+            self._count("throttled")
+            await asyncio.sleep((1 - page.budget) / MAX_MESSAGES_PER_S)
+            page.budget, page.t_budget = 1.0, time.monotonic()
+        page.budget -= 1
+
+    async def _watch(self, page: _Page) -> None:
+        """Ping the page PING_INTERVAL_S after each pong. A ping travels behind the data sent before
+        it, so a page that takes no data (a frozen tab, a tablet asleep, a cut network) does not
+        answer: after PONG_TIMEOUT_S its connection is aborted and its slot freed (counted
+        ``stalled``). A hidden tab or a slow tablet still reads, and answers."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            try:
+                async with asyncio.timeout(PONG_TIMEOUT_S):
+                    await (await page.ws.ping())
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                if page.ws.state is State.OPEN:  # a closing connection is ended by websockets (close_timeout)
+                    self._count("stalled", rejected=True)
+                    page.closing = True
+                    page.ws.transport.abort()
+                return
+
     async def _send_loop(self, page: _Page) -> None:
         """Push what changed for this page, then the newest frame (within the paint window)."""
         while True:
@@ -371,18 +402,18 @@ class WebServer(PageCommands):
         if fv is None or fv is page.frame_sent:
             return
         now = time.monotonic()
-        if page.in_flight >= WINDOW and now - page.t_frame_sent < ACK_TIMEOUT_S:
+        if not page.paint.may_send(now):
             return  # the page is still painting: the next wake sends the newest frame
         last = page.frame_sent
         if last is not None and last.session_id == fv.session_id and fv.seq > last.seq + 1:
             self._count("frames_not_sent", fv.seq - last.seq - 1)
-        page.in_flight = 1 if page.in_flight >= WINDOW else page.in_flight + 1
-        page.frame_sent, page.t_frame_sent = fv, now
+        page.frame_sent, key = fv, (page.stream_id, fv.seq)
         try:  # JPEG encoding (~1.5 ms, GIL released) off the event loop, once per frame for all pages
             packet = await asyncio.get_running_loop().run_in_executor(self._encoder, fv.packet)
         except InputError as exc:
             self._count(exc.reason)
             return
+        page.paint.sent(key, now)
         await self._send(page, packet)
         self._count("frames_sent")
 
