@@ -93,3 +93,59 @@ def test_a_jump_in_the_frame_times_is_not_waited_for(tmp_path):
         assert len([pull.recv(timeout_ms=2000) for _ in range(4)]) == 4
     finally:
         pull.close()
+
+
+def _paced(tmp_path, frames, **kw):
+    """Pump ``frames`` into a real PULL socket; returns (seconds taken, the sender, headers received)."""
+    import time
+
+    from mmstream.codec import decode
+
+    pull = make_socket("pull", f"ipc://{tmp_path}/paced", bind=True)
+    try:
+        with FrameSender(f"ipc://{tmp_path}/paced", "s") as sender:
+            t0 = time.monotonic()
+            n = pump(frames, sender, **kw)
+            took = time.monotonic() - t0
+        got = [decode(pull.recv(timeout_ms=2000)).header for _ in range(n)]
+    finally:
+        pull.close()
+    return took, sender, got
+
+
+def test_frame_times_going_back_restart_the_pacing(tmp_path):
+    """A clock (or a file's timestamps) starting again: the frames after the restart are paced from
+    it, not sent at once as 'late' (they were: 78-87 of 300 lost to ingest's rate limit)."""
+    img = np.full((8, 8), 7, np.uint8)
+    times = (100.0, 100.05, 100.1, 0.0, 0.05, 0.1, 0.15)
+    took, sender, got = _paced(tmp_path, [SourceFrame(image=img, t_device_s=t) for t in times], realtime=True)
+    assert took >= (0.1 + 0.15) * 0.95 and sender.pace_jumps == 1  # the old pacing took 0.1 s
+    assert [h.t_device_s for h in got] == list(times)  # the frames keep their times
+
+
+def test_frames_never_leave_faster_than_the_services_rate_limit(tmp_path):
+    """``realtime = false`` (and realtime frames due at once) go no faster than ``max_fps``, the
+    service's per-stream ingest limit, which refuses (loses) frames beyond it."""
+    img = np.full((8, 8), 7, np.uint8)
+    took, _, got = _paced(tmp_path, [SourceFrame(image=img) for _ in range(21)], realtime=False, max_fps=100.0)
+    assert len(got) == 21 and took >= 0.2 * 0.95
+    sent = np.diff([h.stamps["sent"] for h in got])
+    assert sent.min() >= 0.01 * 0.95
+    burst = [SourceFrame(image=img, t_device_s=0.0) for _ in range(11)]  # all due at once
+    took, _, _ = _paced(tmp_path, burst, realtime=True, max_fps=100.0)
+    assert took >= 0.1 * 0.95
+
+
+def test_the_sender_refuses_frames_larger_than_the_service_takes(tmp_path):
+    """The service's codec refuses a frame over [ingest] max_frame_rows/cols (too_large, lost at
+    ingest, the source none the wiser): the sender refuses it first, and pump counts it."""
+    from mmstream.errors import InputError
+
+    ok, tall = np.zeros((100, 20), np.uint8), np.zeros((101, 20), np.uint8)
+    with FrameSender(f"ipc://{tmp_path}/x", "s", max_frame_shape=(100, 100)) as sender:
+        with pytest.raises(InputError, match="larger than the service takes") as exc:
+            sender.send(SourceFrame(image=tall), timeout_ms=0)
+        assert exc.value.reason == "too_large" and sender.seq == 0
+    took, sender, got = _paced(tmp_path, [SourceFrame(image=ok), SourceFrame(image=np.zeros((4097, 20), np.uint8))],
+                               realtime=False)  # the default: the default configuration's 4096 x 4096
+    assert len(got) == 1 and sender.invalid_frames == 1

@@ -1,12 +1,14 @@
 """`mmstream sources list|probe`: the drivers as a user checks them before serving."""
 
 import json
+import re
 
 import pytest
 
 from mmstream.cli import main
 from mmstream.cli_sources import option_value
 from source_helpers import us_region, write_cine
+from test_sources_files import _corrupt_rle_cine
 
 
 def test_list_names_every_frame_source(capsys):
@@ -76,3 +78,36 @@ def test_a_driver_that_cannot_be_imported_is_a_config_error(monkeypatch):
     monkeypatch.setattr(mmstream_drivers, "load", broken)
     with pytest.raises(ConfigError, match="driver 'video' cannot be loaded: ImportError: No module named 'cv2'"):
         mmstream_drivers.check_source("video", "grabber", {})
+
+
+def test_plain_status_shows_each_sources_health(tmp_path, capsys):
+    """An OpenIGTLink source whose server refuses it was visible only with --json; the text output
+    now has a line per source: frames and error counters (and a failed source's reason)."""
+    import socket
+
+    from mmstream.config import load_config
+    from mmstream.service import Service
+    from source_helpers import wait_for
+    from test_graph import RANDOM_TCP
+
+    closed = socket.socket()  # bound, not listening: connections to it are refused
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    sources = [{"driver": "igtl", "stream_id": "plus", "options": {"port": port, "backoff_initial_s": 0.01,
+                                                                    "backoff_max_s": 0.05}},
+               {"driver": "dicom", "stream_id": "cine", "options": {"path": str(tmp_path / "rle.dcm")}},
+               {"driver": "mha", "stream_id": "gone", "options": {"path": str(tmp_path / "gone.mha")}}]  # fmt: skip
+    _corrupt_rle_cine(tmp_path / "rle.dcm")  # fails at its frame 2
+    try:
+        with Service(load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, sources=sources)) as svc:
+            wait_for(lambda: svc.graph.status()["sources"].get("plus", {}).get("errors", {}).get("connect_failed", 0) >= 2
+                     and {"gone", "cine"} <= set(svc.source_errors), what="failed connects and failed sources")  # fmt: skip
+            assert main(["status", "--control", svc.graph.endpoints["control"]]) == 0
+    finally:
+        closed.close()
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("source ")]
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"source cine: FAILED: ReadError: .*cannot decode frame 2.* \(2 frames, errors: corrupt=1\)",
+                        lines[0]), lines[0]  # fmt: skip
+    assert re.fullmatch(r"source gone: FAILED: ReadError: <file \w+>: no such file", lines[1]), lines[1]
+    assert re.fullmatch(r"source plus: 0 frames, errors: connect_failed=\d+", lines[2]), lines[2]

@@ -105,13 +105,12 @@ def test_truncated_cine_stops_mid_stream_keeping_the_frames_before(tmp_path):
     assert exc.value.reason == "truncated"
 
 
-def test_corrupt_compressed_frame_mid_stream_is_an_error_after_the_good_frames(tmp_path):
-    """RLE cine whose frame 2 is garbage: frames 0-1 are produced, then a counted, announced error."""
+def _corrupt_rle_cine(path):
+    """An RLE cine of 4 frames whose frame 2 is garbage; returns the frames as written."""
     from pydicom.encaps import encapsulate
     from pydicom.pixels.encoders import RLELosslessEncoder
     from pydicom.uid import RLELossless
 
-    path = tmp_path / "rle.dcm"
     frames = write_cine(path, n=4)
     ds = pydicom.dcmread(path)
     enc = [RLELosslessEncoder.encode(f, rows=40, columns=50, samples_per_pixel=1, bits_allocated=8,
@@ -123,6 +122,13 @@ def test_corrupt_compressed_frame_mid_stream_is_an_error_after_the_good_frames(t
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = RLELossless
     ds.save_as(path, enforce_file_format=True)
+    return frames
+
+
+def test_corrupt_compressed_frame_mid_stream_is_an_error_after_the_good_frames(tmp_path):
+    """RLE cine whose frame 2 is garbage: frames 0-1 are produced, then a counted, announced error."""
+    path = tmp_path / "rle.dcm"
+    frames = _corrupt_rle_cine(path)
     src = DicomCineSource(str(path), realtime=False)
     got = []
     with pytest.raises(ReadError) as exc:
@@ -204,15 +210,15 @@ def test_mhd_raw_pair_with_a_frame_lacking_its_timestamp(shared_data):
     assert frames[0].annotations["frame_number"] == 1.0
 
 
-def _write_mha(path, n, fields: dict[int, dict[str, str]], data: bytes | None = None):
+def _write_mha(path, n, fields: dict[int, dict[str, str]], data: bytes | None = None, shape=(6, 8)):
     head = [
-        "ObjectType = Image", "NDims = 3", f"DimSize = 8 6 {n}", "ElementType = MET_UCHAR",
+        "ObjectType = Image", "NDims = 3", f"DimSize = {shape[1]} {shape[0]} {n}", "ElementType = MET_UCHAR",
         "ElementSpacing = 0.2 0.2 1", "UltrasoundImageOrientation = MF",
     ]  # fmt: skip
     for i, f in fields.items():
         head += [f"Seq_Frame{i:04d}_{k} = {v}" for k, v in f.items()]
     head.append("ElementDataFile = LOCAL")
-    pixels = np.arange(n * 48, dtype=np.uint8).tobytes() if data is None else data
+    pixels = (np.arange(n * shape[0] * shape[1]) % 251).astype(np.uint8).tobytes() if data is None else data
     path.write_bytes(("\n".join(head) + "\n").encode() + pixels)
 
 
@@ -333,3 +339,149 @@ def test_oversized_frames_are_refused_from_the_header(tmp_path):
     with pytest.raises(ReadError) as exc:
         MetaImageSequenceSource(str(mha), max_frame_pixels=47)
     assert exc.value.reason == "too_large"
+
+
+# --- file timing: absent or unusable timing is paced at fps; device time keeps increasing ---------------
+
+
+def _take(src, n):
+    frames = []
+    for f in src.source_frames():
+        frames.append(f)
+        if len(frames) == n:
+            src.close()
+    return frames
+
+
+def test_a_metaimage_without_timestamps_is_timed_at_fps_and_loops_at_it(tmp_path):
+    """An ITK-written stack (no PLUS Timestamp) used to go out with no time at all: 300 frames in
+    0.15 s, a looped one at ~3000 frames/s; now ``index / fps`` as a DICOM file without timing."""
+    path = tmp_path / "stack.mha"
+    _write_mha(path, 4, {})
+    src = MetaImageSequenceSource(str(path), fps=20.0, loop=True)
+    frames = _take(src, 10)
+    assert [f.t_device_s for f in frames] == pytest.approx(np.arange(10) / 20.0)
+    assert src.health.errors == {} and src.health.counters["loops"] == 2
+
+
+@pytest.mark.parametrize(("stamps", "k"), [
+    ([5.0, 5.0, 5.0, 5.0], 1),  # one time for every frame
+    ([100.0, 50.0, 10.0, 1.0], 1),  # running backwards
+    ([10.0, 10.1, 10.2, 0.0, 0.1, 0.2], 3),  # starting again mid-file (two acquisitions in one file)
+])  # fmt: skip
+def test_plus_timestamps_that_do_not_increase_are_replaced_by_fps_timing(tmp_path, stamps, k):
+    """From the first frame not after the one before, the file is timed at fps (said once, as a
+    warning); a looped file keeps increasing instead of going back in time or spinning."""
+    path = tmp_path / "seq.igs.mha"
+    _write_mha(path, len(stamps), {i: {"Timestamp": f"{t}"} for i, t in enumerate(stamps)})
+    src = MetaImageSequenceSource(str(path), fps=20.0, loop=True)
+    t = np.array([f.t_device_s for f in _take(src, 3 * len(stamps))])
+    assert t[:k] == pytest.approx(stamps[:k])  # the file's own while it increases
+    assert np.diff(t[k - 1:len(stamps)]) == pytest.approx(0.05)  # then 1 / fps
+    assert np.all(np.diff(t) > 0)  # across the passes too
+    assert src.health.errors == {"invalid_frame_times": 1}
+    [event] = [e for e in src.health.events if e.reason == "invalid_frame_times"]
+    assert event.level == "warning" and f"frame {k} at" in event.message and "fps = 20" in event.message
+
+
+@pytest.mark.parametrize(("tags", "times_s", "warned"), [
+    ({"FrameTimeVector": [0.0] * 4}, [0.0, 0.1, 0.2, 0.3], True),  # accepted before: 4 frames at one instant
+    ({"FrameTimeVector": [0.0, 20.0, 0.0, 20.0]}, [0.0, 0.1, 0.2, 0.3], True),
+    ({"FrameTimeVector": [0.0] * 4, "FrameTime": 25.0}, [0.0, 0.025, 0.05, 0.075], False),  # the next tag serves
+])  # fmt: skip
+def test_a_frame_time_vector_with_frames_sharing_a_time_is_no_timing(tmp_path, tags, times_s, warned):
+    path = tmp_path / "cine.dcm"
+    write_cine(path, n=4, frame_time_ms=None)
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    src = DicomCineSource(str(path), fps=10.0)
+    frames = list(src.source_frames())
+    assert [f.t_device_s for f in frames] == pytest.approx(times_s)
+    assert src.health.errors == ({"invalid_frame_times": 1} if warned else {})
+    if warned:
+        [event] = [e for e in src.health.events if e.reason == "invalid_frame_times"]
+        assert "FrameTimeVector" in event.message and "fps = 10" in event.message
+
+
+# --- through a service: every frame taken ---------------------------------------------------------
+
+
+def _service(sources, **over):
+    from mmstream.config import load_config
+    from mmstream.service import Service
+    from test_graph import RANDOM_TCP
+
+    return Service(load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, sources=sources, **over))
+
+
+def _ingest(svc):
+    st = svc.graph.status()["nodes"]["ingest"]
+    return st["counters"].get("accepted", 0), st["rejected"]
+
+
+def test_a_file_sent_as_fast_as_possible_loses_no_frame_to_the_rate_limit(tmp_path):
+    """``realtime = false`` sent 1500 small frames at ~3000/s into ingest's 1000 frames/s limit: 195
+    were refused (``rate_limited``) while the source showed 1500 sent. Now no faster than the limit."""
+    from source_helpers import wait_for
+
+    n = 1500
+    path = tmp_path / "cine.dcm"
+    write_cine(path, n=1, rows=64, cols=64)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = n
+    ds.PixelData = (np.arange(n * 64 * 64) % 251).astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    with _service([{"driver": "dicom", "stream_id": "cine", "options": {"path": str(path), "realtime": False}}]) as svc:
+        wait_for(lambda: sum(_ingest(svc)[1].values()) + _ingest(svc)[0] >= n, 60, "every frame at ingest")
+        accepted, rejected = _ingest(svc)
+    assert accepted == n and rejected == {}
+
+
+def test_a_looped_untimed_file_is_paced_at_fps_by_the_service(tmp_path):
+    """A looped 3-frame stack without timestamps spun at ~3000 frames/s (a core busy, most frames
+    rate-limited); at fps = 50, 20 frames take at least 19 / 50 s."""
+    import time
+
+    from source_helpers import wait_for
+
+    path = tmp_path / "stack.mha"
+    _write_mha(path, 3, {}, shape=(80, 64))
+    sources = [{"driver": "mha", "stream_id": "stack", "fps": 50, "options": {"path": str(path), "loop": True}}]
+    with _service(sources) as svc:
+        t0 = time.monotonic()
+        wait_for(lambda: _ingest(svc)[0] >= 20, 30, "20 frames")
+        took = time.monotonic() - t0
+        accepted, rejected = _ingest(svc)
+    assert took >= 19 / 50 * 0.95 and rejected == {}
+
+
+def test_frames_larger_than_the_service_takes_are_counted_by_the_source(tmp_path):
+    """4100-row frames pass the driver's max_frame_pixels but not the service's max_frame_rows
+    (4096): they were lost at ingest (too_large) with the source showing nothing; now the sender
+    refuses them, counted under source_invalid_frames."""
+    from source_helpers import wait_for
+
+    path = tmp_path / "tall.dcm"
+    write_cine(path, n=3, rows=4100, cols=20)
+    with _service([{"driver": "dicom", "stream_id": "tall", "options": {"path": str(path), "realtime": False}}]) as svc:
+        wait_for(lambda: svc.graph.status()["source_invalid_frames"].get("tall") == 3, 30, "3 frames refused")
+        assert _ingest(svc) == (0, {})
+
+
+def test_the_services_own_ingest_limits_bound_its_sources(tmp_path):
+    """A service configured for 200 frames/s (burst 5) and 1000-row frames: its file source goes no
+    faster, and a taller frame is refused by the source (counted), not lost at ingest."""
+    from source_helpers import wait_for
+
+    path = tmp_path / "cine.dcm"
+    write_cine(path, n=25, rows=64, cols=64)
+    tall = tmp_path / "tall.dcm"
+    write_cine(tall, n=2, rows=1001, cols=20)
+    sources = [{"driver": "dicom", "stream_id": "cine", "options": {"path": str(path), "realtime": False}},
+               {"driver": "dicom", "stream_id": "tall", "options": {"path": str(tall), "realtime": False}}]
+    with _service(sources, ingest={"max_fps_per_stream": 200, "burst_frames": 5, "max_frame_rows": 1000}) as svc:
+        wait_for(lambda: _ingest(svc)[0] + sum(_ingest(svc)[1].values()) >= 25
+                 and svc.graph.status()["source_invalid_frames"].get("tall") == 2, 30, "every frame")  # fmt: skip
+        assert _ingest(svc) == (25, {})

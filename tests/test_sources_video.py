@@ -30,6 +30,12 @@ def write_video(path, n=6, first=0):
     w.release()
 
 
+def with_capture(source, open_capture):
+    """``source`` opening its captures with ``open_capture(target)`` (a fake device) instead of OpenCV."""
+    source.open_capture = open_capture
+    return source
+
+
 def take(source, n):
     """The first ``n`` frames of a live source (then stops it)."""
     with Running(source) as run:
@@ -93,6 +99,69 @@ def test_missing_file_is_a_read_error_and_an_event(tmp_path):
     with pytest.raises(ReadError) as exc:
         list(src.source_frames())
     assert exc.value.reason == "not_found" and src.health.errors["not_found"] == 1
+
+
+def test_a_file_that_is_not_a_video_is_named_so_not_missing(tmp_path):
+    """A text file, an mp4 cut short, a directory: they exist, so not ``not_found``."""
+    (tmp_path / "notes.txt").write_text("not a video\n")
+    w = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (COLS, ROWS))
+    for k in range(20):
+        w.write(screen(k))
+    w.release()
+    data = (tmp_path / "clip.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    for path in (tmp_path / "notes.txt", tmp_path / "cut.mp4", tmp_path):
+        src = VideoSource(url=str(path))
+        with pytest.raises(ReadError, match="exists but OpenCV cannot read it as a video") as exc:
+            list(src.source_frames())
+        assert exc.value.reason == "not_a_video" and src.health.errors == {"not_a_video": 1}, path
+
+
+def test_the_capture_factory_is_no_option():
+    """A test hook is not something a configuration can set (``open_capture = "x"`` used to pass
+    config validate and fail with a TypeError when the source started)."""
+    import mmstream_drivers
+    from mmstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        mmstream_drivers.check_source("video", "v", {"url": "a.avi", "open_capture": "os.system"})
+    with pytest.raises(TypeError):
+        VideoSource(url="a.avi", open_capture=lambda target: None)
+
+
+def test_opencv_and_ffmpeg_stay_off_the_console(tmp_path):
+    """A looped file with damaged frames and a grabber that is not there: the source's events say
+    so, rate-limited; OpenCV's warning per open and FFmpeg's lines per damaged frame do not reach
+    stderr (they did: 119 FFmpeg lines per 10 s). Its own process: FFmpeg reads its log level once."""
+    import subprocess
+    import sys
+
+    write_video(tmp_path / "clip.avi", n=20)
+    data = bytearray((tmp_path / "clip.avi").read_bytes())
+    for at in range(len(data) // 3, 2 * len(data) // 3, 997):  # damage JPEG data in the middle frames
+        data[at:at + 40] = bytes(range(40))
+    (tmp_path / "bad.avi").write_bytes(bytes(data))
+    script = f"""
+import itertools, threading, time
+from mmstream_drivers.video import VideoSource
+src = VideoSource(url={str(tmp_path / "bad.avi")!r}, loop=True)
+frames = list(itertools.islice(src.source_frames(), 60))
+dev = VideoSource(device=42, backoff_initial_s=0.01, backoff_max_s=0.01)  # no such grabber
+t = threading.Thread(target=lambda: list(dev.source_frames()))
+t.start()
+deadline = time.monotonic() + 20
+while dev.health.errors["device_unavailable"] < 3 and time.monotonic() < deadline:
+    time.sleep(0.01)  # polling
+dev.close()
+t.join(5)
+print(len(frames), src.health.counters["loops"], dev.health.errors["device_unavailable"])
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OPENCV_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    n, loops, unavailable = map(int, proc.stdout.split())
+    assert n == 60 and loops >= 2 and unavailable >= 3
+    assert proc.stderr == ""
 
 
 def test_truncated_file_is_reported(tmp_path):
@@ -167,7 +236,7 @@ def test_dropped_frames_are_counted_from_timestamp_and_counter_gaps():
         opened.append(target)
         return FakeCapture(ticks) if len(opened) == 1 else None  # unplugged after the first session
 
-    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.01, backoff_max_s=0.02)
+    src = with_capture(VideoSource(device=0, backoff_initial_s=0.01, backoff_max_s=0.02), open_capture)
     frames = take(src, 5)
     assert [f.annotations.get("dropped_before", 0) for f in frames] == [0, 0, 0, 2, 3]
     assert src.health.counters["dropped_frames"] == 5
@@ -184,7 +253,7 @@ def test_device_that_goes_away_is_reopened_with_backoff_and_the_clock_keeps_runn
         opened.append(time.monotonic())
         return FakeCapture(sessions[i]) if i < len(sessions) and sessions[i] is not None else None
 
-    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.02, backoff_max_s=0.5)
+    src = with_capture(VideoSource(device=0, backoff_initial_s=0.02, backoff_max_s=0.5), open_capture)
     frames = take(src, 5)
     assert src.health.counters["reconnects"] == 1 and src.health.counters["connections"] == 2
     assert src.health.errors["capture_error"] == 1  # the backend raised: treated as the device going away
@@ -208,7 +277,7 @@ def test_a_good_frame_resets_the_backoff():
         i = len(opened) - 1
         return FakeCapture(sessions[i]) if i < len(sessions) and sessions[i] is not None else None
 
-    src = VideoSource(device=0, open_capture=open_capture, backoff_initial_s=0.01, backoff_max_s=1.0)
+    src = with_capture(VideoSource(device=0, backoff_initial_s=0.01, backoff_max_s=1.0), open_capture)
     delays = []
     next_delay = src.backoff.next_delay
     src.backoff.next_delay = lambda: delays.append(next_delay()) or delays[-1]
@@ -256,14 +325,14 @@ def test_a_looped_one_frame_file_goes_on_at_its_frame_rate():
     """Each pass of a looped file continues the clock one frame period after the last frame (a
     1-frame file used to loop at decode speed, 97 fps shown for a 30 fps file) and counts as a loop,
     not a reconnect."""
-    src = VideoSource(url="one.avi", loop=True, open_capture=lambda target: FakeCapture([(1, 0.0)]))
+    src = with_capture(VideoSource(url="one.avi", loop=True), lambda target: FakeCapture([(1, 0.0)]))
     frames = take(src, 5)
     assert np.diff([f.t_device_s for f in frames]) == pytest.approx([1.0 / FPS] * 4)
     assert src.health.counters["loops"] >= 4 and "reconnects" not in src.health.counters
 
 
 def test_a_looped_file_giving_no_usable_frame_ends_instead_of_spinning():
-    src = VideoSource(url="a.avi", loop=True, crop_row1=ROWS + 100,  # a crop beyond the frames: every frame refused
-                      open_capture=lambda target: FakeCapture([(1, 0.0), (2, 40.0)]))  # fmt: skip
+    beyond = VideoSource(url="a.avi", loop=True, crop_row1=ROWS + 100)  # a crop beyond the frames: every frame refused
+    src = with_capture(beyond, lambda target: FakeCapture([(1, 0.0), (2, 40.0)]))
     assert list(src.source_frames()) == []
     assert src.health.errors["no_frames"] == 1 and src.health.counters["connections"] == 1

@@ -9,8 +9,9 @@ times from FrameTimeVector, FrameTime or CineRate, relative to the first frame).
   ``region_index`` (0-based, among the B-mode regions) when there are several. B-mode regions with
   different spacings are refused (``SpacingError("ambiguous_regions")``) unless the config gives the
   spacing: mmstream does not guess.
-* **timing**: the file's frame times; a file without timing is paced at ``fps``.
-* ``realtime`` (paced by frame times) or as fast as the service takes frames; ``loop``.
+* **timing**: the file's frame times; a file without usable timing is paced at ``fps`` (see
+  :class:`~mmstream_drivers.filesource.FileSequenceSource`).
+* ``realtime`` (paced by frame times) or as fast as the service's ingest takes frames; ``loop``.
 """
 
 from collections.abc import Iterator

@@ -4,7 +4,9 @@ Reading is :mod:`mmstream.io.metaimage` (strict header, zlib inflated one frame 
 ``Seq_FrameNNNN_*`` fields). This driver keeps, per frame:
 
 * ``t_device_s``: the raw PLUS ``Timestamp`` (seconds, PLUS's clock); a frame without one is sent
-  with ``t_device_s = None`` (unknown, not interpolated);
+  with ``t_device_s = None`` (unknown, not interpolated). A file without them (its first frame has
+  none, e.g. an ITK-written stack) or whose Timestamps do not increase is timed at ``fps``, as
+  :class:`~mmstream_drivers.filesource.FileSequenceSource` describes;
 * ``transforms``: every ``<From>To<To>Transform`` whose status is not ``INVALID``, named
   ``<from>_to_<to>`` (``ProbeToTracker`` -> ``probe_to_tracker``), 4x4 row-major; the PLUS config's
   Image-to-Probe calibration as ``image_to_probe`` unless the frame carries its own;
@@ -38,8 +40,7 @@ class MetaImageSequenceSource(FileSequenceSource):
     spacing_row_mm, spacing_col_mm : float, optional
         Spacing from the config (overrides file and PLUS config).
     fps, realtime, loop, max_frame_pixels
-        See :class:`~mmstream_drivers.filesource.FileSequenceSource`; ``fps`` only sets the
-        gap between passes when looping a file without timestamps.
+        See :class:`~mmstream_drivers.filesource.FileSequenceSource`.
     """
 
     name = "mha"
@@ -64,9 +65,6 @@ class MetaImageSequenceSource(FileSequenceSource):
     def open(self) -> Iterator[ImageFrame]:
         return read_frames(self.path, spacing_mm=self.spacing_mm, plus_config=self.plus_config,
                            max_pixels=self.max_frame_pixels)
-
-    def file_time(self, frame: ImageFrame) -> float | None:
-        return frame.t_s
 
     def convert(self, frame: ImageFrame, t_device_s: float | None) -> SourceFrame | None:
         meta = frame.meta

@@ -18,13 +18,20 @@
   when the device goes away (``device_lost``, ``device_unavailable`` events, ``reconnects``);
   across a reconnect ``t_device_s`` keeps increasing by the host time that passed. A file ends at
   its last frame (or loops); a file that ends two or more frames before the frame count in its
-  header is reported ``truncated`` (a warning: some containers only estimate that count).
+  header is reported ``truncated`` (a warning: some containers only estimate that count). A file
+  that cannot be opened is ``not_found`` when it does not exist, ``not_a_video`` when it does (not
+  a video, cut short, a directory, a codec OpenCV lacks).
+* **Console**: OpenCV's and FFmpeg's own messages (a warning per failed open of an absent grabber,
+  lines per damaged frame of a looped file) repeat what the source's rate-limited events report,
+  without their limit: building a source sets OpenCV's log level to errors only and FFmpeg's to
+  quiet, unless the environment sets ``OPENCV_LOG_LEVEL`` or ``OPENCV_FFMPEG_LOGLEVEL``.
 """
 
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -54,10 +61,12 @@ def depth_scale_spacing(row_a: float, depth_a_mm: float, row_b: float, depth_b_m
 class VideoSource:
     """Frames from a video device or file (options as in the module docstring).
 
-    ``open_capture(target)`` builds the capture (default ``cv2.VideoCapture``); tests pass a fake.
+    ``open_capture(target)`` builds the capture: ``cv2.VideoCapture``; a test sets a fake on the
+    instance (not an option: a configuration cannot name a callable).
     """
 
     name = "video"
+    open_capture = cv2.VideoCapture
 
     def __init__(
         self,
@@ -80,7 +89,6 @@ class VideoSource:
         square_pixels: bool = False,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
-        open_capture: Callable | None = None,
     ):
         with option_errors("video"):
             if (device >= 0) == bool(url):
@@ -101,9 +109,9 @@ class VideoSource:
                 square_pixels,
             )
             self.backoff = Backoff(backoff_initial_s, backoff_max_s)
-            self._open_capture = open_capture or cv2.VideoCapture
             self.health = SourceHealth(f"source-{self.name}")
             self.stop_event = threading.Event()
+        _quiet_opencv()
 
     def _spacing(self, row_mm, col_mm, calib, square) -> tuple[tuple[float, float] | None, float | None]:
         given = [v is not None for v in calib]
@@ -138,7 +146,7 @@ class VideoSource:
     # -----------------------------------------------------------------------------------------
 
     def _open(self):
-        cap = self._open_capture(self.target)
+        cap = self.open_capture(self.target)
         if cap is not None and cap.isOpened():
             if isinstance(self.target, int):
                 cap.set(cv2.CAP_PROP_FPS, self.fps)
@@ -154,8 +162,12 @@ class VideoSource:
             cap = self._open()
             if cap is None:
                 if not self.live:
-                    self.health.error("not_found", f"cannot open video {self.target!r}")
-                    raise ReadError(f"cannot open video {self.target!r}", reason="not_found")
+                    if isinstance(self.target, str) and os.path.exists(self.target):
+                        reason, why = "not_a_video", ": it exists but OpenCV cannot read it as a video"
+                    else:
+                        reason, why = "not_found", ""
+                    self.health.error(reason, f"cannot open video {self.target!r}{why}")
+                    raise ReadError(f"cannot open video {self.target!r}{why}", reason=reason)
                 self.health.error("device_unavailable", f"video {self.target!r} cannot be opened; retrying")
                 if self.backoff.wait(self.stop_event):
                     return
@@ -258,6 +270,15 @@ class VideoSource:
             imaging=ImagingSettings(depth_mm=self.depth_mm),
             annotations={"dropped_before": float(missed)} if missed else {},
         )
+
+
+def _quiet_opencv() -> None:
+    """OpenCV errors only, FFmpeg quiet (module docstring), unless the environment says otherwise.
+    FFmpeg's level is read when OpenCV first opens a file through it: set before any capture."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        set_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
+        set_level(2)  # cv::utils::logging::LOG_LEVEL_ERROR
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 __all__ = ["VideoSource", "depth_scale_spacing"]

@@ -65,11 +65,12 @@ class Service:
             if hasattr(driver, "health"):  # the driver's events join the service's (same thread as pump)
                 driver.health.sink = lambda ev: events.try_send(encode(ev.model_copy(
                     update={"stream_id": sid, "message": redact_paths(ev.message, files)[:2000]})))  # fmt: skip
-            with FrameSender(endpoint, sid) as sender:
+            ing = self.config.ingest  # a frame the service would refuse is counted here, not lost there
+            with FrameSender(endpoint, sid, max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols)) as sender:
                 self._senders[sid] = sender
                 realtime = not getattr(driver, "paces_itself", False)  # e.g. replay: its own timing
                 pump(driver.source_frames(), sender, realtime=realtime, stop=self._stop,
-                     patient=self.config.analyzer.every_frame)  # fmt: skip
+                     patient=self.config.analyzer.every_frame, max_fps=ing.max_fps_per_stream)  # fmt: skip
         except Exception as exc:  # a failing source is reported in status and as an event; the service stays up
             self.source_errors[sid] = redact_paths(f"{type(exc).__name__}: {exc}", files)[:1000]
             if events is not None:

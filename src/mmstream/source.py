@@ -2,7 +2,7 @@
 
 Every driver (simulated probe, video grabber, OpenIGTLink, DICOM cine, MetaImage sequence, replay)
 yields :class:`SourceFrame` objects; :func:`pump` paces them by their device clock (or sends them as
-fast as the service takes them) through a :class:`FrameSender`.
+fast as the service's ingest rate limit lets them through) via a :class:`FrameSender`.
 """
 
 import math
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import ValidationError
 
-from mmstream.codec import buffer_specs, encode
+from mmstream.codec import Limits, buffer_specs, encode
+from mmstream.config import IngestSection
 from mmstream.errors import InputError
 from mmstream.messages import ClinicalContext, Frame, ImagingSettings
 from mmstream.transport import Curve, TransportTimeout, make_socket
@@ -48,7 +49,10 @@ class FrameSender:
     brings its own ``seq`` (a replayed one) not above the last one sent starts a new ``session_id``
     too: the recorded source restarted there. ``immediate``: queue frames only once connected, so
     that a send with no service there times out instead of queueing ``hwm`` frames that are lost;
-    ``ctx``: a ZeroMQ context of the caller's (see :func:`mmstream.transport.make_socket`).
+    ``ctx``: a ZeroMQ context of the caller's (see :func:`mmstream.transport.make_socket`);
+    ``max_frame_shape``: the largest (rows, cols) the service takes (its ``[ingest] max_frame_rows``,
+    ``max_frame_cols``; default the default configuration's): a larger frame is refused here, where
+    the source counts it, instead of being lost at the service's ingest.
     """
 
     def __init__(
@@ -61,8 +65,10 @@ class FrameSender:
         hwm: int = 64,
         immediate: bool = False,
         ctx=None,
+        max_frame_shape: tuple[int, int] = Limits().max_frame_shape,
     ):
         self.stream_id = stream_id
+        self.max_frame_shape = (int(max_frame_shape[0]), int(max_frame_shape[1]))
         self.session_id = f"{stream_id}-{uuid.uuid4().hex[:12]}"
         self.clinical = clinical
         self.seq = 0
@@ -73,10 +79,15 @@ class FrameSender:
     def send(self, frame: SourceFrame, timeout_ms: int | None = 5000) -> int:
         """Send one frame; returns its ``seq``. Blocks while the service's queue is full
         (TransportTimeout after ``timeout_ms``). InputError ``invalid_frame`` when the frame cannot
-        be a Frame message (e.g. an empty or 16-bit image, too many fields): nothing is sent."""
+        be a Frame message (e.g. an empty or 16-bit image, too many fields), ``too_large`` when the
+        image is larger than ``max_frame_shape``: nothing is sent."""
         image = np.ascontiguousarray(frame.image)
         if 0 in image.shape:  # the Frame model checks 2-D uint8; an empty image fails only at encoding
             raise InputError(f"{self.stream_id}: empty frame image {image.shape}", reason="invalid_frame")
+        rows, cols = self.max_frame_shape
+        if image.ndim == 2 and (image.shape[0] > rows or image.shape[1] > cols):  # the service's codec refuses it
+            raise InputError(f"{self.stream_id}: frame {image.shape[0]}x{image.shape[1]} is larger than the service "
+                             f"takes ({rows}x{cols}, [ingest] max_frame_rows/max_frame_cols)", reason="too_large")
         try:
             header = self._header(frame, image)
         except ValidationError as exc:
@@ -119,6 +130,7 @@ class FrameSender:
 
 PATIENT_SLICE_MS = 200
 MAX_PACE_WAIT_S = 60.0  # a longer wait for the next frame's time is a jump in the file's timestamps, not pacing
+DEFAULT_MAX_FPS = IngestSection.model_fields["max_fps_per_stream"].default  # the service's ingest rate limit
 
 
 def pump(
@@ -128,37 +140,49 @@ def pump(
     realtime: bool = True,
     stop: threading.Event | None = None,
     patient: bool = False,
+    max_fps: float | None = DEFAULT_MAX_FPS,
 ) -> int:
     """Send ``frames`` until exhausted or ``stop`` is set; returns the count.
 
     With ``realtime``, frame *k* leaves at ``t0 + (t_device_s[k] - t_device_s[0])`` on the host's
-    monotonic clock (a late frame is sent at once; lateness does not accumulate). A wait of more
-    than ``MAX_PACE_WAIT_S`` (a file's timestamps jumping ahead) is not waited: the frame is sent
-    at once and the pacing starts again from it, counted in ``sender.pace_jumps``. A send that finds
+    monotonic clock (a late frame is sent at once; lateness does not accumulate). A frame whose
+    device time is before the previous frame's (a clock or a file's timestamps starting again), or
+    would mean waiting more than ``MAX_PACE_WAIT_S`` (timestamps jumping ahead), is sent at once and
+    the pacing starts again from it, counted in ``sender.pace_jumps``. Whether paced or not
+    (``realtime`` false: as fast as possible), consecutive frames leave at least ``1 / max_fps``
+    apart: ``max_fps`` is the service's per-stream ingest rate limit (``[ingest]
+    max_fps_per_stream``, default the default configuration's), and a frame sent faster would be
+    refused there (``rate_limited``) and lost; None sends without that bound. A send that finds
     the service's queue full raises TransportTimeout after the sender's timeout, unless ``patient``
     (with ``stop``): then it is retried until it goes, looking at ``stop`` every
     ``PATIENT_SLICE_MS`` (a service analysing every frame pushes back for as long as its analysis is
-    behind). A frame the sender refuses (``invalid_frame``) is skipped and counted in
+    behind). A frame the sender refuses (``invalid_frame``, ``too_large``) is skipped and counted in
     ``sender.invalid_frames``: one bad frame never ends a live source.
     """
+    min_gap_s = 1.0 / max_fps if max_fps else 0.0
     n = 0
-    t0_host = t0_dev = None
+    t0_host = t0_dev = last_dev = t_next = None
     for fr in frames:
         if stop is not None and stop.is_set():
             break
+        now = time.monotonic()
+        delay = 0.0 if t_next is None else t_next - now
         if realtime and fr.t_device_s is not None:
             if t0_host is None:
-                t0_host, t0_dev = time.monotonic(), fr.t_device_s
-            delay = t0_host + (fr.t_device_s - t0_dev) - time.monotonic()
-            if delay > MAX_PACE_WAIT_S or not math.isfinite(delay):
-                t0_host, t0_dev, delay = time.monotonic(), fr.t_device_s, 0.0
+                t0_host, t0_dev = now, fr.t_device_s
+            due = t0_host + (fr.t_device_s - t0_dev) - now
+            if due > MAX_PACE_WAIT_S or not math.isfinite(due) or (last_dev is not None and fr.t_device_s < last_dev):
+                t0_host, t0_dev, due = now, fr.t_device_s, 0.0
                 sender.pace_jumps += 1
-            if delay > 0:
-                if stop is not None:
-                    if stop.wait(delay):
-                        break
-                else:
-                    time.sleep(delay)
+            last_dev = fr.t_device_s
+            delay = max(delay, due)
+        if delay > 0:
+            if stop is not None:
+                if stop.wait(delay):
+                    break
+            else:
+                time.sleep(delay)
+        t_next = time.monotonic() + min_gap_s
         while True:
             try:
                 sender.send(fr, timeout_ms=PATIENT_SLICE_MS) if patient else sender.send(fr)
