@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from importlib.resources import files
 
 import cv2
@@ -257,3 +258,131 @@ def test_csa_asked_for_without_a_seed_says_what_it_needs(capsys):
     assert code == 0 and records(out)[0]["csa"] is None and "the CSA needs --seed ROW COL" in err
     code, out, err = run(capsys, PHANTOM)  # every metric, by default: no note
     assert code == 0 and err == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile files in a batch: one line per failed file, the batch goes on, the status kept
+
+
+def _zero_rgba16_png(path, rows: int, cols: int):
+    """A PNG of rows x cols 16-bit RGBA zeros: a few hundred kB that decode to rows * cols * 8 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    z, row = zlib.compressobj(9), bytes(1 + cols * 8)
+    idat = b"".join(z.compress(row) for _ in range(rows)) + z.flush()
+    ihdr = cols.to_bytes(4, "big") + rows.to_bytes(4, "big") + bytes([16, 6, 0, 0, 0])  # 16-bit RGBA
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+_LIMITED = """
+import resource, sys
+import mmstream.io  # noqa: F401
+from mmstream.cli import main
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (400 << 20), resource.RLIM_INFINITY))
+sys.exit(main(["analyze", "--no-progress", "--metrics", "quality", *sys.argv[1:]]))
+"""
+
+
+def test_a_file_too_big_for_the_memory_fails_alone(tmp_path):
+    """Its MemoryError (or OpenCV's failed allocation, reported as a corrupt file) ended the batch
+    with a traceback; the files after it were never read."""
+    big = _zero_rgba16_png(tmp_path / "big.png", 4096, 8192)  # 256 MB decoded; the process gets 400 MB more
+    assert big.stat().st_size < 1_000_000
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, str(big), str(PHANTOM)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert [r["source"] for r in records(proc.stdout)] == [str(PHANTOM)]
+    assert proc.stderr.splitlines() == [f"mmstream analyze: error: {big}: out_of_memory: not enough memory to "
+                                        "decode or analyse its frames"]  # fmt: skip
+
+
+def test_error_output_is_one_line_per_failed_file(tmp_path):
+    """File names with a newline or an escape sequence were printed raw; OpenCV's [ WARN ] lines,
+    pydicom's warnings and multi-line decoder errors came between the error lines."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+    openjpeg = pytest.importorskip("openjpeg")
+    half_png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))[1].tobytes()
+    half_png = half_png[: len(half_png) // 2]
+    named = [tmp_path / "bad\ninjected: fake line.png", tmp_path / "esc\x1b[2J.png", tmp_path / "half.png"]
+    for p in named:
+        p.write_bytes(half_png)
+
+    def dicom(path, ts, pixel_data):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.6.1", generate_uid()
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.NumberOfFrames = 9
+        ds.PixelData = pixel_data
+        if ts.is_encapsulated:
+            ds.NumberOfFrames = 1
+            ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    j2k = bytes(openjpeg.encode(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)))
+    bad_dicoms = [dicom(tmp_path / "frames_text.dcm", ExplicitVRLittleEndian, bytes(9 * 64 * 64)),
+                  dicom(tmp_path / "cut_j2k.dcm", JPEG2000Lossless, encapsulate([j2k[: len(j2k) // 2]]))]  # fmt: skip
+    raw = bad_dicoms[0].read_bytes()  # NumberOfFrames "ab": pydicom warns when it is read
+    bad_dicoms[0].write_bytes(raw.replace(b"\x28\x00\x08\x00IS\x02\x009 ", b"\x28\x00\x08\x00IS\x02\x00ab"))
+    proc = subprocess.run([sys.executable, "-m", "mmstream.cli", "analyze", "--no-progress", "--metrics", "quality",
+                           *map(str, named + bad_dicoms + [PHANTOM])], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 5 and all(line.startswith("mmstream analyze: error: ") for line in lines), proc.stderr
+    assert f"{tmp_path}/bad\\ninjected: fake line.png: corrupt: " in lines[0]
+    assert f"{tmp_path}/esc\\x1b[2J.png: corrupt: " in lines[1] and "\x1b" not in proc.stderr
+    assert "PNG input buffer is incomplete" in lines[2]  # OpenCV's warning, made part of the line
+    assert lines[3].endswith("frames_text.dcm: bad_header: DICOM attribute NumberOfFrames = 'ab' is not an integer")
+    assert ": corrupt: cannot decode frame 0 (RuntimeError: " in lines[4]  # every plugin's error, on one line
+    assert [r["source"] for r in records(proc.stdout)] == [str(PHANTOM)]
+
+
+def test_a_closed_output_pipe_keeps_the_failure_status(tmp_path):
+    """`mmstream analyze bad.png cine | head -1` exited 0 although a file had failed."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    rng = np.random.default_rng(1)
+    cine = tmp_path / "cine.tif"  # 400 records (~200 kB): written after the reader has gone
+    assert cv2.imwritemulti(str(cine), [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(400)])
+    for batch, status in (([bad, cine], 1), ([cine], 0)):
+        proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "analyze", "--no-progress", "--metrics",
+                                 "quality", *map(str, batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert json.loads(proc.stdout.readline())["source"] == str(cine)
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == status, err
+        assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--metrics", ","], "argument --metrics: empty: name at least one of echogenicity,csa,thickness,quality"),
+    (["--metrics", "colour,quality"], "argument --metrics: unknown colour; choose from"),
+    (["--spacing-mm", "0", "0.1"], "argument --spacing-mm: spacing_mm: spacing must be two numbers in"),
+])  # fmt: skip
+def test_option_errors_show_the_analyze_usage(argv, says, capsys):
+    """`--metrics ,` said "unknown []"; every such error printed the top-level usage."""
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(PHANTOM), *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: mmstream analyze ") and says in err
+
+
+def test_smallest_frames_as_documented(capsys, tmp_path):
+    """analyze_frame's docstring: H >= 64 and W >= 16, and W >= 32 for thickness."""
+    img = np.random.default_rng(2).integers(0, 256, (64, 32), dtype=np.uint8)
+    cases = [((64, 16), "echogenicity,quality", 0), ((64, 16), "thickness", 1), ((64, 32), "thickness", 0),
+             ((63, 32), "quality", 1)]  # fmt: skip
+    for (rows, cols), metrics, status in cases:
+        p = tmp_path / f"{rows}x{cols}.png"
+        cv2.imwrite(str(p), np.ascontiguousarray(img[:rows, :cols]))
+        code, out, err = run(capsys, p, "--metrics", metrics)
+        assert code == status, (rows, cols, metrics, err)

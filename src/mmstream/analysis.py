@@ -257,7 +257,8 @@ def analyze_frame(
     Parameters
     ----------
     frame : ndarray of shape (H, W), uint8
-        Grey B-mode frame (H >= 64, W >= 16).
+        Grey B-mode frame, H >= 64 and W >= 16 (the quality pass that any metric runs); W >= 32 too
+        when ``"thickness"`` is asked for (its search region is at least 32 x 32).
     spacing_mm : (row_mm, col_mm), optional
         Pixel spacing; None leaves every ``*_mm`` field null.
     roi : (r0, c0, r1, c1), optional

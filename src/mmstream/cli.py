@@ -23,6 +23,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -83,6 +84,17 @@ def _csv_row(rec: dict) -> dict:
     }  # fmt: skip
 
 
+def _one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks and runs of blanks become one space, other control
+    characters (a file name's escape sequences) are shown escaped (``\\x1b``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(text).split()))
+
+
+def _shown(path) -> str:
+    """A file name as printed on the terminal: control characters (newline, escape) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
 def _analyze_file(path: Path, args) -> Iterator[dict]:
     from mmstream.io import read_frames
 
@@ -97,7 +109,7 @@ def _analyze_file(path: Path, args) -> Iterator[dict]:
         if frame.index == 0 and own is not None and args.spacing_mm is not None and not all(
             abs(a - b) <= 0.01 * b for a, b in zip(args.spacing_mm, own)
         ):  # a calibrated spacing overridden by hand: say so (once per file)
-            print(f"mmstream analyze: warning: {path}: --spacing-mm {args.spacing_mm[0]:g} {args.spacing_mm[1]:g} "
+            print(f"mmstream analyze: warning: {_shown(path)}: --spacing-mm {args.spacing_mm[0]:g} {args.spacing_mm[1]:g} "
                   f"replaces the file's own {own[0]:g} x {own[1]:g} mm ({frame.meta.get('file_spacing_source')})",
                   file=sys.stderr)  # fmt: skip
         region = frame.meta.get("region_rc")  # the file's B-mode region (DICOM US region), if known
@@ -142,24 +154,38 @@ def cmd_analyze(args) -> int:
                 total += 1
     bar = progress(total, show and total > 1, "frame")
     failed = 0
-    for path in paths:
+
+    def error(path: Path, reason: str, text: str) -> None:
+        msg = f"mmstream analyze: error: {_shown(path)}: {reason}: {_one_line(text)}"  # one line per file
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():  # pydicom warns of what the readers report as errors
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            for path in paths:
+                try:
+                    for rec in _analyze_file(path, args):
+                        if writer is None:
+                            out.write(json.dumps(rec, allow_nan=False) + "\n")
+                        else:
+                            writer.writerow(_csv_row(rec))
+                        out.flush()
+                        if bar is not None:
+                            bar.update(1)
+                except MmstreamError as exc:
+                    failed += 1
+                    error(path, exc.reason, str(exc).removeprefix(f"{path}: "))  # the readers' messages name the file
+                except MemoryError:  # this file's frames do not fit in memory: the batch goes on
+                    failed += 1
+                    error(path, "out_of_memory", "not enough memory to decode or analyse its frames")
+    except BrokenPipeError:  # the output's reader left (`| head`): stop; the files so far give the status
         try:
-            for rec in _analyze_file(path, args):
-                if writer is None:
-                    out.write(json.dumps(rec, allow_nan=False) + "\n")
-                else:
-                    writer.writerow(_csv_row(rec))
-                out.flush()
-                if bar is not None:
-                    bar.update(1)
-        except MmstreamError as exc:
-            failed += 1
-            text = str(exc).removeprefix(f"{path}: ")  # the readers' messages name the file already
-            msg = f"mmstream analyze: error: {path}: {exc.reason}: {text}"
-            if bar is not None:
-                bar.write(msg, file=sys.stderr)
-            else:
-                print(msg, file=sys.stderr)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
     if bar is not None:
         bar.close()
     return 1 if failed else 0
@@ -306,8 +332,8 @@ def cmd_status(args) -> int:
         rej = n.get("rejected", {})
         extra = ", ".join(f"{k}={v}" for k, v in sorted({**n.get("counters", {}), **rej}.items()))
         print(f"{name:<16}{drops:>8}{sum(rej.values()):>9}  {extra}")
-    for sid, error in sorted(st.get("source_errors", {}).items()):
-        print(f"source {sid}: FAILED: {error}")
+    for line in _source_lines(st):
+        print(line)
     rec = st.get("recording") or {}
     if rec.get("state") not in (None, "idle") or rec.get("last_error"):
         err = rec.get("last_error")
@@ -318,6 +344,29 @@ def cmd_status(args) -> int:
 
         print("\n".join(status_lines(st["web"])))
     return 0
+
+
+def _source_lines(st: dict) -> list[str]:
+    """One line per source: FAILED and why, or its frame count; its error counters, the frames the
+    service would have refused (``source_invalid_frames``) and pace jumps, when there are any."""
+    health, failed = st.get("sources", {}), st.get("source_errors", {})
+    invalid, jumps = st.get("source_invalid_frames", {}), st.get("source_pace_jumps", {})
+    lines = []
+    for sid in sorted(set(health) | set(failed)):
+        facts = []
+        if sid in health:  # a source that failed while being built has no health
+            errors = ", ".join(f"{k}={v}" for k, v in sorted(health[sid].get("errors", {}).items()))
+            facts = [f"{health[sid].get('counters', {}).get('frames', 0)} frames",
+                     f"errors: {errors}" if errors else "no errors"]  # fmt: skip
+        if invalid.get(sid):
+            facts.append(f"{invalid[sid]} refused as not sendable (source_invalid_frames)")
+        if jumps.get(sid):
+            facts.append(f"{jumps[sid]} pace jumps")
+        if sid in failed:
+            lines.append(f"source {sid}: FAILED: {failed[sid]}" + (f" ({', '.join(facts)})" if facts else ""))
+        else:
+            lines.append(f"source {sid}: {', '.join(facts)}")
+    return lines
 
 
 def cmd_keys(args) -> int:
@@ -390,8 +439,24 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _spacing_arg(values):
-    return validate_spacing(values)
+def _metrics_arg(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"empty: name at least one of {','.join(METRICS)}")
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {','.join(unknown)}; choose from {','.join(METRICS)}")
+    return names
+
+
+class _SpacingArg(argparse.Action):
+    """``--spacing-mm ROW_MM COL_MM``: two numbers in the range every spacing must be in."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, validate_spacing(values))
+        except SpacingError as exc:
+            parser.error(f"argument {option_string}: {exc}")  # the analyze command's usage
 
 
 # modules that add their own subcommands: each has ``register(subparsers)`` and imports heavy things lazily
@@ -405,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="per-frame metrics of image, DICOM and MetaImage files")
     a.add_argument("images", nargs="+", metavar="IMAGE")
-    a.add_argument("--spacing-mm", nargs=2, type=float, metavar=("ROW_MM", "COL_MM"),
+    a.add_argument("--spacing-mm", nargs=2, type=float, action=_SpacingArg, metavar=("ROW_MM", "COL_MM"),
                    help="pixel spacing, overriding the file's")  # fmt: skip
     a.add_argument("--roi", nargs=4, type=int, metavar=("R0", "C0", "R1", "C1"),
                    help="end-exclusive rectangle (echogenicity region, thickness search region)")  # fmt: skip
@@ -415,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(f"--{line}-at", nargs=2, type=float, metavar=("R", "C"),
                        help=f"a point on the {line} aponeurosis: the thickness line passes through it "
                             "(first frame with probe contact; tracked after)")  # fmt: skip
-    a.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
-                   default=list(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")  # fmt: skip
+    a.add_argument("--metrics", type=_metrics_arg, default=list(METRICS),
+                   help=f"comma-separated subset of {','.join(METRICS)}")  # fmt: skip
     a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     a.add_argument("--plus-config", type=Path, default=None, metavar="XML",
                    help="PLUS configuration giving the spacing of .igs.mha/.mhd sequences")  # fmt: skip
@@ -469,14 +534,6 @@ def main(argv: list[str] | None = None) -> int:
         except MmstreamError as exc:
             print(f"mmstream {args.command}: error: {exc}", file=sys.stderr)
             return 1
-    if args.command == "analyze":
-        bad = set(args.metrics) - set(METRICS)
-        if bad or not args.metrics:
-            parser.error(f"--metrics: unknown {sorted(bad)}; choose from {','.join(METRICS)}")
-        try:
-            args.spacing_mm = _spacing_arg(args.spacing_mm)
-        except SpacingError as exc:
-            parser.error(f"--spacing-mm: {exc}")
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like

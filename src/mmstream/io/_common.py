@@ -8,7 +8,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +196,28 @@ def positive_finite(x: float) -> bool:
 # pixel conversion
 
 
+_LUMA_BLOCK_PX = 1 << 20  # pixels converted at a time: 4 MB temporaries whatever the frame size
+
+
+def _luma(arr: np.ndarray, r: int, g: int, b: int) -> np.ndarray:
+    """BT.601 luma of channels ``r, g, b`` of ``arr`` (M, N, C), samples already known to be in 0..255,
+    a block of rows at a time: no widened copy of the whole image (for an 8192 x 8192 16-bit RGBA
+    frame that copy took 2.2 GB; the blocks' temporaries take 12 MB)."""
+    rows, cols = arr.shape[:2]
+    grey = np.empty((rows, cols), np.uint8)
+    step = max(1, _LUMA_BLOCK_PX // max(cols, 1))
+    for r0 in range(0, rows, step):
+        block = arr[r0 : r0 + step]
+        acc = block[..., r].astype(np.uint32)
+        acc *= 19595
+        acc += block[..., g].astype(np.uint32) * 38470
+        acc += block[..., b].astype(np.uint32) * 7471
+        acc += 0x8000
+        acc >>= 16
+        grey[r0 : r0 + step] = acc
+    return grey
+
+
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of an ``(M, N, 3)`` uint8 RGB image, bit-exact with ``PIL.Image.convert("L")``.
 
@@ -198,24 +225,15 @@ def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     in 16-bit fixed point). The decimal form ``(R*299 + G*587 + B*114 + 500) // 1000`` differs from
     Pillow by 1 grey level on 9 040 of the 16.7 M colours, so it is not used.
     """
-    rgb = rgb.astype(np.uint32, copy=False)
-    grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-    return np.ascontiguousarray(grey.astype(np.uint8))
+    return _luma(rgb, 0, 1, 2)
 
 
-def to_uint8(path, arr: np.ndarray, *, what: str = "image") -> np.ndarray:
-    """Bring integer samples to uint8 without rescaling.
-
-    Rule: uint8 passes; any other integer type is accepted only when every sample lies in
-    0..255 (e.g. 16-bit containers holding 8-bit data), otherwise ``ReadError("unsupported_bit_depth")``.
-    Floating point and other kinds raise ``ReadError("unsupported_dtype")``. Values are never rescaled.
-    """
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype.kind not in "iub":
+def _check_8bit(path, arr: np.ndarray, what: str) -> None:
+    """Refuse samples that are not integers in 0..255 (see :func:`to_uint8`)."""
+    if arr.dtype == np.uint8 or arr.dtype.kind == "b":
+        return
+    if arr.dtype.kind not in "iu":
         raise read_error(path, f"{what} has unsupported sample type {arr.dtype}", "unsupported_dtype")
-    if arr.dtype.kind == "b":
-        return arr.astype(np.uint8)
     if arr.size:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
@@ -225,13 +243,25 @@ def to_uint8(path, arr: np.ndarray, *, what: str = "image") -> np.ndarray:
                 "accepted, mmstream never rescales silently",
                 "unsupported_bit_depth",
             )
-    return arr.astype(np.uint8)
+
+
+def to_uint8(path, arr: np.ndarray, *, what: str = "image") -> np.ndarray:
+    """Bring integer samples to uint8 without rescaling.
+
+    Rule: uint8 passes; any other integer type is accepted only when every sample lies in
+    0..255 (e.g. 16-bit containers holding 8-bit data), otherwise ``ReadError("unsupported_bit_depth")``.
+    Floating point and other kinds raise ``ReadError("unsupported_dtype")``. Values are never rescaled.
+    """
+    _check_8bit(path, arr, what)
+    return arr if arr.dtype == np.uint8 else arr.astype(np.uint8)
 
 
 def to_grey_u8(path, arr: np.ndarray, *, channel_order: str = "RGB", what: str = "image") -> np.ndarray:
     """Convert ``(M, N)``, ``(M, N, 1)``, ``(M, N, 3)`` or ``(M, N, 4)`` samples to a C-contiguous uint8 grey image.
 
-    ``channel_order`` is ``"RGB"`` or ``"BGR"`` (OpenCV); a 4th (alpha) channel is dropped.
+    ``channel_order`` is ``"RGB"`` or ``"BGR"`` (OpenCV); a 4th (alpha) channel is dropped. Colour
+    is converted from the samples as they are (any integer type holding 0..255), a block of rows at a
+    time, so the peak memory is the input plus the grey result.
     """
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -239,7 +269,99 @@ def to_grey_u8(path, arr: np.ndarray, *, channel_order: str = "RGB", what: str =
         return np.ascontiguousarray(to_uint8(path, arr, what=what))
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise read_error(path, f"{what} has unsupported shape {arr.shape}", "unsupported_layout")
-    arr = to_uint8(path, arr[..., :3], what=what)
-    if channel_order == "BGR":
-        arr = arr[..., ::-1]
-    return rgb_to_grey(arr)
+    _check_8bit(path, arr[..., :3], what)
+    return _luma(arr, 2, 1, 0) if channel_order == "BGR" else _luma(arr, 0, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# codestream headers and decoder messages
+
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7))  # 0xF7: JPEG-LS
+
+
+def jpeg_dims(buf: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` from the frame header (SOF, JPEG-LS SOF55) of a JPEG codestream, None when
+    the data ends or a scan starts before one; ValueError for a marker stream that is not JPEG."""
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise ValueError("malformed JPEG marker stream")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            rows, cols = struct.unpack(">HH", buf[i + 5 : i + 9])
+            return (rows, cols)
+        if marker == 0xDA:  # start of scan before any SOF
+            return None
+        (seglen,) = struct.unpack(">H", buf[i + 2 : i + 4])
+        i += 2 + seglen
+    return None
+
+
+def j2k_dims(buf: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` from the SIZ segment of a JPEG 2000 codestream (raw, or in a JP2 file's
+    codestream box within its first MiB), None when there is none."""
+    i = bytes(buf[: 1 << 20]).find(b"\xff\x4f\xff\x51")  # SOC then SIZ
+    if i < 0 or i + 24 > len(buf):
+        return None
+    xsiz, ysiz, x0, y0 = struct.unpack(">IIII", buf[i + 8 : i + 24])
+    return (ysiz - y0, xsiz - x0)
+
+
+_STDERR = threading.RLock()
+_DECODER_LINE = re.compile(r"^\[\s*(?:WARN|ERROR|INFO|DEBUG|VERBOSE|FATAL)\b|JPEG|JFIF")  # OpenCV's log, libjpeg
+_OPENCV_PREFIX = re.compile(r"^\[\s*\w+(?::\d+@[\d.]+)?\]\s+(?:global\s+\S+\s+\S+\s+)?")
+
+
+@contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+    """The lines C decoders write on file descriptor 2 while the block runs (libjpeg's "Corrupt JPEG
+    data" warnings, OpenCV's ``[ WARN:0@...]`` log), collected in the yielded list when the block
+    ends and kept off the terminal: the readers turn them into part of a one-line error. libjpeg
+    reports damaged entropy-coded data (it then fills the rest of the image with grey) only this way.
+
+    Blocks run one at a time (the descriptor is the process's); a line of another origin written
+    meanwhile (another thread's log) is passed on to descriptor 2 when the block ends.
+    """
+    lines: list[str] = []
+    with _STDERR:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no descriptor 2 (closed): nothing to collect
+            yield lines
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield lines
+                finally:
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    foreign = []
+                    for line in tmp.read().decode("utf-8", "replace").splitlines():
+                        if _DECODER_LINE.search(line):
+                            lines.append(_OPENCV_PREFIX.sub("", line).strip())
+                        elif line.strip():
+                            foreign.append(line)
+                    if foreign:
+                        os.write(2, ("\n".join(foreign) + "\n").encode())
+        finally:
+            os.close(saved)
+
+
+_JPEG_DAMAGE = re.compile(r"Corrupt JPEG data|Premature end of JPEG file|Inconsistent progression")
+
+
+def jpeg_damage(lines: list[str]) -> str | None:
+    """libjpeg's first warning among ``lines`` that the entropy-coded data is damaged or cut (the
+    decoder filled the rest of the image with grey), or None."""
+    return next((line for line in lines if _JPEG_DAMAGE.search(line)), None)

@@ -6,7 +6,18 @@ Pixels
   extended / lossless, JPEG-LS not guaranteed, JPEG 2000, RLE; native little/big endian).
 * Frames are decoded one at a time (``pydicom.pixels.iter_pixels``): a 120-frame cine is not
   decoded up front.
-* YBR_* is converted to RGB by pydicom, then RGB -> grey with the Pillow-exact BT.601 luma.
+* Before a compressed frame is decoded, the size its JPEG / JPEG-LS / JPEG 2000 codestream declares
+  must be Rows x Columns (``ReadError("size_mismatch")``), and a JPEG's data must be whole: a frame
+  libjpeg finds damaged or cut, or that one decoding plugin failed on and another decoded, is refused
+  (``"corrupt"``; the frames before it have been returned). A decoder's MemoryError is not a
+  corrupt file: it propagates as MemoryError.
+* Deflated Explicit VR Little Endian: the data set is inflated as it is read, never beyond its header's
+  pixel data (Rows x Columns x SamplesPerPixel x BitsAllocated x NumberOfFrames) plus
+  ``TRAILING_BYTES`` (``"too_large"``).
+* A file that ends inside an element before any pixel data is ``"truncated"`` (pydicom reads it
+  without a word), not ``"no_pixel_data"``.
+* YBR_* is converted to RGB by pydicom, then RGB -> grey with the Pillow-exact BT.601 luma
+  (uncompressed YBR_FULL_422 holds 2 samples a pixel).
 * PALETTE COLOR: the LUT is applied (``apply_color_lut``), then grey. 16-bit palette entries are
   display intensities on 0..65535 (PS3.3 C.7.6.3.1.5) and are mapped to 0..255 by ``round(v / 257)``
   -- the standard's meaning of the LUT, recorded as ``meta["palette_bits"] == 16``.
@@ -18,7 +29,8 @@ Spacing (``spacing_mm = (row_mm, col_mm)``)
 -------------------------------------------
 1. ``SequenceOfUltrasoundRegions``: the 2-D B-mode regions (RegionSpatialFormat == 1 and
    RegionDataType == 1). A region is usable when PhysicalUnitsX/YDirection == 3 (cm), the deltas
-   are finite and positive and the region lies inside the image; spacing is
+   give a spacing from 1e-4 to 100 mm (the range of any ``spacing_mm``) and at least one pixel of the
+   region lies inside the image; spacing is
    ``(PhysicalDeltaY * 10, PhysicalDeltaX * 10)`` mm. Several usable B-mode regions with the same
    spacing (dual view) are fine; different spacings give ``spacing_error = "ambiguous_regions"``;
    an unusable B-mode region gives ``"region_units"``, ``"invalid_spacing"`` or
@@ -26,7 +38,8 @@ Spacing (``spacing_mm = (row_mm, col_mm)``)
    ``spacing_mm=None`` and every region is listed in ``meta["us_regions"]``; ``strict_spacing=True``
    in :func:`mmstream.io.read_frames` (or :meth:`ImageFrame.require_spacing`) turns the reason into a
    :class:`~mmstream.errors.SpacingError`.
-2. Without B-mode regions: ``PixelSpacing`` (row, col) in mm. ``ImagerPixelSpacing`` alone is not
+2. Without B-mode regions: ``PixelSpacing`` (row, col) in mm, from 1e-4 to 100 mm (else
+   ``"invalid_spacing"``, the tag and value in ``meta["spacing_detail"]``). ``ImagerPixelSpacing`` alone is not
    used (``spacing_error = "detector_spacing"``): it is a projection image's spacing at the
    detector, not in the patient.
 3. Otherwise unknown (``spacing_error = "no_spacing"``).
@@ -36,8 +49,9 @@ region (DICOM's RegionLocationMaxX1/Y1 are inclusive). A maximum equal to Column
 the last pixel, written by some vendors) is tolerated and clipped (``"clipped": True`` in the region's
 entry); anything further out makes the region unusable.
 
-Time: ``FrameTimeVector`` (ms increments, cumulated), else ``FrameTime`` (ms), else ``CineRate``
-(frames/s); ``t_s`` is relative to the first frame, ``None`` when the file gives no timing.
+Time: ``FrameTimeVector`` (ms increments, cumulated; every increment after the first over 0), else
+``FrameTime`` (ms), else ``CineRate`` (frames/s); ``t_s`` is relative to the first frame, ``None``
+when the file gives no usable timing (``meta["frame_time_problem"]`` says why a tag was ignored).
 """
 
 from __future__ import annotations
@@ -46,14 +60,31 @@ import io
 import logging
 import math
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from mmstream.errors import MmstreamError
 
-from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, positive_finite, read_error, rgb_to_grey, to_uint8
+from ._common import (
+    DEFAULT_MAX_PIXELS,
+    MAX_SPACING_MM,
+    MIN_SPACING_MM,
+    check_file,
+    check_pixels,
+    decoder_messages,
+    j2k_dims,
+    jpeg_damage,
+    jpeg_dims,
+    positive_finite,
+    read_error,
+    rgb_to_grey,
+    to_grey_u8,
+    to_uint8,
+)
 from ._opened import OpenedFile, RawFrame
 
 EXTENSIONS = {".dcm", ".dicom", ".dic"}
@@ -62,9 +93,10 @@ EXTENSIONS = {".dcm", ".dicom", ".dic"}
 _pydicom = None
 
 
-class _EndOfFile(logging.Handler):
-    """pydicom's "End of file reached" messages, per thread, while a thread reads a file (the
-    warnings module's state is process-wide, so it cannot tell concurrent readers apart)."""
+class _ThreadLog(logging.Handler):
+    """pydicom's log messages (warning and above), per thread, while a thread reads a file or
+    decodes a frame: "End of file reached", a decoding plugin that failed on a frame (the warnings
+    module's state is process-wide, so it cannot tell concurrent readers apart)."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -72,11 +104,11 @@ class _EndOfFile(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         seen = getattr(self.local, "seen", None)
-        if seen is not None and "End of file reached" in record.getMessage():
-            seen.append(record.getMessage())
+        if seen is not None:
+            seen.append(record)
 
 
-_CUT = _EndOfFile()
+_LOG = _ThreadLog()
 
 
 def _pd():
@@ -86,7 +118,7 @@ def _pd():
         import pydicom.encaps
         import pydicom.pixels
 
-        logging.getLogger("pydicom").addHandler(_CUT)
+        logging.getLogger("pydicom").addHandler(_LOG)
         _pydicom = pydicom
     return _pydicom
 
@@ -120,6 +152,11 @@ def _num(value, cast=float):
         return None
 
 
+def _plausible_mm(mm: float | None) -> bool:
+    """A pixel spacing in mm that any imaging device could have (the range ``spacing_mm`` takes)."""
+    return mm is not None and math.isfinite(mm) and MIN_SPACING_MM <= mm <= MAX_SPACING_MM
+
+
 def _regions(ds, rows: int, cols: int) -> list[dict[str, object]]:
     out = []
     for k, r in enumerate(ds.get("SequenceOfUltrasoundRegions", None) or []):
@@ -146,9 +183,11 @@ def _regions(ds, rows: int, cols: int) -> list[dict[str, object]]:
         if reg["bmode"]:
             if ux != 3 or uy != 3:
                 reg["problem"] = "region_units"
-            elif dx is None or dy is None or not (positive_finite(dx) and positive_finite(dy)):
+            elif dx is None or dy is None or not (_plausible_mm(dx * 10.0) and _plausible_mm(dy * 10.0)):
                 reg["problem"] = "invalid_spacing"
             elif reg["region_rc"] is None or not (0 <= y0 <= y1 <= rows and 0 <= x0 <= x1 <= cols):
+                reg["problem"] = "region_outside_image"
+            elif y0 == rows or x0 == cols:  # starting one past the last row or column: no pixel of it is in the image
                 reg["problem"] = "region_outside_image"
             else:
                 if y1 == rows or x1 == cols:
@@ -176,8 +215,9 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
             meta["spacing_error"] = bad[0]["problem"]
             meta["spacing_detail"] = (
                 f"B-mode ultrasound region item {bad[0]['item']} is unusable ({bad[0]['problem']}): "
-                f"units ({bad[0]['units_x']}, {bad[0]['units_y']}), deltas ({bad[0]['delta_x']}, "
-                f"{bad[0]['delta_y']}) cm, region_rc {bad[0]['region_rc']} in a {rows} x {cols} image"
+                f"PhysicalUnitsX/YDirection ({bad[0]['units_x']}, {bad[0]['units_y']}) (3 = cm), PhysicalDeltaX/Y "
+                f"({bad[0]['delta_x']}, {bad[0]['delta_y']}) cm (a pixel is {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm), "
+                f"region_rc {bad[0]['region_rc']} in a {rows} x {cols} image"
             )
             return None, "unknown"
         spacings = [r["spacing_mm"] for r in bmode]
@@ -208,11 +248,11 @@ def _spacing(ds, rows: int, cols: int, meta: dict) -> tuple[tuple[float, float] 
             vals = [float(v) for v in val]
         except (TypeError, ValueError):
             vals = []
-        if len(vals) == 2 and all(positive_finite(v) for v in vals):
+        if len(vals) == 2 and all(_plausible_mm(v) for v in vals):
             meta["spacing_tag"] = key
             return (vals[0], vals[1]), "dicom_pixel_spacing"
         meta["spacing_error"] = "invalid_spacing"
-        meta["spacing_detail"] = f"{key} = {val!r} is not two finite positive numbers"
+        meta["spacing_detail"] = f"{key} = {val!r} is not two numbers from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm"
         return None, "unknown"
     meta["spacing_error"] = "no_spacing"
     meta["spacing_detail"] = "no B-mode SequenceOfUltrasoundRegions or PixelSpacing"
@@ -224,19 +264,22 @@ MAX_FRAME_TIME_MS = 60_000.0  # a frame interval beyond a minute is no cine timi
 
 def _frame_times_ms(ds, n: int, meta: dict) -> Callable[[int], float] | None:
     """Frame ``i``'s time in ms from the first (computed per frame: a header's NumberOfFrames
-    allocates nothing), or None when the file gives no plausible frame timing (intervals of 0 to
-    ``MAX_FRAME_TIME_MS``)."""
+    allocates nothing), or None when the file gives no plausible frame timing (intervals over 0, up
+    to ``MAX_FRAME_TIME_MS``: frames that share a time are no timing to pace by)."""
     ftv = ds.get("FrameTimeVector", None)
     if ftv is not None:
         try:
             inc = [float(v) for v in (ftv if isinstance(ftv, (list, tuple)) or hasattr(ftv, "__len__") else [ftv])]
         except (TypeError, ValueError):
             inc = []
-        if len(inc) == n and all(math.isfinite(v) and 0 <= v <= MAX_FRAME_TIME_MS for v in inc):
+        # the first increment is the first frame's (0 by the standard); each later frame comes after the one before
+        if (len(inc) == n and all(math.isfinite(v) and 0 <= v <= MAX_FRAME_TIME_MS for v in inc)
+                and all(v > 0 for v in inc[1:])):
             meta["frame_time_source"] = "FrameTimeVector"
             cum = np.cumsum(inc)  # as long as the element the file holds
             return lambda i: float(cum[i])
-        meta["frame_time_problem"] = "FrameTimeVector length or values invalid; ignored"
+        meta["frame_time_problem"] = (f"FrameTimeVector ({len(inc)} increments for {n} frames) is not an increment per "
+                                      f"frame, each up to {MAX_FRAME_TIME_MS:g} ms and over 0 after the first; ignored")
     ft = _num(ds.get("FrameTime", None))
     if ft is not None and positive_finite(ft) and ft <= MAX_FRAME_TIME_MS:
         meta["frame_time_ms"] = ft
@@ -287,7 +330,7 @@ def _int_attr(ds, path, name, default=None) -> int:
 def open_dicom(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     """Parse the DICOM header, validate it, and return a lazy frame source."""
     p = check_file(path)
-    pydicom = _pd()
+    _pd()
     try:
         with open(p, "rb") as fh:
             head = fh.read(132)
@@ -296,29 +339,138 @@ def open_dicom(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
     has_preamble = sniff(head)
     if not has_preamble and not sniff_no_preamble(head):
         raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
-    _CUT.local.seen = []  # pydicom logs (and warns) that a file ended early, and reads on
+    _LOG.local.seen = []  # pydicom logs (and warns) that a file ended early, and reads on
     try:
-        ds = pydicom.dcmread(p, force=not has_preamble)
-    except MmstreamError:
+        ds = _dcmread(p, has_preamble, max_pixels)
+    except (MmstreamError, MemoryError):
         raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc
     finally:
-        cut, _CUT.local.seen = _CUT.local.seen, None
+        said, _LOG.local.seen = _LOG.local.seen, None
+    cut = [r.getMessage() for r in said if "End of file reached" in r.getMessage()]
     if cut:
         raise read_error(p, f"the file ends inside its data set ({cut[0].split(' in file')[0]})", "truncated")
     try:
         return _open_dataset(p, ds, max_pixels)
-    except MmstreamError:
+    except (MmstreamError, MemoryError):
         raise
     except Exception as exc:  # pydicom parses elements lazily: malformed values surface on access
         raise read_error(p, f"malformed DICOM header ({type(exc).__name__}: {exc})", "corrupt") from exc
+
+
+MAX_HEADER_BYTES = 64 << 20  # a deflated data set's elements before its pixel data, inflated
+TRAILING_BYTES = 1 << 20  # room for elements after the pixel data of a deflated data set (padding, signatures)
+
+
+class _Inflating:
+    """The data set of a Deflated Explicit VR Little Endian file, inflated as pydicom reads it and
+    never beyond ``limit`` bytes (a 2 MB file inflated to 2 GiB at once, accepted, 4.4 GB resident)."""
+
+    def __init__(self, path: Path, zipped: bytes, limit: int):
+        self.path, self.limit, self.name = path, limit, str(path)
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pending, self._out, self._pos = zipped, bytearray(), 0
+
+    @property
+    def complete(self) -> bool:
+        """The deflate stream ended properly (not cut)."""
+        return self._z.eof
+
+    def _fill(self, upto: int) -> None:
+        while len(self._out) < upto and not self._z.eof and self._pending:
+            self._out += self._z.decompress(self._pending, min(upto - len(self._out), 1 << 22))
+            self._pending = self._z.unconsumed_tail
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.limit + 1 if size is None or size < 0 else self._pos + size
+        self._fill(min(end, self.limit + 1))
+        if min(end, len(self._out)) > self.limit:
+            raise read_error(self.path, f"the deflated data set inflates beyond {self.limit} bytes, more than its "
+                             "header's pixel data and elements allow (a decompression bomb?)", "too_large")  # fmt: skip
+        data = bytes(self._out[self._pos : end])
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, offset + (0, self._pos, len(self._out))[whence])
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _dcmread(p: Path, has_preamble: bool, max_pixels: int, header_only: bool = False):
+    """pydicom's read of a file (``header_only``: up to its pixel data); a deflated data set is
+    inflated only as far as its header allows (pydicom would inflate it whole first)."""
+    pydicom = _pd()
+    meta = pydicom.filereader.read_file_meta_info(p) if has_preamble else None
+    if meta is not None and meta.get("TransferSyntaxUID", None) == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return _read_deflated(p, meta, max_pixels, header_only)
+    return pydicom.dcmread(p, stop_before_pixels=header_only, force=not has_preamble)
+
+
+def _read_deflated(p: Path, meta, max_pixels: int, header_only: bool):
+    """A deflated DICOM file's data set, inflated only as far as its header allows: the elements
+    up to the pixel data (at most ``MAX_HEADER_BYTES``), then Rows x Columns x SamplesPerPixel x
+    BitsAllocated x NumberOfFrames of pixel data and ``TRAILING_BYTES`` after it."""
+    pydicom = _pd()
+    group_length = meta.get("FileMetaInformationGroupLength", None)
+    if group_length is None:
+        raise read_error(p, "deflated DICOM without FileMetaInformationGroupLength: its data set cannot be found",
+                         "bad_header")  # fmt: skip
+    with open(p, "rb") as fh:
+        preamble = fh.read(128)
+        fh.seek(132 + 12 + int(group_length))
+        zipped = fh.read()
+    reader = _Inflating(p, zipped, MAX_HEADER_BYTES)
+    head = pydicom.filereader.read_dataset(reader, False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+    at = reader.tell()
+    if reader.read(4) == b"\xe0\x7f\x10\x00" and not header_only:  # stopped at the (top-level) pixel data
+        rows, cols = _int_attr(head, p, "Rows"), _int_attr(head, p, "Columns")
+        check_pixels(p, rows, cols, max_pixels)
+        n = max(1, _int_attr(head, p, "NumberOfFrames", 1))
+        sample_bytes = (max(8, _int_attr(head, p, "BitsAllocated")) + 7) // 8
+        reader.limit = at + 12 + rows * cols * _int_attr(head, p, "SamplesPerPixel", 1) * sample_bytes * n + TRAILING_BYTES
+        reader.seek(0)
+        head = pydicom.filereader.read_dataset(reader, False, True)
+    if not header_only and not reader.complete:
+        raise read_error(p, "the deflated data set ends early (cut file)", "truncated")
+    return pydicom.dataset.FileDataset(p, head, preamble=preamble, file_meta=meta, is_implicit_VR=False,
+                                       is_little_endian=True)  # fmt: skip
+
+
+def _cut_inside(p: Path, ds) -> str | None:
+    """Where a file that pydicom read without a word ends inside an element (it keeps a value cut
+    short, and drops an element whose 8-byte header is cut), or None."""
+    size = p.stat().st_size
+    meta = getattr(ds, "file_meta", None)
+    last = None  # (start, end or None) of the element that starts last
+    for elem in [*(meta.elements() if meta is not None else ()), *ds.elements()]:
+        start = getattr(elem, "value_tell", getattr(elem, "file_tell", None))
+        length = getattr(elem, "length", None)
+        if elem.tag == 0x00020000 and start is not None:  # the File Meta Information group's length, after its 4 bytes
+            length = 4 + int(meta.FileMetaInformationGroupLength)
+        end = None if start is None or length is None or length == 0xFFFFFFFF else start + length
+        if end is not None and end > size:
+            what = "the File Meta Information group" if elem.tag == 0x00020000 else f"element {elem.tag}"
+            return f"{what} needs {length} bytes from byte {start}"
+        if start is not None and (last is None or start > last[0]):
+            last = (start, end)
+    if last is not None and last[1] is not None and last[1] < size:
+        return f"{size - last[1]} byte(s) after the last element, less than an element header"
+    return None
 
 
 def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise read_error(p, "float pixel data is not supported", "unsupported_dtype")
+        deflated = ds.file_meta.get("TransferSyntaxUID", None) == _pd().uid.DeflatedExplicitVRLittleEndian
+        cut = None if deflated else _cut_inside(p, ds)  # (a cut deflated stream is refused as it is read)
+        if cut is not None:
+            raise read_error(p, f"the file ends inside an element before any pixel data ({cut}; {p.stat().st_size} bytes)",
+                             "truncated")  # fmt: skip
         raise read_error(p, "DICOM file has no pixel data", "no_pixel_data")
     rows = _int_attr(ds, p, "Rows")
     cols = _int_attr(ds, p, "Columns")
@@ -342,11 +494,12 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
         if n > n_fragments:
             raise read_error(p, f"NumberOfFrames = {n}, but the pixel data holds {n_fragments} fragment(s)", "truncated")
     if ts is not None and not ts.is_compressed:
-        expected = rows * cols * spp * n * bits_alloc // 8 if bits_alloc != 1 else (rows * cols * n + 7) // 8
+        stored = 2 if photometric == "YBR_FULL_422" and spp == 3 else spp  # 4:2:2: Y Y Cb Cr for 2 pixels
+        expected = rows * cols * stored * n * bits_alloc // 8 if bits_alloc != 1 else (rows * cols * n + 7) // 8
         got = len(ds.PixelData)
         if got < expected:
             raise read_error(
-                p, f"pixel data holds {got} bytes, {expected} expected for {n} x {rows} x {cols} x {spp} "
+                p, f"pixel data holds {got} bytes, {expected} expected for {n} x {rows} x {cols} x {stored} "
                 f"at {bits_alloc} bits (truncated file?)", "truncated"
             )
     meta: dict[str, object] = {
@@ -367,22 +520,32 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
             raise read_error(p, "PALETTE COLOR image without a usable palette descriptor", "bad_header") from exc
 
     def frames() -> Iterator[RawFrame]:
-        pixels = _pd().pixels
-        it = pixels.iter_pixels(ds)
+        pydicom = _pd()
+        it = pydicom.pixels.iter_pixels(ds)
+        encoded = _encoded_frames(ds, n) if ts is not None and ts.is_encapsulated else None
         for i in range(n):
+            _LOG.local.seen = []
             try:
+                if encoded is not None:
+                    _check_codestream(p, ts, next(encoded, b""), i, (rows, cols), bits_stored)
                 arr = next(it)
             except StopIteration:
                 raise read_error(p, f"pixel data ended after {i} of {n} frames", "truncated") from None
-            except MmstreamError:
+            except (MmstreamError, MemoryError):
                 raise
             except Exception as exc:  # decoder plugins raise assorted types; wrap them all
                 raise read_error(
-                    p, f"cannot decode frame {i} ({type(exc).__name__}: {exc})", "corrupt"
+                    p, f"cannot decode frame {i} ({type(exc).__name__}: {' '.join(str(exc).split())})", "corrupt"
                 ) from exc
+            finally:
+                said, _LOG.local.seen = _LOG.local.seen, None
+            failed = [r.getMessage() for r in said if r.levelno >= logging.ERROR or "decoding plugin" in r.getMessage()]
+            if failed:  # one plugin failed, another decoded it (pylibjpeg's error, then Pillow's grey fill)
+                raise read_error(p, f"frame {i} is damaged: a decoder failed on it ({' '.join(failed[-1].split())}); "
+                                 "another's decode is not trusted", "corrupt")  # fmt: skip
             try:
                 grey = _to_grey(p, ds, arr, photometric, bits_stored, i)
-            except MmstreamError:
+            except (MmstreamError, MemoryError):
                 raise
             except Exception as exc:  # malformed LUTs / attributes raise assorted types
                 raise read_error(p, f"cannot convert frame {i} ({type(exc).__name__}: {exc})", "corrupt") from exc
@@ -401,11 +564,51 @@ def _open_dataset(p: Path, ds, max_pixels: int) -> OpenedFile:
     )
 
 
+def _encoded_frames(ds, n: int) -> Iterator[bytes]:
+    """The encoded frames of encapsulated pixel data, as pydicom's decoders take them."""
+    eot, lengths = ds.get("ExtendedOffsetTable", None), ds.get("ExtendedOffsetTableLengths", None)
+    extended = (eot, lengths) if eot is not None and lengths is not None else None
+    return _pd().encaps.generate_frames(ds.PixelData, number_of_frames=n, extended_offsets=extended)
+
+
+def _check_codestream(p: Path, ts, frame: bytes, i: int, shape: tuple[int, int], bits_stored: int) -> None:
+    """Before decoding: the frame size a JPEG, JPEG-LS or JPEG 2000 codestream declares must be the
+    header's Rows x Columns (a fragment declaring 65000 x 65000 made the decoder allocate 12.7 GB);
+    a JPEG's data must be whole: pylibjpeg decodes a cut or damaged one without a word, and libjpeg
+    (OpenCV's, run here at 1/8 scale as the check) only warns and fills the rest with grey, or, for
+    data cut before its end marker, fails."""
+    uid = _pd().uid
+    if ts in uid.JPEGTransferSyntaxes or ts in uid.JPEGLSTransferSyntaxes:
+        try:
+            dims = jpeg_dims(frame)
+        except ValueError:
+            dims = None  # not a JPEG marker stream: the decoder says what is wrong
+    elif ts in uid.JPEG2000TransferSyntaxes:
+        dims = j2k_dims(frame)
+    else:
+        return
+    if dims is not None and dims != shape:
+        raise read_error(p, f"frame {i}'s codestream declares {dims[0]} x {dims[1]} pixels, the header's Rows x "
+                         f"Columns are {shape[0]} x {shape[1]}", "size_mismatch")  # fmt: skip
+    if ts in uid.JPEGTransferSyntaxes:
+        with decoder_messages() as said:
+            img = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+            if img is None and jpeg_damage(said) is None:  # lossless JPEG is neither scaled nor converted
+                img = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
+        damage = jpeg_damage(said)
+        if damage is None and img is None and bits_stored <= 8:  # (wider samples: libjpeg may lack the precision)
+            damage = "libjpeg cannot decode it: " + ("; ".join(said) or "cut before its end, or damaged")
+        if damage is not None:
+            raise read_error(p, f"frame {i} is damaged ({damage}): its pixels would be partly invented", "corrupt")
+
+
 def _to_grey(p, ds, arr: np.ndarray, photometric: str, bits_stored: int, i: int) -> np.ndarray:
     what = f"frame {i}"
     if photometric == "PALETTE COLOR":
         try:
             rgb = _pd().pixels.apply_color_lut(arr, ds)
+        except MemoryError:
+            raise
         except Exception as exc:  # malformed LUTs raise assorted types
             raise read_error(p, f"cannot apply the palette to {what} ({exc})", "corrupt") from exc
         if rgb.dtype != np.uint8:
@@ -415,7 +618,7 @@ def _to_grey(p, ds, arr: np.ndarray, photometric: str, bits_stored: int, i: int)
         # pydicom returns RGB for RGB and YBR_* (as_rgb=True default)
         if arr.shape[2] != 3:
             raise read_error(p, f"{what} has unsupported shape {arr.shape}", "unsupported_layout")
-        return rgb_to_grey(to_uint8(p, arr, what=what))
+        return to_grey_u8(p, arr, channel_order="RGB", what=what)
     if arr.ndim != 2:
         raise read_error(p, f"{what} has unsupported shape {arr.shape}", "unsupported_layout")
     if photometric == "MONOCHROME1":
@@ -434,10 +637,10 @@ def count_frames(path) -> int:
     if not has_preamble and not sniff_no_preamble(head):
         raise read_error(p, "not a DICOM file (no 'DICM' marker at byte 128)", "unknown_format")
     try:
-        ds = _pd().dcmread(p, stop_before_pixels=True, force=not has_preamble)
+        ds = _dcmread(p, has_preamble, 1 << 62, header_only=True)
         rows, cols = _int_attr(ds, p, "Rows"), _int_attr(ds, p, "Columns")
         n = _int_attr(ds, p, "NumberOfFrames", 1)
-    except MmstreamError:
+    except (MmstreamError, MemoryError):
         raise
     except Exception as exc:  # pydicom raises many types for malformed input; wrap them all
         raise read_error(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})", "corrupt") from exc

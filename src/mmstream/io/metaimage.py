@@ -21,7 +21,8 @@ per-frame fields are available and hostile headers are refused before any alloca
 
 Axes and spacing: MetaImage stores x fastest, so a frame is ``(rows, cols) = (DimSize[1], DimSize[0])``
 and ``spacing_mm = (ElementSpacing[1], ElementSpacing[0])``. NaN, infinite, zero or negative
-``ElementSpacing`` raises ``ReadError("invalid_spacing")``. A PLUS sequence file whose in-plane
+``ElementSpacing``, or an in-plane value outside 1e-4 .. 100 mm (the range of any ``spacing_mm``),
+raises ``ReadError("invalid_spacing")`` naming the field and its value. A PLUS sequence file whose in-plane
 ``ElementSpacing`` is exactly ``1 1`` is treated as unknown spacing (``spacing_error =
 "placeholder_spacing"``): PLUS writes 1 1 1 when it does not know the spacing (e.g.
 ``BoneUltrasound_L14.igs.mha``, whose real spacing is 0.085 mm/px from its config XML).
@@ -45,7 +46,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import DEFAULT_MAX_PIXELS, check_file, check_pixels, file_beside, floats, read_error, to_grey_u8
+from ._common import (
+    DEFAULT_MAX_PIXELS,
+    MAX_SPACING_MM,
+    MIN_SPACING_MM,
+    check_file,
+    check_pixels,
+    file_beside,
+    floats,
+    read_error,
+    to_grey_u8,
+)
 from ._opened import OpenedFile, RawFrame
 
 EXTENSIONS = {".mha", ".mhd"}
@@ -304,6 +315,9 @@ def open_metaimage(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
         if sp is None or len(sp) != ndims or not all(math.isfinite(v) and v > 0 for v in sp):
             raise read_error(p, f"{sp_key} = {fields[sp_key]!r} must be {ndims} finite positive numbers",
                              "invalid_spacing")
+        if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in sp[:2]):
+            raise read_error(p, f"{sp_key} = {fields[sp_key]!r}: an in-plane pixel spacing must be from "
+                             f"{MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm", "invalid_spacing")  # fmt: skip
         meta["element_spacing"] = sp
         if sp[0] == 1.0 and sp[1] == 1.0:  # 1 mm per pixel is no ultrasound image's: the writer's default
             meta["spacing_error"] = "placeholder_spacing"
