@@ -426,3 +426,59 @@ def test_the_service_sockets_drop_a_part_over_the_message_limit(monkeypatch):
         accepted = lambda: g.status()["nodes"]["ingest"]["streams"]  # noqa: E731
         wait_for(lambda: "small" in accepted(), what="the small frame")
         assert "big" not in accepted()
+
+
+def test_a_tap_copy_counts_what_its_node_falls_behind_for(monkeypatch):
+    """A node on its own copy of the bus tap (the recorder's way) that falls ``TAP_HWM`` messages
+    behind loses messages, counted by the publisher for that copy (``dropped_bus_<name>``,
+    ``Graph.copy_drops``); on a PUB tap they were lost unseen by either side. A copy of other
+    topics (metrics only) neither gets the flood nor loses anything to it."""
+    import threading
+
+    import mmstream.graph as graph_module
+    from mmstream.nodes.base import Node, Port
+
+    monkeypatch.setattr(graph_module, "TAP_HWM", 8)
+    gate = threading.Event()
+
+    class Stuck(Node):
+        name = "stuck"
+        inputs = (Port("bus", capacity=1, policy="block"),)
+
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def process(self, port, msg):
+            gate.wait(20)  # stuck (as the recorder opening 63 file parts) until released
+            self.n += 1
+            return []
+
+    class Quiet(Node):  # on a copy of the bus's metrics only: the event flood is not its
+        name = "quiet"
+        inputs = (Port("bus", capacity=1, policy="block"),)
+
+        def process(self, port, msg):
+            self.count("seen")
+            return []
+
+    g = Graph(load_config(None, endpoints=RANDOM_TCP))
+    node, quiet = Stuck(), Quiet()
+    g.attach(node, {"bus": g.tap_copy("bus", "stuck")}, {})
+    g.attach(quiet, {"bus": g.tap_copy("bus", "quiet", topics=("metrics.",))}, {})
+    try:
+        with g, make_socket("push", g.endpoints["ingest"], bind=False) as bad:
+            sent = 0
+            while g.copy_drops("stuck") == 0:  # each refused message is an event on the bus
+                bad.send([b"frame.x", b"{not json"], timeout_ms=2000)
+                sent += 1
+                wait_for(lambda: g.publisher.status()["counters"].get("events", 0) >= sent, what="the event published")
+                assert sent < 500, "no drop counted"
+            gate.set()
+            published = lambda: g.publisher.status()["counters"]["events"]  # noqa: E731
+            wait_for(lambda: node.n + g.copy_drops("stuck") == published(), what="every event seen or counted")
+            assert g.copy_drops("stuck") == published() - node.n and node.n > 0
+            assert g.status()["nodes"]["publisher"]["send_drops"] == {"bus_stuck": published() - node.n}
+            assert g.copy_drops("quiet") == 0 and quiet.counters["seen"] == 0
+    finally:
+        gate.set()

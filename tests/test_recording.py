@@ -270,10 +270,12 @@ def test_recorder_node_waits_for_configured_streams_then_rolls_parts(tmp_path):
     rec.process("bus", decoded(Event(node="ingest", level="warning", reason="x", message="m", t_host_s=1.0)))
     fused = Fused(stream_id="a", session_id="src-1", parent=("a", 1), site="tibialis_anterior")
     rec.process("bus", decoded(fused))
-    img_a2 = np.full((40, 30), 3, np.uint8)  # depth changed: new shape, next part
+    img_a2 = np.full((40, 30), 3, np.uint8)  # depth changed: new shape, next part once discover_s passed
     out = rec.process("frames", decoded(frame("a", 2, img_a2), img_a2))
-    assert any(o.header.reason == "recording_new_part" for o in out)
-    rec.process("frames", decoded(frame("c", 0, img_b), img_b))  # a new stream: third part
+    assert rec.recording_status()["waiting"] == 1 and "recording_new_part" not in [o.header.reason for o in out]
+    out = rec.tick(time.monotonic() + 5.0)
+    assert any(o.header.reason == "recording_new_part" for o in out) and rec.recording_status()["waiting"] == 0
+    rec.process("frames", decoded(frame("c", 0, img_b), img_b))  # a new stream: third part (written on stop)
     st = rec.stop_recording()
     assert st["state"] == "idle" and len(st["files"]) == 3 and st["files"][1].endswith(".part2.h5")
     with SessionReader(st["files"][0]) as r:
@@ -306,6 +308,60 @@ def test_recorder_stops_when_the_frame_shape_keeps_changing(tmp_path):
     assert len(list(tmp_path.glob("*.h5"))) == 3
     rec.start_recording()
     assert rec.recording_status()["state"] == "armed"
+
+
+def test_a_stream_whose_shape_keeps_changing_stops_being_recorded_and_the_others_go_on(tmp_path):
+    """One stream with a new frame shape on every frame used to open a part per frame and, at
+    ``max_parts``, end the recording of every stream (too_many_parts). It now stops being recorded
+    after ``max_stream_parts_per_minute`` new parts (event, counters, status); the steady stream
+    is recorded whole."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0, max_parts=10, max_stream_parts_per_minute=3),
+                   "sess")  # fmt: skip
+    rec.start_recording()
+    out = []
+    steady = np.full((20, 30), 1, np.uint8)
+    for seq in range(30):
+        flip = np.full((20, 16 + seq), 2, np.uint8)
+        out += rec.process("frames", decoded(frame("a", seq, steady), steady))
+        out += rec.process("frames", decoded(frame("e", seq, flip), flip))
+    st = rec.stop_recording()
+    reasons = [o.header.reason for o in out]
+    assert st["last_error"] is None and st["not_recorded"] == ["e"] and len(st["files"]) == 4  # a; a, e; then 2 for e
+    assert reasons.count("stream_not_recorded") == 1 and "recording_too_many_parts" not in reasons
+    assert rec.counters["streams_not_recorded"] == 1 and rec.counters["frames_not_recorded"] == 30 - 3
+    a_seqs, e_seqs = [], []
+    for path in st["files"]:
+        with SessionReader(path) as r:
+            a_seqs += r.stream("a").index()["seq"].tolist()
+            e_seqs += r.stream("e").index()["seq"].tolist() if "e" in r.streams else []
+    assert a_seqs == list(range(30)) and e_seqs == [0, 1, 2]
+
+
+def test_streams_that_start_together_share_one_new_part(tmp_path):
+    """A frame of a new stream waits ``discover_s`` for others before the next part opens (with its
+    metrics): 30 new streams make one part, not 30 (an unknown-stream flood made the recorder open
+    a part per stream, 20 s in which the metrics of the service piled up)."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.5), "sess", expected_streams=("a",))
+    rec.start_recording()
+    img = SimProbe(SPEC, seed=1).frame(0).image
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    t0 = time.monotonic()
+    for k in range(30):
+        h = frame(f"new{k}", 0, img)
+        rec.process("frames", decoded(h, img))
+        _, mh, arrays = metrics_of(h, img)
+        rec.process("bus", decoded(mh, *arrays.values()))
+    rec.process("frames", decoded(frame("a", 1, img), img))  # the others go on in the current part
+    assert rec.recording_status()["waiting"] == 60 and len(rec.recording_status()["files"]) == 1
+    assert rec.tick(t0 + 0.1) == []  # within discover_s: still waiting
+    out = rec.tick(t0 + 0.6)
+    assert [o.header.reason for o in out] == ["recording_new_part", "recording_started"]
+    st = rec.stop_recording()
+    assert len(st["files"]) == 2 and st["frames"] == 32 and "unknown_stream" not in rec.counters
+    with SessionReader(st["files"][0]) as r:
+        assert r.stream("a").n_frames == 2
+    with SessionReader(st["files"][1]) as r:
+        assert len(r.streams) == 31 and all(r.stream(f"new{k}").n_metrics == 1 for k in range(30))
 
 
 def test_an_unforeseen_error_creating_the_file_ends_the_recording_once(tmp_path, monkeypatch):
@@ -575,3 +631,47 @@ def test_demo_records_with_record_option(tmp_path):
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 1 and missing.stdout == ""  # refused before it runs unrecorded
     assert missing.stderr.startswith(f"mmstream demo: error: recording directory {tmp_path / 'no'} does not exist")
+
+
+def test_an_unknown_stream_flood_opens_one_part_and_costs_a_recorded_stream_nothing(tmp_path, sim_probe):
+    """A peer sends 3000 frames, each of a new stream id, while a probe streams: ingest accepts 63
+    (``max_streams``), refuses the rest (an event each). The recorder used to open a part per
+    accepted stream (63 parts, ~20 s stuck) while the events filled its tap, and lost half the
+    probe's metrics unseen; now the new streams share a part, nothing is lost, and what the
+    recorder's taps could not queue would be counted (``tap_drops``)."""
+    from mmstream.source import FrameSender
+    from mmstream.transport import make_socket
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, analyzer={"every_frame": True},
+                      recorder={"enabled": True, "directory": str(tmp_path), "fsync": False})  # fmt: skip
+    n_probe, n_flood = 60, 3000
+    with Service(cfg) as svc:
+        ep = svc.graph.endpoints
+        status = lambda: svc.graph.status()["nodes"]  # noqa: E731
+        with FrameSender(ep["ingest"], "probe") as probe, make_socket("push", ep["ingest"], bind=False, hwm=n_flood) as peer:
+            probe.send(sim_probe.frame(0).to_source())
+            wait_for(lambda: svc.recorder.recording_status()["frames"] >= 1, 15, "the probe recorded")
+            img = np.zeros((64, 64), np.uint8)
+            for k in range(n_flood):
+                peer.send(encode_frame(f"s{k}", img), timeout_ms=5000)
+            for i in range(1, n_probe):
+                probe.send(sim_probe.frame(i).to_source())
+            wait_for(lambda: status()["ingest"]["rejected"].get("too_many_streams", 0) == n_flood - 63, 60, "the flood")
+            wait_for(lambda: svc.graph.publisher.telemetry.frames["probe"] == n_probe, 60, "the probe's metrics")
+            published = status()["publisher"]["counters"]["metrics"]
+            wait_for(lambda: svc.recorder.counters["metrics"] == published, 30, "every metrics message recorded")
+        st = request(ep["control"], command="record_stop").data
+    assert st["tap_drops"] == {"frames": 0, "metrics": 0, "events": 0} and st["last_error"] is None
+    assert len(st["files"]) <= 3  # the first part, then the 63 new streams together (63 parts before)
+    frames = metrics = 0
+    for path in st["files"]:
+        with SessionReader(path) as r:
+            frames += r.stream("probe").n_frames
+            metrics += r.stream("probe").n_metrics
+    assert (frames, metrics) == (n_probe, n_probe)
+
+
+def encode_frame(stream_id, image):
+    from mmstream.codec import encode
+
+    return encode(Frame(stream_id=stream_id, session_id=stream_id, seq=0, buffers=buffer_specs(image=image)), [image])

@@ -115,6 +115,23 @@ def test_ras_images_are_converted_to_lps_and_unit_spacing_is_unknown(server):
     assert run.frames[1].spacing_mm is None and src.health.counters["spacing_placeholder"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in dot:RuntimeWarning")  # the test peer's pyigtl packing 1e37
+@pytest.mark.parametrize("spacing_mm", [150.0, 1e37])
+def test_a_matrix_spacing_the_analysis_refuses_is_sent_on_as_unknown(server, spacing_mm):
+    """150 mm or 1e37 mm per pixel (valid float32 on the wire) is beyond the analysis's bounds: the
+    frame goes with its spacing unknown (counted and announced), never with that spacing."""
+    src = IgtlSource(port=server.server_address[1])
+    seen = []
+    src.health.sink = seen.append
+    with Running(src) as run:
+        server.send_message(image_message(1, spacing=(spacing_mm, spacing_mm)), wait=False)
+        server.send_message(image_message(2), wait=False)
+        bad, good = run.wait_frames(2)
+    assert bad.spacing_mm is None and bad.spacing_source == "unknown" and "ijk_to_lps" in bad.transforms
+    assert good.spacing_mm == (0.2, 0.3)
+    assert src.health.errors["spacing_invalid"] == 1 and [e.reason for e in seen] == ["spacing_invalid"]
+
+
 def test_an_image_with_fields_up_to_the_frame_limits_still_goes(server):
     """The driver's own ``igtl_device`` and ``ijk_to_lps`` count against the frame's limits: a peer
     filling all 32 metadata fields loses one of them (counted), not the frame."""
@@ -254,6 +271,41 @@ def test_output_sends_no_point_without_spacing_and_forwards_events(output):
     finally:
         client.stop()
     assert text.string.startswith("error source-igtl igtl_crc: CRC mismatch")
+
+
+@pytest.mark.parametrize("spacing_mm", [150.0, 1e37])
+def test_a_spacing_the_analysis_refuses_is_unknown_in_the_metrics_and_gives_no_point(sim_probe, spacing_mm):
+    """A frame whose spacing the analysis refuses (150 mm per pixel, 1e37 mm) is measured in pixels;
+    its metrics say the spacing is unknown, so the OpenIGTLink output sends a STRING with
+    ``spacing_mm`` null and no POINT (it sent [150, 150] and a point at (30000, 43500, 0) mm, or inf)."""
+    from dataclasses import replace
+
+    from mmstream.source import FrameSender
+    from test_graph import RANDOM_TCP, request
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, igtl_output={"enabled": True, "port": 0})
+    with Service(cfg) as svc:
+        client = pyigtl.OpenIGTLinkClient("127.0.0.1", svc.igtl_output.address[1])
+        f0 = sim_probe.frame(0)
+        try:
+            assert request(svc.graph.endpoints["control"], command="set_seed", stream_id="probe",
+                           seed_rc=f0.truth.nerve_center_rc).ok  # fmt: skip
+            with FrameSender(svc.graph.endpoints["ingest"], "probe") as sender:
+                for i in range(3):
+                    sender.send(replace(sim_probe.frame(i).to_source(), spacing_mm=(spacing_mm, spacing_mm),
+                                        spacing_source="config"))  # fmt: skip
+
+                def measured():
+                    msg = client.wait_for_message("mmstream_metrics", timeout=0.5)
+                    return msg is not None and (rec := json.loads(msg.string))["csa_area_px"] is not None and rec
+                rec = wait_for(measured, 20, "a metrics STRING with a CSA")
+            point = client.wait_for_message("mmstream_csa", timeout=0.5)  # sent right after its STRING, if at all
+        finally:
+            client.stop()
+        st = svc.graph.status()["nodes"]
+    assert rec["spacing_mm"] is None and rec["csa_area_mm2"] is None and rec["csa_perimeter_mm"] is None
+    assert rec["csa_area_px"] > 0 and point is None
+    assert st["analyzer-0"]["counters"]["spacing_refused"] >= 1 and st["igtl-output"]["counters"]["metrics_sent"] >= 1
 
 
 def test_garbage_client_is_dropped_and_the_others_keep_receiving(output):
@@ -407,6 +459,70 @@ def test_a_client_that_does_not_read_loses_whole_messages_only(output):
         slow.close()
     assert seen == sorted(seen) and len(seen) + output.counters["dropped_messages"] == sent
     assert seen[-1] == sent - 1  # the newest always arrives
+
+
+def test_clients_that_never_read_lose_their_slots_and_a_reader_gets_in():
+    """Connections that never read or send held every slot for good, and 3D Slicer was refused
+    (igtl_too_many_clients). A client whose messages wait and who takes none of their bytes for
+    ``client_idle_s`` is disconnected; the sockets have TCP keepalive on."""
+    out = IgtlMetricsOutput(port=0, max_clients=2, client_idle_s=0.5).start()
+    dead = [socket.create_connection(("127.0.0.1", out.address[1])) for _ in range(2)]
+    reader = None
+    try:
+        wait_for(lambda: out.server.n_clients == 2, what="two connections")
+        with out.server._lock:
+            assert all(c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) for c in out.server._clients.values())
+
+        def broadcast_until_dropped():
+            out.server.broadcast(pyigtl.StringMessage("x" * 60000, device_name="big").pack())
+            return out.counters["clients_stalled"] == 2
+        wait_for(broadcast_until_dropped, 30, "both non-readers disconnected")
+        assert out.server.n_clients == 0 and out.rejected["igtl_client_stalled"] == 2
+        assert [e.header.reason for e in out.tick(0.0)] == ["igtl_client_stalled"] * 2
+        reader = pyigtl.OpenIGTLinkClient("127.0.0.1", out.address[1])
+        wait_for(lambda: out.server.n_clients == 1, what="the reader connected")
+        out.process("bus", _metrics(3))
+        assert json.loads(reader.wait_for_message("mmstream_metrics", timeout=5).string)["seq"] == 3
+    finally:
+        for s in dead:
+            s.close()
+        if reader is not None:
+            reader.stop()
+        out.close()
+
+
+def test_a_new_client_takes_the_slot_of_the_longest_idle_one_when_all_are_taken():
+    """With nothing to send no client can be seen not reading; a new client then takes the place of
+    the one idle (no byte either way) for ``client_idle_s`` or more, and is refused only while every
+    connected client showed life more recently. The output's own events (refused, evicted clients)
+    are not sent to the clients (each refusal made every idle client look alive)."""
+    out = IgtlMetricsOutput(port=0, max_clients=2, client_idle_s=0.3).start()
+    idle = [socket.create_connection(("127.0.0.1", out.address[1])) for _ in range(2)]
+    newcomers = []
+    try:
+        wait_for(lambda: out.server.n_clients == 2, what="two idle connections")
+
+        def newcomer_admitted():  # refused while the idle ones are younger than client_idle_s
+            newcomers.append(socket.create_connection(("127.0.0.1", out.address[1])))
+            wait_for(lambda: out.counters["clients_evicted"] + out.counters["refused_clients"] == len(newcomers),
+                     what="the newcomer admitted or refused")  # fmt: skip
+            return out.counters["clients_evicted"] == 1
+        wait_for(newcomer_admitted, 10, "a newcomer admitted in an idle client's place")
+        idle[0].settimeout(5)
+        assert idle[0].recv(10) == b""  # the oldest idle one was closed
+        assert out.server.n_clients == 2
+        own = out.tick(0.0)  # its events (refused, evicted) come back on the bus: not for the clients
+        assert {e.header.reason for e in own} <= {"igtl_too_many_clients", "igtl_client_evicted"}
+        for e in own:
+            out.process("bus", decode(encode(e.header)))
+        out.process("bus", _metrics(4))
+        newcomers[-1].settimeout(5)
+        head = newcomers[-1].recv(58)
+        assert head[2:8] == b"STRING" and head[14:30] == b"mmstream_metrics"  # served, its first message the metrics
+    finally:
+        for s in idle + newcomers:
+            s.close()
+        out.close()
 
 
 def test_a_peer_that_stalls_inside_a_message_is_dropped_after_the_stall_timeout():

@@ -4,8 +4,9 @@
   |i column|)`` (i runs along a row = column index, j down a column = row index;
   ``spacing_source = "igtl_matrix"``); the matrix itself, converted to LPS when the peer sends RAS,
   rides along as ``transforms["ijk_to_lps"]``. PLUS writes spacing 1 x 1 when it knows none; that
-  exact value is reported as unknown unless ``trust_unit_spacing`` is set. ``spacing_row_mm`` and
-  ``spacing_col_mm`` override (``"config"``).
+  exact value is reported as unknown unless ``trust_unit_spacing`` is set; so is a spacing outside the
+  analysis's bounds (:func:`mmstream.io._common.validate_spacing`: 0, 150 mm, 1e37 mm; counted and
+  announced ``spacing_invalid``). ``spacing_row_mm`` and ``spacing_col_mm`` override (``"config"``).
 * **Time**: ``t_device_s`` is the message timestamp (seconds since 1970 on the sender's clock;
   0 = unknown -> None).
 * **Metadata** (header v2 key/value pairs): sorted by :mod:`mmstream_drivers.fields` into
@@ -25,8 +26,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mmstream.errors import ConfigError, MmstreamError, ProtocolError
+from mmstream.errors import ConfigError, MmstreamError, ProtocolError, SpacingError
 from mmstream.io import to_grey_u8
+from mmstream.io._common import validate_spacing
 from mmstream.source import SourceFrame
 from mmstream_drivers.fields import MAX_TEXT, FrameFields, sort_fields
 from mmstream_drivers.health import Backoff, SourceHealth
@@ -197,10 +199,12 @@ class IgtlSource:
             return self.spacing_mm, "config"
         # the wire holds float32: keep the shortest decimal that round-trips it (0.085, not 0.0850000009)
         col_mm, row_mm = (float(str(np.float32(math.hypot(*m[:3, k])))) for k in (0, 1))
-        if not (0 < row_mm < math.inf and 0 < col_mm < math.inf):
-            self.health.count("spacing_invalid")
-            return None, "unknown"
         if row_mm == 1.0 and col_mm == 1.0 and not self.trust_unit_spacing:
             self.health.count("spacing_placeholder")
             return None, "unknown"
-        return (row_mm, col_mm), "igtl_matrix"
+        try:  # the analysis's bounds: a spacing it would refuse (0, 150 mm, 1e37 mm, inf) is not sent on
+            return validate_spacing((row_mm, col_mm), what="matrix spacing (row_mm, col_mm)"), "igtl_matrix"
+        except SpacingError as exc:
+            self.health.error("spacing_invalid", f"OpenIGTLink IMAGE: {exc}; spacing unknown (pixels only)",
+                              level="warning")
+            return None, "unknown"

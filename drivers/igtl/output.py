@@ -7,17 +7,27 @@ event the publisher sends). For each metrics message it sends, to every connecte
   "spacing_mm", "echo_mean", "echo_std", "csa_area_px", "csa_area_mm2", "csa_perimeter_mm",
   "csa_confidence", "thickness_px", "thickness_mm", "thickness_confidence", "quality": {...}}``
   (null where unknown);
-* a POINT message, device ``point_device``, when the CSA centroid and the spacing are known: one
+* a POINT message, device ``point_device``, when the CSA centroid and the spacing are known (the
+  metrics' ``spacing_mm``: null when unknown or refused by the analysis, as 150 mm per pixel): one
   point named after the stream, group ``csa_centroid``, at ``(col * col_mm, row * row_mm, 0)`` --
   the centroid in the image's own millimetre frame (i = column, j = row; origin at pixel (0, 0)),
   i.e. where it lies on an IMAGE sent with an IJK-to-world of ``diag(col_mm, row_mm, 1)``.
 
 Events go out as STRING messages on ``event_device`` (``"<level> <node> <reason>: <message>"``,
-non-ASCII characters escaped).
+non-ASCII characters escaped), except this node's own (about its clients: other clients' addresses,
+and each refused client would otherwise refresh every idle one).
 The server (:class:`IgtlServer`) accepts up to ``max_clients``; a client that reads too slowly
 loses its oldest messages (``client_queue_messages`` each, counted ``dropped_messages``). What
 clients send is read and checked (:mod:`~mmstream_drivers.igtl.wire`): garbage closes that client
 only (counted ``garbage``, event), well-framed messages are counted and ignored.
+
+A slot is kept by a client that shows life: a client with messages waiting that takes none of
+their bytes for ``client_idle_s`` (it does not read; its socket's buffers are kept small so that
+shows within seconds) is disconnected (``clients_stalled``, event ``igtl_client_stalled``), and
+when every slot is taken a new client takes the place of the one that showed no life (no byte
+taken or sent) for longest, if that is ``client_idle_s`` or more (``clients_evicted``, event
+``igtl_client_evicted``); otherwise it is refused (``igtl_too_many_clients``). TCP keepalive
+(probes after ``KEEPALIVE_IDLE_S``) ends connections of a host that is gone.
 """
 
 import json
@@ -37,13 +47,17 @@ from mmstream_drivers.igtl.wire import HEADER_BYTES, check_body, parse_header
 _MAX_CLIENT_BODY = 1 << 20  # clients have no business sending us more than 1 MiB at once
 
 ACCEPT_PAUSE_S = 1.0  # after a failed accept (out of descriptors): seconds before listening again
+CLIENT_IDLE_S = 10.0  # a client taking no byte for this long: disconnected if messages wait for it, else evictable
+CLIENT_SNDBUF_BYTES = 64 * 1024  # per client socket: a client that does not read shows within seconds
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3  # a vanished host: dropped after ~25 s
 
 
 class _Client:
-    def __init__(self, sock: socket.socket, peer: str, queue_len: int):
+    def __init__(self, sock: socket.socket, peer: str, queue_len: int, now: float):
         self.sock = sock
         self.peer = peer
         self.queue_len = queue_len
+        self.t_alive = now  # connected, or last byte taken from us or sent to us
         self.out: deque[memoryview] = deque()  # whole messages waiting
         self.current: memoryview | None = None  # the rest of the message being sent (never dropped)
         self.inbuf = bytearray()
@@ -57,12 +71,14 @@ class IgtlServer:
     server thread).
     """
 
-    def __init__(self, host: str, port: int, *, max_clients: int, queue_len: int, on_event, count):
+    def __init__(self, host: str, port: int, *, max_clients: int, queue_len: int, on_event, count,
+                 idle_s: float = CLIENT_IDLE_S):  # fmt: skip
         self._listen = socket.create_server((host, port), reuse_port=False)
         self._listen.setblocking(False)
         self.address = self._listen.getsockname()[:2]
         self.max_clients = max_clients
         self.queue_len = queue_len
+        self.idle_s = idle_s
         self._on_event, self._count = on_event, count
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -129,7 +145,7 @@ class IgtlServer:
                 for c in self._clients.values():
                     writing = c.out or c.current is not None
                     self._sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0), c)
-            for key, mask in self._sel.select(timeout=0.5):
+            for key, mask in self._sel.select(timeout=min(0.5, self.idle_s / 4)):
                 if key.data == "listen":
                     self._accept()
                 elif key.data == "wake":
@@ -139,6 +155,24 @@ class IgtlServer:
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self._write(key.data)
+            self._drop_stalled(time.monotonic())
+
+    def _drop_stalled(self, now: float) -> None:
+        """Disconnect the clients with messages waiting that took no byte for ``idle_s``."""
+        with self._lock:
+            stalled = [c for c in self._clients.values()
+                       if (c.out or c.current is not None) and now - c.t_alive >= self.idle_s]  # fmt: skip
+        for c in stalled:
+            self._count("clients_stalled")
+            self._on_event("warning", "igtl_client_stalled", f"OpenIGTLink client {c.peer} took no data for "
+                           f"{now - c.t_alive:.0f} s: disconnected")  # fmt: skip
+            self._drop(c)
+
+    def _evictable(self, now: float) -> "_Client | None":
+        """The client that showed no life for longest, if that is ``idle_s`` or more."""
+        with self._lock:
+            c = min(self._clients.values(), key=lambda c: c.t_alive, default=None)
+        return c if c is not None and now - c.t_alive >= self.idle_s else None
 
     def _accept(self) -> None:
         try:
@@ -151,15 +185,28 @@ class IgtlServer:
             self._sel.unregister(self._listen)  # the pending connection would make select() return at once
             self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
             return
+        now = time.monotonic()
         if self.n_clients >= self.max_clients:
-            self._count("refused_clients")
-            self._on_event("warning", "igtl_too_many_clients",
-                           f"OpenIGTLink client refused: {self.max_clients} connected")
-            sock.close()
-            return
+            idle = self._evictable(now)
+            if idle is None:
+                self._count("refused_clients")
+                self._on_event("warning", "igtl_too_many_clients",
+                               f"OpenIGTLink client refused: {self.max_clients} connected, none idle")
+                sock.close()
+                return
+            self._count("clients_evicted")
+            self._on_event("info", "igtl_client_evicted", f"OpenIGTLink client {idle.peer} idle for "
+                           f"{now - idle.t_alive:.0f} s: disconnected for a new client")  # fmt: skip
+            self._drop(idle)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c = _Client(sock, f"{addr[0]}:{addr[1]}", self.queue_len)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                           ("TCP_KEEPCNT", KEEPALIVE_PROBES)):  # fmt: skip
+            if hasattr(socket, opt):  # Linux; elsewhere the system's keepalive timing
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        c = _Client(sock, f"{addr[0]}:{addr[1]}", self.queue_len, now)
         with self._lock:
             self._clients[sock.fileno()] = c
         self._sel.register(sock, selectors.EVENT_READ, c)
@@ -182,6 +229,7 @@ class IgtlServer:
             self._count("clients_disconnected")
             self._drop(c)
             return False
+        c.t_alive = time.monotonic()
         c.inbuf += data
         try:
             self._parse(c)
@@ -222,6 +270,8 @@ class IgtlServer:
                 self._count("clients_disconnected")
                 self._drop(c)
                 return
+            if n:
+                c.t_alive = time.monotonic()
             c.current = c.current[n:] if n < len(c.current) else None
             if c.current is not None:
                 return  # the socket is full; wait for the next EVENT_WRITE
@@ -261,11 +311,12 @@ class IgtlMetricsOutput(Node):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 18945, *, string_device: str = "mmstream_metrics",
                  point_device: str = "mmstream_csa", event_device: str = "mmstream_event", max_clients: int = 8,
-                 client_queue_messages: int = 64):
+                 client_queue_messages: int = 64, client_idle_s: float = CLIENT_IDLE_S):
         super().__init__()
         self.devices = {"string": string_device, "point": point_device, "event": event_device}
         self._pending: deque[Out] = deque(maxlen=256)
-        self._server_args = dict(host=host, port=port, max_clients=max_clients, queue_len=client_queue_messages)
+        self._server_args = dict(host=host, port=port, max_clients=max_clients, queue_len=client_queue_messages,
+                                 idle_s=client_idle_s)  # fmt: skip
         self.server: IgtlServer | None = None
 
     def start(self) -> "IgtlMetricsOutput":
@@ -309,7 +360,7 @@ class IgtlMetricsOutput(Node):
                 self._send(PointMessage(positions=[col * col_mm, row * row_mm, 0.0], names=h.stream_id[:64],
                                         groups="csa_centroid", device_name=self.devices["point"]))
             self.count("metrics_sent")
-        elif h.msg_type == "event":
+        elif h.msg_type == "event" and h.node != self.name:  # its own, about its clients, are not theirs to see
             text = f"{h.level} {h.node} {h.reason}: {h.message}".encode("ascii", "backslashreplace").decode("ascii")
             self._send(StringMessage(text, device_name=self.devices["event"]))
             self.count("events_sent")

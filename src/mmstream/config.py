@@ -219,9 +219,12 @@ class RecorderSection(_Section):
     """Session recording to HDF5 (``docs/recording.md``). ``enabled``: record from service start;
     otherwise the ``record_start`` / ``record_stop`` control commands start and stop recordings.
     ``directory`` must exist. ``discover_s``: how long a new recording waits for every configured
-    stream's first frame before creating the file. ``max_parts``: file parts per recording (a new
-    stream or frame shape opens the next part); beyond it the recording stops (``too_many_parts``:
-    a stream whose frame shape changes on every frame would otherwise fill the disk with files)."""
+    stream's first frame before creating the file, and how long a frame of a new stream or shape
+    waits for others before the next file part opens. ``max_stream_parts_per_minute``: a stream
+    that needs this many new parts within a minute (its frame shape keeps changing) is no longer
+    recorded in this recording, the others are. ``max_parts``: file parts per recording; beyond it
+    the recording stops (``too_many_parts``: many streams changing would otherwise fill the disk
+    with files)."""
 
     enabled: bool = False
     directory: Path = Path("recordings")
@@ -229,6 +232,7 @@ class RecorderSection(_Section):
     compression: Literal["none", "gzip", "lzf", "blosc-lz4"] = "none"
     fsync: bool = True
     discover_s: Annotated[float, Field(ge=0, le=10)] = 0.5
+    max_stream_parts_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 12
     max_parts: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
     @field_validator("compression")

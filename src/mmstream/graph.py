@@ -6,10 +6,13 @@ The whole wiring is in :meth:`Graph._wiring`, one readable table::
                           \\--------------- events (every node) ------------------------^
     clients --REQ--> [control]  (seed, ROI, metrics, context per stream; status)
 
-Nodes added with :meth:`Graph.attach` (recorder, fusion, web view) subscribe to two internal PUB
+Nodes added with :meth:`Graph.attach` (fusion, web view) subscribe to two internal PUB
 endpoints named in ``Graph.internal``: ``frames`` (every frame ingest accepted) and ``bus`` (every
 metrics message and event the publisher sends out). A PUB drops for a subscriber that falls behind
-its high-water mark: subscribers detect that from the per-stream ``seq`` and count it.
+its high-water mark, unseen by either side (a frame subscriber sees the per-stream ``seq`` gap). A
+node that must see everything (the recorder) takes copies of a tap instead (:meth:`Graph.tap_copy`):
+edges of its own (PUSH -> PULL), each for some topics, on which the sender counts what it cannot
+queue; an event flood then fills the events copy only, never the metrics one.
 
 External endpoints come from the config; internal ones are ``inproc://``. A frame goes to the
 analyzer worker chosen by a stable hash of its stream id, so tracking state stays in one place.
@@ -23,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mmstream.calibration import load_echo_references
-from mmstream.codec import Decoded, Limits, decode, encode
+from mmstream.codec import Decoded, Limits, decode, encode, topic_for
 from mmstream.config import ServiceConfig
 from mmstream.errors import CodecError, ConfigError
 from mmstream.handoff import Handoff
@@ -36,7 +39,7 @@ IDLE_POLL_MS = 50
 DRAIN_MAX = 64
 LIVE_HWM = 64  # ingest -> analyzer: the analyzer drains it between frames and keeps the newest per stream
 WAIT_SLICE_MS = 100  # a sender waiting on a lossless edge checks this often whether the service stops
-TAP_HWM = 4096  # internal PUB endpoints (frames, bus): ~1 GB of 512x512 frames before a slow subscriber loses any
+TAP_HWM = 4096  # internal taps (frames, bus) and their copies: ~1 GB of 512x512 frames before a slow subscriber loses any
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class SocketSpec:
     hwm: int = 1000
     curve: Curve | None = None
     wait: bool = False  # a full peer queue makes the sender wait (lossless edge) instead of dropping
-    subscribe: tuple[str, ...] = ("",)  # a "sub" input: the topic prefixes it takes
+    subscribe: tuple[str, ...] = ("",)  # a "sub" input, or a copy output: the topic prefixes it takes
+    copy: str = ""  # an output that gets every message of its port (of its topics) under this name, not a share
 
 
 class NodeRunner(threading.Thread):
@@ -77,6 +81,7 @@ class NodeRunner(threading.Thread):
         self._handoff, self._handoff_prefix = handoff if handoff is not None else (None, None)
         self._handoff_socks: set[int] = set()  # outputs that send tokens
         self._handoff_inputs: set[int] = set()  # inputs that take tokens (the graph's own endpoints only)
+        self._copies: dict[int, SocketSpec] = {}  # outputs that get every message of their port (Graph.tap_copy)
 
     def stop(self) -> None:
         self._stop_evt.set()
@@ -103,6 +108,9 @@ class NodeRunner(threading.Thread):
                         self._waiting_socks.add(id(s))
                     if self._internal_pair(spec, "push"):
                         self._handoff_socks.add(id(s))
+                    if spec.copy:
+                        self._copies[id(s)] = spec
+                        continue  # not the port's endpoint: ``bound`` names that one
                     self.bound[port] = s.last_endpoint
                 outs[port] = socks
         except BaseException:
@@ -134,8 +142,21 @@ class NodeRunner(threading.Thread):
                     socks[0].send(encode(Reply(ok=False, reason="internal_error", message=msg)), timeout_ms=1000)
 
     def _emit_one(self, out, socks: list[Socket], encoded: dict) -> None:
-        """Encode (once per message, unless handed off) and send ``out`` on its socket."""
-        sock = socks[0] if len(socks) == 1 else socks[zlib.crc32(out.header.stream_id.encode()) % len(socks)]
+        """Send ``out`` on its port's socket and on every copy of the port that takes its topic
+        (:meth:`Graph.tap_copy`)."""
+        shared = [s for s in socks if id(s) not in self._copies]
+        copies = [s for s in socks if id(s) in self._copies]
+        topic = topic_for(out.header) if copies else ""
+        targets = [s for s in copies if topic.startswith(self._copies[id(s)].subscribe)]
+        if shared:  # several: analyzer workers, one per stream
+            k = 0 if len(shared) == 1 else zlib.crc32(out.header.stream_id.encode()) % len(shared)
+            targets.insert(0, shared[k])
+        for sock in targets:
+            self._send_one(out, sock, encoded)
+
+    def _send_one(self, out, sock: Socket, encoded: dict) -> None:
+        """Encode (once per message, unless handed off) and send ``out`` on ``sock``; what cannot be
+        queued is counted ``dropped_<port>`` (``dropped_<port>_<name>`` on tap copy ``name``)."""
         handoff = id(sock) in self._handoff_socks
         if handoff:
             parts = self._handoff.park(out.header, out.arrays)
@@ -151,8 +172,9 @@ class NodeRunner(threading.Thread):
         if not sent:
             if handoff:
                 self._handoff.cancel(parts)
-            self.send_drops[out.port] += 1
-            self.node.count(f"dropped_{out.port}")
+            key = out.port if id(sock) not in self._copies else f"{out.port}_{self._copies[id(sock)].copy}"
+            self.send_drops[key] += 1
+            self.node.count(f"dropped_{key}")
 
     def _send_waiting(self, sock: Socket, parts: list) -> bool:
         """Send on a lossless edge: wait while the peer's queue is full; False only if the runner stops."""
@@ -264,6 +286,7 @@ class Graph:
         self._prefix = f"inproc://mmstream-{uuid.uuid4().hex[:8]}"
         self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus"}
         self._attached: dict[Node, tuple[dict, dict]] = {}
+        self._copies: dict[str, list[SocketSpec]] = {"frames": [], "bus": []}  # Graph.tap_copy outputs per tap
         self._runners: list[NodeRunner] = []
         self._handoff = Handoff() if handoff else None  # internal PUSH -> PULL edges pass objects (mmstream.handoff)
         self._t_start: float | None = None
@@ -286,7 +309,8 @@ class Graph:
                 {
                     "frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM, wait=self.config.analyzer.every_frame)
                                for w in workers],  # fmt: skip
-                    "accepted": [SocketSpec("pub", self.internal["frames"], bind=True, hwm=TAP_HWM)],
+                    "accepted": [SocketSpec("pub", self.internal["frames"], bind=True, hwm=TAP_HWM),
+                                 *self._copies["frames"]],
                     "events": events,
                 },
             ),
@@ -295,7 +319,7 @@ class Graph:
                  "fused": SocketSpec("pull", f"{p}/fused", bind=True)},
                 {
                     "out": [SocketSpec("pub", ep.metrics, bind=True, hwm=1000, curve=curve)],
-                    "bus": [SocketSpec("pub", self.internal["bus"], bind=True, hwm=TAP_HWM)],
+                    "bus": [SocketSpec("pub", self.internal["bus"], bind=True, hwm=TAP_HWM), *self._copies["bus"]],
                 },
             ),
             self.control: (
@@ -317,6 +341,24 @@ class Graph:
         if self._runners:
             raise RuntimeError("attach nodes before start()")
         self._attached[node] = (inputs, outputs)
+
+    def tap_copy(self, tap: str, name: str, topics: tuple[str, ...] = ("",)) -> SocketSpec:
+        """The input spec of a copy of internal tap ``tap`` (``frames`` or ``bus``) for one node: every
+        message whose topic starts with one of ``topics``, on an edge of its own (PUSH -> PULL,
+        ``TAP_HWM`` deep). When the node falls that far behind, the sender (ingest for ``frames``,
+        the publisher for ``bus``) drops for this copy alone and counts it, ``dropped_accepted_<name>``
+        or ``dropped_bus_<name>`` (:meth:`copy_drops`). ``name`` is unique; call before :meth:`start`."""
+        if self._runners:
+            raise RuntimeError("take tap copies before start()")
+        endpoint = f"{self.internal[tap]}-{name}"
+        self._copies[tap].append(SocketSpec("push", endpoint, bind=True, hwm=TAP_HWM, subscribe=topics, copy=name))
+        return SocketSpec("pull", endpoint, bind=False, hwm=TAP_HWM)
+
+    def copy_drops(self, name: str) -> int:
+        """Messages not queued for tap copy ``name`` (see :meth:`tap_copy`)."""
+        frames = any(c.copy == name for c in self._copies["frames"])
+        node, port = (self.ingest, "accepted") if frames else (self.publisher, "bus")
+        return node.status()["counters"].get(f"dropped_{port}_{name}", 0)
 
     def events_spec(self) -> SocketSpec:
         """Where a node pushes its events (published with the service's own)."""

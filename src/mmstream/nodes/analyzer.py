@@ -89,7 +89,8 @@ def _held(t) -> set[str]:
 
 
 def metrics_message(h: Frame, res: FrameAnalysis, stamps: dict[str, float]) -> tuple[Metrics, tuple]:
-    """The ``metrics`` message (header and arrays) of analysis ``res`` of frame ``h``."""
+    """The ``metrics`` message (header and arrays) of analysis ``res`` of frame ``h``; its
+    ``spacing_mm`` is the one the analysis used (None when it refused the frame's: pixels only)."""
     arrays = {}
     e, c, t, q = res.echogenicity, res.csa, res.thickness, res.quality
     if e is not None:
@@ -104,7 +105,7 @@ def metrics_message(h: Frame, res: FrameAnalysis, stamps: dict[str, float]) -> t
         session_id=h.session_id,
         parent=(h.stream_id, h.seq),
         t_device_s=h.t_device_s,
-        spacing_mm=h.spacing_mm,
+        spacing_mm=res.spacing_mm,
         clinical=h.clinical,
         echogenicity=None if e is None else EchoSummary(region=e.region, mean=e.mean, std=e.std, n_px=e.n_px),
         csa=None if c is None else CsaSummary(**c.model_dump(exclude={"contour_rc"})),
@@ -171,10 +172,11 @@ class Analyzer(Node):
         tracked_csa = prev is not None and prev.tracking_state.csa is not None
         clinical = cfg.clinical if cfg.clinical != ClinicalContext() else h.clinical
         lines_applied = "thickness" in cfg.metrics  # until then clicks wait
+        spacing = self._spacing(h)
         try:
-            res = self._analyze(msg, cfg, seed, clicks)
+            res = self._analyze(msg, cfg, spacing, seed, clicks)
         except MmstreamError as exc:
-            res, refused = self._without_failing_taps(msg, cfg, seed, clicks, exc)
+            res, refused = self._without_failing_taps(msg, cfg, spacing, seed, clicks, exc)
             if res is None:  # an unanalysable frame: tracking ends; a new seed waits for the next frame
                 if seed is not None:
                     self._seed_version[h.stream_id] = seed_applied
@@ -244,7 +246,7 @@ class Analyzer(Node):
         return self.event("warning", "csa_lost", "the CSA contour is no longer tracked (analysis failed or the "
                           "frame size changed): tap the structure again", h.stream_id, h.seq)  # fmt: skip
 
-    def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, seed, clicks, exc: MmstreamError):
+    def _without_failing_taps(self, msg: Decoded, cfg: StreamConfig, spacing, seed, clicks, exc: MmstreamError):
         """After analysis with the taps failed: (the frame analysed with the taps that work, or None
         when it fails without any, and which taps were refused). With a seed and line clicks,
         each is tried alone first; on a frame not measured (no probe contact, featureless) no tap can apply."""
@@ -256,25 +258,28 @@ class Analyzer(Node):
             tries.append((None, (None, None), " and ".join(given)))
         for s, c, refused in tries:
             try:
-                return self._analyze(msg, cfg, s, c), refused
+                return self._analyze(msg, cfg, spacing, s, c), refused
             except MmstreamError:
                 continue
         return None, ""
 
-    def _analyze(self, msg: Decoded, cfg: StreamConfig, seed, clicks) -> FrameAnalysis:
-        h = msg.header
-        spacing = h.spacing_mm
+    def _spacing(self, h: Frame) -> tuple[float, float] | None:
+        """The frame's spacing, or None (counted ``spacing_refused``) when the analysis's bounds
+        refuse it: e.g. 150 or 1e200 mm per pixel is unknown, for the results and the metrics
+        message alike (pixels only; no millimetre position is derived from it downstream)."""
         try:
-            validate_spacing(spacing)
-        except SpacingError:  # e.g. 1e200 mm: the mm results would overflow. Unknown: pixels only
+            return validate_spacing(h.spacing_mm)
+        except SpacingError:
             self.count("spacing_refused")
-            spacing = None
+            return None
+
+    def _analyze(self, msg: Decoded, cfg: StreamConfig, spacing, seed, clicks) -> FrameAnalysis:
         return analyze_frame(
             msg.arrays["image"],
             spacing_mm=spacing,
             roi=cfg.roi,
             seed=seed,
-            previous=self._previous.get(h.stream_id),
+            previous=self._previous.get(msg.header.stream_id),
             metrics=cfg.metrics,
             superficial_at_rc=clicks[0],
             deep_at_rc=clicks[1],

@@ -1,9 +1,12 @@
 """Recorder node: writes frames, volumes, metrics, events and fusion results of the service to session files.
 
-Attached to the graph on the lossless taps (``frames``: every accepted frame and volume; ``bus``:
-every metrics message, event and fused message the service publishes). A volume already in the
-current file part (same id, header and voxels) is counted (``volumes_duplicate``), not written again;
-a message of any other type is counted (``unrecorded_<msg_type>``), not recorded. States::
+Attached to the graph on its own copies of the taps (``frames``: every accepted frame and volume;
+``bus``: every metrics message and fused message the service publishes; ``bus_events``: its events,
+apart, so that an event flood cannot crowd out metrics), lossless unless it falls ``TAP_HWM``
+messages behind on one (then counted by the sender: ``status.recording.tap_drops``). A
+volume already in the current file part (same id, header and voxels) is counted
+(``volumes_duplicate``), not written again; a message of any other type is counted
+(``unrecorded_<msg_type>``), not recorded. States::
 
     idle --start_recording()--> armed --first frames known--> recording --stop_recording()--> idle
                                                                   \\--write error--> failed
@@ -13,11 +16,17 @@ in the configuration has sent a frame, so their datasets can be created before S
 opens the file with the streams seen so far (none for volumes only); messages meanwhile are held (at
 most ``HELD_MAX``; before any frame or volume the oldest are dropped, and on a stop the events and
 metrics held without one are not written: both counted). A frame
-of a stream (or shape) that is not in the current file closes that part and opens the next one,
-``<recording_id>.part<k>.h5``, holding every stream seen (at most ``max_parts`` parts: beyond, the
-recording stops with ``too_many_parts``). A write error (disk full, permission,
-directory gone) ends the recording with an error event and status; the live service is not
-affected and everything flushed before stays readable.
+of a stream (or shape) that is not in the current file waits, with the later frames and metrics of
+its stream, while the others go on in the current part; ``discover_s`` after the first such frame
+(or when ``HELD_MAX`` messages or ``PENDING_MAX_BYTES`` wait) the part is closed and the next one,
+``<recording_id>.part<k>.h5``, opened for every stream seen: streams that start together share one
+new part (an unknown-stream flood opened a part per stream). A stream that needs
+``max_stream_parts_per_minute`` new parts within a minute (its frame shape keeps changing: two
+sources on one stream id) is no longer recorded in this recording (``stream_not_recorded`` event,
+counted ``streams_not_recorded`` and ``frames_not_recorded``), the others go on; at most
+``max_parts`` parts: beyond, the recording stops with ``too_many_parts``. A write error (disk full,
+permission, directory gone) ends the recording with an error event and status; the live service is
+not affected and everything flushed before stays readable.
 
 With a biomarker store, ``/biomarkers`` holds the snapshot of each patient's stored records that
 fusion uses: written when the patient's first metrics reach a file part, and again after the store
@@ -30,6 +39,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,6 +55,7 @@ from mmstream.recording.writer import SessionWriter
 
 HELD_MAX = 4096  # messages held while armed before the file is opened anyway
 PENDING_MAX_BYTES = 64 * 2**20  # flush early when this many pixel or voxel bytes wait (bursts, many probes, a volume)
+PART_RATE_WINDOW_S = 60.0  # max_stream_parts_per_minute counts the new parts a stream needed in this window
 _ERRNO_REASON = {
     errno.ENOSPC: "disk_full", errno.EFBIG: "disk_full", errno.EDQUOT: "disk_full",
     errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.EROFS: "permission_denied",
@@ -83,7 +94,8 @@ class Recorder(Node):
     """The graph node; :meth:`start_recording` / :meth:`stop_recording` are thread-safe (control)."""
 
     name = "recorder"
-    inputs = (Port("frames", capacity=256, policy="block"), Port("bus", capacity=1024, policy="block"))
+    inputs = (Port("frames", capacity=256, policy="block"), Port("bus", capacity=1024, policy="block"),
+              Port("bus_events", capacity=1024, policy="block"))  # bus: metrics and fused; events apart (floods)
     outputs = (Port("events"),)
 
     def __init__(self, options: RecorderSection, session_id: str, config_json: str = "{}",
@@ -112,6 +124,12 @@ class Recorder(Node):
         self._last_error: dict | None = None
         self._flushed_frames = 0  # committed in closed parts of this recording
         self._flushed_dropped = 0  # dropped (seq gaps) in closed parts of this recording
+        self._waiting: dict[str, list[Decoded]] = {}  # stream -> its messages waiting for the next part
+        self._t_waiting: float | None = None  # when the first of them began waiting
+        self._waiting_bytes = 0
+        self._part_times: dict[str, deque] = {}  # stream -> times it needed a new part (last minute)
+        self._not_recorded: set[str] = set()  # streams whose frame shape kept changing: not recorded
+        self.tap_drops = lambda: {}  # messages the taps could not queue for this node (attach_recorder)
 
     # -- control (any thread) -------------------------------------------------------------------
     def start_recording(self) -> dict:
@@ -132,6 +150,8 @@ class Recorder(Node):
             self._recording_id, self._part, self._files, self._flushed_frames, self._flushed_dropped = rid, 0, [], 0, 0
             self._state, self._held, self._t_first_held, self._last_keys, self._last_error = "armed", [], None, {}, None
             self._shapes = {}  # streams (and their frame shapes) as they come in now, not those gone since
+            self._part_times, self._not_recorded = {}, set()
+            self._waiting, self._t_waiting, self._waiting_bytes = {}, None, 0
             self._say("info", "recording_armed", f"recording {rid} armed in {directory}")
             return self.recording_status()
 
@@ -143,6 +163,8 @@ class Recorder(Node):
             elif self._state == "armed" and self._held:  # events, metrics: no frame or volume to open a file for
                 self.count("held_not_written", len(self._held))
                 self._held = []
+            while self._waiting and self._state == "recording":
+                self._guard(self._next_part)  # what waits for the next part is written in it
             if self._writer is not None:
                 self._close_part()
             if self._state in ("armed", "recording"):
@@ -163,6 +185,9 @@ class Recorder(Node):
                 "frames": self._flushed_frames + (sum(w.committed["frames"].values()) if w is not None else 0),
                 "dropped_frames": self._flushed_dropped + (sum(s.dropped for s in w.streams.values()) if w is not None else 0),
                 "committed": w.committed if w is not None else None,  # current part, as of the last flush
+                "waiting": sum(len(m) for m in self._waiting.values()),  # messages held for the next part
+                "not_recorded": sorted(self._not_recorded),  # streams whose frame shape kept changing
+                "tap_drops": self.tap_drops(),  # messages lost before the recorder (it fell behind)
                 "last_error": self._last_error,
             }
 
@@ -176,9 +201,8 @@ class Recorder(Node):
         with self._rlock:
             h = msg.header
             now = time.monotonic()
-            if isinstance(h, Frame):
-                if self._state != "armed" or not any(isinstance(m.header, Frame) and m.header.stream_id == h.stream_id
-                                                     for m in self._held):  # fmt: skip
+            if isinstance(h, Frame) and self._state == "armed":
+                if not any(isinstance(m.header, Frame) and m.header.stream_id == h.stream_id for m in self._held):
                     self._shapes[h.stream_id] = tuple(msg.arrays["image"].shape)  # held frames: the first one's
             if self._state == "armed" and self._t_first_held is None and isinstance(h, (Frame, Volume)):
                 self._t_first_held = now
@@ -189,7 +213,8 @@ class Recorder(Node):
                 self._held.append(msg)
                 self._maybe_open(now)
             elif self._state == "recording":
-                self._write(msg)
+                self._route(msg, now)
+                self._maybe_next_part(now)
             else:
                 self.count("not_recording")
             return self._take_out()
@@ -198,8 +223,10 @@ class Recorder(Node):
         with self._rlock:
             if self._state == "armed":
                 self._maybe_open(now)
-            elif self._state == "recording" and now - self._t_flush >= self.options.flush_interval_s:
-                self._guard(self._flush)
+            elif self._state == "recording":
+                self._maybe_next_part(now)
+                if self._state == "recording" and now - self._t_flush >= self.options.flush_interval_s:
+                    self._guard(self._flush)
             return self._take_out()
 
     def close(self) -> None:
@@ -234,7 +261,7 @@ class Recorder(Node):
             self._flushed_frames += sum(w.committed["frames"].values())
             self._flushed_dropped += sum(st.dropped for st in w.streams.values())
         self._state = "failed" if self._state in ("armed", "recording") else self._state
-        self._held = []
+        self._held, self._waiting, self._t_waiting, self._waiting_bytes = [], {}, None, 0
 
     def _guard(self, fn, *args) -> None:
         failure = None
@@ -275,8 +302,9 @@ class Recorder(Node):
         self._state, self._t_flush = "recording", time.monotonic()
         self._say("info", "recording_started", f"recording to {path.name} ({len(self._shapes)} streams)")
         held, self._held = self._held, []
+        now = time.monotonic()
         for msg in held:
-            self._write(msg)
+            self._route(msg, now)  # a held frame of another shape than its stream's first waits for the next part
             if self._state != "recording":
                 break
 
@@ -299,22 +327,85 @@ class Recorder(Node):
         self._flushed_dropped += sum(st.dropped for st in w.streams.values())
         self._last_keys.update(w.last_keys())
 
+    def _route(self, msg: Decoded, now: float) -> None:
+        """Write ``msg`` to the current part, or hold it for the next one: a frame that does not fit
+        the part (new stream or shape) and what follows of its stream wait (see the module docstring),
+        as do metrics of a stream not in the part (its first frame may come after them: the taps
+        of frames and of metrics are read in turn)."""
+        h = msg.header
+        sid = h.stream_id if isinstance(h, (Frame, Metrics)) else None
+        if sid in self._not_recorded:
+            self.count("frames_not_recorded" if isinstance(h, Frame) else "metrics_not_recorded")
+            return
+        if isinstance(h, Frame):
+            fits = self._writer.accepts(sid, msg.arrays["image"].shape)
+        else:
+            fits = sid is None or sid in self._writer.streams
+        if sid not in self._waiting and fits:
+            self._write(msg)
+            return
+        waiting = self._waiting.setdefault(sid, [])
+        if isinstance(h, Frame) and not any(isinstance(m.header, Frame) for m in waiting):
+            self._shapes[sid] = tuple(msg.arrays["image"].shape)  # the next part is made for this frame
+        self._t_waiting = now if self._t_waiting is None else self._t_waiting
+        waiting.append(msg)
+        self._waiting_bytes += sum(a.nbytes for a in msg.arrays.values())
+
+    def _maybe_next_part(self, now: float) -> None:
+        if self._t_waiting is None:
+            return
+        n = sum(len(m) for m in self._waiting.values())
+        if now - self._t_waiting >= self.options.discover_s or n >= HELD_MAX or self._waiting_bytes >= PENDING_MAX_BYTES:
+            self._guard(self._next_part)
+
+    def _next_part(self) -> None:
+        """Close the current part and open the next for the streams that wait (less those that
+        needed too many parts of late), then write what waited."""
+        waiting, self._waiting, self._t_waiting, self._waiting_bytes = self._waiting, {}, None, 0
+        now = time.monotonic()
+        for sid in [sid for sid, msgs in waiting.items() if not any(isinstance(m.header, Frame) for m in msgs)]:
+            self.count("unknown_stream", len(waiting.pop(sid)))  # metrics whose stream sent no frame meanwhile
+        for sid in list(waiting):
+            times = self._part_times.setdefault(sid, deque())
+            while times and now - times[0] >= PART_RATE_WINDOW_S:
+                times.popleft()
+            if len(times) >= self.options.max_stream_parts_per_minute:
+                self._stop_recording_stream(sid, waiting.pop(sid))
+            else:
+                times.append(now)
+        if not waiting:
+            return
+        self._close_part()
+        if self._state != "recording":
+            return
+        streams = ", ".join(sorted(waiting)[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+        self._say("info", "recording_new_part", f"new stream or frame shape on {streams}: next file part")
+        self._open()
+        for msgs in waiting.values():
+            for msg in msgs:
+                if self._state != "recording":
+                    return
+                self._route(msg, now)
+
+    def _stop_recording_stream(self, sid: str, dropped: list[Decoded]) -> None:
+        """Record ``sid`` no more in this recording (its frame shape keeps changing)."""
+        self._not_recorded.add(sid)
+        self._shapes.pop(sid, None)
+        n_frames = sum(isinstance(m.header, Frame) for m in dropped)
+        self.count("streams_not_recorded")
+        self.count("frames_not_recorded", n_frames)
+        self.count("metrics_not_recorded", len(dropped) - n_frames)
+        self._say("warning", "stream_not_recorded", f"stream {sid} needed {self.options.max_stream_parts_per_minute} "
+                  "new file parts within a minute (its frame shape keeps changing: two sources on one stream id?): "
+                  "no longer recorded in this recording; the other streams are")  # fmt: skip
+
     def _write(self, msg: Decoded) -> None:
         h = msg.header
         w = self._writer
         failure = None
         try:
             if isinstance(h, Frame):
-                image = msg.arrays["image"]
-                if not w.accepts(h.stream_id, image.shape):
-                    self._shapes[h.stream_id] = tuple(image.shape)  # (a held frame may differ from the latest)
-                    self._close_part()
-                    if self._state == "recording":
-                        self._guard(self._open_next, h.stream_id)  # any error creating the part ends the recording
-                    if self._state != "recording":
-                        return
-                    w = self._writer
-                w.add_frame(h, image)
+                w.add_frame(h, msg.arrays["image"])
                 self.count("frames")
             elif isinstance(h, Volume):
                 self.count("volumes" if w.add_volume(h, msg.arrays["voxels"]) else "volumes_duplicate")
@@ -356,10 +447,6 @@ class Recorder(Node):
         }))  # fmt: skip
         self.count("biomarker_snapshots")
 
-    def _open_next(self, stream_id: str) -> None:
-        self._say("info", "recording_new_part", f"new stream or frame shape on {stream_id}: next file part")
-        self._open()
-
 
 def recorder_config_json(config) -> str:
     """The service configuration as stored in ``/session``: secrets masked by pydantic, the sources'
@@ -373,22 +460,24 @@ def recorder_config_json(config) -> str:
 
 
 def attach_recorder(graph) -> Recorder:
-    """Create the recorder of ``graph.config.recorder``, subscribe it to the graph's frame and bus
-    taps, register ``record_start`` / ``record_stop`` with the control node and add ``recording``
-    to the service status. With ``enabled`` it is armed at once (a directory error is reported as
-    an event and in status; the service still starts)."""
-    from mmstream.graph import TAP_HWM, SocketSpec
-
+    """Create the recorder of ``graph.config.recorder``, give it its own copies of the graph's
+    frame and bus taps (:meth:`~mmstream.graph.Graph.tap_copy`: what it falls too far behind for is
+    counted, ``status.recording.tap_drops``), register ``record_start`` / ``record_stop`` with the
+    control node and add ``recording`` to the service status. With ``enabled`` it is armed at once
+    (a directory error is reported as an event and in status; the service still starts)."""
     cfg = graph.config
     expected = (*cfg.streams, *(s.stream_id for s in cfg.sources))
     bio = cfg.biomarkers
     cache = None if bio.store is None else PatientCache(bio.store, check_interval_s=bio.check_interval_s,
                                                         timeout_s=bio.store_timeout_s)  # fmt: skip
     rec = Recorder(cfg.recorder, graph.session_id, recorder_config_json(cfg), expected_streams=expected, biomarkers=cache)
-    inputs = {
-        "frames": SocketSpec("sub", graph.internal["frames"], bind=False, hwm=TAP_HWM),
-        "bus": SocketSpec("sub", graph.internal["bus"], bind=False, hwm=TAP_HWM),
+    copies = {  # input port -> (tap, topics, the copy's name in status.recording.tap_drops)
+        "frames": ("frames", ("",), "frames"),
+        "bus": ("bus", ("metrics.", "fused."), "metrics"),
+        "bus_events": ("bus", ("event.",), "events"),
     }
+    inputs = {port: graph.tap_copy(tap, f"{rec.name}_{what}", topics) for port, (tap, topics, what) in copies.items()}
+    rec.tap_drops = lambda: {what: graph.copy_drops(f"{rec.name}_{what}") for _, _, what in copies.values()}
     graph.attach(rec, inputs, {"events": [graph.events_spec()]})
     graph.control.handlers["record_start"] = lambda _req: rec.start_recording()
     graph.control.handlers["record_stop"] = lambda _req: rec.stop_recording()
