@@ -340,10 +340,25 @@ def test_error_output_is_one_line_per_failed_file(tmp_path):
     assert len(lines) == 5 and all(line.startswith("mmstream analyze: error: ") for line in lines), proc.stderr
     assert f"{tmp_path}/bad\\ninjected: fake line.png: corrupt: " in lines[0]
     assert f"{tmp_path}/esc\\x1b[2J.png: corrupt: " in lines[1] and "\x1b" not in proc.stderr
-    assert "PNG input buffer is incomplete" in lines[2]  # OpenCV's warning, made part of the line
+    assert lines[2].endswith("half.png: corrupt: cannot decode PNG page 0 (truncated or corrupt)")  # no OpenCV [ WARN ] line
     assert lines[3].endswith("frames_text.dcm: bad_header: DICOM attribute NumberOfFrames = 'ab' is not an integer")
     assert ": corrupt: cannot decode frame 0 (RuntimeError: " in lines[4]  # every plugin's error, on one line
     assert [r["source"] for r in records(proc.stdout)] == [str(PHANTOM)]
+
+
+def test_opencv_log_level_chosen_in_the_environment_is_kept(tmp_path):
+    """mmstream.io sets OpenCV's log to errors only (its warnings repeat the readers' errors), unless
+    the user asked for OpenCV's log with OPENCV_LOG_LEVEL."""
+    half_png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))[1].tobytes()
+    bad = tmp_path / "half.png"
+    bad.write_bytes(half_png[: len(half_png) // 2])
+    argv = [sys.executable, "-m", "mmstream.cli", "analyze", "--no-progress", "--metrics", "quality", str(bad)]
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    told = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**env, "OPENCV_LOG_LEVEL": "WARNING"})
+    assert quiet.returncode == told.returncode == 1
+    assert quiet.stderr.splitlines() == [f"mmstream analyze: error: {bad}: corrupt: cannot decode PNG page 0 (truncated or corrupt)"]
+    assert "PNG input buffer is incomplete" in told.stderr and quiet.stderr.splitlines()[0] in told.stderr
 
 
 def test_a_closed_output_pipe_keeps_the_failure_status(tmp_path):

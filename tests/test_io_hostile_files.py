@@ -4,7 +4,13 @@ decompression bombs, cut files, frames of animated and many-page images, spacing
 from __future__ import annotations
 
 import io
+import logging
+import os
+import selectors
 import struct
+import subprocess
+import sys
+import threading
 import time
 import tracemalloc
 import zlib
@@ -14,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.pixels.encoders import RLELosslessEncoder
@@ -23,6 +29,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
@@ -128,6 +135,20 @@ def test_dicom_jpeg_cine_with_a_damaged_frame_keeps_the_frames_before_it(tmp_pat
     assert ei.value.reason == "corrupt" and "frame 2 is damaged" in str(ei.value)
 
 
+@pytest.mark.parametrize("keep_eoi", [True, False], ids=["end_marker_kept", "cut_at_the_end"])
+def test_dicom_lossless_jpeg_frame_cut_is_refused(tmp_path, shared_data, keep_eoi):
+    """A real JPEG lossless (process 14) frame, then the same frame cut: the second is refused."""
+    ds = pydicom.dcmread(shared_data / "dicom-us" / "JPGLosslessP14SV1_1s_1f_8b.dcm")
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    p = _encapsulated(tmp_path / "lossless.dcm", [frame, _cut_scan(frame, keep_eoi=keep_eoi)], ds.Rows, ds.Columns,
+                      JPEGLosslessSV1)  # fmt: skip
+    it = read_frames(p)
+    np.testing.assert_array_equal(next(it).image, ds.pixel_array)
+    with pytest.raises(ReadError) as ei:
+        next(it)
+    assert ei.value.reason == "corrupt" and "frame 1 is damaged" in str(ei.value)
+
+
 def _rle_cine(path, frames: list[np.ndarray], damaged: int) -> object:
     """An RLE cine whose frame ``damaged`` has a header announcing 2 segments for 1 (pylibjpeg-rle
     refuses it; pydicom's own RLE decoder decodes it into other pixels)."""
@@ -151,6 +172,99 @@ def test_a_frame_one_decoder_failed_on_is_refused_not_decoded_by_another(tmp_pat
     with pytest.raises(ReadError) as ei:
         next(it)
     assert ei.value.reason == "corrupt" and f"frame {damaged} is damaged: a decoder failed on it" in str(ei.value)
+
+
+def test_pydicom_records_of_a_reading_thread_stay_off_the_console(tmp_path):
+    """A damaged RLE frame in a live DICOM source printed pydicom's plugin traceback on the service's
+    console (its root log handler): the failure is the reader's one-line error. Another thread's
+    pydicom records still reach the handlers."""
+    frames = [np.random.default_rng(s).integers(0, 256, (64, 80), dtype=np.uint8) for s in range(3)]
+    p = _rle_cine(tmp_path / "rle.dcm", frames, 1)
+    seen: list[logging.LogRecord] = []
+
+    class Console(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    console = Console(logging.DEBUG)
+    errors: list[ReadError] = []
+
+    def read() -> None:
+        try:
+            list(read_frames(p))
+        except ReadError as exc:
+            errors.append(exc)
+
+    logging.getLogger().addHandler(console)
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=60)
+        logging.getLogger("pydicom").warning("a record of another thread")
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert len(errors) == 1 and "frame 1 is damaged: a decoder failed on it" in str(errors[0])
+    assert [r.getMessage() for r in seen if r.name.startswith("pydicom")] == ["a record of another thread"]
+
+
+_STDERR_WRITER = """
+import os, sys, threading, time
+from mmstream.io import read_frames
+
+stop, decoded = threading.Event(), [0]
+
+def decode():
+    while not stop.is_set():
+        for path in sys.argv[1:]:
+            decoded[0] += sum(1 for _ in read_frames(path))
+
+decoder = threading.Thread(target=decode)
+decoder.start()
+deadline = time.monotonic() + 30
+while decoded[0] == 0 and time.monotonic() < deadline:
+    time.sleep(0.001)
+before = decoded[0]
+for k in range(40):
+    os.write(2, f"other thread: JPEG note {k} written at {time.monotonic():.6f}\\n".encode())
+    time.sleep(0.01)
+after = decoded[0]
+stop.set()
+decoder.join()
+print(before, after)
+"""
+
+
+def test_decoding_in_one_thread_neither_swallows_nor_delays_another_threads_stderr(tmp_path):
+    """The readers took descriptor 2 into a temporary file around each decode (to catch libjpeg's
+    warnings): a line another thread wrote meanwhile came out late, and one containing "JPEG" was
+    lost. Here a thread decodes JPEG files and DICOM JPEG frames while another writes 40 lines."""
+    big = tmp_path / "big.jpg"
+    big.write_bytes(_jpeg(_texture(1024, 1024)))
+    cine = _encapsulated(tmp_path / "cine.dcm", [_jpeg(_texture(seed=s)) for s in range(8)], 96, 128, JPEGBaseline8Bit)
+    proc = subprocess.Popen([sys.executable, "-c", _STDERR_WRITER, str(big), str(cine)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    arrived: list[tuple[float, bytes]] = []
+    deadline = time.monotonic() + 120
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        pending = b""
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=1.0):
+                continue
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            now = time.monotonic()
+            *lines, pending = (pending + chunk).split(b"\n")
+            arrived += [(now, line) for line in lines]
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, [line for _, line in arrived]
+    before, after = map(int, out.split())
+    assert after > before > 0  # the decoding went on while the lines were written
+    notes = [(t, line.decode()) for t, line in arrived]
+    assert [line.split(" written at ")[0] for _, line in notes] == [f"other thread: JPEG note {k}" for k in range(40)]
+    late = [round(t - float(line.split(" written at ")[1]), 3) for t, line in notes]
+    assert max(late) < 1.0, late
 
 
 # ---------------------------------------------------------------------------------------------

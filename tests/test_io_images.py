@@ -83,6 +83,52 @@ def test_jpeg_decodes_like_opencv(tmp_path):
     assert np.abs(fr.image.astype(int) - img).mean() < 3
 
 
+@pytest.mark.parametrize("mode", ["RGB", "YCbCr", "CMYK", "L"])
+@pytest.mark.parametrize("progressive", [False, True], ids=["sequential", "progressive"])
+def test_jpeg_colour_spaces_give_opencvs_pixels(tmp_path, mode, progressive):
+    """libjpeg-turbo's strict decode (which refuses damaged data) gives OpenCV's pixels bit for bit,
+    colour through the Pillow-exact luma, CMYK included (Pillow writes it inverted, Adobe style)."""
+    pil = pytest.importorskip("PIL.Image")
+    r, c = np.mgrid[:90, :130]
+    rgb = np.stack([128 + 100 * np.sin(r / (7 + 3 * k) + k) * np.cos(c / 11) for k in range(3)], -1)
+    rgb = np.clip(rgb + np.random.default_rng(4).normal(0, 15, rgb.shape), 0, 255).astype(np.uint8)
+    p = tmp_path / f"{mode}.jpg"
+    pil.fromarray(rgb).convert(mode).save(p, quality=90, progressive=progressive)
+    opencv = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    want = opencv if opencv.ndim == 2 else rgb_to_grey(opencv[..., ::-1])
+    np.testing.assert_array_equal(_one(p).image, want)
+
+
+@pytest.mark.parametrize("warning", ["sos", "jfif"])
+def test_jpeg_with_a_warning_that_is_not_damage_is_read(tmp_path, warning):
+    """libjpeg warns of a baseline scan's spectral range 0..62 ("Invalid SOS parameters for sequential
+    JPEG") and of an unknown JFIF revision (2.01); strict decoding stops there, yet the pixels are whole."""
+    img = cv2.GaussianBlur(_grey(64, 80), (5, 5), 2)
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    if warning == "sos":
+        sos = jpeg.index(b"\xff\xda")
+        at = sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big") - 2  # Se, 63 in a baseline scan
+    else:
+        at = jpeg.index(b"JFIF\x00") + 5  # major version
+    p = tmp_path / f"{warning}.jpg"
+    p.write_bytes(jpeg[:at] + (b"\x3e" if warning == "sos" else b"\x02") + jpeg[at + 1 :])
+    np.testing.assert_array_equal(_one(p).image, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED))
+
+
+def test_12bit_jpeg_is_unsupported_bit_depth_not_corrupt(tmp_path):
+    """OpenCV could not decode it: it was refused as a corrupt file (and libjpeg's warning printed)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    ds = dcmread(get_testdata_file("JPEG-lossy.dcm"))  # JPEG Extended, 12-bit
+    p = tmp_path / "twelve.jpg"
+    p.write_bytes(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    with pytest.raises(ReadError) as ei:
+        read_frames(p)
+    assert ei.value.reason == "unsupported_bit_depth" and "12-bit" in str(ei.value)
+
+
 def test_16bit_png_fitting_8_bits_is_accepted(tmp_path):
     img = _grey().astype(np.uint16)
     fr = _one(_write(tmp_path / "a16.png", img))

@@ -38,7 +38,7 @@ import numpy as np
 
 from mmstream.errors import ConfigError, ReadError, SpacingError
 from mmstream.io import to_grey_u8
-from mmstream.io._common import validate_spacing
+from mmstream.io._common import quiet_opencv, validate_spacing
 from mmstream.messages import ImagingSettings
 from mmstream.source import SourceFrame
 from mmstream_drivers.health import Backoff, SourceHealth
@@ -275,9 +275,7 @@ class VideoSource:
 def _quiet_opencv() -> None:
     """OpenCV errors only, FFmpeg quiet (module docstring), unless the environment says otherwise.
     FFmpeg's level is read when OpenCV first opens a file through it: set before any capture."""
-    if "OPENCV_LOG_LEVEL" not in os.environ:
-        set_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
-        set_level(2)  # cv::utils::logging::LOG_LEVEL_ERROR
+    quiet_opencv()
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 

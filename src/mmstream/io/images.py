@@ -1,4 +1,4 @@
-"""Raster images (PNG, JPEG, TIFF incl. multi-page, BMP) read with OpenCV.
+"""Raster images (PNG, JPEG, TIFF incl. multi-page, BMP) read with OpenCV, JPEG with libjpeg-turbo.
 
 Rules
 -----
@@ -13,8 +13,16 @@ Rules
 * Frames: the pages of a multi-page TIFF (decoded one at a time, each page found from its directory,
   so N pages take time linear in N) and the frames of an animated PNG (APNG: every frame, composed
   as the file says, decoded together, at most ``MAX_ANIMATION_BYTES`` of them); 1 otherwise.
-* A JPEG whose entropy-coded data is damaged or cut (libjpeg then fills the rest with grey and only
-  prints a warning) is refused: ``ReadError("corrupt")``, or ``"truncated"`` when the file ends early.
+* JPEG (8-bit baseline, extended, progressive, lossless) is decoded by libjpeg-turbo in strict mode
+  (:func:`~mmstream.io._common.decode_jpeg`; the same pixels as OpenCV's decode, bit for bit): a JPEG
+  whose entropy-coded data is damaged or cut (OpenCV's libjpeg fills the rest with grey and only
+  prints a warning) is refused, ``ReadError("corrupt")``, or ``"truncated"`` when the file ends early.
+  A JPEG libjpeg-turbo's interface (``simplejpeg``) does not take (arithmetic-coded, hierarchical,
+  sampling factors it does not name, a warning in its header) is decoded by OpenCV, without that
+  check (libjpeg's warnings then reach stderr). Samples of other than 8 bits (12-bit JPEG):
+  ``"unsupported_bit_depth"``.
+* OpenCV's own log (a warning before a failed decode) is kept off the console: importing
+  :mod:`mmstream.io` sets it to errors only, unless the environment sets ``OPENCV_LOG_LEVEL``.
 * These formats carry no trusted physical spacing: ``spacing_mm`` is ``None`` unless the caller
   passes one (TIFF resolution tags describe print DPI, not anatomy, and are ignored).
 """
@@ -30,15 +38,18 @@ import numpy as np
 
 from ._common import (
     DEFAULT_MAX_PIXELS,
+    JpegDamaged,
     check_file,
     check_pixels,
-    decoder_messages,
-    jpeg_damage,
-    jpeg_dims,
+    decode_jpeg,
+    jpeg_header,
+    quiet_opencv,
     read_error,
     to_grey_u8,
 )
 from ._opened import OpenedFile, RawFrame
+
+quiet_opencv()
 
 #: magic bytes -> format name
 _MAGIC = (
@@ -118,12 +129,15 @@ def _bmp_dims(path, buf: bytes) -> list[tuple[int, int]]:
 
 def _jpeg_dims(path, buf: bytes) -> list[tuple[int, int]]:
     try:
-        dims = jpeg_dims(buf)
+        header = jpeg_header(buf)
     except ValueError:
         raise read_error(path, "malformed JPEG marker stream", "corrupt") from None
-    if dims is None:
+    if header is None:
         raise read_error(path, "truncated or malformed JPEG (no frame header)", "truncated")
-    return [dims]
+    if header.precision != 8:
+        raise read_error(path, f"JPEG of {header.precision}-bit samples: only 8-bit JPEG is read",
+                         "unsupported_bit_depth")  # fmt: skip
+    return [(header.rows, header.cols)]
 
 
 def _tiff_pages(path, buf: bytes, big: bool = False) -> list[tuple[int, tuple[int, int]]]:
@@ -199,18 +213,12 @@ def count_frames(path) -> int:
     return len(_pages(p, kind, buf))
 
 
-def _decoded(path, what: str, img, error: str | None, said: list[str]) -> np.ndarray:
-    """``img`` from OpenCV, or the one-line ReadError of a failed or damaged decode: its messages
-    (``said``, from :func:`decoder_messages`) become part of the error."""
-    damage = jpeg_damage(said)
-    if damage is not None:
-        raise read_error(path, f"{what} is damaged ({damage}): its pixels would be partly invented (grey fill)",
-                         "truncated" if "Premature end of JPEG file" in damage else "corrupt")  # fmt: skip
+def _decoded(path, what: str, img, error: str | None) -> np.ndarray:
+    """``img`` from OpenCV, or the one-line ReadError of a failed decode."""
     if error is not None:
         raise read_error(path, f"OpenCV failed to decode {what}: {error}", "corrupt")
     if img is None or img.size == 0:
-        detail = "; ".join(said) or "truncated or corrupt"
-        raise read_error(path, f"cannot decode {what} ({detail})", "corrupt")
+        raise read_error(path, f"cannot decode {what} (truncated or corrupt)", "corrupt")
     return img
 
 
@@ -224,24 +232,33 @@ def _cv_error(exc: cv2.error) -> str:
 def _decode_page(path, kind: str, arr: np.ndarray, index: int) -> np.ndarray:
     """One image (the first page of ``arr``) decoded by OpenCV."""
     img, error = None, None
-    with decoder_messages() as said:
-        try:
-            img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED)
-        except cv2.error as exc:
-            error = _cv_error(exc)
-    return _decoded(path, f"{kind.upper()} page {index}", img, error, said)
+    try:
+        img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        error = _cv_error(exc)
+    return _decoded(path, f"{kind.upper()} page {index}", img, error)
+
+
+def _decode_jpeg(path, buf: bytes) -> np.ndarray:
+    """A JPEG file's image: libjpeg-turbo's strict decode (a damaged one refused), else OpenCV's."""
+    try:
+        return decode_jpeg(buf)
+    except JpegDamaged as exc:
+        raise read_error(path, f"JPEG page 0 is damaged ({exc}): its pixels would be partly invented (grey fill)",
+                         "truncated" if "Premature end of JPEG file" in str(exc) else "corrupt") from None  # fmt: skip
+    except ValueError:  # a JPEG libjpeg-turbo's interface does not take
+        return _decode_page(path, "jpeg", np.frombuffer(buf, dtype=np.uint8), 0)
 
 
 def _decode_animation(path, arr: np.ndarray, n: int) -> list[np.ndarray]:
     """The ``n`` frames of an animated PNG, composed by OpenCV (it decodes them together)."""
     ok, anim, error = False, None, None
-    with decoder_messages() as said:
-        try:
-            ok, anim = cv2.imdecodeanimation(arr)
-        except cv2.error as exc:
-            error = _cv_error(exc)
+    try:
+        ok, anim = cv2.imdecodeanimation(arr)
+    except cv2.error as exc:
+        error = _cv_error(exc)
     frames = list(anim.frames) if ok and anim is not None else []
-    _decoded(path, "animated PNG", frames[0] if frames else None, error, said)
+    _decoded(path, "animated PNG", frames[0] if frames else None, error)
     if len(frames) != n:
         raise read_error(path, f"animated PNG: {len(frames)} of its {n} frames decoded", "corrupt")
     return frames
@@ -302,6 +319,8 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedFile:
             page_buf = bytearray(buf)  # one copy, made a one-page TIFF of each page in turn
             for i, (offset, _) in enumerate(pages):
                 yield _decode_tiff_page(p, kind, page_buf, offset, i)
+        elif kind == "jpeg":
+            yield _decode_jpeg(p, buf)
         else:
             yield _decode_page(p, kind, np.frombuffer(buf, dtype=np.uint8), 0)
 
