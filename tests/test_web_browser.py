@@ -65,7 +65,7 @@ def svc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)  # fail in 1 min, not 3 (default)
         yield b
         b.close()
 
