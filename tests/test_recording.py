@@ -337,6 +337,85 @@ def test_a_stream_whose_shape_keeps_changing_stops_being_recorded_and_the_others
     assert a_seqs == list(range(30)) and e_seqs == [0, 1, 2]
 
 
+def test_a_probe_whose_depth_is_stepped_is_recorded_whole(tmp_path):
+    """13 depth steps within seconds (a person turning the knob) were over the old limit of 12 new
+    parts a minute: the probe was not recorded for the rest of the recording. The default allows it."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0), "sess")
+    rec.start_recording()
+    out, seq = [], 0
+    for depth in range(14):  # the first depth, then 13 steps
+        img = np.full((20 + 2 * depth, 30), depth, np.uint8)
+        for _ in range(5):
+            out += rec.process("frames", decoded(frame("a", seq, img), img))
+            seq += 1
+    st = rec.stop_recording()
+    assert st["not_recorded"] == [] and "stream_not_recorded" not in [o.header.reason for o in out]
+    assert len(st["files"]) == 14 and st["frames"] == 70 and "frames_not_recorded" not in rec.counters
+
+
+def test_a_stream_over_the_part_limit_is_recorded_again_once_its_shape_is_steady(tmp_path, monkeypatch):
+    """The limit is a rolling window: a stream refused for changing shape too often (while it keeps
+    changing it stays refused) is recorded again, announced, once it needed fewer new parts than
+    ``max_stream_parts_per_minute`` in the last window (it used to stay out for good)."""
+    from mmstream.recording import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "PART_RATE_WINDOW_S", 0.5)
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=0.0, max_stream_parts_per_minute=3), "sess")
+    rec.start_recording()
+    out, seq = [], 0
+
+    def send(img):
+        nonlocal seq
+        out.extend(rec.process("frames", decoded(frame("a", seq, img), img)))
+        seq += 1
+
+    for k in range(5):  # parts 1 (the first), then 3 new: allowed; the 4th new one: refused
+        send(np.full((20 + 2 * k, 30), k, np.uint8))
+    assert rec.recording_status()["not_recorded"] == ["a"] and len(rec.recording_status()["files"]) == 4
+    t_end = time.monotonic() + 0.7
+    while time.monotonic() < t_end:  # still changing on every frame: stays refused past the window
+        send(np.full((20 + 2 * (seq % 2), 30), seq, np.uint8))
+        time.sleep(0.01)
+    assert rec.recording_status()["not_recorded"] == ["a"]
+    assert "stream_recorded_again" not in [o.header.reason for o in out]
+    steady = np.full((60, 30), 9, np.uint8)
+    first_steady = seq
+    wait_for(lambda: send(steady) or not rec.recording_status()["not_recorded"], timeout_s=5.0, what="recorded again")
+    for _ in range(3):
+        send(steady)
+    st = rec.stop_recording()
+    assert [o.header.reason for o in out].count("stream_recorded_again") == 1
+    assert rec.counters["streams_recorded_again"] == 1
+    with SessionReader(st["files"][-1]) as r:
+        seqs = r.stream("a").index()["seq"].tolist()
+    assert seqs[-4:] == list(range(seq - 4, seq)) and seqs[0] >= first_steady and r.stream("a").shape == (60, 30)
+
+
+def test_a_frame_waiting_for_a_new_part_waits_no_longer_than_flush_interval(tmp_path):
+    """What waits for the next part is in memory only: with ``discover_s`` 5 s a SIGKILL lost the
+    seconds of a stream whose depth had just changed. It waits at most ``flush_interval_s``, and the
+    new part is flushed as it opens: on disk within about ``flush_interval_s``, as promised."""
+    rec = Recorder(RecorderSection(directory=tmp_path, discover_s=5.0, flush_interval_s=0.25), "sess",
+                   expected_streams=("a",))  # fmt: skip
+    rec.start_recording()
+    img, deeper = np.full((20, 30), 1, np.uint8), np.full((40, 30), 2, np.uint8)
+    rec.process("frames", decoded(frame("a", 0, img), img))
+    t0 = time.monotonic()
+    rec.process("frames", decoded(frame("a", 1, deeper), deeper))  # depth changed: waits for the next part
+
+    def on_disk():
+        rec.tick(time.monotonic())
+        files = rec.recording_status()["files"]
+        if len(files) < 2:
+            return False
+        with SessionReader(files[1]) as r:  # the part still open for writing (SWMR read)
+            return r.stream("a").committed_frames == 1
+
+    wait_for(on_disk, timeout_s=3.0, what="the waiting frame on disk")
+    assert time.monotonic() - t0 < 0.25 + 0.5
+    rec.stop_recording()
+
+
 def test_streams_that_start_together_share_one_new_part(tmp_path):
     """A frame of a new stream waits ``discover_s`` for others before the next part opens (with its
     metrics): 30 new streams make one part, not 30 (an unknown-stream flood made the recorder open
@@ -662,7 +741,7 @@ def test_an_unknown_stream_flood_opens_one_part_and_costs_a_recorded_stream_noth
             wait_for(lambda: svc.recorder.counters["metrics"] == published, 30, "every metrics message recorded")
         st = request(ep["control"], command="record_stop").data
     assert st["tap_drops"] == {"frames": 0, "metrics": 0, "events": 0} and st["last_error"] is None
-    assert len(st["files"]) <= 3  # the first part, then the 63 new streams together (63 parts before)
+    assert len(st["files"]) <= 16  # the 63 new streams share parts, one per wait for a new part (63 parts before)
     frames = metrics = 0
     for path in st["files"]:
         with SessionReader(path) as r:

@@ -11,10 +11,10 @@ import time
 import h5py
 import numpy as np
 import pytest
-from recorded_sessions import CLINICAL, GAP_SEQ, SPEC, write_sparse_session
+from recorded_sessions import CLINICAL, GAP_SEQ, SPEC
 from recorded_sessions import N_FRAMES as N
 from recorded_sessions import session  # noqa: F401 (fixture)
-from recorded_sessions import write_session
+from recorded_sessions import write_session, write_sparse_session
 from test_graph import RANDOM_TCP, wait_for
 
 import mmstream_drivers
@@ -114,6 +114,50 @@ def test_parts_of_a_recording_replay_in_part_order(tmp_path):
     with pytest.raises(InputError) as ei:
         Replayer([first, other])
     assert ei.value.reason == "mixed_recordings"
+
+
+def test_parts_of_a_recording_merge_in_recorded_order(tmp_path):
+    """A stream that waited for a new part has frames there older than the last ones the other
+    streams wrote in the part before: replay merges the parts by recorded time (it replayed part
+    after part: a step back in time and a late burst), opening a part only when its first frame is due."""
+    parts = [tmp_path / f"r1.part{k}.h5" for k in range(3)]
+    write_session(parts[0], 10, streams=("probe0",))  # probe0 seq 0..9: t_host 100.00 .. 100.45
+    write_session(parts[1], 5, streams=("probe1",), part=1, first_seq=5)  # probe1 seq 5..9: t_host 100.25 .. 100.45
+    write_session(parts[2], 3, streams=("probe0",), part=2, first_seq=10)  # probe0 seq 10..12: after both
+    with Replayer(parts, mode="fast") as rp:
+        got = [(f.t_host_s, f.stream_id, f.frame.seq) for f in rp]
+    assert [t for t, *_ in got] == sorted(t for t, *_ in got)  # never a step back
+    assert [s for _, sid, s in got if sid == "probe0"] == list(range(13))
+    assert [s for _, sid, s in got if sid == "probe1"] == [5, 6, 7, 8, 9]
+    with Replayer(parts, ["probe1"], mode="fast") as rp:  # a stream of one part only: the others are not read
+        assert [f.frame.seq for f in rp] == [5, 6, 7, 8, 9]
+
+
+def test_a_fast_replay_keeps_under_the_services_rate_limit(tmp_path):
+    """``--mode fast`` sends no stream faster than the service's per-stream ingest limit (by
+    default the default configuration's), which refused (lost) the frames beyond it."""
+    path = tmp_path / "small.h5"
+    write_sparse_session(path, 300, shape=(64, 64))
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False})
+    with Service(cfg) as svc:
+        with Replayer(path, mode="fast") as rp:
+            assert rp.send(svc.graph.endpoints["ingest"]) == 300
+        ingest = lambda: svc.graph.status()["nodes"]["ingest"]  # noqa: E731
+        wait_for(lambda: ingest()["counters"].get("accepted", 0) + sum(ingest()["rejected"].values()) >= 300,
+                 what="the 300 frames at ingest")  # fmt: skip
+        assert ingest()["counters"]["accepted"] == 300 and not ingest()["rejected"]
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
+                      ingest={"max_fps_per_stream": 400.0, "burst_frames": 5})  # fmt: skip
+    with Service(cfg) as svc:  # a service configured lower: the caller passes its limit
+        with Replayer(path, mode="fast") as rp:
+            t0 = time.monotonic()
+            assert rp.send(svc.graph.endpoints["ingest"], max_fps=300.0) == 300
+            assert time.monotonic() - t0 >= 299 / 300.0 * 0.95
+        wait_for(lambda: ingest()["counters"].get("accepted", 0) + sum(ingest()["rejected"].values()) >= 300,
+                 what="the 300 frames at ingest")  # fmt: skip
+        assert ingest()["counters"]["accepted"] == 300 and not ingest()["rejected"]
+    with pytest.raises(InputError), Replayer(path, mode="fast") as rp:
+        rp.send("tcp://127.0.0.1:1", max_fps=0.0)
 
 
 def test_damaged_headers_are_a_read_error(session, tmp_path, capsys):

@@ -68,8 +68,12 @@ def sim_frames(n_distinct: int):
 # ---- child processes (spawned; each imports only what it needs) ----------------------------------
 
 
+INGEST_MAX_FPS = 100000.0  # the bench service's per-stream ingest limit; the driver paces to it, not to the default
+
+
 def _driver(endpoint: str, n_distinct: int, commands, results) -> None:
-    """Driver process: per command (stream_id, fps, n) send ``n`` frames paced at ``fps``."""
+    """Driver process: per command (stream_id, fps, n) send ``n`` frames paced at ``fps`` (bounded by
+    :data:`INGEST_MAX_FPS`, the limit the bench's service is configured with)."""
     from mmstream.source import FrameSender, pump
 
     base, _ = sim_frames(n_distinct)
@@ -79,7 +83,7 @@ def _driver(endpoint: str, n_distinct: int, commands, results) -> None:
         t0 = time.monotonic()
         error = None
         try:
-            sent = pump(frames, sender, realtime=True)
+            sent = pump(frames, sender, realtime=True, max_fps=INGEST_MAX_FPS)
         except Exception as exc:  # e.g. TransportTimeout: the service stopped taking frames
             sent, error = sender.seq, f"{type(exc).__name__}: {exc}"
         sender.close()
@@ -150,7 +154,7 @@ class ServiceBench:
         tcp = "tcp://127.0.0.1:*"
         cfg = load_config(
             None, endpoints={"ingest": tcp, "metrics": tcp, "control": tcp},
-            ingest={"max_fps_per_stream": 100000.0}, analyzer={"metrics": metrics},
+            ingest={"max_fps_per_stream": INGEST_MAX_FPS}, analyzer={"metrics": metrics},
             streams={sid: {"seed_rc": seed_rc} for sid in stream_ids},
         )  # fmt: skip
         self.graph = Graph(cfg, handoff=handoff).start()

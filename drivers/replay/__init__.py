@@ -10,7 +10,11 @@ speed``, ``t_host_s`` being the time the recording service received it, a clock 
 streams), ``fast`` (as fast as the receiver takes frames; ZeroMQ back-pressure paces it) and ``step``
 (one frame each time the caller asks: :meth:`Replayer.step`, or ``mmstream replay --mode step``).
 
-Several streams are merged in recorded order. As a service source (``driver = "replay"``, options
+Several streams, and the parts of one recording, are merged in recorded order (``t_host_s``: a
+stream that waited for a new part has frames there older than the last ones of the others in the
+part before). Whatever the mode, no stream is sent faster than ``max_fps`` frames/s (the receiving
+service's per-stream ingest limit, which refuses, loses, frames beyond it). As a service source
+(``driver = "replay"``, options
 ``path``, ``stream``, ``mode``, ``speed``) one stream is replayed per source section; the section's
 ``fps`` is ignored, the timing comes from the file.
 """
@@ -29,7 +33,7 @@ from pydantic import ValidationError
 from mmstream.errors import ConfigError, InputError, ReadError
 from mmstream.messages import Frame
 from mmstream.recording.reader import SessionReader
-from mmstream.source import FrameSender, SourceFrame
+from mmstream.source import DEFAULT_MAX_FPS, FrameSender, SourceFrame
 from mmstream.transport import Curve
 from mmstream_drivers.health import SourceHealth
 
@@ -75,23 +79,35 @@ def _keyed(frames: Iterator[ReplayFrame], rank: int):
         yield (f.t_host_s if f.t_host_s is not None else -math.inf, rank, f.frame.seq), f
 
 
-def _parts_in_order(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """The files sorted by their ``part`` number, and every stream they hold (first seen first);
-    InputError when they are parts of different recordings."""
+def _first_key(reader: SessionReader, stream_id: str) -> float | None:
+    """The merge key's time of the stream's first frame in the file (None: no frame)."""
+    st = reader.stream(stream_id)
+    if st.n_frames == 0:
+        return None
+    t = float(st.index(0, 1)["t_host_s"][0])
+    return -math.inf if math.isnan(t) else t
+
+
+def _parts_in_order(paths: list[Path]) -> tuple[list[tuple[Path, dict[str, float]]], list[str]]:
+    """The files sorted by their ``part`` number, each with the time of its streams' first frames,
+    and every stream they hold (first seen first); InputError when they are parts of different
+    recordings."""
     found = []
     for p in paths:
         with SessionReader(p) as r:
-            found.append((*r.part, p, r.streams))
-    if len({rid for _, rid, _, _ in found}) > 1:
+            firsts = {s: t for s in r.streams if (t := _first_key(r, s)) is not None}
+            found.append((*r.part, p, r.streams, firsts))
+    if len({rid for _, rid, *_ in found}) > 1:
         raise InputError(f"{', '.join(map(str, paths))}: parts of different recordings", reason="mixed_recordings")
     found.sort(key=lambda x: x[0])
-    streams = list(dict.fromkeys(s for *_, ss in found for s in ss))
-    return [p for _, _, p, _ in found], streams
+    streams = list(dict.fromkeys(s for _, _, _, ss, _ in found for s in ss))
+    return [(p, firsts) for _, _, p, _, firsts in found], streams
 
 
 class Replayer:
     """Replays the frames of ``streams`` (default: every stream) of the session file ``path`` (or
-    of the parts ``[path, ...]`` of one recording, replayed in part order, one file open at a time).
+    of the parts ``[path, ...]`` of one recording, merged in recorded order: a part is opened when
+    its first frame is due and closed after its last, so only parts overlapping in time are open).
 
     Iterate it for :class:`ReplayFrame` values (paced in ``realtime`` mode), call :meth:`step` for
     the next one, or :meth:`send` them to a service. ``speed`` scales realtime pacing (2 = twice as
@@ -104,7 +120,8 @@ class Replayer:
             raise InputError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not (speed > 0 and speed != float("inf")):
             raise InputError(f"replay speed must be a finite number > 0, got {speed}")
-        self.paths, known = _parts_in_order([Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])])
+        parts, known = _parts_in_order([Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])])
+        self.paths = [p for p, _ in parts]
         self.mode, self.speed = mode, float(speed)
         self._stop = stop or threading.Event()
         self.streams = list(streams) if streams else known
@@ -112,14 +129,36 @@ class Replayer:
         if missing:
             raise InputError(f"{self.paths[0]}: no stream {', '.join(missing)} (recorded: {', '.join(known) or 'none'})",
                              reason="unknown_stream")  # fmt: skip
-        self._merged = self._merge()
+        rank = {s: i for i, s in enumerate(self.streams)}
+        starts = ((min(t for s, t in firsts.items() if s in rank), k, p) for k, (p, firsts) in enumerate(parts)
+                  if any(s in rank for s in firsts))  # fmt: skip
+        self._merged = self._merge(sorted(starts), rank)
 
-    def _merge(self) -> Iterator[ReplayFrame]:
-        for path in self.paths:
-            with SessionReader(path) as reader:
-                streams = [s for s in self.streams if s in reader.streams]
-                for _, f in heapq.merge(*(_keyed(stream_frames(reader, s), i) for i, s in enumerate(streams))):
-                    yield f
+    @staticmethod
+    def _part_frames(path: Path, rank: dict[str, int]):
+        """(key, frame) of the part's frames of the replayed streams, in key order."""
+        with SessionReader(path) as reader:
+            yield from heapq.merge(*(_keyed(stream_frames(reader, s), rank[s]) for s in reader.streams if s in rank))
+
+    def _merge(self, starts: list[tuple[float, int, Path]], rank: dict[str, int]) -> Iterator[ReplayFrame]:
+        """k-way merge over the parts (``starts``: (first frame's time, part index, path), sorted)."""
+        todo, heap = list(reversed(starts)), []  # heap: (key, part index, frame, the part's frames)
+        try:
+            while todo or heap:
+                while todo and (not heap or todo[-1][0] <= heap[0][0][0]):  # the part's first frame is due: open it
+                    _, k, path = todo.pop()
+                    frames = self._part_frames(path, rank)
+                    if (first := next(frames, None)) is not None:
+                        heapq.heappush(heap, (first[0], k, first[1], frames))
+                _, k, f, frames = heap[0]
+                if (nxt := next(frames, None)) is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, (nxt[0], k, nxt[1], frames))
+                yield f
+        finally:
+            for *_, frames in heap:
+                frames.close()
 
     def step(self) -> ReplayFrame | None:
         """The next frame, at once (no pacing); None at the end of the file."""
@@ -139,12 +178,18 @@ class Replayer:
             yield f
 
     def send(self, endpoint: str, *, curve: Curve | None = None, advance: Callable[[], bool] | None = None,
-             on_frame: Callable[[ReplayFrame], None] | None = None) -> int:  # fmt: skip
+             on_frame: Callable[[ReplayFrame], None] | None = None,
+             max_fps: float = DEFAULT_MAX_FPS) -> int:  # fmt: skip
         """Send every frame to a service's ingest endpoint (one sender per stream, recorded ``seq``
         kept; a new ``session_id`` per replay). In ``step`` mode ``advance()`` is called before each
-        frame and returning False stops. Returns the number of frames sent."""
+        frame and returning False stops. Each stream's frames are due at least ``1 / max_fps`` apart
+        (the service's ``[ingest] max_fps_per_stream``: a frame sent faster is refused there, lost).
+        Returns the number of frames sent."""
         if self.mode == "step" and advance is None:
             raise InputError("step mode needs an advance() callback (e.g. a key press)")
+        if not (max_fps > 0 and math.isfinite(max_fps)):
+            raise InputError(f"replay max_fps must be a finite number > 0, got {max_fps}")
+        due: dict[str, float] = {}  # stream -> when its next frame may leave (by deadline: no oversleep adds up)
         senders: dict[str, FrameSender] = {}
         # a context of its own: term() below returns once every frame has left (or DELIVER_S passed);
         # inproc endpoints live in the process-wide one, whose sockets stay with the process
@@ -161,6 +206,11 @@ class Replayer:
                 if f.stream_id not in senders:
                     # immediate: no frame queued for a service that is not there (a timeout, not "sent")
                     senders[f.stream_id] = FrameSender(endpoint, f.stream_id, curve=curve, immediate=True, ctx=ctx)
+                now = time.monotonic()
+                wait = due.get(f.stream_id, now) - now
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                due[f.stream_id] = now + max(wait, 0.0) + 1.0 / max_fps
                 senders[f.stream_id].send(f.frame)
                 n += 1
                 if on_frame is not None:

@@ -149,8 +149,9 @@ def pump(
     device time is before the previous frame's (a clock or a file's timestamps starting again), or
     would mean waiting more than ``MAX_PACE_WAIT_S`` (timestamps jumping ahead), is sent at once and
     the pacing starts again from it, counted in ``sender.pace_jumps``. Whether paced or not
-    (``realtime`` false: as fast as possible), consecutive frames leave at least ``1 / max_fps``
-    apart: ``max_fps`` is the service's per-stream ingest rate limit (``[ingest]
+    (``realtime`` false: as fast as possible), each frame is due at least ``1 / max_fps`` after the
+    previous one was due (a deadline: the sleep's overshoot does not add up; a late frame gives no
+    credit for a burst): ``max_fps`` is the service's per-stream ingest rate limit (``[ingest]
     max_fps_per_stream``, default the default configuration's), and a frame sent faster would be
     refused there (``rate_limited``) and lost; None sends without that bound. A send that finds
     the service's queue full raises TransportTimeout after the sender's timeout, unless ``patient``
@@ -182,7 +183,9 @@ def pump(
                     break
             else:
                 time.sleep(delay)
-        t_next = time.monotonic() + min_gap_s
+        # by deadline: the next frame is due min_gap_s after this one's due time (sleep overshoot does
+        # not add up), never after a time already past (a late frame gives no credit for a burst)
+        t_next = now + max(delay, 0.0) + min_gap_s
         while True:
             try:
                 sender.send(fr, timeout_ms=PATIENT_SLICE_MS) if patient else sender.send(fr)

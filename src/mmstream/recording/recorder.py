@@ -17,14 +17,17 @@ opens the file with the streams seen so far (none for volumes only); messages me
 most ``HELD_MAX``; before any frame or volume the oldest are dropped, and on a stop the events and
 metrics held without one are not written: both counted). A frame
 of a stream (or shape) that is not in the current file waits, with the later frames and metrics of
-its stream, while the others go on in the current part; ``discover_s`` after the first such frame
-(or when ``HELD_MAX`` messages or ``PENDING_MAX_BYTES`` wait) the part is closed and the next one,
-``<recording_id>.part<k>.h5``, opened for every stream seen: streams that start together share one
-new part (an unknown-stream flood opened a part per stream). A stream that needs
-``max_stream_parts_per_minute`` new parts within a minute (its frame shape keeps changing: two
-sources on one stream id) is no longer recorded in this recording (``stream_not_recorded`` event,
-counted ``streams_not_recorded`` and ``frames_not_recorded``), the others go on; at most
-``max_parts`` parts: beyond, the recording stops with ``too_many_parts``. A write error (disk full,
+its stream, while the others go on in the current part; ``discover_s`` after the first such frame,
+but never more than ``flush_interval_s`` (what waits is in memory only), or when ``HELD_MAX``
+messages or ``PENDING_MAX_BYTES`` wait, the part is closed and the next one,
+``<recording_id>.part<k>.h5``, opened for every stream seen and flushed at once: streams that start
+together share one new part (an unknown-stream flood opened a part per stream). A stream gets at
+most ``max_stream_parts_per_minute`` new parts in any ``PART_RATE_WINDOW_S``: one more and it is not
+recorded (``stream_not_recorded`` event, counted ``streams_not_recorded`` and
+``frames_not_recorded``; its frame shape keeps changing: two sources on one stream id), the others
+go on; it is recorded again (``stream_recorded_again``) once it needed fewer new parts than that in
+the last ``PART_RATE_WINDOW_S`` (a shape change meanwhile counts as a need). At most ``max_parts``
+parts: beyond, the recording stops with ``too_many_parts``. A write error (disk full,
 permission, directory gone) ends the recording with an error event and status; the live service is
 not affected and everything flushed before stays readable.
 
@@ -127,8 +130,8 @@ class Recorder(Node):
         self._waiting: dict[str, list[Decoded]] = {}  # stream -> its messages waiting for the next part
         self._t_waiting: float | None = None  # when the first of them began waiting
         self._waiting_bytes = 0
-        self._part_times: dict[str, deque] = {}  # stream -> times it needed a new part (last minute)
-        self._not_recorded: set[str] = set()  # streams whose frame shape kept changing: not recorded
+        self._part_times: dict[str, deque] = {}  # stream -> its last max_stream_parts_per_minute needs of a new part
+        self._not_recorded: dict[str, tuple] = {}  # stream whose shape changes too often -> its last frame shape
         self.tap_drops = lambda: {}  # messages the taps could not queue for this node (attach_recorder)
 
     # -- control (any thread) -------------------------------------------------------------------
@@ -150,7 +153,7 @@ class Recorder(Node):
             self._recording_id, self._part, self._files, self._flushed_frames, self._flushed_dropped = rid, 0, [], 0, 0
             self._state, self._held, self._t_first_held, self._last_keys, self._last_error = "armed", [], None, {}, None
             self._shapes = {}  # streams (and their frame shapes) as they come in now, not those gone since
-            self._part_times, self._not_recorded = {}, set()
+            self._part_times, self._not_recorded = {}, {}
             self._waiting, self._t_waiting, self._waiting_bytes = {}, None, 0
             self._say("info", "recording_armed", f"recording {rid} armed in {directory}")
             return self.recording_status()
@@ -334,7 +337,7 @@ class Recorder(Node):
         of frames and of metrics are read in turn)."""
         h = msg.header
         sid = h.stream_id if isinstance(h, (Frame, Metrics)) else None
-        if sid in self._not_recorded:
+        if sid in self._not_recorded and not (isinstance(h, Frame) and self._recorded_again(sid, msg, now)):
             self.count("frames_not_recorded" if isinstance(h, Frame) else "metrics_not_recorded")
             return
         if isinstance(h, Frame):
@@ -352,11 +355,50 @@ class Recorder(Node):
         self._waiting_bytes += sum(a.nbytes for a in msg.arrays.values())
 
     def _maybe_next_part(self, now: float) -> None:
+        """Open the next part when what waits for it has waited ``discover_s``, but never longer than
+        ``flush_interval_s``: it is in memory only until then (a crash loses it), and everything older
+        than ``flush_interval_s`` is promised to survive one."""
         if self._t_waiting is None:
             return
         n = sum(len(m) for m in self._waiting.values())
-        if now - self._t_waiting >= self.options.discover_s or n >= HELD_MAX or self._waiting_bytes >= PENDING_MAX_BYTES:
+        wait_s = min(self.options.discover_s, self.options.flush_interval_s)
+        if now - self._t_waiting >= wait_s or n >= HELD_MAX or self._waiting_bytes >= PENDING_MAX_BYTES:
             self._guard(self._next_part)
+
+    def _needs_part(self, sid: str, now: float) -> bool:
+        """Count that ``sid`` needs a new part now; False when it had ``max_stream_parts_per_minute``
+        in the last ``PART_RATE_WINDOW_S`` already (refused needs count too: a stream that keeps
+        changing stays refused for as long as it keeps changing)."""
+        limit = self.options.max_stream_parts_per_minute
+        times = self._part_times.get(sid)
+        if times is None or times.maxlen != limit:
+            times = self._part_times[sid] = deque(times or (), maxlen=limit)
+        while times and now - times[0] >= PART_RATE_WINDOW_S:
+            times.popleft()
+        allowed = len(times) < limit
+        times.append(now)
+        return allowed
+
+    def _recorded_again(self, sid: str, msg: Decoded, now: float) -> bool:
+        """Whether the frame ``msg`` of the unrecorded ``sid`` is recorded: its stream is taken back
+        once it needed fewer than ``max_stream_parts_per_minute`` new parts in the last
+        ``PART_RATE_WINDOW_S`` (a shape change while unrecorded counts as a need)."""
+        shape = tuple(msg.arrays["image"].shape)
+        if shape != self._not_recorded[sid]:
+            self._not_recorded[sid] = shape
+            self._needs_part(sid, now)
+            return False
+        times = self._part_times[sid]
+        while times and now - times[0] >= PART_RATE_WINDOW_S:
+            times.popleft()
+        if len(times) >= self.options.max_stream_parts_per_minute:
+            return False
+        del self._not_recorded[sid]
+        self.count("streams_recorded_again")
+        self._say("info", "stream_recorded_again", f"stream {sid} is recorded again: its frame shape changed "
+                  f"fewer than {self.options.max_stream_parts_per_minute} times in the last "
+                  f"{PART_RATE_WINDOW_S:g} s")  # fmt: skip
+        return True
 
     def _next_part(self) -> None:
         """Close the current part and open the next for the streams that wait (less those that
@@ -366,13 +408,8 @@ class Recorder(Node):
         for sid in [sid for sid, msgs in waiting.items() if not any(isinstance(m.header, Frame) for m in msgs)]:
             self.count("unknown_stream", len(waiting.pop(sid)))  # metrics whose stream sent no frame meanwhile
         for sid in list(waiting):
-            times = self._part_times.setdefault(sid, deque())
-            while times and now - times[0] >= PART_RATE_WINDOW_S:
-                times.popleft()
-            if len(times) >= self.options.max_stream_parts_per_minute:
+            if not self._needs_part(sid, now):
                 self._stop_recording_stream(sid, waiting.pop(sid))
-            else:
-                times.append(now)
         if not waiting:
             return
         self._close_part()
@@ -386,18 +423,21 @@ class Recorder(Node):
                 if self._state != "recording":
                     return
                 self._route(msg, now)
+        self._flush()  # what waited is committed at once: it is already up to flush_interval_s old
 
     def _stop_recording_stream(self, sid: str, dropped: list[Decoded]) -> None:
-        """Record ``sid`` no more in this recording (its frame shape keeps changing)."""
-        self._not_recorded.add(sid)
+        """Record ``sid`` no more while its frame shape keeps changing (see :meth:`_recorded_again`)."""
+        frames = [m for m in dropped if isinstance(m.header, Frame)]
+        self._not_recorded[sid] = tuple(frames[-1].arrays["image"].shape)
         self._shapes.pop(sid, None)
-        n_frames = sum(isinstance(m.header, Frame) for m in dropped)
+        n_frames = len(frames)
         self.count("streams_not_recorded")
         self.count("frames_not_recorded", n_frames)
         self.count("metrics_not_recorded", len(dropped) - n_frames)
-        self._say("warning", "stream_not_recorded", f"stream {sid} needed {self.options.max_stream_parts_per_minute} "
-                  "new file parts within a minute (its frame shape keeps changing: two sources on one stream id?): "
-                  "no longer recorded in this recording; the other streams are")  # fmt: skip
+        self._say("warning", "stream_not_recorded", f"stream {sid} had {self.options.max_stream_parts_per_minute} "
+                  f"new file parts in the last {PART_RATE_WINDOW_S:g} s and needs one more (its frame shape keeps "
+                  "changing: two sources on one stream id?): not recorded until its shape changes less often; "
+                  "the other streams are")  # fmt: skip
 
     def _write(self, msg: Decoded) -> None:
         h = msg.header
