@@ -1,5 +1,6 @@
 """``mmstream demo``, ``serve``, ``status``, ``keys`` and ``config validate`` as a user runs them."""
 
+import json
 import re
 import shutil
 import signal
@@ -109,6 +110,33 @@ def test_status_without_service_fails_cleanly():
     assert proc.returncode == 1 and "no answer" in proc.stderr
 
 
+def test_status_of_a_curve_secured_service(tmp_path, capsys):
+    """``mmstream status`` had no key options: a service with [security] could not be queried. It
+    takes replay's, through the same helper (cli_args.add_client_key_options)."""
+    from mmstream.config import load_config
+    from mmstream.graph import Graph
+    from mmstream.transport import make_keys
+
+    assert main(["keys", str(tmp_path / "k"), "--client", "ops"]) == 0
+    k = tmp_path / "k"
+    cfg = load_config(None, web={"enabled": False}, endpoints={e: "tcp://127.0.0.1:*" for e in ("ingest", "metrics", "control")},
+                      security={"server_secret_key_file": str(k / "server" / "server.key_secret"),
+                                "allowed_clients_dir": str(k / "allowed_clients")})  # fmt: skip
+    _, stranger = make_keys(tmp_path / "stranger", "stranger")
+    with Graph(cfg) as g:
+        capsys.readouterr()
+        argv = ["status", "--control", g.endpoints["control"], "--timeout-ms", "3000"]
+        keys = ["--client-secret-key", str(k / "clients" / "ops.key_secret"), "--server-key", str(k / "server" / "server.key")]
+        assert main([*argv, *keys, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["session_id"] == g.session_id
+        assert main([*argv[:-1], "500"]) == 1
+        assert "needs --client-secret-key and --server-key" in capsys.readouterr().err
+        assert main([*argv[:-1], "500", *keys[:2]]) == 2  # the client key alone
+        assert "--client-secret-key and --server-key go together" in capsys.readouterr().err
+        assert main([*argv[:-1], "500", "--client-secret-key", str(stranger), *keys[2:]]) == 1  # a key not allowed
+        assert "no answer" in capsys.readouterr().err
+
+
 def test_keys(tmp_path, capsys):
     assert main(["keys", str(tmp_path / "k"), "--client", "bedside"]) == 0
     assert (tmp_path / "k" / "server" / "server.key_secret").is_file()
@@ -185,7 +213,7 @@ def test_config_validate_good_file_and_env_override(tmp_path, capsys, monkeypatc
     capsys.readouterr()
     monkeypatch.setenv("MMSTREAM_STREAMS", "{bad json")
     assert main(["config", "validate", str(f)]) == 1
-    assert "MMSTREAM_* environment: cannot parse a value" in capsys.readouterr().err
+    assert "MMSTREAM_STREAMS (environment): cannot parse the value" in capsys.readouterr().err
 
 
 def test_config_validate_warns_of_a_missing_recording_directory_or_source_file(tmp_path, capsys):

@@ -284,9 +284,10 @@ def test_ipc_endpoints(tmp_path):
 
 
 def test_binding_beyond_loopback_requires_curve():
-    cfg = load_config(None, endpoints={**RANDOM_TCP, "ingest": "tcp://0.0.0.0:*"})
-    with pytest.raises(ConfigError, match="CURVE"):
-        Graph(cfg).start()
+    """Refused by the configuration, so ``mmstream config validate`` says so too (it used to pass
+    and ``serve`` refuse it; the transport refuses such a bind as well: test_transport.py)."""
+    with pytest.raises(ConfigError, match=r"endpoints.ingest tcp://0.0.0.0:\* is beyond loopback: set \[security\]"):
+        load_config(None, endpoints={**RANDOM_TCP, "ingest": "tcp://0.0.0.0:*"})
 
 
 def test_port_in_use_is_a_clear_error(graph):
@@ -302,7 +303,7 @@ def test_curve_refuses_a_client_without_the_key(tmp_path):
     allowed.mkdir()
     (allowed / client_pub.name).write_bytes(client_pub.read_bytes())
     _, intruder_sec = make_keys(tmp_path / "intruder", "intruder")
-    cfg = load_config(None, endpoints=RANDOM_TCP,
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
                       security={"server_secret_key_file": str(server_sec), "allowed_clients_dir": str(allowed)})  # fmt: skip
     img = np.zeros((64, 64), np.uint8)
     with Graph(cfg) as g:
@@ -426,6 +427,105 @@ def test_the_service_sockets_drop_a_part_over_the_message_limit(monkeypatch):
         accepted = lambda: g.status()["nodes"]["ingest"]["streams"]  # noqa: E731
         wait_for(lambda: "small" in accepted(), what="the small frame")
         assert "big" not in accepted()
+
+
+def test_the_control_endpoint_takes_no_part_larger_than_a_header(graph):
+    """A control request is a header: its socket had the 512 MiB part limit of volumes, so one
+    request of six 400 MiB parts took the service to 2.6 GB. A part over the header bound (plus
+    1 KiB) now drops the peer before it is held: no reply, the connection closed; the endpoint goes
+    on answering, and a header at the bound is answered (header_too_large)."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from mmstream.codec import Limits
+
+    ep = graph.endpoints["control"]
+    ctx = zmq.Context.instance()
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    monitor = req.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        req.connect(ep)
+        ping = Control(command="ping").model_dump_json().encode()
+        req.send_multipart([b"control", ping, bytes(Limits().max_header_bytes + 2048)])
+        assert monitor.poll(5000), "the service kept the connection of a peer sending a 66 KiB part"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        assert not req.poll(100)  # and no reply came
+    finally:
+        monitor.close(linger=0)
+        req.close()
+    assert request(ep, command="ping").ok
+    with make_socket("req", ep, bind=False) as sock:
+        sock.send([b"control", b"{" + b" " * Limits().max_header_bytes + b"}"], timeout_ms=2000)
+        assert decode(sock.recv(timeout_ms=5000)).header.reason == "header_too_large"
+
+
+def test_a_control_message_with_buffers_is_refused_counted_and_announced(graph):
+    """A ping with a 4-byte buffer was answered ok (the buffers were decoded and held)."""
+    ep = graph.endpoints
+    events = make_socket("sub", ep["metrics"], bind=False, subscribe=("event.control",))
+    try:
+        time.sleep(0.2)  # slow-joiner of the subscription
+        buffers = [b.model_dump() for b in buffer_specs(b=np.zeros(4, np.uint8))]
+        header = {"msg_type": "control", "schema_version": 1, "command": "ping", "buffers": buffers}
+        with make_socket("req", ep["control"], bind=False) as sock:
+            sock.send([b"control", json.dumps(header).encode(), bytes(4)], timeout_ms=2000)
+            rep = decode(sock.recv(timeout_ms=5000)).header
+        assert not rep.ok and rep.reason == "invalid_header" and "carries no buffers" in rep.message
+        ev = decode(events.recv(timeout_ms=5000)).header
+        assert (ev.reason, ev.level) == ("invalid_header", "warning")
+        assert graph.status()["nodes"]["control"]["rejected"] == {"invalid_header": 1}
+    finally:
+        events.close()
+
+
+def test_refused_capture_and_record_start_are_counted_and_announced(tmp_path):
+    """``capture`` where nothing takes captures and ``record_start`` without its directory were
+    answered ok: false but neither counted in nodes.control.rejected nor announced (protocol.md
+    section 6 says every refusal is)."""
+    from mmstream.service import Service
+
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False}, recorder={"directory": str(tmp_path / "none")})
+    with Service(cfg) as svc:
+        ep = svc.graph.endpoints
+        events = make_socket("sub", ep["metrics"], bind=False, subscribe=("event.",))
+        try:
+            time.sleep(0.2)  # slow-joiner of the subscription
+            capture = request(ep["control"], command="capture", stream_id="p0")
+            start = request(ep["control"], command="record_start")
+            assert (capture.ok, capture.reason, start.ok, start.reason) == (False, "unsupported_command", False, "no_directory")
+            seen = []
+            while len(seen) < 2:
+                ev = decode(events.recv(timeout_ms=5000)).header
+                seen += [(ev.reason, ev.level, ev.stream_id)] if ev.node == "control" else []  # the recorder's own too
+            assert seen == [("unsupported_command", "warning", "p0"), ("no_directory", "warning", None)]
+            assert svc.graph.status()["nodes"]["control"]["rejected"] == {"unsupported_command": 1, "no_directory": 1}
+        finally:
+            events.close()
+
+
+def test_the_services_own_sources_reach_a_curve_secured_ingest(tmp_path):
+    """With [security] every external endpoint needs CURVE; the service's own [[sources]] and
+    volume sources spoke none, so they failed (TransportTimeout after 8 s) while config validate
+    said valid. They reach ingest in-process now; a client without keys still gets nothing in."""
+    from mmstream.service import Service
+    from volume_makers import write_nifti1
+
+    _, server_sec = make_keys(tmp_path / "server", "server")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "in").mkdir()
+    cfg = load_config(None, endpoints=RANDOM_TCP, web={"enabled": False},
+                      security={"server_secret_key_file": str(server_sec), "allowed_clients_dir": str(tmp_path / "allowed")},
+                      sources=[{"driver": "sim", "stream_id": "p0", "fps": 30}],
+                      volumes={"watch": {"enabled": True, "folder": str(tmp_path / "in"), "poll_s": 0.05, "stable_polls": 1}})  # fmt: skip
+    with Service(cfg) as svc:
+        accepted = lambda: svc.graph.status()["nodes"]["ingest"]  # noqa: E731
+        wait_for(lambda: accepted()["streams"].get("p0", {}).get("accepted", 0) >= 3, what="the sim source's frames")
+        write_nifti1(tmp_path / "in" / "v.nii", np.zeros((2, 3, 4), np.int16), np.diag([1.0, 1, 1, 1]))
+        wait_for(lambda: accepted()["counters"].get("volumes_accepted") == 1, what="the watch folder's volume")
+        with FrameSender(svc.graph.endpoints["ingest"], "plain") as snd, contextlib.suppress(TransportTimeout):
+            snd.send(SourceFrame(image=np.zeros((64, 64), np.uint8)), timeout_ms=500)
+        assert svc.source_errors == {} and "plain" not in accepted()["streams"]
 
 
 def test_a_tap_copy_counts_what_its_node_falls_behind_for(monkeypatch):

@@ -483,10 +483,12 @@ def test_control_commands_update_settings():
 
 
 def test_capture_without_a_fusion_node_is_refused():
-    """Nothing would take the frame: refused, not answered ok with nothing captured."""
+    """Nothing would take the frame: refused, not answered ok with nothing captured; counted and
+    announced as every refusal is."""
     ctl = ControlNode(StreamSettings(), status=dict)
-    (rep,) = ctl.process("requests", control_msg(command="capture", stream_id="p"))
+    rep, ev = ctl.process("requests", control_msg(command="capture", stream_id="p"))
     assert not rep.header.ok and rep.header.reason == "unsupported_command" and "no live view" in rep.header.message
+    assert (ev.header.reason, ev.header.stream_id) == ("unsupported_command", "p") and ctl.rejected["unsupported_command"] == 1
     ctl.captures = True  # what attaching a fusion node or the live view does
     rep, ev = ctl.process("requests", control_msg(command="capture", stream_id="p"))
     assert rep.header.ok and ev.header.reason == "capture"

@@ -2,14 +2,20 @@
 loopback tcp, timeouts, high-water marks, CURVE. Only loopback traffic; random ports; every socket
 closed; polls with timeouts, never fixed sleeps."""
 
+import contextlib
+import os
 import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from mmstream.errors import ConfigError
-from mmstream.transport import Curve, Poller, TransportTimeout, check_endpoint, is_loopback, make_keys, make_socket
+from mmstream.transport import (
+    ALLOWED_RELOAD_S, Curve, Poller, TransportTimeout, check_endpoint, is_loopback, make_keys, make_socket,
+)
 
 QUIET_MS = 500  # how long "nothing arrives" is watched for
 
@@ -50,6 +56,9 @@ def test_check_endpoint_good(endpoint):
         "", "inproc://", "ipc://", "tcp://127.0.0.1", "tcp://127.0.0.1:", "tcp://:5555", "tcp://127.0.0.1:0",
         "tcp://127.0.0.1:65536", "tcp://127.0.0.1:-1", "tcp://127.0.0.1:http", "udp://127.0.0.1:5555",
         "http://127.0.0.1:5555", "127.0.0.1:5555", "tcp:/127.0.0.1:5555", "tcp://127.0.0.1:5555x",
+        "tcp://127.0.0.1:\u0665\u0665\u0665\u0667",  # Arabic-Indic digits: str.isdigit takes them, ZeroMQ does not
+        "tcp://127.0.0.1:\uff15\uff15\uff15\uff15",  # fullwidth digits
+        "ipc:///tmp/" + "x" * 103,  # 108 bytes of path: over the 107 a Unix socket address holds
     ],
 )  # fmt: skip
 def test_check_endpoint_bad(endpoint):
@@ -128,6 +137,61 @@ def test_push_pull(tmp_path, sockets, which):
     assert [bytes(p[1]) for p in got] == [str(i).encode() for i in range(5)]
     assert all(len(p) == 3 and len(p[2].buffer) == 1000 for p in got)
     assert pull.try_recv() is None
+
+
+def test_an_ipc_path_of_107_bytes_binds(tmp_path, sockets):
+    """The longest ipc path check_endpoint takes is one the kernel binds (it used to take any length
+    and the bind failed at start)."""
+    short = Path(tempfile.mkdtemp(prefix="mm", dir="/tmp"))
+    try:
+        path = short / ("s" * (107 - len(str(short)) - 1))
+        ep = check_endpoint(f"ipc://{path}")
+        assert len(str(path).encode()) == 107
+        pull = sockets("pull", ep, bind=True)
+        sockets("push", ep, bind=False).send([b"t", b"x"], timeout_ms=2000)
+        assert bytes(pull.recv(timeout_ms=2000)[1]) == b"x"
+        with pytest.raises(ConfigError, match="longer than 107 bytes"):
+            check_endpoint(f"ipc://{path}s")
+    finally:
+        shutil.rmtree(short)
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("kind", ["push-pull", "req-rep"])
+def test_ipv6_loopback_binds_and_connects(sockets, kind):
+    """``tcp://[::1]:PORT`` is loopback (is_loopback, docs/protocol.md section 9) but could not be
+    bound ("No such device"): ZMQ_IPV6 was never set."""
+    server_kind, client_kind = {"push-pull": ("pull", "push"), "req-rep": ("rep", "req")}[kind]
+    server = sockets(server_kind, "tcp://[::1]:*", bind=True)
+    assert server.last_endpoint.startswith("tcp://[::1]:")
+    client = sockets(client_kind, server.last_endpoint, bind=False)
+    client.send([b"t", b"over ::1"], timeout_ms=2000)
+    assert bytes(server.recv(timeout_ms=5000)[1]) == b"over ::1"
+
+
+def test_also_bind_takes_inproc_peers_of_a_curve_socket_without_keys(keys, sockets):
+    """The service's own sources reach its CURVE-secured ingest socket in-process (inproc does not
+    use CURVE); last_endpoint still names the external endpoint."""
+    door = f"inproc://door-{uuid.uuid4().hex[:8]}"
+    server = sockets("pull", "tcp://127.0.0.1:*", bind=True, curve=keys["server"], also_bind=(door,))
+    assert server.last_endpoint.startswith("tcp://127.0.0.1:")
+    sockets("push", door, bind=False).send([b"t", b"inside"], timeout_ms=2000)
+    assert bytes(server.recv(timeout_ms=5000)[1]) == b"inside"
+    sockets("push", server.last_endpoint, bind=False).try_send([b"t", b"outside, no key"])
+    assert_nothing_arrives(server)
+    with pytest.raises(ConfigError, match="also_bind"):
+        make_socket("pull", "tcp://127.0.0.1:*", bind=True, also_bind=("tcp://127.0.0.1:*",))
 
 
 @pytest.mark.parametrize("which", ["ipc", "tcp"])
@@ -355,6 +419,29 @@ def test_curve_config_errors(tmp_path, keys):
                     curve=Curve(secret_key_file=keys["client"].server_key_file, server_key_file=keys["client"].server_key_file))  # fmt: skip
 
 
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "directory", "over 64 KiB"])
+def test_a_key_file_that_is_no_regular_small_file_is_not_read(tmp_path, keys, kind):
+    """pyzmq reads a key file line by line: /dev/zero has no line end and was read until memory ran
+    out (4.8 GB, then an empty error), a FIFO blocked for ever. Neither is opened now."""
+    bad = tmp_path / "bad.key"
+    if kind == "link to /dev/zero":
+        bad.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "directory":
+        bad.mkdir()
+    else:
+        bad.write_bytes(keys["client"].secret_key_file.read_bytes() + b"#" * 65536)
+        bad.chmod(0o600)
+    says = {"link to /dev/zero": "a character device, not a regular file", "fifo": "a FIFO (named pipe), not a regular file",
+            "directory": "a directory, not a regular file", "over 64 KiB": "bytes, more than the 65,536"}[kind]  # fmt: skip
+    good = keys["client"]
+    for curve in (Curve(secret_key_file=bad, server_key_file=bad), Curve(good.secret_key_file, server_key_file=bad)):
+        with pytest.raises(ConfigError) as e:
+            make_socket("push", "tcp://127.0.0.1:9", bind=False, curve=curve)
+        assert str(e.value).startswith(f"cannot load CURVE key {bad}: ") and says in str(e.value)
+
+
 def test_a_secret_key_readable_by_others_is_refused(keys):
     sec = keys["client"].secret_key_file
     sec.chmod(0o644)
@@ -376,6 +463,31 @@ def test_a_client_key_removed_from_the_allowed_folder_is_refused_without_a_resta
     later = sockets("push", server.last_endpoint, bind=False, curve=keys["client"])
     later.try_send([b"t", b"after"])
     assert_nothing_arrives(server, 500)
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_or_device_in_the_allowed_folder_is_skipped(tmp_path, keys, sockets):
+    """A ``*.key`` FIFO in the allowed-clients folder blocked the bind (pyzmq's loader opens it)
+    and then its re-reading every 2 s, holding the transport's lock; a link to /dev/zero was read
+    until memory ran out. They are skipped now: the clients beside them are admitted, one added
+    later too."""
+    allowed = keys["server"].allowed_clients_dir
+    os.mkfifo(allowed / "fifo.key")
+    (allowed / "zero.key").symlink_to("/dev/zero")
+    server = sockets("pull", "tcp://127.0.0.1:*", bind=True, curve=keys["server"])
+    sockets("push", server.last_endpoint, bind=False, curve=keys["client"]).try_send([b"t", b"client"])
+    assert bytes(server.recv(timeout_ms=5000)[1]) == b"client"
+    later_pub, later_sec = make_keys(tmp_path / "later", "later")
+    shutil.copy(later_pub, allowed / later_pub.name)
+    later = Curve(secret_key_file=later_sec, server_key_file=keys["client"].server_key_file)
+    deadline = time.monotonic() + 5 * ALLOWED_RELOAD_S
+    while time.monotonic() < deadline:  # a refused handshake is not retried: a new connection each time
+        sockets("push", server.last_endpoint, bind=False, curve=later).try_send([b"t", b"later"])
+        with contextlib.suppress(TransportTimeout):
+            assert bytes(server.recv(timeout_ms=500)[1]) == b"later"
+            break
+    else:
+        raise AssertionError("the client key added later was never admitted: the folder is no longer re-read")
 
 
 def test_two_curve_servers_keep_their_own_allowed_clients(tmp_path, sockets):

@@ -23,10 +23,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mmstream.config import file_problem
 from mmstream.errors import ConfigError
 
 ABNORMAL_Z = 2.0
 CAPTURE_FRAMES = 3  # three-image protocol: the site's value is the mean of three captured frames
+MODEL_FILE_MAX_BYTES = 16 * 1024 * 1024  # a reference table or device calibration (TOML/JSON) at most
 Sex = Literal["female", "male"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -153,27 +155,32 @@ class DeviceCalibration(_Model):
         return None
 
 
-def load_model(path: Path | str, model: type[_Model], allow_example: bool = False):
+def load_model(path: Path | str, model: type[_Model], allow_example: bool = False, key: str | None = None):
     """Read a :class:`ReferenceTable` or :class:`DeviceCalibration` from TOML or JSON.
 
-    Raises ConfigError naming the file and each invalid key; an ``example = true`` file is refused
+    Raises ConfigError naming the file (after ``key``, the configuration key naming it, when given)
+    and each invalid key; a file that is not a regular one of at most MODEL_FILE_MAX_BYTES is not
+    read (a link to ``/dev/zero`` would be read for ever); an ``example = true`` file is refused
     unless ``allow_example``.
     """
     path = Path(path)
+    where = f"{key}: {path}" if key else str(path)
+    if why := file_problem(path, MODEL_FILE_MAX_BYTES):
+        raise ConfigError(f"{where}: cannot read: {why}")
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+        raise ConfigError(f"{where}: cannot read: {exc}") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{where}: cannot parse: {type(exc).__name__}: {str(exc)[:300]}") from None
     try:
         obj = model.model_validate(data)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"{where}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from None
     if obj.example and not allow_example:
-        raise ConfigError(f"{path}: is an example file (example = true), not clinical reference data", reason="example_file")
+        raise ConfigError(f"{where}: is an example file (example = true), not clinical reference data", reason="example_file")
     return obj
 
 
@@ -282,10 +289,9 @@ def capture_mean(values: list[float]) -> float:
 def load_echo_references(section) -> EchoReferences | None:
     """The references a :class:`~mmstream.config.BiomarkersSection` names (None when it names no
     ``echo_reference``); ConfigError when a file is invalid or an example."""
-    if section.echo_reference is None:
-        if section.device_calibration is not None:
-            raise ConfigError("biomarkers.device_calibration is set but biomarkers.echo_reference is not")
+    if section.echo_reference is None:  # a device_calibration without it is refused by BiomarkersSection
         return None
-    table = load_model(section.echo_reference, ReferenceTable)
-    cal = None if section.device_calibration is None else load_model(section.device_calibration, DeviceCalibration)
+    table = load_model(section.echo_reference, ReferenceTable, key="biomarkers.echo_reference")
+    cal = (None if section.device_calibration is None
+           else load_model(section.device_calibration, DeviceCalibration, key="biomarkers.device_calibration"))  # fmt: skip
     return EchoReferences(table, cal)

@@ -29,7 +29,9 @@ from pathlib import Path  # noqa: E402
 
 from mmstream import __version__  # noqa: E402
 from mmstream.analysis import METRICS, NOT_MEASURED, FrameAnalysis, analyze_frame, validate_spacing  # noqa: E402
-from mmstream.cli_args import endpoint, positive_float, positive_int, progress, stop_on_signals  # noqa: E402
+from mmstream.cli_args import (  # noqa: E402
+    add_client_key_options, client_curve, endpoint, positive_float, positive_int, progress, stop_on_signals,
+)
 from mmstream.errors import ConfigError, InputError, MmstreamError, SpacingError  # noqa: E402
 
 CSV_COLUMNS = [
@@ -310,12 +312,18 @@ def cmd_status(args) -> int:
     from mmstream.messages import Control
     from mmstream.transport import TransportTimeout, make_socket
 
-    with make_socket("req", args.control, bind=False) as sock:
-        sock.send(encode(Control(command="status")), timeout_ms=args.timeout_ms)
-        try:
+    try:
+        curve = client_curve(args)
+    except ValueError as exc:
+        print(f"mmstream status: error: {exc}", file=sys.stderr)
+        return 2
+    with make_socket("req", args.control, bind=False, curve=curve) as sock:
+        try:  # the send too: to a CURVE endpoint without an allowed key it never leaves
+            sock.send(encode(Control(command="status")), timeout_ms=args.timeout_ms)
             reply = decode(sock.recv(timeout_ms=args.timeout_ms)).header
         except TransportTimeout:
-            print(f"mmstream status: error: no answer from {args.control} within {args.timeout_ms} ms", file=sys.stderr)
+            hint = "" if curve else " (a service with [security] needs --client-secret-key and --server-key)"
+            print(f"mmstream status: error: no answer from {args.control} within {args.timeout_ms} ms{hint}", file=sys.stderr)
             return 1
     if args.json:
         print(json.dumps(reply.data, indent=2))
@@ -407,8 +415,7 @@ def cmd_keys(args) -> int:
 
 
 def cmd_config(args) -> int:
-    import mmstream_drivers
-    from mmstream.config import load_config
+    from mmstream.config import load_config, preflight
     from mmstream.recording.recorder import check_directory
 
     try:
@@ -417,8 +424,7 @@ def cmd_config(args) -> int:
         print(f"mmstream config: error: {exc}", file=sys.stderr)
         return 1
     try:
-        for section in cfg.sources:
-            mmstream_drivers.check_source(section.driver, section.stream_id, section.options)
+        preflight(cfg)  # what serve checks before it binds: the files and folders named, the sources
     except MmstreamError as exc:
         print(f"mmstream config: error: {args.file or 'defaults'}: {exc}", file=sys.stderr)
         return 1
@@ -506,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--control", type=endpoint, default="tcp://127.0.0.1:5557", help="the service's control endpoint")
     st.add_argument("--timeout-ms", type=positive_int, default=3000, help="give up after this long without a reply (default 3000)")
     st.add_argument("--json", action="store_true", help="the whole status as one JSON object")
+    add_client_key_options(st)
     st.set_defaults(func=cmd_status)
 
     k = sub.add_parser("keys", help="make CURVE keys for a service bound beyond loopback")

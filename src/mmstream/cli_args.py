@@ -1,13 +1,14 @@
 """Shared pieces of the command line: argument types (numbers refused by argparse, usage error
 status 2, when out of range, instead of failing later with a traceback or being silently used), the
-one-line error for a file a command cannot use, the progress bar of long batches, and the stop
-signals of long-running commands."""
+one-line error for a file a command cannot use, the progress bar of long batches, the stop signals
+of long-running commands, and the CURVE key options of a client of a secured service."""
 
 import argparse
 import math
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from mmstream.errors import MmstreamError
 
@@ -73,3 +74,21 @@ def endpoint(text: str) -> str:
         return check_endpoint(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_client_key_options(parser: argparse.ArgumentParser) -> None:
+    """``--client-secret-key`` and ``--server-key``: what a client needs to reach a service whose
+    ``[security]`` requires CURVE (``mmstream keys``; read with :func:`client_curve`)."""
+    parser.add_argument("--client-secret-key", type=Path, default=None, metavar="FILE",
+                        help="CURVE: this client's .key_secret (mmstream keys), for a service with [security]")  # fmt: skip
+    parser.add_argument("--server-key", type=Path, default=None, metavar="FILE", help="CURVE: the service's public .key")
+
+
+def client_curve(args):
+    """The :class:`~mmstream.transport.Curve` of :func:`add_client_key_options`' options, None without
+    them; ValueError (a usage error) when only one of the two is given."""
+    from mmstream.transport import Curve
+
+    if (args.client_secret_key is None) != (args.server_key is None):
+        raise ValueError("--client-secret-key and --server-key go together")
+    return None if args.server_key is None else Curve(secret_key_file=args.client_secret_key, server_key_file=args.server_key)

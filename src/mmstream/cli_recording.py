@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from mmstream.cli_args import endpoint, file_error, non_negative_int, positive_float, progress
+from mmstream.cli_args import (
+    add_client_key_options, client_curve, endpoint, file_error, non_negative_int, positive_float, progress,
+)
 from mmstream.errors import MmstreamError
 
 
@@ -63,13 +65,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from mmstream.transport import Curve, TransportTimeout
+    from mmstream.transport import TransportTimeout
     from mmstream_drivers.replay import Replayer
 
-    if (args.client_secret_key is None) != (args.server_key is None):
-        print("mmstream replay: error: --client-secret-key and --server-key go together", file=sys.stderr)
+    try:
+        curve = client_curve(args)
+    except ValueError as exc:
+        print(f"mmstream replay: error: {exc}", file=sys.stderr)
         return 2
-    curve = None if args.server_key is None else Curve(secret_key_file=args.client_secret_key, server_key_file=args.server_key)
     try:
         with Replayer(args.file, streams=args.stream or None, mode=args.mode, speed=args.speed) as rp:
             if args.mode == "step":
@@ -123,7 +126,6 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("realtime", "fast", "step"), default="realtime",
                    help="original timing, as fast as the service takes frames, or one frame per Enter")  # fmt: skip
     p.add_argument("--speed", type=positive_float, default=1.0, help="realtime: time scale (2 = twice as fast)")
-    p.add_argument("--client-secret-key", type=Path, default=None, help="CURVE: this client's .key_secret (mmstream keys)")
-    p.add_argument("--server-key", type=Path, default=None, help="CURVE: the service's public .key")
+    add_client_key_options(p)
     p.set_defaults(func=cmd_replay)
 

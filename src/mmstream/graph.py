@@ -14,8 +14,11 @@ node that must see everything (the recorder) takes copies of a tap instead (:met
 edges of its own (PUSH -> PULL), each for some topics, on which the sender counts what it cannot
 queue; an event flood then fills the events copy only, never the metrics one.
 
-External endpoints come from the config; internal ones are ``inproc://``. A frame goes to the
-analyzer worker chosen by a stable hash of its stream id, so tracking state stays in one place.
+External endpoints come from the config; internal ones are ``inproc://``. The ingest socket also
+takes frames on ``Graph.internal["ingest"]``: the service's own sources and volume sources send
+there when ``[security]`` puts CURVE on the external endpoints (inproc does not use it). A
+frame goes to the analyzer worker chosen by a stable hash of its stream id, so tracking state stays
+in one place. The control endpoint takes parts no larger than a header (a request has no buffers).
 """
 
 import threading
@@ -40,6 +43,7 @@ DRAIN_MAX = 64
 LIVE_HWM = 64  # ingest -> analyzer: the analyzer drains it between frames and keeps the newest per stream
 WAIT_SLICE_MS = 100  # a sender waiting on a lossless edge checks this often whether the service stops
 TAP_HWM = 4096  # internal taps (frames, bus) and their copies: ~1 GB of 512x512 frames before a slow subscriber loses any
+CONTROL_PART_HEADROOM = 1024  # control endpoint part limit: the header bound plus this (CURVE adds 33 bytes a part)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class SocketSpec:
     wait: bool = False  # a full peer queue makes the sender wait (lossless edge) instead of dropping
     subscribe: tuple[str, ...] = ("",)  # a "sub" input, or a copy output: the topic prefixes it takes
     copy: str = ""  # an output that gets every message of its port (of its topics) under this name, not a share
+    max_part_bytes: int | None = None  # an input's ZMQ_MAXMSGSIZE (default: the codec's, Limits.max_part_bytes)
+    also_bind: tuple[str, ...] = ()  # inproc endpoints a bound input also takes messages on (make_socket)
 
 
 class NodeRunner(threading.Thread):
@@ -91,7 +97,8 @@ class NodeRunner(threading.Thread):
         try:
             for port, spec in self._in_specs.items():
                 ins[port] = make_socket(spec.kind, spec.endpoint, bind=spec.bind, hwm=spec.hwm, curve=spec.curve,
-                                        subscribe=spec.subscribe, max_msg_bytes=self._limits.max_part_bytes)  # fmt: skip
+                                        subscribe=spec.subscribe, also_bind=spec.also_bind,
+                                        max_msg_bytes=spec.max_part_bytes or self._limits.max_part_bytes)  # fmt: skip
                 self.bound[port] = ins[port].last_endpoint
                 if self._internal_pair(spec, "pull"):
                     self._handoff_inputs.add(id(ins[port]))
@@ -284,7 +291,9 @@ class Graph:
         self.control = ControlNode(self.settings, self.status)
         self._limits = Limits(max_frame_shape=(ing.max_frame_rows, ing.max_frame_cols))
         self._prefix = f"inproc://mmstream-{uuid.uuid4().hex[:8]}"
-        self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus"}
+        # frames: every frame ingest accepted; bus: what the publisher sends out; ingest: the ingest
+        # socket's in-process door (the service's own sources under [security]: inproc takes no CURVE)
+        self.internal = {"frames": f"{self._prefix}/frames", "bus": f"{self._prefix}/bus", "ingest": f"{self._prefix}/ingest"}
         self._attached: dict[Node, tuple[dict, dict]] = {}
         self._copies: dict[str, list[SocketSpec]] = {"frames": [], "bus": []}  # Graph.tap_copy outputs per tap
         self._runners: list[NodeRunner] = []
@@ -305,7 +314,8 @@ class Graph:
         workers = [f"{p}/analyzer-{i}" for i in range(len(self.analyzers))]
         wiring = {
             self.ingest: (
-                {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve)},
+                {"in": SocketSpec("pull", ep.ingest, bind=True, hwm=self.config.ingest.queue_messages, curve=curve,
+                                  also_bind=(self.internal["ingest"],))},
                 {
                     "frames": [SocketSpec("push", w, bind=False, hwm=LIVE_HWM, wait=self.config.analyzer.every_frame)
                                for w in workers],  # fmt: skip
@@ -323,7 +333,9 @@ class Graph:
                 },
             ),
             self.control: (
-                {"requests": SocketSpec("rep", ep.control, bind=True, curve=curve)},
+                # a request is a header (no buffers): a part over the header bound drops its peer unread
+                {"requests": SocketSpec("rep", ep.control, bind=True, curve=curve,
+                                        max_part_bytes=self._limits.max_header_bytes + CONTROL_PART_HEADROOM)},
                 {"replies": [SocketSpec("rep-reply", ep.control, bind=True)], "events": events},
             ),
         }  # fmt: skip

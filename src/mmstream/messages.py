@@ -242,7 +242,7 @@ class Control(_Header):
     automatically again), ``set_roi`` (roi; None clears), ``set_metrics`` (metrics),
     ``set_context`` (clinical), ``capture`` (the stream's next frame is one of the site's three
     protocol images, see ``mmstream.calibration``), ``status``, ``ping``, ``record_start`` /
-    ``record_stop`` (a new session file per start; ``docs/recording.md``).
+    ``record_stop`` (a new session file per start; ``docs/recording.md``). It carries no buffers.
     """
 
     msg_type: Literal["control"] = "control"
@@ -260,6 +260,8 @@ class Control(_Header):
 
     @model_validator(mode="after")
     def _arguments_fit_command(self):
+        if self.buffers:
+            raise ValueError("a control message carries no buffers")
         per_stream = {"set_seed", "set_line", "set_roi", "set_metrics", "set_context", "capture"}
         if self.command in per_stream and self.stream_id is None:
             raise ValueError(f"{self.command} needs a stream_id")

@@ -1,8 +1,10 @@
 """A running mmstream service: the node graph plus the sources its configuration names.
 
 Each configured source is a driver (found through the ``mmstream.drivers`` entry points) built as
-``Driver(fps=..., **options)`` whose ``source_frames()`` is pumped into the graph's ingest endpoint
-from its own thread.
+``Driver(fps=..., **options)`` whose ``source_frames()`` is pumped into the graph's ingest socket
+from its own thread. They and the volume sources send to the ingest endpoint, or, when
+``[security]`` makes that endpoint require CURVE keys they do not have, in-process
+(``Graph.internal["ingest"]``, which CURVE does not apply to).
 """
 
 import threading
@@ -10,7 +12,7 @@ import time
 
 import mmstream_drivers
 from mmstream.codec import encode
-from mmstream.config import ServiceConfig
+from mmstream.config import ServiceConfig, preflight
 from mmstream.fusion import attach_fusion
 from mmstream.graph import Graph
 from mmstream.messages import Event
@@ -25,6 +27,8 @@ class Service:
     """Start with :meth:`start` (or ``with Service(cfg) as svc:``), stop with :meth:`stop`."""
 
     def __init__(self, config: ServiceConfig):
+        """ConfigError when this machine lacks what ``config`` names (:func:`~mmstream.config.preflight`)."""
+        preflight(config)
         self.config = config
         self.graph = Graph(config)
         self.event_log = attach_event_log(self.graph)  # events on the console; first, so it hears the others' first
@@ -82,8 +86,6 @@ class Service:
                 events.close()
 
     def start(self) -> "Service":
-        for section in self.config.sources:
-            mmstream_drivers.check_source(section.driver, section.stream_id, section.options)
         self.graph.start()
         if self.igtl_output is not None:
             try:
@@ -97,7 +99,8 @@ class Service:
             except BaseException:
                 self.stop()
                 raise
-        endpoint = self.graph.endpoints["ingest"]
+        # with [security], in-process: the external endpoint would need a CURVE key the sources have not
+        endpoint = self.graph.internal["ingest"] if self.config.security.server_secret_key_file else self.graph.endpoints["ingest"]
         if self.config.volumes.scp.enabled or self.config.volumes.watch.enabled:
             from mmstream.volumes.sources import VolumeSources
 

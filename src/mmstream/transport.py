@@ -26,7 +26,7 @@ from mmstream.errors import ConfigError
 
 __all__ = [
     "Curve", "Socket", "Poller", "context", "make_socket", "make_keys", "is_loopback", "check_endpoint",
-    "TransportTimeout", "close_context",
+    "TransportTimeout", "close_context", "read_key_file",
 ]  # fmt: skip
 
 _KINDS = {
@@ -66,16 +66,29 @@ def close_context() -> None:
             _ctx = None
 
 
+IPC_PATH_MAX_BYTES = 107  # an ipc:// path longer than this cannot be bound (Linux sun_path: 108 bytes with its NUL)
+KEY_FILE_MAX_BYTES = 64 * 1024  # a CURVE key file (mmstream keys writes ~300 bytes)
+
+
 def check_endpoint(endpoint: str) -> str:
-    """``endpoint`` if it is a well-formed inproc/ipc/tcp endpoint; ConfigError otherwise."""
+    """``endpoint`` if it is a well-formed inproc/ipc/tcp endpoint; ConfigError otherwise. A tcp
+    port is ASCII digits (``str.isdigit`` also takes other scripts' digits, which ZeroMQ refuses)."""
     parts = urlsplit(endpoint)
+    if parts.scheme == "ipc" and len(endpoint.encode()) - len("ipc://") > IPC_PATH_MAX_BYTES:
+        raise ConfigError(f"bad endpoint {endpoint!r}: an ipc path longer than {IPC_PATH_MAX_BYTES} bytes cannot be bound")
     if parts.scheme in ("inproc", "ipc") and len(endpoint) > len(parts.scheme) + 3:
         return endpoint
     if parts.scheme == "tcp":
         host, _, port = parts.netloc.rpartition(":")
-        if host and (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+        if host and (port == "*" or (port.isascii() and port.isdigit() and 0 < int(port) < 65536)):
             return endpoint
     raise ConfigError(f"bad endpoint {endpoint!r}: use inproc://NAME, ipc:///PATH or tcp://HOST:PORT")
+
+
+def _ipv6(endpoint: str) -> bool:
+    """A tcp endpoint whose host is a bracketed IPv6 address (``tcp://[::1]:5555``): ZeroMQ binds
+    and connects those only with ZMQ_IPV6 set."""
+    return endpoint.startswith("tcp://[")
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -134,21 +147,23 @@ def _zap_domain(clients_dir: Path) -> str:
             _auth = ThreadAuthenticator(_ctx)
             _auth.start()
             threading.Thread(target=_reload_allowed_keys, args=(_auth,), name="mmstream-zap-reload", daemon=True).start()
-        _auth.configure_curve(domain=domain, location=str(clients_dir))  # CURVE on, this domain known
+        # what pyzmq's configure_curve does, without its loader (which reads a *.key link to
+        # /dev/zero until memory runs out, and blocks on a FIFO): this domain's allowed keys
         _auth.certs[domain] = _allowed_keys(str(clients_dir))
         _domains[domain] = str(clients_dir)
     return domain
 
 
 def _allowed_keys(location: str) -> dict[bytes, bool]:
-    """The public keys of the ``*.key`` files in ``location`` (pyzmq's form), skipping unreadable or
-    malformed files, and none when the folder is gone: a removal always takes effect (pyzmq's own
-    loader keeps the previous set when any one file fails)."""
+    """The public keys of the ``*.key`` files in ``location`` (pyzmq's form), skipping unreadable,
+    malformed or irregular files (a link to a device is never read), and none when the folder is
+    gone: a removal always takes effect (pyzmq's own loader keeps the previous set when any one file
+    fails)."""
     keys = {}
     for f in sorted(Path(location).glob("*.key")):
         try:
-            public, _ = zmq.auth.load_certificate(str(f))
-        except (OSError, ValueError):
+            public, _ = read_key_file(f, secret=False)
+        except ConfigError:
             continue
         if public:
             keys[public] = True
@@ -167,15 +182,29 @@ def _reload_allowed_keys(auth: ThreadAuthenticator) -> None:
                 auth.certs[domain] = _allowed_keys(location)
 
 
-def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
+def read_key_file(path: Path, what: str | None = None, *, secret: bool = True) -> tuple[bytes, bytes | None]:
+    """The public and secret key of CURVE key file ``path`` (``mmstream keys``); ConfigError, led by
+    ``what`` (the configuration key naming the file) when given, if it is not a regular file of at
+    most KEY_FILE_MAX_BYTES (a link to ``/dev/zero`` would be read for ever), holds no key, or, for
+    a ``secret`` key, holds no secret key or is readable by group or others."""
+    from mmstream.config import file_problem  # mmstream.config imports this module
+
+    lead = f"{what}: " if what else ""
+    if why := file_problem(path, KEY_FILE_MAX_BYTES):
+        raise ConfigError(f"{lead}cannot load CURVE key {path}: {why}")
     try:
-        public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
+        public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load CURVE key {curve.secret_key_file}: {exc}") from exc
-    if secret is None:
-        raise ConfigError(f"{curve.secret_key_file} holds no secret key")
-    if os.stat(curve.secret_key_file).st_mode & 0o077:
-        raise ConfigError(f"CURVE secret key {curve.secret_key_file} is readable by others: chmod 600 it")
+        raise ConfigError(f"{lead}cannot load CURVE key {path}: {exc}") from None
+    if secret and secret_key is None:
+        raise ConfigError(f"{lead}{path} holds no secret key")
+    if secret and os.stat(path).st_mode & 0o077:
+        raise ConfigError(f"{lead}CURVE secret key {path} is readable by others: chmod 600 it")
+    return public, secret_key
+
+
+def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
+    public, secret = read_key_file(curve.secret_key_file)
     sock.curve_secretkey, sock.curve_publickey = secret, public
     if server:
         if curve.allowed_clients_dir is None:
@@ -185,7 +214,7 @@ def _apply_curve(sock: zmq.Socket, curve: Curve, server: bool) -> None:
     else:
         if curve.server_key_file is None:
             raise ConfigError("a CURVE client needs server_key_file")
-        server_public, _ = zmq.auth.load_certificate(str(curve.server_key_file))
+        server_public, _ = read_key_file(curve.server_key_file, secret=False)
         sock.curve_serverkey = server_public
 
 
@@ -273,6 +302,7 @@ def make_socket(
     immediate: bool = False,
     ctx: zmq.Context | None = None,
     max_msg_bytes: int | None = None,
+    also_bind: tuple[str, ...] = (),
 ) -> Socket:
     """Create, configure and bind or connect a socket.
 
@@ -296,10 +326,17 @@ def make_socket(
     max_msg_bytes : int, optional
         Largest message part received (ZMQ_MAXMSGSIZE): ZeroMQ disconnects a peer that sends a
         larger one before it is held in memory (tcp/ipc; inproc passes messages without a limit).
+        The limit is per part: ZeroMQ takes a message only whole and bounds neither its number of
+        parts nor their sum (docs/protocol.md, section 4).
+    also_bind : tuple of str
+        ``inproc://`` endpoints the socket binds as well (``bind`` only): in-process peers, which
+        CURVE does not apply to (the service's own sources reach a secured ingest socket so).
     """
     if kind not in _KINDS:
         raise ConfigError(f"unknown socket kind {kind!r}")
     check_endpoint(endpoint)
+    if also_bind and (not bind or not all(e.startswith("inproc://") for e in also_bind)):
+        raise ConfigError(f"also_bind takes inproc:// endpoints of a bound socket, not {also_bind!r}")
     if bind and curve is None and not is_loopback(endpoint):
         raise ConfigError(
             f"refusing to bind {endpoint} beyond loopback without CURVE authentication "
@@ -317,6 +354,8 @@ def make_socket(
             _apply_curve(sock, curve, server=bind)
         if immediate:
             sock.immediate = 1
+        if _ipv6(endpoint):
+            sock.ipv6 = True
         if max_msg_bytes is not None:
             sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_bytes))
         if kind == "sub":
@@ -325,6 +364,8 @@ def make_socket(
         if bind:
             if endpoint.startswith("ipc://"):
                 Path(endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
+            for extra in also_bind:  # first: ``last_endpoint`` names the one bound last
+                sock.bind(extra)
             sock.bind(endpoint)
         else:
             sock.connect(endpoint)

@@ -32,7 +32,8 @@ class ControlNode(Node):
 
     def _refused(self, exc: MmstreamError, stream_id: str | None = None) -> list[Out]:
         """The error reply and the counted rejection event of a refused request."""
-        return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc))), self.reject(exc.reason, str(exc), stream_id)]
+        message = str(exc)[:2000]
+        return [Out("replies", Reply(ok=False, reason=exc.reason, message=message)), self.reject(exc.reason, message, stream_id)]
 
     def process(self, port: str, msg: Decoded) -> list[Out]:
         try:
@@ -55,8 +56,8 @@ class ControlNode(Node):
             return [Out("replies", Reply(ok=True, data=self._status()))]
         if h.command == "capture":  # announced on the bus; the fusion node takes the stream's next frame
             if not self.captures:
-                return [Out("replies", Reply(ok=False, reason="unsupported_command", message="capture: nothing in this "
-                                             "service takes captures (no live view, no [biomarkers] store)"))]  # fmt: skip
+                return self._refused(MmstreamError("capture: nothing in this service takes captures (no live view, no "
+                                                   "[biomarkers] store)", reason="unsupported_command"), h.stream_id)  # fmt: skip
             return [
                 Out("replies", Reply(ok=True, data={"stream_id": h.stream_id})),
                 self.event("info", "capture", f"capture on {h.stream_id}", stream_id=h.stream_id),
@@ -81,12 +82,13 @@ class ControlNode(Node):
         ]
 
     def _handled(self, h: Control) -> list[Out]:
+        """A command a registered handler answers (the recorder's); refused ones are counted and
+        announced as every refusal is (the recorder announces its own failure as well)."""
         handler = self.handlers.get(h.command)
         if handler is None:
-            return [Out("replies", Reply(ok=False, reason="unsupported_command",
-                                         message=f"{h.command}: no node in this service handles it"))]  # fmt: skip
+            return self._refused(MmstreamError(f"{h.command}: no node in this service handles it", reason="unsupported_command"))
         try:
             data = handler(h)
         except MmstreamError as exc:
-            return [Out("replies", Reply(ok=False, reason=exc.reason, message=str(exc)[:2000]))]
+            return self._refused(exc)
         return [Out("replies", Reply(ok=True, data=data)), self.event("info", h.command, h.command)]
