@@ -687,16 +687,9 @@ def test_web_port_in_use_is_a_clear_error(svc):
 
 
 def test_tls_serves_https_and_wss(tmp_path):
-    import shutil
     import ssl
-    import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command missing")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)  # fmt: skip
+    cert, key = _tls_files(tmp_path)
     token = "tls-token-0123456789abcdef"
     cfg = load_config(None, endpoints=RANDOM_TCP, web={"port": 0, "token": token, "tls_cert_file": str(cert), "tls_key_file": str(key)})
     trust = ssl.create_default_context(cafile=str(cert))
