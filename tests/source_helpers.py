@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
 from test_graph import wait_for  # one polling helper for every test
 
-__all__ = ["Running", "us_region", "wait_for", "write_cine"]
+__all__ = ["Running", "us_dataset", "us_region", "wait_for", "write_cine"]
 
 
 class Running:
@@ -57,9 +57,8 @@ def us_region(r0, c0, r1, c1, delta_cm, data_type=1):
     return r
 
 
-def write_cine(path, n=6, rows=40, cols=50, regions=(), frame_time_ms=25.0, ts=ExplicitVRLittleEndian,
-               pixel_bytes=None):
-    """A small multi-frame US file; frame k is filled with grey level 10 * k (+ column ramp)."""
+def us_dataset(ts=ExplicitVRLittleEndian) -> Dataset:
+    """An empty ultrasound multi-frame data set with its file meta (new UIDs) in transfer syntax ``ts``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -67,6 +66,13 @@ def write_cine(path, n=6, rows=40, cols=50, regions=(), frame_time_ms=25.0, ts=E
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    return ds
+
+
+def write_cine(path, n=6, rows=40, cols=50, regions=(), frame_time_ms=25.0, ts=ExplicitVRLittleEndian,
+               pixel_bytes=None):
+    """A small multi-frame US file; frame k is filled with grey level 10 * k (+ column ramp)."""
+    ds = us_dataset(ts)
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -31,9 +31,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
     RLELossless,
-    UltrasoundMultiFrameImageStorage,
-    generate_uid,
 )
+from source_helpers import us_dataset
 
 from mmstream.errors import ReadError, SpacingError
 from mmstream.io import count_frames, read_frames, rgb_to_grey, to_grey_u8
@@ -69,14 +68,7 @@ def _region(x0, y0, x1, y1, dx_cm, dy_cm) -> Dataset:
 
 def _dataset(rows: int, cols: int, n: int, *, spp=1, photometric="MONOCHROME2", ts=ExplicitVRLittleEndian,
              regions=None, **extra) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ts
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
+    ds = us_dataset(ts)
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
     ds.SamplesPerPixel, ds.PhotometricInterpretation = spp, photometric
     ds.BitsAllocated = ds.BitsStored = 8

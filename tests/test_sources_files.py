@@ -289,17 +289,22 @@ def test_frame_fields_from_hostile_sources_are_bounded_and_made_identifiers():
     assert f.metadata["igtl.NaNValue"] == "nan" and f.transforms == {}
 
 
+def _cine_with_tags(path, n: int, tags: dict):
+    """A cine of ``n`` frames without FrameTime, with the timing ``tags`` set instead."""
+    write_cine(path, n=n, frame_time_ms=None)
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 @pytest.mark.parametrize(("tags", "times_s"), [
     ({"FrameTimeVector": [0.0, 20.0, 30.0]}, [0.0, 0.020, 0.050]),  # increments, cumulated
     ({"CineRate": 50}, [0.0, 0.02, 0.04]),
 ])  # fmt: skip
 def test_frame_timing_from_frame_time_vector_and_cine_rate(tmp_path, tags, times_s):
-    path = tmp_path / "timed.dcm"
-    write_cine(path, n=3, frame_time_ms=None)
-    ds = pydicom.dcmread(path)
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.save_as(path, enforce_file_format=True)
+    path = _cine_with_tags(tmp_path / "timed.dcm", 3, tags)
     frames = list(DicomCineSource(str(path)).source_frames())
     assert [f.t_device_s for f in frames] == pytest.approx(times_s)
     assert frames[0].metadata["frame_time_source"] == next(iter(tags))
@@ -390,12 +395,7 @@ def test_plus_timestamps_that_do_not_increase_are_replaced_by_fps_timing(tmp_pat
     ({"FrameTimeVector": [0.0] * 4, "FrameTime": 25.0}, [0.0, 0.025, 0.05, 0.075], False),  # the next tag serves
 ])  # fmt: skip
 def test_a_frame_time_vector_with_frames_sharing_a_time_is_no_timing(tmp_path, tags, times_s, warned):
-    path = tmp_path / "cine.dcm"
-    write_cine(path, n=4, frame_time_ms=None)
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    path = _cine_with_tags(tmp_path / "cine.dcm", 4, tags)
     src = DicomCineSource(str(path), fps=10.0)
     frames = list(src.source_frames())
     assert [f.t_device_s for f in frames] == pytest.approx(times_s)

@@ -53,9 +53,13 @@ class StreamReader:
 
     @property
     def n_frames(self) -> int:
-        if "frames" not in self._n:
-            self._n["frames"] = self._readable_frames()
-        return self._n["frames"]
+        return self._once("frames", self._readable_frames)
+
+    def _once(self, table: str, count) -> int:
+        """``count()`` of ``table``, computed once per snapshot."""
+        if table not in self._n:
+            self._n[table] = count()
+        return self._n[table]
 
     def _readable_frames(self) -> int:
         index, frames, heap = self.group["index"], self.group["frames"], self.group["json"]
@@ -73,9 +77,7 @@ class StreamReader:
 
     @property
     def n_metrics(self) -> int:
-        if "metrics" not in self._n:
-            self._n["metrics"] = self._readable_metrics()
-        return self._n["metrics"]
+        return self._once("metrics", self._readable_metrics)
 
     def _readable_metrics(self) -> int:
         m = self.group["metrics"]
